@@ -1,0 +1,62 @@
+"""Benchmarks: ``python -m cmcr.bench [NAME ...] [--json PATH]``.
+
+Each benchmark is a module ``cmcr.bench.<name>`` with ``add_arguments(parser)`` (optional) and
+``run(args) -> dict`` returning flat figures; this package runs them, prints a table and writes
+JSON. Heavy runs live here, not in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCHES = ("synth", "data", "step", "sweep", "report")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cmcr bench`` / ``python -m cmcr.bench``."""
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all of {', '.join(BENCHES)})",
+    )
+    parser.add_argument("--json", default="bench_results/bench.json", help="where to write figures")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a quick look)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmarks, print a table, write JSON."""
+    names = args.names or list(BENCHES)
+    results: dict[str, dict] = {}
+    for name in names:
+        module = importlib.import_module(f"cmcr.bench.{name}")
+        t0 = time.perf_counter()
+        print(f"== bench {name}", flush=True)
+        results[name] = module.run(args)
+        results[name]["bench_wall_s"] = round(time.perf_counter() - t0, 2)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print(f"{'benchmark':<10} {'figure':<40} value")
+    for name, figures in results.items():
+        for key, value in figures.items():
+            print(f"{name:<10} {key:<40} {value}")
+    print(f"\nfigures written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m cmcr.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m cmcr.bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The ``cmcr`` command: one entry point, sub-commands implemented in their own modules.
+
+Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when their command runs, so ``cmcr synth`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cmcr.errors import CMCRError
+
+# name -> (module, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("cmcr.synth.cli", "generate the synthetic nuScenes-format world"),
+    "pretrain": ("cmcr.engine.cli_pretrain", "pre-train a LiDAR backbone with CMCR"),
+    "probe": ("cmcr.engine.cli_downstream", "linear probing on nuScenes-lidarseg"),
+    "finetune": ("cmcr.engine.cli_downstream", "fine-tuning on nuScenes-lidarseg"),
+    "evaluate": ("cmcr.engine.cli_downstream", "evaluate a segmentation model, export lidarseg"),
+    "ui": ("cmcr.results.ui", "start the MLflow UI on the embedded store (127.0.0.1)"),
+    "bench": ("cmcr.bench", "benchmarks: data, step, sweep overhead, report build"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with code 2 on bad arguments; keep its message on one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command's arguments."""
+    parser = _Parser(prog="cmcr", description="CMCR Lab: pre-train, sweep and report CMCR.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("cmcr"):
+                p.set_defaults(_missing=str(exc))
+                continue
+            raise
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p, name) if _takes_name(module) else module.add_arguments(p)
+    return parser
+
+
+def _takes_name(module: object) -> bool:
+    import inspect
+
+    return len(inspect.signature(module.add_arguments).parameters) >= 2  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and turn user-facing errors into one line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        parser.error(f"command '{args.command}' is not available: {args._missing}")
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except CMCRError as exc:
+        print(f"cmcr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cmcr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
