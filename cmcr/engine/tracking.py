@@ -1,0 +1,374 @@
+"""MLflow tracking: one ``RunLogger`` per run, explicit run ids, main process only.
+
+Why not the fluent API (``mlflow.start_run``)? It keeps a process-global active run and
+reads/writes ``MLFLOW_RUN_ID``; sweep trials running in one process would leak into each
+other. ``MlflowClient`` with explicit run ids has no hidden state, so every call here names
+its run.
+
+Resume and metric history: a resumed run continues the SAME MLflow run. Steps between the
+last checkpoint and the interruption were already logged and are re-run after resuming; the
+trainer asks ``last_logged_step`` once and skips logging for steps already in the history, so
+each step appears exactly once (the first value logged wins; nothing is deleted).
+
+Credentials in storage URLs never reach MLflow: every param and tag value goes through
+``redact_url``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
+from cmcr.errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+# MLflow limits: 250 chars for a param value in old stores, 6000 in new ones; tags 8000.
+_PARAM_MAX = 6000
+_TAG_MAX = 8000
+# Files above this size enter the dataset fingerprint by size and mtime instead of contents.
+_FINGERPRINT_CONTENT_MAX = 8 << 20
+
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]*@")
+
+
+def redact_url(url: str) -> str:
+    """Replace the password in every ``scheme://user:password@`` of ``url`` with ``***``."""
+    return _URL_CREDENTIALS.sub(r"\g<head>:***@", str(url))
+
+
+def resolve_tracking_uri(cfg: Config) -> str:
+    """cfg.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
+    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        uri = DEFAULT_TRACKING_URI
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of an embedded sqlite store live beside it (``runs/mlartifacts``)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return None  # a server or other store decides its own artifact root
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+def make_client(uri: str) -> Any:
+    """An ``MlflowClient`` bound to ``uri`` (imported lazily: mlflow is slow to import)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (with the embedded artifact root) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"tracking.experiment '{name}' is deleted in {redact_url(uri)}; "
+                "restore it or choose another name"
+            )
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri))
+    except MlflowException:
+        # another process (a parallel sweep worker) created it between our two calls
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the source tree, or "unknown" outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def dataset_fingerprint(cfg: Config) -> str:
+    """A short hash of the dataroot's table files (contents if small, else size + mtime)."""
+    folder = Path(cfg.data.dataroot) / cfg.data.version
+    if not folder.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.json")):
+        st = f.stat()
+        h.update(f.name.encode())
+        if st.st_size <= _FINGERPRINT_CONTENT_MAX:
+            h.update(f.read_bytes())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """``flatten_config(cfg)`` as MLflow params: string values, credentials redacted."""
+    return {k: _clip(redact_url(_as_text(v)), _PARAM_MAX) for k, v in flatten_config(cfg).items()}
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (the ``config.yaml`` artifact), credentials redacted."""
+    import yaml
+
+    return redact_url(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _as_text(value: Any) -> str:
+    # lists keep YAML-readable form so config_from_flat can parse them back
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def standard_tags(cfg: Config, kind: str, parent_run_id: str | None) -> dict[str, str]:
+    """The contract tags every run carries (docs/architecture.md, MLflow names)."""
+    tags = {
+        "cmcr.kind": kind,
+        "cmcr.variant": variant_name(cfg),
+        "cmcr.preset": cfg.preset,
+        "cmcr.seed": str(cfg.train.seed),
+        "cmcr.git_commit": git_commit(),
+        "cmcr.dataset_fingerprint": dataset_fingerprint(cfg),
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
+
+
+def last_logged_step(
+    run_id: str, key: str, *, uri: str | None = None, client: Any = None
+) -> int | None:
+    """The largest step of metric ``key`` in run ``run_id``, or None if never logged."""
+    client = client or make_client(
+        uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    )
+    history = client.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=None)
+
+
+class RunLogger:
+    """Logs one MLflow run by explicit id; every method is a no-op when ``is_main`` is False."""
+
+    def __init__(self, client: Any, run_id: str | None, uri: str, *, is_main: bool = True) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+        self.is_main = is_main
+        self.ended = False
+        self._monitor: Any = None
+
+    # ---- creation ---------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        cfg: Config,
+        *,
+        kind: str,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_name: str | None = None,
+        log_params: bool = True,
+        is_main: bool = True,
+    ) -> RunLogger:
+        """Create a run in cfg.tracking.experiment, or resume ``run_id`` (which must exist)."""
+        uri = resolve_tracking_uri(cfg)
+        if not is_main:
+            return cls(None, run_id, uri, is_main=False)
+        client = make_client(uri)
+        exp_id = get_or_create_experiment(client, cfg.tracking.experiment, uri)
+        all_tags = standard_tags(cfg, kind, parent_run_id)
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        if run_id is None:
+            run = client.create_run(exp_id, run_name=run_name)
+            run_id = run.info.run_id
+            resumed = False
+        else:
+            _require_run(client, run_id, uri)
+            client.update_run(run_id, status="RUNNING")
+            resumed = True
+        logger = cls(client, run_id, uri, is_main=True)
+        try:
+            logger.set_tags(all_tags)
+            if log_params:
+                logger._log_config_params(cfg, resumed)
+            if cfg.tracking.system_metrics:
+                logger._start_system_metrics(resumed)
+        except BaseException as exc:
+            logger.end("FAILED", reason=f"could not start tracking: {exc}")
+            raise
+        return logger
+
+    def _log_config_params(self, cfg: Config, resumed: bool) -> None:
+        params = config_params(cfg)
+        if resumed:
+            old = self.client.get_run(self.run_id).data.params
+            changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
+            if changed:
+                raise TrackingError(
+                    f"run {self.run_id} was recorded with a different config "
+                    f"({', '.join(changed)}); resume it with the same config"
+                )
+            params = {k: v for k, v in params.items() if k not in old}
+        self.log_params(params)
+
+    def _start_system_metrics(self, resumed: bool) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, resume_logging=resumed, tracking_uri=self.uri
+        )
+        self._monitor.start()
+
+    # ---- logging ----------------------------------------------------------------------
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log several metrics at one step in one request."""
+        if not self.is_main or not metrics:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        # log_batch accepts at most 1000 metrics per call
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000], synchronous=True)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (values as text, credentials redacted), batched."""
+        if not self.is_main or not params:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, _clip(redact_url(_as_text(v)), _PARAM_MAX)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values as text, credentials redacted)."""
+        if not self.is_main or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, _clip(redact_url(_as_text(v)), _TAG_MAX)) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=items, synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a local file or folder into the run's artifacts."""
+        if not self.is_main:
+            return
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, file: str) -> None:
+        """Store ``text`` as the artifact ``file`` (credentials redacted)."""
+        if not self.is_main:
+            return
+        self.client.log_text(self.run_id, redact_url(text), file)
+
+    def log_figure(self, fig: Any, file: str) -> None:
+        """Store a plotly (as .html) or matplotlib figure as the artifact ``file``."""
+        if not self.is_main:
+            return
+        if _is_plotly(fig) and not file.endswith(".html"):
+            # MLflow writes plotly figures as HTML only; keep the name honest
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / (Path(file).stem + ".html")
+                fig.write_html(str(out), include_plotlyjs="cdn")
+                parent = str(Path(file).parent)
+                self.client.log_artifact(self.run_id, str(out), None if parent == "." else parent)
+            return
+        self.client.log_figure(self.run_id, fig, file)
+
+    def last_logged_step(self, key: str) -> int | None:
+        """The largest logged step of metric ``key`` in this run (None on non-main processes)."""
+        if not self.is_main:
+            return None
+        return last_logged_step(self.run_id, key, client=self.client)
+
+    # ---- ending -----------------------------------------------------------------------
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Mark the run ended with ``status``; ``reason`` goes to tag ``cmcr.status_reason``."""
+        if status not in STATUSES:
+            raise ValueError(f"status: expected one of {STATUSES}, got {status!r}")
+        if not self.is_main or self.ended:
+            self.ended = True
+            return
+        self.ended = True
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            finally:
+                self._monitor = None
+        if reason:
+            self.set_tags({"cmcr.status_reason": reason})
+        self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self.ended:
+            return
+        if exc is None:
+            self.end("FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("KILLED", reason="interrupted (KeyboardInterrupt)")
+        else:
+            self.end("FAILED", reason=f"{type(exc).__name__}: {exc}")
+
+
+def _require_run(client: Any, run_id: str, uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"run id '{run_id}' does not exist in {redact_url(uri)}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise TrackingError(f"run id '{run_id}' is deleted in {redact_url(uri)}")
+
+
+def _is_plotly(fig: Any) -> bool:
+    return type(fig).__module__.startswith("plotly")
+
+
+def get_run_status(run_id: str, *, uri: str) -> str:
+    """The MLflow status of ``run_id`` (RUNNING, FINISHED, FAILED, KILLED)."""
+    return make_client(uri).get_run(run_id).info.status

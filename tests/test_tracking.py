@@ -1,0 +1,140 @@
+"""RunLogger against a throwaway sqlite store: create, resume, end states, redaction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cmcr.configs import flatten_config, load_config
+from cmcr.engine.tracking import (
+    RunLogger,
+    config_params,
+    last_logged_step,
+    redact_url,
+    resolve_tracking_uri,
+)
+from cmcr.errors import TrackingError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module (creating the schema costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _cfg(store: str, **overrides):
+    over = {"tracking.tracking_uri": store, **overrides}
+    return load_config("smoke", over)
+
+
+def test_redact_url_hides_passwords_only():
+    assert redact_url("postgresql://bob:s3cr%40t@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert redact_url("sqlite:///runs/mlflow.db") == "sqlite:///runs/mlflow.db"
+    assert redact_url("http://host:5000/path") == "http://host:5000/path"
+    text = "a=postgresql://u:p@h/db b=mysql+pymysql://v:q@h2/db"
+    assert "p@" not in redact_url(text).replace("***@", "") and redact_url(text).count("***") == 2
+
+
+def test_resolve_tracking_uri_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config("smoke")
+    assert resolve_tracking_uri(cfg) == "sqlite:///runs/mlflow.db"
+    assert (tmp_path / "runs").is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert resolve_tracking_uri(cfg) == "http://example:5000"
+    cfg.tracking.tracking_uri = "sqlite:///other/x.db"
+    assert resolve_tracking_uri(cfg) == "sqlite:///other/x.db"
+
+
+def test_start_logs_contract_tags_params_and_metrics(store):
+    cfg = _cfg(store, **{"method.mim": False, "train.seed": 7})
+    with RunLogger.start(cfg, kind="pretrain", tags={"extra": 1}) as log:
+        log.log_metrics({"train/loss": 1.5, "train/lr": 0.1}, step=1)
+        log.log_metrics({"train/loss": 1.0}, step=2)
+        log.log_text("hello", "notes/a.txt")
+        run_id = log.run_id
+    client = log.client
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["cmcr.kind"] == "pretrain"
+    assert tags["cmcr.variant"] == "cmcr-mim"
+    assert tags["cmcr.preset"] == "smoke" and tags["cmcr.seed"] == "7"
+    assert tags["cmcr.git_commit"] and tags["cmcr.dataset_fingerprint"]
+    assert tags["extra"] == "1"
+    assert set(run.data.params) == set(flatten_config(cfg))
+    assert run.data.params["method.mim"] == "false"
+    assert last_logged_step(run_id, "train/loss", uri=store) == 2
+    assert last_logged_step(run_id, "train/nothing", uri=store) is None
+    assert "notes/a.txt" in [f.path for f in client.list_artifacts(run_id, "notes")]
+    assert os.environ.get("MLFLOW_RUN_ID") is None
+
+
+def test_resume_continues_same_run_and_unknown_id_fails(store):
+    cfg = _cfg(store)
+    first = RunLogger.start(cfg, kind="pretrain")
+    first.log_metrics({"train/loss": 3.0}, step=1)
+    first.end("KILLED")
+    again = RunLogger.start(cfg, kind="pretrain", run_id=first.run_id)
+    assert again.client.get_run(first.run_id).info.status == "RUNNING"
+    assert again.last_logged_step("train/loss") == 1
+    again.end()
+    assert again.client.get_run(first.run_id).info.status == "FINISHED"
+    with pytest.raises(TrackingError, match="no-such-run"):
+        RunLogger.start(cfg, kind="pretrain", run_id="no-such-run")
+    other = _cfg(store, **{"train.lr": 0.5})
+    with pytest.raises(TrackingError, match="train.lr"):
+        RunLogger.start(other, kind="pretrain", run_id=first.run_id)
+
+
+def test_context_manager_failure_and_interrupt_states(store):
+    cfg = _cfg(store)
+    with pytest.raises(RuntimeError), RunLogger.start(cfg, kind="probe") as log:
+        raise RuntimeError("boom at step 3")
+    run = log.client.get_run(log.run_id)
+    assert run.info.status == "FAILED"
+    assert "boom at step 3" in run.data.tags["cmcr.status_reason"]
+    with pytest.raises(KeyboardInterrupt), RunLogger.start(cfg, kind="probe") as log2:
+        raise KeyboardInterrupt
+    assert log2.client.get_run(log2.run_id).info.status == "KILLED"
+
+
+def test_credentials_never_logged(store, tmp_path):
+    cfg = _cfg(store, **{"data.dataroot": "postgresql://alice:hunter2@db/data"})
+    assert "hunter2" not in str(config_params(cfg))
+    with RunLogger.start(cfg, kind="pretrain", tags={"src": "http://u:hunter2@h/"}) as log:
+        log.log_text("uri: postgresql://alice:hunter2@db/x", "config.yaml")
+    run = log.client.get_run(log.run_id)
+    assert "hunter2" not in str(run.data.params) + str(run.data.tags)
+    local = log.client.download_artifacts(log.run_id, "config.yaml", str(tmp_path))
+    assert "hunter2" not in Path(local).read_text()
+
+
+def test_non_main_logger_is_noop(store):
+    cfg = _cfg(store)
+    log = RunLogger.start(cfg, kind="pretrain", run_id="whatever", is_main=False)
+    log.log_metrics({"a": 1.0}, step=1)
+    log.set_tags({"b": "c"})
+    log.end("FAILED", reason="x")
+    assert log.client is None and log.run_id == "whatever"
+
+
+def test_log_figure_plotly_and_matplotlib(store):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    cfg = _cfg(store)
+    with RunLogger.start(cfg, kind="study", log_params=False) as log:
+        log.log_figure(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), "figs/curve.html")
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        log.log_figure(fig, "figs/curve.png")
+        plt.close(fig)
+    names = {f.path for f in log.client.list_artifacts(log.run_id, "figs")}
+    assert names == {"figs/curve.html", "figs/curve.png"}
