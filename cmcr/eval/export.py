@@ -1,0 +1,77 @@
+"""Write predictions in the official nuScenes-lidarseg submission layout.
+
+``DIR/lidarseg/<split>/<lidar_sample_data_token>_lidarseg.bin``: uint8, one label per point of the
+lidar file, in file order, in the challenge index space 1..16 (the devkit's evaluator asserts that
+predictions lie in 1..16 and maps only the ground truth); ``DIR/<split>/submission.json`` holds the
+``meta`` block the devkit's ``validate_submission`` checks. ``nuscenes.eval.lidarseg.evaluate
+.LidarSegEval(nusc, DIR, eval_set=<split>)`` then scores the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmcr.data.classes import NUM_CHALLENGE
+from cmcr.errors import CMCRError
+
+
+class ExportError(CMCRError):
+    """A lidarseg export cannot be written as asked."""
+
+
+DEFAULT_META = {
+    "use_camera": False,  # the segmentation network sees LiDAR only (cameras teach pre-training)
+    "use_lidar": True,
+    "use_radar": False,
+    "use_map": False,
+    "use_external": False,
+}
+
+
+class LidarsegWriter:
+    """Writes one ``<token>_lidarseg.bin`` per scan under ``DIR/lidarseg/<split>/``."""
+
+    def __init__(self, out_dir: str | Path, split: str, meta: dict[str, bool] | None = None):
+        self.root = Path(out_dir)
+        self.split = split
+        self.meta = {**DEFAULT_META, **(meta or {})}
+        if set(self.meta) != set(DEFAULT_META) or not all(
+            isinstance(v, bool) for v in self.meta.values()
+        ):
+            raise ExportError(f"submission meta: expected booleans for {sorted(DEFAULT_META)}")
+        self.bin_dir = self.root / "lidarseg" / split
+        try:
+            self.bin_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"--export-lidarseg '{self.root}': cannot create ({exc})") from None
+        self.written: list[str] = []
+
+    def write(self, token: str, labels: torch.Tensor | np.ndarray) -> Path:
+        """Write one scan's per-point labels (1..16) for lidar sample_data ``token``."""
+        arr = torch.as_tensor(labels).cpu().numpy().reshape(-1)
+        if arr.size == 0 or arr.min() < 1 or arr.max() > NUM_CHALLENGE:
+            raise ExportError(f"scan {token}: predictions must lie in 1..{NUM_CHALLENGE}")
+        path = self.bin_dir / f"{token}_lidarseg.bin"
+        arr.astype(np.uint8).tofile(path)
+        self.written.append(token)
+        return path
+
+    def write_batch(
+        self, tokens: list[str], labels: torch.Tensor, num_points: torch.Tensor
+    ) -> None:
+        """Split a batch's concatenated per-point labels (N,) by ``num_points`` (B,) and write."""
+        chunks = torch.split(labels.cpu(), [int(n) for n in num_points.tolist()])
+        for token, chunk in zip(tokens, chunks, strict=True):
+            self.write(token, chunk)
+
+    def finish(self) -> Path:
+        """Write ``DIR/<split>/submission.json``; returns its path."""
+        meta_dir = self.root / self.split
+        meta_dir.mkdir(parents=True, exist_ok=True)
+        path = meta_dir / "submission.json"
+        path.write_text(json.dumps({"meta": self.meta}, indent=2) + "\n")
+        return path
