@@ -1,0 +1,213 @@
+"""CMCRModel: the 3D backbone, the frozen image side, the unified codebook and the decoders.
+
+``forward(batch)`` returns the unweighted, active loss terms and a few float statistics;
+``cmcr.losses.weighted_total`` applies the weights. Submodules that a method switch turns off
+are not built.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmcr import losses as L
+from cmcr.configs.schema import Config
+from cmcr.errors import CheckpointError, CMCRError
+from cmcr.models.backbone import build_backbone
+from cmcr.models.codebook import UnifiedCodebook
+from cmcr.models.decoders import (
+    FrozenImageEncoder,
+    GeometryScatter,
+    ImageHead,
+    MIMDecoder,
+    OccupancyDecoder,
+)
+
+BACKBONE_PARTS = ("backbone", "point_head_shared", "point_head_specific")
+
+
+def active_terms(cfg: Config) -> dict[str, bool]:
+    """Which components a config turns on (ppkt: nce only; random: nothing)."""
+    me = cfg.method
+    cmcr = me.name == "cmcr"
+    return {
+        "nce": me.name in ("cmcr", "ppkt"),
+        "mim": cmcr and me.mim,
+        "gemim": cmcr and me.mim and me.gemim,  # GEMIM feeds the MIM decoder
+        "occupancy": cmcr and me.occupancy,
+        "codebook": cmcr and me.codebook,
+        "orth": cmcr and me.orth,
+    }
+
+
+class CMCRModel(nn.Module):
+    """CMCR pre-training model (also PPKT, and the ablations, by config switches)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        m, d = cfg.model, cfg.model.feat_dim
+        self.cfg, self.on = cfg, active_terms(cfg)
+        self.backbone = build_backbone(m)
+        # 1×1×1 sparse convs are per-voxel linear maps; both heads are always built so that
+        # backbone.pt has the same keys for every variant
+        self.point_head_shared = nn.Linear(self.backbone.out_dim, d)
+        self.point_head_specific = nn.Linear(self.backbone.out_dim, d)
+        if self.on["nce"]:
+            self.image_encoder = FrozenImageEncoder(m.image_encoder, m.image_weights)
+            c = self.image_encoder.out_dim
+            self.image_head_shared = ImageHead(c, d, m.image_upsample, normalise=True)
+        if self.on["mim"]:
+            self.image_head_specific = ImageHead(c, d, m.image_upsample, normalise=False)
+            self.mim_decoder = MIMDecoder(d, m.mim_channels)
+        if self.on["gemim"]:
+            self.gemim = GeometryScatter(d)
+        if self.on["occupancy"]:
+            self.occ_decoder = OccupancyDecoder(d, m.occ_hidden)
+        if self.on["codebook"]:
+            self.codebook = UnifiedCodebook(m.codebook_size, d, m.codebook_decay, m.codebook_eps)
+        self.profile = False  # when True, forward records section times in self.timings
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        if self.profile:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    # ---- the forward pass, in the order of METHOD.md --------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, dict]:
+        """Batch (docs/architecture.md) -> {"losses": {term: scalar}, "stats": {name: float}}."""
+        if not self.on["nce"]:
+            raise CMCRError("method.name=random: there is no pre-training forward pass")
+        self.timings = {}
+        out: dict[str, dict] = {"losses": {}, "stats": {}}
+        pts = self.point_features(batch)  # shared (N, D) unit norm, specific (N, D)
+        img = self.image_features(batch)  # shared, specific: (I, D, H, W)
+        sel = batch["pairs"][self.sample_matches(batch)]  # (n, 4) unmasked pairs
+        with self._timed("losses"):
+            f_p = pts["shared"][sel[:, 0]]  # (n, D)
+            f_v = img["shared"][sel[:, 1], :, sel[:, 2], sel[:, 3]]  # (n, D)
+            out["losses"]["nce"] = L.nce(f_p, f_v, self.cfg.loss.temperature)
+        out["stats"]["n_matches"] = float(len(sel))
+        q_p, q_v = pts["shared"], img["shared"]
+        if self.on["codebook"]:
+            q_p, q_v = self._codebook_terms(pts["shared"], img["shared"], sel, f_p, f_v, out)
+        if self.on["mim"]:
+            self._mim_terms(batch, pts, img, q_v, out)
+        if self.on["occupancy"]:
+            self._occupancy_terms(batch, pts, q_p, out)
+        if self.on["orth"]:
+            with self._timed("losses"):
+                out["losses"]["orth"] = L.orth(pts["shared"], pts["specific"])
+        return out
+
+    def point_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-point shared (L2-normalised) and specific features, gathered through ``inverse``."""
+        with self._timed("backbone"):
+            voxel = self.backbone(
+                batch["coords"], batch["feats"], batch["spatial_shape"], batch["batch_size"]
+            )  # (V, C)
+        inv = batch["inverse"]
+        shared = F.normalize(self.point_head_shared(voxel), dim=1)[inv]  # (N, D)
+        needs_specific = self.on["occupancy"] or self.on["gemim"] or self.on["orth"]
+        specific = self.point_head_specific(voxel)[inv] if needs_specific else None
+        return {"shared": shared, "specific": specific}
+
+    def image_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-pixel shared (L2-normalised) and specific features at input resolution."""
+        with self._timed("image_encoder"):
+            feat = self.image_encoder(batch["images"], batch["image_mask"])  # (I, C, H/32, W/32)
+        shared = self.image_head_shared(feat)  # (I, D, H, W)
+        specific = self.image_head_specific(feat) if self.on["mim"] else None
+        return {"shared": shared, "specific": specific}
+
+    def sample_matches(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Indices (n,) of up to ``loss.num_matches`` unmasked pairs, chosen reproducibly.
+
+        The generator is seeded from train.seed, the batch's sample tokens and the optional
+        batch keys ``epoch``/``step``, so the same batch always yields the same matches.
+        """
+        keys = "|".join(batch.get("sample_tokens", []))
+        extra = f"{batch.get('epoch', 0)}:{batch.get('step', 0)}"
+        seed = zlib.crc32(f"{self.cfg.train.seed}:{extra}:{keys}".encode())
+        gen = torch.Generator().manual_seed(seed)
+        candidates = (~batch["pair_masked"]).nonzero(as_tuple=True)[0]  # (P_unmasked,)
+        order = torch.randperm(len(candidates), generator=gen)[: self.cfg.loss.num_matches]
+        return candidates[order.to(candidates.device)]
+
+    # ---- component terms ---------------------------------------------------------------------
+    def _codebook_terms(self, p_shared, v_shared, sel, f_p, f_v, out):
+        """Assign codes, add commit + cmcm, EMA-update; return straight-through quantised maps."""
+        cb = self.codebook
+        codes = cb.codes.clone()  # the losses use this step's codes; the update is in place
+        with self._timed("losses"):
+            idx_all_p = cb.assign(p_shared)  # (N,)
+            if self.on["mim"]:  # the MIM decoder needs every pixel quantised
+                n_img, d, h, w = v_shared.shape
+                v_flat = v_shared.permute(0, 2, 3, 1).reshape(-1, d)  # (I·H·W, D)
+                idx_all_v = cb.assign(v_flat)
+                idx_v = idx_all_v.view(n_img, h, w)[sel[:, 1], sel[:, 2], sel[:, 3]]
+            else:
+                idx_v = cb.assign(f_v)
+            idx_p = idx_all_p[sel[:, 0]]
+            e_p, e_v = codes[idx_p], codes[idx_v]  # (n, D)
+            out["losses"]["commit"] = L.commit(f_p, f_v, e_p, e_v, self.cfg.loss.commit_beta)
+            out["losses"]["cmcm"] = L.cmcm(f_p, f_v, codes)
+        out["stats"].update(cb.statistics(idx_p, idx_v))
+        cb.update(f_p, f_v, idx_p, idx_v)
+        # quantise with the pre-update codes so the losses and the decoder inputs agree
+        q_p = cb.quantise(p_shared, idx_all_p, codes)  # (N, D)
+        q_v = v_shared
+        if self.on["mim"]:
+            q_v = cb.quantise(v_flat, idx_all_v, codes).view(n_img, h, w, d).permute(0, 3, 1, 2)
+        return q_p, q_v
+
+    def _mim_terms(self, batch, pts, img, q_v, out) -> None:
+        """Reconstruct the unmasked image from specific + quantised shared (+ GEMIM) features."""
+        x = img["specific"] + q_v  # (I, D, H, W)
+        if self.on["gemim"]:
+            x = x + self.gemim(pts["specific"], batch["pairs"], tuple(x.shape))
+        recon = self.mim_decoder(x)  # (I, 3, H, W)
+        with self._timed("losses"):
+            out["losses"]["mim"] = L.mim(
+                recon, batch["images"], batch["image_mask"], self.cfg.loss.mim_on
+            )
+
+    def _occupancy_terms(self, batch, pts, q_p, out) -> None:
+        """Occupancy (BCE) and intensity (L1) from each query's neighbouring points."""
+        logits, inten, has = self.occ_decoder(
+            pts["specific"] + q_p, batch["points"], batch["queries"], batch["query_neighbours"]
+        )
+        with self._timed("losses"):
+            occ_logits, occ_target = logits[has], batch["query_occ"][has]
+            out["losses"]["occ"] = (
+                L.occ(occ_logits, occ_target) if has.any() else logits.sum() * 0.0
+            )
+            out["losses"]["intensity"] = L.intensity(
+                inten, batch["query_intensity"], has & batch["query_has_intensity"]
+            )
+        out["stats"]["occ_query_coverage"] = float(has.float().mean()) if len(has) else 0.0
+
+    # ---- what downstream loads ---------------------------------------------------------------
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        """State dict of the backbone and the two 3D heads (what ``backbone.pt`` stores)."""
+        sd = self.state_dict()
+        return {k: v.detach().clone() for k, v in sd.items() if k.split(".")[0] in BACKBONE_PARTS}
+
+    def load_backbone_state(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load ``backbone_state()`` output; every key must match."""
+        own = {k for k in self.state_dict() if k.split(".")[0] in BACKBONE_PARTS}
+        missing, unexpected = own - set(sd), set(sd) - own
+        if missing or unexpected:
+            raise CheckpointError(
+                f"backbone state: does not fit model.backbone={self.cfg.model.backbone} "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            )
+        self.load_state_dict(sd, strict=False)

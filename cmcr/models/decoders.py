@@ -1,0 +1,128 @@
+"""Image-side modules (frozen encoder + heads) and the MIM, GEMIM and occupancy decoders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmcr.models.resnet import load_resnet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenImageEncoder(nn.Module):
+    """A ResNet trunk that never trains: no gradients, BatchNorm statistics fixed (eval mode)."""
+
+    def __init__(self, name: str, weights: str) -> None:
+        super().__init__()
+        self.net = load_resnet(name, weights)
+        self.out_dim = self.net.out_dim
+        self.net.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenImageEncoder:
+        """Stay in eval mode whatever the parent asks: the encoder is frozen."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Images (I, 3, H, W) in [0, 1], mask (I, H, W) -> features (I, C, H/32, W/32)."""
+        x = (images - self.mean) / self.std
+        x = x * (~mask).unsqueeze(1).to(x.dtype)  # masked pixels are 0 in the network input
+        return self.net(x)
+
+
+class ImageHead(nn.Module):
+    """1×1 conv to ``feat_dim`` then bilinear upsampling to the input size (optionally L2-normed)."""
+
+    def __init__(self, c_in: int, feat_dim: int, upsample: int, normalise: bool) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(c_in, feat_dim, 1)
+        self.upsample, self.normalise = upsample, normalise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(I, C, h, w) -> (I, feat_dim, h·s, w·s)."""
+        y = F.interpolate(
+            self.proj(x), scale_factor=self.upsample, mode="bilinear", align_corners=False
+        )
+        return F.normalize(y, dim=1) if self.normalise else y
+
+
+class MIMDecoder(nn.Module):
+    """Three 3×3 convs (feat_dim → channels… → 3) with ReLU between, then sigmoid."""
+
+    def __init__(self, feat_dim: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        dims = [feat_dim, *channels, 3]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Conv2d(dims[i], dims[i + 1], 3, padding=1))
+            layers.append(nn.ReLU(inplace=True) if i < len(dims) - 2 else nn.Sigmoid())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(I, feat_dim, H, W) -> reconstruction (I, 3, H, W) in [0, 1]."""
+        return self.net(x)
+
+
+class GeometryScatter(nn.Module):
+    """GEMIM: paired points' specific features, linearly projected, averaged onto their pixels."""
+
+    def __init__(self, feat_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(feat_dim, feat_dim)
+
+    def forward(self, point_feats: torch.Tensor, pairs: torch.Tensor, shape: tuple) -> torch.Tensor:
+        """point_feats (N, D), pairs (P, 4) [point, image, row, col] -> map (I, D, H, W)."""
+        n_img, _, h, w = shape
+        # projecting before averaging equals averaging then projecting on hit pixels, costs P
+        # rows instead of I·H·W, and leaves pixels without points at exactly 0
+        src = self.proj(point_feats[pairs[:, 0]])  # (P, D)
+        pix = (pairs[:, 1] * h + pairs[:, 2]) * w + pairs[:, 3]  # (P,) flat pixel index
+        out = src.new_zeros(n_img * h * w, src.shape[1]).index_add(0, pix, src)
+        count = torch.bincount(pix, minlength=n_img * h * w).clamp_min(1).to(src.dtype)
+        out = out / count[:, None]  # (I·H·W, D): mean over the points on each pixel
+        return out.view(n_img, h, w, -1).permute(0, 3, 1, 2)
+
+
+class OccupancyDecoder(nn.Module):
+    """Per (query, neighbour) MLP on [neighbour feature, query − neighbour], mean per query."""
+
+    def __init__(self, feat_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        dims = [feat_dim + 3, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-1], 2))  # occupancy logit, intensity
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(
+        self,
+        point_feats: torch.Tensor,
+        points: torch.Tensor,
+        queries: torch.Tensor,
+        neighbours: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> occupancy logits (Q,), intensity (Q,), has_neighbour (Q,) bool.
+
+        The per-pair outputs are averaged over each query's valid neighbours, so every query
+        counts once in the loss whatever the local point density (a per-pair loss would let
+        dense regions dominate); queries without a neighbour get no prediction (has_neighbour).
+        """
+        valid = neighbours >= 0  # (Q, K)
+        q_idx, k_idx = valid.nonzero(as_tuple=True)  # (E,)
+        nb = neighbours[q_idx, k_idx]  # (E,) point index
+        x = torch.cat([point_feats[nb], queries[q_idx] - points[nb]], dim=1)  # (E, D + 3)
+        out = self.mlp(x)  # (E, 2)
+        n_q = len(queries)
+        summed = out.new_zeros(n_q, 2).index_add(0, q_idx, out)
+        count = valid.sum(1)  # (Q,)
+        mean = summed / count.clamp_min(1).to(out.dtype)[:, None]
+        return mean[:, 0], mean[:, 1], count > 0
