@@ -1,0 +1,108 @@
+"""``cmcr probe``, ``cmcr finetune`` and ``cmcr evaluate``: lidarseg downstream evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from cmcr.errors import CMCRError
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Arguments of the three sub-commands (``name`` is the one being built)."""
+    parser.add_argument("--config", default=None, help="preset name or YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, repeatable (e.g. downstream.label_fraction=0.1)",
+    )
+    parser.add_argument(
+        "--export-lidarseg",
+        default=None,
+        metavar="DIR",
+        help="write predictions in the lidarseg submission layout under DIR",
+    )
+    if name == "evaluate":
+        src = parser.add_mutually_exclusive_group(required=True)
+        src.add_argument("--run", default=None, help="a probe/finetune run id (its saved weights)")
+        src.add_argument("--head", default=None, help="linear head file (seg_head.pt)")
+        parser.add_argument(
+            "--pretrained",
+            default=None,
+            help="with --head: RUN_ID | PATH to backbone weights | none",
+        )
+        parser.add_argument("--split", default=None, help="split to score (default data.val_split)")
+    else:
+        parser.add_argument(
+            "--pretrained",
+            required=True,
+            help="RUN_ID (its backbone.pt) | PATH to a backbone.pt | none (random init)",
+        )
+        parser.add_argument("--run-id", default=None, help="log into this existing MLflow run")
+        parser.add_argument("--parent-run-id", default=None, help="nest under this MLflow run")
+
+
+def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
+    from cmcr.configs import load_config
+
+    return load_config(args.config or default, args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch on the sub-command name; prints the metrics as one JSON line."""
+    if args.command == "evaluate":
+        return _evaluate(args)
+    from cmcr.configs import apply_overrides
+    from cmcr.engine.downstream import run_downstream
+
+    cfg = apply_overrides(_load_cfg(args), {"downstream.mode": args.command})
+    res = run_downstream(
+        cfg,
+        pretrained=args.pretrained,
+        run_id=args.run_id,
+        parent_run_id=args.parent_run_id,
+        export_dir=args.export_lidarseg,
+    )
+    _print(args.command, res.miou, res.fwiou, res.per_class, run_id=res.run_id)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cmcr.engine.downstream import run_dir_weights, run_evaluate
+
+    if args.run:
+        from cmcr.configs import load_config
+
+        base = load_config(args.config, args.overrides)  # for tracking.output_dir
+        saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
+        cfg = _load_cfg(args, saved if saved.is_file() else None)
+        backbone, head = run_dir_weights(cfg, args.run)
+        pretrained: str | None = str(backbone)
+    else:
+        if args.pretrained is None:
+            raise CMCRError("--head needs --pretrained RUN_ID|PATH|none (the encoder weights)")
+        cfg, head, pretrained = _load_cfg(args), Path(args.head), args.pretrained
+    m = run_evaluate(
+        cfg, pretrained=pretrained, head=head, split=args.split, export_dir=args.export_lidarseg
+    )
+    _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
+    return 0
+
+
+def _print(kind: str, miou: float, fwiou: float, per_class: dict, run_id: str | None) -> None:
+    def clean(v: float) -> float | None:
+        return None if math.isnan(v) else round(v, 6)
+
+    line = {
+        "kind": kind,
+        "run_id": run_id,
+        "miou": clean(miou),
+        "fwiou": clean(fwiou),
+        "per_class": {k: clean(v) for k, v in per_class.items()},
+    }
+    print(json.dumps(line))

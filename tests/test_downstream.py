@@ -1,0 +1,159 @@
+"""Probe / fine-tune loop, pretrained-weight handling, MLflow records (in-process, tiny sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cmcr.data
+from cmcr.configs import load_config
+from cmcr.engine.downstream import (
+    SegModel,
+    label_fraction_indices,
+    run_downstream,
+)
+from cmcr.models import CMCRModel
+
+N_SCANS = 6
+
+
+class _FakeSegDataset(torch.utils.data.Dataset):
+    """Stand-in scans: three planes, label by plane, some points ignored."""
+
+    def __init__(self, split: str, n: int) -> None:
+        self.split, self.n = split, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([7, i, len(self.split)])
+        m = 300
+        plane = rng.integers(0, 3, m)
+        xy = rng.uniform(-3, 3, (m, 2))
+        z = np.array([-1.5, 0.0, 1.0])[plane] + rng.normal(0, 0.03, m)
+        labels = np.array([11, 4, 16])[plane]
+        labels[rng.random(m) < 0.1] = 0
+        pts = np.concatenate([xy, z[:, None]], 1).astype(np.float32)
+        return pts, rng.random(m).astype(np.float32), labels, f"{self.split}-{i:03d}"
+
+
+def _collate(items, voxel: float = 0.2):
+    pts = np.concatenate([it[0] for it in items])
+    inten = np.concatenate([it[1] for it in items])
+    pb = np.concatenate([np.full(len(it[0]), b) for b, it in enumerate(items)])
+    grid = np.floor(pts / voxel).astype(np.int64)
+    grid -= grid.min(0)
+    coords, inverse = np.unique(np.c_[pb, grid], axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse)
+    feats = np.bincount(inverse, weights=inten) / counts
+    return {
+        "batch_size": len(items),
+        "coords": torch.from_numpy(coords.astype(np.int32)),
+        "spatial_shape": (coords[:, 1:].max(0) + 1).tolist(),
+        "feats": torch.from_numpy(feats[:, None].astype(np.float32)),
+        "inverse": torch.from_numpy(inverse),
+        "point_batch": torch.from_numpy(pb),
+        "labels": torch.from_numpy(np.concatenate([it[2] for it in items])).long(),
+        "num_points": torch.tensor([len(it[0]) for it in items]),
+        "sample_tokens": [it[3] for it in items],
+    }
+
+
+def _fake_loader(cfg, split, *, train):
+    ds = _FakeSegDataset(split, N_SCANS)
+    if train:
+        ds = torch.utils.data.Subset(
+            ds, label_fraction_indices(len(ds), cfg.downstream.label_fraction).tolist()
+        )
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg.downstream.batch_size, shuffle=False, collate_fn=_collate
+    )
+
+
+@pytest.fixture()
+def fake_data(monkeypatch):
+    monkeypatch.setattr(cmcr.data, "build_seg_loader", _fake_loader, raising=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlruns")
+
+
+def _cfg(store: Path, mode: str, **over):
+    base = {
+        "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
+        "tracking.output_dir": str(store / "runs"),
+        "downstream.mode": mode,
+        "downstream.label_fraction": 1.0,
+        "downstream.probe_epochs": 3,
+        "downstream.finetune_epochs": 1,
+    }
+    base.update(over)
+    return load_config("smoke", base)
+
+
+def _backbone_file(cfg, path: Path) -> Path:
+    """A backbone.pt written by the real CMCRModel (random method: 3D parts only)."""
+    from cmcr.configs import apply_overrides
+
+    torch.manual_seed(123)
+    model = CMCRModel(apply_overrides(load_config("smoke"), {"method.name": "random"}))
+    torch.save(model.backbone_state(), path)
+    return path
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_label_fraction_keeps_every_kth_scan() -> None:
+    assert label_fraction_indices(20, 0.25).tolist() == [0, 4, 8, 12, 16]
+    assert label_fraction_indices(5, 1.0).tolist() == [0, 1, 2, 3, 4]
+    assert label_fraction_indices(250, 0.01).tolist() == [0, 100, 200]
+
+
+def test_probe_freezes_encoder_and_trains_head(fake_data, store, tmp_path) -> None:
+    cfg = _cfg(store, "probe")
+    bb = _backbone_file(cfg, tmp_path / "backbone.pt")
+    seen = []
+    res = run_downstream(cfg, pretrained=str(bb), report=lambda e, v: seen.append((e, v)))
+    assert [e for e, _ in seen] == [1, 2, 3] and 0.0 <= res.miou <= 1.0
+    out = Path(cfg.tracking.output_dir) / res.run_id
+    before = torch.load(bb, weights_only=True)
+    assert _states_equal(torch.load(out / "seg_backbone.pt", weights_only=True), before)
+    torch.manual_seed(cfg.train.seed)
+    init_head = SegModel(cfg).classifier.state_dict()
+    assert not _states_equal(torch.load(out / "seg_head.pt", weights_only=True), init_head)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cmcr.kind"] == "probe"
+    assert run.data.params["downstream.probe_lr"] == str(cfg.downstream.probe_lr)
+    assert run.data.metrics["val/miou"] == pytest.approx(res.miou)
+    assert [m.step for m in client.get_metric_history(res.run_id, "val/miou")] == [1, 2, 3]
+    assert "val/iou_car" in run.data.metrics and "train/seg_loss" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(res.run_id, "downstream")}
+    assert {"downstream/per_class_iou.csv", "downstream/per_class_iou.md"} <= arts
+    assert "downstream/confusion.html" in arts
+
+
+def test_finetune_changes_encoder(fake_data, store, tmp_path) -> None:
+    cfg = _cfg(store, "finetune")
+    bb = _backbone_file(cfg, tmp_path / "backbone.pt")
+    res = run_downstream(cfg, pretrained=str(bb))
+    out = Path(cfg.tracking.output_dir) / res.run_id
+    after = torch.load(out / "seg_backbone.pt", weights_only=True)
+    before = torch.load(bb, weights_only=True)
+    assert after.keys() == before.keys()
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert any(k.startswith("backbone.") and k.endswith("weight") for k in changed)
+    assert 0.0 <= res.miou <= 1.0
