@@ -88,6 +88,7 @@ def test_resume_continues_same_run_and_unknown_id_fails(store):
     other = _cfg(store, **{"train.lr": 0.5})
     with pytest.raises(TrackingError, match="train.lr"):
         RunLogger.start(other, kind="pretrain", run_id=first.run_id)
+    assert again.client.get_run(first.run_id).info.status == "FINISHED"  # refused: untouched
 
 
 def test_context_manager_failure_and_interrupt_states(store):

@@ -221,32 +221,21 @@ class RunLogger:
             resumed = False
         else:
             _require_run(client, run_id, uri)
+            # checked before the run is touched: a refused resume leaves its status alone
+            new_params = _new_params(client, run_id, cfg) if log_params else {}
             client.update_run(run_id, status="RUNNING")
             resumed = True
         logger = cls(client, run_id, uri, is_main=True)
         try:
             logger.set_tags(all_tags)
             if log_params:
-                logger._log_config_params(cfg, resumed)
+                logger.log_params(new_params if resumed else config_params(cfg))
             if cfg.tracking.system_metrics:
                 logger._start_system_metrics(resumed)
         except BaseException as exc:
             logger.end("FAILED", reason=f"could not start tracking: {exc}")
             raise
         return logger
-
-    def _log_config_params(self, cfg: Config, resumed: bool) -> None:
-        params = config_params(cfg)
-        if resumed:
-            old = self.client.get_run(self.run_id).data.params
-            changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
-            if changed:
-                raise TrackingError(
-                    f"run {self.run_id} was recorded with a different config "
-                    f"({', '.join(changed)}); resume it with the same config"
-                )
-            params = {k: v for k, v in params.items() if k not in old}
-        self.log_params(params)
 
     def _start_system_metrics(self, resumed: bool) -> None:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -363,6 +352,20 @@ def _require_run(client: Any, run_id: str, uri: str) -> None:
         raise TrackingError(f"run id '{run_id}' does not exist in {redact_url(uri)}") from None
     if run.info.lifecycle_stage == "deleted":
         raise TrackingError(f"run id '{run_id}' is deleted in {redact_url(uri)}")
+
+
+def _new_params(client: Any, run_id: str, cfg: Config) -> dict[str, str]:
+    """The config params ``run_id`` lacks; TrackingError if any recorded value differs."""
+    params = config_params(cfg)
+    old = client.get_run(run_id).data.params
+    changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
+    if changed:
+        raise TrackingError(
+            f"run {run_id} was recorded with a different config "
+            f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed)}); "
+            "resume it with the same config"
+        )
+    return {k: v for k, v in params.items() if k not in old}
 
 
 def _is_plotly(fig: Any) -> bool:

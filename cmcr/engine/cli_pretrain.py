@@ -1,0 +1,77 @@
+"""``cmcr pretrain``: pre-train a LiDAR backbone (``--resume RUN_ID`` continues the same run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
+from cmcr.configs import validate_config as _validate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config PRESET_OR_YAML [--set key=value ...] [--resume RUN_ID]``."""
+    parser.add_argument(
+        "--config",
+        help="preset name (smoke, demo, paper) or YAML file; with --resume, defaults to the "
+        "run's recorded config",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, e.g. train.lr=5e-4 (repeatable)",
+    )
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [item for group in args.overrides for item in group]
+
+
+def _recorded_config(run_id: str, base: Config) -> Config:
+    """The config a run was started with (its params); tracking settings stay the caller's."""
+    from cmcr.engine.tracking import _require_run as require_run
+    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(base)
+    client = make_client(uri)
+    require_run(client, run_id, uri)
+    params = {
+        k: v for k, v in client.get_run(run_id).data.params.items() if not k.startswith("tracking.")
+    }
+    try:
+        cfg = config_from_flat(params)
+    except ConfigError as exc:
+        raise ConfigError(f"run {run_id}: recorded config cannot be read ({exc})") from None
+    cfg.tracking = base.tracking
+    return cfg
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Config from --config/--set, or from the resumed run's params when --config is absent."""
+    if args.config:
+        return load_config(args.config, _overrides(args))
+    if not args.resume:
+        raise ConfigError("--config: required (a preset name or a YAML file) unless --resume")
+    cfg = _recorded_config(args.resume, load_config(None))
+    return _validate(apply_overrides(cfg, _overrides(args)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Pre-train; prints the run id first (for --resume) and the weights path at the end."""
+    from cmcr.engine.pipeline import run_pretrain
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("cmcr").setLevel(logging.INFO)  # the run id line, for --resume
+    cfg = build_config(args)
+    result = run_pretrain(cfg, run_id=args.resume)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"run {result.run_id}: {result.steps} steps, weights {result.backbone_path}")
+    return 0

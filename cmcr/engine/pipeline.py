@@ -1,0 +1,213 @@
+"""The public entry points: ``run_pretrain`` and ``run_trial`` (pre-training + downstream).
+
+Order of work, so that bad input never leaves a RUNNING MLflow run behind: validate the
+config and the dataroot, build the data loader, check the run id to resume; only then create
+(or resume) the MLflow run. Anything that fails after that ends the run FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmcr.compat import patch_spconv_cpu
+from cmcr.configs import Config, validate_config
+from cmcr.engine.checkpoint import (
+    BACKBONE_FILE,
+    TrainState,
+    has_checkpoints,
+    load_latest,
+    run_dir,
+    save_backbone,
+)
+from cmcr.engine.tracking import RunLogger, config_yaml
+from cmcr.errors import DataError
+
+PRETRAIN_DONE_TAG = "cmcr.pretrain_done"
+log = logging.getLogger("cmcr")
+
+
+@dataclass
+class PretrainResult:
+    """What a finished pre-training produced."""
+
+    run_id: str
+    backbone_path: Path
+    steps: int
+
+
+def check_dataroot(cfg: Config) -> None:
+    """Fail early (before any run exists) when the dataset folder is missing."""
+    root = Path(cfg.data.dataroot)
+    if not (root / cfg.data.version).is_dir():
+        raise DataError(
+            f"data.dataroot: '{root}' has no '{cfg.data.version}' table folder "
+            "(make a synthetic world with `cmcr synth`, or point data.dataroot at nuScenes)"
+        )
+
+
+def _build_loader(cfg: Config) -> Any:
+    """The training loader (data helper's builder); raises DataError on bad data."""
+    from cmcr.data import build_pretrain_loader
+
+    return build_pretrain_loader(cfg, cfg.data.train_split, shuffle=True, seed=cfg.train.seed)
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _broadcast(value: Any) -> Any:
+    """Main process's ``value`` on every process (no-op when not distributed)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if PartialState().num_processes == 1:
+        return value
+    return broadcast_object_list([value])[0]
+
+
+def _start_logger(cfg: Config, kind: str, run_id: str | None, **kw: Any) -> RunLogger:
+    """Create/resume the run on main; every process learns its id."""
+    is_main = _is_main()
+    logger = (
+        RunLogger.start(cfg, kind=kind, run_id=run_id, is_main=is_main, **kw) if is_main else None
+    )
+    rid = _broadcast(logger.run_id if logger else None)
+    if is_main:
+        log.info(f"cmcr {kind}: run {rid} (outputs in {run_dir(cfg, rid)})")
+    return logger or RunLogger(None, rid, "", is_main=False)
+
+
+def _pretrain_done(logger: RunLogger, cfg: Config) -> bool:
+    """A run whose pre-training completed (tag set and backbone.pt present) is not redone."""
+    done = False
+    if logger.is_main:
+        tags = logger.client.get_run(logger.run_id).data.tags
+        path = run_dir(cfg, logger.run_id) / BACKBONE_FILE
+        done = tags.get(PRETRAIN_DONE_TAG) == "true" and path.is_file()
+    return bool(_broadcast(done))
+
+
+def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
+    """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
+    from cmcr.engine.train import (
+        build_optimizer,
+        build_scheduler,
+        make_accelerator,
+        pretrain_loop,
+        release_accelerator,
+        total_steps,
+    )
+    from cmcr.models import CMCRModel
+
+    out = run_dir(cfg, logger.run_id)
+    accelerator = make_accelerator(cfg, str(out))
+    try:
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = CMCRModel(cfg)
+        optimizer = build_optimizer(cfg, model)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        total = total_steps(cfg, len(loader))
+        scheduler = accelerator.prepare(build_scheduler(cfg, optimizer, total))
+        state = TrainState()
+        accelerator.register_for_checkpointing(state)
+        if resume and has_checkpoints(cfg, logger.run_id):
+            load_latest(accelerator, state)
+        steps = pretrain_loop(
+            cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total
+        )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _finish_weights(cfg, logger, accelerator.unwrap_model(model).backbone_state())
+        return steps
+    finally:
+        release_accelerator()
+
+
+def _finish_weights(cfg: Config, logger: RunLogger, state: dict[str, torch.Tensor]) -> Path:
+    """Save backbone.pt, log it, and mark pre-training done (main process only)."""
+    path = save_backbone(state, run_dir(cfg, logger.run_id) / BACKBONE_FILE)
+    logger.log_artifact(path)
+    logger.set_tags({PRETRAIN_DONE_TAG: "true"})
+    return path
+
+
+def _random_init(cfg: Config, logger: RunLogger) -> int:
+    """method.name=random: the seeded, untrained backbone is the result."""
+    from cmcr.models import CMCRModel
+
+    if logger.is_main:
+        torch.manual_seed(cfg.train.seed)
+        _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
+    return 0
+
+
+def _pretrain_in_run(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
+    """Pre-train inside an open run; returns the number of optimiser steps done."""
+    logger.log_text(config_yaml(cfg), "config.yaml")
+    if cfg.method.name == "random":
+        return _random_init(cfg, logger)
+    return _train(cfg, logger, loader, resume)
+
+
+def _prepare(cfg: Config) -> Any:
+    """Validation and data before any run exists; the loader (None for method random)."""
+    patch_spconv_cpu()
+    validate_config(cfg)
+    check_dataroot(cfg)
+    return None if cfg.method.name == "random" else _build_loader(cfg)
+
+
+def run_pretrain(
+    cfg: Config,
+    *,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> PretrainResult:
+    """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
+    loader = _prepare(cfg)
+    logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
+    with logger:
+        steps = _resume_or_train(cfg, logger, loader, resume=run_id is not None)
+    return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
+
+
+def _resume_or_train(cfg: Config, logger: RunLogger, loader: Any, *, resume: bool) -> int:
+    """Skip a completed pre-training; else train (resuming from checkpoints if any)."""
+    if resume and _pretrain_done(logger, cfg):
+        return _completed_steps(logger)
+    return _pretrain_in_run(cfg, logger, loader, resume)
+
+
+def _completed_steps(logger: RunLogger) -> int:
+    step = logger.last_logged_step("train/loss")
+    return int(_broadcast(step or 0))
+
+
+def run_trial(
+    cfg: Config,
+    *,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    report: Any = None,
+) -> Any:
+    """Pre-training then the downstream evaluation in ONE run (kind ``trial``); resumable."""
+    from cmcr.engine.downstream import run_downstream
+
+    loader = _prepare(cfg)
+    logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
+    with logger:
+        _resume_or_train(cfg, logger, loader, resume=run_id is not None)
+        backbone = run_dir(cfg, logger.run_id) / BACKBONE_FILE
+        return run_downstream(
+            cfg, pretrained=str(backbone), run_id=logger.run_id, logger=logger, report=report
+        )

@@ -1,0 +1,261 @@
+"""The Accelerate pre-training loop: prepare, step, log, checkpoint, resume.
+
+Reproducibility on resume. Three things decide what step ``s`` computes, and each is restored
+exactly from a checkpoint:
+- the data: the sampler order is a function of (seed, epoch) (Accelerate's seedable sampler,
+  ``set_epoch``), the augmentation of sample ``i`` a function of (seed, epoch, i) (datasets),
+  and ``skip_first_batches`` drops the micro-batches the partial epoch already used;
+- the weights, optimiser, scheduler and loop counters (``save_state`` + ``TrainState``);
+- the model's own randomness (match sampling, codebook restarts): the global torch generator
+  is re-seeded before every micro-batch from (seed, epoch, batch, rank), so it does not matter
+  how much randomness the data loader iterator or anything else consumed before.
+
+Metric logging on resume: see ``cmcr.engine.tracking`` (each step exactly once; steps already
+in the run's history are not logged again).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cmcr.configs import Config
+from cmcr.engine.checkpoint import TrainState, save_checkpoint
+from cmcr.engine.tracking import RunLogger
+from cmcr.errors import CMCRError
+
+# Test hook, read here only: when set to a folder, every rank writes its final model state
+# there (rank<i>.pt) so the distributed test can check that ranks ended identical.
+TEST_DUMP_ENV = "CMCR_TEST_DUMP_RANK_STATE"
+
+
+class TrainingDiverged(CMCRError):
+    """The loss became NaN or infinite; the run stops before the bad step is applied."""
+
+
+def make_accelerator(cfg: Config, project_dir: str) -> Any:
+    """An Accelerator with automatic checkpoint naming under ``project_dir``."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=project_dir,
+        automatic_checkpoint_naming=True,
+        total_limit=cfg.train.keep_checkpoints,
+    )
+    # mixed precision is a GPU feature; on CPU it would silently run bf16 autocast
+    precision = cfg.train.mixed_precision if torch.cuda.is_available() else "no"
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=precision,
+        project_config=project,
+        # the shuffle order then depends on (data_seed, epoch) only, identically on every rank
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg.train.seed
+        ),
+        # our scheduler counts optimiser steps, not samples over all processes
+        step_scheduler_with_optimizer=False,
+        # ablations switch heads off; their parameters get no gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def release_accelerator() -> None:
+    """Forget the process-wide Accelerate state so the next run may use other settings."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with lr and weight decay from the config."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warmup, then cosine/constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, total: int) -> Any:
+    """LambdaLR stepping once per optimiser step."""
+    t = cfg.train
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, t.warmup_steps, t.scheduler)
+    )
+
+
+def total_steps(cfg: Config, batches_per_epoch: int) -> int:
+    """Optimiser steps of the run: ``train.max_steps`` if set, else epochs × steps per epoch."""
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    return cfg.train.epochs * math.ceil(batches_per_epoch / cfg.train.grad_accum)
+
+
+def micro_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The torch seed for one micro-batch: a function of where it is, not of history."""
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1)[0])
+
+
+class _Window:
+    """Loss and stat sums over the micro-batches of one logging window."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, values: dict[str, float], samples: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.samples += samples
+
+
+def _epoch_batches(loader: Any, accelerator: Any, state: TrainState) -> Iterable[Any]:
+    """The rest of the current epoch: Accelerate skips the micro-batches already used."""
+    loader.set_epoch(state.epoch)  # sampler order and dataset augmentation of this epoch
+    if state.batch_in_epoch == 0:
+        return loader
+    return accelerator.skip_first_batches(loader, state.batch_in_epoch)
+
+
+def _forward(
+    cfg: Config, model: Any, batch: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted total loss and the values to log (unweighted terms, codebook stats)."""
+    from cmcr.losses import weighted_total
+
+    out = model(batch)
+    loss = weighted_total(out["losses"], cfg.loss.weights)
+    values = {f"loss_{k}": float(v.detach()) for k, v in out["losses"].items()}
+    for key in ("codebook_perplexity", "codebook_usage"):
+        if key in out.get("stats", {}):
+            values[key] = float(out["stats"][key])
+    return loss, values
+
+
+def _check_finite(accelerator: Any, loss: torch.Tensor, state: TrainState) -> float:
+    """All ranks agree whether the loss is finite (one all-reduce); raise before backward."""
+    total = accelerator.reduce(loss.detach().float().reshape(1), reduction="mean")
+    value = float(total)  # a device sync point, once per micro-batch
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"loss is {value} at optimiser step {state.step + 1} (epoch {state.epoch}, "
+            f"batch {state.batch_in_epoch}); lower train.lr or check the loss weights"
+        )
+    return value
+
+
+def train_step(
+    cfg: Config,
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    batch: Any,
+    state: TrainState,
+) -> dict[str, float]:
+    """One micro-batch: forward, finiteness check, backward, and the optimiser step at sync."""
+    torch.manual_seed(
+        micro_seed(cfg.train.seed, state.epoch, state.batch_in_epoch, accelerator.process_index)
+    )
+    with accelerator.accumulate(model):
+        loss, values = _forward(cfg, model, batch)
+        values["loss"] = _check_finite(accelerator, loss, state)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.train.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        values["lr"] = optimizer.param_groups[0]["lr"]  # the lr this step uses
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return values
+
+
+def _log_window(
+    accelerator: Any, logger: RunLogger, window: _Window, step: int, *, write: bool
+) -> None:
+    """Mean of the window over micro-batches and ranks, as ``train/*`` metrics at ``step``."""
+    keys = sorted(window.sums)
+    means = torch.tensor([window.sums[k] / window.count for k in keys], device=accelerator.device)
+    means = accelerator.reduce(means, reduction="mean")  # every rank calls this
+    elapsed = max(time.perf_counter() - window.t0, 1e-9)
+    metrics = {f"train/{k}": float(v) for k, v in zip(keys, means.tolist(), strict=True)}
+    metrics["train/samples_per_s"] = window.samples * accelerator.num_processes / elapsed
+    if write:
+        logger.log_metrics(metrics, step)
+
+
+def pretrain_loop(
+    cfg: Config,
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    loader: Any,
+    state: TrainState,
+    logger: RunLogger,
+    total: int,
+) -> int:
+    """Train until ``total`` optimiser steps; returns the last step. Logs and checkpoints."""
+    t = cfg.train
+    # steps already in the history (a resumed run) are re-run but not logged twice
+    logged = logger.last_logged_step("train/loss") or 0
+    bar = tqdm(
+        total=total, initial=state.step, disable=not accelerator.is_main_process, desc="pretrain"
+    )
+    window = _Window()
+    model.train()
+    while state.step < total:
+        for batch in _epoch_batches(loader, accelerator, state):
+            values = train_step(cfg, accelerator, model, optimizer, scheduler, batch, state)
+            window.add(values, int(batch["batch_size"]))
+            state.batch_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            bar.update(1)
+            if state.step % t.log_every == 0 or state.step == total:
+                # every rank reduces (a collective); only main knows `logged` and logs
+                _log_window(accelerator, logger, window, state.step, write=state.step > logged)
+                window = _Window()
+            if state.step % t.checkpoint_every == 0:
+                save_checkpoint(accelerator, state)
+            if state.step >= total:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+    _dump_rank_state(accelerator, model)
+    return state.step
+
+
+def _dump_rank_state(accelerator: Any, model: Any) -> None:
+    """Test hook (``CMCR_TEST_DUMP_RANK_STATE``): each rank saves its full state dict."""
+    folder = os.environ.get(TEST_DUMP_ENV)
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    state = accelerator.unwrap_model(model).state_dict()
+    torch.save(
+        {k: v.cpu() for k, v in state.items()},
+        os.path.join(folder, f"rank{accelerator.process_index}.pt"),
+    )
