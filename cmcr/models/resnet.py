@@ -129,7 +129,12 @@ def load_resnet(name: str, weights: str) -> ResNet:
             f"model.image_weights '{weights}': not a readable torch checkpoint ({exc})"
         ) from None
     sd = _extract_state_dict(obj, weights)
-    missing, unexpected = net.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatch: e.g. ResNet-50 weights for a ResNet-18
+        raise CheckpointError(
+            f"model.image_weights '{weights}': does not fit {name} ({str(exc)[:200]})"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"model.image_weights '{weights}': does not fit {name} "
