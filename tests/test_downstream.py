@@ -82,7 +82,12 @@ def fake_data(monkeypatch):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("mlruns")
+    """A sqlite MLflow store, created up front (its creation logs INFO lines to stderr)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlruns")
+    MlflowClient(f"sqlite:///{path}/mlflow.db").search_experiments()
+    return path
 
 
 def _cfg(store: Path, mode: str, **over):
@@ -157,3 +162,61 @@ def test_finetune_changes_encoder(fake_data, store, tmp_path) -> None:
     changed = [k for k in after if not torch.equal(after[k], before[k])]
     assert any(k.startswith("backbone.") and k.endswith("weight") for k in changed)
     assert 0.0 <= res.miou <= 1.0
+
+
+def _no_running_runs(uri: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return not client.search_runs(exps, "attributes.status = 'RUNNING'")
+
+
+def _cli(store: Path, *args: str) -> list[str]:
+    return [
+        "probe",
+        "--config",
+        "smoke",
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{store}/mlflow.db",
+        "--set",
+        f"tracking.output_dir={store / 'runs'}",
+        *args,
+    ]
+
+
+@pytest.mark.parametrize("kind", ["unknown_run", "corrupt", "wrong_arch", "missing_file"])
+def test_bad_pretrained_exits_2_one_line(kind, fake_data, store, tmp_path, capsys) -> None:
+    from cmcr.cli import main
+
+    if kind == "unknown_run":
+        spec, expect = "0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"
+    elif kind == "corrupt":
+        spec = str(tmp_path / "backbone.pt")
+        Path(spec).write_bytes(b"not a torch file" * 10)
+        expect = "corrupt"
+    elif kind == "wrong_arch":
+        cfg = load_config("smoke", {"model.backbone": "unet34c"})
+        spec = str(tmp_path / "backbone.pt")
+        torch.save(SegModel(cfg).encoder.state_dict(), spec)
+        expect = "does not fit"
+    else:
+        spec, expect = str(tmp_path / "nope" / "backbone.pt"), "does not exist"
+    code = main(_cli(store, "--pretrained", spec))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cmcr probe: error:") and expect in err[0]
+    assert _no_running_runs(f"sqlite:///{store}/mlflow.db")
+
+
+def test_report_exception_propagates_and_fails_run(fake_data, store) -> None:
+    class Pruned(Exception):
+        pass
+
+    def report(epoch: int, value: float) -> None:
+        raise Pruned(f"epoch {epoch}")
+
+    cfg = _cfg(store, "probe")
+    with pytest.raises(Pruned):
+        run_downstream(cfg, pretrained="none", report=report)
+    assert _no_running_runs(cfg.tracking.tracking_uri)

@@ -140,8 +140,9 @@ def load_state_file(path: Path, what: str = "backbone") -> dict[str, torch.Tenso
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
-            f"{what} file '{path}' is corrupt or not a torch file ({exc})"
+            f"{what} file '{path}' is corrupt or not a torch state dict ({first})"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} file '{path}': expected a state dict of tensors")
