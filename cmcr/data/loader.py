@@ -1,0 +1,100 @@
+"""Loader builders with a (seed, epoch)-pure sample order, so resumed runs see the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from cmcr.configs import Config
+from cmcr.data.collate import collate_pretrain, collate_seg
+from cmcr.data.pretrain import PretrainDataset
+from cmcr.data.seg import SegDataset
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs; the order is a pure function of (seed, epoch).
+
+    Passing the epoch with each index keeps persistent workers (which hold a stale copy of the
+    dataset) on the right random stream without any message to them.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """(n,) indices of this epoch."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, int(i)) for i in self.order()])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _worker_init(_: int) -> None:
+    """One torch thread per worker: the workers already run in parallel."""
+    torch.set_num_threads(1)
+
+
+def _loader(
+    dataset, cfg: Config, *, batch_size: int, shuffle: bool, seed: int, collate
+) -> DataLoader:
+    """A DataLoader over an EpochSampler; persistent workers where num_workers > 0."""
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed=seed, shuffle=shuffle),
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        drop_last=False,
+    )
+
+
+def build_pretrain_loader(
+    cfg: Config, split: str, *, shuffle: bool = True, seed: int | None = None
+) -> DataLoader:
+    """Pre-training batches of a split (batch cfg.train.batch_size); call loader.sampler.set_epoch."""
+    seed = cfg.train.seed if seed is None else seed
+    dataset = PretrainDataset(cfg, split, seed=seed)
+    return _loader(
+        dataset, cfg, batch_size=cfg.train.batch_size, shuffle=shuffle, seed=seed,
+        collate=collate_pretrain,
+    )  # fmt: skip
+
+
+def build_seg_loader(
+    cfg: Config, split: str, *, train: bool, seed: int | None = None
+) -> DataLoader:
+    """Segmentation batches (batch cfg.downstream.batch_size); train shuffles and augments."""
+    seed = cfg.train.seed if seed is None else seed
+    dataset = SegDataset(cfg, split, train=train, seed=seed)
+    return _loader(
+        dataset, cfg, batch_size=cfg.downstream.batch_size, shuffle=train, seed=seed,
+        collate=collate_seg,
+    )  # fmt: skip
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch on the sampler and the dataset (also through an Accelerate wrapper)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    if inner is not sampler and hasattr(inner, "set_epoch"):
+        inner.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

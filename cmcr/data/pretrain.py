@@ -1,0 +1,110 @@
+"""The pre-training dataset: voxels, cameras, pairings, masks and occupancy queries per keyframe."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+from torch.utils.data import Dataset
+
+from cmcr.configs import Config
+from cmcr.data.augment import augment_cloud, map_pixels, patch_mask, sample_crops
+from cmcr.data.geometry import project_points
+from cmcr.data.io import read_image_crop, read_points
+from cmcr.data.occupancy import query_neighbours, sample_queries
+from cmcr.data.records import SampleRecord, load_records
+from cmcr.data.voxel import voxelize
+from cmcr.errors import DataError
+
+INTENSITY_SCALE = 255.0  # nuScenes intensity is 0..255; features and targets are in [0, 1]
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The one random stream of sample `index` in `epoch` (docs/architecture.md, Randomness)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def split_index(index: int | tuple[int, int], epoch: int) -> tuple[int, int]:
+    """(epoch, i) from a plain index (the dataset's epoch) or an (epoch, i) pair from the sampler."""
+    if isinstance(index, tuple):
+        return int(index[0]), int(index[1])
+    return epoch, int(index)
+
+
+class PretrainDataset(Dataset):
+    """nuScenes keyframes of one split as pre-training samples (contract: collate_pretrain)."""
+
+    def __init__(self, cfg: Config, split: str, *, seed: int | None = None) -> None:
+        self.cfg = cfg.data
+        self.seed = cfg.train.seed if seed is None else seed
+        self.epoch = 0
+        records = load_records(cfg.data, split)
+        if cfg.data.max_samples > 0:
+            records = records[: cfg.data.max_samples]
+        self.records: list[SampleRecord] = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain integer indices (the sampler also passes it with each index)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        epoch, i = split_index(index, self.epoch)
+        return build_pretrain_sample(self.records[i], self.cfg, sample_rng(self.seed, epoch, i))
+
+
+def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> dict:
+    """One sample (numpy, sample-local indices); every random choice comes from rng, in order."""
+    points = read_points(rec.lidar_path)
+    if cfg.max_points > 0 and len(points) > cfg.max_points:
+        points = points[np.sort(rng.choice(len(points), cfg.max_points, replace=False))]
+    if len(points) == 0:
+        raise DataError(f"sample {rec.lidar_token}: no LiDAR points in {rec.lidar_path}")
+    xyz, intensity = points[:, :3], points[:, 3] / np.float32(INTENSITY_SCALE)
+    out_hw = (cfg.image_size[0], cfg.image_size[1])
+
+    # pairings on the un-augmented cloud, then through each camera's crop / resize / flip
+    point, cam, u, v = project_points(
+        xyz, rec.lidar_to_ego, rec.ego_to_global, rec.global_to_cam_ego, rec.cam_ego_to_cam,
+        rec.intrinsics, rec.image_hw, cfg.min_depth,
+    )  # fmt: skip
+    crops = sample_crops(rng, rec.image_hw, out_hw, tuple(cfg.crop_scale))  # (C, 4)
+    flips = rng.random(len(crops)) < cfg.hflip_prob  # (C,)
+    row, col, keep = map_pixels(u, v, cam, crops, flips, out_hw)
+    pairs = np.stack([point[keep], cam[keep], row, col], axis=1).astype(np.int64)  # (P, 4)
+    if len(pairs) == 0:
+        raise DataError(f"sample {rec.lidar_token}: no point projects into any camera crop")
+    images = np.stack(
+        [
+            read_image_crop(p, c, out_hw, f)
+            for p, c, f in zip(rec.cam_paths, crops, flips, strict=True)
+        ]
+    )  # (C, H, W, 3) uint8
+    mask = patch_mask(
+        rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, cfg.mask_patch
+    )  # (C, H, W)
+
+    aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
+    coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size)
+    queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
+    tree = cKDTree(aug, balanced_tree=False, compact_nodes=False)
+    neighbours = query_neighbours(tree, queries.xyz, cfg.query_radius, cfg.max_neighbours)
+    return {
+        "coords": coords,
+        "feats": feats,
+        "inverse": inverse,
+        "points": aug.astype(np.float32),
+        "images": images,
+        "image_mask": mask,
+        "image_crops": np.concatenate([crops, flips[:, None]], axis=1),  # [top, left, h, w, flip]
+        "pairs": pairs,
+        "pair_masked": mask[pairs[:, 1], pairs[:, 2], pairs[:, 3]],
+        "queries": queries.xyz,
+        "query_occ": queries.occ,
+        "query_intensity": queries.intensity,
+        "query_has_intensity": queries.has_intensity,
+        "query_neighbours": neighbours,
+        "query_source": queries.source,
+        "sample_token": rec.lidar_token,
+    }

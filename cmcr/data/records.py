@@ -1,0 +1,118 @@
+"""Read the nuScenes devkit once into plain per-keyframe records that workers can use alone."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cmcr.configs import DataConfig
+from cmcr.data.geometry import rigid_inverse, transform_matrix
+from cmcr.errors import DataError
+
+
+@dataclass
+class SampleRecord:
+    """Everything a worker needs for one keyframe: file paths and precomputed 4×4 transforms."""
+
+    sample_token: str
+    lidar_token: str  # LIDAR_TOP sample_data token (the batch's sample_tokens)
+    lidar_path: str
+    lidarseg_path: str | None
+    lidar_to_ego: np.ndarray  # (4, 4) float64
+    ego_to_global: np.ndarray  # (4, 4) at the lidar timestamp
+    cam_tokens: list[str]  # camera sample_data tokens, in cfg.data.cameras order
+    cam_paths: list[str]
+    global_to_cam_ego: np.ndarray  # (C, 4, 4) at each camera's timestamp
+    cam_ego_to_cam: np.ndarray  # (C, 4, 4)
+    intrinsics: np.ndarray  # (C, 3, 3)
+    image_hw: np.ndarray  # (C, 2) int64 (height, width)
+
+
+def resolve_dataroot(cfg: DataConfig) -> Path:
+    """The dataroot of the config (load_config already applied CMCR_DATA_ROOT); must exist."""
+    root = Path(cfg.dataroot or os.environ.get("CMCR_DATA_ROOT", ""))
+    if not (root / cfg.version).is_dir():
+        raise DataError(
+            f"data.dataroot: expected a nuScenes folder holding {cfg.version}/, got '{root}' "
+            "(set data.dataroot or CMCR_DATA_ROOT, or run `cmcr synth`)"
+        )
+    return root
+
+
+def split_scene_names(split: str) -> list[str]:
+    """Scene names of a devkit split; DataError naming the split and the valid ones."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise DataError(f"split '{split}': unknown, expected one of {', '.join(sorted(splits))}")
+    return list(splits[split])
+
+
+def load_records(cfg: DataConfig, split: str) -> list[SampleRecord]:
+    """Keyframe records of a split in scene order then time order; DataError when empty."""
+    names = set(split_scene_names(split))
+    root = resolve_dataroot(cfg)
+    nusc = _open_devkit(root, cfg.version)
+    scenes = [s for s in nusc.scene if s["name"] in names]
+    if not scenes:
+        raise DataError(
+            f"split '{split}': none of its {len(names)} scenes is in {root / cfg.version} "
+            f"(it holds {', '.join(sorted(s['name'] for s in nusc.scene)[:10])}...)"
+        )
+    lidarseg = {r["sample_data_token"]: r["filename"] for r in getattr(nusc, "lidarseg", [])}
+    records = []
+    for scene in scenes:
+        token = scene["first_sample_token"]
+        while token:
+            sample = nusc.get("sample", token)
+            records.append(_record(nusc, root, sample, cfg.cameras, lidarseg))
+            token = sample["next"]
+    return records
+
+
+def _open_devkit(root: Path, version: str):
+    """NuScenes(version, root), its failures turned into a DataError naming the folder."""
+    from nuscenes.nuscenes import NuScenes
+
+    try:
+        return NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (AssertionError, FileNotFoundError, KeyError, ValueError) as err:
+        raise DataError(f"{root / version}: not a readable nuScenes table set ({err})") from err
+
+
+def _record(nusc, root: Path, sample: dict, cameras: list[str], lidarseg: dict) -> SampleRecord:
+    """One keyframe's paths and transforms (the devkit's map_pointcloud_to_image chain)."""
+    lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    lidar_cs = nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])
+    lidar_pose = nusc.get("ego_pose", lidar["ego_pose_token"])
+    cams, g2e, e2c, intr, hw = [], [], [], [], []
+    for channel in cameras:
+        if channel not in sample["data"]:
+            raise DataError(f"sample {sample['token']}: no {channel} image (data.cameras)")
+        cam = nusc.get("sample_data", sample["data"][channel])
+        cs = nusc.get("calibrated_sensor", cam["calibrated_sensor_token"])
+        pose = nusc.get("ego_pose", cam["ego_pose_token"])
+        cams.append(cam)
+        g2e.append(rigid_inverse(transform_matrix(pose["rotation"], pose["translation"])))
+        e2c.append(rigid_inverse(transform_matrix(cs["rotation"], cs["translation"])))
+        intr.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
+        hw.append((cam["height"], cam["width"]))
+    seg = lidarseg.get(lidar["token"])
+    return SampleRecord(
+        sample_token=sample["token"],
+        lidar_token=lidar["token"],
+        lidar_path=str(root / lidar["filename"]),
+        lidarseg_path=str(root / seg) if seg else None,
+        lidar_to_ego=transform_matrix(lidar_cs["rotation"], lidar_cs["translation"]),
+        ego_to_global=transform_matrix(lidar_pose["rotation"], lidar_pose["translation"]),
+        cam_tokens=[c["token"] for c in cams],
+        cam_paths=[str(root / c["filename"]) for c in cams],
+        global_to_cam_ego=np.stack(g2e),
+        cam_ego_to_cam=np.stack(e2c),
+        intrinsics=np.stack(intr),
+        image_hw=np.asarray(hw, dtype=np.int64),
+    )

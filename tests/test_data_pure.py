@@ -1,0 +1,294 @@
+"""Unit tests of the data pipeline's pure functions on hand-made arrays (no world needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from pyquaternion import Quaternion
+from scipy.spatial import cKDTree
+
+from cmcr.data.augment import augment_cloud, map_pixels, patch_mask, sample_crops
+from cmcr.data.collate import collate_pretrain, collate_seg
+from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
+from cmcr.data.io import read_image_crop
+from cmcr.data.loader import EpochSampler
+from cmcr.data.occupancy import (
+    FAR_EMPTY,
+    INSIDE,
+    NEAR_OUTSIDE,
+    query_neighbours,
+    sample_queries,
+)
+from cmcr.data.seg import every_kth
+from cmcr.data.voxel import voxelize
+
+
+def _random_pose(rng: np.random.Generator, scale: float) -> tuple[list[float], list[float]]:
+    """A random (w, x, y, z) unit quaternion and translation, like a nuScenes record."""
+    q = rng.normal(size=4)
+    return list(q / np.linalg.norm(q)), list(rng.normal(scale=scale, size=3))
+
+
+def _slow_devkit_projection(xyz, lidar_cs, lidar_pose, cam_pose, cam_cs, K, hw, min_depth):
+    """NuScenesExplorer.map_pointcloud_to_image's chain, step by step with pyquaternion."""
+    from nuscenes.utils.data_classes import LidarPointCloud
+    from nuscenes.utils.geometry_utils import view_points
+
+    pc = LidarPointCloud(np.concatenate([xyz.T, np.zeros((1, len(xyz)))]).astype(np.float64))
+    pc.rotate(Quaternion(lidar_cs[0]).rotation_matrix)
+    pc.translate(np.array(lidar_cs[1]))
+    pc.rotate(Quaternion(lidar_pose[0]).rotation_matrix)
+    pc.translate(np.array(lidar_pose[1]))
+    pc.translate(-np.array(cam_pose[1]))
+    pc.rotate(Quaternion(cam_pose[0]).rotation_matrix.T)
+    pc.translate(-np.array(cam_cs[1]))
+    pc.rotate(Quaternion(cam_cs[0]).rotation_matrix.T)
+    depth = pc.points[2]
+    uv = view_points(pc.points[:3], K, normalize=True)
+    keep = (depth > min_depth) & (uv[0] > 0) & (uv[0] < hw[1]) & (uv[1] > 0) & (uv[1] < hw[0])
+    return np.nonzero(keep)[0], uv[0, keep], uv[1, keep]
+
+
+def test_projection_matches_devkit_chain() -> None:
+    rng = np.random.default_rng(0)
+    n_cam, hw = 3, np.array([[90, 160], [90, 160], [120, 100]])
+    lidar_cs, lidar_pose = _random_pose(rng, 1.0), _random_pose(rng, 100.0)
+    lidar_pose[1][0] += 400.0  # global coordinates are hundreds of metres away
+    cams = []
+    for _ in range(n_cam):
+        cam_pose = (lidar_pose[0], list(np.array(lidar_pose[1]) + rng.normal(scale=0.5, size=3)))
+        cams.append((cam_pose, _random_pose(rng, 1.0)))
+    K = np.array([[[100.0, 0, 80], [0, 100.0, 45], [0, 0, 1]]] * n_cam)
+    K[2, 0, 2] = 50
+    xyz = rng.uniform(-20, 20, (4000, 3)).astype(np.float32)
+    point, cam, u, v = project_points(
+        xyz,
+        transform_matrix(*lidar_cs),
+        transform_matrix(*lidar_pose),
+        np.stack([rigid_inverse(transform_matrix(*c[0])) for c in cams]),
+        np.stack([rigid_inverse(transform_matrix(*c[1])) for c in cams]),
+        K,
+        hw,
+        1.0,
+    )
+    total = 0
+    for c in range(n_cam):
+        idx, su, sv = _slow_devkit_projection(
+            xyz.astype(np.float64), lidar_cs, lidar_pose, cams[c][0], cams[c][1], K[c], hw[c], 1.0
+        )
+        # points within float32 rounding of the image border may fall either way
+        mine = point[cam == c]
+        common = np.intersect1d(mine, idx)
+        assert len(common) >= len(idx) - 2 and len(common) >= len(mine) - 2
+        pos_slow, pos_mine = np.searchsorted(idx, common), np.searchsorted(mine, common)
+        np.testing.assert_allclose(u[cam == c][pos_mine], su[pos_slow], atol=2e-3)
+        np.testing.assert_allclose(v[cam == c][pos_mine], sv[pos_slow], atol=2e-3)
+        total += len(idx)
+    assert total > 300  # the test really projected something into each camera
+
+
+def test_rigid_inverse() -> None:
+    mat = transform_matrix(*_random_pose(np.random.default_rng(1), 5.0))
+    np.testing.assert_allclose(rigid_inverse(mat) @ mat, np.eye(4), atol=1e-12)
+
+
+def test_sample_crops_inside_and_in_scale() -> None:
+    rng = np.random.default_rng(0)
+    hw = np.array([[900, 1600]] * 200)
+    crops = sample_crops(rng, hw, (224, 416), (0.3, 0.6))
+    top, left, h, w = crops.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 900).all() and (left + w <= 1600).all()
+    area = h * w / (900 * 1600)
+    assert (area > 0.29).all() and (area < 0.61).all()
+    np.testing.assert_allclose(w / h, 416 / 224, rtol=0.01)
+    assert len(np.unique(left)) > 100  # positions vary
+
+
+def test_map_pixels_lands_in_the_output_pixel_holding_the_point() -> None:
+    rng = np.random.default_rng(0)
+    crops = np.array([[10, 20, 60, 90], [0, 0, 72, 128]])
+    flips = np.array([False, True])
+    out_hw = (40, 64)
+    u, v = rng.uniform(0, 128, 5000).astype(np.float32), rng.uniform(0, 72, 5000).astype(np.float32)
+    cam = rng.integers(0, 2, 5000)
+    row, col, keep = map_pixels(u, v, cam, crops, flips, out_hw)
+    u, v, cam = u[keep], v[keep], cam[keep]
+    unflipped = np.where(flips[cam], out_hw[1] - 1 - col, col)
+    top, left, h, w = crops[cam].T
+    # the source box of output pixel (row, col) under the resize contains the point
+    assert (
+        (left + unflipped * w / out_hw[1] <= u + 1e-4)
+        & (u < left + (unflipped + 1) * w / out_hw[1] + 1e-4)
+    ).all()
+    assert (
+        (top + row * h / out_hw[0] <= v + 1e-4) & (v < top + (row + 1) * h / out_hw[0] + 1e-4)
+    ).all()
+    inside = (u >= left) & (u < left + w) & (v >= top) & (v < top + h)
+    assert inside.all() and keep.sum() < len(keep)  # crop 0 really dropped points
+
+
+def test_read_image_crop_draft_matches_full_decode(tmp_path) -> None:
+    yy, xx = np.mgrid[0:900, 0:1600]
+    pattern = 127 + 120 * np.sin(xx / 40.0) * np.cos(yy / 30.0)
+    rgb = np.stack([pattern, 255 - pattern, np.full_like(pattern, 90)], -1).astype(np.uint8)
+    path = tmp_path / "cam.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    crop = np.array([100, 300, 500, 928])  # -> 56x104: JPEG draft decodes at 1/4
+    fast = read_image_crop(str(path), crop, (56, 104), flip=False).astype(float)
+    full = Image.open(path).convert("RGB")
+    slow = full.resize((104, 56), Image.Resampling.BILINEAR, box=(300, 100, 1228, 600))
+    assert np.abs(fast - np.asarray(slow, float)).mean() < 4.0
+    flipped = read_image_crop(str(path), crop, (56, 104), flip=True).astype(float)
+    np.testing.assert_array_equal(flipped, fast[:, ::-1])
+
+
+def test_augment_cloud_is_rigid_and_identity_when_off() -> None:
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(size=(100, 3)).astype(np.float32)
+    out = augment_cloud(np.random.default_rng(1), xyz, rotate=True, flip_prob=0.5)
+    np.testing.assert_allclose(
+        np.linalg.norm(out[:, :2], axis=1), np.linalg.norm(xyz[:, :2], axis=1), rtol=1e-5
+    )
+    np.testing.assert_array_equal(out[:, 2], xyz[:, 2])
+    assert not np.allclose(out, xyz)
+    same = augment_cloud(np.random.default_rng(1), xyz, rotate=False, flip_prob=0.0)
+    np.testing.assert_array_equal(same, xyz)
+
+
+def test_patch_mask() -> None:
+    rng = np.random.default_rng(0)
+    mask = patch_mask(rng, 400, (40, 56), image_prob=0.5, ratio=0.5, patch=16)
+    assert mask.shape == (400, 40, 56)
+    per_image = mask.reshape(400, -1).any(1)
+    assert 0.35 < per_image.mean() < 0.65  # about half the images are masked
+    blocks = mask[:, :32, :48].reshape(400, 2, 16, 3, 16)
+    assert (blocks.all(axis=(2, 4)) == blocks.any(axis=(2, 4))).all()  # whole patches only
+    masked = mask[per_image]
+    assert 0.4 < masked[:, :32, :48].mean() < 0.6
+    assert not patch_mask(rng, 5, (40, 56), 0.0, 1.0, 16).any()
+    assert patch_mask(rng, 5, (40, 56), 1.0, 1.0, 16).all()
+
+
+def test_voxelize_point_lies_in_its_voxel() -> None:
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-5, 5, (3000, 3)).astype(np.float32)
+    xyz[1500:] = xyz[:1500] + 0.01  # share voxels
+    intensity = rng.random(3000).astype(np.float32)
+    coords, feats, inverse = voxelize(xyz, intensity, 0.5)
+    assert coords.dtype == np.int32 and (coords >= 0).all()
+    assert len(np.unique(coords, axis=0)) == len(coords)
+    lo = np.floor(xyz / 0.5).min(axis=0)
+    cell = coords[inverse] + lo  # (N, 3) voxel of each point, back in grid units
+    assert ((cell * 0.5 <= xyz + 1e-5) & (xyz < (cell + 1) * 0.5 + 1e-5)).all()
+    mean = np.bincount(inverse, intensity) / np.bincount(inverse)
+    np.testing.assert_allclose(feats[:, 0], mean, rtol=1e-5)
+
+
+def test_queries_inside_farther_near_closer_far_between() -> None:
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-30, 30, (500, 3)).astype(np.float32)
+    intensity = rng.random(500).astype(np.float32)
+    q = sample_queries(rng, xyz, intensity, 300, offset=0.1)
+    d_q, d_src = np.linalg.norm(q.xyz, axis=1), np.linalg.norm(xyz[q.source], axis=1)
+    for kind in (INSIDE, NEAR_OUTSIDE, FAR_EMPTY):
+        assert (q.kind == kind).sum() == 100
+    inside, near, far = q.kind == INSIDE, q.kind == NEAR_OUTSIDE, q.kind == FAR_EMPTY
+    assert (d_q[inside] >= d_src[inside]).all() and (
+        d_q[inside] <= d_src[inside] + 0.1 + 1e-4
+    ).all()
+    assert (d_q[near] <= d_src[near]).all() and (d_q[near] >= d_src[near] - 0.1 - 1e-4).all()
+    assert (d_q[far] <= d_src[far] + 1e-4).all()
+    cos = (q.xyz * xyz[q.source]).sum(1) / (d_q * d_src + 1e-9)
+    assert (cos > 0.999).all()  # every query stays on its point's ray
+    assert (q.occ == inside).all() and (q.has_intensity == ~far).all()
+    np.testing.assert_array_equal(q.intensity[~far], intensity[q.source][~far])
+    assert (q.intensity[far] == 0).all()
+
+
+def test_query_neighbours_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 5, (2000, 3))
+    queries = rng.uniform(0, 5, (50, 3))
+    nb = query_neighbours(cKDTree(pts), queries, radius=0.5, max_neighbours=8)
+    dist = np.linalg.norm(queries[:, None] - pts[None], axis=2)  # (Q, N)
+    within = (dist < 0.5).sum(1)
+    np.testing.assert_array_equal((nb >= 0).sum(1), np.minimum(within, 8))
+    got = np.take_along_axis(dist, np.maximum(nb, 0), 1)
+    assert (got[nb >= 0] < 0.5).all()
+    assert ((nb >= 0).sum(1) < 8).any() and ((nb >= 0).sum(1) == 8).any()
+
+
+def _fake_sample(rng: np.random.Generator, n_points: int, n_cams: int = 2) -> dict:
+    n_vox, n_pairs, n_q = n_points // 2, 7, 5
+    neighbours = rng.integers(-1, n_points, (n_q, 3))
+    return {
+        "coords": rng.integers(0, 10, (n_vox, 3)).astype(np.int32),
+        "feats": rng.random((n_vox, 1)).astype(np.float32),
+        "inverse": rng.integers(0, n_vox, n_points),
+        "points": rng.random((n_points, 3)).astype(np.float32),
+        "images": rng.integers(0, 256, (n_cams, 4, 6, 3)).astype(np.uint8),
+        "image_mask": rng.random((n_cams, 4, 6)) < 0.5,
+        "pairs": np.stack(
+            [
+                rng.integers(0, n_points, n_pairs),
+                rng.integers(0, n_cams, n_pairs),
+                rng.integers(0, 4, n_pairs),
+                rng.integers(0, 6, n_pairs),
+            ],
+            1,
+        ),  # fmt: skip
+        "pair_masked": rng.random(n_pairs) < 0.5,
+        "queries": rng.random((n_q, 3)).astype(np.float32),
+        "query_occ": np.ones(n_q, np.float32),
+        "query_intensity": np.ones(n_q, np.float32),
+        "query_has_intensity": np.ones(n_q, bool),
+        "query_neighbours": neighbours,
+        "labels": rng.integers(0, 17, n_points),
+        "sample_token": f"tok{n_points}",
+    }
+
+
+def test_collate_offsets_every_index() -> None:
+    rng = np.random.default_rng(0)
+    samples = [_fake_sample(rng, 10), _fake_sample(rng, 20)]
+    batch = collate_pretrain(samples)
+    assert batch["batch_size"] == 2 and batch["sample_tokens"] == ["tok10", "tok20"]
+    assert batch["coords"].shape == (15, 4) and batch["coords"][5:, 0].eq(1).all()
+    assert batch["spatial_shape"] == (batch["coords"][:, 1:].amax(0) + 1).tolist()
+    np.testing.assert_array_equal(batch["inverse"][10:].numpy(), samples[1]["inverse"] + 5)
+    pairs = batch["pairs"].numpy()
+    np.testing.assert_array_equal(pairs[7:, 0], samples[1]["pairs"][:, 0] + 10)
+    np.testing.assert_array_equal(pairs[7:, 1], samples[1]["pairs"][:, 1] + 2)
+    np.testing.assert_array_equal(pairs[:7], samples[0]["pairs"])
+    nb = batch["query_neighbours"].numpy()
+    src = samples[1]["query_neighbours"]
+    np.testing.assert_array_equal(nb[5:], np.where(src >= 0, src + 10, -1))
+    assert (nb == -1).any()
+    img = batch["images"]
+    assert img.shape == (4, 3, 4, 6) and img.dtype.is_floating_point and float(img.max()) <= 1.0
+    np.testing.assert_allclose(
+        img[3].permute(1, 2, 0).numpy() * 255, samples[1]["images"][1], atol=1e-3
+    )
+    assert batch["query_batch"].tolist() == [0] * 5 + [1] * 5
+    assert batch["point_batch"].tolist() == [0] * 10 + [1] * 20
+    seg = collate_seg(samples)
+    assert seg["num_points"].tolist() == [10, 20] and seg["labels"].shape == (30,)
+
+
+def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch() -> None:
+    a, b = EpochSampler(50, seed=3, shuffle=True), EpochSampler(50, seed=3, shuffle=True)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b) and all(e == 2 for e, _ in a)
+    assert sorted(i for _, i in a) == list(range(50))
+    b.set_epoch(3)
+    assert [i for _, i in a] != [i for _, i in b]
+    assert [i for _, i in EpochSampler(5, seed=0, shuffle=False)] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(1.0, 100), (0.25, 25), (0.1, 10), (0.01, 1)])
+def test_every_kth(fraction: float, expected: int) -> None:
+    picked = every_kth(list(range(100)), fraction)
+    assert len(picked) == expected and picked[0] == 0
