@@ -1,0 +1,206 @@
+"""The sweep objective: a trial's params → configs → ``run_trial`` per seed → mean val mIoU.
+
+MLflow layout (docs/architecture.md): one child run per (trial, seed) under the study's
+parent run, tagged ``optuna.study``, ``optuna.trial`` and ``cmcr.seed``; with ``--seeds 1``
+that is exactly one child run per trial. The child run is created here before training
+starts, so its id is a trial user attr (``mlflow_run_id``; all seeds in ``mlflow_run_ids``)
+even if the worker is killed, and a retry continues the SAME run from its last checkpoint.
+Seeds already finished by an earlier attempt (``seed_results``) are not run again.
+
+Pruning: ``report(epoch, miou)`` of the first seed becomes ``trial.report`` /
+``should_prune`` → ``TrialPruned``; later seeds do not report (their epochs would repeat the
+steps of the first, which the median and Hyperband pruners compare across trials).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmcr.configs import Config, apply_overrides, validate_config
+from cmcr.sweep.space import StudySpec
+
+TrialFn = Callable[..., Any]
+RUN_ID_ATTR = "mlflow_run_id"
+RUN_IDS_ATTR = "mlflow_run_ids"
+SEED_RESULTS_ATTR = "seed_results"
+RESUMED_FROM_TAG = "cmcr.resumed_from_step"
+_LEAKY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
+
+
+def default_trial_fn() -> TrialFn:
+    """The real objective: ``cmcr.engine.pipeline.run_trial`` (pre-train + downstream)."""
+    from cmcr.engine.pipeline import run_trial
+
+    return run_trial
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares."""
+
+    spec: StudySpec
+    study_name: str
+    base: Config
+    seeds: int
+    parent_run_id: str
+    trial_fn: TrialFn = field(default_factory=default_trial_fn)
+
+
+def suggest(trial: Any, spec: StudySpec) -> dict[str, Any]:
+    """Ask the trial for every param of the space (queued/retried params come back as stored)."""
+    out: dict[str, Any] = {}
+    for p in spec.params:
+        if p.type == "float":
+            out[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            out[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            out[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+    return out
+
+
+def trial_config(ctx: TrialContext, params: dict[str, Any]) -> Config:
+    """The base config with this trial's params applied (same dotted keys as ``--set``)."""
+    cfg = copy.deepcopy(ctx.base)
+    apply_overrides(cfg, ctx.spec.overrides_for(params))
+    return validate_config(cfg)
+
+
+def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) -> float:
+    """One Optuna trial: every requested seed in its own child run; returns the mean mIoU.
+
+    ``retry_of``: the number of the failed trial this one retries (tagged on its runs).
+    """
+    cfg = trial_config(ctx, suggest(trial, ctx.spec))
+    results: dict[str, float] = dict(trial.user_attrs.get(SEED_RESULTS_ATTR, {}))
+    for index, seed in enumerate(range(ctx.seeds)):
+        if str(seed) in results:
+            continue  # finished by an earlier attempt of this trial
+        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg.train.seed = seed
+        run_id = _child_run(trial, ctx, seed_cfg, seed, retry_of)
+        report = _pruning_report(trial) if index == 0 else None
+        with _isolated_env():
+            out = ctx.trial_fn(
+                seed_cfg,
+                run_id=run_id,
+                parent_run_id=ctx.parent_run_id,
+                tags=_tags(trial, ctx, retry_of),
+                report=report,
+            )
+        results[str(seed)] = float(out.miou)
+        trial.set_user_attr(SEED_RESULTS_ATTR, results)
+    return statistics.fmean(results.values())
+
+
+def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]:
+    tags = {"optuna.study": ctx.study_name, "optuna.trial": str(trial.number)}
+    if retry_of is not None:
+        tags["optuna.retry_of"] = str(retry_of)
+    return tags
+
+
+def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: int | None) -> str:
+    """The seed's MLflow run: the one an earlier attempt made (retagged), else a new one."""
+    from cmcr.engine.tracking import RunLogger, make_client, resolve_tracking_uri
+
+    run_ids: dict[str, str] = dict(trial.user_attrs.get(RUN_IDS_ATTR, {}))
+    tags = _tags(trial, ctx, retry_of)
+    if str(seed) in run_ids:
+        run_id = run_ids[str(seed)]
+        tags[RESUMED_FROM_TAG] = str(checkpoint_step(cfg, run_id))
+        uri = resolve_tracking_uri(cfg)
+        RunLogger(make_client(uri), run_id, uri).set_tags(tags)
+        return run_id
+    quiet = copy.deepcopy(cfg)
+    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it resumes
+    logger = RunLogger.start(
+        quiet,
+        kind="trial",
+        parent_run_id=ctx.parent_run_id,
+        tags=tags,
+        run_name=f"{ctx.study_name}-t{trial.number}-s{seed}",
+        log_params=False,  # run_trial logs the full config when it takes the run over
+    )
+    run_ids[str(seed)] = logger.run_id
+    trial.set_user_attr(RUN_IDS_ATTR, run_ids)
+    if seed == 0 or RUN_ID_ATTR not in trial.user_attrs:
+        trial.set_user_attr(RUN_ID_ATTR, logger.run_id)
+    return logger.run_id
+
+
+def checkpoint_step(cfg: Config, run_id: str) -> int:
+    """The optimiser step of the run's newest checkpoint (0 when there is none).
+
+    Read from the TrainState that ``register_for_checkpointing`` stores (plain ints).
+    """
+    import torch
+
+    from cmcr.engine.checkpoint import checkpoint_dir
+
+    folder = checkpoint_dir(cfg, run_id)
+    ckpts = (
+        sorted(
+            (p for p in folder.glob("checkpoint_*") if p.name.split("_")[-1].isdigit()),
+            key=lambda p: int(p.name.split("_")[-1]),
+        )
+        if folder.is_dir()
+        else []
+    )
+    for ckpt in reversed(ckpts):
+        for f in sorted(Path(ckpt).glob("custom_checkpoint_*.pkl")):
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception:  # a half-written file from the kill: try an older one
+                continue
+            if isinstance(state, dict) and "step" in state:
+                return int(state["step"])
+    return 0
+
+
+def _pruning_report(trial: Any) -> Callable[[int, float], None]:
+    """``report(epoch, miou)`` → ``trial.report``; raise TrialPruned when the pruner says so."""
+    import optuna
+
+    def report(step: int, value: float) -> None:
+        trial.report(float(value), int(step))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
+
+    return report
+
+
+class _isolated_env:
+    """Nothing a trial leaves in the process (MLFLOW_RUN_ID, an active fluent run, env vars
+    it set) reaches the next trial: remove before, restore the environment after."""
+
+    def __enter__(self) -> None:
+        _end_fluent_runs()
+        for key in _LEAKY_ENV:
+            os.environ.pop(key, None)
+        self._env = dict(os.environ)
+
+    def __exit__(self, *exc: Any) -> None:
+        _end_fluent_runs()
+        for key in set(os.environ) - set(self._env):
+            del os.environ[key]
+        for key, value in self._env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def _end_fluent_runs() -> None:
+    """End any run the fluent mlflow API left active (only if mlflow is already imported)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()

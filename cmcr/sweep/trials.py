@@ -1,0 +1,200 @@
+"""The trial queue: slots enqueued up front, atomic claims, retries that keep their MLflow run.
+
+Why a queue of slots instead of ``study.optimize(n_trials=N)``: with several workers (or
+several machines) each optimize loop counts its own trials, so N is overshot or a trial is
+lost when a worker dies. Here setup enqueues exactly N WAITING trials (grid cells with their
+params, or empty slots the sampler fills when a worker claims them); workers claim WAITING
+trials atomically (WAITING → RUNNING is a row-locked update) and never create trials of their
+own. A retry is a new WAITING trial with the failed trial's params and user attrs (so the same
+slot and the same ``mlflow_run_id``): grid cells are never skipped or doubled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+SLOT_ATTR = "cmcr.slot"
+WORKER_ATTR = "cmcr.worker"
+FAIL_REASON_ATTR = "fail_reason"
+RETRY_REASON_ATTR = "retry_reason"
+# user attrs that belong to one attempt and must not be copied onto its retry
+_ATTEMPT_ATTRS = (FAIL_REASON_ATTR, RETRY_REASON_ATTR, WORKER_ATTR)
+
+
+def worker_id() -> str:
+    """``host:pid:start`` of this process (start time tells a reused pid from ours)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.Error:
+        return "gone"
+
+
+def is_dead_local_worker(worker: str | None) -> bool:
+    """True when ``worker`` ran on this host and that process no longer exists."""
+    if not worker or worker.count(":") < 2:
+        return False
+    host, pid, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        return _start_time(int(pid)) != start
+    except ValueError:
+        return False
+
+
+def enqueue_slots(study: Any, cells: list[dict[str, Any]] | None, n_trials: int) -> int:
+    """Enqueue the slots ``0..n_trials-1`` the study does not have yet; returns how many.
+
+    ``cells`` (grid studies) gives each slot its params; otherwise the sampler fills a slot
+    when it is claimed. Callers hold the study lock.
+    """
+    have = {t.user_attrs.get(SLOT_ATTR) for t in study.get_trials(deepcopy=False)}
+    added = 0
+    for slot in range(n_trials):
+        if slot in have:
+            continue
+        params = dict(cells[slot]) if cells is not None else {}
+        study.enqueue_trial(params, user_attrs={SLOT_ATTR: slot})
+        added += 1
+    return added
+
+
+def claim_next(study: Any) -> int | None:
+    """Atomically move one WAITING trial to RUNNING; retries first, then by number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage, study_id = study._storage, study._study_id
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting.sort(key=lambda t: ("failed_trial" not in t.system_attrs, t.number))
+    for t in waiting:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class RetryKeepingRun:
+    """Re-enqueue a failed trial (same params, slot and MLflow run) up to ``max_retry`` times.
+
+    Same bookkeeping as Optuna's ``RetryHeartbeatStaleTrialCallback`` (system attrs
+    ``failed_trial`` and ``retry_history``, so its ``retried_trial_number`` works), but
+    the per-attempt user attrs (``fail_reason``, the worker) are not copied to the retry.
+    Used both as the storage's heartbeat-stale callback and for trials that raised.
+    """
+
+    def __init__(self, max_retry: int) -> None:
+        self.max_retry = max_retry
+
+    def __call__(
+        self, study: Any, trial: Any, reason: str = "worker lost (stale heartbeat)"
+    ) -> bool:
+        """Enqueue the retry; False when the trial used up its retries."""
+        import optuna
+
+        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        if len(system_attrs["retry_history"]) > self.max_retry:
+            return False
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
+        user_attrs[RETRY_REASON_ATTR] = reason
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
+        return True
+
+
+def fail_dead_running(study: Any, retry: RetryKeepingRun, *, force: bool = False) -> list[int]:
+    """``--resume``: fail RUNNING trials whose worker process is gone, and retry them.
+
+    A trial counts as dead when its recorded worker ran on this host and no longer exists;
+    ``force`` also fails RUNNING trials of other hosts (only when no worker is alive anywhere).
+    Trials of live workers elsewhere are left to their heartbeat.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage, study_id = study._storage, study._study_id
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(WORKER_ATTR)
+        if not (force or worker is None or is_dead_local_worker(worker)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        reason = f"worker {worker or '(unknown)'} died; failed by --resume"
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        retry(study, storage.get_trial(trial_id), reason="interrupted: " + reason)
+        failed.append(t.number)
+    return failed
+
+
+class Heartbeat:
+    """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does)."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = (
+            storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            # a transient storage error must not kill the trial
+            with contextlib.suppress(Exception):
+                self.storage.record_heartbeat(self.trial_id)
+            if self._stop.wait(self.interval):
+                return
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def count_states(trials: Iterable[Any]) -> dict[str, int]:
+    """Trials per state name, plus ``retried`` (FAIL trials that have a retry)."""
+    counts: dict[str, int] = {}
+    retried_numbers = set()
+    trials = list(trials)
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        origin = t.system_attrs.get("retry_history")
+        if origin:
+            retried_numbers.update(origin)
+    counts["retried"] = sum(
+        1 for t in trials if t.state.name == "FAIL" and t.number in retried_numbers
+    )
+    return counts
