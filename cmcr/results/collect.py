@@ -1,0 +1,286 @@
+"""Runs → one tidy pandas table: one row per run, typed params, final metrics, a state.
+
+One ``mlflow.search_runs`` call fetches params, tags and the final (last-step) metrics of every
+selected run; metric histories are fetched separately, only for the few runs a figure needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cmcr.configs import config_from_flat
+from cmcr.errors import CMCRError, TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
+TARGET = "val/miou"
+# Columns of the tidy table that are not params or metrics.
+META = ("run_id", "run_name", "status", "state", "kind", "study", "trial", "variant", "seed",
+        "start_time", "end_time", "status_reason")  # fmt: skip
+# Params that never define a configuration: the seed is what we average over.
+NOT_SWEPT_PREFIXES = ("train.seed", "tracking.")
+
+
+class ReportError(TrackingError):
+    """The selection of runs cannot be reported (unknown study, nothing matched, bad filter)."""
+
+
+@dataclass
+class Selection:
+    """Which runs to report: an experiment, optionally a study tag and an MLflow filter."""
+
+    tracking_uri: str = ""
+    experiment: str = "cmcr"
+    study: str | None = None
+    filter_string: str = ""
+    storage: str | None = None  # Optuna storage URL; None = the default when it exists
+
+
+@dataclass
+class RunTable:
+    """The tidy table and what the report needs to know about it."""
+
+    runs: pd.DataFrame  # one row per trial run; columns META + params + metrics
+    params: list[str]  # dotted config keys (typed)
+    metrics: list[str]  # final-value metric keys ("val/miou", "train/loss", ...)
+    experiment_id: str
+    tracking_uri: str
+    parent_run_id: str | None = None
+    study: Any = None  # optuna.Study when one was found
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        """Runs that count: finished, with the target metric, not pruned."""
+        return self.runs[self.runs["state"] == "COMPLETE"]
+
+    @property
+    def incomplete(self) -> pd.DataFrame:
+        """Running, scheduled, failed, killed or pruned runs: listed, never averaged."""
+        return self.runs[self.runs["state"] != "COMPLETE"]
+
+    def swept(self) -> list[str]:
+        """Params whose value differs across the complete runs (seeds and tracking excluded)."""
+        df = self.complete
+        out = []
+        for p in self.params:
+            if p.startswith(NOT_SWEPT_PREFIXES) or p not in df:
+                continue
+            if df[p].astype(str).nunique(dropna=False) > 1:
+                out.append(p)
+        return out
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (one implementation: cmcr.engine.tracking)."""
+    try:
+        from cmcr.engine.tracking import redact_url
+    except ImportError:  # the engine's tracking module is optional for reports
+        import re
+
+        return re.sub(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]*@", r"\1:***@", url)
+    return redact_url(url)
+
+
+def collect(sel: Selection) -> RunTable:
+    """Fetch the selected runs (one search_runs call) into a RunTable; ReportError if none."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(sel.tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():  # never create an empty store as a side effect
+        raise ReportError(f"tracking store '{db}' does not exist (set --tracking-uri)")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sel.experiment)
+    if exp is None:
+        raise ReportError(f"experiment '{sel.experiment}' does not exist in {redact(uri)}")
+    filters = [f for f in (sel.filter_string.strip(),) if f]
+    if sel.study:
+        filters.append(f"tags.\"optuna.study\" = '{_quote(sel.study)}'")
+    mlflow.set_tracking_uri(uri)
+    try:
+        raw = mlflow.search_runs(
+            experiment_ids=[exp.experiment_id],
+            filter_string=" and ".join(filters),
+            max_results=1_000_000,
+            output_format="pandas",
+        )
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportError(f"--filter '{sel.filter_string}' is not valid: {first}") from None
+    study = load_study(sel.study, sel.storage) if sel.study else None
+    if raw.empty:
+        raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
+    kind = raw.get("tags.cmcr.kind", pd.Series(index=raw.index, dtype=object))
+    parents = raw[kind == "study"]
+    trials = raw[kind != "study"]
+    if trials.empty:
+        raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
+    table = _tidy(trials)
+    parent = parents["run_id"].iloc[0] if sel.study and not parents.empty else None
+    rt = RunTable(table, _param_cols(table), _metric_cols(table), exp.experiment_id, uri,
+                  parent_run_id=parent, study=study)  # fmt: skip
+    _merge_optuna(rt)
+    return rt
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def _nothing_matched(sel: Selection, uri: str, study: Any, exp_id: str) -> str:
+    """Say which part of the selection matched nothing: the study, the filter or the experiment."""
+    where = f"experiment '{sel.experiment}' of {redact(uri)}"
+    if sel.study and sel.filter_string and _study_has_runs(uri, exp_id, sel.study):
+        return f"--filter '{sel.filter_string}' matched no runs of study '{sel.study}' in {where}"
+    if sel.study:
+        extra = " (the Optuna study exists but logged no runs)" if study is not None else ""
+        return f"unknown study '{sel.study}': no runs tagged optuna.study in {where}{extra}"
+    if sel.filter_string:
+        return f"--filter '{sel.filter_string}' matched no runs in {where}"
+    return f"{where} has no runs"
+
+
+def _study_has_runs(uri: str, exp_id: str, study: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(uri).search_runs(
+        [exp_id], f"tags.\"optuna.study\" = '{_quote(study)}'", max_results=1
+    )
+    return len(found) > 0
+
+
+def load_study(name: str, storage: str | None) -> Any:
+    """The Optuna study ``name`` when its storage exists and holds it, else None."""
+    url = storage or DEFAULT_STORAGE
+    db = sqlite_path(url)
+    if db is not None and not db.is_file():
+        return None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return None
+    except Exception as exc:  # a bad URL must not hide the MLflow side; say it on the page
+        raise ReportError(f"Optuna storage {redact(url)} cannot be read: {exc}") from None
+
+
+def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """Rename MLflow's prefixed columns, cast params to config types, derive the state."""
+    tag = lambda k: raw.get(f"tags.{k}", pd.Series([None] * len(raw), index=raw.index))  # noqa: E731
+    meta = pd.DataFrame(
+        {
+            "run_id": raw["run_id"],
+            "run_name": tag("mlflow.runName"),
+            "status": raw["status"],
+            "kind": tag("cmcr.kind"),
+            "study": tag("optuna.study"),
+            "trial": pd.to_numeric(tag("optuna.trial"), errors="coerce").astype("Int64"),
+            "variant": tag("cmcr.variant"),
+            "seed": pd.to_numeric(tag("cmcr.seed"), errors="coerce").astype("Int64"),
+            "start_time": raw["start_time"],
+            "end_time": raw["end_time"],
+            "status_reason": tag("cmcr.status_reason"),
+        }
+    )
+    params = {c[len("params.") :]: cast_param(c[len("params.") :], raw[c])
+              for c in raw.columns if c.startswith("params.")}  # fmt: skip
+    metrics = {c[len("metrics.") :]: raw[c].astype(float)
+               for c in raw.columns if c.startswith("metrics.")}  # fmt: skip
+    df = pd.concat([meta, pd.DataFrame(params, index=raw.index),
+                    pd.DataFrame(metrics, index=raw.index)], axis=1)  # fmt: skip
+    if "seed" in df and "train.seed" in df:
+        df["seed"] = df["seed"].fillna(pd.to_numeric(df["train.seed"], errors="coerce"))
+    has_target = df[TARGET].notna() if TARGET in df else pd.Series(False, index=df.index)
+    df["state"] = df["status"].where(df["status"] != "FINISHED", "COMPLETE")
+    df.loc[(df["status"] == "FINISHED") & ~has_target, "state"] = "NO_METRIC"
+    order = df["trial"].fillna(-1).astype(int).to_numpy() if "trial" in df else None
+    return df.iloc[order.argsort(kind="stable")] if order is not None else df
+
+
+def cast_param(key: str, values: pd.Series) -> pd.Series:
+    """MLflow strings → the config's type (bool, int, float, str; lists become tuples)."""
+    present = values.dropna()
+    if present.empty:
+        return values
+    try:
+        typ = type(_typed(key, present.iloc[0]))
+    except CMCRError:  # not a config key (something else logged a param): keep strings
+        return values
+    if typ is float:
+        return pd.to_numeric(values, errors="coerce").astype(float)
+    if typ is int:
+        return pd.to_numeric(values, errors="coerce").astype("Int64")
+    if typ is str:
+        return values
+    mapping = {v: _typed(key, v) for v in present.unique()}  # bools and lists: few values
+    mapping = {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
+    return values.map(mapping).astype(object)
+
+
+def _typed(key: str, value: str) -> Any:
+    """The value of ``key`` after config_from_flat (the config's own casting rules)."""
+    node: Any = config_from_flat({key: value})
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _param_cols(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in META and "/" not in c and c != "state"]
+
+
+def _metric_cols(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if "/" in c]
+
+
+def _merge_optuna(rt: RunTable) -> None:
+    """Attach each run's Optuna trial state; pruned trials leave the averages."""
+    if rt.study is None:
+        return
+    by_run = {}
+    for t in rt.study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            by_run[run_id] = t
+    states = rt.runs["run_id"].map(lambda r: by_run[r].state.name if r in by_run else None)
+    rt.runs["optuna_state"] = states
+    pruned = states == "PRUNED"
+    rt.runs.loc[pruned, "state"] = "PRUNED"
+    missing = len(rt.runs) - int(states.notna().sum())
+    if missing:
+        rt.notes.append(f"{missing} run(s) have no Optuna trial linked by mlflow_run_id.")
+
+
+def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """Long table (run_id, key, step, value) for a few runs only: one request per run and key."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = [
+        (run_id, key, m.step, m.value)
+        for run_id in run_ids
+        for key in keys
+        for m in client.get_metric_history(run_id, key)
+    ]
+    df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    return df.sort_values(["run_id", "key", "step"], kind="stable")
