@@ -61,12 +61,18 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
         frac = (e + 1) / epochs
         m = miou * (0.7 + 0.3 * frac)
         per_class = np.clip(m + rng.normal(0.0, 0.04, len(CLASSES)), 0.0, 1.0)
-        out += [Metric(f"val/iou_{c}", float(v), now, e) for c, v in zip(CLASSES, per_class)]
+        out += [
+            Metric(f"val/iou_{c}", float(v), now, e)
+            for c, v in zip(CLASSES, per_class, strict=True)
+        ]
         out.append(Metric("val/miou", float(per_class.mean()), now, e))
         out.append(Metric("val/fwiou", float(min(1.0, per_class.mean() + 0.2)), now, e))
     for s in range(steps):
         terms = np.exp(-s / max(steps, 1)) * rng.uniform(0.5, 2.0, len(LOSS_TERMS))
-        out += [Metric(f"train/loss_{n}", float(v), now, s) for n, v in zip(LOSS_TERMS, terms)]
+        out += [
+            Metric(f"train/loss_{n}", float(v), now, s)
+            for n, v in zip(LOSS_TERMS, terms, strict=True)
+        ]
         out.append(Metric("train/loss", float(terms.sum()), now, s))
     return out
 

@@ -219,7 +219,7 @@ def loss_curves(rt: RunTable) -> Figure:
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
                "#b6e880", "#ff97ff"]  # fmt: skip
     terms = sorted((k for k in keys if k != TARGET), key=lambda k: (k != "train/loss", k))
-    for (tag, run), dash in zip(picks, ("solid", "dot")):
+    for (tag, run), dash in zip(picks, ("solid", "dot"), strict=False):
         h = hist[hist["run_id"] == run["run_id"]]
         for j, key in enumerate(terms):  # one legend entry per term; dash tells best/worst
             s = h[h["key"] == key]

@@ -138,15 +138,17 @@ def _cells(ab: Ablation, bold: callable, pm: str, dash: str) -> list[list[str]]:
         best = np.nanmax(mean) if len(t) > 1 and np.isfinite(mean).any() else np.nan
         is_best = np.isclose(mean, best, atol=5e-5)
         col = []
-        for mu, sd, b in zip(mean.tolist(), std.tolist(), is_best.tolist()):
+        for mu, sd, b in zip(mean.tolist(), std.tolist(), is_best.tolist(), strict=True):
             text = dash if mu != mu else f"{mu:.2f}"  # NaN != NaN
             text += f"{pm}{sd:.2f}" if sd == sd else ""
             col.append(bold(text) if b else text)
         columns.append(col)
         if m == TARGET:
             delta = (t[f"delta_{TARGET}"].to_numpy() * 100).tolist()
-            columns.append([dash if b else f"{d:+.2f}" for d, b in zip(delta, is_base)])
-    return [list(row) for row in zip(*columns)]
+            columns.append(
+                [dash if b else f"{d:+.2f}" for d, b in zip(delta, is_base, strict=True)]
+            )
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def _header_row(ab: Ablation) -> list[str]:
@@ -163,7 +165,7 @@ def to_markdown(ab: Ablation) -> str:
     head = ["configuration"] + _header_row(ab)
     cells = _cells(ab, lambda s: f"**{s}**", " ± ", "—")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, row in zip(ab.table["config"], cells):
+    for label, row in zip(ab.table["config"], cells, strict=True):
         lines.append("| " + " | ".join([label.replace("|", "\\|")] + row) + " |")
     note = (f"IoU in %, mean ± std over seeds; Δ to '{ab.baseline}'; "
             f"grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}.")  # fmt: skip
@@ -187,7 +189,7 @@ def to_latex(ab: Ablation) -> str:
         " & ".join(_tex(h) for h in head) + " \\\\",
         "\\midrule",
     ]
-    for label, row in zip(ab.table["config"], cells):
+    for label, row in zip(ab.table["config"], cells, strict=True):
         lines.append(" & ".join([_tex(label)] + [_tex_cell(c) for c in row]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -220,7 +222,7 @@ def incomplete_table(rt: RunTable) -> pd.DataFrame:
     df = rt.incomplete
     cols = ["run_id", "trial", "variant", "seed", "state", "status", "status_reason"]
     out = df[[c for c in cols if c in df]].copy()
-    out["last val/miou"] = df[TARGET] if TARGET in df else np.nan
+    out["last val/miou"] = df.get(TARGET, np.nan)
     if "status_reason" in out:
         out["status_reason"] = out["status_reason"].fillna("")
     return out.reset_index(drop=True)
