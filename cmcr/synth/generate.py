@@ -1,0 +1,406 @@
+"""Generate a synthetic world in the nuScenes v1.0-mini layout (scenes in parallel processes)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cmcr.data.classes import RAW_CLASSES
+from cmcr.errors import CMCRError
+from cmcr.synth import tables as tb
+from cmcr.synth.sensors import (
+    CAMERAS,
+    Pose,
+    camera_calib,
+    lidar_calib,
+    lidar_sweep,
+    render_camera,
+    rot_z,
+    scaled_intrinsics,
+)
+from cmcr.synth.spec import WorldSpec, resolve_spec
+from cmcr.synth.world import EGO_LANE_Y, World, build_world
+
+VERSION = "v1.0-mini"
+KEYFRAME_DT = 0.5  # s: keyframes at 2 Hz
+T0_US = 1_533_000_000_000_000
+MARGIN = 75.0  # metres of street before and after the ego path
+ANNOTATION_RANGE = 60.0
+
+
+def generate_world(
+    out: str | Path,
+    preset: str = "default",
+    seed: int | str = 0,
+    *,
+    scenes_per_split: str | tuple[int, int] | None = None,
+    samples_per_scene: int | str | None = None,
+    image_scale: float | str | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> dict:
+    """Write a world to `out` atomically (temp dir beside it, then rename); returns a summary."""
+    spec = resolve_spec(
+        preset,
+        seed=seed,
+        scenes_per_split=scenes_per_split,
+        samples_per_scene=samples_per_scene,
+        image_scale=image_scale,
+    )
+    out = Path(out).absolute()
+    tmp = _prepare_target(out, overwrite)
+    t_start = time.perf_counter()
+    try:
+        summary = _generate_into(tmp, spec, workers)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.update(path=str(out), seconds=round(time.perf_counter() - t_start, 2))
+    return summary
+
+
+def _prepare_target(out: Path, overwrite: bool) -> Path:
+    """Check --out and make the temp dir beside it; raise CMCRError naming --out if unusable."""
+    if not out.parent.is_dir():
+        raise CMCRError(f"--out: parent directory {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise CMCRError(f"--out: {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CMCRError(f"--out: {out} is not empty (pass --overwrite to replace it)")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise CMCRError(f"--out: cannot write in {out.parent}: {exc.strerror}") from None
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` with renames, so readers never see a half-written world."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / "world")
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
+    """Render every scene (in parallel), then write the tables and the map."""
+    for sub in ("samples/LIDAR_TOP", f"lidarseg/{VERSION}", "synthetic_gt", "maps", "sweeps"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for channel in CAMERAS:
+        (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
+    jobs = [(root, spec, i, name) for i, name in enumerate(spec.scene_names)]
+    n_proc = max(1, min(workers or os.cpu_count() or 1, len(jobs), 2 * (os.cpu_count() or 1)))
+    if n_proc == 1:
+        scenes = [_render_scene(*job) for job in jobs]
+    else:  # fork: workers inherit imports; results come back in scene order
+        with multiprocessing.get_context("fork").Pool(n_proc) as pool:
+            scenes = pool.starmap(_render_scene, jobs)
+    tables = _assemble(spec, scenes)
+    tb.write_tables(root, VERSION, tables)
+    Image.fromarray(np.full((100, 100), 255, np.uint8)).save(root / tables["map"][0]["filename"])
+    points = [n for s in scenes for n in s["points_per_sweep"]]
+    return {
+        "spec": asdict(spec),
+        "scenes": len(scenes),
+        "samples": len(tables["sample"]),
+        "images": 6 * len(tables["sample"]),
+        "points_per_sweep_mean": float(np.mean(points)),
+        "points_per_sweep_min": int(np.min(points)),
+        "image_size": list(spec.image_size),
+    }
+
+
+def _ego_local(v: float, tau: np.ndarray | float) -> Pose:
+    """Ego pose in the scene frame at `tau` seconds: driving along +x with a gentle weave."""
+    x = v * tau
+    y = EGO_LANE_Y + 0.25 * np.sin(0.15 * x)
+    heading = np.arctan(0.25 * 0.15 * np.cos(0.15 * x))
+    return Pose(rot_z(heading), np.array([x, y, 0.0]))
+
+
+def _render_scene(root: Path, spec: WorldSpec, idx: int, name: str) -> dict:
+    """Build one scene's world, record every keyframe's sensors; return table-ready records."""
+    rng = np.random.default_rng([spec.seed, idx])
+    speed = rng.uniform(3.0, 7.0)
+    travel = speed * KEYFRAME_DT * (spec.samples_per_scene - 1)
+    world = build_world(rng, -MARGIN, travel + MARGIN, travel / 2)
+    yaw = rng.uniform(-np.pi, np.pi)
+    scene_pose = Pose(rot_z(yaw), np.array([rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0]))
+    frames, points = [], []
+    for k in range(spec.samples_per_scene):
+        frame_rng = np.random.default_rng([spec.seed, idx, k])
+        frame = _record_frame(root, spec, name, world, speed, scene_pose, yaw, k, frame_rng)
+        points.append(frame.pop("n_points"))
+        frames.append(frame)
+    return {
+        "name": name,
+        "idx": idx,
+        "frames": frames,
+        "points_per_sweep": points,
+        "objects": _object_boxes(world, scene_pose, yaw),
+    }
+
+
+def _object_boxes(world: World, scene_pose: Pose, yaw: float) -> list[dict]:
+    """Global box (centre, [w, l, h], yaw) and class of every annotated object."""
+    boxes = []
+    for obj, cls in enumerate(world.obj_cls):
+        mine = world.box_obj == obj
+        lo, hi = world.box_min[mine].min(0), world.box_max[mine].max(0)
+        centre = scene_pose.R @ ((lo + hi) / 2) + scene_pose.t
+        size = [float(hi[1] - lo[1]), float(hi[0] - lo[0]), float(hi[2] - lo[2])]
+        boxes.append({"centre": centre.tolist(), "size": size, "yaw": yaw, "cls": int(cls)})
+    return boxes
+
+
+def _timestamp(idx: int, tau: float) -> int:
+    return T0_US + idx * 3_600_000_000 + int(round(tau * 1e6))
+
+
+def _record_frame(root, spec, name, world, speed, scene_pose, yaw, k, rng) -> dict:
+    """Write the LiDAR sweep, its labels and the 6 camera images of keyframe k."""
+    tau = k * KEYFRAME_DT
+    ego = _ego_local(speed, tau)
+    pts, labels = lidar_sweep(world, ego @ lidar_calib(), spec.n_azimuth, spec.lidar_range, rng)
+    ts = _timestamp(_scene_index(spec, name), tau)
+    sd_lidar = tb.token(spec.seed, name, k, "LIDAR_TOP")
+    lidar_file = f"samples/LIDAR_TOP/{name}__LIDAR_TOP__{ts}.pcd.bin"
+    pts.tofile(root / lidar_file)
+    seg_token = sd_lidar  # nuScenes-lidarseg keys its records by the sample_data token
+    labels.astype(np.uint8).tofile(root / f"lidarseg/{VERSION}/{seg_token}_lidarseg.bin")
+    records = [_sd_record(sd_lidar, "LIDAR_TOP", ts, lidar_file, ego, scene_pose, yaw, 0, 0)]
+    width, height = spec.image_size
+    for channel, (*_, dt) in CAMERAS.items():
+        ego_c = _ego_local(speed, tau + dt)
+        calib, K = camera_calib(channel)
+        rgb, gt = render_camera(
+            world, ego_c @ calib, scaled_intrinsics(K, spec.image_scale), width, height
+        )
+        ts_c = _timestamp(_scene_index(spec, name), tau + dt)
+        sd = tb.token(spec.seed, name, k, channel)
+        filename = f"samples/{channel}/{name}__{channel}__{ts_c}.jpg"
+        Image.fromarray(rgb).save(root / filename, quality=92)
+        Image.fromarray(gt).save(root / f"synthetic_gt/{sd}.png")
+        records.append(
+            _sd_record(sd, channel, ts_c, filename, ego_c, scene_pose, yaw, width, height)
+        )
+    return {
+        "k": k,
+        "timestamp": ts,
+        "sample_data": records,
+        "lidarseg": seg_token,
+        "n_points": len(pts),
+        "obj_points": _points_per_object(world, pts, labels, ego),
+    }
+
+
+def _scene_index(spec: WorldSpec, name: str) -> int:
+    return spec.scene_names.index(name)
+
+
+def _points_per_object(world: World, pts: np.ndarray, labels: np.ndarray, ego: Pose) -> dict:
+    """LiDAR points inside each annotated object's box (object id -> count), for annotations."""
+    p = (ego @ lidar_calib()).R @ pts[:, :3].T.astype(np.float64)
+    p = p.T + (ego @ lidar_calib()).t  # (N, 3) scene frame
+    counts = {}
+    objs = np.unique(world.box_obj[world.box_obj >= 0])
+    for obj in objs:  # objects, not points: a few dozen per scene
+        mine = world.box_obj == obj
+        lo, hi = world.box_min[mine].min(0) - 0.05, world.box_max[mine].max(0) + 0.05
+        if np.linalg.norm((lo + hi)[:2] / 2 - ego.t[:2]) > ANNOTATION_RANGE:
+            continue
+        n = int(np.all((p >= lo) & (p <= hi), axis=1).sum())
+        if n:
+            counts[int(obj)] = n
+    return counts
+
+
+def _sd_record(sd, channel, ts, filename, ego_local, scene_pose, yaw, width, height) -> dict:
+    """A sample_data record plus its ego_pose (global = scene frame composed with local pose)."""
+    g = scene_pose @ ego_local
+    heading = yaw + float(np.arctan2(ego_local.R[1, 0], ego_local.R[0, 0]))
+    return {
+        "token": sd,
+        "channel": channel,
+        "timestamp": ts,
+        "filename": filename,
+        "width": width,
+        "height": height,
+        "pose": {
+            "token": sd,
+            "timestamp": ts,
+            "rotation": tb.quat_yaw(heading),
+            "translation": g.t.tolist(),
+        },
+    }
+
+
+def _assemble(spec: WorldSpec, scenes: list[dict]) -> dict[str, list[dict]]:
+    """All tables from the per-scene records."""
+    tables = tb.static_tables()
+    tables.update(
+        {
+            n: []
+            for n in (
+                "calibrated_sensor",
+                "ego_pose",
+                "log",
+                "scene",
+                "sample",
+                "sample_data",
+                "sample_annotation",
+                "instance",
+                "lidarseg",
+            )
+        }
+    )
+    category_of: dict[str, str] = {}
+    for scene in scenes:
+        _assemble_scene(spec, scene, tables, category_of)
+    tables["instance"] = tb.instances(tables["sample_annotation"], category_of)
+    tables["map"] = [
+        {
+            "token": tb.token("map", spec.seed),
+            "log_tokens": [log["token"] for log in tables["log"]],
+            "category": "semantic_prior",
+            "filename": f"maps/{tb.token('map', spec.seed)}.png",
+        }
+    ]
+    return tables
+
+
+def _calibrated_sensors(spec: WorldSpec, name: str) -> list[dict]:
+    """One calibration record per sensor and scene, as nuScenes has per log."""
+    lid = lidar_calib()
+    recs = [
+        {
+            "token": tb.token(spec.seed, name, "calib", "LIDAR_TOP"),
+            "sensor_token": tb.token("sensor", "LIDAR_TOP"),
+            "translation": lid.t.tolist(),
+            "rotation": tb.quat_matrix(lid.R),
+            "camera_intrinsic": [],
+        }
+    ]
+    for channel in CAMERAS:
+        pose, K = camera_calib(channel)
+        recs.append(
+            {
+                "token": tb.token(spec.seed, name, "calib", channel),
+                "sensor_token": tb.token("sensor", channel),
+                "translation": pose.t.tolist(),
+                "rotation": tb.quat_matrix(pose.R),
+                "camera_intrinsic": scaled_intrinsics(K, spec.image_scale).tolist(),
+            }
+        )
+    return recs
+
+
+def _assemble_scene(spec, scene, tables, category_of) -> None:
+    """Append one scene's log, scene, samples, sample_data, poses, lidarseg and annotations."""
+    name, frames = scene["name"], scene["frames"]
+    log_token = tb.token(spec.seed, name, "log")
+    scene_token = tb.token(spec.seed, name, "scene")
+    tables["log"].append(
+        {
+            "token": log_token,
+            "logfile": f"n000-synthetic-{name}",
+            "vehicle": "n000",
+            "date_captured": "2018-08-01",
+            "location": "synthetic-city",
+        }
+    )
+    tables["calibrated_sensor"] += _calibrated_sensors(spec, name)
+    samples = [
+        {
+            "token": tb.token(spec.seed, name, f["k"], "sample"),
+            "timestamp": f["timestamp"],
+            "scene_token": scene_token,
+        }
+        for f in frames
+    ]
+    tb.link(samples)
+    tables["sample"] += samples
+    tables["scene"].append(
+        {
+            "token": scene_token,
+            "log_token": log_token,
+            "nbr_samples": len(samples),
+            "first_sample_token": samples[0]["token"],
+            "last_sample_token": samples[-1]["token"],
+            "name": name,
+            "description": "synthetic street, parked traffic, work zone",
+        }
+    )
+    by_channel: dict[str, list[dict]] = {}
+    for sample, frame in zip(samples, frames, strict=True):
+        for rec in frame["sample_data"]:
+            by_channel.setdefault(rec["channel"], []).append(
+                _sample_data(spec, name, sample["token"], rec, tables["ego_pose"])
+            )
+        tables["lidarseg"].append(
+            {
+                "token": frame["lidarseg"],
+                "sample_data_token": frame["sample_data"][0]["token"],
+                "filename": f"lidarseg/{VERSION}/{frame['lidarseg']}_lidarseg.bin",
+            }
+        )
+        tables["sample_annotation"] += _annotations(
+            spec, name, sample["token"], frame, scene["objects"], category_of
+        )
+    for records in by_channel.values():
+        tb.link(records)
+        tables["sample_data"] += records
+
+
+def _sample_data(spec, name, sample_token, rec, ego_poses) -> dict:
+    """The sample_data record of one sensor reading (registers its ego_pose)."""
+    ego_poses.append(rec["pose"])
+    is_cam = rec["channel"] != "LIDAR_TOP"
+    return {
+        "token": rec["token"],
+        "sample_token": sample_token,
+        "ego_pose_token": rec["token"],
+        "calibrated_sensor_token": tb.token(spec.seed, name, "calib", rec["channel"]),
+        "timestamp": rec["timestamp"],
+        "fileformat": "jpg" if is_cam else "pcd",
+        "is_key_frame": True,
+        "height": rec["height"],
+        "width": rec["width"],
+        "filename": rec["filename"],
+    }
+
+
+def _annotations(spec, name, sample_token, frame, objects, category_of) -> list[dict]:
+    """3D boxes of the objects the keyframe's sweep hits."""
+    anns = []
+    for obj, n_pts in sorted(frame["obj_points"].items()):
+        box = objects[obj]
+        inst = tb.token(spec.seed, name, "instance", obj)
+        cls_name = RAW_CLASSES[box["cls"]]
+        category_of[inst] = tb.token("category", cls_name)
+        anns.append(
+            {
+                "token": tb.token(spec.seed, name, frame["k"], "ann", obj),
+                "sample_token": sample_token,
+                "instance_token": inst,
+                "visibility_token": "4",
+                "attribute_tokens": tb.attribute_for(cls_name),
+                "translation": box["centre"],
+                "size": box["size"],
+                "rotation": tb.quat_yaw(box["yaw"]),
+                "num_lidar_pts": n_pts,
+                "num_radar_pts": 0,
+            }
+        )
+    return anns
