@@ -289,3 +289,11 @@ def test_default_world_has_ten_challenge_classes(tmp_path: Path) -> None:
     present = set(RAW_TO_CHALLENGE[np.unique(_all_labels(nusc))].tolist()) - {0}
     assert len(present) >= 10, present
     assert summary["points_per_sweep_mean"] >= 30_000
+
+
+def test_synth_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, cmcr.synth, cmcr.synth.cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

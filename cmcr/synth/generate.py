@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cmcr.data.classes import RAW_CLASSES
 from cmcr.errors import CMCRError
 from cmcr.synth import tables as tb
+from cmcr.synth.classes import RAW_CLASSES
 from cmcr.synth.sensors import (
     CAMERAS,
     Pose,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cmcr.data.classes import RAW_CLASSES, RAW_INDEX
+from cmcr.synth.classes import RAW_CLASSES, RAW_INDEX
 
 # name -> (RGB 0..255, LiDAR intensity 0..255, texture amplitude 0..1)
 _MATERIALS: dict[str, tuple[tuple[int, int, int], float, float]] = {

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cmcr.synth.classes import RAW_INDEX
 from cmcr.synth.world import ROAD_HALF, World
 
 CHUNK = 8192  # rays per chunk: (CHUNK, P) float32 temporaries stay a few MB
@@ -119,8 +120,6 @@ def _normals(o, d, t, kind, index, world: World) -> np.ndarray:
 
 def hit_classes(hits: Hits, points: np.ndarray, world: World) -> np.ndarray:
     """Raw class per ray (R,) uint8; 0 where missed. Ground is road inside the kerbs, else terrain."""
-    from cmcr.data.classes import RAW_INDEX
-
     cls = np.zeros(len(hits.t), np.uint8)
     on_box, on_sph, on_gnd = hits.kind == 0, hits.kind == 1, hits.kind == 2
     cls[on_box] = world.box_cls[hits.index[on_box]]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmcr.data.classes import RAW_INDEX
+from cmcr.synth.classes import RAW_INDEX
 from cmcr.synth.materials import (
     COLOUR,
     INTENSITY,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmcr.data.classes import RAW_CLASSES
+from cmcr.synth.classes import RAW_CLASSES
 
 SENSORS: tuple[tuple[str, str], ...] = (("LIDAR_TOP", "lidar"),) + tuple(
     (c, "camera")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmcr.data.classes import RAW_INDEX
+from cmcr.synth.classes import RAW_INDEX
 from cmcr.synth.materials import COLOUR, INTENSITY
 
 ROAD_HALF = 7.0  # |y| < 7 m is asphalt: 2 driving lanes + 2 parking lanes
