@@ -4,80 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-import cmcr.data
 from cmcr.configs import load_config
 from cmcr.engine.downstream import (
     SegModel,
-    label_fraction_indices,
     run_downstream,
 )
 from cmcr.models import CMCRModel
 
-N_SCANS = 6
-
-
-class _FakeSegDataset(torch.utils.data.Dataset):
-    """Stand-in scans: three planes, label by plane, some points ignored."""
-
-    def __init__(self, split: str, n: int) -> None:
-        self.split, self.n = split, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng([7, i, len(self.split)])
-        m = 300
-        plane = rng.integers(0, 3, m)
-        xy = rng.uniform(-3, 3, (m, 2))
-        z = np.array([-1.5, 0.0, 1.0])[plane] + rng.normal(0, 0.03, m)
-        labels = np.array([11, 4, 16])[plane]
-        labels[rng.random(m) < 0.1] = 0
-        pts = np.concatenate([xy, z[:, None]], 1).astype(np.float32)
-        return pts, rng.random(m).astype(np.float32), labels, f"{self.split}-{i:03d}"
-
-
-def _collate(items, voxel: float = 0.2):
-    pts = np.concatenate([it[0] for it in items])
-    inten = np.concatenate([it[1] for it in items])
-    pb = np.concatenate([np.full(len(it[0]), b) for b, it in enumerate(items)])
-    grid = np.floor(pts / voxel).astype(np.int64)
-    grid -= grid.min(0)
-    coords, inverse = np.unique(np.c_[pb, grid], axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    counts = np.bincount(inverse)
-    feats = np.bincount(inverse, weights=inten) / counts
-    return {
-        "batch_size": len(items),
-        "coords": torch.from_numpy(coords.astype(np.int32)),
-        "spatial_shape": (coords[:, 1:].max(0) + 1).tolist(),
-        "feats": torch.from_numpy(feats[:, None].astype(np.float32)),
-        "inverse": torch.from_numpy(inverse),
-        "point_batch": torch.from_numpy(pb),
-        "labels": torch.from_numpy(np.concatenate([it[2] for it in items])).long(),
-        "num_points": torch.tensor([len(it[0]) for it in items]),
-        "sample_tokens": [it[3] for it in items],
-    }
-
-
-def _fake_loader(cfg, split, *, train):
-    ds = _FakeSegDataset(split, N_SCANS)
-    if train:
-        ds = torch.utils.data.Subset(
-            ds, label_fraction_indices(len(ds), cfg.downstream.label_fraction).tolist()
-        )
-    return torch.utils.data.DataLoader(
-        ds, batch_size=cfg.downstream.batch_size, shuffle=False, collate_fn=_collate
-    )
-
 
 @pytest.fixture()
-def fake_data(monkeypatch):
-    monkeypatch.setattr(cmcr.data, "build_seg_loader", _fake_loader, raising=False)
+def world_cfg(smoke_world):
+    """Overrides pointing the smoke preset at the session's smoke world."""
+    return {"data.dataroot": str(smoke_world)}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +31,9 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
-def _cfg(store: Path, mode: str, **over):
+def _cfg(store: Path, mode: str, world: dict, **over):
     base = {
+        **world,
         "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
         "tracking.output_dir": str(store / "runs"),
         "downstream.mode": mode,
@@ -117,14 +59,8 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_label_fraction_keeps_every_kth_scan() -> None:
-    assert label_fraction_indices(20, 0.25).tolist() == [0, 4, 8, 12, 16]
-    assert label_fraction_indices(5, 1.0).tolist() == [0, 1, 2, 3, 4]
-    assert label_fraction_indices(250, 0.01).tolist() == [0, 100, 200]
-
-
-def test_probe_freezes_encoder_and_trains_head(fake_data, store, tmp_path) -> None:
-    cfg = _cfg(store, "probe")
+def test_probe_freezes_encoder_and_trains_head(world_cfg, store, tmp_path) -> None:
+    cfg = _cfg(store, "probe", world_cfg)
     bb = _backbone_file(cfg, tmp_path / "backbone.pt")
     seen = []
     res = run_downstream(cfg, pretrained=str(bb), report=lambda e, v: seen.append((e, v)))
@@ -151,8 +87,8 @@ def test_probe_freezes_encoder_and_trains_head(fake_data, store, tmp_path) -> No
     assert "downstream/confusion.html" in arts
 
 
-def test_finetune_changes_encoder(fake_data, store, tmp_path) -> None:
-    cfg = _cfg(store, "finetune")
+def test_finetune_changes_encoder(world_cfg, store, tmp_path) -> None:
+    cfg = _cfg(store, "finetune", world_cfg)
     bb = _backbone_file(cfg, tmp_path / "backbone.pt")
     res = run_downstream(cfg, pretrained=str(bb))
     out = Path(cfg.tracking.output_dir) / res.run_id
@@ -186,7 +122,7 @@ def _cli(store: Path, *args: str) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["unknown_run", "corrupt", "wrong_arch", "missing_file"])
-def test_bad_pretrained_exits_2_one_line(kind, fake_data, store, tmp_path, capsys) -> None:
+def test_bad_pretrained_exits_2_one_line(kind, world_cfg, store, tmp_path, capsys) -> None:
     from cmcr.cli import main
 
     if kind == "unknown_run":
@@ -209,14 +145,14 @@ def test_bad_pretrained_exits_2_one_line(kind, fake_data, store, tmp_path, capsy
     assert _no_running_runs(f"sqlite:///{store}/mlflow.db")
 
 
-def test_report_exception_propagates_and_fails_run(fake_data, store) -> None:
+def test_report_exception_propagates_and_fails_run(world_cfg, store) -> None:
     class Pruned(Exception):
         pass
 
     def report(epoch: int, value: float) -> None:
         raise Pruned(f"epoch {epoch}")
 
-    cfg = _cfg(store, "probe")
+    cfg = _cfg(store, "probe", world_cfg)
     with pytest.raises(Pruned):
         run_downstream(cfg, pretrained="none", report=report)
     assert _no_running_runs(cfg.tracking.tracking_uri)

@@ -12,6 +12,7 @@ sweep runs them in-process, so the Accelerate machinery of pre-training is not n
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmcr.configs import Config
+from cmcr.configs import Config, apply_overrides
+from cmcr.data import set_loader_epoch
 from cmcr.data.classes import CHALLENGE_CLASSES, NUM_CHALLENGE
 from cmcr.errors import CheckpointError, TrackingError
 from cmcr.eval.export import LidarsegWriter
@@ -84,12 +86,6 @@ class SegModel(nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """(V, 16) voxel logits for classes 1..16."""
         return self.classifier(self.features(batch))
-
-
-def label_fraction_indices(n: int, fraction: float) -> np.ndarray:
-    """Indices of the scans kept at ``fraction``: every k-th scan, k = round(1 / fraction)."""
-    k = max(1, round(1.0 / fraction))
-    return np.arange(0, n, k)
 
 
 # ---- pre-trained weights --------------------------------------------------------------------
@@ -174,14 +170,6 @@ def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[SegModel, str 
 # ---- data -----------------------------------------------------------------------------------
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _set_epoch(loader: Any, epoch: int) -> None:
-    ds = loader.dataset
-    while not hasattr(ds, "set_epoch") and hasattr(ds, "dataset"):  # through Subset wrappers
-        ds = ds.dataset
-    if hasattr(ds, "set_epoch"):
-        ds.set_epoch(epoch)
 
 
 def _point_targets(batch: dict[str, Any]) -> torch.Tensor:
@@ -354,7 +342,7 @@ def _finetune(cfg: Config, model: SegModel, loaders: tuple, device: torch.device
         total,
     )
     for epoch in range(1, ds.finetune_epochs + 1):
-        _set_epoch(train_loader, epoch - 1)
+        set_loader_epoch(train_loader, epoch - 1)
         model.train()
         losses = []
         for batch in train_loader:
@@ -378,11 +366,20 @@ def _finetune(cfg: Config, model: SegModel, loaders: tuple, device: torch.device
 
 # ---- the entry point ------------------------------------------------------------------------
 def build_loaders(cfg: Config, mode: str) -> tuple[Any, Any]:
-    """(train, val) loaders; the train one keeps cfg.downstream.label_fraction of the scans."""
+    """(train, val) loaders; the train one keeps cfg.downstream.label_fraction of the scans.
+
+    ``train=True`` is what selects the label-fraction subset (every k-th scan, in the dataset);
+    the probe caches its features from one pass, so it reads the train scans with rotation and
+    flips switched off (the max_points subsample, drawn for epoch 0, stays as in fine-tuning).
+    """
     from cmcr.data import build_seg_loader
 
-    # the probe caches features once, so it reads its scans without augmentation
-    train = build_seg_loader(cfg, cfg.data.train_split, train=mode == "finetune")
+    train_cfg = cfg
+    if mode == "probe":
+        train_cfg = apply_overrides(
+            copy.deepcopy(cfg), {"data.rotate": False, "data.flip_prob": 0.0}
+        )
+    train = build_seg_loader(train_cfg, cfg.data.train_split, train=True)
     val = build_seg_loader(cfg, cfg.data.val_split, train=False)
     return train, val
 
