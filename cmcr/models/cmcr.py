@@ -144,7 +144,11 @@ class CMCRModel(nn.Module):
 
     # ---- component terms ---------------------------------------------------------------------
     def _codebook_terms(self, p_shared, v_shared, sel, f_p, f_v, out):
-        """Assign codes, add commit + cmcm, EMA-update; return straight-through quantised maps."""
+        """Assign codes, add commit + cmcm, EMA-update; return straight-through quantised maps.
+
+        commit, cmcm and the EMA update use the sampled unmasked matches (the nce pairs): they
+        need a point and its pixel; every point and pixel is quantised for the decoders.
+        """
         cb = self.codebook
         codes = cb.codes.clone()  # the losses use this step's codes; the update is in place
         with self._timed("losses"):
