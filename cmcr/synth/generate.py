@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,6 @@ VERSION = "v1.0-mini"
 KEYFRAME_DT = 0.5  # s: keyframes at 2 Hz
 T0_US = 1_533_000_000_000_000
 MARGIN = 75.0  # metres of street before and after the ego path
-ANNOTATION_RANGE = 60.0
 
 
 def generate_world(
@@ -57,15 +57,28 @@ def generate_world(
     )
     out = Path(out).absolute()
     tmp = _prepare_target(out, overwrite)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
         summary = _generate_into(tmp, spec, workers)
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    summary.update(path=str(out), seconds=round(time.perf_counter() - t_start, 2))
+    summary.update(
+        path=str(out),
+        seconds=round(time.perf_counter() - t_start, 2),
+        cpu_seconds=round(_cpu_seconds() - cpu_start, 2),
+    )
     return summary
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the scene workers)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _prepare_target(out: Path, overwrite: bool) -> Path:
@@ -129,6 +142,20 @@ def _ego_local(v: float, tau: np.ndarray | float) -> Pose:
     return Pose(rot_z(heading), np.array([x, y, 0.0]))
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What every keyframe of one scene shares."""
+
+    root: Path
+    spec: WorldSpec
+    idx: int
+    name: str
+    world: World
+    speed: float  # m/s along the road
+    pose: Pose  # scene frame -> global
+    yaw: float  # of the scene frame in the global one
+
+
 def _render_scene(root: Path, spec: WorldSpec, idx: int, name: str) -> dict:
     """Build one scene's world, record every keyframe's sensors; return table-ready records."""
     rng = np.random.default_rng([spec.seed, idx])
@@ -136,26 +163,21 @@ def _render_scene(root: Path, spec: WorldSpec, idx: int, name: str) -> dict:
     travel = speed * KEYFRAME_DT * (spec.samples_per_scene - 1)
     world = build_world(rng, -MARGIN, travel + MARGIN, travel / 2)
     yaw = rng.uniform(-np.pi, np.pi)
-    scene_pose = Pose(rot_z(yaw), np.array([rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0]))
-    frames, points = [], []
-    for k in range(spec.samples_per_scene):
-        frame_rng = np.random.default_rng([spec.seed, idx, k])
-        frame = _record_frame(root, spec, name, world, speed, scene_pose, yaw, k, frame_rng)
-        points.append(frame.pop("n_points"))
-        frames.append(frame)
+    offset = np.array([rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0])
+    scene = _Scene(root, spec, idx, name, world, speed, Pose(rot_z(yaw), offset), yaw)
+    frames = [_record_frame(scene, k) for k in range(spec.samples_per_scene)]
     return {
         "name": name,
-        "idx": idx,
         "frames": frames,
-        "points_per_sweep": points,
-        "objects": _object_boxes(world, scene_pose, yaw),
+        "points_per_sweep": [f["n_points"] for f in frames],
+        "objects": _object_boxes(world, scene.pose, yaw),
     }
 
 
 def _object_boxes(world: World, scene_pose: Pose, yaw: float) -> list[dict]:
     """Global box (centre, [w, l, h], yaw) and class of every annotated object."""
     boxes = []
-    for obj, cls in enumerate(world.obj_cls):
+    for obj, cls in enumerate(world.obj_cls):  # a loop over objects (tens), not points
         mine = world.box_obj == obj
         lo, hi = world.box_min[mine].min(0), world.box_max[mine].max(0)
         centre = scene_pose.R @ ((lo + hi) / 2) + scene_pose.t
@@ -165,71 +187,66 @@ def _object_boxes(world: World, scene_pose: Pose, yaw: float) -> list[dict]:
 
 
 def _timestamp(idx: int, tau: float) -> int:
+    """Microseconds; scenes an hour apart."""
     return T0_US + idx * 3_600_000_000 + int(round(tau * 1e6))
 
 
-def _record_frame(root, spec, name, world, speed, scene_pose, yaw, k, rng) -> dict:
-    """Write the LiDAR sweep, its labels and the 6 camera images of keyframe k."""
+def _record_frame(scene: _Scene, k: int) -> dict:
+    """Write keyframe k: the LiDAR sweep and its labels, then the 6 camera images."""
     tau = k * KEYFRAME_DT
-    ego = _ego_local(speed, tau)
-    pts, labels = lidar_sweep(world, ego @ lidar_calib(), spec.n_azimuth, spec.lidar_range, rng)
-    ts = _timestamp(_scene_index(spec, name), tau)
-    sd_lidar = tb.token(spec.seed, name, k, "LIDAR_TOP")
-    lidar_file = f"samples/LIDAR_TOP/{name}__LIDAR_TOP__{ts}.pcd.bin"
-    pts.tofile(root / lidar_file)
-    seg_token = sd_lidar  # nuScenes-lidarseg keys its records by the sample_data token
-    labels.astype(np.uint8).tofile(root / f"lidarseg/{VERSION}/{seg_token}_lidarseg.bin")
-    records = [_sd_record(sd_lidar, "LIDAR_TOP", ts, lidar_file, ego, scene_pose, yaw, 0, 0)]
-    width, height = spec.image_size
-    for channel, (*_, dt) in CAMERAS.items():
-        ego_c = _ego_local(speed, tau + dt)
-        calib, K = camera_calib(channel)
-        rgb, gt = render_camera(
-            world, ego_c @ calib, scaled_intrinsics(K, spec.image_scale), width, height
-        )
-        ts_c = _timestamp(_scene_index(spec, name), tau + dt)
-        sd = tb.token(spec.seed, name, k, channel)
-        filename = f"samples/{channel}/{name}__{channel}__{ts_c}.jpg"
-        Image.fromarray(rgb).save(root / filename, quality=92)
-        Image.fromarray(gt).save(root / f"synthetic_gt/{sd}.png")
-        records.append(
-            _sd_record(sd, channel, ts_c, filename, ego_c, scene_pose, yaw, width, height)
-        )
+    ego = _ego_local(scene.speed, tau)
+    rng = np.random.default_rng([scene.spec.seed, scene.idx, k])
+    pts, labels, obj = lidar_sweep(
+        scene.world, ego @ lidar_calib(), scene.spec.n_azimuth, scene.spec.lidar_range, rng
+    )
+    ts = _timestamp(scene.idx, tau)
+    sd_lidar = tb.token(scene.spec.seed, scene.name, k, "LIDAR_TOP")
+    lidar_file = f"samples/LIDAR_TOP/{scene.name}__LIDAR_TOP__{ts}.pcd.bin"
+    pts.tofile(scene.root / lidar_file)
+    # nuScenes-lidarseg keys its records (and label files) by the lidar sample_data token
+    labels.astype(np.uint8).tofile(scene.root / f"lidarseg/{VERSION}/{sd_lidar}_lidarseg.bin")
+    records = [_sd_record(scene, sd_lidar, "LIDAR_TOP", ts, lidar_file, ego)]
+    records += [_camera_frame(scene, k, tau, channel) for channel in CAMERAS]
+    counts = np.bincount(obj[obj >= 0], minlength=len(scene.world.obj_cls))
     return {
         "k": k,
         "timestamp": ts,
         "sample_data": records,
-        "lidarseg": seg_token,
+        "lidarseg": sd_lidar,
         "n_points": len(pts),
-        "obj_points": _points_per_object(world, pts, labels, ego),
+        "obj_points": {int(i): int(counts[i]) for i in np.flatnonzero(counts)},
     }
 
 
-def _scene_index(spec: WorldSpec, name: str) -> int:
-    return spec.scene_names.index(name)
+def _camera_frame(scene: _Scene, k: int, tau: float, channel: str) -> dict:
+    """Render one camera at its own time (and ego pose); write the JPEG and the class map."""
+    dt = CAMERAS[channel][-1]
+    ego = _ego_local(scene.speed, tau + dt)
+    calib, K = camera_calib(channel)
+    width, height = scene.spec.image_size
+    K = scaled_intrinsics(K, scene.spec.image_scale)
+    rgb, gt = render_camera(scene.world, ego @ calib, K, width, height)
+    ts = _timestamp(scene.idx, tau + dt)
+    sd = tb.token(scene.spec.seed, scene.name, k, channel)
+    filename = f"samples/{channel}/{scene.name}__{channel}__{ts}.jpg"
+    Image.fromarray(rgb).save(scene.root / filename, quality=92)
+    Image.fromarray(gt).save(scene.root / f"synthetic_gt/{sd}.png")
+    return _sd_record(scene, sd, channel, ts, filename, ego, width, height)
 
 
-def _points_per_object(world: World, pts: np.ndarray, labels: np.ndarray, ego: Pose) -> dict:
-    """LiDAR points inside each annotated object's box (object id -> count), for annotations."""
-    p = (ego @ lidar_calib()).R @ pts[:, :3].T.astype(np.float64)
-    p = p.T + (ego @ lidar_calib()).t  # (N, 3) scene frame
-    counts = {}
-    objs = np.unique(world.box_obj[world.box_obj >= 0])
-    for obj in objs:  # objects, not points: a few dozen per scene
-        mine = world.box_obj == obj
-        lo, hi = world.box_min[mine].min(0) - 0.05, world.box_max[mine].max(0) + 0.05
-        if np.linalg.norm((lo + hi)[:2] / 2 - ego.t[:2]) > ANNOTATION_RANGE:
-            continue
-        n = int(np.all((p >= lo) & (p <= hi), axis=1).sum())
-        if n:
-            counts[int(obj)] = n
-    return counts
-
-
-def _sd_record(sd, channel, ts, filename, ego_local, scene_pose, yaw, width, height) -> dict:
+def _sd_record(
+    scene: _Scene,
+    sd: str,
+    channel: str,
+    ts: int,
+    filename: str,
+    ego: Pose,
+    width: int = 0,
+    height: int = 0,
+) -> dict:
     """A sample_data record plus its ego_pose (global = scene frame composed with local pose)."""
-    g = scene_pose @ ego_local
-    heading = yaw + float(np.arctan2(ego_local.R[1, 0], ego_local.R[0, 0]))
+    g = scene.pose @ ego
+    heading = scene.yaw + float(np.arctan2(ego.R[1, 0], ego.R[0, 0]))
     return {
         "token": sd,
         "channel": channel,

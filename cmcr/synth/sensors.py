@@ -80,8 +80,9 @@ def scaled_intrinsics(K: np.ndarray, scale: float) -> np.ndarray:
 
 def lidar_sweep(
     world: World, sensor: Pose, n_azimuth: int, max_range: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Points (N, 5) float32 [x, y, z, intensity, ring] in the lidar frame and raw labels (N,)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (N, 5) float32 [x, y, z, intensity, ring] in the lidar frame, raw labels (N,) and
+    the annotated object each point hit (N,) int32 (-1 for stuff)."""
     az = np.linspace(-np.pi, np.pi, n_azimuth, endpoint=False)
     el = np.repeat(BEAM_ELEVATIONS, n_azimuth)  # (32 * A,)
     az = np.tile(az, N_BEAMS)
@@ -102,7 +103,9 @@ def lidar_sweep(
     pts = np.concatenate(
         [d_lidar[ok] * t[:, None], np.clip(inten, 0, 255)[:, None], ring[ok, None]], axis=1
     )
-    return pts.astype(np.float32), cls
+    on_box = hits.kind[ok] == 0
+    obj = np.where(on_box, world.box_obj[np.where(on_box, hits.index[ok], 0)], -1)
+    return pts.astype(np.float32), cls, obj.astype(np.int32)
 
 
 def _subset(hits, ok):
