@@ -15,10 +15,11 @@ steps of the first, which the median and Hyperband pruners compare across trials
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class TrialContext:
     base: Config
     seeds: int
     parent_run_id: str
-    trial_fn: TrialFn = field(default_factory=default_trial_fn)
+    trial_fn: TrialFn | None = None  # None: the real run_trial, imported when first needed
 
 
 def suggest(trial: Any, spec: StudySpec) -> dict[str, Any]:
@@ -86,6 +87,8 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         seed_cfg.train.seed = seed
         run_id = _child_run(trial, ctx, seed_cfg, seed, retry_of)
         report = _pruning_report(trial) if index == 0 else None
+        if ctx.trial_fn is None:
+            ctx.trial_fn = default_trial_fn()
         with _isolated_env():
             out = ctx.trial_fn(
                 seed_cfg,
@@ -108,7 +111,7 @@ def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]
 
 def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: int | None) -> str:
     """The seed's MLflow run: the one an earlier attempt made (retagged), else a new one."""
-    from cmcr.engine.tracking import RunLogger, make_client, resolve_tracking_uri
+    from cmcr.engine.tracking import RunLogger, resolve_tracking_uri
 
     run_ids: dict[str, str] = dict(trial.user_attrs.get(RUN_IDS_ATTR, {}))
     tags = _tags(trial, ctx, retry_of)
@@ -116,7 +119,7 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
         run_id = run_ids[str(seed)]
         tags[RESUMED_FROM_TAG] = str(checkpoint_step(cfg, run_id))
         uri = resolve_tracking_uri(cfg)
-        RunLogger(make_client(uri), run_id, uri).set_tags(tags)
+        RunLogger(mlflow_client(uri), run_id, uri).set_tags(tags)
         return run_id
     quiet = copy.deepcopy(cfg)
     quiet.tracking.system_metrics = False  # run_trial starts the monitor when it resumes
@@ -133,6 +136,14 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
     if seed == 0 or RUN_ID_ATTR not in trial.user_attrs:
         trial.set_user_attr(RUN_ID_ATTR, logger.run_id)
     return logger.run_id
+
+
+@functools.lru_cache(maxsize=8)
+def mlflow_client(uri: str) -> Any:
+    """One MlflowClient per tracking URI for the process (building one costs ~0.2 s)."""
+    from cmcr.engine.tracking import make_client
+
+    return make_client(uri)
 
 
 def checkpoint_step(cfg: Config, run_id: str) -> int:

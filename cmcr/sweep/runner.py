@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError
-from cmcr.sweep.objective import RUN_IDS_ATTR, TrialContext, TrialFn, run_objective
+from cmcr.sweep.objective import RUN_IDS_ATTR, TrialContext, TrialFn, mlflow_client, run_objective
 from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.storage import open_storage, quiet_experimental, redact, study_lock
 from cmcr.sweep.trials import (
@@ -228,16 +229,11 @@ def _tracking_cfg(plan: Plan) -> Config:
 def _parent_run(plan: Plan, study: Any) -> str:
     """The study's MLflow parent run: linked in the study's user attrs, else found by tag,
     else created. Marked RUNNING while workers run."""
-    from cmcr.engine.tracking import (
-        RunLogger,
-        get_or_create_experiment,
-        make_client,
-        resolve_tracking_uri,
-    )
+    from cmcr.engine.tracking import RunLogger, get_or_create_experiment, resolve_tracking_uri
 
     cfg = _tracking_cfg(plan)
     uri = resolve_tracking_uri(cfg)
-    client = make_client(uri)
+    client = mlflow_client(uri)
     tags = {
         "optuna.study": plan.study_name,
         "optuna.storage": redact(plan.opts.storage),
@@ -287,9 +283,7 @@ def work(plan: Plan, study: Any, parent: str, trial_fn: TrialFn | None = None) -
     """The worker loop: claim queued trials until none is left; returns trials finished here."""
     import optuna
 
-    ctx = TrialContext(plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent)
-    if trial_fn is not None:
-        ctx.trial_fn = trial_fn
+    ctx = TrialContext(plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn)
     retry = RetryKeepingRun(plan.opts.max_retries)
     finished = 0
     while True:
@@ -313,8 +307,6 @@ def _run_and_tell(
     import optuna
     from optuna.trial import TrialState
 
-    from cmcr.engine.train import TrainingDiverged
-
     try:
         value = run_objective(trial, ctx, retry_of)
     except optuna.TrialPruned as exc:
@@ -322,14 +314,14 @@ def _run_and_tell(
         study.tell(trial, state=TrialState.PRUNED)
         log.info(f"trial {trial.number} pruned: {exc}")
         return
-    except TrainingDiverged as exc:
-        _fail(study, trial, ctx, f"diverged: {exc}", None)  # deterministic: a retry diverges too
-        return
     except KeyboardInterrupt:
         _fail(study, trial, ctx, "interrupted (KeyboardInterrupt)", retry)
         raise
-    except Exception as exc:  # any other failure is retried up to --max-retries
-        _fail(study, trial, ctx, f"{type(exc).__name__}: {_first_line(exc)}", retry)
+    except Exception as exc:
+        if _is_diverged(exc):  # deterministic: a retry would diverge too
+            _fail(study, trial, ctx, f"diverged: {_first_line(exc)}", None)
+        else:  # anything else is retried up to --max-retries
+            _fail(study, trial, ctx, f"{type(exc).__name__}: {_first_line(exc)}", retry)
         return
     if not math.isfinite(value):
         _fail(study, trial, ctx, f"objective is {value}", None)
@@ -337,6 +329,13 @@ def _run_and_tell(
     _mark_runs(trial, ctx, None, None, "COMPLETE")
     study.tell(trial, value)
     log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
+
+
+def _is_diverged(exc: BaseException) -> bool:
+    """The trainer's TrainingDiverged (looked up only if the trainer was imported: importing
+    it here would load torch in workers that never train)."""
+    train = sys.modules.get("cmcr.engine.train")
+    return train is not None and isinstance(exc, train.TrainingDiverged)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -361,12 +360,12 @@ def _mark_runs(
     trial: Any, ctx: TrialContext, status: str | None, reason: str | None, state: str
 ) -> None:
     """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+    from cmcr.engine.tracking import resolve_tracking_uri
 
     run_ids = trial.user_attrs.get(RUN_IDS_ATTR, {})
     if not run_ids:
         return
-    client = make_client(resolve_tracking_uri(ctx.base))
+    client = mlflow_client(resolve_tracking_uri(ctx.base))
     for run_id in run_ids.values():
         client.set_tag(run_id, "optuna.state", state)
         if status is None:
@@ -383,15 +382,14 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
     """Summarise; end the parent run FINISHED once no trial is queued or running anywhere."""
     from optuna.trial import TrialState
 
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+    from cmcr.engine.tracking import resolve_tracking_uri
     from cmcr.sweep.trials import count_states
 
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     summary: dict[str, Any] = {"study": plan.study_name, "parent_run_id": parent, **counts}
-    uri = resolve_tracking_uri(plan.base)
-    client = make_client(uri)
+    client = mlflow_client(resolve_tracking_uri(plan.base))
     if complete:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)

@@ -123,12 +123,16 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def _immediate_transactions(engine: Any) -> None:
-    """SQLAlchemy's recipe: let pysqlite not BEGIN on its own, then BEGIN IMMEDIATE."""
+    """SQLAlchemy's recipe: pysqlite must not BEGIN on its own; we BEGIN IMMEDIATE."""
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
+        # WAL: readers (the progress view, --status) never block a worker's write; NORMAL
+        # sync keeps the file consistent and skips an fsync per commit (~17 ms each here)
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
