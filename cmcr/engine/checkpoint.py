@@ -7,6 +7,7 @@ the latest on ``load_state()``; keeps ``train.keep_checkpoints``) and ``runs/<ru
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from cmcr.configs import Config
 from cmcr.errors import CheckpointError
 
 BACKBONE_FILE = "backbone.pt"
+COMPLETE_MARKER = "COMPLETE"
 
 
 @dataclass
@@ -56,13 +58,41 @@ def checkpoint_dir(cfg: Config, run_id: str) -> Path:
 def has_checkpoints(cfg: Config, run_id: str) -> bool:
     """Whether the run has at least one saved state to resume from."""
     folder = checkpoint_dir(cfg, run_id)
-    return folder.is_dir() and any(p.name.startswith("checkpoint_") for p in folder.iterdir())
+    return folder.is_dir() and any(
+        (p / COMPLETE_MARKER).exists() for p in folder.glob("checkpoint_*")
+    )
 
 
-def save_checkpoint(accelerator: Any, state: TrainState) -> None:
-    """Every process calls this: Accelerate writes each rank's RNG state, main the rest."""
+def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
+    """Every process calls this: Accelerate writes each rank's RNG state, main the rest.
+
+    A ``COMPLETE`` marker is written once every rank has finished, so a run killed in the
+    middle of a save leaves a folder that ``drop_partial_checkpoints`` recognises.
+    """
     state.saves += 1  # counted before saving so the saved counter names the next index
-    accelerator.save_state()
+    where = Path(accelerator.save_state())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (where / COMPLETE_MARKER).touch()
+    return where
+
+
+def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
+    """Delete checkpoint folders without the ``COMPLETE`` marker (a kill during a save).
+
+    Accelerate's ``load_state()`` takes the highest-numbered folder as it is; a half-written
+    one would make the run unresumable, while the previous complete one is still good.
+    """
+    folder = Path(accelerator.project_dir) / "checkpoints"
+    partial = []
+    if folder.is_dir():
+        partial = [p for p in folder.glob("checkpoint_*") if not (p / COMPLETE_MARKER).exists()]
+    accelerator.wait_for_everyone()  # every rank listed before main deletes
+    if accelerator.is_main_process:
+        for p in partial:
+            shutil.rmtree(p)
+    accelerator.wait_for_everyone()
+    return partial
 
 
 def load_latest(accelerator: Any, state: TrainState) -> None:

@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("cmcr").setLevel(logging.INFO)  # the run id line, for --resume
     cfg = build_config(args)
     result = run_pretrain(cfg, run_id=args.resume)
-    from accelerate import PartialState
+    from cmcr.engine.pipeline import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(f"run {result.run_id}: {result.steps} steps, weights {result.backbone_path}")
     return 0

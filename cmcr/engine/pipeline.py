@@ -19,6 +19,7 @@ from cmcr.configs import Config, validate_config
 from cmcr.engine.checkpoint import (
     BACKBONE_FILE,
     TrainState,
+    drop_partial_checkpoints,
     has_checkpoints,
     load_latest,
     run_dir,
@@ -57,18 +58,28 @@ def _build_loader(cfg: Config) -> Any:
     return build_pretrain_loader(cfg, cfg.data.train_split, shuffle=True, seed=cfg.train.seed)
 
 
-def _is_main() -> bool:
-    from accelerate import PartialState
+def process_state() -> Any:
+    """Accelerate's process state, initialised for CPU (gloo) when there is no GPU.
 
-    return PartialState().is_main_process
+    ``PartialState()`` alone ignores ACCELERATE_USE_CPU and, without CUDA, would treat a
+    ``torchrun --nproc_per_node 2`` launch as two unrelated single processes.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def _is_main() -> bool:
+    return process_state().is_main_process
 
 
 def _broadcast(value: Any) -> Any:
     """Main process's ``value`` on every process (no-op when not distributed)."""
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    if PartialState().num_processes == 1:
+    if process_state().num_processes == 1:
         return value
     return broadcast_object_list([value])[0]
 
@@ -118,8 +129,10 @@ def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
         scheduler = accelerator.prepare(build_scheduler(cfg, optimizer, total))
         state = TrainState()
         accelerator.register_for_checkpointing(state)
-        if resume and has_checkpoints(cfg, logger.run_id):
-            load_latest(accelerator, state)
+        if resume:
+            drop_partial_checkpoints(accelerator)
+            if has_checkpoints(cfg, logger.run_id):
+                load_latest(accelerator, state)
         steps = pretrain_loop(
             cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total
         )

@@ -244,8 +244,26 @@ def pretrain_loop(
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
+    _sync_norm_buffers(accelerator, model)
     _dump_rank_state(accelerator, model)
     return state.step
+
+
+def _sync_norm_buffers(accelerator: Any, model: Any) -> None:
+    """Give every rank rank 0's BatchNorm running statistics, as DDP's next forward would.
+
+    Running stats are per-rank (each sees its own data); DDP broadcasts rank 0's at the start
+    of each forward, so after the last step they differ. The codebook is NOT synced here: it
+    averages its EMA statistics itself, and the distributed test checks that it does.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for module in accelerator.unwrap_model(model).modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
 
 
 def _dump_rank_state(accelerator: Any, model: Any) -> None:
