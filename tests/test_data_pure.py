@@ -22,6 +22,7 @@ from cmcr.data.occupancy import (
 )
 from cmcr.data.seg import every_kth
 from cmcr.data.voxel import voxelize
+from cmcr.errors import DataError
 
 
 def _random_pose(rng: np.random.Generator, scale: float) -> tuple[list[float], list[float]]:
@@ -129,19 +130,36 @@ def test_map_pixels_lands_in_the_output_pixel_holding_the_point() -> None:
     assert inside.all() and keep.sum() < len(keep)  # crop 0 really dropped points
 
 
-def test_read_image_crop_draft_matches_full_decode(tmp_path) -> None:
+@pytest.mark.parametrize("crop", [[100, 300, 500, 928], [0, 0, 900, 1600], [37, 11, 233, 433]])
+def test_read_image_crop_matches_full_decode_and_resize(tmp_path, crop) -> None:
     yy, xx = np.mgrid[0:900, 0:1600]
     pattern = 127 + 120 * np.sin(xx / 40.0) * np.cos(yy / 30.0)
     rgb = np.stack([pattern, 255 - pattern, np.full_like(pattern, 90)], -1).astype(np.uint8)
     path = tmp_path / "cam.jpg"
     Image.fromarray(rgb).save(path, quality=95)
-    crop = np.array([100, 300, 500, 928])  # -> 56x104: JPEG draft decodes at 1/4
-    fast = read_image_crop(str(path), crop, (56, 104), flip=False).astype(float)
+    crop = np.array(crop)  # the first decodes at 1/4 scale, the others at 1/8 and 1/2
+    top, left, h, w = (int(x) for x in crop)
+    fast = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=False)
     full = Image.open(path).convert("RGB")
-    slow = full.resize((104, 56), Image.Resampling.BILINEAR, box=(300, 100, 1228, 600))
-    assert np.abs(fast - np.asarray(slow, float)).mean() < 4.0
-    flipped = read_image_crop(str(path), crop, (56, 104), flip=True).astype(float)
+    slow = full.resize((104, 56), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    assert fast.dtype == np.uint8 and fast.shape == (56, 104, 3)
+    assert np.abs(fast.astype(float) - np.asarray(slow, float)).mean() < 4.0
+    flipped = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=True)
     np.testing.assert_array_equal(flipped, fast[:, ::-1])
+
+
+def test_read_image_crop_names_bad_files(tmp_path) -> None:
+    path = tmp_path / "cam.jpg"
+    Image.fromarray(np.zeros((90, 160, 3), np.uint8)).save(path)
+    args = (np.array([0, 0, 90, 160]), np.array([90, 160]), (45, 80), False)
+    assert read_image_crop(str(path), *args).shape == (45, 80, 3)
+    with pytest.raises(DataError, match="expected 100x160"):
+        read_image_crop(str(path), args[0], np.array([100, 160]), *args[2:])
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="cam.jpg: truncated"):
+        read_image_crop(str(path), *args)
+    with pytest.raises(DataError, match="nope.jpg: camera image not found"):
+        read_image_crop(str(tmp_path / "nope.jpg"), *args)
 
 
 def test_augment_cloud_is_rigid_and_identity_when_off() -> None:

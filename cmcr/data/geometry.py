@@ -53,15 +53,15 @@ def project_points(
     proj = intrinsics @ chain[:, :3, :]  # (C, 3, 4)
     n_cam = proj.shape[0]
     rot = proj[:, :, :3].transpose(2, 0, 1).reshape(3, 3 * n_cam).astype(np.float32)
-    uvz = (xyz.astype(np.float32, copy=False) @ rot).reshape(-1, n_cam, 3)  # (N, C, 3)
-    uvz += proj[:, :, 3].astype(np.float32)
-    # 6. depth filter (camera z) before dividing, so points behind the camera never divide
-    point, cam = np.nonzero(uvz[:, :, 2] > min_depth)
-    hit = uvz[point, cam]  # (M, 3)
-    # 7. perspective divide
-    u = hit[:, 0] / hit[:, 2]
-    v = hit[:, 1] / hit[:, 2]
-    # 8. strictly inside the image
-    height, width = image_hw[cam, 0], image_hw[cam, 1]
-    keep = (u > 0) & (u < width) & (v > 0) & (v < height)
-    return point[keep], cam[keep], u[keep], v[keep]
+    uvz = xyz.astype(np.float32, copy=False) @ rot  # (N, 3C): [u·z, v·z, z] per camera
+    uvz += proj[:, :, 3].reshape(-1).astype(np.float32)
+    depth = uvz[:, 2::3]  # (N, C)
+    # 6. perspective divide (points behind the camera give junk that step 7 drops)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = uvz[:, 0::3] / depth  # (N, C)
+        v = uvz[:, 1::3] / depth
+    # 7. depth filter and strictly inside the image
+    height, width = image_hw[:, 0].astype(np.float32), image_hw[:, 1].astype(np.float32)
+    keep = (depth > min_depth) & (u > 0) & (u < width) & (v > 0) & (v < height)  # (N, C)
+    point, cam = np.nonzero(keep)
+    return point, cam, u[point, cam], v[point, cam]

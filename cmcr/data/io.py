@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
+import cv2
 import numpy as np
-from PIL import Image
 
 from cmcr.errors import DataError
 
 POINT_DIMS = 5  # nuScenes .pcd.bin: x, y, z, intensity, ring (float32)
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def read_points(path: str) -> np.ndarray:
@@ -39,29 +43,42 @@ def read_lidarseg(path: str | None, n_points: int, token: str) -> np.ndarray:
     return labels
 
 
-def read_image_crop(path: str, crop: np.ndarray, out_hw: tuple[int, int], flip: bool) -> np.ndarray:
-    """(H, W, 3) uint8: crop [top, left, h, w] of a JPEG resized (bilinear) to out_hw, flipped.
+def read_image_crop(
+    path: str, crop: np.ndarray, full_hw: np.ndarray, out_hw: tuple[int, int], flip: bool
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: crop [top, left, h, w] of a JPEG resized (bilinear) to out_hw, flipped.
 
-    JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the crop is still at least out_hw
-    there, which skips most of the decoding work; the box is rescaled to the reduced image.
+    The JPEG is decoded at 1/2, 1/4 or 1/8 scale when the crop still covers out_hw there (the
+    rule of PIL's draft), then ONE affine warp does crop + resize + flip on the small image; it
+    keeps the half-pixel-centre convention of map_pixels, so pairings land on their pixel.
+    Measured faster than PIL draft + resize (cmcr/bench/data.py).
     """
     top, left, height, width = (int(x) for x in crop)
     out_h, out_w = out_hw
+    ratio = min(width // out_w, height // out_h)
+    scale = next(s for s in (8, 4, 2, 1) if s <= max(ratio, 1))
     try:
-        img = Image.open(path)
-        full_w, full_h = img.size
-        need = (math.ceil(full_w * out_w / width), math.ceil(full_h * out_h / height))
-        drafted = img.draft("RGB", need)  # None for non-JPEG files: decoded at full size
-        # reduced pixel i covers source [s·i, s·(i+1)) with the integer scale s (not W/w')
-        scale = full_w / drafted[1][2] if drafted else 1.0
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        box = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
-        img = img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
-    except FileNotFoundError as err:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError) as err:
         raise DataError(f"{path}: camera image not found") from err
-    except OSError as err:
-        raise DataError(f"{path}: unreadable camera image ({err})") from err
+    if buf.size < 4 or buf[-2] != 0xFF or buf[-1] != 0xD9:  # JPEG end-of-image marker
+        raise DataError(f"{path}: truncated or not a JPEG camera image")
+    img = cv2.imdecode(buf, _REDUCED[scale])  # (ceil(H/s), ceil(W/s), 3) BGR
+    expected = (-(-int(full_hw[0]) // scale), -(-int(full_hw[1]) // scale))
+    if img is None or img.shape[:2] != expected:
+        got = "undecodable" if img is None else f"{img.shape[0] * scale}x{img.shape[1] * scale}"
+        raise DataError(f"{path}: camera image {got}, expected {full_hw[0]}x{full_hw[1]} (table)")
+    # source continuous x = scale·x_small; dst x' = (x − left)·out_w/width; integer pixel
+    # indices sit at continuous − 0.5 in OpenCV's convention
+    ax, ay = out_w / width, out_h / height
+    mat = np.array(
+        [[scale * ax, 0.0, (0.5 * scale - left) * ax - 0.5],
+         [0.0, scale * ay, (0.5 * scale - top) * ay - 0.5]]
+    )  # fmt: skip
     if flip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(img)
+        mat[0] = -mat[0]
+        mat[0, 2] += out_w - 1
+    out = cv2.warpAffine(
+        img, mat, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -42,8 +43,9 @@ class EpochSampler(Sampler):
 
 
 def _worker_init(_: int) -> None:
-    """One torch thread per worker: the workers already run in parallel."""
+    """One torch / OpenCV thread per worker: the workers already run in parallel."""
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def _loader(

@@ -77,8 +77,8 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
         raise DataError(f"sample {rec.lidar_token}: no point projects into any camera crop")
     images = np.stack(
         [
-            read_image_crop(p, c, out_hw, f)
-            for p, c, f in zip(rec.cam_paths, crops, flips, strict=True)
+            read_image_crop(p, c, hw, out_hw, f)
+            for p, c, hw, f in zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)
         ]
     )  # (C, H, W, 3) uint8
     mask = patch_mask(
@@ -88,7 +88,9 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
     coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size)
     queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
-    tree = cKDTree(aug, balanced_tree=False, compact_nodes=False)
+    tree = cKDTree(
+        aug, leafsize=32, balanced_tree=False, compact_nodes=False
+    )  # fastest build+query
     neighbours = query_neighbours(tree, queries.xyz, cfg.query_radius, cfg.max_neighbours)
     return {
         "coords": coords,
