@@ -30,8 +30,11 @@ def batch() -> dict:
 def trained(batch) -> tuple[CMCRModel, dict, torch.Tensor]:
     """One forward of the full smoke model, shared by the tests that only inspect it."""
     model = _model()
-    bn_before = model.image_encoder.net.bn1.running_mean.clone()
-    return model, model(batch), bn_before
+    before = {
+        "bn": model.image_encoder.net.bn1.running_mean.clone(),
+        "codes": model.codebook.codes.clone(),
+    }
+    return model, model(batch), before
 
 
 def test_smoke_forward_backward_all_terms_finite(trained) -> None:
@@ -45,6 +48,20 @@ def test_smoke_forward_backward_all_terms_finite(trained) -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert 0 < out["stats"]["codebook_usage"] <= 1
     assert out["stats"]["codebook_perplexity"] >= 1
+
+
+def test_codebook_updates_in_training_only(trained, batch) -> None:
+    model, _, before = trained
+    assert not torch.equal(model.codebook.codes, before["codes"])  # the training forward moved it
+    codes = model.codebook.codes.clone()
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(batch)
+    finally:
+        model.train()
+    assert torch.equal(model.codebook.codes, codes)
+    assert set(out["losses"]) == ALL_TERMS
 
 
 def _grad_norm(term: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -61,10 +78,10 @@ def test_each_term_alone_reaches_the_backbone(trained) -> None:
 
 
 def test_frozen_image_encoder_keeps_eval_mode_and_statistics(trained) -> None:
-    model, out, bn_before = trained
+    model, out, before = trained
     enc = model.image_encoder
     assert model.training and not enc.training and not enc.net.layer1[0].bn1.training
-    assert torch.equal(enc.net.bn1.running_mean, bn_before)  # the train-mode forward left it
+    assert torch.equal(enc.net.bn1.running_mean, before["bn"])  # the train-mode forward left it
     weighted_total(out["losses"], model.cfg.loss.weights).backward(retain_graph=True)
     assert all(p.grad is None for p in enc.parameters())
 

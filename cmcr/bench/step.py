@@ -24,7 +24,7 @@ from cmcr.models import CMCRModel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of this benchmark (all optional)."""
-    parser.add_argument("--step-repeats", type=int, default=2, help="timed steps after warm-up")
+    parser.add_argument("--step-repeats", type=int, default=1, help="timed steps after warm-up")
 
 
 def _batch_factory():
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     """Time a paper-preset step on CPU and the cmcm matrix form vs a loop; flat figures."""
     patch_spconv_cpu()
     quick = bool(getattr(args, "quick", False))
-    repeats = int(getattr(args, "step_repeats", 2))
+    repeats = int(getattr(args, "step_repeats", 1))
     cfg = load_config(
         "paper",
         {
