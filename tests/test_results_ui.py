@@ -1,0 +1,116 @@
+"""``cmcr ui``: the real MLflow server on a scratch store, queried through its REST API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cmcr.errors import TrackingError
+from cmcr.results import fake_runs, ui
+
+
+def _args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    ui.add_arguments(parser)
+    return parser.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_print_command_redacts_password(capsys) -> None:
+    """A store URL with a password is printed with *** (the server gets the real one)."""
+    args = _args(tracking_uri="postgresql://cmcr:s3cret@127.0.0.1:5432/test")
+    args.print_command = True
+    assert ui.run(args) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "postgresql://cmcr:***@127.0.0.1:5432/test" in out
+    assert "--host 127.0.0.1 --port 5000" in out
+
+
+def test_non_loopback_host_warns(capsys, tmp_path: Path) -> None:
+    """Binding beyond loopback prints a warning; loopback does not."""
+    db = tmp_path / "m.db"
+    db.touch()
+    args = _args(tracking_uri=f"sqlite:///{db}", host="0.0.0.0")
+    args.print_command = True
+    ui.run(args)
+    assert "not loopback" in capsys.readouterr().err
+    assert ui.is_loopback("127.0.0.1") and ui.is_loopback("::1") and ui.is_loopback("localhost")
+    assert not ui.is_loopback("0.0.0.0") and not ui.is_loopback("192.168.1.4")
+
+
+def test_missing_store_is_an_error(tmp_path: Path) -> None:
+    """No store file: a clear error, nothing created."""
+    with pytest.raises(TrackingError, match="does not exist"):
+        ui.run(_args(tracking_uri=f"sqlite:///{tmp_path / 'none.db'}"))
+    assert not (tmp_path / "none.db").exists()
+
+
+def _get(url: str, data: dict | None = None, timeout: float = 5.0) -> bytes:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def test_server_lists_study_runs(tmp_path: Path) -> None:
+    """``cmcr ui`` starts mlflow server; /api/2.0/mlflow/runs/search lists the study's runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    info = fake_runs.log_components_sweep(client, "cmcr", seeds=(0,), extra_unfinished=False)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmcr.cli", "ui", "--tracking-uri", uri, "--port", str(port),
+         "--artifacts", str(tmp_path / "art"), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(f"{base}/health") == b"OK":
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
+            time.sleep(0.5)
+        found = json.loads(_get(f"{base}/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [info["experiment_id"]],
+            "filter": "tags.\"optuna.study\" = 'components' and tags.\"cmcr.kind\" = 'trial'",
+            "max_results": 1000}, timeout=60))  # fmt: skip
+        runs = found.get("runs", [])
+        assert len(runs) == info["n_trials"] == 8
+        variants = {
+            t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "cmcr.variant"
+        }
+        assert "cmcr-mim" in variants and "random" in variants
+    finally:
+        proc.send_signal(signal.SIGTERM)  # cmcr ui stops its server's process group
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    out = proc.stdout.read()
+    assert f"MLflow UI: http://127.0.0.1:{port}" in out
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        _get(f"{base}/health", timeout=2)
