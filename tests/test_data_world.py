@@ -110,18 +110,25 @@ def test_collate_indices_address_their_sample(smoke_world: Path) -> None:
 
 def test_same_samples_for_any_worker_count_and_resumption(smoke_world: Path) -> None:
     from accelerate import skip_first_batches
+    from accelerate.data_loader import prepare_data_loader
 
-    def batches(workers: int, epoch: int, skip: int = 0) -> list[dict]:
-        loader = build_pretrain_loader(_cfg(smoke_world, **{"data.num_workers": workers,
-                                                            "train.batch_size": 1}), "mini_train")  # fmt: skip
+    def batches(workers: int, epoch: int, skip: int = 0, accelerate: bool = False) -> list:
+        cfg = _cfg(smoke_world, **{"data.num_workers": workers, "train.batch_size": 1})
+        loader = build_pretrain_loader(cfg, "mini_train")
+        if accelerate:  # Accelerate re-sets the sampler epoch from its own counter per __iter__
+            loader = prepare_data_loader(
+                loader, num_processes=1, process_index=0, put_on_device=False
+            )
         set_loader_epoch(loader, 0)
         list(loader)  # a first epoch, so persistent workers hold a stale epoch
+        if skip:
+            loader = skip_first_batches(loader, skip)
         set_loader_epoch(loader, epoch)
-        return list(skip_first_batches(loader, skip) if skip else loader)
+        return [None] * skip + list(loader)
 
     ref = batches(0, 1)
     assert len(ref) == 3
-    for other in (batches(1, 1), [None] + batches(0, 1, skip=1)):
+    for other in (batches(1, 1), batches(0, 1, skip=1), batches(0, 1, skip=2, accelerate=True)):
         for a, b in zip(ref, other, strict=True):
             if b is not None:
                 assert a["sample_tokens"] == b["sample_tokens"]

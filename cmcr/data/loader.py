@@ -90,13 +90,22 @@ def build_seg_loader(
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch on the sampler and the dataset (also through an Accelerate wrapper)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    inner = getattr(batch_sampler, "sampler", None)
-    if inner is not sampler and hasattr(inner, "set_epoch"):
-        inner.set_epoch(epoch)
+    """Set the epoch on every EpochSampler the loader wraps and on its dataset.
+
+    Call it before each epoch, also on the loader that Accelerate's skip_first_batches returns:
+    Accelerate's DataLoaderShard re-sets its samplers' epoch from its own counter on every
+    __iter__, so its set_epoch (which sets that counter) is called too.
+    """
+    if hasattr(loader, "set_epoch"):  # accelerate.data_loader.DataLoaderShard
+        loader.set_epoch(epoch)
+    todo, seen = [loader], set()
+    while todo:  # walk the sampler / batch_sampler chain
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, EpochSampler):
+            obj.set_epoch(epoch)
+        todo += [getattr(obj, name, None) for name in ("sampler", "batch_sampler")]
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
