@@ -97,14 +97,18 @@ def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
 
 def load_latest(accelerator: Any, state: TrainState) -> None:
     """Restore the newest checkpoint (Accelerate picks it); a broken one raises CheckpointError."""
-    where = Path(accelerator.project_dir) / "checkpoints"
+    picked = [Path(accelerator.project_dir) / "checkpoints"]
+    # Accelerate tells the folder it chose to its pre-hooks; remember it for the message
+    hook = accelerator.register_load_state_pre_hook(lambda _models, d: picked.append(Path(d)))
     try:
         accelerator.load_state()
     except Exception as exc:  # torch, safetensors and pickle raise many types for bad files
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
         raise CheckpointError(
-            f"checkpoint under '{where}' cannot be loaded ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+            f"checkpoint '{picked[-1]}' cannot be loaded ({type(exc).__name__}: {detail})"
         ) from exc
+    finally:
+        hook.remove()
     # Accelerate does not restore its save counter; without this the next save would
     # collide with an existing checkpoint_<i>.
     accelerator.project_configuration.iteration = state.saves

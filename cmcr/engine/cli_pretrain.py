@@ -58,7 +58,8 @@ def build_config(args: argparse.Namespace) -> Config:
         return load_config(args.config, _overrides(args))
     if not args.resume:
         raise ConfigError("--config: required (a preset name or a YAML file) unless --resume")
-    cfg = _recorded_config(args.resume, load_config(None))
+    # the overrides may name the store (tracking.*), so they apply before the lookup too
+    cfg = _recorded_config(args.resume, load_config(None, _overrides(args)))
     return _validate(apply_overrides(cfg, _overrides(args)))
 
 

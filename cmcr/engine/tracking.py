@@ -358,7 +358,10 @@ def _new_params(client: Any, run_id: str, cfg: Config) -> dict[str, str]:
     """The config params ``run_id`` lacks; TrackingError if any recorded value differs."""
     params = config_params(cfg)
     old = client.get_run(run_id).data.params
-    changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
+    # tracking.* says where a run is recorded, not what it computes: it may differ on resume
+    changed = sorted(
+        k for k, v in params.items() if k in old and old[k] != v and not k.startswith("tracking.")
+    )
     if changed:
         raise TrackingError(
             f"run {run_id} was recorded with a different config "
