@@ -228,10 +228,16 @@ def test_compose_config_validates(tmp_path: Path):
         )
         assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
-    assert set(cfg["services"]) == {"postgres", "mlflow", "worker", "worker-multigpu"}
+    assert set(cfg["services"]) == {
+        "postgres",
+        "mlflow",
+        "optuna-init",
+        "worker",
+        "worker-multigpu",
+    }
     workers = cfg["services"]["worker"], cfg["services"]["worker-multigpu"]
     assert workers[0]["command"][:2] == ["python", "sweeps/run.py"]
-    assert "postgresql://cmcr:pw-test@postgres:5432/optuna" in workers[0]["command"]
+    assert "postgresql+psycopg2://cmcr:pw-test@postgres:5432/optuna" in workers[0]["command"]
     devices = [w["deploy"]["resources"]["reservations"]["devices"][0] for w in workers]
     assert [d["count"] for d in devices] == [1, 4]
     assert workers[1]["command"][:2] == ["accelerate", "launch"]
@@ -261,7 +267,9 @@ def test_compose_structure():
     """Services, GPU reservations, health-gated start order, loopback-only ports (parsed YAML)."""
     cfg = yaml.safe_load(COMPOSE.read_text())
     svcs = cfg["services"]
-    assert {"postgres", "mlflow", "worker", "worker-multigpu"} <= set(svcs)
+    assert {"postgres", "mlflow", "optuna-init", "worker", "worker-multigpu"} <= set(svcs)
+    assert svcs["optuna-init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "docker/init_optuna.py" in svcs["optuna-init"]["command"]
     for name in ("postgres", "mlflow"):
         assert svcs[name]["healthcheck"]["test"], name
         for port in svcs[name].get("ports", []):
@@ -270,7 +278,7 @@ def test_compose_structure():
     assert svcs["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     mlflow_cmd = " ".join(svcs["mlflow"]["command"])
     for part in (
-        "--backend-store-uri postgresql://",
+        "--backend-store-uri postgresql+psycopg2://",
         "--artifacts-destination",
         "--serve-artifacts",
     ):
@@ -278,11 +286,17 @@ def test_compose_structure():
     assert svcs["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("worker", "worker-multigpu"):
         svc = svcs[name]
-        assert {d["condition"] for d in svc["depends_on"].values()} == {"service_healthy"}
+        assert svc["depends_on"] == {
+            "optuna-init": {"condition": "service_completed_successfully"},
+            "mlflow": {"condition": "service_healthy"},
+        }
         assert svc["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         dev = svc["deploy"]["resources"]["reservations"]["devices"][0]
         assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
-        assert "--storage postgresql://" in svc["command"] and "--study ${STUDY" in svc["command"]
+        assert (
+            "--storage postgresql+psycopg2://" in svc["command"]
+            and "--study ${STUDY" in svc["command"]
+        )
     assert svcs["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
     assert "accelerate launch" in svcs["worker-multigpu"]["command"]
     assert "--num_processes ${GPUS_PER_TRIAL" in svcs["worker-multigpu"]["command"]
@@ -323,5 +337,16 @@ def test_remote_compose_config_validates(tmp_path: Path):
     assert set(svcs) == {"worker", "worker-multigpu"}  # no database, no server: nothing listens
     for svc in svcs.values():
         assert svc["network_mode"] == "host" and not svc.get("ports")
-        assert "postgresql://cmcr:pw@10.8.0.1:5432/optuna" in svc["command"]
+        assert "postgresql+psycopg2://cmcr:pw@10.8.0.1:5432/optuna" in svc["command"]
         assert svc["environment"]["MLFLOW_TRACKING_URI"] == "http://10.8.0.1:5000"
+
+
+def test_postgres_urls_name_a_locked_driver():
+    """SQLAlchemy >= 2.1 maps bare postgresql:// to psycopg 3, which is not a dependency; the
+    stack's URLs name psycopg2, which the lock has."""
+    pins = _lock_pins()
+    assert "psycopg2-binary" in pins
+    for path in (COMPOSE, DOCKER / "compose.remote.yaml"):
+        text = path.read_text()
+        assert "postgresql+psycopg2://" in text
+        assert "postgresql://" not in text, f"{path.name}: bare postgresql:// URL"
