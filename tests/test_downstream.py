@@ -34,6 +34,7 @@ def store(tmp_path_factory) -> Path:
 def _cfg(store: Path, mode: str, world: dict, **over):
     base = {
         **world,
+        "data.voxel_size": 0.3,  # fewer voxels: fast CPU tests, same code path
         "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
         "tracking.output_dir": str(store / "runs"),
         "downstream.mode": mode,
@@ -155,4 +156,30 @@ def test_report_exception_propagates_and_fails_run(world_cfg, store) -> None:
     cfg = _cfg(store, "probe", world_cfg)
     with pytest.raises(Pruned):
         run_downstream(cfg, pretrained="none", report=report)
+    assert _no_running_runs(cfg.tracking.tracking_uri)
+
+
+def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from cmcr.cli import main
+    from cmcr.engine.tracking import RunLogger
+
+    cfg = _cfg(store, "probe", world_cfg, **{"downstream.probe_epochs": 1})
+    bb = _backbone_file(cfg, tmp_path / "backbone.pt")
+    with RunLogger.start(cfg, kind="pretrain") as pre:
+        pre.log_artifact(bb)  # only an artifact: runs/<id>/backbone.pt does not exist
+    assert not (Path(cfg.tracking.output_dir) / pre.run_id / "backbone.pt").exists()
+    res = run_downstream(cfg, pretrained=pre.run_id)
+    tags = MlflowClient(cfg.tracking.tracking_uri).get_run(res.run_id).data.tags
+    assert tags["cmcr.pretrained_run"] == pre.run_id
+    assert tags["mlflow.parentRunId"] == pre.run_id
+    out = Path(cfg.tracking.output_dir) / res.run_id / "seg_backbone.pt"
+    assert _states_equal(torch.load(out, weights_only=True), torch.load(bb, weights_only=True))
+
+    with RunLogger.start(cfg, kind="pretrain") as empty:
+        pass  # a run without weights
+    code = main(_cli(store, "--pretrained", empty.run_id))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no backbone.pt" in err[0] and empty.run_id in err[0]
     assert _no_running_runs(cfg.tracking.tracking_uri)

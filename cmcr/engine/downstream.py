@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from cmcr.eval.metrics import ConfusionAccumulator, SegMetrics
 from cmcr.losses.lovasz import lovasz_softmax
 
 Report = Callable[[int, float], None]
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..15
 
 
@@ -120,6 +122,9 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
             f"--pretrained '{run_id}': neither a file nor a run id in {redact_url(uri)}"
         ) from None
     dst = Path(cfg.tracking.output_dir) / run_id
+    # MLflow draws progress bars on stderr; the CLI's error contract is one line there
+    quiet = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
     try:
         return Path(client.download_artifacts(run_id, "backbone.pt", str(dst)))
     except (MlflowException, OSError):
@@ -127,6 +132,11 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
             f"--pretrained '{run_id}': the run has no backbone.pt "
             f"(not in {dst} nor among its artifacts)"
         ) from None
+    finally:
+        if quiet is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = quiet
 
 
 def load_state_file(path: Path, what: str = "backbone") -> dict[str, torch.Tensor]:
@@ -250,6 +260,9 @@ def _freeze(model: SegModel) -> None:
     model.encoder.eval()  # BatchNorm keeps its pre-trained statistics
 
 
+_LOGGED_KEYS = ("train/seg_loss", "val/miou")
+
+
 class _Trainer:
     """Shared epoch loop: optimiser, cosine schedule, evaluation, logging and report hooks."""
 
@@ -258,6 +271,14 @@ class _Trainer:
         self.step = 0
         self.metrics: SegMetrics | None = None
         self.history: list[tuple[int, float]] = []
+        # a resumed trial re-runs its downstream part from scratch: epochs already in the run's
+        # history are not logged twice (the first value logged stays, as in pre-training)
+        last = getattr(logger, "last_logged_step", None)
+        self.logged_until = {k: (last(k) or 0) if last else 0 for k in _LOGGED_KEYS}
+
+    def _log(self, metrics: dict[str, float], epoch: int, key: str) -> None:
+        if epoch > self.logged_until[key]:
+            self.logger.log_metrics(metrics, step=epoch)
 
     def make_optimizer(self, groups: list[dict[str, Any]], total_steps: int) -> None:
         self.opt = torch.optim.SGD(groups, momentum=0.9)
@@ -277,12 +298,12 @@ class _Trainer:
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
         """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
         if losses:
-            self.logger.log_metrics({"train/seg_loss": float(np.mean(losses))}, step=epoch)
+            self._log({"train/seg_loss": float(np.mean(losses))}, epoch, "train/seg_loss")
         if not (last or epoch % self.cfg.downstream.eval_every == 0):
             return
         self.metrics = evaluate()
         self.history.append((epoch, self.metrics.miou))
-        self.logger.log_metrics(metric_dict(self.metrics), step=epoch)
+        self._log(metric_dict(self.metrics), epoch, "val/miou")
         if self.report is not None:
             self.report(epoch, self.metrics.miou)  # may raise optuna.TrialPruned: let it through
 
