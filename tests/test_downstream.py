@@ -183,3 +183,12 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no backbone.pt" in err[0] and empty.run_id in err[0]
     assert _no_running_runs(cfg.tracking.tracking_uri)
+
+
+def test_zero_epochs_rejected_before_any_run(store) -> None:
+    from cmcr.configs import ConfigError
+
+    cfg = _cfg(store, "finetune", {}, **{"downstream.finetune_epochs": 0})
+    with pytest.raises(ConfigError, match="downstream.finetune_epochs"):
+        run_downstream(cfg, pretrained="none")
+    assert _no_running_runs(cfg.tracking.tracking_uri)

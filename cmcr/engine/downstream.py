@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmcr.configs import Config, apply_overrides
+from cmcr.configs import Config, ConfigError, apply_overrides
 from cmcr.data import set_loader_epoch
 from cmcr.data.classes import CHALLENGE_CLASSES, NUM_CHALLENGE
 from cmcr.errors import CheckpointError, TrackingError
@@ -35,6 +36,7 @@ from cmcr.eval.metrics import ConfusionAccumulator, SegMetrics
 from cmcr.losses.lovasz import lovasz_softmax
 
 Report = Callable[[int, float], None]
+log = logging.getLogger("cmcr")
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..15
 
@@ -425,6 +427,7 @@ def run_downstream(
     from cmcr.engine.tracking import RunLogger
 
     mode = cfg.downstream.mode
+    _check_epochs(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, source_run = build_seg_model(cfg, pretrained)
     loaders = build_loaders(cfg, mode)
@@ -445,7 +448,20 @@ def run_downstream(
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir)
 
 
+def _check_epochs(cfg: Config) -> None:
+    """At least one epoch, so that at least one evaluation runs (checked before any run starts)."""
+    key = f"downstream.{cfg.downstream.mode}_epochs"
+    epochs = getattr(cfg.downstream, f"{cfg.downstream.mode}_epochs")
+    if epochs < 1:
+        raise ConfigError(f"{key}: expected an integer >= 1, got {epochs}")
+    if cfg.downstream.eval_every < 1:
+        raise ConfigError(
+            f"downstream.eval_every: expected an integer >= 1, got {cfg.downstream.eval_every}"
+        )
+
+
 def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamResult:
+    """Train, evaluate, export, save weights and log artifacts inside an open run."""
     t0 = time.perf_counter()
     tr = _Trainer(cfg, model, logger, report)
     if cfg.downstream.mode == "probe":
@@ -454,9 +470,14 @@ def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamR
     else:
         _finetune(cfg, model, loaders, device, tr)
         batches = _live_logits(model, loaders[1], device)
-    if tr.metrics is None:
-        raise TrackingError("downstream: no evaluation ran (probe/finetune epochs must be >= 1)")
     if export_dir is not None:
+        if cfg.data.max_samples > 0:
+            log.warning(
+                "data.max_samples=%d limits the %s scans exported; the devkit's evaluator "
+                "expects every scan of the split (set data.max_samples=0)",
+                cfg.data.max_samples,
+                cfg.data.val_split,
+            )
         with torch.no_grad():
             writer = LidarsegWriter(export_dir, cfg.data.val_split)
             evaluate_batches(batches, writer)
