@@ -6,15 +6,18 @@ selected run; metric histories are fetched separately, only for the few runs a f
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cmcr.configs import config_from_flat
-from cmcr.errors import CMCRError, TrackingError
+from cmcr.configs import Config, config_from_flat
+from cmcr.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
@@ -219,12 +222,9 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
 
 def cast_param(key: str, values: pd.Series) -> pd.Series:
     """MLflow strings → the config's type (bool, int, float, str; lists become tuples)."""
+    typ = config_types().get(key)
     present = values.dropna()
-    if present.empty:
-        return values
-    try:
-        typ = type(_typed(key, present.iloc[0]))
-    except CMCRError:  # not a config key (something else logged a param): keep strings
+    if typ is None or present.empty:  # not a config key (something else logged it): strings
         return values
     if typ is float:
         return pd.to_numeric(values, errors="coerce").astype(float)
@@ -232,9 +232,28 @@ def cast_param(key: str, values: pd.Series) -> pd.Series:
         return pd.to_numeric(values, errors="coerce").astype("Int64")
     if typ is str:
         return values
-    mapping = {v: _typed(key, v) for v in present.unique()}  # bools and lists: few values
+    # bools and lists: few distinct values, each cast by the config's own rules
+    mapping = {v: _typed(key, v) for v in present.unique()}
     mapping = {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
     return values.map(mapping).astype(object)
+
+
+@functools.cache
+def config_types() -> dict[str, type]:
+    """Dotted config key → its annotated type (list[...] as list), from the schema."""
+    out: dict[str, type] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            typ = hints[f.name]
+            if dataclasses.is_dataclass(typ):
+                walk(typ, f"{prefix}{f.name}.")
+            else:
+                out[prefix + f.name] = typing.get_origin(typ) or typ
+
+    walk(Config, "")
+    return out
 
 
 def _typed(key: str, value: str) -> Any:
