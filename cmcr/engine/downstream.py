@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, ConfigError, apply_overrides
 from cmcr.data import set_loader_epoch
 from cmcr.data.classes import CHALLENGE_CLASSES, NUM_CHALLENGE
@@ -428,6 +429,7 @@ def run_downstream(
 
     mode = cfg.downstream.mode
     _check_epochs(cfg)
+    patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, source_run = build_seg_model(cfg, pretrained)
     loaders = build_loaders(cfg, mode)
