@@ -78,6 +78,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.run:
         from cmcr.configs import load_config
 
+        if args.pretrained is not None:
+            raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
+
         base = load_config(args.config, args.overrides)  # for tracking.output_dir
         saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
         cfg = _load_cfg(args, saved if saved.is_file() else None)
