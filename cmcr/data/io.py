@@ -8,6 +8,7 @@ import numpy as np
 from cmcr.errors import DataError
 
 POINT_DIMS = 5  # nuScenes .pcd.bin: x, y, z, intensity, ring (float32)
+cv2.setNumThreads(1)  # per-image warps are tiny: thread hand-offs cost more than they save
 _REDUCED = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,

@@ -43,9 +43,15 @@ class EpochSampler(Sampler):
 
 
 def _worker_init(_: int) -> None:
-    """One torch / OpenCV thread per worker: the workers already run in parallel."""
+    """One torch / OpenCV / BLAS thread per worker: the workers already run in parallel."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    try:  # BLAS threads only fight each other on the small per-sample matmuls
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
 
 
 def _loader(
