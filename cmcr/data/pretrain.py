@@ -15,7 +15,7 @@ from cmcr.data.records import SampleRecord, load_records
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
 
-INTENSITY_SCALE = 255.0  # nuScenes intensity is 0..255; features and targets are in [0, 1]
+INTENSITY_SCALE = 255.0  # nuScenes intensity is 0..255; voxel feats and query targets are /255
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -62,9 +62,33 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     if len(points) == 0:
         raise DataError(f"sample {rec.lidar_token}: no LiDAR points in {rec.lidar_path}")
     xyz, intensity = points[:, :3], points[:, 3] / np.float32(INTENSITY_SCALE)
-    out_hw = (cfg.image_size[0], cfg.image_size[1])
+    cameras = _cameras(rec, cfg, rng, xyz)
+    aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
+    coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size)
+    queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
+    # built once per sample; leafsize 32 unbalanced was the fastest build + query measured
+    tree = cKDTree(aug, leafsize=32, balanced_tree=False, compact_nodes=False)
+    return {
+        "coords": coords,
+        "feats": feats,
+        "inverse": inverse,
+        "points": aug.astype(np.float32),
+        **cameras,
+        "queries": queries.xyz,
+        "query_occ": queries.occ,
+        "query_intensity": queries.intensity,
+        "query_has_intensity": queries.has_intensity,
+        "query_neighbours": query_neighbours(
+            tree, queries.xyz, cfg.query_radius, cfg.max_neighbours
+        ),
+        "query_source": queries.source,
+        "sample_token": rec.lidar_token,
+    }
 
-    # pairings on the un-augmented cloud, then through each camera's crop / resize / flip
+
+def _cameras(rec: SampleRecord, cfg, rng: np.random.Generator, xyz: np.ndarray) -> dict:
+    """Cropped images, patch masks and pairings (projected on the un-augmented cloud)."""
+    out_hw = (cfg.image_size[0], cfg.image_size[1])
     point, cam, u, v = project_points(
         xyz, rec.lidar_to_ego, rec.ego_to_global, rec.global_to_cam_ego, rec.cam_ego_to_cam,
         rec.intrinsics, rec.image_hw, cfg.min_depth,
@@ -81,32 +105,11 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
             for p, c, hw, f in zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)
         ]
     )  # (C, H, W, 3) uint8
-    mask = patch_mask(
-        rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, cfg.mask_patch
-    )  # (C, H, W)
-
-    aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
-    coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size)
-    queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
-    tree = cKDTree(
-        aug, leafsize=32, balanced_tree=False, compact_nodes=False
-    )  # fastest build+query
-    neighbours = query_neighbours(tree, queries.xyz, cfg.query_radius, cfg.max_neighbours)
+    mask = patch_mask(rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, cfg.mask_patch)
     return {
-        "coords": coords,
-        "feats": feats,
-        "inverse": inverse,
-        "points": aug.astype(np.float32),
         "images": images,
-        "image_mask": mask,
+        "image_mask": mask,  # (C, H, W)
         "image_crops": np.concatenate([crops, flips[:, None]], axis=1),  # [top, left, h, w, flip]
         "pairs": pairs,
         "pair_masked": mask[pairs[:, 1], pairs[:, 2], pairs[:, 3]],
-        "queries": queries.xyz,
-        "query_occ": queries.occ,
-        "query_intensity": queries.intensity,
-        "query_has_intensity": queries.has_intensity,
-        "query_neighbours": neighbours,
-        "query_source": queries.source,
-        "sample_token": rec.lidar_token,
     }
