@@ -1,0 +1,149 @@
+"""Pre-training on the smoke world: MLflow contract, method random, divergence, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import cmcr.engine.train as train_mod
+from cmcr.cli import main as cli_main
+from cmcr.configs import flatten_config, load_config
+from cmcr.engine.pipeline import run_pretrain
+from cmcr.engine.tracking import make_client
+from cmcr.engine.train import TrainingDiverged, lr_factor
+from cmcr.models import CMCRModel
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _over(world: Path, tmp: Path, store: str, **extra) -> dict:
+    return {
+        "data.dataroot": str(world),
+        "tracking.tracking_uri": store,
+        "tracking.output_dir": str(tmp / "runs"),
+        "data.cameras": ["CAM_FRONT"],
+        **extra,
+    }
+
+
+def _all_runs(store: str) -> list:
+    client = make_client(store)
+    exp = client.get_experiment_by_name("cmcr")
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_lr_schedule_warmup_cosine_constant():
+    assert lr_factor(0, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(1, 10, 2, "cosine") == pytest.approx(1.0)
+    assert lr_factor(2, 10, 2, "cosine") == pytest.approx(1.0)
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(10, 10, 2, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(7, 10, 0, "constant") == 1.0
+
+
+def test_pretrain_logs_the_contract(smoke_world, tmp_path, store):
+    cfg = load_config("smoke", _over(smoke_world, tmp_path, store, **{"train.max_steps": 2}))
+    res = run_pretrain(cfg, tags={"extra": "x"})
+    client = make_client(store)
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED" and res.steps == 2
+    tags = run.data.tags
+    assert tags["cmcr.kind"] == "pretrain" and tags["cmcr.variant"] == "cmcr"
+    assert tags["cmcr.pretrain_done"] == "true" and tags["extra"] == "x"
+    assert set(run.data.params) == set(flatten_config(cfg))
+    metrics = set(run.data.metrics)
+    terms = {"nce", "mim", "occ", "intensity", "orth", "commit", "cmcm"}
+    expected = {f"train/loss_{t}" for t in terms} | {
+        "train/loss",
+        "train/lr",
+        "train/samples_per_s",
+        "train/codebook_perplexity",
+        "train/codebook_usage",
+    }
+    assert expected <= metrics, expected - metrics
+    steps = [m.step for m in client.get_metric_history(res.run_id, "train/loss")]
+    assert sorted(steps) == [1, 2]
+    lrs = {m.step: m.value for m in client.get_metric_history(res.run_id, "train/lr")}
+    assert lrs[1] == pytest.approx(cfg.train.lr) and lrs[2] < lrs[1]  # cosine decays
+    arts = {f.path for f in client.list_artifacts(res.run_id)}
+    assert {"config.yaml", "backbone.pt"} <= arts
+    state = torch.load(res.backbone_path, weights_only=True)
+    assert set(state) == set(CMCRModel(cfg).backbone_state())
+    assert (res.backbone_path.parent / "checkpoints" / "checkpoint_0").is_dir()
+
+
+def test_method_random_saves_seeded_init(smoke_world, tmp_path, store):
+    over = _over(smoke_world, tmp_path, store, **{"method.name": "random", "train.seed": 5})
+    a = run_pretrain(load_config("smoke", over))
+    b = run_pretrain(load_config("smoke", over))
+    assert a.steps == 0 and a.run_id != b.run_id
+    wa = torch.load(a.backbone_path, weights_only=True)
+    wb = torch.load(b.backbone_path, weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # seeded
+    run = make_client(store).get_run(a.run_id)
+    assert run.data.tags["cmcr.variant"] == "random" and run.info.status == "FINISHED"
+
+
+def test_nan_loss_stops_with_reason(smoke_world, tmp_path, store, monkeypatch):
+    real = train_mod._forward
+    calls = {"n": 0}
+
+    def nan_on_second(cfg, model, batch):
+        loss, values = real(cfg, model, batch)
+        calls["n"] += 1
+        return (loss * math.nan if calls["n"] == 2 else loss), values
+
+    monkeypatch.setattr(train_mod, "_forward", nan_on_second)
+    cfg = load_config("smoke", _over(smoke_world, tmp_path, store, **{"train.max_steps": 3}))
+    with pytest.raises(TrainingDiverged, match="optimiser step 2"):
+        run_pretrain(cfg)
+    (run,) = _all_runs(store)
+    assert run.info.status == "FAILED"
+    assert "TrainingDiverged" in run.data.tags["cmcr.status_reason"]
+    assert "loss is nan" in run.data.tags["cmcr.status_reason"]
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One store for the run-id cases (creating an MLflow schema costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('bad') / 'mlflow.db'}"
+
+
+def _error_line(capsys) -> str:
+    # MLflow may log its own INFO lines (creating the store); ours is the one error line
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("cmcr pretrain: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.nope=1", "unknown config key 'train.nope'"),
+        ("train.lr=fast", "train.lr: expected a number"),
+        ("data.dataroot=/no/such/dir", "data.dataroot: '/no/such/dir' has no 'v1.0-mini'"),
+    ],
+)
+def test_bad_config_fails_before_tracking(override, needle, smoke_world, tmp_path, capsys):
+    db = tmp_path / "mlflow.db"
+    base = [f"data.dataroot={smoke_world}", f"tracking.tracking_uri=sqlite:///{db}"]
+    args = ["pretrain", "--config", "smoke", "--set", *base, override]
+    assert cli_main(args) == 2
+    assert needle in _error_line(capsys)
+    assert not db.exists()  # the store was never opened: no run, nothing left RUNNING
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_unknown_resume_id_fails_without_a_run(with_config, smoke_world, shared_store, capsys):
+    args = ["pretrain", "--resume", "0123456789abcdef"]
+    args += ["--config", "smoke"] if with_config else []
+    args += ["--set", f"tracking.tracking_uri={shared_store}", f"data.dataroot={smoke_world}"]
+    assert cli_main(args) == 2
+    assert "run id '0123456789abcdef' does not exist" in _error_line(capsys)
+    assert _all_runs(shared_store) == []
