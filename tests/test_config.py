@@ -66,3 +66,9 @@ def test_variant_names() -> None:
     assert variant_name(load_config("smoke")) == "cmcr"
     assert variant_name(load_config("smoke", ["method.name=ppkt"])) == "ppkt"
     assert variant_name(load_config("smoke", ["method.mim=false"])) == "cmcr-mim"
+
+
+def test_data_root_env_beats_preset_but_not_overrides(monkeypatch) -> None:
+    monkeypatch.setenv("CMCR_DATA_ROOT", "/somewhere/nuscenes")
+    assert load_config("smoke").data.dataroot == "/somewhere/nuscenes"
+    assert load_config("smoke", ["data.dataroot=/x"]).data.dataroot == "/x"

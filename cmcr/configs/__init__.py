@@ -196,9 +196,6 @@ def load_config(
     A YAML file may name ``preset: <name>`` to start from a shipped preset.
     """
     cfg = Config()
-    env_root = os.environ.get("CMCR_DATA_ROOT")
-    if env_root:
-        cfg.data.dataroot = env_root
     if preset:
         text = str(preset)
         path = PRESET_DIR / f"{text}.yaml"
@@ -215,6 +212,10 @@ def load_config(
             cfg = load_config(base)
         apply_overrides(cfg, _flatten_dict(data))
         cfg.preset = path.stem if path.parent == PRESET_DIR else str(base or path.stem)
+    # the environment names where *this machine* keeps the data: it beats presets, not --set
+    env_root = os.environ.get("CMCR_DATA_ROOT")
+    if env_root:
+        cfg.data.dataroot = env_root
     apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg
