@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from batch_factory import batch_from_config, make_pretrain_batch
 
 from cmcr.configs import load_config
 from cmcr.errors import CheckpointError, CMCRError
 from cmcr.losses import weighted_total
 from cmcr.models import CMCRModel, ResNet, build_backbone
 from cmcr.models.decoders import GeometryScatter, OccupancyDecoder
+from cmcr.testing import batch_from_config, make_pretrain_batch
 
 ALL_TERMS = {"nce", "mim", "occ", "intensity", "orth", "commit", "cmcm"}
 

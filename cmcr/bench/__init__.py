@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write figures")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a quick look)")
+    for name in BENCHES:  # each benchmark may add its own options
+        try:
+            module = importlib.import_module(f"cmcr.bench.{name}")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser.add_argument_group(f"bench {name}"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,16 +2,14 @@
 
 Sizes follow the paper preset: unet34c, ResNet-50 (random weights, said explicitly), 6 cameras
 at 224×416, ~30k points, 2048 queries, 2048 matches. The batch comes from the test batch
-factory (``tests/batch_factory.py``), so the step can be measured without a dataset.
+factory (``cmcr.testing``), so the step can be measured without a dataset.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _batch_factory():
-    path = Path(__file__).resolve().parents[2] / "tests" / "batch_factory.py"
-    spec = importlib.util.spec_from_file_location("cmcr_batch_factory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import cmcr.testing
+
+    return cmcr.testing
 
 
 def _step(model: CMCRModel, batch: dict) -> dict[str, float]:
