@@ -175,6 +175,8 @@ def run_workers(plan: Any) -> int:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    # K workers share the cores: without this each torch would start one thread per core
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.opts.workers)))
     procs = []
     for k in range(plan.opts.workers):
         log_file = open(log_dir / f"worker{k}.log", "w")  # noqa: SIM115 - closed below

@@ -64,6 +64,18 @@ def check_url(url: str) -> None:
         raise StorageError(f"--storage '{redact(url)}': in-memory SQLite cannot be shared")
 
 
+def driver_url(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
+    while the project depends on psycopg2; an explicit ``+driver`` is kept as given."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def open_storage(
     url: str,
     *,
@@ -99,8 +111,12 @@ def open_storage(
         }
     try:
         with quiet_experimental():
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **hb)
-    except (sqlalchemy.exc.SQLAlchemyError, OSError, ImportError) as exc:
+            storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs, **hb)
+    except ImportError as exc:
+        raise StorageError(
+            f"--storage '{redact(url)}': its database driver is not installed ({exc})"
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise StorageError(
             f"--storage '{redact(url)}' is unreachable: {detail[0] if detail else type(exc).__name__}"
