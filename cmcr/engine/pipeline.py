@@ -205,6 +205,13 @@ def _completed_steps(logger: RunLogger) -> int:
     return int(_broadcast(step or 0))
 
 
+def run_downstream(cfg: Config, *, pretrained: str | None, **kwargs: Any) -> Any:
+    """Probe or fine-tune (``cmcr.engine.downstream.run_downstream``; named here per the contract)."""
+    from cmcr.engine.downstream import run_downstream as _run_downstream
+
+    return _run_downstream(cfg, pretrained=pretrained, **kwargs)
+
+
 def run_trial(
     cfg: Config,
     *,
@@ -214,8 +221,6 @@ def run_trial(
     report: Any = None,
 ) -> Any:
     """Pre-training then the downstream evaluation in ONE run (kind ``trial``); resumable."""
-    from cmcr.engine.downstream import run_downstream
-
     loader = _prepare(cfg)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
