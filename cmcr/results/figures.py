@@ -133,10 +133,9 @@ def slices(rt: RunTable, swept: list[str]) -> Figure:
         fig.add_scatter(x=x, y=done[TARGET], mode="markers", showlegend=False,
                         marker={"color": _x_order(done), "colorscale": "Blues", "size": 7},
                         row=i // cols + 1, col=i % cols + 1)  # fmt: skip
-    if done[swept[0]].dtype == float and done[swept[0]].min() > 0:
-        spread = done[swept[0]].max() / done[swept[0]].min()
-        if spread > 50:  # learning rates and the like read better on a log axis
-            fig.update_xaxes(type="log", row=1, col=1)
+    for i, p in enumerate(shown):
+        if _is_numeric(done[p]) and is_log(done[p]):
+            fig.update_xaxes(type="log", row=i // cols + 1, col=i % cols + 1)
     fig.update_yaxes(title_text="val/miou", col=1)
     note = f" (first 8 of {len(swept)})" if len(swept) > 8 else ""
     fig.update_layout(title=f"Slice plots{note}", **{**LAYOUT, "height": 320 * rows + 80})
@@ -151,15 +150,49 @@ def contour(rt: RunTable, swept: list[str], ranked: list[str]) -> Figure:
     if len(numeric) < 2 or len(done) < 3:
         return "a contour needs ≥ 2 numeric swept params and ≥ 3 finished trials"
     a, b = numeric[:2]
+    (xc, xlog), (yc, ylog) = _bins(done[a]), _bins(done[b])
+    grid = _binned_mean(done, a, b, xc, yc, xlog, ylog)  # (len(yc), len(xc)), NaN where empty
     fig = go.Figure()
-    fig.add_trace(go.Histogram2dContour(x=done[a], y=done[b], z=done[TARGET], histfunc="avg",
-                                        colorscale="Viridis", nbinsx=12, nbinsy=12,
-                                        colorbar={"title": "val/miou"}))  # fmt: skip
+    fig.add_trace(go.Contour(x=xc, y=yc, z=grid, connectgaps=True, colorscale="Viridis",
+                             colorbar={"title": {"text": "val/miou"}}))  # fmt: skip
     fig.add_scatter(x=done[a], y=done[b], mode="markers", showlegend=False,
-                    marker={"color": "black", "size": 4, "opacity": 0.5})  # fmt: skip
-    fig.update_layout(title=f"Contour: {a} × {b} (mean val/miou per bin)", xaxis_title=a,
-                      yaxis_title=b, **LAYOUT)  # fmt: skip
+                    marker={"color": "white", "size": 5, "line": {"color": "black", "width": 1}})  # fmt: skip
+    fig.update_xaxes(type="log" if xlog else "linear")
+    fig.update_yaxes(type="log" if ylog else "linear")
+    fig.update_layout(title=f"Contour: {a} × {b} (mean val/miou per cell, gaps interpolated)",
+                      xaxis_title=a, yaxis_title=b, **LAYOUT)  # fmt: skip
     return fig
+
+
+def is_log(s: pd.Series) -> bool:
+    """A log axis suits values spanning > 50× with most of them in the bottom fifth (lr-like)."""
+    lo, hi, med = float(s.min()), float(s.max()), float(s.median())
+    return lo > 0 and hi / lo > 50 and med < lo + 0.2 * (hi - lo)
+
+
+def _bins(s: pd.Series, n: int = 8) -> tuple[np.ndarray, bool]:
+    """Cell centres over the param's range; log-spaced when it spans > 50×."""
+    lo, hi = float(s.min()), float(s.max())
+    log = is_log(s)
+    edges = np.geomspace(lo, hi, n + 1) if log else np.linspace(lo, hi, n + 1)
+    return (np.sqrt(edges[:-1] * edges[1:]) if log else (edges[:-1] + edges[1:]) / 2), log
+
+
+def _binned_mean(done: pd.DataFrame, a: str, b: str, xc: np.ndarray, yc: np.ndarray,
+                 xlog: bool, ylog: bool) -> np.ndarray:  # fmt: skip
+    """Mean target of the runs in each (y, x) cell: nearest centre on each axis."""
+
+    def idx(v: pd.Series, centres: np.ndarray, log: bool) -> np.ndarray:
+        f = np.log if log else (lambda t: t)
+        return np.abs(f(v.to_numpy(float))[:, None] - f(centres)[None, :]).argmin(1)  # (R,)
+
+    ix, iy = idx(done[a], xc, xlog), idx(done[b], yc, ylog)
+    total = np.zeros((len(yc), len(xc)))
+    count = np.zeros_like(total)
+    np.add.at(total, (iy, ix), done[TARGET].to_numpy(float))
+    np.add.at(count, (iy, ix), 1)
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _is_numeric(s: pd.Series) -> bool:
@@ -190,11 +223,12 @@ def per_class(ab: Ablation, max_configs: int = 8) -> Figure:
     return fig
 
 
-def summary_bars(ab: Ablation, max_configs: int = 30) -> Figure:
+def summary_bars(ab: Ablation, max_configs: int = 20) -> Figure:
     """mIoU ± std per configuration."""
     t = ab.table
     if len(t) > max_configs:
-        t = t.sort_values(f"{TARGET}_mean", ascending=False).head(max_configs)
+        return (f"{len(t)} configurations (more than {max_configs}): the optimisation history "
+                "and the table show them")  # fmt: skip
     fig = go.Figure(go.Bar(x=t["config"], y=t[f"{TARGET}_mean"] * 100,
                            error_y={"type": "data",
                                     "array": np.nan_to_num(t[f"{TARGET}_std"]) * 100},
