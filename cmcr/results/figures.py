@@ -106,6 +106,8 @@ def parallel(rt: RunTable, swept: list[str]) -> Figure:
     for p in swept:
         x, tv, tt = _codes(done[p])
         d = {"label": p, "values": x}
+        if tv is None and _is_numeric(done[p]) and is_log(done[p]):  # lr-like: spread the lines
+            d = {"label": f"log10 {p}", "values": np.log10(x)}
         if tv is not None:
             d |= {"tickvals": tv, "ticktext": tt}
         dims.append(d)
