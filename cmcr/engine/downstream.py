@@ -76,13 +76,25 @@ class PointEncoder(nn.Module):
         return nn.functional.normalize(self.point_head_shared(voxel), dim=1)
 
 
+def linear_head(feat_dim: int) -> nn.Sequential:
+    """The linear classifier: per-dimension standardisation (BatchNorm without affine) + Linear.
+
+    As in MAE's linear probe: BatchNorm is affine at evaluation, so the head stays linear in
+    the features, but the probe no longer depends on the features' scale. This matters: the
+    L2-normalised output of an untrained shared head is nearly one constant direction (its bias
+    dominates; mean pairwise cosine 0.999 on the smoke world), and a plain Linear layer at
+    probe_lr barely moves off the majority class for the random baseline.
+    """
+    return nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False), nn.Linear(feat_dim, NUM_CHALLENGE))
+
+
 class SegModel(nn.Module):
     """Backbone → pre-trained shared 3D head (L2-normalised, feat_dim) → linear classifier."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.encoder = PointEncoder(cfg)
-        self.classifier = nn.Linear(cfg.model.feat_dim, NUM_CHALLENGE)
+        self.classifier = linear_head(cfg.model.feat_dim)
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """(V, feat_dim) shared-head features of the batch's voxels."""
@@ -327,9 +339,14 @@ def _probe(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, t
     if ds.max_steps:
         total = min(total, ds.max_steps)
     tr.make_optimizer([{"params": model.classifier.parameters(), "lr": ds.probe_lr}], total)
+    model.classifier.train()
 
     def evaluate() -> SegMetrics:
-        return evaluate_batches((model.classifier(f), b) for f, b in cache.val)
+        model.classifier.eval()  # BatchNorm: running statistics
+        with torch.no_grad():
+            metrics = evaluate_batches((model.classifier(f), b) for f, b in cache.val)
+        model.classifier.train()
+        return metrics
 
     for epoch in range(1, ds.probe_epochs + 1):
         order = np.random.default_rng([cfg.train.seed, epoch - 1]).permutation(len(cache.train))
@@ -468,6 +485,7 @@ def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamR
     tr = _Trainer(cfg, model, logger, report)
     if cfg.downstream.mode == "probe":
         cache = _probe(cfg, model, loaders, device, tr)
+        model.classifier.eval()
         batches = ((model.classifier(f), b) for f, b in cache.val)
     else:
         _finetune(cfg, model, loaders, device, tr)
