@@ -145,7 +145,7 @@ def test_workers_2_sqlite_under_contention(tmp_path):
     )
     env = _env(CMCR_SWEEP_TEST_TRIAL_FN="noop_trial:run", PYTHONPATH=str(tmp_path))
     cmd = [
-        sys.executable, RUN, "--study", "mask_ratio", "--n-trials", "30", "--workers", "2",
+        sys.executable, RUN, "--study", "mask_ratio", "--n-trials", "30", "--workers", "2", "--pruner", "none",
         "--preset", "smoke", "--storage", f"sqlite:///{tmp_path / 'o.db'}",
         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
     ]  # fmt: skip
