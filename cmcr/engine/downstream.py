@@ -491,9 +491,9 @@ def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamR
         _finetune(cfg, model, loaders, device, tr)
         batches = _live_logits(model, loaders[1], device)
     if export_dir is not None:
-        if cfg.data.max_samples > 0:
+        if 0 < cfg.data.max_samples <= len(loaders[1].dataset):
             log.warning(
-                "data.max_samples=%d limits the %s scans exported; the devkit's evaluator "
+                "data.max_samples=%d may cut the %s scans exported; the devkit's evaluator "
                 "expects every scan of the split (set data.max_samples=0)",
                 cfg.data.max_samples,
                 cfg.data.val_split,
