@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, trial_fn: Any = None) -> int:
     storage = runner.connect(plan)
     if args.worker:
         study = runner.load(plan, storage)
-        runner._check_compatible(plan, study)
+        runner.check_compatible(plan, study)
         runner.work(plan, study, study.user_attrs[runner.PARENT_ATTR], trial_fn)
         return 0
     return sweep(plan, storage, trial_fn)

@@ -174,7 +174,7 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
         }
         if plan.study_name in names:
             study = load(plan, storage)
-            _check_compatible(plan, study)
+            check_compatible(plan, study)
         else:
             study = optuna.create_study(
                 study_name=plan.study_name,
@@ -196,7 +196,7 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
     return study, parent
 
 
-def _check_compatible(plan: Plan, study: Any) -> None:
+def check_compatible(plan: Plan, study: Any) -> None:
     """A stored study may be continued only with the same definition and settings."""
     stored = study.user_attrs
     if "cmcr.definition" not in stored:
@@ -356,7 +356,15 @@ def _fail(
     log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
 
 
-def _mark_runs(
+def _mark_runs(*args: Any) -> None:
+    """Best effort: Optuna's record of the trial must not depend on MLflow being reachable."""
+    try:
+        _mark_runs_now(*args)
+    except Exception as exc:
+        log.warning(f"could not update the trial's MLflow runs: {type(exc).__name__}: {exc}")
+
+
+def _mark_runs_now(
     trial: Any, ctx: TrialContext, status: str | None, reason: str | None, state: str
 ) -> None:
     """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
