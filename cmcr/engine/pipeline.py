@@ -175,7 +175,12 @@ def _prepare(cfg: Config) -> Any:
     patch_spconv_cpu()
     validate_config(cfg)
     check_dataroot(cfg)
-    return None if cfg.method.name == "random" else _build_loader(cfg)
+    if cfg.method.name == "random":
+        return None
+    loader = _build_loader(cfg)
+    if len(loader) == 0:  # an empty epoch would never reach max_steps
+        raise DataError(f"data.train_split '{cfg.data.train_split}': no samples to pre-train on")
+    return loader
 
 
 def run_pretrain(
