@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmcr.configs import load_config
+from cmcr.configs import flatten_config, load_config
 from cmcr.engine.downstream import (
     SegModel,
     run_downstream,
@@ -157,6 +157,13 @@ def test_report_exception_propagates_and_fails_run(world_cfg, store) -> None:
     with pytest.raises(Pruned):
         run_downstream(cfg, pretrained="none", report=report)
     assert _no_running_runs(cfg.tracking.tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    (last,) = client.search_runs(exps, order_by=["attributes.start_time DESC"], max_results=1)
+    assert last.info.status == "FAILED" and "Pruned" in last.data.tags["cmcr.status_reason"]
+    assert last.data.tags["cmcr.variant"] == "random"  # --pretrained none
 
 
 def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path, capsys) -> None:
@@ -167,13 +174,15 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
 
     cfg = _cfg(store, "probe", world_cfg, **{"downstream.probe_epochs": 1})
     bb = _backbone_file(cfg, tmp_path / "backbone.pt")
-    with RunLogger.start(cfg, kind="pretrain") as pre:
+    pre_cfg = load_config("smoke", {**flatten_config(cfg), "method.name": "ppkt"})
+    with RunLogger.start(pre_cfg, kind="pretrain") as pre:
         pre.log_artifact(bb)  # only an artifact: runs/<id>/backbone.pt does not exist
     assert not (Path(cfg.tracking.output_dir) / pre.run_id / "backbone.pt").exists()
     res = run_downstream(cfg, pretrained=pre.run_id)
     tags = MlflowClient(cfg.tracking.tracking_uri).get_run(res.run_id).data.tags
     assert tags["cmcr.pretrained_run"] == pre.run_id
     assert tags["mlflow.parentRunId"] == pre.run_id
+    assert tags["cmcr.variant"] == "ppkt"  # copied from the pre-training run, not the probe cfg
     out = Path(cfg.tracking.output_dir) / res.run_id / "seg_backbone.pt"
     assert _states_equal(torch.load(out, weights_only=True), torch.load(bb, weights_only=True))
 

@@ -454,6 +454,9 @@ def run_downstream(
     if source_run:
         extra["cmcr.pretrained_run"] = source_run
         parent_run_id = parent_run_id or source_run  # link the evaluation to its pre-training
+    variant = _source_variant(cfg, pretrained, source_run)
+    if variant and logger is None:  # a trial's own variant tag is already right
+        extra["cmcr.variant"] = variant
     if logger is not None:
         logger.set_tags({**extra, **(tags or {})})
         return _run(cfg, model.to(device), loaders, device, logger, report, export_dir)
@@ -465,6 +468,25 @@ def run_downstream(
         tags={**extra, **(tags or {})},
     ) as own:
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir)
+
+
+def _source_variant(cfg: Config, pretrained: str | None, source_run: str | None) -> str | None:
+    """What the evaluated weights are: random for none, else the pre-training run's variant.
+
+    The probe's own config says nothing about how its weights were trained, so without this the
+    variant tag of ``--pretrained none`` would read "cmcr".
+    """
+    if resolve_pretrained(cfg, pretrained) == (None, None):
+        return "random"
+    if source_run is None:
+        return None
+    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+
+    try:
+        tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
+    except Exception:  # a local runs/<id>/backbone.pt whose run is in another store
+        return None
+    return tags.get("cmcr.variant")
 
 
 def _check_epochs(cfg: Config) -> None:
