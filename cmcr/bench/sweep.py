@@ -10,7 +10,9 @@ Figures (``python -m cmcr.bench sweep [--quick]``):
   world: (loop wall time - time inside run_trial) / trials.
 - ``pg_trials_per_hour_{1,2}w`` and ``pg_speedup_2w``: ``sweeps/run.py --workers K`` on
   PostgreSQL, smoke preset; throughput from the trials' own start/complete times. Target
-  >= 1.7x. Only meaningful with >= 2 idle cores (``cpu_count`` and ``load_avg`` say).
+  >= 1.7x. Only meaningful with >= 2 idle cores (``cpu_count`` and ``load_avg`` say): on
+  2 cores torch already uses both for one trial. ``*_1thread``: both runs with one thread per
+  worker, which measures how the sweep itself scales when each worker has its own core.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tmp_path / "c", f"sqlite:///{tmp_path / 'c.db'}", 1 if quick else 3, world
         )
         if _postgres_up():
-            out.update(_parallel(tmp_path, world, 2 if quick else 4))
+            n_pg = 2 if quick else 4
+            out.update(_parallel(tmp_path, world, n_pg, threads=None))
+            # one core per worker: isolates the machinery's scaling from torch's own threading
+            out.update(_parallel(tmp_path, world, n_pg, threads=1))
         else:
             out["pg_speedup_2w"] = "skipped: PostgreSQL unreachable"
     out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
@@ -142,36 +147,43 @@ def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: boo
             optuna.delete_study(study_name=name, storage=driver_url(storage))
 
 
-def _parallel(tmp_path: Path, world: Path, n: int) -> dict[str, Any]:
-    """Throughput of ``--workers 1`` and ``--workers 2`` on PostgreSQL (fresh studies)."""
+def _parallel(tmp_path: Path, world: Path, n: int, threads: int | None) -> dict[str, Any]:
+    """Throughput of ``--workers 1`` and ``--workers 2`` on PostgreSQL (fresh studies).
+
+    ``threads=None``: the CLI's default split (1 worker: all cores; 2: half each);
+    ``threads=1``: OMP_NUM_THREADS=1 in both runs.
+    """
+    suffix = "" if threads is None else f"_{threads}thread"
     import optuna
 
     from cmcr.sweep.storage import driver_url
 
     rates = {}
     for k in (1, 2):
-        name = f"bench-pg-{k}w-{uuid.uuid4().hex[:8]}"
+        name = f"bench-pg-{k}w{suffix}-{uuid.uuid4().hex[:8]}"
         cmd = [
             sys.executable, str(Path(__file__).resolve().parents[2] / "sweeps" / "run.py"),
             "--study", "mask_ratio", "--name", name, "--n-trials", str(n), "--workers", str(k),
             "--preset", "smoke", "--storage", PG, "--pruner", "none",
-            "--tracking-uri", f"sqlite:///{tmp_path / f'pg{k}.db'}",
-            "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / f'pg{k}'}",
+            "--tracking-uri", f"sqlite:///{tmp_path / f'pg{k}{suffix}.db'}",
+            "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / f'pg{k}{suffix}'}",
             *(x for key, v in FAST.items() for x in ("--set", f"{key}={v}")),
         ]  # fmt: skip
         env = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
         try:
             if out.returncode != 0:
-                return {"pg_speedup_2w": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
+                return {f"pg_speedup_2w{suffix}": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
             trials = optuna.load_study(study_name=name, storage=driver_url(PG)).trials
             span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
             rates[k] = len(trials) / (span.total_seconds() / 3600)
         finally:
             optuna.delete_study(study_name=name, storage=driver_url(PG))
     return {
-        "pg_trials_per_hour_1w": round(rates[1], 1),
-        "pg_trials_per_hour_2w": round(rates[2], 1),
-        "pg_speedup_2w": round(rates[2] / rates[1], 2),
+        f"pg_trials_per_hour_1w{suffix}": round(rates[1], 1),
+        f"pg_trials_per_hour_2w{suffix}": round(rates[2], 1),
+        f"pg_speedup_2w{suffix}": round(rates[2] / rates[1], 2),
         "pg_trials_each": n,
     }
