@@ -25,7 +25,9 @@ from cmcr.engine.checkpoint import COMPLETE_MARKER
 from cmcr.engine.pipeline import run_pretrain
 from cmcr.engine.tracking import make_client
 
-STEPS = 4  # optimiser steps; checkpoints after 2 and 4
+# batch 1 over the 4 smoke samples: the checkpoint after step 2 is mid-epoch, so the resume
+# exercises skip_first_batches; checkpoints after 2, 4 and 6 (keep 2)
+STEPS = 6
 
 
 @pytest.fixture
@@ -47,6 +49,7 @@ def _overrides(world: Path, tmp: Path) -> list[str]:
         "train.checkpoint_every=2",
         "train.keep_checkpoints=2",
         "train.seed=3",
+        "train.batch_size=1",
         "data.num_workers=0",
     ]
 
