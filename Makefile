@@ -10,7 +10,7 @@ DEMO_WORLD ?= data/synthetic
 DEMO_STUDY ?= loss_weights
 DEMO_TRIALS ?= 3
 
-.PHONY: demo test lint format setup world bench clean
+.PHONY: demo test lint format setup world bench clean browser
 
 setup: $(STAMP)
 
@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 
 world: $(STAMP)
 	@if [ ! -f $(DEMO_WORLD)/v1.0-mini/scene.json ]; then \
+	  mkdir -p $(dir $(DEMO_WORLD)); \
 	  $(VENV)/bin/cmcr synth --out $(DEMO_WORLD) --preset demo --overwrite; \
 	else echo "synthetic world present: $(DEMO_WORLD)"; fi
 
@@ -43,7 +44,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+# the dashboard test renders the report in headless Chromium (Debian package, installed once)
+browser:
+	@bash dashboards/ensure_chromium.sh
+
+test: lint browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
