@@ -20,7 +20,7 @@ from cmcr.data.occupancy import (
     query_neighbours,
     sample_queries,
 )
-from cmcr.data.seg import every_kth
+from cmcr.data.pretrain import every_kth
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
 

@@ -10,16 +10,10 @@ import pytest
 from PIL import Image
 from pyquaternion import Quaternion
 
+from cmcr.configs.schema import NUSCENES_CAMERAS
 from cmcr.data.classes import RAW_CLASSES, RAW_INDEX, RAW_TO_CHALLENGE
 
-CAMS = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_FRONT_LEFT",
-)
+CAMS = NUSCENES_CAMERAS
 
 
 @pytest.fixture(scope="module")

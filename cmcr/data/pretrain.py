@@ -23,6 +23,13 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def every_kth(records: list, fraction: float) -> list:
+    """Every k-th scan with k = round(1 / fraction), as the official label-fraction subsets."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"downstream.label_fraction: expected a value in (0, 1], got {fraction}")
+    return records[:: max(1, round(1.0 / fraction))]
+
+
 def split_index(index: int | tuple[int, int], epoch: int) -> tuple[int, int]:
     """(epoch, i) from a plain index (the dataset's epoch) or an (epoch, i) pair from the sampler."""
     if isinstance(index, tuple):
@@ -30,14 +37,16 @@ def split_index(index: int | tuple[int, int], epoch: int) -> tuple[int, int]:
     return epoch, int(index)
 
 
-class PretrainDataset(Dataset):
-    """nuScenes keyframes of one split as pre-training samples (contract: collate_pretrain)."""
+class KeyframeDataset(Dataset):
+    """Keyframes of one split with the per-(seed, epoch, index) random streams both datasets use."""
 
-    def __init__(self, cfg: Config, split: str, *, seed: int | None = None) -> None:
+    def __init__(self, cfg: Config, split: str, *, seed: int | None = None, fraction: float = 1.0):
         self.cfg = cfg.data
         self.seed = cfg.train.seed if seed is None else seed
         self.epoch = 0
         records = load_records(cfg.data, split)
+        if fraction < 1.0:
+            records = every_kth(records, fraction)
         if cfg.data.max_samples > 0:
             records = records[: cfg.data.max_samples]
         self.records: list[SampleRecord] = records
@@ -49,9 +58,17 @@ class PretrainDataset(Dataset):
         """Epoch used for plain integer indices (the sampler also passes it with each index)."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+    def _resolve(self, index: int | tuple[int, int]) -> tuple[SampleRecord, np.random.Generator]:
         epoch, i = split_index(index, self.epoch)
-        return build_pretrain_sample(self.records[i], self.cfg, sample_rng(self.seed, epoch, i))
+        return self.records[i], sample_rng(self.seed, epoch, i)
+
+
+class PretrainDataset(KeyframeDataset):
+    """nuScenes keyframes of one split as pre-training samples (contract: collate_pretrain)."""
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        record, rng = self._resolve(index)
+        return build_pretrain_sample(record, self.cfg, rng)
 
 
 def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> dict:

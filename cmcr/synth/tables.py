@@ -8,18 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cmcr.configs.schema import NUSCENES_CAMERAS
 from cmcr.synth.classes import RAW_CLASSES
 
 SENSORS: tuple[tuple[str, str], ...] = (("LIDAR_TOP", "lidar"),) + tuple(
-    (c, "camera")
-    for c in (
-        "CAM_FRONT",
-        "CAM_FRONT_RIGHT",
-        "CAM_BACK_RIGHT",
-        "CAM_BACK",
-        "CAM_BACK_LEFT",
-        "CAM_FRONT_LEFT",
-    )
+    (c, "camera") for c in NUSCENES_CAMERAS
 )
 VISIBILITY = ("v0-40", "v40-60", "v60-80", "v80-100")
 ATTRIBUTES = ("vehicle.parked", "pedestrian.standing", "cycle.without_rider")
