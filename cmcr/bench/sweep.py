@@ -11,7 +11,8 @@ Figures (``python -m cmcr.bench sweep [--quick]``):
 - ``pg_trials_per_hour_{1,2}w`` and ``pg_speedup_2w``: ``sweeps/run.py --workers K`` on
   PostgreSQL, smoke preset; throughput from the trials' own start/complete times. Target
   >= 1.7x. Only meaningful with >= 2 idle cores (``cpu_count`` and ``load_avg`` say): on
-  2 cores torch already uses both for one trial. ``*_1thread``: both runs with one thread per
+  2 cores torch already uses both for one trial. ``host_2proc_capacity`` is the speedup two
+  plain CPU-bound processes get on this host at that moment (the ceiling). ``*_1thread``: both runs with one thread per
   worker, which measures how the sweep itself scales when each worker has its own core.
 """
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """All sweep figures (smaller counts with --quick)."""
     quick = bool(getattr(args, "quick", False))
     out: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out["host_2proc_capacity"] = _two_process_capacity()
     with tempfile.TemporaryDirectory(prefix="cmcr-bench-sweep-") as tmp:
         tmp_path = Path(tmp)
         world = _world(tmp_path)
@@ -58,6 +60,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["pg_speedup_2w"] = "skipped: PostgreSQL unreachable"
     out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     return out
+
+
+_BUSY = "import time\nt=time.perf_counter()\nx=0\nfor i in range(10_000_000): x+=i\nprint(time.perf_counter()-t)"
+
+
+def _two_process_capacity() -> float:
+    """Throughput of two CPU-bound processes relative to one, right now: the best speedup
+    any 2-worker run can show on this host (2.0 on two idle cores)."""
+
+    def busy(k: int) -> list[float]:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.PIPE, text=True)
+            for _ in range(k)
+        ]
+        return [float(p.communicate()[0]) for p in procs]
+
+    alone = busy(1)[0]
+    return round(2 * alone / max(busy(2)), 2)
 
 
 def _world(tmp_path: Path) -> Path:
