@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,6 +387,24 @@ def _mark_runs_now(
             client.set_terminated(run_id, status=status)
 
 
+def _set_tag_shared(client: Any, run_id: str, key: str, value: str, attempts: int = 5) -> None:
+    """Set a tag that several workers may write at the same moment.
+
+    MLflow's SQL store upserts a tag as select-then-insert, so two workers finishing together
+    can both insert and one gets a unique-key violation; the retry finds the row and updates it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_tag(run_id, key, value)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
     """Summarise; end the parent run FINISHED once no trial is queued or running anywhere."""
     from optuna.trial import TrialState
@@ -402,8 +421,10 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
         client.log_metric(parent, "study/best_value", best.value, step=len(complete))
-        client.set_tag(parent, "optuna.best_trial", str(best.number))
-        client.set_tag(parent, "optuna.best_run_id", str(best.user_attrs.get("mlflow_run_id")))
+        _set_tag_shared(client, parent, "optuna.best_trial", str(best.number))
+        _set_tag_shared(
+            client, parent, "optuna.best_run_id", str(best.user_attrs.get("mlflow_run_id"))
+        )
     pending = counts.get("WAITING", 0) + counts.get("RUNNING", 0)
     summary["done"] = pending == 0
     if pending == 0:
