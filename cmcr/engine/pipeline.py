@@ -133,6 +133,7 @@ def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
             drop_partial_checkpoints(accelerator)
             if has_checkpoints(cfg, logger.run_id):
                 load_latest(accelerator, state)
+        logger.set_tags({"cmcr.num_processes": str(accelerator.num_processes)})
         steps = pretrain_loop(
             cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total
         )
@@ -225,11 +226,17 @@ def run_trial(
     tags: dict[str, Any] | None = None,
     report: Any = None,
 ) -> Any:
-    """Pre-training then the downstream evaluation in ONE run (kind ``trial``); resumable."""
+    """Pre-training then the downstream evaluation in ONE run (kind ``trial``); resumable.
+
+    In a multi-process launch every rank pre-trains (data-parallel); the downstream evaluation
+    runs on the main process only, and the other processes return None once pre-training ends.
+    """
     loader = _prepare(cfg)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
         _resume_or_train(cfg, logger, loader, resume=run_id is not None)
+        if not logger.is_main:
+            return None
         backbone = run_dir(cfg, logger.run_id) / BACKBONE_FILE
         return run_downstream(
             cfg, pretrained=str(backbone), run_id=logger.run_id, logger=logger, report=report

@@ -132,16 +132,45 @@ def run(args: argparse.Namespace, trial_fn: Any = None) -> int:
     plan = runner.plan_sweep(options(args))
     if args.status:
         return print_status(plan)
+    from cmcr.sweep import group as launch
+
+    if launch.world_size() > 1 and plan.opts.workers != 1:
+        raise CMCRError(
+            f"--workers {plan.opts.workers}: under accelerate launch/torchrun "
+            f"(WORLD_SIZE={launch.world_size()}) one launch is one worker; scale by starting "
+            "more launches"
+        )
+    launch.group_timeout()  # a bad CMCR_GROUP_TIMEOUT_MIN fails here, before the group starts
+    group = launch.group_from_env()
+    if group is not None and not group.is_main:
+        if trial_fn is None:
+            from cmcr.sweep.objective import default_trial_fn
+
+            trial_fn = default_trial_fn()
+        group.follow(trial_fn, plan.base)
+        group.close()
+        return 0
+    try:
+        return _run_worker_or_sweep(args, plan, trial_fn, group)
+    finally:
+        if group is not None:
+            group.stop()
+            group.close()
+
+
+def _run_worker_or_sweep(args: argparse.Namespace, plan: Any, trial_fn: Any, group: Any) -> int:
+    from cmcr.sweep import runner
+
     storage = runner.connect(plan)
     if args.worker:
         study = runner.load(plan, storage)
         runner.check_compatible(plan, study)
-        runner.work(plan, study, study.user_attrs[runner.PARENT_ATTR], trial_fn)
+        runner.work(plan, study, study.user_attrs[runner.PARENT_ATTR], trial_fn, group)
         return 0
-    return sweep(plan, storage, trial_fn)
+    return sweep(plan, storage, trial_fn, group)
 
 
-def sweep(plan: Any, storage: Any, trial_fn: Any = None) -> int:
+def sweep(plan: Any, storage: Any, trial_fn: Any = None, group: Any = None) -> int:
     """Set up the study, run the workers with a progress view, summarise."""
     from cmcr.sweep import runner
     from cmcr.sweep.progress import ProgressView
@@ -160,7 +189,7 @@ def sweep(plan: Any, storage: Any, trial_fn: Any = None) -> int:
     rc = 0
     with ProgressView(study, plan.study_name, plan.n_trials):
         if plan.opts.workers == 1:
-            runner.work(plan, study, parent, trial_fn)
+            runner.work(plan, study, parent, trial_fn, group)
         else:
             rc = run_workers(plan)
     summary = runner.finish(plan, study, parent)
@@ -324,8 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    from cmcr.sweep.group import GroupBroken
+
     try:
         return run(args)
+    except GroupBroken as exc:  # not a usage error: the launch ends so it can be restarted
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     except CMCRError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ starts, so its id is a trial user attr (``mlflow_run_id``; all seeds in ``mlflow
 even if the worker is killed, and a retry continues the SAME run from its last checkpoint.
 Seeds already finished by an earlier attempt (``seed_results``) are not run again.
 
+Multi-process trials (``accelerate launch``/``torchrun``): rank 0 runs this and announces each
+seed to the other ranks just before calling the trial function (``cmcr.sweep.group``).
+
 Pruning: ``report(epoch, miou)`` of the first seed becomes ``trial.report`` /
 ``should_prune`` → ``TrialPruned``; later seeds do not report (their epochs would repeat the
 steps of the first, which the median and Hyperband pruners compare across trials).
@@ -51,6 +54,7 @@ class TrialContext:
     seeds: int
     parent_run_id: str
     trial_fn: TrialFn | None = None  # None: the real run_trial, imported when first needed
+    group: Any = None  # cmcr.sweep.group.Group on rank 0 of a multi-process launch
 
 
 def suggest(trial: Any, spec: StudySpec) -> dict[str, Any]:
@@ -89,14 +93,12 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         report = _pruning_report(trial) if index == 0 else None
         if ctx.trial_fn is None:
             ctx.trial_fn = default_trial_fn()
+        kwargs = {"run_id": run_id, "parent_run_id": ctx.parent_run_id}
+        kwargs["tags"] = _tags(trial, ctx, retry_of)
+        if ctx.group is not None:  # the other ranks of the launch run this seed with us
+            ctx.group.announce(seed_cfg, kwargs)
         with _isolated_env():
-            out = ctx.trial_fn(
-                seed_cfg,
-                run_id=run_id,
-                parent_run_id=ctx.parent_run_id,
-                tags=_tags(trial, ctx, retry_of),
-                report=report,
-            )
+            out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
         trial.set_user_attr(SEED_RESULTS_ATTR, results)
     return statistics.fmean(results.values())

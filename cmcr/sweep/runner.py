@@ -280,11 +280,19 @@ def resume(plan: Plan, study: Any) -> list[int]:
     return fail_dead_running(study, RetryKeepingRun(plan.opts.max_retries))
 
 
-def work(plan: Plan, study: Any, parent: str, trial_fn: TrialFn | None = None) -> int:
-    """The worker loop: claim queued trials until none is left; returns trials finished here."""
+def work(
+    plan: Plan, study: Any, parent: str, trial_fn: TrialFn | None = None, group: Any = None
+) -> int:
+    """The worker loop: claim queued trials until none is left; returns trials finished here.
+
+    ``group``: rank 0's view of a multi-process launch (``cmcr.sweep.group``); the other ranks
+    run each trial with this process and only this one talks to Optuna and MLflow.
+    """
     import optuna
 
-    ctx = TrialContext(plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn)
+    ctx = TrialContext(
+        plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn, group
+    )
     retry = RetryKeepingRun(plan.opts.max_retries)
     finished = 0
     while True:
@@ -316,13 +324,25 @@ def _run_and_tell(
         log.info(f"trial {trial.number} pruned: {exc}")
         return
     except KeyboardInterrupt:
+        if ctx.group is not None:
+            ctx.group.broken = True
         _fail(study, trial, ctx, "interrupted (KeyboardInterrupt)", retry)
         raise
     except Exception as exc:
         if _is_diverged(exc):  # deterministic: a retry would diverge too
             _fail(study, trial, ctx, f"diverged: {_first_line(exc)}", None)
-        else:  # anything else is retried up to --max-retries
-            _fail(study, trial, ctx, f"{type(exc).__name__}: {_first_line(exc)}", retry)
+            return
+        # anything else is retried up to --max-retries
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        _fail(study, trial, ctx, reason, retry)
+        if ctx.group is not None:  # the other ranks may be inside a collective: end the launch
+            from cmcr.sweep.group import GroupBroken
+
+            ctx.group.broken = True
+            raise GroupBroken(
+                f"trial {trial.number} failed on rank 0 ({reason}); its retry is queued. "
+                "Ending this launch so that no rank waits forever; start it again to resume"
+            ) from exc
         return
     if not math.isfinite(value):
         _fail(study, trial, ctx, f"objective is {value}", None)
