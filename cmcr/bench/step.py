@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> dict:
         "loss_compute_s": round(med.get("losses", 0.0), 3),
         "loss_share_of_step": round(med.get("losses", 0.0) / med["step"], 4),
         "loss_share_target": 0.15,
+        # nearest-code search over every point and every pixel (the MIM decoder's quantised
+        # input): model work, not a loss, reported beside it
+        "codebook_assign_s": round(med.get("codebook_assign", 0.0), 3),
+        "codebook_assign_share_of_step": round(med.get("codebook_assign", 0.0) / med["step"], 4),
     }
     figures.update(_time_cmcm(cfg.loss.num_matches, cfg.model.codebook_size, cfg.model.feat_dim))
     return figures

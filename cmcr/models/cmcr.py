@@ -151,7 +151,8 @@ class CMCRModel(nn.Module):
         """
         cb = self.codebook
         codes = cb.codes.clone()  # the losses use this step's codes; the update is in place
-        with self._timed("losses"):
+        # nearest-code assignment is model work (it also feeds the decoders), timed on its own
+        with self._timed("codebook_assign"):
             idx_all_p = cb.assign(p_shared)  # (N,)
             if self.on["mim"]:  # the MIM decoder needs every pixel quantised
                 n_img, d, h, w = v_shared.shape
@@ -161,6 +162,7 @@ class CMCRModel(nn.Module):
             else:
                 idx_v = cb.assign(f_v)
             idx_p = idx_all_p[sel[:, 0]]
+        with self._timed("losses"):
             e_p, e_v = codes[idx_p], codes[idx_v]  # (n, D)
             out["losses"]["commit"] = L.commit(f_p, f_v, e_p, e_v, self.cfg.loss.commit_beta)
             out["losses"]["cmcm"] = L.cmcm(f_p, f_v, codes)
