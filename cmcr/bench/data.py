@@ -102,6 +102,65 @@ def measure(cfg, split: str, repeats: int) -> dict:
     return figures
 
 
+# the stages of one pre-training sample (cmcr.data functions), in pipeline order
+STAGES = (
+    "read_points",
+    "project_points",
+    "map_pixels",
+    "read_image_crop",
+    "patch_mask",
+    "augment_cloud",
+    "voxelize",
+    "sample_queries",
+    "query_neighbours",
+    "collate_pretrain",
+)
+
+
+def profile(cfg, split: str, repeats: int = 3) -> dict:
+    """Where one sample's CPU time goes: cProfile over getitem + collate, single-threaded.
+
+    Per stage (a cmcr.data function, its callees included): ms per sample and share of the
+    total. ``kdtree_build_and_rest`` is what is left (mostly the cKDTree build, which cProfile
+    cannot see as a call, and the dict/array glue).
+    """
+    import cProfile
+    import pstats
+
+    cfg.data.num_workers = 0
+    dataset = build_pretrain_loader(cfg, split, seed=0).dataset
+    n = len(dataset)
+    prof = cProfile.Profile()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        collate_pretrain([dataset[(0, 0)]])  # warm caches outside the profile
+        prof.enable()
+        for _ in range(repeats):
+            for i in range(n):
+                collate_pretrain([dataset[(0, i)]])
+        prof.disable()
+    torch.set_num_threads(threads)
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    total = sum(v[2] for v in stats.values())
+    samples = n * repeats
+    out: dict[str, float] = {"profile_total_ms_per_sample": round(1e3 * total / samples, 2)}
+    covered = 0.0
+    for stage in STAGES:
+        cum = sum(
+            v[3]
+            for (file, _, name), v in stats.items()
+            if name == stage and f"cmcr{os.sep}data" in file
+        )
+        covered += cum
+        out[f"profile_{stage}_ms"] = round(1e3 * cum / samples, 2)
+        out[f"profile_{stage}_share"] = round(cum / total, 3)
+    rest = max(0.0, total - covered)
+    out["profile_kdtree_build_and_rest_ms"] = round(1e3 * rest / samples, 2)
+    out["profile_kdtree_build_and_rest_share"] = round(rest / total, 3)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     """Figures for `python -m cmcr.bench data`."""
     quick = getattr(args, "quick", False)
@@ -114,6 +173,8 @@ def run(args: argparse.Namespace) -> dict:
     figures = {
         f"demo_{k}": v for k, v in measure(cfg, cfg.data.train_split, 3 if quick else 8).items()
     }
+    figures["demo_target_vs_floor"] = 0.7
+    figures.update({f"demo_{k}": v for k, v in profile(cfg, cfg.data.train_split).items()})
     if not quick:
         root = _world("fullres", scenes_per_split="1,1", samples_per_scene=2, image_scale=1.0)
         paper_data = {"data.version": "v1.0-mini", "data.train_split": "mini_train"}
