@@ -188,3 +188,45 @@ def test_missing_store_not_created(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "does not exist" in proc.stderr and not db.exists() and not (tmp_path / "rep").exists()
+
+
+def test_readme_block_regenerated_from_the_runs(store: dict, tmp_path: Path, capsys) -> None:
+    """--readme replaces only the marked block with the summary table of the same runs."""
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# title\nbefore\n<!-- cmcr-report:components -->\nstale table\n"
+        "<!-- /cmcr-report:components -->\nafter\n"
+    )
+    out = tmp_path / "rep"
+    argv = ["--study", "components", "--tracking-uri", store["uri"], "--out", str(out)]
+    assert main([*argv, "--no-log", "--readme", str(readme)]) == 0, capsys.readouterr().err
+    text = readme.read_text()
+    assert text.startswith("# title\nbefore\n<!-- cmcr-report:components -->\n")
+    assert text.endswith("<!-- /cmcr-report:components -->\nafter\n") and "stale" not in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert rows[0] == "| configuration | runs | mIoU | Δ mIoU | fwIoU |"
+    csv = pd.read_csv(out / "ablation.csv")
+    assert len(rows) == 1 + len(csv)
+    m, s = csv.at[0, "val/miou_mean"] * 100, csv.at[0, "val/miou_std"] * 100
+    assert rows[1].split("|")[3].strip().strip("*") == f"{m:.2f} ± {s:.2f}"
+    assert "finished runs of study 'components'" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("no markers\n", "must contain the line '<!-- cmcr-report:components -->' exactly once"),
+        ("<!-- /cmcr-report:components -->\n<!-- cmcr-report:components -->\n", "must come before"),
+    ],
+)
+def test_readme_without_markers_fails_before_building(
+    store: dict, tmp_path: Path, capsys, content: str, message: str
+) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    out = tmp_path / "rep"
+    argv = ["--study", "components", "--tracking-uri", store["uri"], "--out", str(out)]
+    assert main([*argv, "--no-log", "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(readme) in err and len(err.splitlines()) == 1
+    assert not out.exists() and readme.read_text() == content  # nothing built, file untouched

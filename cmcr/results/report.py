@@ -18,8 +18,23 @@ import pandas as pd
 
 from cmcr.errors import CMCRError
 from cmcr.results import figures as F
-from cmcr.results.collect import DEFAULT_STORAGE, RunTable, Selection, collect, redact
-from cmcr.results.tables import Ablation, ablation, incomplete_table, to_html, to_latex, to_markdown
+from cmcr.results.collect import (
+    DEFAULT_STORAGE,
+    ReportError,
+    RunTable,
+    Selection,
+    collect,
+    redact,
+)
+from cmcr.results.tables import (
+    Ablation,
+    ablation,
+    incomplete_table,
+    summary,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 
 HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
 CSS = """
@@ -46,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: reports/<name>/)")
     parser.add_argument("--no-log", action="store_true",
                         help="do not log the report as artifacts on the study's parent run")  # fmt: skip
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="also write the summary table (mIoU, Δ, fwIoU) into FILE between the "
+                             "lines '<!-- cmcr-report:NAME -->' and '<!-- /cmcr-report:NAME -->'")  # fmt: skip
 
 
 def build(sel: Selection, out: str | Path | None = None, log: bool = True) -> dict:
@@ -59,6 +77,7 @@ def build(sel: Selection, out: str | Path | None = None, log: bool = True) -> di
     out.mkdir(parents=True, exist_ok=True)
     if ab is not None:
         (out / "ablation.md").write_text(to_markdown(ab))
+        (out / "ablation_summary.md").write_text(to_markdown(summary(ab)))
         (out / "ablation.tex").write_text(to_latex(ab))
         ab.table.to_csv(out / "ablation.csv", index=False)
     incomplete_table(rt).to_csv(out / "incomplete.csv", index=False)
@@ -68,6 +87,45 @@ def build(sel: Selection, out: str | Path | None = None, log: bool = True) -> di
     return {"out": str(out), "n_runs": len(rt.runs), "n_complete": len(rt.complete),
             "collect_s": round(t_collect, 3), "total_s": round(time.perf_counter() - t0, 3),
             "logged_to": logged}  # fmt: skip
+
+
+def readme_markers(name: str) -> tuple[str, str]:
+    """The lines that delimit a generated block in a markdown file."""
+    return f"<!-- cmcr-report:{name} -->", f"<!-- /cmcr-report:{name} -->"
+
+
+def check_readme(path: str | Path, name: str) -> str:
+    """The file's text; ReportError naming the file and the missing marker, before any work."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"--readme: '{path}' does not exist")
+    text = path.read_text()
+    for marker in readme_markers(name):
+        if text.count(marker) != 1:
+            raise ReportError(
+                f"--readme: '{path}' must contain the line '{marker}' exactly once "
+                f"(found {text.count(marker)})"
+            )
+    start, end = readme_markers(name)
+    if text.index(start) > text.index(end):
+        raise ReportError(f"--readme: in '{path}' '{start}' must come before '{end}'")
+    return text
+
+
+def write_readme(path: str | Path, name: str, table_md: str, n_runs: int) -> None:
+    """Replace the block between the markers with the table and how it was made."""
+    text = check_readme(path, name)
+    start, end = readme_markers(name)
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cmd = f"python dashboards/build.py --study {name} --readme {Path(path).name}"
+    block = (
+        f"{start}\n{table_md.rstrip()}\n\n"
+        f"<sub>Generated {made} from the {n_runs} finished runs of study '{name}' by "
+        f"`{cmd}`; do not edit by hand.</sub>\n{end}"
+    )
+    Path(path).write_text(head + block + tail)
 
 
 def _slug(sel: Selection) -> str:
@@ -160,8 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sel = Selection(tracking_uri=args.tracking_uri, experiment=args.experiment,
                     study=args.study, filter_string=args.filter_string, storage=args.storage)  # fmt: skip
+    name = args.study or args.experiment
     try:
+        if args.readme:
+            check_readme(args.readme, name)  # a wrong file fails before the report is built
         info = build(sel, args.out, log=not args.no_log)
+        if args.readme:
+            if info["n_complete"] == 0:
+                raise ReportError(f"--readme: no finished runs to tabulate for '{name}'")
+            table = (Path(info["out"]) / "ablation_summary.md").read_text()
+            write_readme(args.readme, name, table, info["n_complete"])
+            print(f"summary table written into {args.readme}")
     except CMCRError as exc:
         print(f"dashboards/build.py: error: {exc}", file=sys.stderr)
         return 2

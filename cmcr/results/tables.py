@@ -6,6 +6,7 @@ IoU in percent with the best value of each column in bold.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass
 
@@ -72,6 +73,11 @@ def ablation(rt: RunTable) -> Ablation:
     for k in keys:  # tuples (list params) read badly in a csv
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics)
+
+
+def summary(ab: Ablation) -> Ablation:
+    """The same table with only the summary metrics (mIoU with its Δ, fwIoU): README-sized."""
+    return dataclasses.replace(ab, metrics=[m for m in ab.metrics if m in SUMMARY])
 
 
 def _row_keys(df: pd.DataFrame, keys: list[str]) -> pd.Series:
