@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import time
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -409,7 +409,14 @@ def test_resume_retries_a_dead_workers_trial_in_its_run(tmp_path, store):
 
 def test_live_worker_retries_a_trial_whose_heartbeat_went_stale(tmp_path, store):
     _kill_mid_trial(tmp_path, store, "stale", "--heartbeat", "1")
-    time.sleep(3.5)  # grace period = 3 heartbeats
+    # Age the dead worker's last heartbeat past the grace period (3 heartbeats = 3 s). Sleeping
+    # 3.5 s was flaky: SQLite's CURRENT_TIMESTAMP, which Optuna uses on both sides of the
+    # comparison, has 1-second resolution, so 3.5 s of wall time can read as exactly 3 s.
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        aged = db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-10 seconds')"
+        ).rowcount
+    assert aged == 1
     rec = Recorder()
     assert (
         run_sweep(
