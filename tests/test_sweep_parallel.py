@@ -155,3 +155,48 @@ def test_workers_2_sqlite_under_contention(tmp_path):
     _assert_exactly_once(study, 30)
     logs = "".join(p.read_text() for p in (tmp_path / "runs" / "sweep-logs").rglob("*.log"))
     assert "database is locked" not in logs + out.stdout + out.stderr
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_on_an_empty_postgres_database_all_open_it(postgres):
+    """Optuna creates its tables on first use; four workers doing that at the same moment on an
+    empty database must all succeed (without the schema lock one fails with a unique
+    violation on pg_type_typname_nsp_index)."""
+    import threading
+
+    import sqlalchemy
+
+    from cmcr.sweep.storage import open_storage
+
+    db = f"cmcr_schema_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_DRIVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{db}"'))
+    url = PG.rsplit("/", 1)[0] + f"/{db}"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+    storages: list[object] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            storages.append(open_storage(url))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert errors == []
+        assert len(storages) == 4
+        optuna.create_study(study_name="after-race", storage=storages[0])
+        assert optuna.get_all_study_names(storage=storages[1]) == ["after-race"]
+    finally:
+        for s in storages:
+            s.engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()

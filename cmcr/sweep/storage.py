@@ -110,7 +110,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": retry_callback,
         }
     try:
-        with quiet_experimental():
+        with quiet_experimental(), _schema_lock(url, kwargs):
             storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs, **hb)
     except ImportError as exc:
         raise StorageError(
@@ -118,12 +118,47 @@ def open_storage(
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        what = (
+            "is unreachable"
+            if isinstance(exc, (sqlalchemy.exc.OperationalError, OSError))
+            else "cannot be used"
+        )
         raise StorageError(
-            f"--storage '{redact(url)}' is unreachable: {detail[0] if detail else type(exc).__name__}"
+            f"--storage '{redact(url)}' {what}: {detail[0] if detail else type(exc).__name__}"
         ) from None
     if db is not None:
         _immediate_transactions(storage.engine)
     return storage
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables.
+
+    ``RDBStorage`` runs ``CREATE TABLE`` for a missing schema; two workers starting together on
+    an empty database both see the tables missing and one fails with a unique violation on
+    ``pg_type_typname_nsp_index`` (seen in tests/test_sweep_parallel.py on a fresh server).
+    The lock is per database, taken on its own connection, and released on exit; SQLite
+    creation is serialised by the file lock, other backends are left as they are.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(driver_url(url), **engine_kwargs)
+    key = _lock_key("cmcr.optuna-schema")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager
