@@ -8,11 +8,15 @@ JSON. Heavy runs live here, not in the test suite.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCHES = ("synth", "data", "step", "sweep", "report")
 
@@ -36,10 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             module.add_arguments(parser.add_argument_group(f"bench {name}"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def meta() -> dict[str, Any]:
+    """Where and on what the figures were measured: they only mean something with this."""
+    import torch
+
+    from cmcr.engine.tracking import git_commit
+
+    return {
+        "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "git_commit": git_commit(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen benchmarks, print a table, write JSON."""
     names = args.names or list(BENCHES)
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"meta": meta()}
     for name in names:
         module = importlib.import_module(f"cmcr.bench.{name}")
         t0 = time.perf_counter()
