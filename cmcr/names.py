@@ -1,0 +1,103 @@
+"""Every name that crosses a module or a store boundary, written once.
+
+MLflow tag keys, metric keys, Optuna user/system attribute names and the embedded default
+URIs: engine, sweep and results import them from here, so a rename is one edit and a typo is
+an ImportError instead of a silently empty dashboard column (docs/architecture.md, "MLflow
+names"). Nothing here imports anything heavy: every layer may import it.
+"""
+
+from __future__ import annotations
+
+# ---- embedded defaults (one machine, no servers) ---------------------------------------------
+OUTPUT_DIR = "runs"  # checkpoints, weights and the embedded stores live under here
+DEFAULT_TRACKING_URI = f"sqlite:///{OUTPUT_DIR}/mlflow.db"
+DEFAULT_STORAGE = f"sqlite:///{OUTPUT_DIR}/optuna.db"
+DEFAULT_ARTIFACTS = f"{OUTPUT_DIR}/mlartifacts"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+class Tag:
+    """MLflow run tag keys."""
+
+    KIND = "cmcr.kind"  # pretrain | probe | finetune | trial | study
+    VARIANT = "cmcr.variant"
+    PRESET = "cmcr.preset"
+    SEED = "cmcr.seed"
+    GIT_COMMIT = "cmcr.git_commit"
+    DATASET_FINGERPRINT = "cmcr.dataset_fingerprint"
+    STATUS_REASON = "cmcr.status_reason"  # why a run failed / was killed
+    NUM_PROCESSES = "cmcr.num_processes"
+    PRETRAIN_DONE = "cmcr.pretrain_done"
+    PRETRAINED = "cmcr.pretrained"  # what a probe / fine-tune started from
+    PRETRAINED_RUN = "cmcr.pretrained_run"
+    RESUMED_FROM_STEP = "cmcr.resumed_from_step"
+    N_TRIALS = "cmcr.n_trials"
+    PARENT_RUN = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"
+    STUDY = "optuna.study"
+    TRIAL = "optuna.trial"
+    RETRY_OF = "optuna.retry_of"
+    STATE = "optuna.state"  # the Optuna state of the trial a run belongs to
+    STORAGE = "optuna.storage"  # redacted
+    DIRECTION = "optuna.direction"
+    SAMPLER = "optuna.sampler"
+    BEST_TRIAL = "optuna.best_trial"
+    BEST_RUN_ID = "optuna.best_run_id"
+
+
+class Kind:
+    """Values of ``Tag.KIND``."""
+
+    PRETRAIN = "pretrain"
+    PROBE = "probe"
+    FINETUNE = "finetune"
+    TRIAL = "trial"
+    STUDY = "study"
+
+
+class Metric:
+    """MLflow metric keys (``train/*``: step = optimiser step; ``val/*``: step = epoch)."""
+
+    TRAIN_LOSS = "train/loss"
+    TRAIN_LOSS_PREFIX = "train/loss_"  # + loss term name
+    TRAIN_LR = "train/lr"
+    TRAIN_SAMPLES_PER_S = "train/samples_per_s"
+    SEG_LOSS = "train/seg_loss"
+    VAL_MIOU = "val/miou"
+    VAL_FWIOU = "val/fwiou"
+    VAL_IOU_PREFIX = "val/iou_"  # + challenge class name
+    DOWNSTREAM_SECONDS = "downstream/seconds"
+    STUDY_BEST_VALUE = "study/best_value"
+
+
+class Attr:
+    """Optuna trial / study user attributes and system attributes."""
+
+    # trial user attrs
+    RUN_ID = "mlflow_run_id"  # seed 0's run (kept for old studies and the UI)
+    RUN_IDS = "mlflow_run_ids"  # {seed: run id}, every seed of the trial
+    SEED_RESULTS = "seed_results"  # {seed: val mIoU} of finished seeds
+    SLOT = "cmcr.slot"
+    WORKER = "cmcr.worker"
+    FAIL_REASON = "fail_reason"
+    RETRY_REASON = "retry_reason"
+    # study user attrs
+    PARENT_RUN = "mlflow_parent_run_id"
+    DEFINITION = "cmcr.definition"
+    PRESET = "cmcr.preset"
+    OBJECTIVE = "cmcr.objective"
+    SEEDS = "cmcr.seeds"
+    OVERRIDES = "cmcr.overrides"
+    N_TRIALS = "cmcr.n_trials"
+    # trial system attr Optuna's RetryFailedTrialCallback writes
+    FAILED_TRIAL = "failed_trial"
+
+
+# Overrides that say where this machine keeps things, not what the experiment computes: they may
+# differ between sweep workers and between a run and its resume.
+LOCAL_KEYS = ("tracking.", "data.dataroot", "data.num_workers")
+
+
+def is_local_key(key: str) -> bool:
+    """Whether dotted config ``key`` describes the machine rather than the experiment."""
+    return key.startswith(LOCAL_KEYS)

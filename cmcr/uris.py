@@ -1,0 +1,43 @@
+"""Store URLs: resolution of the defaults, the SQLite file behind a URL, and redaction.
+
+One implementation each (engine, sweep and results all call these). Redaction hides both
+forms a secret takes in a URL: the userinfo password (``scheme://user:PW@host``) and
+password-like query parameters (``?password=PW``, ``&token=PW``, ...). It works on any text,
+so a whole traceback or log line can be passed through it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cmcr.names import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
+MASK = "***"
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]*@")
+# query or fragment parameters whose value is a secret (libpq, SQLAlchemy, MLflow servers)
+_SECRET_PARAMS = re.compile(
+    r"(?P<head>[?&;](?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey"
+    r"|sslpassword|auth)=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password (userinfo or query parameter) replaced by ``***``."""
+    text = _USERINFO.sub(rf"\g<head>:{MASK}@", str(text))
+    return _SECRET_PARAMS.sub(rf"\g<head>{MASK}", text)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return explicit or os.environ.get(TRACKING_URI_ENV, "") or DEFAULT_TRACKING_URI
