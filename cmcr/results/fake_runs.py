@@ -20,9 +20,11 @@ from mlflow.tracking import MlflowClient
 from cmcr.configs import COMPONENTS, Config, apply_overrides, flatten_config, load_config
 from cmcr.configs import variant_name as _variant_name
 from cmcr.data.classes import CHALLENGE_CLASSES
-from cmcr.names import Attr
+from cmcr.names import Attr, Kind, Tag
+from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
 
 CLASSES = CHALLENGE_CLASSES[1:]
+VAL = M.VAL_MIOU.split("/")[0] + "/"  # every val/* metric is per epoch
 LOSS_TERMS = ("nce", "mim", "occ", "intensity", "orth", "commit", "cmcm")
 # A plausible mIoU per variant (fractions, as cmcr.eval.metrics logs them).
 VARIANT_MIOU = {
@@ -64,18 +66,18 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
         m = miou * (0.7 + 0.3 * frac)
         per_class = np.clip(m + rng.normal(0.0, 0.04, len(CLASSES)), 0.0, 1.0)
         out += [
-            Metric(f"val/iou_{c}", float(v), now, e)
+            Metric(f"{M.VAL_IOU_PREFIX}{c}", float(v), now, e)
             for c, v in zip(CLASSES, per_class, strict=True)
         ]
-        out.append(Metric("val/miou", float(per_class.mean()), now, e))
-        out.append(Metric("val/fwiou", float(min(1.0, per_class.mean() + 0.2)), now, e))
+        out.append(Metric(M.VAL_MIOU, float(per_class.mean()), now, e))
+        out.append(Metric(M.VAL_FWIOU, float(min(1.0, per_class.mean() + 0.2)), now, e))
     for s in range(steps):
         terms = np.exp(-s / max(steps, 1)) * rng.uniform(0.5, 2.0, len(LOSS_TERMS))
         out += [
-            Metric(f"train/loss_{n}", float(v), now, s)
+            Metric(f"{M.TRAIN_LOSS_PREFIX}{n}", float(v), now, s)
             for n, v in zip(LOSS_TERMS, terms, strict=True)
         ]
-        out.append(Metric("train/loss", float(terms.sum()), now, s))
+        out.append(Metric(M.TRAIN_LOSS, float(terms.sum()), now, s))
     return out
 
 
@@ -95,20 +97,20 @@ def log_run(
 ) -> str:
     """Log one trial run (tags, flattened params, val/train metrics) and return its id."""
     tags = {
-        "cmcr.kind": "trial",
-        "cmcr.variant": _variant_name(cfg),
-        "cmcr.preset": cfg.preset,
-        "cmcr.seed": str(cfg.train.seed),
-        "optuna.study": study,
-        "optuna.trial": str(trial),
+        Tag.KIND: Kind.TRIAL,
+        Tag.VARIANT: _variant_name(cfg),
+        Tag.PRESET: cfg.preset,
+        Tag.SEED: str(cfg.train.seed),
+        Tag.STUDY: study,
+        Tag.TRIAL: str(trial),
     }
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT_RUN] = parent_run_id
     run = client.create_run(experiment_id, tags=tags, run_name=f"{study}-{trial}")
     params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
     metrics = [] if status == "SCHEDULED" else _metrics(rng, miou, epochs, steps)
     if status == "RUNNING":  # interrupted mid-way: only the first epoch was evaluated
-        metrics = [m for m in metrics if not m.key.startswith("val/") or m.step == 0]
+        metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step == 0]
     _batch(client, run.info.run_id, metrics, params, [])
     if status in ("FINISHED", "FAILED", "KILLED"):
         client.set_terminated(run.info.run_id, status)
@@ -120,7 +122,7 @@ def start_study(client: MlflowClient, experiment: str, study: str) -> tuple[str,
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     parent = client.create_run(
-        exp_id, tags={"cmcr.kind": "study", "optuna.study": study}, run_name=study
+        exp_id, tags={Tag.KIND: Kind.STUDY, Tag.STUDY: study}, run_name=study
     )
     return exp_id, parent.info.run_id
 

@@ -17,12 +17,10 @@ from plotly.subplots import make_subplots
 
 from cmcr.names import Metric
 from cmcr.results.collect import RunTable, metric_histories
-from cmcr.results.tables import CLASSES, Ablation
+from cmcr.results.tables import CLASSES, IOU, TARGET, Ablation
 
 Figure = go.Figure | str  # a figure, or the reason it could not be drawn
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30, "t": 60, "b": 60}}
-TARGET = Metric.VAL_MIOU
-IOU = Metric.VAL_IOU_PREFIX
 STUDY_TARGET = f"{TARGET} (trial value: mean over seeds)"  # what a sweep trial returns
 MAX_SLICES = 8  # more subplots than this are unreadable on one page
 STUDY_FIGURES = (("history", "Optimisation history"), ("importance", "Parameter importances"),
