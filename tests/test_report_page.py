@@ -19,6 +19,7 @@ from cmcr.results.report import build, render_page
 from cmcr.results.tables import ablation
 
 REPO = Path(__file__).resolve().parents[1]
+NO_STORAGE = "sqlite:////nonexistent/optuna.db"  # never the cwd's runs/optuna.db
 
 
 def _study(n: int, log_lr: bool = True) -> optuna.Study:
@@ -88,7 +89,7 @@ def test_runs_without_study_say_so(runs: str, tmp_path: Path) -> None:
 
 def test_page_escapes_what_it_is_given(runs: str) -> None:
     """Autoescaping: a filter or note with markup shows as text, never as an element."""
-    sel = Selection(tracking_uri=runs, study="weights")
+    sel = Selection(tracking_uri=runs, study="weights", storage=NO_STORAGE)
     rt = collect(sel)
     rt.notes.append("<b>note</b>")
     evil = dataclasses.replace(sel, filter_string="params.x = '<script>alert(1)</script>'")
@@ -96,6 +97,19 @@ def test_page_escapes_what_it_is_given(runs: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
     assert "&lt;b&gt;note&lt;/b&gt;" in page
     assert '<table class="ablation">' in page  # trusted markup is not escaped
+    assert "Optuna's figures show every trial" not in page  # no study: nothing to explain
+
+
+def test_filtered_page_says_study_figures_cover_every_trial(runs: str) -> None:
+    """With a study and --filter, the page says the filter does not reach Optuna's figures."""
+    sel = Selection(tracking_uri=runs, study="weights", storage=NO_STORAGE)
+    rt = collect(sel)
+    rt.study = _study(5)
+    filtered = dataclasses.replace(sel, filter_string="params.`train.seed` != '9'")
+    page = render_page(rt, ablation(rt), filtered)
+    assert 'id="fig-history"' in page and 'id="note-study"' not in page
+    assert "Optuna's figures show every trial" in page
+    assert "Optuna's figures show every trial" not in render_page(rt, ablation(rt), sel)
 
 
 def test_template_ships_as_package_data() -> None:
