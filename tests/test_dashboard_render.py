@@ -99,8 +99,10 @@ def test_components_page_renders(chromium: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
-    fake_runs.log_components_sweep(client, "cmcr", study="components")
-    build(Selection(tracking_uri=uri, study="components"), tmp_path / "rep", log=False)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    fake_runs.log_components_sweep(client, "cmcr", study="components", storage=storage)
+    build(Selection(tracking_uri=uri, study="components", storage=storage), tmp_path / "rep",
+          log=False)  # fmt: skip
     figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"contour"})
     assert {"fig-history", "fig-importance", "fig-parallel", "fig-slice", "fig-summary",
             "fig-per_class", "fig-loss"} == figs  # fmt: skip
@@ -111,7 +113,23 @@ def test_swept_page_renders(chromium: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
-    fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=12)
-    build(Selection(tracking_uri=uri, study="weights"), tmp_path / "rep", log=False)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=12, storage=storage)
+    build(Selection(tracking_uri=uri, study="weights", storage=storage), tmp_path / "rep",
+          log=False)  # fmt: skip
     figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes=set())
     assert len(figs) == 8 and "fig-contour" in figs
+
+
+def test_page_without_study_says_so(chromium: Path, tmp_path: Path) -> None:
+    """No Optuna study: one note instead of Optuna's figures; the run figures still render."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=6)
+    missing = f"sqlite:///{tmp_path / 'no-optuna.db'}"
+    build(Selection(tracking_uri=uri, study="weights", storage=missing), tmp_path / "rep",
+          log=False)  # fmt: skip
+    figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"study"})
+    assert figs == {"fig-summary", "fig-per_class", "fig-loss"}
+    assert "is not in the storage sqlite:///" in (tmp_path / "rep" / "index.html").read_text()

@@ -13,14 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import optuna
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from cmcr.configs import COMPONENTS, Config, apply_overrides, flatten_config, load_config
 from cmcr.configs import variant_name as _variant_name
 from cmcr.data.classes import CHALLENGE_CLASSES
+from cmcr.names import Attr, Kind, Tag
+from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
 
 CLASSES = CHALLENGE_CLASSES[1:]
+VAL = M.VAL_MIOU.split("/")[0] + "/"  # every val/* metric is per epoch
 LOSS_TERMS = ("nce", "mim", "occ", "intensity", "orth", "commit", "cmcm")
 # A plausible mIoU per variant (fractions, as cmcr.eval.metrics logs them).
 VARIANT_MIOU = {
@@ -62,18 +66,18 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
         m = miou * (0.7 + 0.3 * frac)
         per_class = np.clip(m + rng.normal(0.0, 0.04, len(CLASSES)), 0.0, 1.0)
         out += [
-            Metric(f"val/iou_{c}", float(v), now, e)
+            Metric(f"{M.VAL_IOU_PREFIX}{c}", float(v), now, e)
             for c, v in zip(CLASSES, per_class, strict=True)
         ]
-        out.append(Metric("val/miou", float(per_class.mean()), now, e))
-        out.append(Metric("val/fwiou", float(min(1.0, per_class.mean() + 0.2)), now, e))
+        out.append(Metric(M.VAL_MIOU, float(per_class.mean()), now, e))
+        out.append(Metric(M.VAL_FWIOU, float(min(1.0, per_class.mean() + 0.2)), now, e))
     for s in range(steps):
         terms = np.exp(-s / max(steps, 1)) * rng.uniform(0.5, 2.0, len(LOSS_TERMS))
         out += [
-            Metric(f"train/loss_{n}", float(v), now, s)
+            Metric(f"{M.TRAIN_LOSS_PREFIX}{n}", float(v), now, s)
             for n, v in zip(LOSS_TERMS, terms, strict=True)
         ]
-        out.append(Metric("train/loss", float(terms.sum()), now, s))
+        out.append(Metric(M.TRAIN_LOSS, float(terms.sum()), now, s))
     return out
 
 
@@ -93,20 +97,20 @@ def log_run(
 ) -> str:
     """Log one trial run (tags, flattened params, val/train metrics) and return its id."""
     tags = {
-        "cmcr.kind": "trial",
-        "cmcr.variant": _variant_name(cfg),
-        "cmcr.preset": cfg.preset,
-        "cmcr.seed": str(cfg.train.seed),
-        "optuna.study": study,
-        "optuna.trial": str(trial),
+        Tag.KIND: Kind.TRIAL,
+        Tag.VARIANT: _variant_name(cfg),
+        Tag.PRESET: cfg.preset,
+        Tag.SEED: str(cfg.train.seed),
+        Tag.STUDY: study,
+        Tag.TRIAL: str(trial),
     }
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT_RUN] = parent_run_id
     run = client.create_run(experiment_id, tags=tags, run_name=f"{study}-{trial}")
     params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
     metrics = [] if status == "SCHEDULED" else _metrics(rng, miou, epochs, steps)
     if status == "RUNNING":  # interrupted mid-way: only the first epoch was evaluated
-        metrics = [m for m in metrics if not m.key.startswith("val/") or m.step == 0]
+        metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step == 0]
     _batch(client, run.info.run_id, metrics, params, [])
     if status in ("FINISHED", "FAILED", "KILLED"):
         client.set_terminated(run.info.run_id, status)
@@ -118,7 +122,7 @@ def start_study(client: MlflowClient, experiment: str, study: str) -> tuple[str,
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     parent = client.create_run(
-        exp_id, tags={"cmcr.kind": "study", "optuna.study": study}, run_name=study
+        exp_id, tags={Tag.KIND: Kind.STUDY, Tag.STUDY: study}, run_name=study
     )
     return exp_id, parent.info.run_id
 
@@ -131,18 +135,29 @@ def log_components_sweep(
     seeds: Sequence[int] = (0, 1),
     rng_seed: int = 0,
     extra_unfinished: bool = True,
+    storage: str | None = None,
 ) -> dict[str, Any]:
-    """A finished smoke-like ``components`` sweep (plus one running and one failed trial)."""
+    """A finished smoke-like ``components`` sweep (plus one running and one failed trial).
+
+    With ``storage`` the Optuna study is written too, as the sweep's grid writes it: one trial
+    per variant (param ``variant``), value = mean mIoU over seeds, linked to every seed's run.
+    """
     rng = np.random.default_rng(rng_seed)
     exp_id, parent = start_study(client, experiment, study)
     trial = 0
+    trials = []
     for over in components_overrides():
+        runs = {}
         for seed in seeds:
             cfg = apply_overrides(load_config("smoke"), {**over, "train.seed": seed})
             miou = VARIANT_MIOU[_variant_name(cfg)] + rng.normal(0.0, 0.01)
-            log_run(client, exp_id, cfg, study=study, trial=trial, parent_run_id=parent,
-                    miou=miou, rng=rng)  # fmt: skip
+            runs[seed] = (log_run(client, exp_id, cfg, study=study, trial=trial,
+                                  parent_run_id=parent, miou=miou, rng=rng), miou)  # fmt: skip
             trial += 1
+        trials.append(({"variant": _variant_name(cfg)}, runs))
+    if storage:
+        variants = optuna.distributions.CategoricalDistribution(list(VARIANT_MIOU))
+        _optuna_study(storage, study, trials, {"variant": variants})
     if extra_unfinished:
         cfg = apply_overrides(load_config("smoke"), {"train.seed": 2})
         for status in ("RUNNING", "FAILED"):
@@ -151,6 +166,18 @@ def log_components_sweep(
             trial += 1
     client.set_terminated(parent, "FINISHED")
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": trial}
+
+
+def _optuna_study(storage: str, name: str, trials: list, dists: dict[str, Any]) -> None:
+    """Add complete trials ``(params, {seed: (run id, mIoU)})`` to a new maximising study."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for params, runs in trials:
+        first = min(runs)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params},
+            value=float(np.mean([m for _, m in runs.values()])),
+            user_attrs={Attr.RUN_ID: runs[first][0],
+                        Attr.RUN_IDS: {str(s): r for s, (r, _) in runs.items()}}))  # fmt: skip
 
 
 def log_random_sweep(
@@ -162,9 +189,15 @@ def log_random_sweep(
     rng_seed: int = 0,
     epochs: int = 2,
     steps: int = 2,
+    storage: str | None = None,
 ) -> dict[str, Any]:
-    """``n_runs`` trials of a random search over three loss weights and the learning rate."""
+    """``n_runs`` trials of a random search over three loss weights and the learning rate.
+
+    With ``storage`` the Optuna study is written too: one trial per run, ``train.lr`` on a log
+    scale as a sweep's search space declares it.
+    """
     rng = np.random.default_rng(rng_seed)
+    trials = []
     exp_id, parent = start_study(client, experiment, study)
     base = load_config("smoke")
     for trial in range(n_runs):
@@ -180,8 +213,16 @@ def log_random_sweep(
         cfg = apply_overrides(load_config("smoke") if trial == 0 else _copy(base), over)
         miou = 0.3 + 0.05 * w[0] - 0.02 * (w[1] - 1) ** 2 - 0.01 * abs(np.log10(lr) + 3)
         miou += rng.normal(0.0, 0.01)
-        log_run(client, exp_id, cfg, study=study, trial=trial, parent_run_id=parent,
-                miou=float(miou), rng=rng, epochs=epochs, steps=steps)  # fmt: skip
+        run_id = log_run(client, exp_id, cfg, study=study, trial=trial, parent_run_id=parent,
+                         miou=float(miou), rng=rng, epochs=epochs, steps=steps)  # fmt: skip
+        params = {k: v for k, v in over.items() if k != "train.seed"}
+        trials.append((params, {over["train.seed"]: (run_id, float(miou))}))
+    if storage:
+        weight = optuna.distributions.FloatDistribution(0.0, 2.0)
+        dists = {"loss.weights.mim": weight, "loss.weights.occ": weight,
+                 "loss.weights.cmcm": weight,
+                 "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
+        _optuna_study(storage, study, trials, dists)
     client.set_terminated(parent, "FINISHED")
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": n_runs}
 

@@ -1,212 +1,109 @@
-"""Plotly figures of a study: each builder returns a Figure, or a string saying why there is none."""
+"""Report figures: Optuna's standard study figures, and the run views Optuna cannot draw.
+
+The history, importance, parallel-coordinate, slice and contour figures come from
+``optuna.visualization`` on the study itself (log axes follow each distribution's log flag).
+Drawn here by hand only what needs the MLflow runs: the ablation bars, the per-class IoU and
+the loss curves. Each builder returns a Figure, or a string saying why there is none.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import pandas as pd
+import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cmcr.results.collect import TARGET, RunTable, metric_histories
-from cmcr.results.tables import CLASSES, Ablation
+from cmcr.names import Metric
+from cmcr.results.collect import RunTable, metric_histories
+from cmcr.results.tables import CLASSES, IOU, TARGET, Ablation
 
 Figure = go.Figure | str  # a figure, or the reason it could not be drawn
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30, "t": 60, "b": 60}}
+STUDY_TARGET = f"{TARGET} (trial value: mean over seeds)"  # what a sweep trial returns
+MAX_SLICES = 8  # more subplots than this are unreadable on one page
+STUDY_FIGURES = (("history", "Optimisation history"), ("importance", "Parameter importances"),
+                 ("parallel", "Parallel coordinates"), ("slice", "Slices"),
+                 ("contour", "Contour"))  # fmt: skip
 
 
-def _x_order(done: pd.DataFrame) -> pd.Series:
-    """Trial number, else the start order."""
-    if "trial" in done and done["trial"].notna().all():
-        return done["trial"].astype(int)
-    return pd.Series(np.arange(len(done)), index=done.index)
+class _Computed(optuna.importance.BaseImportanceEvaluator):
+    """Hands Optuna importances computed once: they draw the bars and pick the contour's axes."""
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        self.scores = scores
+
+    def evaluate(self, study: Any, params: Any = None, *, target: Any = None) -> dict[str, float]:
+        """The precomputed importances (fANOVA, seed 0)."""
+        return dict(self.scores)
 
 
-def history(rt: RunTable) -> Figure:
-    """Optimisation history: the target per trial and the best so far."""
-    done = rt.complete.assign(_x=lambda d: _x_order(d)).sort_values("_x")
-    if done.empty:
-        return "no finished trial with val/miou yet"
-    fig = go.Figure()
-    fig.add_scatter(x=done["_x"], y=done[TARGET], mode="markers", name="val/miou",
-                    text=done["variant"], hovertemplate="trial %{x}<br>%{y:.4f}<br>%{text}")  # fmt: skip
-    fig.add_scatter(x=done["_x"], y=done[TARGET].cummax(), mode="lines", name="best so far",
-                    line={"shape": "hv"})  # fmt: skip
-    fig.update_layout(title="Optimisation history", xaxis_title="trial", yaxis_title="val/miou",
-                      **LAYOUT)  # fmt: skip
-    return fig
+def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
+    """(id, heading, figure or reason) of Optuna's standard figures, in page order."""
+    vis = optuna.visualization
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    params = sorted({p for t in done for p in t.params})
+    if not done:
+        reason = f"the Optuna study '{study.study_name}' has no complete trial yet"
+        return [(fid, title, reason) for fid, title in STUDY_FIGURES]
+    scores = _importances(study, len(done), params)
+    ranked = list(scores) if isinstance(scores, dict) else params
+    few = f"≥ 2 complete trials (the study has {len(done)})" if len(done) < 2 else ""
+    figs: dict[str, Figure] = {
+        "history": vis.plot_optimization_history(study, target_name=STUDY_TARGET),
+        "importance": scores if isinstance(scores, str) else vis.plot_param_importances(
+            study, evaluator=_Computed(scores), target_name=STUDY_TARGET),
+        "parallel": f"parallel coordinates need {few}" if few else
+        vis.plot_parallel_coordinate(study, target_name=STUDY_TARGET),
+        "slice": vis.plot_slice(study, params=ranked[:MAX_SLICES], target_name=STUDY_TARGET),
+        "contour": _contour(study, ranked, len(done)),
+    }  # fmt: skip
+    if len(ranked) > MAX_SLICES:
+        figs["slice"].update_layout(title=f"Slice plot (the {MAX_SLICES} most important of "
+                                          f"{len(ranked)} params)")  # fmt: skip
+    return [(fid, title, _styled(figs[fid])) for fid, title in STUDY_FIGURES]
 
 
-def _codes(s: pd.Series) -> tuple[np.ndarray, list | None, list | None]:
-    """Numeric values of a param column; categoricals (str, bool, lists) become codes."""
-    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-        return s.astype(float).to_numpy(), None, None
-    text = s.astype(str)
-    cats = sorted(text.unique())
-    return (
-        text.map({c: i for i, c in enumerate(cats)}).to_numpy(float),
-        list(range(len(cats))),
-        cats,
-    )
-
-
-def importances(rt: RunTable, swept: list[str]) -> tuple[Figure, str]:
-    """Parameter importances: Optuna's fANOVA on the study, else the correlation ratio η²."""
-    done = rt.complete
-    if len(swept) < 2 or len(done) < 2:
-        return (f"parameter importances need ≥ 2 swept params and ≥ 2 finished trials "
-                f"(here {len(swept)} param(s), {len(done)} trial(s))"), ""  # fmt: skip
-    scores, method = _fanova(rt, swept)
-    if scores is None:
-        scores, method = _eta_squared(done, swept), "correlation ratio η² (normalised)"
-    names = sorted(scores, key=scores.get)
-    fig = go.Figure(go.Bar(x=[scores[n] for n in names], y=names, orientation="h"))
-    fig.update_layout(title=f"Parameter importances — {method}", xaxis_title="importance",
-                      **{**LAYOUT, "height": max(300, 40 * len(names) + 120)})  # fmt: skip
-    return fig, method
-
-
-def _fanova(rt: RunTable, swept: list[str]) -> tuple[dict | None, str]:
-    """fANOVA over the Optuna study's complete trials, when a study with ≥ 2 params exists."""
-    if rt.study is None:
-        return None, ""
-    import optuna
-
+def _importances(study: optuna.Study, n_done: int, params: list[str]) -> dict[str, float] | str:
+    """fANOVA importances, most important first; the reason when there are none."""
+    if n_done < 2 or not params:
+        return (f"parameter importances need ≥ 2 complete trials and ≥ 1 param "
+                f"(the study has {n_done} trial(s), {len(params)} param(s))")  # fmt: skip
     try:
-        scores = optuna.importance.get_param_importances(
-            rt.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-        )
-    except (ValueError, RuntimeError):  # too few complete trials or a single-valued space
-        return None, ""
-    if len(scores) < 2:
-        return None, ""
-    return dict(scores), "Optuna fANOVA"
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))  # fmt: skip
+    except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same params
+        return f"Optuna could not compute importances: {exc}"
 
 
-def _eta_squared(done: pd.DataFrame, swept: list[str]) -> dict[str, float]:
-    """Share of the target's variance explained by each param alone (numeric: 10 quantile bins)."""
-    y = done[TARGET].to_numpy(float)
-    total = ((y - y.mean()) ** 2).sum()
-    out = {}
-    for p in swept:
-        x, _, _ = _codes(done[p])
-        if len(np.unique(x)) > 10:
-            x = pd.qcut(x, 10, labels=False, duplicates="drop")
-        means = pd.Series(y).groupby(np.asarray(x)).transform("mean").to_numpy()
-        out[p] = float(((means - y.mean()) ** 2).sum() / total) if total > 0 else 0.0
-    s = sum(out.values())
-    return {k: v / s if s > 0 else 0.0 for k, v in out.items()}
-
-
-def parallel(rt: RunTable, swept: list[str]) -> Figure:
-    """Parallel coordinates of the swept params and the target, coloured by the target."""
-    done = rt.complete
-    if not swept or len(done) < 2:
-        return "parallel coordinates need ≥ 1 swept param and ≥ 2 finished trials"
-    dims = []
-    for p in swept:
-        x, tv, tt = _codes(done[p])
-        d = {"label": p, "values": x}
-        if tv is None and _is_numeric(done[p]) and is_log(done[p]):  # lr-like: spread the lines
-            d = {"label": f"log10 {p}", "values": np.log10(x)}
-        if tv is not None:
-            d |= {"tickvals": tv, "ticktext": tt}
-        dims.append(d)
-    y = done[TARGET].to_numpy(float)
-    dims.append({"label": "val/miou", "values": y})
-    fig = go.Figure(go.Parcoords(dimensions=dims, line={"color": y, "colorscale": "Viridis",
-                                                        "showscale": True}))  # fmt: skip
-    fig.update_layout(title="Parallel coordinates", **{**LAYOUT, "margin": {"l": 80, "r": 80,
-                                                                            "t": 90, "b": 40}})  # fmt: skip
+def _contour(study: optuna.Study, ranked: list[str], n_done: int) -> Figure:
+    """Optuna's contour of the two most important params."""
+    if len(ranked) < 2 or n_done < 3:
+        return (f"a contour needs ≥ 2 params and ≥ 3 complete trials (the study has "
+                f"{len(ranked)} param(s), {n_done} trial(s))")  # fmt: skip
+    a, b = ranked[:2]
+    fig = optuna.visualization.plot_contour(study, params=[a, b], target_name=STUDY_TARGET)
+    fig.update_layout(title=f"Contour: {a} × {b} (the two most important params)")
     return fig
 
 
-def slices(rt: RunTable, swept: list[str]) -> Figure:
-    """One scatter per swept param: its value against the target."""
-    done = rt.complete
-    if not swept or done.empty:
-        return "slice plots need ≥ 1 swept param"
-    shown = swept[:8]
-    cols = min(4, len(shown))
-    rows = -(-len(shown) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=shown, shared_yaxes=True)
-    for i, p in enumerate(shown):
-        x = done[p]
-        x = x.astype(str) if not pd.api.types.is_numeric_dtype(x) or x.dtype == bool else x
-        fig.add_scatter(x=x, y=done[TARGET], mode="markers", showlegend=False,
-                        marker={"color": _x_order(done), "colorscale": "Blues", "size": 7},
-                        row=i // cols + 1, col=i % cols + 1)  # fmt: skip
-    for i, p in enumerate(shown):
-        if _is_numeric(done[p]) and is_log(done[p]):
-            fig.update_xaxes(type="log", row=i // cols + 1, col=i % cols + 1)
-    fig.update_yaxes(title_text="val/miou", col=1)
-    note = f" (first 8 of {len(swept)})" if len(swept) > 8 else ""
-    fig.update_layout(title=f"Slice plots{note}", **{**LAYOUT, "height": 320 * rows + 80})
+def _styled(fig: Figure) -> Figure:
+    """The page's look on Optuna's figures; an empty one becomes a reason."""
+    if isinstance(fig, str):
+        return fig
+    if not fig.data:  # Optuna draws an empty figure (and logs a warning) when it has nothing
+        return "Optuna had nothing to draw"
+    fig.update_layout(template=LAYOUT["template"], margin=LAYOUT["margin"])
     return fig
-
-
-def contour(rt: RunTable, swept: list[str], ranked: list[str]) -> Figure:
-    """Mean target over the two most important numeric params (binned 2-D average)."""
-    done = rt.complete
-    numeric = [p for p in ranked + swept if p in swept and _is_numeric(done[p])]
-    numeric = list(dict.fromkeys(numeric))
-    if len(numeric) < 2 or len(done) < 3:
-        return "a contour needs ≥ 2 numeric swept params and ≥ 3 finished trials"
-    a, b = numeric[:2]
-    (xc, xlog), (yc, ylog) = _bins(done[a]), _bins(done[b])
-    grid = _binned_mean(done, a, b, xc, yc, xlog, ylog)  # (len(yc), len(xc)), NaN where empty
-    fig = go.Figure()
-    fig.add_trace(go.Contour(x=xc, y=yc, z=grid, connectgaps=True, colorscale="Viridis",
-                             colorbar={"title": {"text": "val/miou"}}))  # fmt: skip
-    fig.add_scatter(x=done[a], y=done[b], mode="markers", showlegend=False,
-                    marker={"color": "white", "size": 5, "line": {"color": "black", "width": 1}})  # fmt: skip
-    fig.update_xaxes(type="log" if xlog else "linear")
-    fig.update_yaxes(type="log" if ylog else "linear")
-    fig.update_layout(title=f"Contour: {a} × {b} (mean val/miou per cell, gaps interpolated)",
-                      xaxis_title=a, yaxis_title=b, **LAYOUT)  # fmt: skip
-    return fig
-
-
-def is_log(s: pd.Series) -> bool:
-    """A log axis suits values spanning > 50× with most of them in the bottom fifth (lr-like)."""
-    lo, hi, med = float(s.min()), float(s.max()), float(s.median())
-    return lo > 0 and hi / lo > 50 and med < lo + 0.2 * (hi - lo)
-
-
-def _bins(s: pd.Series, n: int = 8) -> tuple[np.ndarray, bool]:
-    """Cell centres over the param's range; log-spaced when it spans > 50×."""
-    lo, hi = float(s.min()), float(s.max())
-    log = is_log(s)
-    edges = np.geomspace(lo, hi, n + 1) if log else np.linspace(lo, hi, n + 1)
-    return (np.sqrt(edges[:-1] * edges[1:]) if log else (edges[:-1] + edges[1:]) / 2), log
-
-
-def _binned_mean(done: pd.DataFrame, a: str, b: str, xc: np.ndarray, yc: np.ndarray,
-                 xlog: bool, ylog: bool) -> np.ndarray:  # fmt: skip
-    """Mean target of the runs in each (y, x) cell: nearest centre on each axis."""
-
-    def idx(v: pd.Series, centres: np.ndarray, log: bool) -> np.ndarray:
-        f = np.log if log else (lambda t: t)
-        return np.abs(f(v.to_numpy(float))[:, None] - f(centres)[None, :]).argmin(1)  # (R,)
-
-    ix, iy = idx(done[a], xc, xlog), idx(done[b], yc, ylog)
-    total = np.zeros((len(yc), len(xc)))
-    count = np.zeros_like(total)
-    np.add.at(total, (iy, ix), done[TARGET].to_numpy(float))
-    np.add.at(count, (iy, ix), 1)
-    with np.errstate(invalid="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def _is_numeric(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s) and s.dtype != bool and s.nunique() > 1
 
 
 def per_class(ab: Ablation, max_configs: int = 8) -> Figure:
     """Per-class IoU bars (mean ± std over seeds) of the baseline and the best configurations."""
     t = ab.table
-    cols = [c for c in CLASSES if f"val/iou_{c}_mean" in t]
+    cols = [c for c in CLASSES if f"{IOU}{c}_mean" in t]
     if not cols:
-        return "no per-class IoU metrics (val/iou_<class>) were logged"
+        return f"no per-class IoU metrics ({IOU}<class>) were logged"
     base = int(np.flatnonzero(t["config"].to_numpy() == ab.baseline)[0])
     rows = list(range(len(t)))
     if len(rows) > max_configs:
@@ -215,9 +112,9 @@ def per_class(ab: Ablation, max_configs: int = 8) -> Figure:
     fig = go.Figure()
     for i in rows:
         fig.add_bar(name=t.at[i, "config"], x=cols,
-                    y=[t.at[i, f"val/iou_{c}_mean"] * 100 for c in cols],
+                    y=[t.at[i, f"{IOU}{c}_mean"] * 100 for c in cols],
                     error_y={"type": "data",
-                             "array": [np.nan_to_num(t.at[i, f"val/iou_{c}_std"]) * 100
+                             "array": [np.nan_to_num(t.at[i, f"{IOU}{c}_std"]) * 100
                                        for c in cols]})  # fmt: skip
     more = f" (baseline and best {len(rows) - 1} of {len(t)})" if len(t) > len(rows) else ""
     fig.update_layout(title=f"Per-class IoU{more}", yaxis_title="IoU (%)", barmode="group",
@@ -248,24 +145,24 @@ def loss_curves(rt: RunTable) -> Figure:
     best = done.loc[done[TARGET].idxmax()]
     worst = done.loc[done[TARGET].idxmin()]
     picks = [("best", best)] + ([("worst", worst)] if worst["run_id"] != best["run_id"] else [])
-    keys = [k for k in rt.metrics if k.startswith("train/loss")] + [TARGET]
+    keys = [k for k in rt.metrics if k.startswith(Metric.TRAIN_LOSS)] + [TARGET]
     # Only these two runs: get_metric_history is one request per run and key.
     hist = metric_histories(rt.tracking_uri, [r["run_id"] for _, r in picks], keys)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("train losses", "val/miou per epoch"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("train losses", f"{TARGET} per epoch"))
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
                "#b6e880", "#ff97ff"]  # fmt: skip
-    terms = sorted((k for k in keys if k != TARGET), key=lambda k: (k != "train/loss", k))
+    terms = sorted((k for k in keys if k != TARGET), key=lambda k: (k != Metric.TRAIN_LOSS, k))
     for (tag, run), dash in zip(picks, ("solid", "dot"), strict=False):
         h = hist[hist["run_id"] == run["run_id"]]
         for j, key in enumerate(terms):  # one legend entry per term; dash tells best/worst
             s = h[h["key"] == key]
-            color = "#222" if key == "train/loss" else palette[j % len(palette)]
+            color = "#222" if key == Metric.TRAIN_LOSS else palette[j % len(palette)]
             fig.add_scatter(x=s["step"], y=s["value"], mode="lines", name=key, legendgroup=key,
                             showlegend=tag == "best", row=1, col=1,
                             line={"dash": dash, "color": color,
-                                  "width": 3 if key == "train/loss" else 1.5})  # fmt: skip
+                                  "width": 3 if key == Metric.TRAIN_LOSS else 1.5})  # fmt: skip
         s = h[h["key"] == TARGET]
-        fig.add_scatter(x=s["step"], y=s["value"], mode="lines+markers", name=f"val/miou ({tag})",
+        fig.add_scatter(x=s["step"], y=s["value"], mode="lines+markers", name=f"{TARGET} ({tag})",
                         line={"dash": dash, "color": "black"}, row=1, col=2)  # fmt: skip
     names = " and ".join(f"{t} = trial {r['trial']} ({r[TARGET]:.3f})" for t, r in picks)
     fig.update_xaxes(title_text="optimiser step", row=1, col=1)

@@ -2,30 +2,27 @@
 
 ``python dashboards/build.py --study NAME`` → ``reports/NAME/``: ablation.{md,csv,tex},
 incomplete.csv and index.html (plotly.js inlined once: the page works offline). The files are
-also logged as artifacts (``report/``) on the study's parent run when there is one.
+also logged as artifacts (``report/``) on the study's parent run when there is one. The page is
+rendered from ``templates/report.html.j2`` (Jinja2, autoescaped); figures come from
+``figures.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
+import functools
 import re
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
+import jinja2
+from markupsafe import Markup
 
 from cmcr.errors import CMCRError
+from cmcr.names import DEFAULT_STORAGE
 from cmcr.results import figures as F
-from cmcr.results.collect import (
-    DEFAULT_STORAGE,
-    ReportError,
-    RunTable,
-    Selection,
-    collect,
-    redact,
-)
+from cmcr.results.collect import ReportError, RunTable, Selection, collect, redact
 from cmcr.results.tables import (
     Ablation,
     ablation,
@@ -37,15 +34,6 @@ from cmcr.results.tables import (
 )
 
 HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1300px;color:#222}
-h1{margin-bottom:4px} .meta{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:12px;margin:8px 0;display:block;overflow-x:auto}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-td:first-child,th:first-child{text-align:left} thead th{background:#f3f3f3}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;margin:8px 0;font-size:13px}
-.fig{border:1px solid #eee;margin:14px 0}
-"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,70 +133,64 @@ def _log_artifacts(rt: RunTable, out: Path) -> str | None:
     return rt.parent_run_id
 
 
-def _figures(rt: RunTable, ab: Ablation | None) -> list[tuple[str, str, F.Figure]]:
-    """(id, heading, figure or reason) in page order."""
-    swept = rt.swept()
-    imp, method = F.importances(rt, swept)
-    ranked = list(reversed(imp.data[0].y)) if not isinstance(imp, str) else []
-    out = [("history", "Optimisation history", F.history(rt)),
-           ("importance", "Parameter importances", imp),
-           ("parallel", "Parallel coordinates", F.parallel(rt, swept)),
-           ("slice", "Slices", F.slices(rt, swept)),
-           ("contour", "Contour", F.contour(rt, swept, ranked))]  # fmt: skip
-    if ab is not None:
-        out += [("summary", "mIoU per configuration", F.summary_bars(ab)),
-                ("per_class", "Per-class IoU", F.per_class(ab))]  # fmt: skip
-    out.append(("loss", "Loss curves", F.loss_curves(rt)))
-    return out
+def _study_note(rt: RunTable, sel: Selection) -> str:
+    """Why Optuna's standard figures are missing; empty when the study was found."""
+    if rt.study is not None:
+        return ""
+    if not sel.study:
+        return "the runs were selected without a study (--study), so there is no Optuna study"
+    storage = redact(sel.storage or DEFAULT_STORAGE)
+    return f"the Optuna study '{sel.study}' is not in the storage {storage} (see --storage)"
+
+
+def _figures(rt: RunTable, ab: Ablation | None) -> tuple[list[dict], list[dict]]:
+    """Optuna's study figures and the run figures, as the template's dicts, in page order."""
+    study = F.study_figures(rt.study) if rt.study is not None else []
+    runs = [("summary", "mIoU per configuration", F.summary_bars(ab)),
+            ("per_class", "Per-class IoU", F.per_class(ab))] if ab is not None else []  # fmt: skip
+    runs.append(("loss", "Loss curves", F.loss_curves(rt)))
+    return [_for_template(*f) for f in study], [_for_template(*f) for f in runs]
+
+
+def _for_template(fid: str, title: str, fig: F.Figure) -> dict:
+    """One figure as the template reads it: the plotly div (trusted markup) or the reason."""
+    if isinstance(fig, str):
+        return {"id": fid, "title": title, "reason": fig, "div": None}
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fid}",
+                      config={"displaylogo": False})  # fmt: skip
+    return {"id": fid, "title": title, "reason": None, "div": Markup(div)}
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    """The page template, shipped as package data; autoescaping on for every value."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("cmcr.results", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+    return env.get_template("report.html.j2")
 
 
 def render_page(rt: RunTable, ab: Ablation | None, sel: Selection) -> str:
     """The whole static page: one inline plotly.js, every figure, the tables."""
     from plotly.offline import get_plotlyjs
 
-    parts = [_header(rt, sel)]
-    parts += [f'<p class="note">{html.escape(n)}</p>' for n in rt.notes]
-    parts.append("<h2>Ablation</h2>")
-    if ab is None:
-        parts.append('<p class="note">No finished run has val/miou yet: nothing to average.</p>')
-    else:
-        more = len(ab.table) > HTML_MAX_ROWS
-        parts.append(to_html(ab, HTML_MAX_ROWS))
-        parts.append(f'<p class="meta">IoU in %, mean ± std over seeds; Δ to '
-                     f"'{html.escape(ab.baseline)}'; best in bold"
-                     + (f"; best {HTML_MAX_ROWS} of {len(ab.table)} rows shown, all in "
-                        "ablation.csv" if more else "") + ".</p>")  # fmt: skip
-    for fid, title, fig in _figures(rt, ab):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if isinstance(fig, str):
-            parts.append(f'<p class="note" id="note-{fid}">Not drawn: {html.escape(fig)}.</p>')
-        else:
-            div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fid}",
-                              config={"displaylogo": False})  # fmt: skip
-            parts.append(f'<div class="fig">{div}</div>')
-    parts.append("<h2>Unfinished, failed and pruned runs (not averaged)</h2>")
-    parts.append(_plain_table(incomplete_table(rt)))
-    body = "\n".join(parts)
-    title = html.escape(f"CMCR report — {sel.study or sel.experiment}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{CSS}</style><script type=\"text/javascript\">{get_plotlyjs()}</script>"
-            f"</head><body>\n{body}\n</body></html>\n")  # fmt: skip
-
-
-def _header(rt: RunTable, sel: Selection) -> str:
-    what = f"study <b>{html.escape(sel.study)}</b>" if sel.study else "runs"
-    filt = f", filter <code>{html.escape(sel.filter_string)}</code>" if sel.filter_string else ""
-    optuna = "Optuna study found" if rt.study is not None else "no Optuna study"
-    return (f"<h1>CMCR report</h1><p class=\"meta\">{what} in experiment "
-            f"<b>{html.escape(sel.experiment)}</b>{filt} · {html.escape(redact(rt.tracking_uri))}"
-            f" · {len(rt.complete)} finished of {len(rt.runs)} runs · {optuna} · built "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")  # fmt: skip
-
-
-def _plain_table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return '<p class="meta">none</p>'
-    return df.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.4f}", border=0)
+    study_figs, run_figs = _figures(rt, ab)
+    inc = incomplete_table(rt)
+    table = None
+    if ab is not None:
+        table = {"table": Markup(to_html(ab, HTML_MAX_ROWS)), "baseline": ab.baseline,
+                 "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table)}  # fmt: skip
+    return _template().render(
+        name=sel.study or sel.experiment, study=sel.study, experiment=sel.experiment,
+        filter_string=sel.filter_string, tracking_uri=redact(rt.tracking_uri),
+        n_complete=len(rt.complete), n_runs=len(rt.runs), study_found=rt.study is not None,
+        built=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), notes=rt.notes,
+        target=F.TARGET, ablation=table, study_note=_study_note(rt, sel),
+        study_figures=study_figs, run_figures=run_figs,
+        incomplete=Markup(inc.to_html(index=False, na_rep="—", border=0,
+                                      float_format=lambda v: f"{v:.4f}")) if len(inc) else "",
+        plotlyjs=Markup(get_plotlyjs()),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,15 @@ import pandas as pd
 
 from cmcr.configs import COMPONENTS
 from cmcr.data.classes import CHALLENGE_CLASSES
-from cmcr.results.collect import TARGET, RunTable
+from cmcr.names import Metric
+from cmcr.results.collect import RunTable
 
 CLASSES = CHALLENGE_CLASSES[1:]
 # The paper's row order for the components study; other variants follow, sorted.
 VARIANT_ORDER = ("random", "ppkt", "cmcr") + tuple(f"cmcr-{c}" for c in COMPONENTS)
-SUMMARY = (TARGET, "val/fwiou")
+TARGET = Metric.VAL_MIOU
+IOU = Metric.VAL_IOU_PREFIX
+SUMMARY = (TARGET, Metric.VAL_FWIOU)
 
 
 @dataclass
@@ -56,7 +59,7 @@ def ablation(rt: RunTable) -> Ablation:
     done = rt.complete
     keys = group_keys(rt)
     metrics = [m for m in SUMMARY if m in done] + [
-        f"val/iou_{c}" for c in CLASSES if f"val/iou_{c}" in done
+        f"{IOU}{c}" for c in CLASSES if f"{IOU}{c}" in done
     ]
     grouped = done.assign(_key=_row_keys(done, keys)).groupby("_key", sort=False)
     agg = grouped[metrics].agg(["mean", "std"])  # std: sample std (ddof=1) over seeds
@@ -130,8 +133,8 @@ def _baseline_index(out: pd.DataFrame, keys: list[str]) -> int:
 
 def _headers(ab: Ablation) -> list[tuple[str, str]]:
     """(csv metric key, display header) of the displayed metric columns."""
-    short = {TARGET: "mIoU", "val/fwiou": "fwIoU"}
-    return [(m, short.get(m, m.removeprefix("val/iou_"))) for m in ab.metrics]
+    short = {TARGET: "mIoU", Metric.VAL_FWIOU: "fwIoU"}
+    return [(m, short.get(m, m.removeprefix(IOU))) for m in ab.metrics]
 
 
 def _cells(ab: Ablation, bold: callable, pm: str, dash: str) -> list[list[str]]:
@@ -228,7 +231,7 @@ def incomplete_table(rt: RunTable) -> pd.DataFrame:
     df = rt.incomplete
     cols = ["run_id", "trial", "variant", "seed", "state", "status", "status_reason"]
     out = df[[c for c in cols if c in df]].copy()
-    out["last val/miou"] = df.get(TARGET, np.nan)
+    out[f"last {TARGET}"] = df.get(TARGET, np.nan)
     if "status_reason" in out:
         out["status_reason"] = out["status_reason"].fillna("")
     return out.reset_index(drop=True)

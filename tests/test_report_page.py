@@ -1,0 +1,124 @@
+"""The report page: Optuna's standard figures, the template (escaping, package data), notes."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cmcr.results import fake_runs
+from cmcr.results import figures as F
+from cmcr.results.collect import Selection, collect
+from cmcr.results.report import build, render_page
+from cmcr.results.tables import ablation
+
+REPO = Path(__file__).resolve().parents[1]
+NO_STORAGE = "sqlite:////nonexistent/optuna.db"  # never the cwd's runs/optuna.db
+
+
+def _study(n: int, log_lr: bool = True) -> optuna.Study:
+    """In memory: the value depends mostly on ``w``, a little on ``lr``, not on ``k``."""
+    study = optuna.create_study(direction="maximize")
+    dists = {"w": optuna.distributions.FloatDistribution(0.0, 2.0),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=log_lr),
+             "k": optuna.distributions.CategoricalDistribution(["a", "b"])}  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = {"w": float(rng.uniform(0, 2)), "lr": float(10 ** rng.uniform(-4, -2)),
+             "k": "ab"[i % 2]}  # fmt: skip
+        value = p["w"] - 0.5 * abs(np.log10(p["lr"]) + 3)
+        study.add_trial(optuna.trial.create_trial(params=p, distributions=dists, value=value))
+    return study
+
+
+def test_standard_figures_come_from_optuna() -> None:
+    """Five figures in page order; the contour is over the two most important params."""
+    figs = F.study_figures(_study(30))
+    assert [f[0] for f in figs] == ["history", "importance", "parallel", "slice", "contour"]
+    assert all(not isinstance(fig, str) and fig.data for _, _, fig in figs)
+    by_id = {fid: fig for fid, _, fig in figs}
+    imp = by_id["importance"].data[0]
+    assert list(imp.y)[-1] == "w"  # Optuna draws the most important bar last (on top)
+    assert "w × lr" in by_id["contour"].layout.title.text
+    assert "Optimization History" in by_id["history"].layout.title.text  # Optuna's own figure
+
+
+@pytest.mark.parametrize("log_lr", [True, False])
+def test_lr_axis_follows_the_distribution(log_lr: bool) -> None:
+    """The slice plot puts lr on a log axis exactly when its distribution says log=True."""
+    fig = dict((fid, f) for fid, _, f in F.study_figures(_study(12, log_lr)))["slice"]
+    axes = [fig.layout[k] for k in fig.layout if k.startswith("xaxis")]
+    lr_axes = [a for a in axes if a.title.text == "lr"]
+    assert len(lr_axes) == 1
+    assert (lr_axes[0].type == "log") is log_lr
+
+
+def test_too_few_trials_give_reasons() -> None:
+    """No complete trial: every figure is a reason; two trials: no contour, with why."""
+    empty = F.study_figures(optuna.create_study())
+    assert all(isinstance(fig, str) and "no complete trial" in fig for _, _, fig in empty)
+    two = dict((fid, f) for fid, _, f in F.study_figures(_study(2)))
+    assert isinstance(two["contour"], str) and "≥ 3 complete trials" in two["contour"]
+    assert not isinstance(two["history"], str)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small random sweep in MLflow only (no Optuna study)."""
+    root = tmp_path_factory.mktemp("page")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(root / "art"))
+    fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=4)
+    return uri
+
+
+def test_runs_without_study_say_so(runs: str, tmp_path: Path) -> None:
+    """Runs selected by experiment: a note replaces Optuna's figures; run figures remain."""
+    build(Selection(tracking_uri=runs), tmp_path / "rep", log=False)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert 'id="note-study"' in page and "selected without a study" in page
+    assert 'id="fig-history"' not in page and 'id="fig-loss"' in page
+
+
+def test_page_escapes_what_it_is_given(runs: str) -> None:
+    """Autoescaping: a filter or note with markup shows as text, never as an element."""
+    sel = Selection(tracking_uri=runs, study="weights", storage=NO_STORAGE)
+    rt = collect(sel)
+    rt.notes.append("<b>note</b>")
+    evil = dataclasses.replace(sel, filter_string="params.x = '<script>alert(1)</script>'")
+    page = render_page(rt, ablation(rt), evil)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page
+    assert "&lt;b&gt;note&lt;/b&gt;" in page
+    assert '<table class="ablation">' in page  # trusted markup is not escaped
+    assert "Optuna's figures show every trial" not in page  # no study: nothing to explain
+
+
+def test_filtered_page_says_study_figures_cover_every_trial(runs: str) -> None:
+    """With a study and --filter, the page says the filter does not reach Optuna's figures."""
+    sel = Selection(tracking_uri=runs, study="weights", storage=NO_STORAGE)
+    rt = collect(sel)
+    rt.study = _study(5)
+    filtered = dataclasses.replace(sel, filter_string="params.`train.seed` != '9'")
+    page = render_page(rt, ablation(rt), filtered)
+    assert 'id="fig-history"' in page and 'id="note-study"' not in page
+    assert "Optuna's figures show every trial" in page
+    assert "Optuna's figures show every trial" not in render_page(rt, ablation(rt), sel)
+
+
+def test_template_ships_as_package_data() -> None:
+    """pyproject's package-data globs cover every template file."""
+    # tomllib is 3.11+, the project supports 3.10: read the one line of the section
+    section = (REPO / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    globs = re.findall(r'"([^"]+)"', re.search(r"^cmcr = \[(.*)\]$", section, re.M).group(1))
+    templates = sorted((REPO / "cmcr").glob("results/templates/*"))
+    assert [t.name for t in templates] == ["report.html.j2"]
+    for t in templates:
+        rel = t.relative_to(REPO / "cmcr").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
