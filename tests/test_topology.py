@@ -202,6 +202,8 @@ def _run_workers(
         for proc, log in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             assert proc.returncode == 0, log.read_text()[-3000:]
+            # MLflow's "View run ... at: <server URL>" line is switched off (issue 14)
+            assert "View run" not in log.read_text()
     finally:
         for proc, _ in procs:
             _stop(proc)

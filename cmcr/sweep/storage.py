@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cmcr.errors import CMCRError
+from cmcr.names import DEFAULT_STORAGE
 from cmcr.uris import redact, sqlite_path
 
 SQLITE_TIMEOUT_S = 60
@@ -35,7 +36,7 @@ def check_url(url: str) -> None:
     """Reject URLs Optuna cannot use, before anything is created."""
     if "://" not in url:
         raise StorageError(
-            f"--storage '{redact(url)}': expected a URL such as sqlite:///runs/optuna.db "
+            f"--storage '{redact(url)}': expected a URL such as {DEFAULT_STORAGE} "
             "or postgresql://user@host:5432/db"
         )
     scheme = url.split("://", 1)[0].split("+", 1)[0]
