@@ -89,6 +89,10 @@ def test_resume_continues_same_run_and_unknown_id_fails(store):
     with pytest.raises(TrackingError, match="train.lr"):
         RunLogger.start(other, kind="pretrain", run_id=first.run_id)
     assert again.client.get_run(first.run_id).info.status == "FINISHED"  # refused: untouched
+    # machine-local keys (names.LOCAL_KEYS) may differ on resume: another machine's dataroot
+    moved = _cfg(store, **{"data.num_workers": 7, "tracking.system_metrics": False})
+    RunLogger.start(moved, kind="pretrain", run_id=first.run_id).end()
+    assert again.client.get_run(first.run_id).data.params["data.num_workers"] != "7"
 
 
 def test_context_manager_failure_and_interrupt_states(store):
