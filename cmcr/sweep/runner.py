@@ -4,7 +4,8 @@ Order matters: everything that can be wrong with the input (study file, space bo
 overrides, storage URL and reachability) is checked before the storage is written, so bad
 input leaves no study behind. Setup runs under a study lock, so several processes started
 at once (on one machine with SQLite, or several with PostgreSQL) create one study, one parent
-run and exactly ``n_trials`` queued trials.
+run and exactly ``n_trials`` queued trials. The workers' loop is cmcr.sweep.worker; the
+options are declared in cmcr.sweep.options.
 """
 
 from __future__ import annotations
