@@ -89,8 +89,9 @@ class Attr:
     SEEDS = "cmcr.seeds"
     OVERRIDES = "cmcr.overrides"
     N_TRIALS = "cmcr.n_trials"
-    # trial system attr Optuna's RetryFailedTrialCallback writes
+    # trial system attrs Optuna's RetryFailedTrialCallback writes
     FAILED_TRIAL = "failed_trial"
+    RETRY_HISTORY = "retry_history"
 
 
 # Overrides that say where this machine keeps things, not what the experiment computes: they may

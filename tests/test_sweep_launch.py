@@ -19,6 +19,7 @@ from cmcr.engine.tracking import make_client
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
+WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
 STUDY = """\
 name: two_rank
 direction: maximize
@@ -51,10 +52,16 @@ ACCELERATE = [
 
 
 def _launch(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, launcher: list[str] = TORCHRUN
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    launcher: list[str] = TORCHRUN,
+    trial_fn: str | None = None,
 ) -> subprocess.CompletedProcess:
+    """Every rank runs sweeps/run.py, or with ``trial_fn`` the test entry point that injects it."""
+    script = [RUN] if trial_fn is None else [WITH_TRIAL_FN, trial_fn]
     cmd = [
-        *launcher, RUN, "--study", str(tmp_path / "two.yaml"), "--pruner", "none",
+        *launcher, *script, "--study", str(tmp_path / "two.yaml"), "--pruner", "none",
         "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
         "--set", f"tracking.output_dir={tmp_path / 'runs'}", *extra,
     ]  # fmt: skip
@@ -119,12 +126,8 @@ def run(cfg, *, run_id=None, parent_run_id=None, tags=None, report=None):
 def test_rank0_failure_ends_launch_and_next_launch_retries(tmp_path):
     (tmp_path / "two.yaml").write_text(STUDY)
     (tmp_path / "hook.py").write_text(HOOK)
-    env = {
-        "CMCR_SWEEP_TEST_TRIAL_FN": "hook:run",
-        "PYTHONPATH": str(tmp_path),
-        "FAIL_ONCE_FLAG": str(tmp_path / "failed-once"),
-    }
-    first = _launch(tmp_path, env=env)
+    env = {"PYTHONPATH": str(tmp_path), "FAIL_ONCE_FLAG": str(tmp_path / "failed-once")}
+    first = _launch(tmp_path, env=env, trial_fn="hook:run")
     assert first.returncode != 0, first.stdout[-2000:]
     assert "failed on rank 0" in first.stderr and "boom on rank 0" in first.stderr
     storage = f"sqlite:///{tmp_path / 'o.db'}"
@@ -132,7 +135,7 @@ def test_rank0_failure_ends_launch_and_next_launch_retries(tmp_path):
     states = sorted(t.state.name for t in study.get_trials())
     assert states == ["FAIL", "WAITING", "WAITING"]  # the failure recorded, its retry queued
 
-    second = _launch(tmp_path, env=env)
+    second = _launch(tmp_path, env=env, trial_fn="hook:run")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     trials = optuna.load_study(study_name="two_rank", storage=storage).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -160,8 +163,8 @@ def test_divergence_on_every_rank_fails_the_trial_and_the_launch_goes_on(tmp_pat
     """Under `accelerate launch --multi_gpu --num_processes 2`, as the compose profile runs it."""
     (tmp_path / "two.yaml").write_text(STUDY)
     (tmp_path / "hook.py").write_text(DIVERGE_HOOK)
-    env = {"CMCR_SWEEP_TEST_TRIAL_FN": "hook:run", "PYTHONPATH": str(tmp_path)}
-    out = _launch(tmp_path, env=env, launcher=ACCELERATE)
+    env = {"PYTHONPATH": str(tmp_path)}
+    out = _launch(tmp_path, env=env, launcher=ACCELERATE, trial_fn="hook:run")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     trials = optuna.load_study(
         study_name="two_rank", storage=f"sqlite:///{tmp_path / 'o.db'}"

@@ -18,6 +18,7 @@ from cmcr.sweep.storage import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
+WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DRIVER = driver_url(PG)  # what optuna/SQLAlchemy are given in this file
 # trust auth ignores the password: it is there to prove it never reaches MLflow
@@ -134,7 +135,7 @@ def test_workers_2_on_the_embedded_default(tmp_path, smoke_world):
 
 
 def test_workers_2_sqlite_under_contention(tmp_path):
-    """Many near-instant trials (training replaced through the test hook) make both workers
+    """Many near-instant trials (training replaced through tests/sweep_with_trial_fn.py) make both workers
     hit the SQLite file constantly: still no lock error, no lost or doubled trial."""
     hook = tmp_path / "noop_trial.py"
     hook.write_text(
@@ -143,9 +144,9 @@ def test_workers_2_sqlite_under_contention(tmp_path):
         "    if report: report(0, cfg.data.mask_ratio)\n"
         "    return DownstreamResult(run_id, cfg.data.mask_ratio, 0.0, {})\n"
     )
-    env = _env(CMCR_SWEEP_TEST_TRIAL_FN="noop_trial:run", PYTHONPATH=str(tmp_path))
+    env = _env(PYTHONPATH=str(tmp_path))
     cmd = [
-        sys.executable, RUN, "--study", "mask_ratio", "--n-trials", "30", "--workers", "2", "--pruner", "none",
+        sys.executable, WITH_TRIAL_FN, "noop_trial:run", "--study", "mask_ratio", "--n-trials", "30", "--workers", "2", "--pruner", "none",
         "--preset", "smoke", "--storage", f"sqlite:///{tmp_path / 'o.db'}",
         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
     ]  # fmt: skip

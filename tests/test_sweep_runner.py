@@ -20,8 +20,10 @@ from optuna.trial import TrialState
 
 from cmcr.engine.downstream import DownstreamResult
 from cmcr.engine.train import TrainingDiverged
+from cmcr.names import Attr
 from cmcr.sweep import cli
-from cmcr.sweep.trials import FAIL_REASON_ATTR, WORKER_ATTR
+
+FAIL_REASON_ATTR, WORKER_ATTR = Attr.FAIL_REASON, Attr.WORKER
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def mlflow_server(databases: tuple[str, str], tmp_path: Path) -> Iterator[int]:
 
 
 def light_trial(cfg, *, run_id, parent_run_id, tags, report):  # noqa: ANN001, ANN201
-    """Stand-in for run_trial (via the sweep's CMCR_SWEEP_TEST_TRIAL_FN hook): no training.
+    """Stand-in for run_trial (injected by tests/sweep_with_trial_fn.py): no training.
 
     It meets the other worker first (a file barrier, so both hold a trial at once: the
     concurrency under test), logs val/miou through the tracking server and ends the run.
@@ -172,10 +172,15 @@ def _run_workers(
     tmp_path: Path,
     extra_env: dict,
     timeout: int,
+    trial_fn: str | None = None,
 ) -> None:
-    """Two `python sweeps/run.py` processes on one study, each in its own working directory."""
+    """Two `python sweeps/run.py` processes on one study, each in its own working directory
+    (with ``trial_fn``: the test entry point that injects that stand-in for run_trial)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", **extra_env}
-    cmd = [sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", "loss_weights"]
+    script = [str(ROOT / "sweeps" / "run.py")]
+    if trial_fn is not None:
+        script = [str(ROOT / "tests" / "sweep_with_trial_fn.py"), trial_fn]
+    cmd = [sys.executable, *script, "--study", "loss_weights"]
     cmd += ["--preset", "smoke", "--n-trials", str(n_trials), "--storage", storage]
     cmd += ["--pruner", "none", "--set", f"data.dataroot={world}"]
     # compose's optuna-init step: the schema exists before the workers race to create it
@@ -197,6 +202,8 @@ def _run_workers(
         for proc, log in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             assert proc.returncode == 0, log.read_text()[-3000:]
+            # MLflow's "View run ... at: <server URL>" line is switched off (issue 14)
+            assert "View run" not in log.read_text()
     finally:
         for proc, _ in procs:
             _stop(proc)
@@ -257,12 +264,11 @@ def test_two_workers_share_one_study_through_the_mlflow_server(
     storage = PG_URL.format(db=databases[1])
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    hook = {
-        "CMCR_SWEEP_TEST_TRIAL_FN": "test_topology:light_trial",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-        BARRIER_ENV: str(barrier),
-    }
-    _run_workers(mlflow_server, storage, smoke_world, N_TRIALS, tmp_path, hook, timeout=240)
+    env = {BARRIER_ENV: str(barrier)}
+    _run_workers(
+        mlflow_server, storage, smoke_world, N_TRIALS, tmp_path, env, timeout=240,
+        trial_fn="test_topology:light_trial",
+    )  # fmt: skip
     assert len(list(barrier.iterdir())) == 2  # two worker processes each ran trials
     _check_study_and_runs(mlflow_server, storage, N_TRIALS)
 

@@ -89,6 +89,10 @@ def test_resume_continues_same_run_and_unknown_id_fails(store):
     with pytest.raises(TrackingError, match="train.lr"):
         RunLogger.start(other, kind="pretrain", run_id=first.run_id)
     assert again.client.get_run(first.run_id).info.status == "FINISHED"  # refused: untouched
+    # machine-local keys (names.LOCAL_KEYS) may differ on resume: another machine's dataroot
+    moved = _cfg(store, **{"data.num_workers": 7, "tracking.system_metrics": False})
+    RunLogger.start(moved, kind="pretrain", run_id=first.run_id).end()
+    assert again.client.get_run(first.run_id).data.params["data.num_workers"] != "7"
 
 
 def test_context_manager_failure_and_interrupt_states(store):
@@ -139,3 +143,46 @@ def test_log_figure_plotly_and_matplotlib(store):
         plt.close(fig)
     names = {f.path for f in log.client.list_artifacts(log.run_id, "figs")}
     assert names == {"figs/curve.html", "figs/curve.png"}
+
+
+def test_run_life_by_id_end_mark_reopen(store):
+    """The facade the sweep uses: end with a redacted reason, tag the Optuna state without
+    touching a finished run, end one left RUNNING, reopen a run (issue 15)."""
+    from cmcr.engine.tracking import end_run, mark_state, reopen, set_tag_shared
+
+    cfg = _cfg(store, **{"tracking.system_metrics": False})
+    done = RunLogger.start(cfg, kind="trial", log_params=False)
+    done.end("FINISHED")
+    left = RunLogger.start(cfg, kind="trial", log_params=False)  # a trainer that never ended it
+    mark_state(store, done.run_id, "FAIL", "FAILED", "seed 1 failed")
+    mark_state(store, left.run_id, "FAIL", "FAILED", "ValueError: postgresql://u:pw1@h/db")
+    runs = {r: done.client.get_run(r) for r in (done.run_id, left.run_id)}
+    assert runs[done.run_id].info.status == "FINISHED"  # a finished seed stays finished
+    assert runs[left.run_id].info.status == "FAILED"
+    assert {r.data.tags["optuna.state"] for r in runs.values()} == {"FAIL"}
+    assert (
+        runs[left.run_id].data.tags["cmcr.status_reason"] == "ValueError: postgresql://u:***@h/db"
+    )
+    reopen(store, left.run_id, {"cmcr.n_trials": "3"})
+    run = done.client.get_run(left.run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["cmcr.n_trials"] == "3"
+    set_tag_shared(store, left.run_id, "optuna.best_trial", "2")
+    end_run(store, left.run_id, "KILLED", "pruned by optuna: at epoch 1")
+    run = done.client.get_run(left.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["optuna.best_trial"] == "2"
+    assert run.data.tags["cmcr.status_reason"] == "pruned by optuna: at epoch 1"
+    with pytest.raises(ValueError):
+        end_run(store, left.run_id, "DONE")
+
+
+def test_clients_switch_off_mlflows_view_run_line(store, monkeypatch):
+    """MLflow prints "View run ... at: <tracking URI>" when a run on a server ends; the URI can
+    carry a password. Its public switch is set by every client the facade makes."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    from cmcr.engine.tracking import make_client
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is False
+    make_client(store)
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True

@@ -136,6 +136,7 @@ def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: boo
     """(loop wall time - time inside the trial function) / n, after one warm-up trial."""
     from cmcr.engine.pipeline import run_trial
     from cmcr.sweep import runner
+    from cmcr.sweep.worker import work
 
     folder.mkdir(parents=True, exist_ok=True)
     sets = [f"tracking.output_dir={folder / 'runs'}", "tracking.system_metrics=false"]
@@ -158,7 +159,7 @@ def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: boo
             plan = runner.plan_sweep(opts)
             study, parent = runner.setup(plan, runner.connect(plan))
             fn.inside, t0 = 0.0, time.perf_counter()
-            done = runner.work(plan, study, parent, fn)
+            done = work(plan, study, parent, fn)
             wall = time.perf_counter() - t0
         if done != n:
             raise RuntimeError(f"bench sweep ran {done} trials, expected {n}")

@@ -10,25 +10,37 @@ last checkpoint and the interruption were already logged and are re-run after re
 trainer asks ``last_logged_step`` once and skips logging for steps already in the history, so
 each step appears exactly once (the first value logged wins; nothing is deleted).
 
-Credentials in storage URLs never reach MLflow: every param and tag value goes through
-``redact_url``.
+Credentials in storage URLs never reach MLflow: every param, tag and text value goes through
+``cmcr.uris.redact``, and MLflow's own "View run at <url>" line (which prints the tracking URI)
+is switched off through its public setting ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``.
+
+This module owns a run's life for engine, sweep and results alike: ``RunLogger.start`` creates
+a run WITH its params (or resumes one), and ``end_run`` / ``mark_state`` / ``reopen`` /
+``set_tag_shared`` end, tag and reopen runs by id; nobody else calls ``set_terminated``,
+``update_run`` or ``set_tag`` on a run. (That is why this module is ~460 lines, over the usual
+400: splitting a run's life across modules is the two-owner problem issue 15 removed.)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
 from cmcr.errors import TrackingError
+from cmcr.names import DEFAULT_ARTIFACTS, Tag, is_local_key
+from cmcr.uris import redact, sqlite_path, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+# MLflow prints "View run <name> at: <tracking URI>/..." when a run on a server ends: the URI
+# may carry credentials, and the line interleaves with the sweep's progress view
+_QUIET_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 # MLflow limits: 250 chars for a param value in old stores, 6000 in new ones; tags 8000.
 _PARAM_MAX = 6000
@@ -36,46 +48,38 @@ _TAG_MAX = 8000
 # Files above this size enter the dataset fingerprint by size and mtime instead of contents.
 _FINGERPRINT_CONTENT_MAX = 8 << 20
 
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]*@")
-
-
-def redact_url(url: str) -> str:
-    """Replace the password in every ``scheme://user:password@`` of ``url`` with ``***``."""
-    return _URL_CREDENTIALS.sub(r"\g<head>:***@", str(url))
+redact_url = redact  # the old name: engine/downstream.py and tests import it from here
 
 
 def resolve_tracking_uri(cfg: Config) -> str:
     """cfg.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
-    uri = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        uri = DEFAULT_TRACKING_URI
-    db = _sqlite_path(uri)
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    rest = uri[len("sqlite:///") :]
-    return Path(rest) if rest and rest != ":memory:" else None
-
-
 def artifact_location(uri: str) -> str | None:
-    """Artifacts of an embedded sqlite store live beside it (``runs/mlartifacts``)."""
-    db = _sqlite_path(uri)
+    """Artifacts of an embedded sqlite store live beside it (``names.DEFAULT_ARTIFACTS``)."""
+    db = sqlite_path(uri)
     if db is None:
         return None  # a server or other store decides its own artifact root
-    return (db.resolve().parent / "mlartifacts").as_uri()
+    return (db.resolve().parent / Path(DEFAULT_ARTIFACTS).name).as_uri()
 
 
 def make_client(uri: str) -> Any:
     """An ``MlflowClient`` bound to ``uri`` (imported lazily: mlflow is slow to import)."""
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault(_QUIET_URL_ENV, "true")
     return MlflowClient(tracking_uri=uri)
+
+
+@functools.lru_cache(maxsize=8)
+def client_for(uri: str) -> Any:
+    """One shared MlflowClient per tracking URI for the process (building one costs ~0.2 s)."""
+    return make_client(uri)
 
 
 def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
@@ -86,7 +90,7 @@ def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"tracking.experiment '{name}' is deleted in {redact_url(uri)}; "
+                f"tracking.experiment '{name}' is deleted in {redact(uri)}; "
                 "restore it or choose another name"
             )
         return exp.experiment_id
@@ -133,14 +137,14 @@ def dataset_fingerprint(cfg: Config) -> str:
 
 def config_params(cfg: Config) -> dict[str, str]:
     """``flatten_config(cfg)`` as MLflow params: string values, credentials redacted."""
-    return {k: _clip(redact_url(_as_text(v)), _PARAM_MAX) for k, v in flatten_config(cfg).items()}
+    return {k: _clip(redact(_as_text(v)), _PARAM_MAX) for k, v in flatten_config(cfg).items()}
 
 
 def config_yaml(cfg: Config) -> str:
     """The resolved config as YAML (the ``config.yaml`` artifact), credentials redacted."""
     import yaml
 
-    return redact_url(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return redact(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def _as_text(value: Any) -> str:
@@ -159,15 +163,15 @@ def _clip(text: str, limit: int) -> str:
 def standard_tags(cfg: Config, kind: str, parent_run_id: str | None) -> dict[str, str]:
     """The contract tags every run carries (docs/architecture.md, MLflow names)."""
     tags = {
-        "cmcr.kind": kind,
-        "cmcr.variant": variant_name(cfg),
-        "cmcr.preset": cfg.preset,
-        "cmcr.seed": str(cfg.train.seed),
-        "cmcr.git_commit": git_commit(),
-        "cmcr.dataset_fingerprint": dataset_fingerprint(cfg),
+        Tag.KIND: kind,
+        Tag.VARIANT: variant_name(cfg),
+        Tag.PRESET: cfg.preset,
+        Tag.SEED: str(cfg.train.seed),
+        Tag.GIT_COMMIT: git_commit(),
+        Tag.DATASET_FINGERPRINT: dataset_fingerprint(cfg),
     }
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT_RUN] = parent_run_id
     return tags
 
 
@@ -175,9 +179,7 @@ def last_logged_step(
     run_id: str, key: str, *, uri: str | None = None, client: Any = None
 ) -> int | None:
     """The largest step of metric ``key`` in run ``run_id``, or None if never logged."""
-    client = client or make_client(
-        uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    )
+    client = client or make_client(tracking_uri(uri))
     history = client.get_metric_history(run_id, key)
     return max((m.step for m in history), default=None)
 
@@ -206,8 +208,13 @@ class RunLogger:
         run_name: str | None = None,
         log_params: bool = True,
         is_main: bool = True,
+        params: Mapping[str, Any] | None = None,
     ) -> RunLogger:
-        """Create a run in cfg.tracking.experiment, or resume ``run_id`` (which must exist)."""
+        """Create a run in cfg.tracking.experiment, or resume ``run_id`` (which must exist).
+
+        ``params``: what a new run records instead of ``config_params(cfg)`` (a sweep creates
+        a trial's run with the config the trainer will see, before the trainer runs).
+        """
         uri = resolve_tracking_uri(cfg)
         if not is_main:
             return cls(None, run_id, uri, is_main=False)
@@ -223,13 +230,14 @@ class RunLogger:
             _require_run(client, run_id, uri)
             # checked before the run is touched: a refused resume leaves its status alone
             new_params = _new_params(client, run_id, cfg) if log_params else {}
-            client.update_run(run_id, status="RUNNING")
+            reopen(uri, run_id, client=client)
             resumed = True
         logger = cls(client, run_id, uri, is_main=True)
         try:
             logger.set_tags(all_tags)
             if log_params:
-                logger.log_params(new_params if resumed else config_params(cfg))
+                fresh = config_params(cfg) if params is None else params
+                logger.log_params(new_params if resumed else fresh)
             if cfg.tracking.system_metrics:
                 logger._start_system_metrics(resumed)
         except BaseException as exc:
@@ -266,7 +274,7 @@ class RunLogger:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, _clip(redact_url(_as_text(v)), _PARAM_MAX)) for k, v in params.items()]
+        items = [Param(k, _clip(redact(_as_text(v)), _PARAM_MAX)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
@@ -276,7 +284,7 @@ class RunLogger:
             return
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, _clip(redact_url(_as_text(v)), _TAG_MAX)) for k, v in tags.items()]
+        items = [RunTag(k, _clip(redact(_as_text(v)), _TAG_MAX)) for k, v in tags.items()]
         self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -289,7 +297,7 @@ class RunLogger:
         """Store ``text`` as the artifact ``file`` (credentials redacted)."""
         if not self.is_main:
             return
-        self.client.log_text(self.run_id, redact_url(text), file)
+        self.client.log_text(self.run_id, redact(text), file)
 
     def log_figure(self, fig: Any, file: str) -> None:
         """Store a plotly (as .html) or matplotlib figure as the artifact ``file``."""
@@ -325,9 +333,7 @@ class RunLogger:
                 self._monitor.finish()
             finally:
                 self._monitor = None
-        if reason:
-            self.set_tags({"cmcr.status_reason": reason})
-        self.client.set_terminated(self.run_id, status=status)
+        end_run(self.uri, self.run_id, status, reason, client=self.client)
 
     def __enter__(self) -> RunLogger:
         return self
@@ -343,24 +349,102 @@ class RunLogger:
             self.end("FAILED", reason=f"{type(exc).__name__}: {exc}")
 
 
+# ---- a run's life by id (sweep and results: no RunLogger needed) ---------------------------
+def end_run(
+    uri: str, run_id: str, status: str, reason: str | None = None, *, client: Any = None
+) -> None:
+    """End ``run_id`` with ``status``; ``reason`` (redacted) goes to tag ``cmcr.status_reason``."""
+    if status not in STATUSES:
+        raise ValueError(f"status: expected one of {STATUSES}, got {status!r}")
+    client = client or client_for(uri)
+    if reason:
+        client.set_tag(run_id, Tag.STATUS_REASON, _clip(redact(reason), _TAG_MAX))
+    client.set_terminated(run_id, status=status)
+
+
+def reopen(
+    uri: str, run_id: str, tags: Mapping[str, Any] | None = None, *, client: Any = None
+) -> None:
+    """Mark ``run_id`` RUNNING again (a resumed run, a study's parent while workers run)."""
+    client = client or client_for(uri)
+    client.update_run(run_id, status="RUNNING")
+    if tags:
+        RunLogger(client, run_id, uri).set_tags(tags)
+
+
+def mark_state(
+    uri: str, run_id: str, state: str, status: str | None = None, reason: str | None = None
+) -> None:
+    """Tag ``run_id`` with its Optuna ``state``; with ``status``, end it if still open.
+
+    A seed that finished stays FINISHED; a run the trainer left RUNNING (or FAILED by an earlier
+    attempt, now pruned or killed) is ended with ``status`` and ``reason``.
+    """
+    client = client_for(uri)
+    client.set_tag(run_id, Tag.STATE, state)
+    if status is None:
+        return
+    current = client.get_run(run_id).info.status
+    if current == "RUNNING" or (current == "FAILED" and status != "FAILED"):
+        end_run(uri, run_id, status, reason, client=client)
+    elif reason:
+        client.set_tag(run_id, Tag.STATUS_REASON, _clip(redact(reason), _TAG_MAX))
+
+
+def set_tag_shared(uri: str, run_id: str, key: str, value: str, attempts: int = 5) -> None:
+    """Set a tag that several workers may write at the same moment.
+
+    MLflow's SQL store upserts a tag as select-then-insert, so two workers finishing together
+    can both insert and one gets a unique-key violation; the retry finds the row and updates it.
+    (tenacity is not a dependency; five tries in a loop do.)
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    for attempt in range(attempts):
+        try:
+            client.set_tag(run_id, key, _clip(redact(value), _TAG_MAX))
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def search_value(text: str) -> str:
+    """``text`` as a string literal for an MLflow search filter (``it's`` → ``"it's"``).
+
+    MLflow strips the quotes of a literal but never unescapes it (``'it\\'s'`` matches the text
+    ``it\\'s``), so the text is wrapped in the quote it does not contain; with both it cannot
+    be written at all (TrackingError).
+    """
+    text = str(text)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise TrackingError(f"{text!r}: a name with both ' and \" cannot be searched in MLflow")
+
+
 def _require_run(client: Any, run_id: str, uri: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"run id '{run_id}' does not exist in {redact_url(uri)}") from None
+        raise TrackingError(f"run id '{run_id}' does not exist in {redact(uri)}") from None
     if run.info.lifecycle_stage == "deleted":
-        raise TrackingError(f"run id '{run_id}' is deleted in {redact_url(uri)}")
+        raise TrackingError(f"run id '{run_id}' is deleted in {redact(uri)}")
 
 
 def _new_params(client: Any, run_id: str, cfg: Config) -> dict[str, str]:
     """The config params ``run_id`` lacks; TrackingError if any recorded value differs."""
     params = config_params(cfg)
     old = client.get_run(run_id).data.params
-    # tracking.* says where a run is recorded, not what it computes: it may differ on resume
+    # machine-local keys (tracking.*, the dataroot) say where a run is recorded and read its
+    # data, not what it computes: they may differ on resume
     changed = sorted(
-        k for k, v in params.items() if k in old and old[k] != v and not k.startswith("tracking.")
+        k for k, v in params.items() if k in old and old[k] != v and not is_local_key(k)
     )
     if changed:
         raise TrackingError(

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
 from cmcr.errors import TrackingError
+from cmcr.names import DEFAULT_STORAGE, Attr, Kind, Metric, Tag
+from cmcr.uris import redact, sqlite_path, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
-TARGET = "val/miou"
+# DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
+__all__ = ["DEFAULT_STORAGE", "redact", "sqlite_path", "Selection", "RunTable", "collect"]
+TARGET = Metric.VAL_MIOU
 # Columns of the tidy table that are not params or metrics.
 META = ("run_id", "run_name", "status", "state", "kind", "study", "trial", "variant", "seed",
         "start_time", "end_time", "status_reason")  # fmt: skip
@@ -81,23 +81,7 @@ class RunTable:
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_TRACKING_URI
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (one implementation: cmcr.engine.tracking)."""
-    try:
-        from cmcr.engine.tracking import redact_url
-    except ImportError:  # the engine's tracking module is optional for reports
-        import re
-
-        return re.sub(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]*@", r"\1:***@", url)
-    return redact_url(url)
+    return tracking_uri(uri)
 
 
 def collect(sel: Selection) -> RunTable:
@@ -116,7 +100,7 @@ def collect(sel: Selection) -> RunTable:
         raise ReportError(f"experiment '{sel.experiment}' does not exist in {redact(uri)}")
     filters = [f for f in (sel.filter_string.strip(),) if f]
     if sel.study:
-        filters.append(f"tags.\"optuna.study\" = '{_quote(sel.study)}'")
+        filters.append(_study_filter(sel.study))
     mlflow.set_tracking_uri(uri)
     try:
         raw = mlflow.search_runs(
@@ -131,9 +115,9 @@ def collect(sel: Selection) -> RunTable:
     study = load_study(sel.study, sel.storage) if sel.study else None
     if raw.empty:
         raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
-    kind = raw.get("tags.cmcr.kind", pd.Series(index=raw.index, dtype=object))
-    parents = raw[kind == "study"]
-    trials = raw[kind != "study"]
+    kind = raw.get(f"tags.{Tag.KIND}", pd.Series(index=raw.index, dtype=object))
+    parents = raw[kind == Kind.STUDY]
+    trials = raw[kind != Kind.STUDY]
     if trials.empty:
         raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
     table = _tidy(trials)
@@ -144,8 +128,11 @@ def collect(sel: Selection) -> RunTable:
     return rt
 
 
-def _quote(text: str) -> str:
-    return text.replace("'", "\\'")
+def _study_filter(study: str) -> str:
+    """The MLflow filter selecting the runs of ``study`` (its name escaped)."""
+    from cmcr.engine.tracking import search_value
+
+    return f"tags.`{Tag.STUDY}` = {search_value(study)}"
 
 
 def _nothing_matched(sel: Selection, uri: str, study: Any, exp_id: str) -> str:
@@ -164,9 +151,7 @@ def _nothing_matched(sel: Selection, uri: str, study: Any, exp_id: str) -> str:
 def _study_has_runs(uri: str, exp_id: str, study: str) -> bool:
     from mlflow.tracking import MlflowClient
 
-    found = MlflowClient(uri).search_runs(
-        [exp_id], f"tags.\"optuna.study\" = '{_quote(study)}'", max_results=1
-    )
+    found = MlflowClient(uri).search_runs([exp_id], _study_filter(study), max_results=1)
     return len(found) > 0
 
 
@@ -184,7 +169,7 @@ def load_study(name: str, storage: str | None) -> Any:
     except KeyError:
         return None
     except Exception as exc:  # a bad URL must not hide the MLflow side; say it on the page
-        raise ReportError(f"Optuna storage {redact(url)} cannot be read: {exc}") from None
+        raise ReportError(redact(f"Optuna storage {url} cannot be read: {exc}")) from None
 
 
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
@@ -193,16 +178,16 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     meta = pd.DataFrame(
         {
             "run_id": raw["run_id"],
-            "run_name": tag("mlflow.runName"),
+            "run_name": tag(Tag.RUN_NAME),
             "status": raw["status"],
-            "kind": tag("cmcr.kind"),
-            "study": tag("optuna.study"),
-            "trial": pd.to_numeric(tag("optuna.trial"), errors="coerce").astype("Int64"),
-            "variant": tag("cmcr.variant"),
-            "seed": pd.to_numeric(tag("cmcr.seed"), errors="coerce").astype("Int64"),
+            "kind": tag(Tag.KIND),
+            "study": tag(Tag.STUDY),
+            "trial": pd.to_numeric(tag(Tag.TRIAL), errors="coerce").astype("Int64"),
+            "variant": tag(Tag.VARIANT),
+            "seed": pd.to_numeric(tag(Tag.SEED), errors="coerce").astype("Int64"),
             "start_time": raw["start_time"],
             "end_time": raw["end_time"],
-            "status_reason": tag("cmcr.status_reason"),
+            "status_reason": tag(Tag.STATUS_REASON),
         }
     )
     params = {c[len("params.") :]: cast_param(c[len("params.") :], raw[c])
@@ -272,22 +257,34 @@ def _metric_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "/" in c]
 
 
+def trial_runs(trial: Any) -> dict[str, int]:
+    """Every MLflow run of an Optuna trial, as {run id: seed}: all seeds (``mlflow_run_ids``),
+    else seed 0's ``mlflow_run_id`` (studies made before every seed was recorded)."""
+    by_seed = trial.user_attrs.get(Attr.RUN_IDS) or {}
+    runs = {run_id: int(seed) for seed, run_id in by_seed.items() if run_id}
+    single = trial.user_attrs.get(Attr.RUN_ID)
+    if single and single not in runs:
+        runs[single] = 0
+    return runs
+
+
 def _merge_optuna(rt: RunTable) -> None:
-    """Attach each run's Optuna trial state; pruned trials leave the averages."""
+    """Attach each run's Optuna trial (number and state); pruned trials leave the averages."""
     if rt.study is None:
         return
-    by_run = {}
-    for t in rt.study.get_trials(deepcopy=False):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id:
-            by_run[run_id] = t
-    states = rt.runs["run_id"].map(lambda r: by_run[r].state.name if r in by_run else None)
+    by_run = {run_id: t for t in rt.study.get_trials(deepcopy=False) for run_id in trial_runs(t)}
+    runs = rt.runs["run_id"]
+    states = runs.map(lambda r: by_run[r].state.name if r in by_run else None)
     rt.runs["optuna_state"] = states
+    numbers = runs.map(lambda r: by_run[r].number if r in by_run else None).astype("Int64")
+    rt.runs["trial"] = rt.runs["trial"].fillna(numbers)  # runs made before the trial tag
     pruned = states == "PRUNED"
     rt.runs.loc[pruned, "state"] = "PRUNED"
     missing = len(rt.runs) - int(states.notna().sum())
     if missing:
-        rt.notes.append(f"{missing} run(s) have no Optuna trial linked by mlflow_run_id.")
+        rt.notes.append(
+            f"{missing} run(s) have no Optuna trial linked by {Attr.RUN_IDS} or {Attr.RUN_ID}."
+        )
 
 
 def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """``cmcr ui``: the MLflow UI on the embedded store, bound to 127.0.0.1 by default.
 
-Equivalent plain command: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``.
+Equivalent plain command: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``
+(the default store, ``cmcr.names.DEFAULT_TRACKING_URI``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import sys
 from pathlib import Path
 
 from cmcr.errors import TrackingError
-from cmcr.results.collect import redact, resolve_tracking_uri, sqlite_path
-
-DEFAULT_ARTIFACTS = "runs/mlartifacts"
+from cmcr.names import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from cmcr.uris import redact, sqlite_path, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cmcr ui``."""
     parser.add_argument("--tracking-uri", default="",
-                        help="store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")  # fmt: skip
+                        help=f"store (default: ${TRACKING_URI_ENV} or {DEFAULT_TRACKING_URI})")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes the runs)")  # fmt: skip
     parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -53,7 +53,7 @@ def server_command(uri: str, host: str, port: int, artifacts: str, workers: int 
 
 def run(args: argparse.Namespace) -> int:
     """Start ``mlflow server`` in the foreground; Ctrl-C or SIGTERM stops it and its workers."""
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise TrackingError(

@@ -1,7 +1,8 @@
 """Optuna sweeps over the CMCR config: study definitions, the objective, storage, resume.
 
 ``python sweeps/run.py`` (or ``python -m cmcr.sweep``) is the command; ``cmcr.sweep.cli``
-parses it and ``cmcr.sweep.runner`` does the work.
+parses it (options declared once in ``cmcr.sweep.options``), ``cmcr.sweep.runner`` validates,
+sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued trials.
 """
 
 from cmcr.sweep.space import StudyError, StudySpec, builtin_studies, load_study, parse_study

@@ -22,111 +22,56 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
+from cmcr.names import Attr
+from cmcr.sweep.options import SweepOptions, add_option_arguments, from_args, worker_argv
+from cmcr.uris import redact
 
 PROG = "sweeps/run.py"
 WORKER_LOG_DIR = "sweep-logs"
-# Test and benchmark hook, read here only: "module:function" replaces run_trial in this
-# process (spawned workers inherit it), so storage concurrency can be tested without
-# training. Never set it for real sweeps.
-TRIAL_FN_ENV = "CMCR_SWEEP_TEST_TRIAL_FN"
+# how a spawned worker starts: this package's entry point (tests pass their own command that
+# injects a stand-in trial function; production code never reads code names from anywhere)
+WORKER_CMD = (sys.executable, "-m", "cmcr.sweep")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sweep CLI's arguments."""
-    from cmcr.sweep.storage import DEFAULT_STORAGE
-
+    """The sweep CLI's arguments: the SweepOptions fields, then the actions."""
+    add_option_arguments(parser)
     a = parser.add_argument
-    a("--study", help="built-in study name (see --list) or a study .yaml file")
-    a(
-        "--n-trials",
-        type=int,
-        default=None,
-        help="trials the study should have (default: the study's; grid: its size)",
-    )
-    a("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    a("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    a("--preset", default=None, help="config preset (default: the study's, else demo)")
-    a("--seeds", type=int, default=1, help="seeds per trial: 0..S-1, objective = mean val mIoU")
-    a(
-        "--resume",
-        action="store_true",
-        help="fail and retry trials whose worker died, then continue",
-    )
     a("--list", action="store_true", help="list the built-in studies and their search spaces")
     a(
         "--status",
         action="store_true",
         help="print the study's trials by state with their MLflow runs",
     )
-    a("--max-retries", type=int, default=2, help="retries of a failed trial (default 2)")
-    a("--pruner", default="median", choices=("median", "hyperband", "none"))
-    a(
-        "--objective",
-        default="probe",
-        choices=("probe", "finetune"),
-        help="downstream.mode of the objective",
-    )
-    a(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override (repeatable)",
-    )
-    a(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)",
-    )
-    a("--name", default=None, help="study name in the storage (default: the study's name)")
-    a(
-        "--heartbeat",
-        type=int,
-        default=10,
-        metavar="S",
-        help="heartbeat interval; a trial silent for 3×S is failed and retried",
-    )
     a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
 
 
-def options(args: argparse.Namespace) -> Any:
+def options(args: argparse.Namespace) -> SweepOptions:
     """SweepOptions from parsed arguments."""
-    from cmcr.sweep.runner import SweepOptions
-
-    return SweepOptions(
-        study=args.study,
-        storage=args.storage,
-        n_trials=args.n_trials,
-        workers=args.workers,
-        preset=args.preset,
-        seeds=args.seeds,
-        resume=args.resume,
-        max_retries=args.max_retries,
-        pruner=args.pruner,
-        objective=args.objective,
-        overrides=list(args.overrides),
-        tracking_uri=args.tracking_uri,
-        name=args.name,
-        heartbeat_s=args.heartbeat,
-    )
+    return from_args(args)
 
 
-def run(args: argparse.Namespace, trial_fn: Any = None) -> int:
-    """Dispatch --list / --status / a worker / a sweep."""
+def run(
+    args: argparse.Namespace, trial_fn: Any = None, worker_cmd: Sequence[str] = WORKER_CMD
+) -> int:
+    """Dispatch --list / --status / a worker / a sweep.
+
+    ``trial_fn`` replaces ``run_trial`` in this process; ``worker_cmd`` starts each spawned
+    worker (a test passes one that injects its trial function there too).
+    """
     _quiet_libraries()
-    trial_fn = trial_fn or _trial_fn_from_env()
     if args.list:
         print(list_studies())
         return 0
     if not args.study:
         raise CMCRError("--study: required (a built-in name from --list, or a study .yaml)")
-    if args.heartbeat < 1:
-        raise CMCRError(f"--heartbeat: expected an integer >= 1, got {args.heartbeat}")
+    if args.heartbeat_s < 1:
+        raise CMCRError(f"--heartbeat: expected an integer >= 1, got {args.heartbeat_s}")
     from cmcr.sweep import runner
 
     plan = runner.plan_sweep(options(args))
@@ -151,30 +96,39 @@ def run(args: argparse.Namespace, trial_fn: Any = None) -> int:
         group.close()
         return 0
     try:
-        return _run_worker_or_sweep(args, plan, trial_fn, group)
+        return _run_worker_or_sweep(args, plan, trial_fn, group, worker_cmd)
     finally:
         if group is not None:
             group.stop()
             group.close()
 
 
-def _run_worker_or_sweep(args: argparse.Namespace, plan: Any, trial_fn: Any, group: Any) -> int:
+def _run_worker_or_sweep(
+    args: argparse.Namespace, plan: Any, trial_fn: Any, group: Any, worker_cmd: Sequence[str]
+) -> int:
     from cmcr.sweep import runner
+    from cmcr.sweep.worker import work
 
     storage = runner.connect(plan)
     if args.worker:
         study = runner.load(plan, storage)
         runner.check_compatible(plan, study)
-        runner.work(plan, study, study.user_attrs[runner.PARENT_ATTR], trial_fn, group)
+        work(plan, study, study.user_attrs[Attr.PARENT_RUN], trial_fn, group)
         return 0
-    return sweep(plan, storage, trial_fn, group)
+    return sweep(plan, storage, trial_fn, group, worker_cmd)
 
 
-def sweep(plan: Any, storage: Any, trial_fn: Any = None, group: Any = None) -> int:
+def sweep(
+    plan: Any,
+    storage: Any,
+    trial_fn: Any = None,
+    group: Any = None,
+    worker_cmd: Sequence[str] = WORKER_CMD,
+) -> int:
     """Set up the study, run the workers with a progress view, summarise."""
     from cmcr.sweep import runner
     from cmcr.sweep.progress import ProgressView
-    from cmcr.sweep.storage import redact
+    from cmcr.sweep.worker import work
 
     study, parent = runner.setup(plan, storage)
     print(
@@ -189,15 +143,15 @@ def sweep(plan: Any, storage: Any, trial_fn: Any = None, group: Any = None) -> i
     rc = 0
     with ProgressView(study, plan.study_name, plan.n_trials):
         if plan.opts.workers == 1:
-            runner.work(plan, study, parent, trial_fn, group)
+            work(plan, study, parent, trial_fn, group)
         else:
-            rc = run_workers(plan)
+            rc = run_workers(plan, worker_cmd)
     summary = runner.finish(plan, study, parent)
     print(summary_line(summary), flush=True)
     return rc
 
 
-def run_workers(plan: Any) -> int:
+def run_workers(plan: Any, worker_cmd: Sequence[str] = WORKER_CMD) -> int:
     """Start ``--workers`` subprocesses on the same storage and wait; 1 if any failed."""
     log_dir = Path(plan.base.tracking.output_dir) / WORKER_LOG_DIR / plan.study_name
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +163,7 @@ def run_workers(plan: Any) -> int:
     procs = []
     for k in range(plan.opts.workers):
         log_file = open(log_dir / f"worker{k}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "cmcr.sweep", *worker_argv(plan.opts)]
+        cmd = [*worker_cmd, *worker_argv(plan.opts)]
         procs.append(
             (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
         )
@@ -229,31 +183,10 @@ def run_workers(plan: Any) -> int:
     for k, (p, _) in enumerate(procs):
         if p.returncode != 0:
             tail = (log_dir / f"worker{k}.log").read_text().strip().splitlines()[-5:]
-            print(
-                f"worker {k} exited with code {p.returncode}: " + " | ".join(tail), file=sys.stderr
-            )
+            tail_text = redact(" | ".join(tail))
+            print(f"worker {k} exited with code {p.returncode}: {tail_text}", file=sys.stderr)
             rc = 1
     return rc
-
-
-def worker_argv(opts: Any) -> list[str]:
-    """The arguments of one spawned worker: the same sweep, one process, no setup."""
-    argv = [
-        "--study", opts.study, "--storage", opts.storage, "--seeds", str(opts.seeds),
-        "--max-retries", str(opts.max_retries), "--pruner", opts.pruner,
-        "--objective", opts.objective, "--heartbeat", str(opts.heartbeat_s), "--worker",
-    ]  # fmt: skip
-    for flag, value in (
-        ("--n-trials", opts.n_trials),
-        ("--preset", opts.preset),
-        ("--tracking-uri", opts.tracking_uri),
-        ("--name", opts.name),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    for override in opts.overrides:
-        argv += ["--set", override]
-    return argv
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -300,14 +233,12 @@ def list_studies() -> str:
 def print_status(plan: Any) -> int:
     """Trials of the stored study by state, with their MLflow run ids."""
     from cmcr.sweep import runner
-    from cmcr.sweep.trials import FAIL_REASON_ATTR, RETRY_REASON_ATTR
 
     storage = runner.connect(plan, create=False)
     study = runner.load(plan, storage)
     trials = study.get_trials(deepcopy=False)
-    print(
-        f"study '{plan.study_name}': {len(trials)} trial(s); MLflow parent run {study.user_attrs.get(runner.PARENT_ATTR)}"
-    )
+    parent = study.user_attrs.get(Attr.PARENT_RUN)
+    print(f"study '{plan.study_name}': {len(trials)} trial(s); MLflow parent run {parent}")
     for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"):
         group = [t for t in trials if t.state.name == state]
         if not group:
@@ -315,26 +246,15 @@ def print_status(plan: Any) -> int:
         print(f"{state} ({len(group)})")
         for t in group:
             value = "" if t.value is None else f" value={t.value:.4f}"
-            run_id = t.user_attrs.get("mlflow_run_id", "-")
-            extra = t.user_attrs.get(FAIL_REASON_ATTR) or t.user_attrs.get(RETRY_REASON_ATTR) or ""
-            origin = t.system_attrs.get("failed_trial")
+            run_id = t.user_attrs.get(Attr.RUN_ID, "-")
+            extra = t.user_attrs.get(Attr.FAIL_REASON) or t.user_attrs.get(Attr.RETRY_REASON) or ""
+            origin = t.system_attrs.get(Attr.FAILED_TRIAL)
             retry = f" retry of #{origin}" if origin is not None else ""
             print(
                 f"  #{t.number}{value} run={run_id}{retry} params={t.params}"
-                + (f" [{extra}]" if extra else "")
+                + (f" [{redact(extra)}]" if extra else "")
             )
     return 0
-
-
-def _trial_fn_from_env() -> Any:
-    """The test hook's function, or None (the real run_trial)."""
-    spec = os.environ.get(TRIAL_FN_ENV)
-    if not spec:
-        return None
-    import importlib
-
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _quiet_libraries() -> None:
@@ -346,8 +266,16 @@ def _quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors as one line on stderr and exit code 2."""
+def main(
+    argv: list[str] | None = None,
+    *,
+    trial_fn: Any = None,
+    worker_cmd: Sequence[str] = WORKER_CMD,
+) -> int:
+    """Entry point: user errors as one line on stderr and exit code 2.
+
+    ``trial_fn`` / ``worker_cmd``: see ``run`` (tests/sweep_with_trial_fn.py passes both).
+    """
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -356,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     from cmcr.sweep.group import GroupBroken
 
     try:
-        return run(args)
+        return run(args, trial_fn, worker_cmd)
     except GroupBroken as exc:  # not a usage error: the launch ends so it can be restarted
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except CMCRError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; re-run with --resume to continue", file=sys.stderr)

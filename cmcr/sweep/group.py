@@ -33,12 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmcr.errors import CMCRError
+from cmcr.names import LOCAL_KEYS
 
 log = logging.getLogger("cmcr.sweep")
 TIMEOUT_ENV = "CMCR_GROUP_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 360
-# what may differ between the machines of one launch: each rank keeps its own
-LOCAL_KEYS = ("data.dataroot", "data.num_workers")
+# What each rank keeps of its own config: the machine-local fields (names.LOCAL_KEYS) except the
+# ``tracking.`` section. Deliberately: every rank saves and resumes the run's checkpoints in
+# rank 0's tracking.output_dir/<run id> (save_state is collective), and only rank 0
+# talks to MLflow, so the tracking settings must be rank 0's.
+RANK_LOCAL_FIELDS = tuple(k for k in LOCAL_KEYS if not k.startswith("tracking."))
 
 
 class GroupBroken(CMCRError):
@@ -124,7 +128,7 @@ class Group:
             if task is None:
                 return ran
             cfg = task.cfg
-            for key in LOCAL_KEYS:
+            for key in RANK_LOCAL_FIELDS:
                 section, name = key.split(".")
                 setattr(getattr(cfg, section), name, getattr(getattr(local, section), name))
             try:

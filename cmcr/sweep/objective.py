@@ -18,7 +18,6 @@ steps of the first, which the median and Hyperband pruners compare across trials
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import statistics
 from collections.abc import Callable
@@ -27,13 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from cmcr.configs import Config, apply_overrides, validate_config
+from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep.space import StudySpec
 
 TrialFn = Callable[..., Any]
-RUN_ID_ATTR = "mlflow_run_id"
-RUN_IDS_ATTR = "mlflow_run_ids"
-SEED_RESULTS_ATTR = "seed_results"
-RESUMED_FROM_TAG = "cmcr.resumed_from_step"
 _LEAKY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
 
 
@@ -83,7 +79,7 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
     ``retry_of``: the number of the failed trial this one retries (tagged on its runs).
     """
     cfg = trial_config(ctx, suggest(trial, ctx.spec))
-    results: dict[str, float] = dict(trial.user_attrs.get(SEED_RESULTS_ATTR, {}))
+    results: dict[str, float] = dict(trial.user_attrs.get(Attr.SEED_RESULTS, {}))
     for index, seed in enumerate(range(ctx.seeds)):
         if str(seed) in results:
             continue  # finished by an earlier attempt of this trial
@@ -100,52 +96,48 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         with _isolated_env():
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
-        trial.set_user_attr(SEED_RESULTS_ATTR, results)
+        trial.set_user_attr(Attr.SEED_RESULTS, results)
     return statistics.fmean(results.values())
 
 
 def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]:
-    tags = {"optuna.study": ctx.study_name, "optuna.trial": str(trial.number)}
+    tags = {Tag.STUDY: ctx.study_name, Tag.TRIAL: str(trial.number)}
     if retry_of is not None:
-        tags["optuna.retry_of"] = str(retry_of)
+        tags[Tag.RETRY_OF] = str(retry_of)
     return tags
 
 
 def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: int | None) -> str:
-    """The seed's MLflow run: the one an earlier attempt made (retagged), else a new one."""
-    from cmcr.engine.tracking import RunLogger, resolve_tracking_uri
+    """The seed's MLflow run: the one an earlier attempt made (retagged), else a new one.
 
-    run_ids: dict[str, str] = dict(trial.user_attrs.get(RUN_IDS_ATTR, {}))
+    A new run is created with the seed's full config as params, so it is complete even if the
+    worker dies before training starts; ``run_trial`` then takes it over and logs nothing new.
+    """
+    from cmcr.engine.tracking import RunLogger, client_for, config_params, resolve_tracking_uri
+
+    run_ids: dict[str, str] = dict(trial.user_attrs.get(Attr.RUN_IDS, {}))
     tags = _tags(trial, ctx, retry_of)
     if str(seed) in run_ids:
         run_id = run_ids[str(seed)]
-        tags[RESUMED_FROM_TAG] = str(checkpoint_step(cfg, run_id))
+        tags[Tag.RESUMED_FROM_STEP] = str(checkpoint_step(cfg, run_id))
         uri = resolve_tracking_uri(cfg)
-        RunLogger(mlflow_client(uri), run_id, uri).set_tags(tags)
+        RunLogger(client_for(uri), run_id, uri).set_tags(tags)
         return run_id
     quiet = copy.deepcopy(cfg)
-    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it resumes
+    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it takes over
     logger = RunLogger.start(
         quiet,
-        kind="trial",
+        kind=Kind.TRIAL,
         parent_run_id=ctx.parent_run_id,
         tags=tags,
         run_name=f"{ctx.study_name}-t{trial.number}-s{seed}",
-        log_params=False,  # run_trial logs the full config when it takes the run over
+        params=config_params(cfg),  # the config run_trial will see (its monitor setting too)
     )
     run_ids[str(seed)] = logger.run_id
-    trial.set_user_attr(RUN_IDS_ATTR, run_ids)
-    if seed == 0 or RUN_ID_ATTR not in trial.user_attrs:
-        trial.set_user_attr(RUN_ID_ATTR, logger.run_id)
+    trial.set_user_attr(Attr.RUN_IDS, run_ids)
+    if seed == 0 or Attr.RUN_ID not in trial.user_attrs:
+        trial.set_user_attr(Attr.RUN_ID, logger.run_id)
     return logger.run_id
-
-
-@functools.lru_cache(maxsize=8)
-def mlflow_client(uri: str) -> Any:
-    """One MlflowClient per tracking URI for the process (building one costs ~0.2 s)."""
-    from cmcr.engine.tracking import make_client
-
-    return make_client(uri)
 
 
 def checkpoint_step(cfg: Config, run_id: str) -> int:

@@ -4,61 +4,27 @@ Order matters: everything that can be wrong with the input (study file, space bo
 overrides, storage URL and reachability) is checked before the storage is written, so bad
 input leaves no study behind. Setup runs under a study lock, so several processes started
 at once (on one machine with SQLite, or several with PostgreSQL) create one study, one parent
-run and exactly ``n_trials`` queued trials.
+run and exactly ``n_trials`` queued trials. The workers' loop is cmcr.sweep.worker; the
+options are declared in cmcr.sweep.options.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError
-from cmcr.sweep.objective import RUN_IDS_ATTR, TrialContext, TrialFn, mlflow_client, run_objective
+from cmcr.names import Attr, Kind, Metric, Tag, is_local_key
+from cmcr.sweep.options import OBJECTIVES, PRUNERS, SweepOptions
 from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
-from cmcr.sweep.storage import open_storage, quiet_experimental, redact, study_lock
-from cmcr.sweep.trials import (
-    FAIL_REASON_ATTR,
-    WORKER_ATTR,
-    Heartbeat,
-    RetryKeepingRun,
-    claim_next,
-    enqueue_slots,
-    fail_dead_running,
-    worker_id,
-)
+from cmcr.sweep.storage import open_storage, study_lock
+from cmcr.sweep.trials import RetryKeepingRun, enqueue_slots, fail_dead_running
+from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
-PARENT_ATTR = "mlflow_parent_run_id"
-PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = ("probe", "finetune")
-# overrides that describe the machine, not the experiment: may differ between workers/re-runs
-_LOCAL_KEYS = ("tracking.", "data.dataroot", "data.num_workers")
-
-
-@dataclass
-class SweepOptions:
-    """Everything the CLI decides (see ``python sweeps/run.py --help``)."""
-
-    study: str
-    storage: str
-    n_trials: int | None = None
-    workers: int = 1
-    preset: str | None = None
-    seeds: int = 1
-    resume: bool = False
-    max_retries: int = 2
-    pruner: str = "median"
-    objective: str = "probe"
-    overrides: list[str] = field(default_factory=list)
-    tracking_uri: str | None = None
-    name: str | None = None
-    heartbeat_s: int = 10
 
 
 @dataclass
@@ -74,13 +40,13 @@ class Plan:
 
     def compat_attrs(self) -> dict[str, Any]:
         """What a re-run (or another worker) must agree on to share the stored study."""
-        fixed = {k: v for k, v in self.fixed.items() if not k.startswith(_LOCAL_KEYS)}
+        fixed = {k: v for k, v in self.fixed.items() if not is_local_key(k)}
         return {
-            "cmcr.definition": self.spec.to_dict(),
-            "cmcr.preset": self.base.preset,
-            "cmcr.objective": self.opts.objective,
-            "cmcr.seeds": self.opts.seeds,
-            "cmcr.overrides": {k: fixed[k] for k in sorted(fixed)},
+            Attr.DEFINITION: self.spec.to_dict(),
+            Attr.PRESET: self.base.preset,
+            Attr.OBJECTIVE: self.opts.objective,
+            Attr.SEEDS: self.opts.seeds,
+            Attr.OVERRIDES: {k: fixed[k] for k in sorted(fixed)},
         }
 
 
@@ -190,7 +156,7 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
         cells = plan.spec.grid_cells() if plan.spec.is_grid else None
         added = enqueue_slots(study, cells, plan.n_trials)
         study.set_user_attr(
-            "cmcr.n_trials", max(plan.n_trials, study.user_attrs.get("cmcr.n_trials", 0))
+            Attr.N_TRIALS, max(plan.n_trials, study.user_attrs.get(Attr.N_TRIALS, 0))
         )
     if added:
         log.info(f"queued {added} trial(s) of study '{plan.study_name}'")
@@ -200,7 +166,7 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
 def check_compatible(plan: Plan, study: Any) -> None:
     """A stored study may be continued only with the same definition and settings."""
     stored = study.user_attrs
-    if "cmcr.definition" not in stored:
+    if Attr.DEFINITION not in stored:
         raise StudyError(
             f"study '{plan.study_name}' in {redact(plan.opts.storage)} was not made by "
             "sweeps/run.py; choose another --name"
@@ -209,7 +175,7 @@ def check_compatible(plan: Plan, study: Any) -> None:
         if _jsonish(stored.get(key)) != _jsonish(value):
             raise StudyError(
                 f"study '{plan.study_name}' in {redact(plan.opts.storage)} was created with a "
-                f"different {key.removeprefix('cmcr.')} ({stored.get(key)!r}, now {value!r}); "
+                f"different {key.split('.')[-1]} ({stored.get(key)!r}, now {value!r}); "
                 "re-run with the same settings or choose another --name"
             )
 
@@ -230,38 +196,43 @@ def _tracking_cfg(plan: Plan) -> Config:
 def _parent_run(plan: Plan, study: Any) -> str:
     """The study's MLflow parent run: linked in the study's user attrs, else found by tag,
     else created. Marked RUNNING while workers run."""
-    from cmcr.engine.tracking import RunLogger, get_or_create_experiment, resolve_tracking_uri
+    from cmcr.engine.tracking import (
+        RunLogger,
+        client_for,
+        get_or_create_experiment,
+        reopen,
+        resolve_tracking_uri,
+    )
 
     cfg = _tracking_cfg(plan)
     uri = resolve_tracking_uri(cfg)
-    client = mlflow_client(uri)
     tags = {
-        "optuna.study": plan.study_name,
-        "optuna.storage": redact(plan.opts.storage),
-        "optuna.direction": plan.spec.direction,
-        "optuna.sampler": plan.spec.sampler,
-        "cmcr.n_trials": str(plan.n_trials),
+        Tag.STUDY: plan.study_name,
+        Tag.STORAGE: redact(plan.opts.storage),
+        Tag.DIRECTION: plan.spec.direction,
+        Tag.SAMPLER: plan.spec.sampler,
+        Tag.N_TRIALS: str(plan.n_trials),
     }
-    parent = study.user_attrs.get(PARENT_ATTR) or _find_parent(client, cfg, uri, tags)
+    parent = study.user_attrs.get(Attr.PARENT_RUN) or _find_parent(client_for(uri), cfg, uri, tags)
     if parent is None:
-        logger = RunLogger.start(cfg, kind="study", tags=tags, run_name=plan.study_name)
+        logger = RunLogger.start(cfg, kind=Kind.STUDY, tags=tags, run_name=plan.study_name)
         logger.log_text(_yaml(plan.spec.to_dict()), "study.yaml")
         parent = logger.run_id
     else:
-        get_or_create_experiment(client, cfg.tracking.experiment, uri)
-        client.update_run(parent, status="RUNNING")
-        RunLogger(client, parent, uri).set_tags({"cmcr.n_trials": str(plan.n_trials)})
-    study.set_user_attr(PARENT_ATTR, parent)
+        get_or_create_experiment(client_for(uri), cfg.tracking.experiment, uri)
+        reopen(uri, parent, {Tag.N_TRIALS: str(plan.n_trials)})
+    study.set_user_attr(Attr.PARENT_RUN, parent)
     return parent
 
 
 def _find_parent(client: Any, cfg: Config, uri: str, tags: dict[str, str]) -> str | None:
-    from cmcr.engine.tracking import get_or_create_experiment
+    from cmcr.engine.tracking import get_or_create_experiment, search_value
 
     exp = get_or_create_experiment(client, cfg.tracking.experiment, uri)
     query = (
-        f"tags.`cmcr.kind` = 'study' and tags.`optuna.study` = '{tags['optuna.study']}' "
-        f"and tags.`optuna.storage` = '{tags['optuna.storage']}'"
+        f"tags.`{Tag.KIND}` = '{Kind.STUDY}' "
+        f"and tags.`{Tag.STUDY}` = {search_value(tags[Tag.STUDY])} "
+        f"and tags.`{Tag.STORAGE}` = {search_value(tags[Tag.STORAGE])}"
     )
     runs = client.search_runs(
         [exp], filter_string=query, max_results=1, order_by=["start_time ASC"]
@@ -280,175 +251,36 @@ def resume(plan: Plan, study: Any) -> list[int]:
     return fail_dead_running(study, RetryKeepingRun(plan.opts.max_retries))
 
 
-def work(
-    plan: Plan, study: Any, parent: str, trial_fn: TrialFn | None = None, group: Any = None
-) -> int:
-    """The worker loop: claim queued trials until none is left; returns trials finished here.
-
-    ``group``: rank 0's view of a multi-process launch (``cmcr.sweep.group``); the other ranks
-    run each trial with this process and only this one talks to Optuna and MLflow.
-    """
-    import optuna
-
-    ctx = TrialContext(
-        plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn, group
-    )
-    retry = RetryKeepingRun(plan.opts.max_retries)
-    finished = 0
-    while True:
-        with quiet_experimental():
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is retried here
-        trial_id = claim_next(study)
-        if trial_id is None:
-            return finished
-        trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        retry_of = study._storage.get_trial_system_attrs(trial_id).get("failed_trial")
-        with Heartbeat(study._storage, trial_id):
-            _run_and_tell(study, trial, ctx, retry, retry_of)
-        finished += 1
-
-
-def _run_and_tell(
-    study: Any, trial: Any, ctx: TrialContext, retry: RetryKeepingRun, retry_of: int | None
-) -> None:
-    """Run one trial and record its outcome; failures are retried, divergence is not."""
-    import optuna
-    from optuna.trial import TrialState
-
-    try:
-        value = run_objective(trial, ctx, retry_of)
-    except optuna.TrialPruned as exc:
-        _mark_runs(trial, ctx, "KILLED", f"pruned by optuna: {exc}", "PRUNED")
-        study.tell(trial, state=TrialState.PRUNED)
-        log.info(f"trial {trial.number} pruned: {exc}")
-        return
-    except KeyboardInterrupt:
-        if ctx.group is not None:
-            ctx.group.broken = True
-        _fail(study, trial, ctx, "interrupted (KeyboardInterrupt)", retry)
-        raise
-    except Exception as exc:
-        if _is_diverged(exc):  # deterministic: a retry would diverge too
-            _fail(study, trial, ctx, f"diverged: {_first_line(exc)}", None)
-            return
-        # anything else is retried up to --max-retries
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        _fail(study, trial, ctx, reason, retry)
-        if ctx.group is not None:  # the other ranks may be inside a collective: end the launch
-            from cmcr.sweep.group import GroupBroken
-
-            ctx.group.broken = True
-            raise GroupBroken(
-                f"trial {trial.number} failed on rank 0 ({reason}); its retry is queued. "
-                "Ending this launch so that no rank waits forever; start it again to resume"
-            ) from exc
-        return
-    if not math.isfinite(value):
-        _fail(study, trial, ctx, f"objective is {value}", None)
-        return
-    _mark_runs(trial, ctx, None, None, "COMPLETE")
-    study.tell(trial, value)
-    log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
-
-
-def _is_diverged(exc: BaseException) -> bool:
-    """The trainer's TrainingDiverged (looked up only if the trainer was imported: importing
-    it here would load torch in workers that never train)."""
-    train = sys.modules.get("cmcr.engine.train")
-    return train is not None and isinstance(exc, train.TrainingDiverged)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
-
-
-def _fail(
-    study: Any, trial: Any, ctx: TrialContext, reason: str, retry: RetryKeepingRun | None
-) -> None:
-    """Record ``fail_reason``, end the trial FAIL, end its runs FAILED, maybe enqueue a retry."""
-    from optuna.trial import TrialState
-
-    trial.set_user_attr(FAIL_REASON_ATTR, reason)
-    _mark_runs(trial, ctx, "FAILED", reason, "FAIL")
-    frozen = study.tell(trial, state=TrialState.FAIL)
-    retried = retry is not None and retry(study, frozen, reason=reason)
-    log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
-
-
-def _mark_runs(*args: Any) -> None:
-    """Best effort: Optuna's record of the trial must not depend on MLflow being reachable."""
-    try:
-        _mark_runs_now(*args)
-    except Exception as exc:
-        log.warning(f"could not update the trial's MLflow runs: {type(exc).__name__}: {exc}")
-
-
-def _mark_runs_now(
-    trial: Any, ctx: TrialContext, status: str | None, reason: str | None, state: str
-) -> None:
-    """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
-    from cmcr.engine.tracking import resolve_tracking_uri
-
-    run_ids = trial.user_attrs.get(RUN_IDS_ATTR, {})
-    if not run_ids:
-        return
-    client = mlflow_client(resolve_tracking_uri(ctx.base))
-    for run_id in run_ids.values():
-        client.set_tag(run_id, "optuna.state", state)
-        if status is None:
-            continue
-        if reason:
-            client.set_tag(run_id, "cmcr.status_reason", redact(reason)[:5000])
-        current = client.get_run(run_id).info.status
-        # a finished seed stays FINISHED; the failing/pruned one is ended with the right status
-        if current == "RUNNING" or (current == "FAILED" and status != "FAILED"):
-            client.set_terminated(run_id, status=status)
-
-
-def _set_tag_shared(client: Any, run_id: str, key: str, value: str, attempts: int = 5) -> None:
-    """Set a tag that several workers may write at the same moment.
-
-    MLflow's SQL store upserts a tag as select-then-insert, so two workers finishing together
-    can both insert and one gets a unique-key violation; the retry finds the row and updates it.
-    """
-    from mlflow.exceptions import MlflowException
-
-    for attempt in range(attempts):
-        try:
-            client.set_tag(run_id, key, value)
-            return
-        except MlflowException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
 def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
     """Summarise; end the parent run FINISHED once no trial is queued or running anywhere."""
     from optuna.trial import TrialState
 
-    from cmcr.engine.tracking import resolve_tracking_uri
+    from cmcr.engine.tracking import (
+        RunLogger,
+        client_for,
+        end_run,
+        resolve_tracking_uri,
+        set_tag_shared,
+    )
     from cmcr.sweep.trials import count_states
 
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     summary: dict[str, Any] = {"study": plan.study_name, "parent_run_id": parent, **counts}
-    client = mlflow_client(resolve_tracking_uri(plan.base))
+    uri = resolve_tracking_uri(plan.base)
     if complete:
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
-        client.log_metric(parent, "study/best_value", best.value, step=len(complete))
-        _set_tag_shared(client, parent, "optuna.best_trial", str(best.number))
-        _set_tag_shared(
-            client, parent, "optuna.best_run_id", str(best.user_attrs.get("mlflow_run_id"))
+        RunLogger(client_for(uri), parent, uri).log_metrics(
+            {Metric.STUDY_BEST_VALUE: best.value}, step=len(complete)
         )
+        set_tag_shared(uri, parent, Tag.BEST_TRIAL, str(best.number))
+        set_tag_shared(uri, parent, Tag.BEST_RUN_ID, str(best.user_attrs.get(Attr.RUN_ID)))
     pending = counts.get("WAITING", 0) + counts.get("RUNNING", 0)
     summary["done"] = pending == 0
     if pending == 0:
-        client.set_terminated(parent, status="FINISHED")
+        end_run(uri, parent, "FINISHED")
     return summary
 
 
@@ -456,4 +288,6 @@ def ensure_error(exc: BaseException) -> CMCRError:
     """Optuna/SQLAlchemy errors during setup as one clear line."""
     if isinstance(exc, CMCRError):
         return exc
-    return StudyError(f"{type(exc).__name__}: {_first_line(exc)}")
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else "(no message)"
+    return StudyError(redact(f"{type(exc).__name__}: {first}"))

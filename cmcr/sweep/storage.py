@@ -19,12 +19,12 @@ import contextlib
 import fcntl
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
+from cmcr.names import DEFAULT_STORAGE
+from cmcr.uris import redact, sqlite_path
 
-DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 SQLITE_TIMEOUT_S = 60
 
 
@@ -32,26 +32,11 @@ class StorageError(CMCRError):
     """The Optuna storage cannot be reached or used as asked."""
 
 
-def redact(url: str) -> str:
-    """The storage URL with its password hidden (the engine's ``redact_url``)."""
-    from cmcr.engine.tracking import redact_url
-
-    return redact_url(url)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL, else None."""
-    if not url.startswith("sqlite:///"):
-        return None
-    rest = url[len("sqlite:///") :]
-    return Path(rest) if rest and rest != ":memory:" else None
-
-
 def check_url(url: str) -> None:
     """Reject URLs Optuna cannot use, before anything is created."""
     if "://" not in url:
         raise StorageError(
-            f"--storage '{redact(url)}': expected a URL such as sqlite:///runs/optuna.db "
+            f"--storage '{redact(url)}': expected a URL such as {DEFAULT_STORAGE} "
             "or postgresql://user@host:5432/db"
         )
     scheme = url.split("://", 1)[0].split("+", 1)[0]
@@ -60,7 +45,7 @@ def check_url(url: str) -> None:
             f"--storage '{redact(url)}': unsupported scheme '{scheme}' "
             "(sqlite, postgresql or mysql)"
         )
-    if scheme == "sqlite" and sqlite_file(url) is None:
+    if scheme == "sqlite" and sqlite_path(url) is None:
         raise StorageError(f"--storage '{redact(url)}': in-memory SQLite cannot be shared")
 
 
@@ -91,11 +76,11 @@ def open_storage(
     import sqlalchemy.exc
 
     check_url(url)
-    db = sqlite_file(url)
+    db = sqlite_path(url)
     kwargs: dict[str, Any] = {}
     if db is not None:
         if not create and not db.is_file():
-            raise StorageError(f"--storage '{url}': no such database file")
+            raise StorageError(f"--storage '{redact(url)}': no such database file")
         db.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
@@ -114,7 +99,7 @@ def open_storage(
             storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs, **hb)
     except ImportError as exc:
         raise StorageError(
-            f"--storage '{redact(url)}': its database driver is not installed ({exc})"
+            redact(f"--storage '{url}': its database driver is not installed ({exc})")
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -123,9 +108,8 @@ def open_storage(
             if isinstance(exc, (sqlalchemy.exc.OperationalError, OSError))
             else "cannot be used"
         )
-        raise StorageError(
-            f"--storage '{redact(url)}' {what}: {detail[0] if detail else type(exc).__name__}"
-        ) from None
+        first = detail[0] if detail else type(exc).__name__
+        raise StorageError(redact(f"--storage '{url}' {what}: {first}")) from None
     if db is not None:
         _immediate_transactions(storage.engine)
     return storage
@@ -204,7 +188,7 @@ def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
     SQLite: an flock beside the database file (same machine). PostgreSQL: an advisory lock,
     so setup is safe from several machines. Other backends: no lock (documented race).
     """
-    db = sqlite_file(url)
+    db = sqlite_path(url)
     if db is not None:
         lock_path = db.with_name(db.name + ".lock")
         with open(lock_path, "a+") as fh:

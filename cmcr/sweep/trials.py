@@ -18,12 +18,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-SLOT_ATTR = "cmcr.slot"
-WORKER_ATTR = "cmcr.worker"
-FAIL_REASON_ATTR = "fail_reason"
-RETRY_REASON_ATTR = "retry_reason"
+from cmcr.adapters.optuna_storage import storage_of, trial_id
+from cmcr.names import Attr
+from cmcr.uris import redact
+
 # user attrs that belong to one attempt and must not be copied onto its retry
-_ATTEMPT_ATTRS = (FAIL_REASON_ATTR, RETRY_REASON_ATTR, WORKER_ATTR)
+_ATTEMPT_ATTRS = (Attr.FAIL_REASON, Attr.RETRY_REASON, Attr.WORKER)
 
 
 def worker_id() -> str:
@@ -59,13 +59,13 @@ def enqueue_slots(study: Any, cells: list[dict[str, Any]] | None, n_trials: int)
     ``cells`` (grid studies) gives each slot its params; otherwise the sampler fills a slot
     when it is claimed. Callers hold the study lock.
     """
-    have = {t.user_attrs.get(SLOT_ATTR) for t in study.get_trials(deepcopy=False)}
+    have = {t.user_attrs.get(Attr.SLOT) for t in study.get_trials(deepcopy=False)}
     added = 0
     for slot in range(n_trials):
         if slot in have:
             continue
         params = dict(cells[slot]) if cells is not None else {}
-        study.enqueue_trial(params, user_attrs={SLOT_ATTR: slot})
+        study.enqueue_trial(params, user_attrs={Attr.SLOT: slot})
         added += 1
     return added
 
@@ -75,14 +75,14 @@ def claim_next(study: Any) -> int | None:
     import optuna
     from optuna.trial import TrialState
 
-    storage, study_id = study._storage, study._study_id
+    storage = storage_of(study)
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    waiting.sort(key=lambda t: ("failed_trial" not in t.system_attrs, t.number))
+    waiting.sort(key=lambda t: (Attr.FAILED_TRIAL not in t.system_attrs, t.number))
     for t in waiting:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        tid = trial_id(study, t.number)
         try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                return trial_id
+            if storage.set_trial_state_values(tid, state=TrialState.RUNNING):
+                return tid
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
@@ -106,12 +106,13 @@ class RetryKeepingRun:
         """Enqueue the retry; False when the trial used up its retries."""
         import optuna
 
-        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-        if len(system_attrs["retry_history"]) > self.max_retry:
+        history = Attr.RETRY_HISTORY
+        system_attrs = {Attr.FAILED_TRIAL: trial.number, history: [], **trial.system_attrs}
+        system_attrs[history] = [*system_attrs[history], trial.number]
+        if len(system_attrs[history]) > self.max_retry:
             return False
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
-        user_attrs[RETRY_REASON_ATTR] = reason
+        user_attrs[Attr.RETRY_REASON] = redact(reason)
         study.add_trial(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.WAITING,
@@ -134,20 +135,20 @@ def fail_dead_running(study: Any, retry: RetryKeepingRun, *, force: bool = False
     import optuna
     from optuna.trial import TrialState
 
-    storage, study_id = study._storage, study._study_id
+    storage = storage_of(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get(WORKER_ATTR)
+        worker = t.user_attrs.get(Attr.WORKER)
         if not (force or worker is None or is_dead_local_worker(worker)):
             continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        tid = trial_id(study, t.number)
         reason = f"worker {worker or '(unknown)'} died; failed by --resume"
         try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            storage.set_trial_user_attr(tid, Attr.FAIL_REASON, reason)
+            storage.set_trial_state_values(tid, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        retry(study, storage.get_trial(trial_id), reason="interrupted: " + reason)
+        retry(study, storage.get_trial(tid), reason="interrupted: " + reason)
         failed.append(t.number)
     return failed
 
@@ -155,7 +156,8 @@ def fail_dead_running(study: Any, retry: RetryKeepingRun, *, force: bool = False
 class Heartbeat:
     """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does)."""
 
-    def __init__(self, storage: Any, trial_id: int) -> None:
+    def __init__(self, study: Any, trial_id: int) -> None:
+        storage = storage_of(study)
         self.storage = storage
         self.trial_id = trial_id
         self.interval = (
@@ -191,10 +193,15 @@ def count_states(trials: Iterable[Any]) -> dict[str, int]:
     trials = list(trials)
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        origin = t.system_attrs.get("retry_history")
+        origin = t.system_attrs.get(Attr.RETRY_HISTORY)
         if origin:
             retried_numbers.update(origin)
     counts["retried"] = sum(
         1 for t in trials if t.state.name == "FAIL" and t.number in retried_numbers
     )
     return counts
+
+
+def retried_trial(study: Any, trial_id_: int) -> int | None:
+    """The number of the failed trial that the trial with storage id ``trial_id_`` retries."""
+    return storage_of(study).get_trial_system_attrs(trial_id_).get(Attr.FAILED_TRIAL)

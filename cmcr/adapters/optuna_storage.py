@@ -1,0 +1,26 @@
+"""Optuna: a study's storage and its trials' storage ids, which ``optuna.Study`` keeps private.
+
+Why the public API is not enough: the sweep runs a queue of exactly N enqueued trials shared by
+workers on several machines (cmcr.sweep.trials). A worker must claim a WAITING trial atomically
+and must never create one: ``Study.ask()`` pops a waiting trial but creates a new one when none
+is left (N is overshot), and ``Study.optimize()`` counts trials per process. The claim
+(``set_trial_state_values(id, RUNNING)`` returns False when another worker won), failing a dead
+worker's trial, reading a retry's system attrs before ``optuna.Trial`` exists and the heartbeat
+thread all need the study's storage and a trial's id: public ``BaseStorage`` methods, reached
+only through ``Study._storage`` and ``Study._study_id``. Those two reads live here and nowhere
+else; tests/test_adapters_optuna.py pins what we rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def storage_of(study: Any) -> Any:
+    """The ``BaseStorage`` the study reads and writes (the one it was created or loaded with)."""
+    return study._storage
+
+
+def trial_id(study: Any, number: int) -> int:
+    """The storage id of the study's trial ``number`` (what ``optuna.Trial`` and storage take)."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)

@@ -1,0 +1,115 @@
+"""The sweep's options, declared once: the dataclass, its argparse flags and a worker's argv.
+
+Each field of ``SweepOptions`` carries its command-line flag and help in its metadata;
+``add_option_arguments`` builds the parser from them and ``worker_argv`` writes them back for a
+spawned worker, so a new option is one field here (mark ``worker=False`` when a spawned worker
+must not inherit it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("probe", "finetune")
+
+
+def _opt(default: Any, flag: str, help: str, *, worker: bool = True, **argparse_kw: Any) -> Any:
+    """A dataclass field with its CLI flag (``worker``: passed on to spawned workers)."""
+    meta = {"flag": flag, "help": help, "worker": worker, "argparse": argparse_kw}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SweepOptions:
+    """Everything the CLI decides (see ``python sweeps/run.py --help``)."""
+
+    study: str = _opt(None, "--study", "built-in study name (see --list) or a study .yaml file")
+    storage: str = _opt(
+        DEFAULT_STORAGE, "--storage", f"Optuna storage URL (default {DEFAULT_STORAGE})"
+    )
+    n_trials: int | None = _opt(
+        None, "--n-trials", "trials the study should have (default: the study's; grid: its size)"
+    )
+    workers: int = _opt(
+        1, "--workers", "worker processes on this machine (default 1)", worker=False
+    )
+    preset: str | None = _opt(None, "--preset", "config preset (default: the study's, else demo)")
+    seeds: int = _opt(1, "--seeds", "seeds per trial: 0..S-1, objective = mean val mIoU")
+    resume: bool = _opt(
+        False, "--resume", "fail and retry trials whose worker died, then continue", worker=False
+    )
+    max_retries: int = _opt(2, "--max-retries", "retries of a failed trial (default 2)")
+    pruner: str = _opt("median", "--pruner", "", choices=PRUNERS)
+    objective: str = _opt(
+        "probe", "--objective", "downstream.mode of the objective", choices=OBJECTIVES
+    )
+    overrides: list[str] = _opt([], "--set", "config override (repeatable)", metavar="KEY=VALUE")
+    tracking_uri: str | None = _opt(
+        None,
+        "--tracking-uri",
+        f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
+    )
+    name: str | None = _opt(None, "--name", "study name in the storage (default: the study's name)")
+    heartbeat_s: int = _opt(
+        10,
+        "--heartbeat",
+        "heartbeat interval; a trial silent for 3×S is failed and retried",
+        metavar="S",
+    )
+
+
+def _fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(SweepOptions))
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One argparse argument per SweepOptions field (dest = the field name)."""
+    for f in _fields():
+        meta = f.metadata
+        kw: dict[str, Any] = {"dest": f.name, **meta["argparse"]}
+        if meta["help"]:
+            kw["help"] = meta["help"]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, bool):
+            kw.update(action="store_true", default=default)
+        elif isinstance(default, list):
+            kw.update(action="append", default=[])
+        else:
+            kw.update(default=default, type=_scalar_type(f))
+        parser.add_argument(meta["flag"], **kw)
+
+
+def _scalar_type(f: dataclasses.Field) -> type:
+    return int if str(f.type).startswith("int") else str
+
+
+def from_args(args: argparse.Namespace) -> SweepOptions:
+    """SweepOptions from arguments parsed by a parser built with ``add_option_arguments``."""
+    values = {f.name: getattr(args, f.name) for f in _fields()}
+    values["overrides"] = list(values["overrides"])
+    return SweepOptions(**values)
+
+
+def worker_argv(opts: SweepOptions) -> list[str]:
+    """The arguments of one spawned worker: the same sweep, one process, no setup."""
+    argv: list[str] = []
+    for f in _fields():
+        value, flag = getattr(opts, f.name), f.metadata["flag"]
+        if not f.metadata["worker"] or value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return [*argv, "--worker"]
