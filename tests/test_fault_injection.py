@@ -92,7 +92,9 @@ def _check_invariants(tmp_path: Path, storage: str, name: str) -> dict[str, int]
     for run in children:
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert len(steps) == len(set(steps)), f"{key} logged twice at a step in {run.info.run_id}"
+            assert len(steps) == len(set(steps)), (
+                f"{key} logged twice at a step in {run.info.run_id}"
+            )
     return {
         "trials": len(trials),
         "failed_attempts": sum(t.state == TrialState.FAIL for t in trials),
