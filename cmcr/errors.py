@@ -17,3 +17,7 @@ class CheckpointError(CMCRError):
 
 class TrackingError(CMCRError):
     """An MLflow run, experiment or store cannot be used as asked."""
+
+
+class ConfigError(CMCRError, ValueError):
+    """A config key, value or file is wrong; the message names which and what was expected."""

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from cmcr.data.augment import augment_cloud, map_pixels, patch_mask, sample_crops
 from cmcr.data.collate import collate_pretrain, collate_seg
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
-from cmcr.data.io import read_image_crop
+from cmcr.data.io import read_image_crop, read_points
 from cmcr.data.loader import EpochSampler
 from cmcr.data.occupancy import (
     FAR_EMPTY,
@@ -310,3 +310,14 @@ def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch() -> None:
 def test_every_kth(fraction: float, expected: int) -> None:
     picked = every_kth(list(range(100)), fraction)
     assert len(picked) == expected and picked[0] == 0
+
+
+def test_read_points_names_a_file_with_non_finite_values(tmp_path) -> None:
+    path = tmp_path / "nan.pcd.bin"
+    points = np.ones((10, 5), dtype=np.float32)
+    points.tofile(path)
+    assert read_points(str(path)).shape == (10, 5)
+    points[4, 3] = np.inf
+    points.tofile(path)
+    with pytest.raises(DataError, match=r"nan.pcd.bin: 1 of 10 LiDAR points have non-finite"):
+        read_points(str(path))

@@ -197,7 +197,10 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
 def test_zero_epochs_rejected_before_any_run(store) -> None:
     from cmcr.configs import ConfigError
 
-    cfg = _cfg(store, "finetune", {}, **{"downstream.finetune_epochs": 0})
+    with pytest.raises(ConfigError, match="downstream.finetune_epochs"):
+        _cfg(store, "finetune", {}, **{"downstream.finetune_epochs": 0})  # the schema's range
+    cfg = _cfg(store, "finetune", {})
+    cfg.downstream.finetune_epochs = 0  # a config changed after loading is checked again
     with pytest.raises(ConfigError, match="downstream.finetune_epochs"):
         run_downstream(cfg, pretrained="none")
     assert _no_running_runs(cfg.tracking.tracking_uri)

@@ -137,3 +137,21 @@ def test_study_file_errors(tmp_path):
     )
     spec = load_study(str(good))
     assert spec.name == "mine" and spec.sampler == "tpe" and spec.direction == "maximize"
+
+
+@pytest.mark.parametrize(
+    ("bounds", "key"),
+    [
+        ("low: .nan, high: 1.0", "low"),
+        ("low: 0.1, high: .inf", "high"),
+        ("low: -.inf, high: 1.0", "low"),
+        ("low: 0.1, high: 1.0, step: .inf", "step"),
+    ],
+)
+def test_study_bounds_must_be_finite(tmp_path, bounds: str, key: str) -> None:
+    path = tmp_path / "nan.yaml"
+    path.write_text(f"name: x\nparams:\n  train.lr: {{type: float, {bounds}}}\n")
+    with pytest.raises(StudyError) as info:
+        parse_study_file(path)
+    message = str(info.value)
+    assert "params.train.lr" in message and f"'{key}'" in message and "\n" not in message

@@ -22,7 +22,8 @@ from cmcr.configs.schema import (
     TrackingConfig,
     TrainConfig,
 )
-from cmcr.errors import CMCRError
+from cmcr.configs.validate import registry_names, resolve_config, validate_config
+from cmcr.errors import ConfigError
 
 __all__ = [
     "NUSCENES_CAMERAS",
@@ -44,16 +45,14 @@ __all__ = [
     "list_presets",
     "load_config",
     "parse_override",
+    "registry_names",
+    "resolve_config",
     "validate_config",
     "variant_name",
     "COMPONENTS",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent
-
-
-class ConfigError(CMCRError, ValueError):
-    """A config key, value or file is wrong; the message names which and what was expected."""
 
 
 def variant_name(cfg: Config) -> str:
@@ -218,93 +217,6 @@ def load_config(
         cfg.data.dataroot = env_root
     apply_overrides(cfg, overrides)
     validate_config(cfg)
-    return cfg
-
-
-def _check(cond: bool, key: str, expected: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
-def validate_config(cfg: Config) -> Config:
-    """Range and choice checks, so bad values fail before any compute starts."""
-    d, m, lo, me, t, ds = cfg.data, cfg.model, cfg.loss, cfg.method, cfg.train, cfg.downstream
-    _check(0.0 <= d.mask_ratio <= 1.0, "data.mask_ratio", "a value in [0, 1]", d.mask_ratio)
-    _check(
-        0.0 <= d.mask_image_prob <= 1.0,
-        "data.mask_image_prob",
-        "a value in [0, 1]",
-        d.mask_image_prob,
-    )
-    _check(d.mask_patch > 0, "data.mask_patch", "a positive integer", d.mask_patch)
-    _check(len(d.image_size) == 2, "data.image_size", "[height, width]", d.image_size)
-    _check(
-        all(s > 0 and s % 32 == 0 for s in d.image_size),
-        "data.image_size",
-        "positive multiples of 32",
-        d.image_size,
-    )
-    _check(
-        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
-        "data.crop_scale",
-        "[min, max] with 0 < min <= max <= 1",
-        d.crop_scale,
-    )
-    unknown_cams = [c for c in d.cameras if c not in NUSCENES_CAMERAS]
-    _check(
-        bool(d.cameras) and not unknown_cams,
-        "data.cameras",
-        f"a non-empty subset of {list(NUSCENES_CAMERAS)}",
-        d.cameras,
-    )
-    _check(d.voxel_size > 0, "data.voxel_size", "a positive number", d.voxel_size)
-    _check(d.n_queries >= 0, "data.n_queries", "a non-negative integer", d.n_queries)
-    _check(d.query_radius > 0, "data.query_radius", "a positive number", d.query_radius)
-    _check(d.max_neighbours > 0, "data.max_neighbours", "a positive integer", d.max_neighbours)
-    _check(d.num_workers >= 0, "data.num_workers", "a non-negative integer", d.num_workers)
-    _check(
-        m.backbone in ("unet34c", "unet_small"),
-        "model.backbone",
-        "unet34c or unet_small",
-        m.backbone,
-    )
-    _check(
-        m.image_encoder in ("resnet50", "resnet18"),
-        "model.image_encoder",
-        "resnet50 or resnet18",
-        m.image_encoder,
-    )
-    _check(m.feat_dim > 0, "model.feat_dim", "a positive integer", m.feat_dim)
-    _check(m.codebook_size > 0, "model.codebook_size", "a positive integer", m.codebook_size)
-    _check(0 < m.codebook_decay < 1, "model.codebook_decay", "a value in (0, 1)", m.codebook_decay)
-    _check(lo.temperature > 0, "loss.temperature", "a positive number", lo.temperature)
-    _check(lo.num_matches > 0, "loss.num_matches", "a positive integer", lo.num_matches)
-    _check(lo.mim_on in ("all", "masked"), "loss.mim_on", "all or masked", lo.mim_on)
-    for name, w in dataclasses.asdict(lo.weights).items():
-        _check(w >= 0, f"loss.weights.{name}", "a non-negative number", w)
-    _check(me.name in ("cmcr", "ppkt", "random"), "method.name", "cmcr, ppkt or random", me.name)
-    _check(t.batch_size > 0, "train.batch_size", "a positive integer", t.batch_size)
-    _check(t.lr > 0, "train.lr", "a positive number", t.lr)
-    _check(t.epochs >= 0 and t.max_steps >= 0, "train.epochs", "non-negative", t.epochs)
-    _check(
-        t.scheduler in ("cosine", "constant"), "train.scheduler", "cosine or constant", t.scheduler
-    )
-    _check(
-        t.mixed_precision in ("no", "fp16", "bf16"),
-        "train.mixed_precision",
-        "no, fp16 or bf16",
-        t.mixed_precision,
-    )
-    _check(t.grad_accum >= 1, "train.grad_accum", "an integer >= 1", t.grad_accum)
-    _check(t.checkpoint_every >= 1, "train.checkpoint_every", "an integer >= 1", t.checkpoint_every)
-    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", t.keep_checkpoints)
-    _check(ds.mode in ("probe", "finetune"), "downstream.mode", "probe or finetune", ds.mode)
-    _check(
-        0 < ds.label_fraction <= 1,
-        "downstream.label_fraction",
-        "a fraction in (0, 1]",
-        ds.label_fraction,
-    )
     return cfg
 
 

@@ -18,7 +18,7 @@ _REDUCED = {
 
 
 def read_points(path: str) -> np.ndarray:
-    """(N, 5) float32 points of a nuScenes .pcd.bin; DataError when missing or truncated."""
+    """(N, 5) float32 points of a nuScenes .pcd.bin; DataError when missing, truncated or nan."""
     try:
         raw = np.fromfile(path, dtype=np.float32)
     except (FileNotFoundError, IsADirectoryError) as err:
@@ -28,7 +28,14 @@ def read_points(path: str) -> np.ndarray:
             f"{path}: truncated LiDAR file ({raw.size * 4} bytes is not a whole number of "
             f"{POINT_DIMS}-float points)"
         )
-    return raw.reshape(-1, POINT_DIMS)
+    points = raw.reshape(-1, POINT_DIMS)
+    bad = ~np.isfinite(points[:, :4]).all(axis=1)  # x, y, z, intensity (the ring is unused)
+    if bad.any():  # else voxelisation fails later with a message about voxel counts
+        raise DataError(
+            f"{path}: {int(bad.sum())} of {len(points)} LiDAR points have non-finite (nan/inf) "
+            "values"
+        )
+    return points
 
 
 def read_lidarseg(path: str | None, n_points: int, token: str) -> np.ndarray:

@@ -24,10 +24,21 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def every_kth(records: list, fraction: float) -> list:
-    """Every k-th scan with k = round(1 / fraction), as the official label-fraction subsets."""
-    if not 0.0 < fraction <= 1.0:
-        raise DataError(f"downstream.label_fraction: expected a value in (0, 1], got {fraction}")
+    """Every k-th scan with k = round(1 / fraction), as the official label-fraction subsets.
+
+    ``fraction`` is downstream.label_fraction, whose range (0, 1] validate_config checks.
+    """
     return records[:: max(1, round(1.0 / fraction))]
+
+
+def select_records(cfg: Config, split: str, fraction: float = 1.0) -> list[SampleRecord]:
+    """The keyframes a run uses: the split, its label-fraction subset, the first max_samples."""
+    records = load_records(cfg.data, split)
+    if fraction < 1.0:
+        records = every_kth(records, fraction)
+    if cfg.data.max_samples > 0:
+        records = records[: cfg.data.max_samples]
+    return records
 
 
 def split_index(index: int | tuple[int, int], epoch: int) -> tuple[int, int]:
@@ -44,12 +55,7 @@ class KeyframeDataset(Dataset):
         self.cfg = cfg.data
         self.seed = cfg.train.seed if seed is None else seed
         self.epoch = 0
-        records = load_records(cfg.data, split)
-        if fraction < 1.0:
-            records = every_kth(records, fraction)
-        if cfg.data.max_samples > 0:
-            records = records[: cfg.data.max_samples]
-        self.records: list[SampleRecord] = records
+        self.records: list[SampleRecord] = select_records(cfg, split, fraction)
 
     def __len__(self) -> int:
         return len(self.records)

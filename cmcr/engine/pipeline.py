@@ -176,6 +176,9 @@ def _prepare(cfg: Config) -> Any:
     patch_spconv_cpu()
     validate_config(cfg)
     check_dataroot(cfg)
+    from cmcr.data import check_pretrain_data  # every file the run reads, before the run exists
+
+    check_pretrain_data(cfg)
     if cfg.method.name == "random":
         return None
     loader = _build_loader(cfg)

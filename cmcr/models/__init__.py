@@ -1,12 +1,13 @@
-"""Models: backbone registry (spconv SR-UNet), frozen image encoder, unified codebook, CMCRModel."""
+"""Models: backbone and image encoder registries (spconv SR-UNet), frozen image encoder, unified codebook, CMCRModel."""
 
 from cmcr.models.backbone import BACKBONES, SparseResUNet, build_backbone, register_backbone
 from cmcr.models.cmcr import CMCRModel, active_terms
 from cmcr.models.codebook import UnifiedCodebook
-from cmcr.models.resnet import ResNet, load_resnet
+from cmcr.models.resnet import IMAGE_ENCODERS, ResNet, load_resnet, register_image_encoder
 
 __all__ = [
     "BACKBONES",
+    "IMAGE_ENCODERS",
     "CMCRModel",
     "ResNet",
     "SparseResUNet",
@@ -15,4 +16,5 @@ __all__ = [
     "build_backbone",
     "load_resnet",
     "register_backbone",
+    "register_image_encoder",
 ]

@@ -9,13 +9,19 @@ import torch
 from torch import nn
 
 from cmcr.configs.schema import ModelConfig
-from cmcr.errors import CMCRError
+from cmcr.errors import ConfigError
 
+# name -> factory; the registered names are model.backbone's choices (cmcr.configs validates
+# against this dict), so decorating a factory is the only step to make a backbone usable
 BACKBONES: dict[str, Callable[[int], nn.Module]] = {}
 
 
 def register_backbone(name: str) -> Callable:
-    """Decorator: make a backbone factory ``f(in_channels) -> nn.Module`` buildable by name."""
+    """Decorator: make a backbone factory ``f(in_channels) -> nn.Module`` buildable by name.
+
+    The module must follow the contract of docs/architecture.md (Model): ``forward(coords,
+    feats, spatial_shape, batch_size) -> (V, C)`` and an ``out_dim`` attribute.
+    """
 
     def wrap(factory: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
         BACKBONES[name] = factory
@@ -138,7 +144,7 @@ def unet_small(in_channels: int) -> SparseResUNet:
 def build_backbone(cfg: ModelConfig, in_channels: int = 1) -> nn.Module:
     """The backbone named by ``cfg.backbone`` (input: one intensity channel per voxel)."""
     if cfg.backbone not in BACKBONES:
-        raise CMCRError(
+        raise ConfigError(
             f"model.backbone: expected one of {sorted(BACKBONES)}, got {cfg.backbone!r}"
         )
     return BACKBONES[cfg.backbone](in_channels)

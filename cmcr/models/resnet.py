@@ -6,6 +6,7 @@ silently: ``model.image_weights`` must be a readable file or the explicit word `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,6 +16,19 @@ from cmcr.errors import CheckpointError
 
 # (block kind, blocks per stage)
 RESNET_SPECS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
+# name -> factory of an image trunk: (I, 3, H, W) -> (I, out_dim, H/32, W/32), attribute out_dim;
+# the registered names are model.image_encoder's choices (cmcr.configs validates against them)
+IMAGE_ENCODERS: dict[str, Callable[[], nn.Module]] = {}
+
+
+def register_image_encoder(name: str) -> Callable:
+    """Decorator: make an image encoder factory ``f() -> nn.Module`` buildable by name."""
+
+    def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        IMAGE_ENCODERS[name] = factory
+        return factory
+
+    return wrap
 
 
 class BasicBlock(nn.Module):
@@ -95,6 +109,18 @@ class ResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+@register_image_encoder("resnet18")
+def resnet18() -> ResNet:
+    """torchvision's ResNet-18 trunk (out_dim 512)."""
+    return ResNet("resnet18")
+
+
+@register_image_encoder("resnet50")
+def resnet50() -> ResNet:
+    """torchvision's ResNet-50 trunk (out_dim 2048), the paper's MoCo-v2 encoder."""
+    return ResNet("resnet50")
+
+
 def _extract_state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
     """The trunk's weights from a MoCo-v2 checkpoint or a plain torchvision state dict."""
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -110,8 +136,12 @@ def _extract_state_dict(obj: object, path: str) -> dict[str, torch.Tensor]:
 
 
 def load_resnet(name: str, weights: str) -> ResNet:
-    """A ResNet with weights from ``weights`` (MoCo-v2 or torchvision file) or ``random``."""
-    net = ResNet(name)
+    """The registered encoder ``name`` with weights from a MoCo-v2/torchvision file or ``random``."""
+    if name not in IMAGE_ENCODERS:
+        raise CheckpointError(
+            f"model.image_encoder: expected one of {sorted(IMAGE_ENCODERS)}, got {name!r}"
+        )
+    net = IMAGE_ENCODERS[name]()
     if weights == "random":
         return net
     if not weights:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +277,11 @@ def _parse_range(at: str, name: str, kind: str, spec: dict[str, Any]) -> ParamSp
             raise StudyError(
                 f"{at}: '{key}' must be a {'n integer' if kind == 'int' else ' number'}, got {value!r}"
             )
-    if step is not None and (isinstance(step, bool) or not isinstance(step, num) or step <= 0):
+        if not math.isfinite(value):  # Optuna would sample nan / inf into the config
+            raise StudyError(f"{at}: '{key}' must be a finite number, got {value!r}")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, num) or not 0 < step < math.inf
+    ):
         raise StudyError(f"{at}: 'step' must be a positive number, got {step!r}")
     if low >= high:
         raise StudyError(f"{at}: 'low' must be below 'high', got low={low!r} high={high!r}")

@@ -1,0 +1,163 @@
+"""The one place config values are checked, and machine-dependent values resolved.
+
+Each field declares its allowed values on the schema (``setting(...)`` in schema.py: choices,
+a model registry, bounds, finiteness, list length); ``validate_config`` walks the dataclasses
+and checks every field against them, then runs the few named cross-field rules below.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import logging
+import math
+from typing import Any
+
+from cmcr.errors import ConfigError
+
+log = logging.getLogger("cmcr")
+
+# registry-backed fields: setting(registry=...) -> the module and dict that hold the names
+REGISTRIES = {
+    "backbone": ("cmcr.models.backbone", "BACKBONES"),
+    "image_encoder": ("cmcr.models.resnet", "IMAGE_ENCODERS"),
+}
+IMAGE_STRIDE = 32  # the image encoder's output stride: image sides must be multiples of it
+
+
+def registry_names(registry: str) -> list[str]:
+    """The names registered in a model registry (``backbone``, ``image_encoder``)."""
+    module, attr = REGISTRIES[registry]
+    # imported here, not at the top: the models import torch and spconv, the configs must not
+    return sorted(getattr(importlib.import_module(module), attr))
+
+
+def _check(cond: bool, key: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def describe_bounds(meta: dict[str, Any], integer: bool) -> str | None:
+    """The bounds of ``meta`` in words (``a value in [0, 1]``, ``an integer >= 1``), or None."""
+    low = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    high = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
+    kind = "integer" if integer else "number"
+    if low and high:
+        return f"a value in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+    if low == ("(", 0):
+        return f"a positive {kind}"
+    if low == ("[", 0):
+        return f"a non-negative {kind}"
+    if low:
+        return f"an {kind} {'>=' if low[0] == '[' else '>'} {_num(low[1])}"
+    if high:
+        return f"a {kind} {'<=' if high[0] == ']' else '<'} {_num(high[1])}"
+    return None
+
+
+def _in_bounds(x: float, meta: dict[str, Any]) -> bool:
+    return (
+        ("ge" not in meta or x >= meta["ge"])
+        and ("gt" not in meta or x > meta["gt"])
+        and ("le" not in meta or x <= meta["le"])
+        and ("lt" not in meta or x < meta["lt"])
+    )
+
+
+def check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
+    """Check one field's value against its declared metadata; ConfigError names the key."""
+    items = value if isinstance(value, list) else [value]
+    each = "every item to be " if isinstance(value, list) else ""
+    if isinstance(value, list):
+        if "length" in meta:
+            _check(len(value) == meta["length"], key, f"a list of {meta['length']} items", value)
+        if "min_length" in meta:
+            n = meta["min_length"]
+            _check(len(value) >= n, key, f"a list of at least {n} item(s)", value)
+    allowed = meta.get("choices")
+    if "registry" in meta:
+        allowed = registry_names(meta["registry"])
+    if allowed is not None:
+        _check(all(v in allowed for v in items), key, f"{each}one of {', '.join(allowed)}", value)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if meta.get("finite", True):
+            _check(math.isfinite(v), key, f"{each}a finite number", value)
+        bounds = describe_bounds(meta, isinstance(v, int))
+        if bounds:
+            _check(_in_bounds(v, meta), key, f"{each}{bounds}", value)
+
+
+def _check_node(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_node(value, f"{prefix}{f.name}.")
+        else:
+            check_value(f"{prefix}{f.name}", value, dict(f.metadata))
+
+
+# ---- cross-field rules: each names the key it reports ----------------------------------------
+
+
+def image_size_stride(cfg: Any) -> None:
+    """Image sides are multiples of the encoder's stride (the heads upsample by it)."""
+    size = cfg.data.image_size
+    ok = all(s % IMAGE_STRIDE == 0 for s in size)
+    _check(ok, "data.image_size", f"positive multiples of {IMAGE_STRIDE}", size)
+
+
+def crop_scale_order(cfg: Any) -> None:
+    """The crop area range is [min, max] with min <= max."""
+    lo, hi = cfg.data.crop_scale
+    _check(lo <= hi, "data.crop_scale", "[min, max] with 0 < min <= max <= 1", [lo, hi])
+
+
+def some_training(cfg: Any) -> None:
+    """Pre-training runs at least one step: epochs or max_steps is positive."""
+    t = cfg.train
+    ok = t.epochs >= 1 or t.max_steps >= 1
+    _check(ok, "train.epochs", "an integer >= 1 when train.max_steps is 0", t.epochs)
+
+
+RULES = (image_size_stride, crop_scale_order, some_training)
+
+
+def validate_config(cfg: Any) -> Any:
+    """Every field against its declared choices and ranges, then the cross-field rules."""
+    _check_node(cfg, "")
+    for rule in RULES:
+        rule(cfg)
+    return cfg
+
+
+def cuda_available() -> bool:
+    """Whether this process will train on CUDA (a GPU is visible and ACCELERATE_USE_CPU unset)."""
+    import torch  # here, not at the top: the configs package stays light to import
+    from accelerate.utils import parse_flag_from_env
+
+    return torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def resolve_config(cfg: Any, *, cuda: bool | None = None) -> Any:
+    """A copy of ``cfg`` with machine-dependent values made explicit, to log before the run.
+
+    Mixed precision is a CUDA feature: without CUDA it becomes ``no`` (with a log line), so the
+    logged ``train.mixed_precision`` is what the run really used.
+    """
+    cfg = validate_config(copy.deepcopy(cfg))
+    if cuda is None:
+        cuda = cuda_available()
+    if not cuda and cfg.train.mixed_precision != "no":
+        log.info(
+            "train.mixed_precision: %s needs CUDA, none here: running (and logging) 'no'",
+            cfg.train.mixed_precision,
+        )
+        cfg.train.mixed_precision = "no"
+    return cfg

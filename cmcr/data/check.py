@@ -1,0 +1,104 @@
+"""Data checks before any run exists: every file the run will read is present and plausible.
+
+The datasets read files lazily, in workers, after the MLflow run is created; a bad file found
+there ends the run FAILED. These checks look at the same samples first (sizes, headers and the
+points' finiteness), so bad input fails with one line and leaves no run behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cmcr.configs import Config
+from cmcr.data.io import read_lidarseg, read_points
+from cmcr.data.pretrain import select_records
+from cmcr.data.records import SampleRecord
+from cmcr.errors import CheckpointError, DataError
+
+JPEG_END = b"\xff\xd9"
+
+
+def check_points(path: str) -> int:
+    """Number of points of a LiDAR file; DataError when missing, empty, truncated or not finite."""
+    points = read_points(path)  # missing, truncated and non-finite files raise there
+    if len(points) == 0:
+        raise DataError(f"{path}: LiDAR file holds no points")
+    return len(points)
+
+
+def check_image(path: str, height: int, width: int) -> None:
+    """A camera JPEG is present, complete, and of the size its calibration table says."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: camera image not found")
+    with file.open("rb") as fh:
+        fh.seek(max(file.stat().st_size - 2, 0))
+        if fh.read(2) != JPEG_END:
+            raise DataError(f"{path}: truncated or not a JPEG camera image")
+    try:
+        with Image.open(file) as img:  # reads the header only
+            w, h = img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{path}: not a readable camera image ({err})") from None
+    if (h, w) != (height, width):
+        raise DataError(f"{path}: camera image {h}x{w}, expected {height}x{width} (table)")
+
+
+def check_lidarseg(record: SampleRecord, n_points: int) -> None:
+    """The record's lidarseg file exists and holds one uint8 label per point (one small read)."""
+    read_lidarseg(record.lidarseg_path, n_points, record.lidar_token)
+
+
+def check_image_weights(weights: str) -> None:
+    """``model.image_weights`` is ``random`` or an existing file (its content: load_resnet)."""
+    if weights == "random":
+        return
+    if not weights:
+        raise CheckpointError(
+            "model.image_weights is empty: give a MoCo-v2/torchvision weight file, "
+            "or 'random' to use an untrained image encoder on purpose"
+        )
+    if not Path(weights).is_file():
+        raise CheckpointError(f"model.image_weights '{weights}': no such file")
+
+
+def check_data(
+    cfg: Config, split: str, *, images: bool, labels: bool, fraction: float = 1.0
+) -> int:
+    """Check every sample of ``split`` a run will read; the number of samples checked.
+
+    ``images``: the cameras of cfg.data.cameras (pre-training); ``labels``: the lidarseg files
+    (downstream); ``fraction``: the label-fraction subset the downstream training split uses.
+    """
+    records = select_records(cfg, split, fraction)
+    for rec in records:
+        n_points = check_points(rec.lidar_path)
+        if images:
+            for path, (h, w) in zip(rec.cam_paths, rec.image_hw, strict=True):
+                check_image(path, int(h), int(w))
+        if labels:
+            check_lidarseg(rec, n_points)
+    return len(records)
+
+
+def check_pretrain_data(cfg: Config) -> int:
+    """Before a pre-training run: the train split's LiDAR and images, and the image weights."""
+    if cfg.method.name == "random":  # a seeded, untrained backbone reads no data
+        return 0
+    check_image_weights(cfg.model.image_weights)
+    return check_data(cfg, cfg.data.train_split, images=True, labels=False)
+
+
+def check_downstream_data(cfg: Config) -> int:
+    """Before a probe / fine-tune run: the labelled train subset and the whole val split."""
+    train = check_data(
+        cfg,
+        cfg.data.train_split,
+        images=False,
+        labels=True,
+        fraction=cfg.downstream.label_fraction,
+    )
+    return train + check_data(cfg, cfg.data.val_split, images=False, labels=True)
