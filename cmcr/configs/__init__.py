@@ -78,6 +78,11 @@ def _field_types(obj: Any) -> dict[str, Any]:
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check ``value`` against the annotated type; ints are accepted for floats only."""
     origin = typing.get_origin(typ)
+    if origin is dict:
+        _, inner = typing.get_args(typ)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of name: {inner.__name__}, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, inner) for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(typ)
         if isinstance(value, tuple):
@@ -123,6 +128,11 @@ def _set(cfg: Any, dotted: str, value: Any) -> None:
             raise ConfigError(
                 f"unknown config key '{dotted}' ('{part}' is not in {where}: {known})"
             )
+        if i == len(parts) - 2 and typing.get_origin(types[part]) is dict:
+            # one item of a mapping field: loss.weights.extra.<name>=value
+            _, inner = typing.get_args(types[part])
+            getattr(node, part)[parts[-1]] = _coerce(dotted, value, inner)
+            return
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(node, part)):
                 if not isinstance(value, dict):
@@ -245,7 +255,10 @@ def config_from_flat(flat: dict[str, Any]) -> Config:
 def _lookup_type(cfg: Config, dotted: str) -> Any:
     node: Any = cfg
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
+        types = _field_types(node) if dataclasses.is_dataclass(node) else {}
+        if i == len(parts) - 2 and typing.get_origin(types.get(part)) is dict:
+            return typing.get_args(types[part])[1]  # an item of a mapping field
         node = getattr(node, part, None)
         if node is None or not dataclasses.is_dataclass(node):
             raise ConfigError(f"unknown config key '{dotted}'")

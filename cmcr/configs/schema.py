@@ -121,6 +121,9 @@ class LossWeights:
     orth: float = setting(0.1, ge=0.0)
     commit: float = setting(1.0, ge=0.0)
     cmcm: float = setting(1.0, ge=0.0)
+    # weights of terms registered with @register_loss_term (cmcr/losses/registry.py), by name;
+    # a registered term is computed only when its weight here is > 0 (docs: How to extend)
+    extra: dict[str, float] = setting(factory=dict, registry="loss_term", ge=0.0)
 
 
 @dataclass

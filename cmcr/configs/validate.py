@@ -22,12 +22,13 @@ log = logging.getLogger("cmcr")
 REGISTRIES = {
     "backbone": ("cmcr.models.backbone", "BACKBONES"),
     "image_encoder": ("cmcr.models.resnet", "IMAGE_ENCODERS"),
+    "loss_term": ("cmcr.losses.registry", "LOSS_TERMS"),
 }
 IMAGE_STRIDE = 32  # the image encoder's output stride: image sides must be multiples of it
 
 
 def registry_names(registry: str) -> list[str]:
-    """The names registered in a model registry (``backbone``, ``image_encoder``)."""
+    """The names registered in a registry (``backbone``, ``image_encoder``, ``loss_term``)."""
     module, attr = REGISTRIES[registry]
     # imported here, not at the top: the models import torch and spconv, the configs must not
     return sorted(getattr(importlib.import_module(module), attr))
@@ -71,6 +72,12 @@ def _in_bounds(x: float, meta: dict[str, Any]) -> bool:
 
 def check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
     """Check one field's value against its declared metadata; ConfigError names the key."""
+    if isinstance(value, dict):  # a mapping field: keys from the registry, values by the bounds
+        allowed = registry_names(meta["registry"]) if "registry" in meta else list(value)
+        for name, item in value.items():
+            _check(name in allowed, f"{key}.{name}", f"a name in {allowed}", name)
+            check_value(f"{key}.{name}", item, {k: v for k, v in meta.items() if k != "registry"})
+        return
     items = value if isinstance(value, list) else [value]
     each = "every item to be " if isinstance(value, list) else ""
     if isinstance(value, list):

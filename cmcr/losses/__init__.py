@@ -86,8 +86,12 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> tor
         raise CMCRError("weighted_total: no loss terms (method.name=random does not pre-train)")
     total = None
     for name, value in losses.items():
-        if not hasattr(weights, name):
+        if hasattr(weights, name) and name != "extra":
+            weight = getattr(weights, name)
+        elif name in weights.extra:
+            weight = weights.extra[name]
+        else:
             raise CMCRError(f"loss.weights.{name}: no weight for loss term '{name}'")
-        term = getattr(weights, name) * value
+        term = weight * value
         total = term if total is None else total + term
     return total

@@ -19,6 +19,7 @@ from torch import nn
 from cmcr import losses as L
 from cmcr.configs.schema import Config
 from cmcr.errors import CheckpointError, CMCRError
+from cmcr.losses.registry import TermInputs, active_extra_terms
 from cmcr.models.backbone import build_backbone
 from cmcr.models.codebook import UnifiedCodebook
 from cmcr.models.decoders import (
@@ -106,6 +107,7 @@ class CMCRModel(nn.Module):
         if self.on["orth"]:
             with self._timed("losses"):
                 out["losses"]["orth"] = L.orth(pts["shared"], pts["specific"])
+        self._extra_terms(batch, pts, img, sel, f_p, f_v, out)
         return out
 
     def point_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -141,6 +143,18 @@ class CMCRModel(nn.Module):
         candidates = (~batch["pair_masked"]).nonzero(as_tuple=True)[0]  # (P_unmasked,)
         order = torch.randperm(len(candidates), generator=gen)[: self.cfg.loss.num_matches]
         return candidates[order.to(candidates.device)]
+
+    def _extra_terms(self, batch, pts, img, sel, f_p, f_v, out) -> None:
+        """Terms registered with ``@register_loss_term`` whose weight is > 0."""
+        terms = active_extra_terms(self.cfg)
+        if not terms:
+            return
+        inputs = TermInputs(
+            self.cfg, batch, pts["shared"], pts["specific"], img["shared"], sel, f_p, f_v
+        )
+        with self._timed("losses"):
+            for name, fn in terms.items():
+                out["losses"][name] = fn(inputs)
 
     # ---- component terms ---------------------------------------------------------------------
     def _codebook_terms(self, p_shared, v_shared, sel, f_p, f_v, out):
