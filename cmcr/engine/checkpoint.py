@@ -325,3 +325,38 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
             os.environ.pop(_PROGRESS_ENV, None)
         else:
             os.environ[_PROGRESS_ENV] = quiet
+
+
+# ---- segmentation weights (probe / fine-tune) -----------------------------------------------
+SEG_BACKBONE_FILE = "seg_backbone.pt"
+SEG_HEAD_FILE = "seg_head.pt"
+
+
+def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[Any, str | None]:
+    """A SegModel with pre-trained encoder weights loaded (or random, explicitly); + source run."""
+    from cmcr.models.segmentation import SegModel
+
+    torch.manual_seed(cfg.train.seed)
+    model = SegModel(cfg)
+    path, run_id = resolve_pretrained(cfg, pretrained)
+    if path is not None:
+        load_into(model.encoder, path, "backbone")
+    return model, run_id
+
+
+def save_seg_weights(model: Any, out: Path) -> None:
+    """``seg_backbone.pt`` (same format as backbone.pt) and ``seg_head.pt`` of a SegModel."""
+    save_backbone(model.encoder.state_dict(), out / SEG_BACKBONE_FILE)
+    save_backbone(model.classifier.state_dict(), out / SEG_HEAD_FILE)
+
+
+def run_dir_weights(cfg: Config, run_id: str) -> tuple[Path, Path]:
+    """``seg_backbone.pt`` and ``seg_head.pt`` of a probe / fine-tune run (CheckpointError if absent)."""
+    out = run_dir(cfg, run_id)
+    backbone, head = out / SEG_BACKBONE_FILE, out / SEG_HEAD_FILE
+    if not (backbone.is_file() and head.is_file()):
+        raise CheckpointError(
+            f"--run '{run_id}': no {SEG_BACKBONE_FILE} / {SEG_HEAD_FILE} in {out} "
+            "(expected the output folder of a cmcr probe or finetune run)"
+        )
+    return backbone, head
