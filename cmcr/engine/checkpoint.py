@@ -28,6 +28,7 @@ import torch
 
 from cmcr.configs import Config
 from cmcr.errors import CheckpointError, TrackingError
+from cmcr.names import Tag
 
 BACKBONE_FILE = "backbone.pt"
 COMPLETE_MARKER = "COMPLETE"
@@ -325,6 +326,25 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
             os.environ.pop(_PROGRESS_ENV, None)
         else:
             os.environ[_PROGRESS_ENV] = quiet
+
+
+def pretrained_variant(cfg: Config, pretrained: str | None, source_run: str | None) -> str | None:
+    """What the evaluated weights are: random for none, else the pre-training run's variant.
+
+    The probe's own config says nothing about how its weights were trained, so without this the
+    variant tag of ``--pretrained none`` would read "cmcr".
+    """
+    if resolve_pretrained(cfg, pretrained) == (None, None):
+        return "random"
+    if source_run is None:
+        return None
+    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+
+    try:
+        tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
+    except Exception:  # a local runs/<id>/backbone.pt whose run is in another store
+        return None
+    return tags.get(Tag.VARIANT)
 
 
 # ---- segmentation weights (probe / fine-tune) -----------------------------------------------

@@ -14,10 +14,9 @@ only the steps not yet in the run's history, comes from ``RunLogger.last_logged_
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, ConfigError
 from cmcr.data import set_loader_epoch
-from cmcr.engine.checkpoint import build_seg_model, resolve_pretrained, save_seg_weights
+from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
 from cmcr.eval.evaluate import (
     evaluate_batches,
     export_predictions,
@@ -59,13 +58,11 @@ class DownstreamResult:
     per_class: dict[str, float]
 
 
-# ---- data -----------------------------------------------------------------------------------
 def _point_targets(batch: dict[str, Any]) -> torch.Tensor:
     """(N,) training targets 0..15, IGNORE where the label is 0."""
     return batch["labels"].long() - 1
 
 
-# ---- losses, evaluation ---------------------------------------------------------------------
 def seg_loss(point_logits: torch.Tensor, target: torch.Tensor, lovasz: bool) -> torch.Tensor:
     """Cross-entropy (+ Lovász-softmax) over points; target IGNORE is left out."""
     ce = nn.functional.cross_entropy(point_logits, target, ignore_index=IGNORE)
@@ -74,12 +71,11 @@ def seg_loss(point_logits: torch.Tensor, target: torch.Tensor, lovasz: bool) -> 
     return ce + lovasz_softmax(point_logits.softmax(dim=1), target, ignore_index=IGNORE)
 
 
-# ---- linear probing -------------------------------------------------------------------------
 @dataclass
 class _Cache:
-    """Frozen features computed once. Probing uses no augmentation (METHOD.md gives none), so
-    a scan's features never change across epochs: one backbone pass per scan instead of one per
-    scan per epoch, the big CPU saving of probing."""
+    """Frozen features computed once, from one pass over the train loader (epoch 0's
+    augmentation, recorded as ``Tag.PROBE_AUGMENT``): one backbone pass per scan instead of one
+    per scan per epoch, the big CPU saving of probing."""
 
     train: list[tuple[torch.Tensor, torch.Tensor]]  # per scan: (M, D) feats, (M,) targets 0..15
     val: list[tuple[torch.Tensor, dict[str, Any]]]  # per batch: (V, D) voxel feats, the batch
@@ -120,7 +116,6 @@ class _Trainer:
         self.cfg, self.model, self.logger, self.report = cfg, model, logger, report
         self.step = 0
         self.metrics: SegMetrics | None = None
-        self.history: list[tuple[int, float]] = []
         # a resumed trial re-runs its downstream part from scratch: epochs already in the run's
         # history are not logged twice (the first value logged stays, as in pre-training)
         last = getattr(logger, "last_logged_step", None)
@@ -145,6 +140,24 @@ class _Trainer:
         max_steps = self.cfg.downstream.max_steps
         return max_steps > 0 and self.step >= max_steps
 
+    def fit(
+        self, epochs: int, epoch_losses: Callable[[int], Iterator[torch.Tensor]], evaluate: Callable
+    ) -> None:
+        """Epochs 1..epochs: one update per loss ``epoch_losses(epoch)`` yields, then end_epoch.
+
+        ``epoch_losses`` is a generator, so each loss is computed after the previous update.
+        """
+        for epoch in range(1, epochs + 1):
+            losses = []
+            for loss in epoch_losses(epoch):
+                self.update(loss)
+                losses.append(loss.item())
+                if self.done():
+                    break
+            self.end_epoch(epoch, losses, epoch == epochs or self.done(), evaluate)
+            if self.done():
+                break
+
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
         """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
         if losses:
@@ -152,7 +165,6 @@ class _Trainer:
         if not (last or epoch % self.cfg.downstream.eval_every == 0):
             return
         self.metrics = evaluate()
-        self.history.append((epoch, self.metrics.miou))
         self._log(metric_dict(self.metrics), epoch, Metric.VAL_MIOU)
         if self.report is not None:
             self.report(epoch, self.metrics.miou)  # may raise optuna.TrialPruned: let it through
@@ -176,27 +188,19 @@ def _probe(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, t
         model.classifier.train()
         return metrics
 
-    for epoch in range(1, ds.probe_epochs + 1):
+    def epoch_losses(epoch: int) -> Iterator[torch.Tensor]:
         order = np.random.default_rng([cfg.train.seed, epoch - 1]).permutation(len(cache.train))
-        losses = []
         for i in range(0, len(order), ds.batch_size):
             chunk = [cache.train[j] for j in order[i : i + ds.batch_size]]
             x = torch.cat([c[0] for c in chunk])  # (M, D)
             y = torch.cat([c[1] for c in chunk])  # (M,)
-            if y.numel() == 0:
-                continue
-            loss = seg_loss(model.classifier(x), y, lovasz=False)
-            tr.update(loss)
-            losses.append(loss.item())
-            if tr.done():
-                break
-        tr.end_epoch(epoch, losses, epoch == ds.probe_epochs or tr.done(), evaluate)
-        if tr.done():
-            break
+            if y.numel() > 0:
+                yield seg_loss(model.classifier(x), y, lovasz=False)
+
+    tr.fit(ds.probe_epochs, epoch_losses, evaluate)
     return cache
 
 
-# ---- fine-tuning ----------------------------------------------------------------------------
 def _finetune(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
     ds = cfg.downstream
     train_loader, val_loader = loaders
@@ -210,30 +214,24 @@ def _finetune(cfg: Config, model: SegModel, loaders: tuple, device: torch.device
         ],
         total,
     )
-    for epoch in range(1, ds.finetune_epochs + 1):
+
+    def epoch_losses(epoch: int) -> Iterator[torch.Tensor]:
         set_loader_epoch(train_loader, epoch - 1)
-        model.train()
-        losses = []
+        model.train()  # evaluation left it in eval mode
         for batch in train_loader:
             batch = to_device(batch, device)
             target = _point_targets(batch)
-            if not bool((target != IGNORE).any()):
-                continue  # nothing labelled: cross-entropy would be NaN
-            logits = model(batch)[batch["inverse"]]  # (N, 16)
-            loss = seg_loss(logits, target, lovasz=True)
-            tr.update(loss)
-            losses.append(loss.item())
-            if tr.done():
-                break
-        last = epoch == ds.finetune_epochs or tr.done()
-        tr.end_epoch(
-            epoch, losses, last, lambda: evaluate_batches(live_logits(model, val_loader, device))
-        )
-        if tr.done():
-            break
+            if bool((target != IGNORE).any()):  # nothing labelled: cross-entropy would be NaN
+                logits = model(batch)[batch["inverse"]]  # (N, 16)
+                yield seg_loss(logits, target, lovasz=True)
+
+    tr.fit(
+        ds.finetune_epochs,
+        epoch_losses,
+        lambda: evaluate_batches(live_logits(model, val_loader, device)),
+    )
 
 
-# ---- the entry point ------------------------------------------------------------------------
 def build_loaders(cfg: Config, mode: str) -> tuple[Any, Any]:
     """(train, val) loaders from the config as logged; train keeps downstream.label_fraction.
 
@@ -284,7 +282,7 @@ def run_downstream(
     if source_run:
         extra[Tag.PRETRAINED_RUN] = source_run
         parent_run_id = parent_run_id or source_run  # link the evaluation to its pre-training
-    variant = _source_variant(cfg, pretrained, source_run)
+    variant = pretrained_variant(cfg, pretrained, source_run)
     if variant and logger is None:  # a trial's own variant tag is already right
         extra[Tag.VARIANT] = variant
     if logger is not None:
@@ -298,25 +296,6 @@ def run_downstream(
         tags={**extra, **(tags or {})},
     ) as own:
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir)
-
-
-def _source_variant(cfg: Config, pretrained: str | None, source_run: str | None) -> str | None:
-    """What the evaluated weights are: random for none, else the pre-training run's variant.
-
-    The probe's own config says nothing about how its weights were trained, so without this the
-    variant tag of ``--pretrained none`` would read "cmcr".
-    """
-    if resolve_pretrained(cfg, pretrained) == (None, None):
-        return "random"
-    if source_run is None:
-        return None
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
-
-    try:
-        tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
-    except Exception:  # a local runs/<id>/backbone.pt whose run is in another store
-        return None
-    return tags.get(Tag.VARIANT)
 
 
 def _check_epochs(cfg: Config) -> None:
@@ -359,8 +338,3 @@ def save_outputs(model: SegModel, cfg: Config, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_seg_weights(model, out)
     (out / "config.yaml").write_text(config_yaml(cfg))
-
-
-def as_dict(result: DownstreamResult) -> dict[str, Any]:
-    """A JSON-friendly form of a result."""
-    return dataclasses.asdict(result)
