@@ -74,6 +74,7 @@ def test_checkpoints_hold_json_state_and_no_pickle(finished) -> None:
         assert (folder / "model.safetensors").is_file()
         assert list(folder.rglob("*.pkl")) == [], folder
     assert latest_step(cfg, run_id) == 4
+    assert latest_step(cfg, "no-such-run") == 0
 
 
 def test_planted_pickle_is_refused_before_loading(finished, tmp_path) -> None:
