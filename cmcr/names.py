@@ -43,6 +43,7 @@ class Tag:
     SAMPLER = "optuna.sampler"
     BEST_TRIAL = "optuna.best_trial"
     BEST_RUN_ID = "optuna.best_run_id"
+    PROBE_AUGMENT = "cmcr.probe_augment"  # whether the probe's cached features were augmented
 
 
 class Kind:

@@ -79,6 +79,11 @@ def test_probe_freezes_encoder_and_trains_head(world_cfg, store, tmp_path) -> No
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["cmcr.kind"] == "probe"
+    # what the probe's feature cache saw is recorded, from the config as logged (no rewrite)
+    augment = (
+        run.data.params["data.rotate"] == "True" or float(run.data.params["data.flip_prob"]) > 0
+    )
+    assert run.data.tags["cmcr.probe_augment"] == str(augment).lower()
     assert run.data.params["downstream.probe_lr"] == str(cfg.downstream.probe_lr)
     assert run.data.metrics["val/miou"] == pytest.approx(res.miou)
     assert [m.step for m in client.get_metric_history(res.run_id, "val/miou")] == [1, 2, 3]

@@ -46,8 +46,10 @@ def test_label_fraction_keeps_every_kth_scan(world, tmp_path) -> None:
     assert len(every) == 8
     kept = [r.lidar_token for r in SegDataset(cfg, cfg.data.train_split, train=True).records]
     assert kept == [every[0], every[4]]
-    # the probe's train loader (augmentation off) reads exactly that subset
+    # the probe's train loader reads exactly that subset, built from the config as given
+    before = repr(cfg)
     train, val = build_loaders(cfg, "probe")
+    assert repr(cfg) == before and train.dataset.cfg == cfg.data
     seen = [t for batch in train for t in batch["sample_tokens"]]
     assert sorted(seen) == sorted(kept)
     assert len([t for batch in val for t in batch["sample_tokens"]]) == 4

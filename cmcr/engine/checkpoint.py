@@ -1,29 +1,46 @@
-"""Checkpoints: Accelerate ``save_state``/``load_state`` with automatic naming, plus backbone.pt.
+"""Checkpoints and weights: the one place that saves, finds and (safely) loads them.
 
-Layout (docs/architecture.md): ``runs/<run_id>/checkpoints/checkpoint_<i>`` (Accelerate picks
-the latest on ``load_state()``; keeps ``train.keep_checkpoints``) and ``runs/<run_id>/backbone.pt``
-(the final weights, a plain state dict that loads with ``weights_only=True``).
+Layout (docs/architecture.md): ``runs/<run_id>/checkpoints/checkpoint_<i>`` written by
+Accelerate's ``save_state`` with automatic naming (keeps ``train.keep_checkpoints``), plus our
+``train_state.json`` (loop counters), ``rng_state_<rank>.json`` and the ``COMPLETE`` marker;
+``runs/<run_id>/backbone.pt`` holds the final weights (a plain state dict).
+
+No pickle (issue 14). Models are safetensors; Accelerate's optimizer/scheduler ``.bin`` files
+are read with ``weights_only=True``; our counters and RNG states are JSON. Accelerate writes
+its RNG states as ``random_states_<rank>.pkl``; we delete that file right after the save and
+keep our own JSON copy, so a checkpoint folder never holds a ``.pkl``, and one that does (a
+planted ``custom_checkpoint_0.pkl``) is refused before anything is loaded.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cmcr.configs import Config
-from cmcr.errors import CheckpointError
+from cmcr.errors import CheckpointError, TrackingError
+from cmcr.names import Tag
 
 BACKBONE_FILE = "backbone.pt"
 COMPLETE_MARKER = "COMPLETE"
+STATE_FILE = "train_state.json"
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+log = logging.getLogger("cmcr")
 
 
 @dataclass
 class TrainState:
-    """Loop counters saved with every checkpoint (``accelerator.register_for_checkpointing``).
+    """Loop counters saved as ``train_state.json`` in every checkpoint.
 
     ``batch_in_epoch`` counts micro-batches already consumed in ``epoch``, so a resumed run
     skips exactly those with ``accelerator.skip_first_batches``; ``saves`` is the number of
@@ -35,16 +52,20 @@ class TrainState:
     batch_in_epoch: int = 0
     saves: int = 0
 
-    def state_dict(self) -> dict[str, int]:
-        """Plain ints, so the pickle holds nothing but numbers."""
-        return asdict(self)
+    def load_json(self, path: Path) -> None:
+        """Restore the counters from ``path``; CheckpointError if it is missing or malformed."""
+        try:
+            data = json.loads(path.read_text())
+            values = {f.name: data[f.name] for f in fields(self)}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' is not a train state ({type(exc).__name__})") from None
+        if not all(type(v) is int and v >= 0 for v in values.values()):
+            raise CheckpointError(f"'{path}': counters must be non-negative integers")
+        for key, value in values.items():
+            setattr(self, key, value)
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the counters of a checkpoint."""
-        for key, value in state.items():
-            setattr(self, key, int(value))
 
-
+# ---- where checkpoints are ------------------------------------------------------------------
 def run_dir(cfg: Config, run_id: str) -> Path:
     """``<tracking.output_dir>/<run_id>``: checkpoints and weights of one run."""
     return Path(cfg.tracking.output_dir) / run_id
@@ -55,34 +76,92 @@ def checkpoint_dir(cfg: Config, run_id: str) -> Path:
     return run_dir(cfg, run_id) / "checkpoints"
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The ``checkpoint_<i>`` folders with a ``COMPLETE`` marker, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.glob("checkpoint_*")
+        if p.name[11:].isdigit() and (p / COMPLETE_MARKER).exists()
+    ]
+    return sorted(found, key=lambda p: int(p.name[11:]), reverse=True)
+
+
 def has_checkpoints(cfg: Config, run_id: str) -> bool:
     """Whether the run has at least one saved state to resume from."""
-    folder = checkpoint_dir(cfg, run_id)
-    return folder.is_dir() and any(
-        (p / COMPLETE_MARKER).exists() for p in folder.glob("checkpoint_*")
-    )
+    return bool(complete_checkpoints(checkpoint_dir(cfg, run_id)))
 
 
+def latest_step(cfg: Config, run_id: str) -> int:
+    """The optimiser step of the run's newest readable checkpoint (0 when there is none)."""
+    for folder in complete_checkpoints(checkpoint_dir(cfg, run_id)):
+        state = TrainState()
+        try:
+            state.load_json(folder / STATE_FILE)
+        except CheckpointError:  # a damaged newest one: the resume would fall back too
+            continue
+        return state.step
+    return 0
+
+
+# ---- save -----------------------------------------------------------------------------------
 def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
-    """Every process calls this: Accelerate writes each rank's RNG state, main the rest.
+    """Every process calls this: Accelerate writes the weights/optimiser, each rank its RNG.
 
-    A ``COMPLETE`` marker is written once every rank has finished, so a run killed in the
-    middle of a save leaves a folder that ``drop_partial_checkpoints`` recognises.
+    ``train_state.json`` and the ``COMPLETE`` marker are written by main once every rank has
+    finished, so a run killed in the middle of a save leaves a folder without the marker,
+    which ``drop_partial_checkpoints`` recognises.
     """
     state.saves += 1  # counted before saving so the saved counter names the next index
     where = Path(accelerator.save_state())
+    rank = accelerator.process_index
+    (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
+    _write_json(where / f"rng_state_{rank}.json", _rng_state())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _write_json(where / STATE_FILE, asdict(state))
         (where / COMPLETE_MARKER).touch()
     return where
 
 
-def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
-    """Delete checkpoint folders without the ``COMPLETE`` marker (a kill during a save).
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
 
-    Accelerate's ``load_state()`` takes the highest-numbered folder as it is; a half-written
-    one would make the run unresumable, while the previous complete one is still good.
-    """
+
+def _rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy and torch RNG states as plain JSON values."""
+    _, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [list(mt), gauss],
+        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def _set_rng_state(path: Path) -> None:
+    """Restore what ``_rng_state`` saved (CheckpointError if the file is bad)."""
+    try:
+        s = json.loads(path.read_text())
+        random.setstate((3, tuple(s["python"][0]), s["python"][1]))
+        keys, pos, has_gauss, cached = s["numpy"]
+        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
+        if torch.cuda.is_available() and "cuda" in s:
+            torch.cuda.set_rng_state_all([torch.tensor(c, dtype=torch.uint8) for c in s["cuda"]])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"'{path}' is not an RNG state ({type(exc).__name__})") from None
+
+
+# ---- resume ---------------------------------------------------------------------------------
+def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
+    """Delete checkpoint folders without the ``COMPLETE`` marker (a kill during a save)."""
     folder = Path(accelerator.project_dir) / "checkpoints"
     partial = []
     if folder.is_dir():
@@ -95,27 +174,75 @@ def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
     return partial
 
 
-def load_latest(accelerator: Any, state: TrainState) -> None:
-    """Restore the newest checkpoint (Accelerate picks it); a broken one raises CheckpointError."""
-    picked = [Path(accelerator.project_dir) / "checkpoints"]
-    # Accelerate tells the folder it chose to its pre-hooks; remember it for the message
-    hook = accelerator.register_load_state_pre_hook(lambda _models, d: picked.append(Path(d)))
+def refuse_pickles(folders: list[Path]) -> None:
+    """CheckpointError if any checkpoint folder holds a pickle file (it could run code)."""
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in PICKLE_SUFFIXES:
+                raise CheckpointError(
+                    f"checkpoint '{folder}' holds the pickle file '{path.name}': refusing to "
+                    "resume (our checkpoints hold none; loading one could run arbitrary code)"
+                )
+
+
+def load_latest(accelerator: Any, state: TrainState) -> Path:
+    """Restore the newest checkpoint that loads; older ones are tried when a newer one is bad.
+
+    Folders newer than the one used are moved to ``<run>/rejected/`` (their index is reused
+    by the next save). CheckpointError when none loads or any holds a pickle.
+    """
+    folders = complete_checkpoints(Path(accelerator.project_dir) / "checkpoints")
+    refuse_pickles(folders)  # before anything is loaded
+    errors = []
+    for i, folder in enumerate(folders):
+        error = _try_load(accelerator, folder, state)
+        if _agree(accelerator, error is None):  # every rank uses the same checkpoint
+            _reject(accelerator, folders[:i])
+            # Accelerate does not restore its save counter; without this the next save would
+            # collide with an existing checkpoint_<i>.
+            accelerator.project_configuration.iteration = state.saves
+            log.info(f"cmcr: resuming from {folder} (step {state.step})")
+            return folder
+        errors.append(error or f"checkpoint '{folder}' failed to load on another process")
+        log.warning(f"cmcr: {errors[-1]}; trying an older checkpoint")
+    if not errors:
+        raise CheckpointError(f"no complete checkpoint in '{accelerator.project_dir}'")
+    raise CheckpointError(f"no checkpoint can be loaded; newest: {errors[0]}")
+
+
+def _try_load(accelerator: Any, folder: Path, state: TrainState) -> str | None:
+    """Load one checkpoint into the prepared objects; the reason it failed, or None."""
     try:
-        accelerator.load_state()
-    except Exception as exc:  # torch, safetensors and pickle raise many types for bad files
-        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-        raise CheckpointError(
-            f"checkpoint '{picked[-1]}' cannot be loaded ({type(exc).__name__}: {detail})"
-        ) from exc
-    finally:
-        hook.remove()
-    # Accelerate does not restore its save counter; without this the next save would
-    # collide with an existing checkpoint_<i>.
-    accelerator.project_configuration.iteration = state.saves
+        state.load_json(folder / STATE_FILE)
+        accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+        _set_rng_state(folder / f"rng_state_{accelerator.process_index}.json")
+    except Exception as exc:  # torch, safetensors and our JSON raise many types for bad files
+        detail = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+        return f"checkpoint '{folder}' cannot be loaded ({type(exc).__name__}: {detail})"
+    return None
 
 
+def _agree(accelerator: Any, ok: bool) -> bool:
+    """True when ``ok`` on every process (one all-reduce)."""
+    failed = torch.tensor([0.0 if ok else 1.0], device=accelerator.device)
+    return float(accelerator.reduce(failed, reduction="sum")) == 0.0
+
+
+def _reject(accelerator: Any, bad: list[Path]) -> None:
+    """Move unloadable newer checkpoints out of Accelerate's folder (kept for inspection)."""
+    if bad and accelerator.is_main_process:
+        aside = Path(accelerator.project_dir) / "rejected"
+        aside.mkdir(exist_ok=True)
+        for folder in bad:
+            shutil.rmtree(aside / folder.name, ignore_errors=True)
+            folder.rename(aside / folder.name)
+            log.warning(f"cmcr: moved unloadable {folder.name} to {aside}")
+    accelerator.wait_for_everyone()
+
+
+# ---- weights --------------------------------------------------------------------------------
 def save_backbone(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """Write the backbone state dict atomically (a killed run never leaves half a file)."""
+    """Write a state dict atomically (a killed run never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
@@ -123,15 +250,133 @@ def save_backbone(state: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def load_backbone(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``backbone.pt`` with ``weights_only=True``; a missing or bad file is a CheckpointError."""
+def load_weights(path: str | Path, what: str = "backbone") -> dict[str, torch.Tensor]:
+    """The one loader of weight files: ``weights_only=True``; CheckpointError if bad."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"backbone weights '{path}' do not exist")
+        raise CheckpointError(f"{what} file '{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"backbone weights '{path}' cannot be loaded: {exc}") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"backbone weights '{path}': expected a state dict")
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{what} file '{path}' is corrupt or not a torch state dict ({first})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} file '{path}': expected a state dict of tensors")
     return state
+
+
+def load_into(module: torch.nn.Module, path: str | Path, what: str = "backbone") -> None:
+    """Load ``path`` into ``module`` strictly; a key or shape mismatch is a CheckpointError."""
+    state = load_weights(path, what)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(
+            f"{what} file '{path}' does not fit this model config ({detail[:300]})"
+        ) from None
+
+
+def resolve_pretrained(cfg: Config, pretrained: str | None) -> tuple[Path | None, str | None]:
+    """``none``/None → (None, None); a file → (path, None); else a run id → its backbone.pt."""
+    if pretrained is None or str(pretrained).lower() in ("", "none"):
+        return None, None
+    text = str(pretrained)
+    path = Path(text)
+    if path.suffix == ".pt" or path.exists():
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained '{text}': file does not exist")
+        return path, None
+    local = run_dir(cfg, text) / BACKBONE_FILE
+    if local.is_file():
+        return local, text
+    return _download_backbone(cfg, text), text
+
+
+def _download_backbone(cfg: Config, run_id: str) -> Path:
+    """The ``backbone.pt`` artifact of MLflow run ``run_id`` (TrackingError if no such run)."""
+    from mlflow.exceptions import MlflowException
+
+    from cmcr.engine.tracking import make_client, redact_url, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg)
+    client = make_client(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"--pretrained '{run_id}': neither a file nor a run id in {redact_url(uri)}"
+        ) from None
+    dst = run_dir(cfg, run_id)
+    # MLflow draws progress bars on stderr; the CLI's error contract is one line there
+    quiet = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, BACKBONE_FILE, str(dst)))
+    except (MlflowException, OSError):
+        raise CheckpointError(
+            f"--pretrained '{run_id}': the run has no backbone.pt "
+            f"(not in {dst} nor among its artifacts)"
+        ) from None
+    finally:
+        if quiet is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = quiet
+
+
+def pretrained_variant(cfg: Config, pretrained: str | None, source_run: str | None) -> str | None:
+    """What the evaluated weights are: random for none, else the pre-training run's variant.
+
+    The probe's own config says nothing about how its weights were trained, so without this the
+    variant tag of ``--pretrained none`` would read "cmcr".
+    """
+    if resolve_pretrained(cfg, pretrained) == (None, None):
+        return "random"
+    if source_run is None:
+        return None
+    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+
+    try:
+        tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
+    except Exception:  # a local runs/<id>/backbone.pt whose run is in another store
+        return None
+    return tags.get(Tag.VARIANT)
+
+
+# ---- segmentation weights (probe / fine-tune) -----------------------------------------------
+SEG_BACKBONE_FILE = "seg_backbone.pt"
+SEG_HEAD_FILE = "seg_head.pt"
+
+
+def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[Any, str | None]:
+    """A SegModel with pre-trained encoder weights loaded (or random, explicitly); + source run."""
+    from cmcr.models.segmentation import SegModel
+
+    torch.manual_seed(cfg.train.seed)
+    model = SegModel(cfg)
+    path, run_id = resolve_pretrained(cfg, pretrained)
+    if path is not None:
+        load_into(model.encoder, path, "backbone")
+    return model, run_id
+
+
+def save_seg_weights(model: Any, out: Path) -> None:
+    """``seg_backbone.pt`` (same format as backbone.pt) and ``seg_head.pt`` of a SegModel."""
+    save_backbone(model.encoder.state_dict(), out / SEG_BACKBONE_FILE)
+    save_backbone(model.classifier.state_dict(), out / SEG_HEAD_FILE)
+
+
+def run_dir_weights(cfg: Config, run_id: str) -> tuple[Path, Path]:
+    """``seg_backbone.pt`` and ``seg_head.pt`` of a probe / fine-tune run (CheckpointError if absent)."""
+    out = run_dir(cfg, run_id)
+    backbone, head = out / SEG_BACKBONE_FILE, out / SEG_HEAD_FILE
+    if not (backbone.is_file() and head.is_file()):
+        raise CheckpointError(
+            f"--run '{run_id}': no {SEG_BACKBONE_FILE} / {SEG_HEAD_FILE} in {out} "
+            "(expected the output folder of a cmcr probe or finetune run)"
+        )
+    return backbone, head

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cmcr.engine.downstream import run_dir_weights, run_evaluate
+    from cmcr.engine.checkpoint import run_dir_weights
+    from cmcr.eval.evaluate import run_evaluate
 
     if args.run:
         from cmcr.configs import load_config

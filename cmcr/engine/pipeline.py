@@ -1,5 +1,7 @@
 """The public entry points: ``run_pretrain`` and ``run_trial`` (pre-training + downstream).
 
+Call path: ``run_trial`` → ``_pretrain`` → ``_train`` → ``train.pretrain_loop`` → ``train_step``.
+
 Order of work, so that bad input never leaves a RUNNING MLflow run behind: validate the
 config and the dataroot, build the data loader, check the run id to resume; only then create
 (or resume) the MLflow run. Anything that fails after that ends the run FAILED with the reason.
@@ -27,8 +29,8 @@ from cmcr.engine.checkpoint import (
 )
 from cmcr.engine.tracking import RunLogger, config_yaml
 from cmcr.errors import DataError
+from cmcr.names import Metric, Tag
 
-PRETRAIN_DONE_TAG = "cmcr.pretrain_done"
 log = logging.getLogger("cmcr")
 
 
@@ -102,39 +104,48 @@ def _pretrain_done(logger: RunLogger, cfg: Config) -> bool:
     if logger.is_main:
         tags = logger.client.get_run(logger.run_id).data.tags
         path = run_dir(cfg, logger.run_id) / BACKBONE_FILE
-        done = tags.get(PRETRAIN_DONE_TAG) == "true" and path.is_file()
+        done = tags.get(Tag.PRETRAIN_DONE) == "true" and path.is_file()
     return bool(_broadcast(done))
+
+
+def _pretrain(cfg: Config, logger: RunLogger, loader: Any, *, resume: bool) -> int:
+    """Pre-train inside an open run (resuming from its checkpoints); returns the steps done.
+
+    A completed pre-training is not redone; ``method.name=random`` saves the seeded init.
+    """
+    if resume and _pretrain_done(logger, cfg):
+        return int(_broadcast(logger.last_logged_step(Metric.TRAIN_LOSS) or 0))
+    logger.log_text(config_yaml(cfg), "config.yaml")
+    if cfg.method.name == "random":
+        from cmcr.models import CMCRModel
+
+        if logger.is_main:
+            torch.manual_seed(cfg.train.seed)
+            _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
+        return 0
+    return _train(cfg, logger, loader, resume)
 
 
 def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
-    from cmcr.engine.train import (
-        build_optimizer,
-        build_scheduler,
-        make_accelerator,
-        pretrain_loop,
-        release_accelerator,
-        total_steps,
-    )
+    from cmcr.engine import train
     from cmcr.models import CMCRModel
 
-    out = run_dir(cfg, logger.run_id)
-    accelerator = make_accelerator(cfg, str(out))
+    accelerator = train.make_accelerator(cfg, str(run_dir(cfg, logger.run_id)))
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = CMCRModel(cfg)
-        optimizer = build_optimizer(cfg, model)
+        optimizer = train.build_optimizer(cfg, model)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        total = total_steps(cfg, len(loader))
-        scheduler = accelerator.prepare(build_scheduler(cfg, optimizer, total))
-        state = TrainState()
-        accelerator.register_for_checkpointing(state)
+        total = train.total_steps(cfg, len(loader))
+        scheduler = accelerator.prepare(train.build_scheduler(cfg, optimizer, total))
+        state = TrainState()  # saved as JSON by save_checkpoint, not registered with Accelerate
         if resume:
             drop_partial_checkpoints(accelerator)
             if has_checkpoints(cfg, logger.run_id):
                 load_latest(accelerator, state)
-        logger.set_tags({"cmcr.num_processes": str(accelerator.num_processes)})
-        steps = pretrain_loop(
+        logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
+        steps = train.pretrain_loop(
             cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total
         )
         accelerator.wait_for_everyone()
@@ -142,33 +153,15 @@ def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
             _finish_weights(cfg, logger, accelerator.unwrap_model(model).backbone_state())
         return steps
     finally:
-        release_accelerator()
+        train.release_accelerator()
 
 
 def _finish_weights(cfg: Config, logger: RunLogger, state: dict[str, torch.Tensor]) -> Path:
     """Save backbone.pt, log it, and mark pre-training done (main process only)."""
     path = save_backbone(state, run_dir(cfg, logger.run_id) / BACKBONE_FILE)
     logger.log_artifact(path)
-    logger.set_tags({PRETRAIN_DONE_TAG: "true"})
+    logger.set_tags({Tag.PRETRAIN_DONE: "true"})
     return path
-
-
-def _random_init(cfg: Config, logger: RunLogger) -> int:
-    """method.name=random: the seeded, untrained backbone is the result."""
-    from cmcr.models import CMCRModel
-
-    if logger.is_main:
-        torch.manual_seed(cfg.train.seed)
-        _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
-    return 0
-
-
-def _pretrain_in_run(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
-    """Pre-train inside an open run; returns the number of optimiser steps done."""
-    logger.log_text(config_yaml(cfg), "config.yaml")
-    if cfg.method.name == "random":
-        return _random_init(cfg, logger)
-    return _train(cfg, logger, loader, resume)
 
 
 def _prepare(cfg: Config) -> Any:
@@ -198,20 +191,8 @@ def run_pretrain(
     loader = _prepare(cfg)
     logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
-        steps = _resume_or_train(cfg, logger, loader, resume=run_id is not None)
+        steps = _pretrain(cfg, logger, loader, resume=run_id is not None)
     return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
-
-
-def _resume_or_train(cfg: Config, logger: RunLogger, loader: Any, *, resume: bool) -> int:
-    """Skip a completed pre-training; else train (resuming from checkpoints if any)."""
-    if resume and _pretrain_done(logger, cfg):
-        return _completed_steps(logger)
-    return _pretrain_in_run(cfg, logger, loader, resume)
-
-
-def _completed_steps(logger: RunLogger) -> int:
-    step = logger.last_logged_step("train/loss")
-    return int(_broadcast(step or 0))
 
 
 def run_downstream(cfg: Config, *, pretrained: str | None, **kwargs: Any) -> Any:
@@ -237,7 +218,7 @@ def run_trial(
     loader = _prepare(cfg)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
-        _resume_or_train(cfg, logger, loader, resume=run_id is not None)
+        _pretrain(cfg, logger, loader, resume=run_id is not None)
         if not logger.is_main:
             return None
         backbone = run_dir(cfg, logger.run_id) / BACKBONE_FILE

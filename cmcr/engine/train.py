@@ -17,7 +17,6 @@ in the run's history are not logged again).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -30,10 +29,6 @@ from cmcr.configs import Config
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
-
-# Test hook, read here only: when set to a folder, every rank writes its final model state
-# there (rank<i>.pt) so the distributed test can check that ranks ended identical.
-TEST_DUMP_ENV = "CMCR_TEST_DUMP_RANK_STATE"
 
 
 class TrainingDiverged(CMCRError):
@@ -69,10 +64,9 @@ def make_accelerator(cfg: Config, project_dir: str) -> Any:
 
 def release_accelerator() -> None:
     """Forget the process-wide Accelerate state so the next run may use other settings."""
-    from accelerate.state import AcceleratorState, GradientState
+    from cmcr.adapters.accelerate_state import reset_accelerate_state
 
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -245,7 +239,6 @@ def pretrain_loop(
             state.batch_in_epoch = 0
     bar.close()
     _sync_norm_buffers(accelerator, model)
-    _dump_rank_state(accelerator, model)
     return state.step
 
 
@@ -264,16 +257,3 @@ def _sync_norm_buffers(accelerator: Any, model: Any) -> None:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             for buf in module.buffers():
                 dist.broadcast(buf, src=0)
-
-
-def _dump_rank_state(accelerator: Any, model: Any) -> None:
-    """Test hook (``CMCR_TEST_DUMP_RANK_STATE``): each rank saves its full state dict."""
-    folder = os.environ.get(TEST_DUMP_ENV)
-    if not folder:
-        return
-    os.makedirs(folder, exist_ok=True)
-    state = accelerator.unwrap_model(model).state_dict()
-    torch.save(
-        {k: v.cpu() for k, v in state.items()},
-        os.path.join(folder, f"rank{accelerator.process_index}.pt"),
-    )

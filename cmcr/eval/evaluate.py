@@ -1,0 +1,134 @@
+"""Scoring a segmentation model: metrics over a split, lidarseg export, per-class tables,
+the confusion figure, and ``run_evaluate`` for saved weights (``cmcr evaluate``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmcr.configs import Config
+from cmcr.data.classes import CHALLENGE_CLASSES
+from cmcr.eval.export import LidarsegWriter
+from cmcr.eval.metrics import ConfusionAccumulator, SegMetrics
+from cmcr.names import Metric
+
+log = logging.getLogger("cmcr")
+Pairs = Iterable[tuple[torch.Tensor, dict[str, Any]]]  # (voxel logits (V, 16), batch)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def point_predictions(voxel_logits: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """(N,) labels 1..16 for every point from (V, 16) voxel logits via the point→voxel index."""
+    return voxel_logits.argmax(dim=1)[inverse] + 1
+
+
+def evaluate_batches(batches: Pairs, writer: LidarsegWriter | None = None) -> SegMetrics:
+    """Metrics over (voxel logits, batch) pairs on every point; optionally export each scan."""
+    acc = ConfusionAccumulator()
+    for logits, batch in batches:
+        pred = point_predictions(logits, batch["inverse"])  # (N,)
+        acc.update(batch["labels"], pred)
+        if writer is not None:
+            writer.write_batch(batch["sample_tokens"], pred, batch["num_points"])
+    return acc.compute()
+
+
+@torch.no_grad()
+def live_logits(model: Any, loader: Any, device: torch.device) -> Iterator[tuple[Any, Any]]:
+    """(voxel logits, batch) of ``model`` in eval mode over ``loader``."""
+    model.eval()
+    for batch in loader:
+        batch = to_device(batch, device)
+        yield model(batch), batch
+
+
+def export_predictions(cfg: Config, batches: Pairs, export_dir: str | Path, n_val: int) -> None:
+    """Write the lidarseg submission folder of the validation split."""
+    if 0 < cfg.data.max_samples <= n_val:
+        log.warning(
+            "data.max_samples=%d may cut the %s scans exported; the devkit's evaluator "
+            "expects every scan of the split (set data.max_samples=0)",
+            cfg.data.max_samples,
+            cfg.data.val_split,
+        )
+    with torch.no_grad():
+        writer = LidarsegWriter(export_dir, cfg.data.val_split)
+        evaluate_batches(batches, writer)
+        writer.finish()
+
+
+def metric_dict(m: SegMetrics) -> dict[str, float]:
+    """The contract metric names: val/miou, val/fwiou, val/iou_<class>."""
+    out = {Metric.VAL_MIOU: m.miou, Metric.VAL_FWIOU: m.fwiou}
+    out.update({f"{Metric.VAL_IOU_PREFIX}{name}": v for name, v in m.per_class.items()})
+    return out
+
+
+def iou_table(m: SegMetrics) -> tuple[str, str]:
+    """The per-class IoU table as (csv, markdown), classes in challenge order, then the means."""
+    rows = [*m.per_class.items(), ("mIoU", m.miou), ("fwIoU", m.fwiou)]
+    csv = "class,iou\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows)
+    md = "| class | IoU (%) |\n| --- | ---: |\n" + "".join(
+        f"| {k} | {'n/a' if math.isnan(v) else f'{100 * v:.2f}'} |\n" for k, v in rows
+    )
+    return csv, md
+
+
+def confusion_figure(m: SegMetrics) -> Any:
+    """A plotly heatmap of the row-normalised confusion matrix (ground truth × prediction)."""
+    import plotly.graph_objects as go
+
+    cm = m.confusion[1:, 1:].astype(np.float64)  # (16, 16), the ignore row/column dropped
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    names = list(CHALLENGE_CLASSES[1:])
+    fig = go.Figure(go.Heatmap(z=norm, x=names, y=names, colorscale="Blues", zmin=0, zmax=1))
+    fig.update_layout(
+        title=f"Confusion (row-normalised), mIoU {100 * m.miou:.1f}",
+        xaxis_title="prediction",
+        yaxis_title="ground truth",
+        yaxis_autorange="reversed",
+    )
+    return fig
+
+
+def log_artifacts(logger: Any, m: SegMetrics) -> None:
+    """Per-class IoU table (csv + md) and the confusion-matrix figure."""
+    csv, md = iou_table(m)
+    logger.log_text(csv, "downstream/per_class_iou.csv")
+    logger.log_text(md, "downstream/per_class_iou.md")
+    logger.log_figure(confusion_figure(m), "downstream/confusion.html")
+
+
+def run_evaluate(
+    cfg: Config,
+    *,
+    pretrained: str | None,
+    head: str | Path,
+    split: str | None = None,
+    export_dir: str | Path | None = None,
+) -> SegMetrics:
+    """Score encoder weights (run id, file, none) + a linear head on ``split``; optionally export."""
+    from cmcr.data import build_seg_loader
+    from cmcr.engine.checkpoint import build_seg_model, load_into
+
+    model, _ = build_seg_model(cfg, pretrained)
+    load_into(model.classifier, head, "head")
+    split = split or cfg.data.val_split
+    loader = build_seg_loader(cfg, split, train=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    writer = LidarsegWriter(export_dir, split) if export_dir is not None else None
+    metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer)
+    if writer is not None:
+        writer.finish()
+    return metrics
