@@ -78,9 +78,8 @@ def _wait_for_checkpoint(runs_dir: Path, proc: subprocess.Popen, timeout: float 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "the sweep ended before its first checkpoint"
-        for f in runs_dir.glob("*/checkpoints/checkpoint_0/custom_checkpoint_0.pkl"):
-            if f.stat().st_size > 0:
-                return f.parents[2]
+        for f in runs_dir.glob("*/checkpoints/checkpoint_0/COMPLETE"):
+            return f.parents[2]
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")
 

@@ -66,3 +66,22 @@ def test_toy_term_is_computed_logged_and_weighted(smoke_world: Path, tmp_path: P
     assert [m.step for m in hist] == [1, 2]
     assert "train/loss_toy_spread" not in client.get_run(off.run_id).data.metrics
     assert client.get_run(on.run_id).data.params["loss.weights.extra.toy_spread"] == "0.5"
+
+
+def test_logged_config_is_the_effective_one(smoke_world: Path, tmp_path: Path):
+    """bf16 asked on a machine without CUDA: the run records (and runs) "no", and says so."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: bf16 would run as asked")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(
+        "smoke",
+        {
+            "data.dataroot": str(smoke_world),
+            "tracking.tracking_uri": store,
+            "tracking.output_dir": str(tmp_path / "runs"),
+            "train.max_steps": 1,
+            "train.mixed_precision": "bf16",
+        },
+    )
+    res = run_pretrain(cfg)
+    assert make_client(store).get_run(res.run_id).data.params["train.mixed_precision"] == "no"

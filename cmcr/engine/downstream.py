@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cmcr.compat import patch_spconv_cpu
-from cmcr.configs import Config, ConfigError
+from cmcr.configs import Config, validate_config
 from cmcr.data import set_loader_epoch
 from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
 from cmcr.eval.evaluate import (
@@ -268,13 +268,15 @@ def run_downstream(
     otherwise a run of kind probe|finetune is started here and ended FINISHED or FAILED.
     Bad pre-trained input fails before any MLflow run starts.
     """
+    from cmcr.data import check_downstream_data
     from cmcr.engine.tracking import RunLogger
 
     mode = cfg.downstream.mode
-    _check_epochs(cfg)
+    validate_config(cfg)  # epochs >= 1, eval_every >= 1, ... (declared on the schema)
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, source_run = build_seg_model(cfg, pretrained)
+    model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
+    check_downstream_data(cfg)  # every labelled file, before any run exists
     loaders = build_loaders(cfg, mode)
     extra = {Tag.PRETRAINED: str(pretrained or "none")}
     if mode == "probe":
@@ -296,18 +298,6 @@ def run_downstream(
         tags={**extra, **(tags or {})},
     ) as own:
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir)
-
-
-def _check_epochs(cfg: Config) -> None:
-    """At least one epoch, so that at least one evaluation runs (checked before any run starts)."""
-    key = f"downstream.{cfg.downstream.mode}_epochs"
-    epochs = getattr(cfg.downstream, f"{cfg.downstream.mode}_epochs")
-    if epochs < 1:
-        raise ConfigError(f"{key}: expected an integer >= 1, got {epochs}")
-    if cfg.downstream.eval_every < 1:
-        raise ConfigError(
-            f"downstream.eval_every: expected an integer >= 1, got {cfg.downstream.eval_every}"
-        )
 
 
 def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamResult:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cmcr.compat import patch_spconv_cpu
-from cmcr.configs import Config, validate_config
+from cmcr.configs import Config, resolve_config
 from cmcr.engine.checkpoint import (
     BACKBONE_FILE,
     TrainState,
@@ -164,20 +164,26 @@ def _finish_weights(cfg: Config, logger: RunLogger, state: dict[str, torch.Tenso
     return path
 
 
-def _prepare(cfg: Config) -> Any:
-    """Validation and data before any run exists; the loader (None for method random)."""
-    patch_spconv_cpu()
-    validate_config(cfg)
-    check_dataroot(cfg)
-    from cmcr.data import check_pretrain_data  # every file the run reads, before the run exists
+def _prepare(cfg: Config, *, downstream: bool = False) -> tuple[Config, Any]:
+    """Validation and data before any run exists: (the effective config, the loader or None).
 
-    check_pretrain_data(cfg)
+    The effective config resolves machine-dependent values (mixed precision without CUDA), so
+    what MLflow records is what runs. ``downstream``: a trial also checks the labelled data.
+    """
+    patch_spconv_cpu()
+    cfg = resolve_config(cfg)
+    check_dataroot(cfg)
+    from cmcr.data import check_downstream_data, check_pretrain_data
+
+    check_pretrain_data(cfg)  # every file the run reads, before the run exists
+    if downstream:
+        check_downstream_data(cfg)
     if cfg.method.name == "random":
-        return None
+        return cfg, None
     loader = _build_loader(cfg)
     if len(loader) == 0:  # an empty epoch would never reach max_steps
         raise DataError(f"data.train_split '{cfg.data.train_split}': no samples to pre-train on")
-    return loader
+    return cfg, loader
 
 
 def run_pretrain(
@@ -188,7 +194,7 @@ def run_pretrain(
     tags: dict[str, Any] | None = None,
 ) -> PretrainResult:
     """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
-    loader = _prepare(cfg)
+    cfg, loader = _prepare(cfg)
     logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
         steps = _pretrain(cfg, logger, loader, resume=run_id is not None)
@@ -215,7 +221,7 @@ def run_trial(
     In a multi-process launch every rank pre-trains (data-parallel); the downstream evaluation
     runs on the main process only, and the other processes return None once pre-training ends.
     """
-    loader = _prepare(cfg)
+    cfg, loader = _prepare(cfg, downstream=True)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
         _pretrain(cfg, logger, loader, resume=run_id is not None)

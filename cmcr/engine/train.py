@@ -45,11 +45,9 @@ def make_accelerator(cfg: Config, project_dir: str) -> Any:
         automatic_checkpoint_naming=True,
         total_limit=cfg.train.keep_checkpoints,
     )
-    # mixed precision is a GPU feature; on CPU it would silently run bf16 autocast
-    precision = cfg.train.mixed_precision if torch.cuda.is_available() else "no"
     return Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        mixed_precision=precision,
+        mixed_precision=cfg.train.mixed_precision,  # resolved by resolve_config
         project_config=project,
         # the shuffle order then depends on (data_seed, epoch) only, identically on every rank
         dataloader_config=DataLoaderConfiguration(

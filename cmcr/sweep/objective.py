@@ -22,7 +22,6 @@ import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cmcr.configs import Config, apply_overrides, validate_config
@@ -141,32 +140,10 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
 
 
 def checkpoint_step(cfg: Config, run_id: str) -> int:
-    """The optimiser step of the run's newest checkpoint (0 when there is none).
+    """The optimiser step of the run's newest checkpoint (0 when there is none)."""
+    from cmcr.engine.checkpoint import latest_step
 
-    Read from the TrainState that ``register_for_checkpointing`` stores (plain ints).
-    """
-    import torch
-
-    from cmcr.engine.checkpoint import checkpoint_dir
-
-    folder = checkpoint_dir(cfg, run_id)
-    ckpts = (
-        sorted(
-            (p for p in folder.glob("checkpoint_*") if p.name.split("_")[-1].isdigit()),
-            key=lambda p: int(p.name.split("_")[-1]),
-        )
-        if folder.is_dir()
-        else []
-    )
-    for ckpt in reversed(ckpts):
-        for f in sorted(Path(ckpt).glob("custom_checkpoint_*.pkl")):
-            try:
-                state = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception:  # a half-written file from the kill: try an older one
-                continue
-            if isinstance(state, dict) and "step" in state:
-                return int(state["step"])
-    return 0
+    return latest_step(cfg, run_id)
 
 
 def _pruning_report(trial: Any) -> Callable[[int, float], None]:
