@@ -16,7 +16,8 @@ from cmcr.configs import Config
 from cmcr.data.io import read_lidarseg, read_points
 from cmcr.data.pretrain import select_records
 from cmcr.data.records import SampleRecord
-from cmcr.errors import CheckpointError, DataError
+from cmcr.errors import DataError
+from cmcr.weights import check_image_weights
 
 JPEG_END = b"\xff\xd9"
 
@@ -50,19 +51,6 @@ def check_image(path: str, height: int, width: int) -> None:
 def check_lidarseg(record: SampleRecord, n_points: int) -> None:
     """The record's lidarseg file exists and holds one uint8 label per point (one small read)."""
     read_lidarseg(record.lidarseg_path, n_points, record.lidar_token)
-
-
-def check_image_weights(weights: str) -> None:
-    """``model.image_weights`` is ``random`` or an existing file (its content: load_resnet)."""
-    if weights == "random":
-        return
-    if not weights:
-        raise CheckpointError(
-            "model.image_weights is empty: give a MoCo-v2/torchvision weight file, "
-            "or 'random' to use an untrained image encoder on purpose"
-        )
-    if not Path(weights).is_file():
-        raise CheckpointError(f"model.image_weights '{weights}': no such file")
 
 
 def check_data(

@@ -29,6 +29,7 @@ import torch
 from cmcr.configs import Config
 from cmcr.errors import CheckpointError, TrackingError
 from cmcr.names import Tag
+from cmcr.weights import read_torch_file
 
 BACKBONE_FILE = "backbone.pt"
 COMPLETE_MARKER = "COMPLETE"
@@ -251,17 +252,8 @@ def save_backbone(state: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 def load_weights(path: str | Path, what: str = "backbone") -> dict[str, torch.Tensor]:
-    """The one loader of weight files: ``weights_only=True``; CheckpointError if bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} file '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated / foreign files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(
-            f"{what} file '{path}' is corrupt or not a torch state dict ({first})"
-        ) from None
+    """A weight file as a flat state dict of tensors (``cmcr.weights``); CheckpointError if bad."""
+    state = read_torch_file(path, what)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} file '{path}': expected a state dict of tensors")
     return state

@@ -7,12 +7,12 @@ silently: ``model.image_weights`` must be a readable file or the explicit word `
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from cmcr.errors import CheckpointError
+from cmcr.weights import check_image_weights, read_torch_file
 
 # (block kind, blocks per stage)
 RESNET_SPECS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -144,20 +144,8 @@ def load_resnet(name: str, weights: str) -> ResNet:
     net = IMAGE_ENCODERS[name]()
     if weights == "random":
         return net
-    if not weights:
-        raise CheckpointError(
-            "model.image_weights is empty: give a MoCo-v2/torchvision weight file, "
-            "or 'random' to use an untrained image encoder on purpose"
-        )
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"model.image_weights '{weights}': no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(
-            f"model.image_weights '{weights}': not a readable torch checkpoint ({exc})"
-        ) from None
+    check_image_weights(weights)
+    obj = read_torch_file(weights, "model.image_weights")
     sd = _extract_state_dict(obj, weights)
     try:
         missing, unexpected = net.load_state_dict(sd, strict=False)
