@@ -22,7 +22,7 @@ log = logging.getLogger("cmcr")
 REGISTRIES = {
     "backbone": ("cmcr.models.backbone", "BACKBONES"),
     "image_encoder": ("cmcr.models.resnet", "IMAGE_ENCODERS"),
-    "loss_term": ("cmcr.losses.registry", "LOSS_TERMS"),
+    "loss_term": ("cmcr.losses.extra", "LOSS_TERMS"),
 }
 IMAGE_STRIDE = 32  # the image encoder's output stride: image sides must be multiples of it
 

@@ -19,7 +19,7 @@ from torch import nn
 from cmcr import losses as L
 from cmcr.configs.schema import Config
 from cmcr.errors import CheckpointError, CMCRError
-from cmcr.losses.registry import TermInputs, active_extra_terms
+from cmcr.losses.extra import TermInputs, active_extra_terms
 from cmcr.models.backbone import build_backbone
 from cmcr.models.codebook import UnifiedCodebook
 from cmcr.models.decoders import (
