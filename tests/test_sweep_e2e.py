@@ -122,3 +122,22 @@ def test_sigkill_mid_trial_then_resume_continues_the_same_run(tmp_path, smoke_wo
     # the resumed process started its pre-training at the checkpoint, never at step 0
     shown = [int(s) for s in re.findall(r"pretrain:\s+\d+%\|[^|]*\|\s*(\d+)/6", out.stderr)]
     assert shown and min(shown) == resumed_from, shown
+
+
+def test_three_seeds_smoke_study_links_every_seed_run_in_the_report(tmp_path, smoke_world):
+    """The real run_trial, --seeds 3: the report links all three seeds' runs to their trial."""
+    from cmcr.results.collect import Selection, collect
+
+    cmd = sweep_cmd(
+        tmp_path, smoke_world, "--study", "mask_ratio", "--n-trials", "1", "--seeds", "3", *FAST
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    rt = collect(
+        Selection(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", study="mask_ratio",
+                  storage=storage)
+    )  # fmt: skip
+    assert sorted(rt.runs["seed"].tolist()) == [0, 1, 2]
+    assert rt.runs["trial"].tolist() == [0, 0, 0]
+    assert rt.runs["optuna_state"].tolist() == ["COMPLETE"] * 3
