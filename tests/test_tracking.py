@@ -12,10 +12,10 @@ from cmcr.engine.tracking import (
     RunLogger,
     config_params,
     last_logged_step,
-    redact_url,
     resolve_tracking_uri,
 )
 from cmcr.errors import TrackingError
+from cmcr.uris import redact
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,11 @@ def _cfg(store: str, **overrides):
 
 
 def test_redact_url_hides_passwords_only():
-    assert redact_url("postgresql://bob:s3cr%40t@db:5432/x") == "postgresql://bob:***@db:5432/x"
-    assert redact_url("sqlite:///runs/mlflow.db") == "sqlite:///runs/mlflow.db"
-    assert redact_url("http://host:5000/path") == "http://host:5000/path"
+    assert redact("postgresql://bob:s3cr%40t@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert redact("sqlite:///runs/mlflow.db") == "sqlite:///runs/mlflow.db"
+    assert redact("http://host:5000/path") == "http://host:5000/path"
     text = "a=postgresql://u:p@h/db b=mysql+pymysql://v:q@h2/db"
-    assert "p@" not in redact_url(text).replace("***@", "") and redact_url(text).count("***") == 2
+    assert "p@" not in redact(text).replace("***@", "") and redact(text).count("***") == 2
 
 
 def test_resolve_tracking_uri_order(tmp_path, monkeypatch):

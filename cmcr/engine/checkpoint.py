@@ -292,7 +292,8 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
     """The ``backbone.pt`` artifact of MLflow run ``run_id`` (TrackingError if no such run)."""
     from mlflow.exceptions import MlflowException
 
-    from cmcr.engine.tracking import make_client, redact_url, resolve_tracking_uri
+    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+    from cmcr.uris import redact
 
     uri = resolve_tracking_uri(cfg)
     client = make_client(uri)
@@ -300,7 +301,7 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
         client.get_run(run_id)
     except MlflowException:
         raise TrackingError(
-            f"--pretrained '{run_id}': neither a file nor a run id in {redact_url(uri)}"
+            f"--pretrained '{run_id}': neither a file nor a run id in {redact(uri)}"
         ) from None
     dst = run_dir(cfg, run_id)
     # MLflow draws progress bars on stderr; the CLI's error contract is one line there

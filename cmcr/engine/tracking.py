@@ -48,8 +48,6 @@ _TAG_MAX = 8000
 # Files above this size enter the dataset fingerprint by size and mtime instead of contents.
 _FINGERPRINT_CONTENT_MAX = 8 << 20
 
-redact_url = redact  # the old name: engine/downstream.py and tests import it from here
-
 
 def resolve_tracking_uri(cfg: Config) -> str:
     """cfg.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
