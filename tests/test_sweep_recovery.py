@@ -8,6 +8,7 @@ kept from being queued; a dead ``--workers`` child has its trial re-queued at on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -236,3 +237,57 @@ def test_a_dead_worker_of_two_is_requeued_by_its_parent_at_once(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cmcr").experiment_id])
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+
+
+@pytest.mark.postgres
+def test_two_independent_processes_recover_a_killed_ones_trial(tmp_path):
+    """No common parent: the survivor waits out the heartbeat grace instead of leaving with the
+    queue empty, fails the dead process's trial and runs its retry; no manual --resume."""
+    import uuid
+
+    from test_sweep_parallel import PG_DRIVER, _postgres_up
+
+    if not _postgres_up():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is unreachable and CI is set")
+        pytest.skip("PostgreSQL is unreachable (set CI to make this a failure)")
+    hook = tmp_path / "one_dies.py"
+    marker = tmp_path / "died"
+    hook.write_text(
+        "import os, signal, time\n"
+        "from cmcr.engine.downstream import DownstreamResult\n"
+        "def run(cfg, *, run_id=None, parent_run_id=None, tags=None, report=None):\n"
+        "    try:\n"
+        f"        os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL))\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    except FileExistsError:\n"
+        "        time.sleep(0.5)\n"
+        "    return DownstreamResult(run_id, cfg.data.mask_ratio, 0.0, {})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+    env.pop("MLFLOW_RUN_ID", None)
+    name = f"indep-{uuid.uuid4().hex[:10]}"
+    cmd = [
+        sys.executable, WITH_TRIAL_FN, "one_dies:run", *ARGV, "--n-trials", "4", "--name", name,
+        "--heartbeat", "2", "--max-retries", "0", "--preset", "smoke", "--storage", PG_DRIVER,
+        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+        "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    try:
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=tmp_path, env=env)
+            for _ in range(2)
+        ]  # fmt: skip
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [-9, 0], outs
+        study = optuna.load_study(study_name=name, storage=PG_DRIVER)
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert sorted(t.user_attrs[Attr.SLOT] for t in complete) == [0, 1, 2, 3]
+        assert _kinds(study) == ["lost"]
+        assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=PG_DRIVER)
