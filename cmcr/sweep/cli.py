@@ -294,6 +294,8 @@ def print_status(plan: Any) -> int:
             value = "" if t.value is None else f" value={t.value:.4f}"
             run_id = t.user_attrs.get(Attr.RUN_ID, "-")
             extra = t.user_attrs.get(Attr.FAIL_REASON) or t.user_attrs.get(Attr.RETRY_REASON) or ""
+            if Attr.FAIL_KIND in t.user_attrs:
+                extra = f"{t.user_attrs[Attr.FAIL_KIND]}: {extra}"
             origin = t.system_attrs.get(Attr.FAILED_TRIAL)
             retry = f" retry of #{origin}" if origin is not None else ""
             print(
