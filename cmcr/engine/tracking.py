@@ -16,8 +16,9 @@ is switched off through its public setting ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STD
 
 This module owns a run's life for engine, sweep and results alike: ``RunLogger.start`` creates
 a run WITH its params (or resumes one), and ``end_run`` / ``mark_state`` / ``reopen`` /
-``set_tag_shared`` end, tag and reopen runs by id; nobody else calls ``set_terminated``,
-``update_run`` or ``set_tag`` on a run. (That is why this module is ~460 lines, over the usual
+``set_tag_shared`` end, tag and reopen runs by id (``find_child_run`` and
+``running_children`` find a sweep's runs by tag and status); nobody else calls ``set_terminated``,
+``update_run`` or ``set_tag`` on a run. (That is why this module is ~510 lines, over the usual
 400: splitting a run's life across modules is the two-owner problem issue 15 removed.)
 """
 
