@@ -65,6 +65,9 @@ def create_sqlite_atomically(db: Path, build: Callable[[str], object]) -> None:
             tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
             try:
                 build(f"sqlite:///{tmp}")
+                # a WAL left by a deleted database of the same name would be replayed into ours
+                for stale in ("-wal", "-shm", "-journal"):
+                    db.with_name(db.name + stale).unlink(missing_ok=True)
                 os.replace(tmp, db)
             finally:
                 tmp.unlink(missing_ok=True)

@@ -475,10 +475,12 @@ def _tag_text(tags: Mapping[str, Any]) -> dict[str, str]:
 def find_child_run(
     uri: str, experiment: str, parent_run_id: str, tags: Mapping[str, str]
 ) -> str | None:
-    """The oldest run under ``parent_run_id`` that carries every tag in ``tags``, or None.
+    """The oldest RUNNING run under ``parent_run_id`` that carries every tag in ``tags``.
 
     How a sweep makes a seed's run idempotently: a worker killed between creating the run and
-    storing its id on the trial left it behind; the next attempt finds and reuses it.
+    storing its id on the trial left it behind, RUNNING; the next attempt finds and reuses it.
+    Ended runs are not matched: they belong to an earlier study of the same name (its Optuna
+    storage was replaced, the parent run found again by tag) and keep their own results.
     """
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -488,6 +490,7 @@ def find_child_run(
         f"tags.`{k}` = {search_value(v)}"
         for k, v in {Tag.PARENT_RUN: parent_run_id, **tags}.items()
     )
+    query += " and attributes.status = 'RUNNING'"
     runs = client.search_runs(
         [exp.experiment_id], filter_string=query, max_results=1, order_by=["start_time ASC"]
     )
