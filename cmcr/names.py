@@ -32,6 +32,7 @@ class Tag:
     PRETRAINED_RUN = "cmcr.pretrained_run"
     RESUMED_FROM_STEP = "cmcr.resumed_from_step"
     N_TRIALS = "cmcr.n_trials"
+    SLOT = "cmcr.slot"  # a sweep trial's slot (its child runs are found again by it)
     PARENT_RUN = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     STUDY = "optuna.study"
@@ -82,6 +83,7 @@ class Attr:
     WORKER = "cmcr.worker"
     FAIL_REASON = "fail_reason"
     RETRY_REASON = "retry_reason"
+    FAIL_KIND = "cmcr.fail_kind"  # own | deterministic | interrupted | lost | environment
     # study user attrs
     PARENT_RUN = "mlflow_parent_run_id"
     DEFINITION = "cmcr.definition"
@@ -90,6 +92,7 @@ class Attr:
     SEEDS = "cmcr.seeds"
     OVERRIDES = "cmcr.overrides"
     N_TRIALS = "cmcr.n_trials"
+    REOPENED = "cmcr.reopened"  # {slot: first trial number counted} after --retry-failed
     # trial system attrs Optuna's RetryFailedTrialCallback writes
     FAILED_TRIAL = "failed_trial"
     RETRY_HISTORY = "retry_history"

@@ -1,5 +1,8 @@
 """Store URLs: resolution of the defaults, the SQLite file behind a URL, and redaction.
 
+A new embedded SQLite store (MLflow's or Optuna's) is created atomically by
+``create_sqlite_atomically``, called where each store's URL is resolved.
+
 One implementation each (engine, sweep and results all call these). Redaction hides both
 forms a secret takes in a URL: the userinfo password (``scheme://user:PW@host``) and
 password-like query parameters (``?password=PW``, ``&token=PW``, ...). It works on any text,
@@ -8,8 +11,11 @@ so a whole traceback or log line can be passed through it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from cmcr.names import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
@@ -41,3 +47,29 @@ def sqlite_path(uri: str) -> Path | None:
 def tracking_uri(explicit: str | None = None) -> str:
     """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
     return explicit or os.environ.get(TRACKING_URI_ENV, "") or DEFAULT_TRACKING_URI
+
+
+def create_sqlite_atomically(db: Path, build: Callable[[str], object]) -> None:
+    """Create SQLite database ``db`` whole or not at all: ``build(tmp_url)`` writes the schema
+    into a temporary file beside it, which then replaces ``db`` in one rename.
+
+    Several processes starting together take an flock beside ``db``; the loser finds it made.
+    A kill leaves at most a stray ``.tmp`` file, never a half-built ``db``.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".create.lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if db.is_file():
+                return
+            tmp = db.with_name(f".{db.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                build(f"sqlite:///{tmp}")
+                # a WAL left by a deleted database of the same name would be replayed into ours
+                for stale in ("-wal", "-shm", "-journal"):
+                    db.with_name(db.name + stale).unlink(missing_ok=True)
+                os.replace(tmp, db)
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

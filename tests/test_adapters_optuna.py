@@ -60,3 +60,29 @@ def test_heartbeat_interval_is_read_from_the_storage(tmp_path):
     study = optuna.create_study(study_name="hb", storage=storage)
     assert hasattr(storage_of(study), "get_heartbeat_interval")
     assert storage_of(study).get_heartbeat_interval() == 7
+
+
+def test_stale_trial_ids_lists_running_trials_whose_heartbeat_is_old(tmp_path):
+    """cmcr.sweep.recovery fails these itself (recording why) instead of fail_stale_trials."""
+    import sqlite3
+
+    from cmcr.adapters.optuna_storage import stale_trial_ids
+
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="hb", storage=storage)
+    assert stale_trial_ids(optuna.create_study(storage=f"sqlite:///{tmp_path / 'no.db'}")) == []
+    for _ in range(2):
+        study.enqueue_trial({})
+    live, dead = (trial_id(study, n) for n in (0, 1))
+    for tid in (live, dead):
+        storage_of(study).set_trial_state_values(tid, state=TrialState.RUNNING)
+        storage_of(study).record_heartbeat(tid)
+    assert stale_trial_ids(study) == []
+    with sqlite3.connect(tmp_path / "hb.db") as db:
+        db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-10 seconds') "
+            "WHERE trial_id = ?",
+            (dead,),
+        )
+    assert stale_trial_ids(study) == [dead]

@@ -108,7 +108,9 @@ def test_sigkill_mid_trial_then_resume_continues_the_same_run(tmp_path, smoke_wo
     assert out.returncode == 0, out.stderr[-3000:]
     trials = optuna.load_study(study_name="mask_ratio", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert "--resume" in trials[0].user_attrs["fail_reason"]
+    # issue 14: any start recovers a dead local worker's trial, as lost (no retry spent)
+    assert "died" in trials[0].user_attrs["fail_reason"]
+    assert trials[0].user_attrs["cmcr.fail_kind"] == "lost"
     assert trials[1].params == trials[0].params
     assert trials[1].user_attrs["mlflow_run_id"] == run_id  # the SAME run continued
     runs = child_runs(tmp_path, study.user_attrs["mlflow_parent_run_id"])

@@ -165,7 +165,9 @@ def test_divergence_on_every_rank_fails_the_trial_and_the_launch_goes_on(tmp_pat
     (tmp_path / "hook.py").write_text(DIVERGE_HOOK)
     env = {"PYTHONPATH": str(tmp_path)}
     out = _launch(tmp_path, env=env, launcher=ACCELERATE, trial_fn="hook:run")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    # issue 14: the diverged slot failed for good, so the sweep exits 1 and says which and why
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "(slot 0) failed: not retried: diverged" in out.stdout + out.stderr
     trials = optuna.load_study(
         study_name="two_rank", storage=f"sqlite:///{tmp_path / 'o.db'}"
     ).get_trials()

@@ -136,7 +136,8 @@ def test_search_value_quotes_names_mlflow_can_match(tmp_path):
 
 def test_no_password_reaches_a_stored_reason(tmp_path, store):
     assert sweep(tmp_path, store, "--study", "mask_ratio", "--n-trials", "1", "--max-retries",
-                 "1", "--name", "leak", trial_fn=leaking_failure) == 0  # fmt: skip
+                 "1", "--name", "leak", trial_fn=leaking_failure) == 1  # fmt: skip
+    # issue 14: the slot failed for good, so the sweep exits 1 (its reason redacted too)
     study = optuna.load_study(study_name="leak", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     stored = repr([(t.user_attrs, t.system_attrs) for t in study.trials])

@@ -245,12 +245,15 @@ def test_failed_trial_retries_in_the_same_run(tmp_path, store):
     assert retried_run.data.tags["optuna.trial"] == str(retry.number)
 
 
-def test_retries_stop_at_max_and_divergence_is_not_retried(tmp_path, store):
+def test_retries_stop_at_max_and_divergence_is_not_retried(tmp_path, store, capsys):
     rec = Recorder(
         fail_on={0: RuntimeError("a"), 1: RuntimeError("b"), 2: TrainingDiverged("loss is nan")}
     )
     args = ("--study", "loss_weights", "--n-trials", "3", "--max-retries", "1", "--name", "giveup")
-    assert run_sweep(tmp_path, store, *args, trial_fn=rec) == 0
+    # issue 14: a sweep whose slots failed for good exits non-zero and says which and why
+    assert run_sweep(tmp_path, store, *args, trial_fn=rec) == 1
+    err = capsys.readouterr().err
+    assert "(slot 0) failed: RuntimeError: b" in err and "(slot 1) failed: not retried" in err
     study = load(tmp_path, "giveup")
     states = [t.state for t in study.trials]
     # slot 0: fail + fail (retries used up); slot 1: diverged, no retry; slot 2: complete
@@ -353,50 +356,27 @@ def _kill_mid_trial(tmp_path, store, name: str, *extra: str) -> optuna.Study:
     return study
 
 
-def test_resume_retries_a_dead_workers_trial_in_its_run(tmp_path, store):
+def test_any_start_retries_a_dead_workers_trial_in_its_run(tmp_path, store):
     study = _kill_mid_trial(tmp_path, store, "resume")
     lost = study.trials[0]
     # the killed process: same host, a pid that no longer exists
     dead = f"{socket.gethostname()}:999999999:123.00"
     study._storage.set_trial_user_attr(lost._trial_id, WORKER_ATTR, dead)
     rec = Recorder()
-    # without --resume a fresh process leaves the RUNNING trial alone (its heartbeat is fresh)
-    assert (
-        run_sweep(
-            tmp_path,
-            store,
-            "--study",
-            "mask_ratio",
-            "--n-trials",
-            "2",
-            "--name",
-            "resume",
-            trial_fn=rec,
-        )
-        == 0
-    )
-    assert load(tmp_path, "resume").trials[0].state == TrialState.RUNNING
-    assert (
-        run_sweep(
-            tmp_path,
-            store,
-            "--study",
-            "mask_ratio",
-            "--n-trials",
-            "2",
-            "--name",
-            "resume",
-            "--resume",
-            trial_fn=rec,
-        )
-        == 0
-    )
+    # issue 14: every start (not only --resume) recovers a dead local worker's trial
+    argv = ("--study", "mask_ratio", "--n-trials", "2", "--name", "resume")
+    assert run_sweep(tmp_path, store, *argv, trial_fn=rec) == 0
+    assert rec.calls[0]["run_id"] == lost.user_attrs["mlflow_run_id"]  # the retry ran first
+    assert len(rec.calls) == 2
+    # --resume afterwards finds nothing left to do
+    assert run_sweep(tmp_path, store, *argv, "--resume", trial_fn=rec) == 0
+    assert len(rec.calls) == 2
     trials = load(tmp_path, "resume").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "died" in trials[0].user_attrs[FAIL_REASON_ATTR]
     assert trials[2].system_attrs["failed_trial"] == 0
     assert trials[2].user_attrs["mlflow_run_id"] == lost.user_attrs["mlflow_run_id"]
-    assert rec.calls[-1]["run_id"] == lost.user_attrs["mlflow_run_id"]
+    assert trials[0].user_attrs[Attr.FAIL_KIND] == "lost"  # no retry spent
     assert (
         len(
             children(

@@ -7,8 +7,10 @@ is left (N is overshot), and ``Study.optimize()`` counts trials per process. The
 (``set_trial_state_values(id, RUNNING)`` returns False when another worker won), failing a dead
 worker's trial, reading a retry's system attrs before ``optuna.Trial`` exists and the heartbeat
 thread all need the study's storage and a trial's id: public ``BaseStorage`` methods, reached
-only through ``Study._storage`` and ``Study._study_id``. Those two reads live here and nowhere
-else; tests/test_adapters_optuna.py pins what we rely on.
+only through ``Study._storage`` and ``Study._study_id``. Finding the trials whose heartbeat went
+stale uses ``_get_stale_trial_ids``: the public ``fail_stale_trials`` fails them without saying
+which, so the sweep could not record why (a lost worker spends no retry) nor end their MLflow
+runs. Those reads live here and nowhere else; tests/test_adapters_optuna.py pins them.
 """
 
 from __future__ import annotations
@@ -24,3 +26,13 @@ def storage_of(study: Any) -> Any:
 def trial_id(study: Any, number: int) -> int:
     """The storage id of the study's trial ``number`` (what ``optuna.Trial`` and storage take)."""
     return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def stale_trial_ids(study: Any) -> list[int]:
+    """Storage ids of RUNNING trials whose heartbeat is older than the grace period ([] when
+    the storage records no heartbeat)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        return []
+    return list(storage._get_stale_trial_ids(study._study_id))

@@ -16,8 +16,9 @@ is switched off through its public setting ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STD
 
 This module owns a run's life for engine, sweep and results alike: ``RunLogger.start`` creates
 a run WITH its params (or resumes one), and ``end_run`` / ``mark_state`` / ``reopen`` /
-``set_tag_shared`` end, tag and reopen runs by id; nobody else calls ``set_terminated``,
-``update_run`` or ``set_tag`` on a run. (That is why this module is ~460 lines, over the usual
+``set_tag_shared`` end, tag and reopen runs by id (``find_child_run`` and
+``running_children`` find a sweep's runs by tag and status); nobody else calls ``set_terminated``,
+``update_run`` or ``set_tag`` on a run. (That is why this module is ~510 lines, over the usual
 400: splitting a run's life across modules is the two-owner problem issue 15 removed.)
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
 from cmcr.errors import TrackingError
 from cmcr.names import DEFAULT_ARTIFACTS, Tag, is_local_key
-from cmcr.uris import redact, sqlite_path, tracking_uri
+from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
 
 # MLflow prints "View run <name> at: <tracking URI>/..." when a run on a server ends: the URI
 # may carry credentials, and the line interleaves with the sweep's progress view
@@ -50,12 +51,22 @@ _FINGERPRINT_CONTENT_MAX = 8 << 20
 
 
 def resolve_tracking_uri(cfg: Config) -> str:
-    """cfg.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
+    """cfg.tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store.
+
+    A missing embedded store is created here, atomically: a kill during MLflow's schema
+    migrations must not leave half a schema ("table logged_models already exists" next time).
+    """
     uri = tracking_uri(cfg.tracking.tracking_uri)
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if db is not None and not db.is_file():
+        create_sqlite_atomically(db, functools.partial(_build_mlflow_schema, artifacts=uri))
     return uri
+
+
+def _build_mlflow_schema(tmp_uri: str, *, artifacts: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(tmp_uri, artifact_location(artifacts)).engine.dispose()
 
 
 def artifact_location(uri: str) -> str | None:
@@ -221,7 +232,9 @@ class RunLogger:
         all_tags = standard_tags(cfg, kind, parent_run_id)
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         if run_id is None:
-            run = client.create_run(exp_id, run_name=run_name)
+            # tags in the same request: a run killed right after creation can still be found
+            # by them (a sweep's child run by study, slot and seed), never an untagged orphan
+            run = client.create_run(exp_id, run_name=run_name, tags=_tag_text(all_tags))
             run_id = run.info.run_id
             resumed = False
         else:
@@ -282,7 +295,7 @@ class RunLogger:
             return
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, _clip(redact(_as_text(v)), _TAG_MAX)) for k, v in tags.items()]
+        items = [RunTag(k, v) for k, v in _tag_text(tags).items()]
         self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -451,6 +464,45 @@ def _new_params(client: Any, run_id: str, cfg: Config) -> dict[str, str]:
             "resume it with the same config"
         )
     return {k: v for k, v in params.items() if k not in old}
+
+
+def _tag_text(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {k: _clip(redact(_as_text(v)), _TAG_MAX) for k, v in tags.items()}
+
+
+def find_child_run(
+    uri: str, experiment: str, parent_run_id: str, tags: Mapping[str, str]
+) -> str | None:
+    """The oldest RUNNING run under ``parent_run_id`` that carries every tag in ``tags``.
+
+    How a sweep makes a seed's run idempotently: a worker killed between creating the run and
+    storing its id on the trial left it behind, RUNNING; the next attempt finds and reuses it.
+    Ended runs are not matched: they belong to an earlier study of the same name (its Optuna
+    storage was replaced, the parent run found again by tag) and keep their own results.
+    """
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(
+        f"tags.`{k}` = {search_value(v)}"
+        for k, v in {Tag.PARENT_RUN: parent_run_id, **tags}.items()
+    )
+    query += " and attributes.status = 'RUNNING'"
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=query, max_results=1, order_by=["start_time ASC"]
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def running_children(uri: str, experiment: str, parent_run_id: str) -> list[Any]:
+    """The RUNNING runs under ``parent_run_id`` (``mlflow.entities.Run``: id and tags)."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = f"tags.`{Tag.PARENT_RUN}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    return list(client.search_runs([exp.experiment_id], filter_string=query, max_results=10000))
 
 
 def _is_plotly(fig: Any) -> bool:

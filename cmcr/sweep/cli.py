@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,29 +130,58 @@ def sweep(
     from cmcr.sweep.progress import ProgressView
     from cmcr.sweep.worker import work
 
-    study, parent = runner.setup(plan, storage)
+    lost: list[Any] = []
+    study, parent = runner.setup(plan, storage, lost)
     print(
         f"study '{plan.study_name}' in {redact(plan.opts.storage)}: {plan.n_trials} trial(s), "
         f"{plan.opts.workers} worker(s); MLflow parent run {parent}",
         flush=True,
     )
-    if plan.opts.resume:
-        failed = runner.resume(plan, study)
-        if failed:
-            print(f"resume: trial(s) {failed} had lost their worker; failed and queued for retry")
+    if lost:
+        numbers = [t.number for t in lost]
+        print(f"trial(s) {numbers} had lost their worker; queued again (no retry spent)")
     rc = 0
     with ProgressView(study, plan.study_name, plan.n_trials):
         if plan.opts.workers == 1:
             work(plan, study, parent, trial_fn, group)
         else:
-            rc = run_workers(plan, worker_cmd)
+            deaths: list[int] = []
+
+            def requeue(pid: int, code: int) -> None:
+                deaths.append(code)
+                runner.heal(plan, study, pid=pid)  # its trials are retried now, not after grace
+
+            rc = run_workers(plan, worker_cmd, on_death=requeue)
+            if all(code < 0 for code in deaths) and _queued(study):
+                # a worker was killed after the others had left: its trials run here
+                work(plan, study, parent, trial_fn, group)
+    runner.heal(plan, study)
     summary = runner.finish(plan, study, parent)
     print(summary_line(summary), flush=True)
+    if summary.get("tracking_error"):
+        print(f"{PROG}: {summary['tracking_error']}", file=sys.stderr)
+    for slot, number, reason in summary["failed_slots"]:
+        print(f"{PROG}: trial {number} (slot {slot}) failed: {redact(reason)}", file=sys.stderr)
+        rc = rc or 1
     return rc
 
 
-def run_workers(plan: Any, worker_cmd: Sequence[str] = WORKER_CMD) -> int:
-    """Start ``--workers`` subprocesses on the same storage and wait; 1 if any failed."""
+def _queued(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def run_workers(
+    plan: Any,
+    worker_cmd: Sequence[str] = WORKER_CMD,
+    on_death: Callable[[int, int], Any] | None = None,
+) -> int:
+    """Start ``--workers`` subprocesses on the same storage and wait; 1 if any failed.
+
+    ``on_death(pid, exit code)`` runs as soon as a worker exits non-zero or by a signal, while
+    the others still run (the sweep re-queues the trials it held).
+    """
     log_dir = Path(plan.base.tracking.output_dir) / WORKER_LOG_DIR / plan.study_name
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -168,8 +197,7 @@ def run_workers(plan: Any, worker_cmd: Sequence[str] = WORKER_CMD) -> int:
             (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
         )
     try:
-        while any(p.poll() is None for p, _ in procs):
-            time.sleep(0.5)
+        _wait_for(procs, on_death)
     except KeyboardInterrupt:
         for p, _ in procs:
             p.send_signal(signal.SIGINT)
@@ -187,6 +215,24 @@ def run_workers(plan: Any, worker_cmd: Sequence[str] = WORKER_CMD) -> int:
             print(f"worker {k} exited with code {p.returncode}: {tail_text}", file=sys.stderr)
             rc = 1
     return rc
+
+
+def _wait_for(procs: list[tuple[Any, Any]], on_death: Callable[[int, int], Any] | None) -> None:
+    """Poll the workers until all have exited, reporting each failed one once."""
+    reported: set[int] = set()
+    while True:
+        running = 0
+        for p, _ in procs:
+            code = p.poll()
+            if code is None:
+                running += 1
+            elif code != 0 and p.pid not in reported:
+                reported.add(p.pid)
+                if on_death is not None:
+                    on_death(p.pid, code)
+        if not running:
+            return
+        time.sleep(0.5)
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -248,6 +294,8 @@ def print_status(plan: Any) -> int:
             value = "" if t.value is None else f" value={t.value:.4f}"
             run_id = t.user_attrs.get(Attr.RUN_ID, "-")
             extra = t.user_attrs.get(Attr.FAIL_REASON) or t.user_attrs.get(Attr.RETRY_REASON) or ""
+            if Attr.FAIL_KIND in t.user_attrs:
+                extra = f"{t.user_attrs[Attr.FAIL_KIND]}: {extra}"
             origin = t.system_attrs.get(Attr.FAILED_TRIAL)
             retry = f" retry of #{origin}" if origin is not None else ""
             print(
@@ -282,15 +330,23 @@ def main(
     add_arguments(parser)
     args = parser.parse_args(argv)
     from cmcr.sweep.group import GroupBroken
+    from cmcr.sweep.worker import WorkerStopped
 
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop request takes the Ctrl-C path
     try:
         return run(args, trial_fn, worker_cmd)
-    except GroupBroken as exc:  # not a usage error: the launch ends so it can be restarted
+    except (GroupBroken, WorkerStopped) as exc:  # not a usage error: start again once fixed
         print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except CMCRError as exc:
         print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; re-run with --resume to continue", file=sys.stderr)
+        print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM → KeyboardInterrupt: the trial is failed as interrupted (no retry spent) and
+    re-queued, its runs marked, the workers stopped, as with Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")

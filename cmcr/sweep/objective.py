@@ -101,6 +101,9 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
 
 def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]:
     tags = {Tag.STUDY: ctx.study_name, Tag.TRIAL: str(trial.number)}
+    slot = trial.user_attrs.get(Attr.SLOT)
+    if slot is not None:
+        tags[Tag.SLOT] = str(slot)
     if retry_of is not None:
         tags[Tag.RETRY_OF] = str(retry_of)
     return tags
@@ -111,32 +114,59 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
 
     A new run is created with the seed's full config as params, so it is complete even if the
     worker dies before training starts; ``run_trial`` then takes it over and logs nothing new.
+    Idempotent: a run of this (study, slot, seed) under the parent that a killed attempt made
+    but never linked to its trial is found by its tags and reused, not duplicated.
     """
-    from cmcr.engine.tracking import RunLogger, client_for, config_params, resolve_tracking_uri
+    from cmcr.engine.tracking import (
+        RunLogger,
+        client_for,
+        config_params,
+        find_child_run,
+        resolve_tracking_uri,
+    )
 
     run_ids: dict[str, str] = dict(trial.user_attrs.get(Attr.RUN_IDS, {}))
     tags = _tags(trial, ctx, retry_of)
+    uri = resolve_tracking_uri(cfg)
+    if str(seed) not in run_ids and Tag.SLOT in tags:
+        key = {Tag.STUDY: ctx.study_name, Tag.SLOT: tags[Tag.SLOT], Tag.SEED: str(seed)}
+        found = find_child_run(uri, cfg.tracking.experiment, ctx.parent_run_id, key)
+        if found is not None:
+            _link_run(trial, run_ids, seed, found)
+            # a run killed before its params were written gets them now (checked equal)
+            RunLogger.start(
+                _quiet(cfg), kind=Kind.TRIAL, run_id=found, parent_run_id=ctx.parent_run_id,
+                tags=tags, params=config_params(cfg),
+            )  # fmt: skip
     if str(seed) in run_ids:
         run_id = run_ids[str(seed)]
         tags[Tag.RESUMED_FROM_STEP] = str(checkpoint_step(cfg, run_id))
-        uri = resolve_tracking_uri(cfg)
         RunLogger(client_for(uri), run_id, uri).set_tags(tags)
         return run_id
-    quiet = copy.deepcopy(cfg)
-    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it takes over
     logger = RunLogger.start(
-        quiet,
+        _quiet(cfg),
         kind=Kind.TRIAL,
         parent_run_id=ctx.parent_run_id,
         tags=tags,
         run_name=f"{ctx.study_name}-t{trial.number}-s{seed}",
         params=config_params(cfg),  # the config run_trial will see (its monitor setting too)
     )
-    run_ids[str(seed)] = logger.run_id
+    _link_run(trial, run_ids, seed, logger.run_id)
+    return logger.run_id
+
+
+def _quiet(cfg: Config) -> Config:
+    quiet = copy.deepcopy(cfg)
+    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it takes over
+    return quiet
+
+
+def _link_run(trial: Any, run_ids: dict[str, str], seed: int, run_id: str) -> None:
+    """Store the seed's run id on the trial (``mlflow_run_ids``; seed 0 also ``mlflow_run_id``)."""
+    run_ids[str(seed)] = run_id
     trial.set_user_attr(Attr.RUN_IDS, run_ids)
     if seed == 0 or Attr.RUN_ID not in trial.user_attrs:
-        trial.set_user_attr(Attr.RUN_ID, logger.run_id)
-    return logger.run_id
+        trial.set_user_attr(Attr.RUN_ID, run_id)
 
 
 def checkpoint_step(cfg: Config, run_id: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
 PRUNERS = ("median", "hyperband", "none")
+MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
 OBJECTIVES = ("probe", "finetune")
 
 
@@ -44,9 +45,24 @@ class SweepOptions:
     preset: str | None = _opt(None, "--preset", "config preset (default: the study's, else demo)")
     seeds: int = _opt(1, "--seeds", "seeds per trial: 0..S-1, objective = mean val mIoU")
     resume: bool = _opt(
-        False, "--resume", "fail and retry trials whose worker died, then continue", worker=False
+        False,
+        "--resume",
+        "continue a stored study (every start also retries trials whose worker died)",
+        worker=False,
     )
-    max_retries: int = _opt(2, "--max-retries", "retries of a failed trial (default 2)")
+    retry_failed: bool = _opt(
+        False,
+        "--retry-failed",
+        "re-open slots that failed for good; their retry count starts again",
+        worker=False,
+    )
+    max_retries: int = _opt(
+        2,
+        "--max-retries",
+        "retries of a trial that failed by itself (default 2); divergence and bad input are "
+        "not retried; a trial interrupted (Ctrl-C, SIGTERM, a lost worker, disk full, MLflow "
+        f"down) is re-queued without spending one, at most {MAX_INTERRUPTIONS} times",
+    )
     pruner: str = _opt("median", "--pruner", "", choices=PRUNERS)
     objective: str = _opt(
         "probe", "--objective", "downstream.mode of the objective", choices=OBJECTIVES

@@ -4,8 +4,10 @@ Order matters: everything that can be wrong with the input (study file, space bo
 overrides, storage URL and reachability) is checked before the storage is written, so bad
 input leaves no study behind. Setup runs under a study lock, so several processes started
 at once (on one machine with SQLite, or several with PostgreSQL) create one study, one parent
-run and exactly ``n_trials`` queued trials. The workers' loop is cmcr.sweep.worker; the
-options are declared in cmcr.sweep.options.
+run and exactly ``n_trials`` queued trials. Every start (and every worker, after each trial)
+also heals the study (``heal``): trials of dead workers are failed without spending a retry
+and every slot gets the retry it is owed (cmcr.sweep.recovery). The workers' loop is
+cmcr.sweep.worker; the options are declared in cmcr.sweep.options.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError
 from cmcr.names import Attr, Kind, Metric, Tag, is_local_key
+from cmcr.sweep import recovery
 from cmcr.sweep.options import OBJECTIVES, PRUNERS, SweepOptions
 from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.storage import open_storage, study_lock
-from cmcr.sweep.trials import RetryKeepingRun, enqueue_slots, fail_dead_running
+from cmcr.sweep.trials import enqueue_slots
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
@@ -57,6 +60,8 @@ def plan_sweep(opts: SweepOptions) -> Plan:
             raise StudyError(f"{name}: expected an integer >= {low}, got {value}")
     if opts.max_retries < 0:
         raise StudyError(f"--max-retries: expected an integer >= 0, got {opts.max_retries}")
+    if opts.retry_failed and not opts.resume:
+        raise StudyError("--retry-failed: re-opens a stored study's failed slots; add --resume")
     if opts.pruner not in PRUNERS:
         raise StudyError(f"--pruner: expected one of {PRUNERS}, got {opts.pruner!r}")
     if opts.objective not in OBJECTIVES:
@@ -109,11 +114,8 @@ def make_pruner(kind: str, base: Config) -> Any:
 
 
 def connect(plan: Plan, *, create: bool = True) -> Any:
-    """The storage with heartbeat and the retry callback (StorageError if unreachable)."""
-    retry = RetryKeepingRun(plan.opts.max_retries)
-    return open_storage(
-        plan.opts.storage, heartbeat_s=plan.opts.heartbeat_s, retry_callback=retry, create=create
-    )
+    """The storage with heartbeat (StorageError if unreachable)."""
+    return open_storage(plan.opts.storage, heartbeat_s=plan.opts.heartbeat_s, create=create)
 
 
 def load(plan: Plan, storage: Any) -> Any:
@@ -131,8 +133,12 @@ def load(plan: Plan, storage: Any) -> Any:
         raise StudyError(f"no study '{plan.study_name}' in {redact(plan.opts.storage)}") from None
 
 
-def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
-    """Create or load the study, its parent run and the trial queue; returns (study, parent)."""
+def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any, str]:
+    """Create or load the study, its parent run and the trial queue, and heal it.
+
+    Returns (study, parent run id); ``lost`` receives the trials failed because their worker
+    was lost (their retries are queued).
+    """
     import optuna
 
     with study_lock(storage, plan.opts.storage, plan.study_name):
@@ -141,6 +147,8 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
         }
         if plan.study_name in names:
             study = load(plan, storage)
+            if Attr.DEFINITION not in study.user_attrs and not study.get_trials(deepcopy=False):
+                _define(plan, study)  # created by a start killed before it wrote the definition
             check_compatible(plan, study)
         else:
             study = optuna.create_study(
@@ -150,17 +158,81 @@ def setup(plan: Plan, storage: Any) -> tuple[Any, str]:
                 pruner=make_pruner(plan.opts.pruner, plan.base),
                 direction=plan.spec.direction,
             )
-            for key, value in plan.compat_attrs().items():
-                study.set_user_attr(key, value)
+            _define(plan, study)
         parent = _parent_run(plan, study)
         cells = plan.spec.grid_cells() if plan.spec.is_grid else None
         added = enqueue_slots(study, cells, plan.n_trials)
-        study.set_user_attr(
-            Attr.N_TRIALS, max(plan.n_trials, study.user_attrs.get(Attr.N_TRIALS, 0))
-        )
+        study.set_user_attr(Attr.N_TRIALS, n_slots(plan, study))
+        if plan.opts.retry_failed:
+            reopened = recovery.reopen_failed(study, n_slots(plan, study), plan.opts.max_retries)
+            if reopened:
+                log.info(f"--retry-failed: slot(s) {reopened} re-opened")
+        failed = _heal_locked(plan, study)
     if added:
         log.info(f"queued {added} trial(s) of study '{plan.study_name}'")
+    _mark_lost(plan, failed)
+    if lost is not None:
+        lost.extend(failed)
     return study, parent
+
+
+def _define(plan: Plan, study: Any) -> None:
+    """Write the study's definition attrs; ``Attr.DEFINITION`` last, so it marks them all."""
+    attrs = plan.compat_attrs()
+    for key, value in sorted(attrs.items(), key=lambda kv: kv[0] == Attr.DEFINITION):
+        study.set_user_attr(key, value)
+
+
+def n_slots(plan: Plan, study: Any) -> int:
+    """How many slots the study has (the largest ``--n-trials`` any start asked for)."""
+    return max(plan.n_trials, int(study.user_attrs.get(Attr.N_TRIALS, 0)))
+
+
+def heal(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]:
+    """Fail the trials of lost workers and enqueue every owed retry, under the study lock.
+
+    ``pid``: also fail the RUNNING trials of that local process now (the parent of
+    ``--workers`` saw it die). Returns the trials failed here; their MLflow runs are ended.
+    """
+    from cmcr.adapters.optuna_storage import storage_of
+
+    with study_lock(storage_of(study), plan.opts.storage, plan.study_name):
+        lost = _heal_locked(plan, study, pid=pid)
+    _mark_lost(plan, lost)
+    return lost
+
+
+def _heal_locked(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]:
+    grace = 3 * plan.opts.heartbeat_s
+    lost = recovery.fail_stale(study) + recovery.fail_dead_local(study, grace)
+    if pid is not None:
+        lost += recovery.fail_dead_local(study, grace, pid=pid)
+    recovery.reconcile(study, n_slots(plan, study), plan.opts.max_retries)
+    return lost
+
+
+def _mark_lost(plan: Plan, trials: list[Any]) -> None:
+    for t in trials:
+        reason = t.user_attrs.get(Attr.FAIL_REASON, recovery.STALE_REASON)
+        mark_runs(plan.base, t, "FAIL", "KILLED", f"trial {t.number}: {reason}")
+
+
+def mark_runs(base: Config, trial: Any, state: str, status: str | None, reason: str | None) -> None:
+    """Tag the trial's child runs with its Optuna state and end any still open; best effort:
+    Optuna's record of the trial must not depend on MLflow being reachable."""
+    from cmcr.engine.tracking import mark_state, resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(base)
+        for run_id in trial.user_attrs.get(Attr.RUN_IDS, {}).values():
+            mark_state(uri, run_id, state, status, reason)
+    except Exception as exc:
+        log.warning(_one_line("could not update the trial's MLflow runs", exc))
+
+
+def _one_line(what: str, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact(f"{what}: {type(exc).__name__}: {text[0] if text else '(no message)'}")
 
 
 def check_compatible(plan: Plan, study: Any) -> None:
@@ -246,15 +318,35 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def resume(plan: Plan, study: Any) -> list[int]:
-    """``--resume``: fail and retry the RUNNING trials whose worker died on this host."""
-    return fail_dead_running(study, RetryKeepingRun(plan.opts.max_retries))
-
-
 def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
-    """Summarise; end the parent run FINISHED once no trial is queued or running anywhere."""
+    """Summarise, and end the parent run with the study: FINISHED when every slot is done,
+    FAILED (with the reason) when slots failed for good; RUNNING while trials are queued or
+    running elsewhere. MLflow being unreachable leaves one line in ``tracking_error``."""
     from optuna.trial import TrialState
 
+    from cmcr.sweep.trials import count_states
+
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
+    failed = recovery.failed_slots(study, n_slots(plan, study), plan.opts.max_retries)
+    summary: dict[str, Any] = {"study": plan.study_name, "parent_run_id": parent, **counts}
+    summary["failed_slots"] = failed
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        best = study.best_trial
+        summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+    summary["done"] = counts.get("WAITING", 0) + counts.get("RUNNING", 0) == 0
+    try:
+        _finish_runs(plan, study, parent, summary)
+    except Exception as exc:
+        summary["tracking_error"] = _one_line(
+            "MLflow could not be updated (Optuna's record is complete; the next start "
+            "finishes the parent run)",
+            exc,
+        )
+    return summary
+
+
+def _finish_runs(plan: Plan, study: Any, parent: str, summary: dict[str, Any]) -> None:
     from cmcr.engine.tracking import (
         RunLogger,
         client_for,
@@ -262,26 +354,46 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
         resolve_tracking_uri,
         set_tag_shared,
     )
-    from cmcr.sweep.trials import count_states
 
-    trials = study.get_trials(deepcopy=False)
-    counts = count_states(trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    summary: dict[str, Any] = {"study": plan.study_name, "parent_run_id": parent, **counts}
     uri = resolve_tracking_uri(plan.base)
-    if complete:
+    if "best_value" in summary:
         best = study.best_trial
-        summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+        n_complete = summary.get("COMPLETE", 0)
         RunLogger(client_for(uri), parent, uri).log_metrics(
-            {Metric.STUDY_BEST_VALUE: best.value}, step=len(complete)
+            {Metric.STUDY_BEST_VALUE: best.value}, step=n_complete
         )
         set_tag_shared(uri, parent, Tag.BEST_TRIAL, str(best.number))
         set_tag_shared(uri, parent, Tag.BEST_RUN_ID, str(best.user_attrs.get(Attr.RUN_ID)))
-    pending = counts.get("WAITING", 0) + counts.get("RUNNING", 0)
-    summary["done"] = pending == 0
-    if pending == 0:
+    _end_orphans(plan, study, parent, uri)
+    if not summary["done"]:
+        return
+    failed = summary["failed_slots"]
+    if failed:
+        reason = "; ".join(f"slot {s} (trial {n}): {r}" for s, n, r in failed)
+        end_run(uri, parent, "FAILED", f"{len(failed)} slot(s) failed: {reason}")
+    else:
         end_run(uri, parent, "FINISHED")
-    return summary
+
+
+def _end_orphans(plan: Plan, study: Any, parent: str, uri: str) -> None:
+    """End child runs left RUNNING whose slot no worker holds (a kill between an attempt's end
+    and the update of its runs, or a run created by an attempt killed before it linked it)."""
+    from cmcr.engine.tracking import end_run, running_children
+
+    slots = recovery.by_slot(study.get_trials(deepcopy=False))
+    first = recovery.reopened(study)
+    for run in running_children(uri, plan.base.tracking.experiment, parent):
+        slot = run.data.tags.get(Tag.SLOT)
+        attempts = slots.get(int(slot)) if slot is not None and slot.isdigit() else None
+        if attempts is None:
+            end_run(uri, run.info.run_id, "KILLED", "no trial of the sweep holds this run")
+            continue
+        state, reason = recovery.verdict(attempts, first.get(int(slot), 0), plan.opts.max_retries)
+        if state == "done":
+            complete = any(t.state.name == "COMPLETE" for t in attempts)
+            end_run(uri, run.info.run_id, "FINISHED" if complete else "KILLED", reason or None)
+        elif state == "failed":
+            end_run(uri, run.info.run_id, "FAILED", reason)
 
 
 def ensure_error(exc: BaseException) -> CMCRError:

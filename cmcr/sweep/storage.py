@@ -10,20 +10,25 @@ duplicated trial.
 
 PostgreSQL (``--storage postgresql://…``) lets workers on different machines share a study;
 every worker records a heartbeat, so a trial whose worker died is failed and retried by any
-live worker after the grace period (or at once by ``--resume`` on the dead worker's host).
+live worker after the grace period (or at once by the next start on the dead worker's host).
+
+A new SQLite database is created atomically: Optuna's schema is built in a temporary file
+beside the target and moved into place with ``os.replace``, so a kill during the very first
+start leaves either no database or a complete one, never half a schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 from cmcr.errors import CMCRError
 from cmcr.names import DEFAULT_STORAGE
-from cmcr.uris import redact, sqlite_path
+from cmcr.uris import create_sqlite_atomically, redact, sqlite_path
 
 SQLITE_TIMEOUT_S = 60
 
@@ -65,12 +70,12 @@ def open_storage(
     url: str,
     *,
     heartbeat_s: int | None = None,
-    retry_callback: Any = None,
     create: bool = True,
 ) -> Any:
     """An ``RDBStorage`` on ``url``; unreachable or unusable storage raises StorageError.
 
-    ``create=False`` refuses to create a missing SQLite file (for ``--status``).
+    ``create=False`` refuses to create a missing SQLite file (for ``--status``). Trials whose
+    heartbeat goes stale are failed and retried by cmcr.sweep.recovery, not by a callback.
     """
     import optuna
     import sqlalchemy.exc
@@ -92,9 +97,10 @@ def open_storage(
         hb = {
             "heartbeat_interval": heartbeat_s,
             "grace_period": 3 * heartbeat_s,
-            "heartbeat_stale_trial_callback": retry_callback,
         }
     try:
+        if db is not None and not db.is_file():
+            create_sqlite_atomically(db, _build_optuna_schema)
         with quiet_experimental(), _schema_lock(url, kwargs):
             storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs, **hb)
     except ImportError as exc:
@@ -113,6 +119,13 @@ def open_storage(
     if db is not None:
         _immediate_transactions(storage.engine)
     return storage
+
+
+def _build_optuna_schema(url: str) -> None:
+    import optuna
+
+    with quiet_experimental():
+        optuna.storages.RDBStorage(url).engine.dispose()
 
 
 @contextlib.contextmanager
@@ -181,6 +194,14 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _lock_engine(url: str) -> Any:
+    """An engine for the advisory lock when the caller holds Optuna's wrapped storage only."""
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(driver_url(url), pool_pre_ping=True, pool_size=1)
+
+
 @contextlib.contextmanager
 def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
     """Serialise study setup (create, top-up of the trial queue, parent run) across processes.
@@ -202,7 +223,8 @@ def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
         from sqlalchemy import text
 
         key = _lock_key(f"cmcr.sweep:{study_name}")
-        with storage.engine.connect() as conn:
+        engine = getattr(storage, "engine", None) or _lock_engine(url)
+        with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             conn.commit()
             try:

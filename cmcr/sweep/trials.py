@@ -6,7 +6,8 @@ lost when a worker dies. Here setup enqueues exactly N WAITING trials (grid cell
 params, or empty slots the sampler fills when a worker claims them); workers claim WAITING
 trials atomically (WAITING → RUNNING is a row-locked update) and never create trials of their
 own. A retry is a new WAITING trial with the failed trial's params and user attrs (so the same
-slot and the same ``mlflow_run_id``): grid cells are never skipped or doubled.
+slot and the same ``mlflow_run_id``): grid cells are never skipped or doubled. Who gets a
+retry, and why, is cmcr.sweep.recovery.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from typing import Any
 
 from cmcr.adapters.optuna_storage import storage_of, trial_id
 from cmcr.names import Attr
-from cmcr.uris import redact
-
-# user attrs that belong to one attempt and must not be copied onto its retry
-_ATTEMPT_ATTRS = (Attr.FAIL_REASON, Attr.RETRY_REASON, Attr.WORKER)
 
 
 def worker_id() -> str:
@@ -51,6 +48,14 @@ def is_dead_local_worker(worker: str | None) -> bool:
         return _start_time(int(pid)) != start
     except ValueError:
         return False
+
+
+def same_local_process(worker: str | None, pid: int) -> bool:
+    """True when ``worker`` (``host:pid:start``) names process ``pid`` of this host."""
+    if not worker or worker.count(":") < 2:
+        return False
+    host, wpid, _ = worker.rsplit(":", 2)
+    return host == socket.gethostname() and wpid == str(pid)
 
 
 def enqueue_slots(study: Any, cells: list[dict[str, Any]] | None, n_trials: int) -> int:
@@ -86,71 +91,6 @@ def claim_next(study: Any) -> int | None:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
-
-
-class RetryKeepingRun:
-    """Re-enqueue a failed trial (same params, slot and MLflow run) up to ``max_retry`` times.
-
-    Same bookkeeping as Optuna's ``RetryHeartbeatStaleTrialCallback`` (system attrs
-    ``failed_trial`` and ``retry_history``, so its ``retried_trial_number`` works), but
-    the per-attempt user attrs (``fail_reason``, the worker) are not copied to the retry.
-    Used both as the storage's heartbeat-stale callback and for trials that raised.
-    """
-
-    def __init__(self, max_retry: int) -> None:
-        self.max_retry = max_retry
-
-    def __call__(
-        self, study: Any, trial: Any, reason: str = "worker lost (stale heartbeat)"
-    ) -> bool:
-        """Enqueue the retry; False when the trial used up its retries."""
-        import optuna
-
-        history = Attr.RETRY_HISTORY
-        system_attrs = {Attr.FAILED_TRIAL: trial.number, history: [], **trial.system_attrs}
-        system_attrs[history] = [*system_attrs[history], trial.number]
-        if len(system_attrs[history]) > self.max_retry:
-            return False
-        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
-        user_attrs[Attr.RETRY_REASON] = redact(reason)
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=user_attrs,
-                system_attrs=system_attrs,
-            )
-        )
-        return True
-
-
-def fail_dead_running(study: Any, retry: RetryKeepingRun, *, force: bool = False) -> list[int]:
-    """``--resume``: fail RUNNING trials whose worker process is gone, and retry them.
-
-    A trial counts as dead when its recorded worker ran on this host and no longer exists;
-    ``force`` also fails RUNNING trials of other hosts (only when no worker is alive anywhere).
-    Trials of live workers elsewhere are left to their heartbeat.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = storage_of(study)
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get(Attr.WORKER)
-        if not (force or worker is None or is_dead_local_worker(worker)):
-            continue
-        tid = trial_id(study, t.number)
-        reason = f"worker {worker or '(unknown)'} died; failed by --resume"
-        try:
-            storage.set_trial_user_attr(tid, Attr.FAIL_REASON, reason)
-            storage.set_trial_state_values(tid, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process got there first
-        retry(study, storage.get_trial(tid), reason="interrupted: " + reason)
-        failed.append(t.number)
-    return failed
 
 
 class Heartbeat:

@@ -3,29 +3,38 @@
 Split from cmcr.sweep.runner (setup and summary): this is what every worker process runs,
 spawned (``--workers K``), on another machine, or rank 0 of a launch. Optuna's record of a
 trial comes first; its MLflow runs are then tagged and ended through the tracking facade
-(cmcr.engine.tracking), best effort.
+(cmcr.engine.tracking), best effort. Each failure is recorded with its kind and the retry it
+is owed comes from ``runner.heal`` (cmcr.sweep.recovery), before the next claim.
+
+A worker whose queue is empty does not leave while another trial is RUNNING: it waits out the
+heartbeat grace period, so a trial whose worker died (its heartbeat goes stale) is failed and
+retried here rather than left RUNNING until someone starts the sweep again.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import sys
+import time
 from typing import Any
 
+from cmcr.errors import CMCRError
 from cmcr.names import Attr
+from cmcr.sweep import recovery
 from cmcr.sweep.objective import TrialContext, TrialFn, run_objective
-from cmcr.sweep.storage import quiet_experimental
-from cmcr.sweep.trials import (
-    Heartbeat,
-    RetryKeepingRun,
-    claim_next,
-    retried_trial,
-    worker_id,
-)
+from cmcr.sweep.trials import Heartbeat, claim_next, retried_trial, worker_id
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
+# errors that say the machine, not the trial, is broken: retrying at once would burn retries
+_ENV_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_ENV_TEXT = ("database or disk is full", "no space left on device", "connection refused")
+
+
+class WorkerStopped(CMCRError):
+    """The environment broke under a trial (disk full, tracking server down): stop, re-queued."""
 
 
 def work(
@@ -39,29 +48,46 @@ def work(
     """
     import optuna
 
+    from cmcr.sweep.runner import heal
+
     ctx = TrialContext(
         plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn, group
     )
-    retry = RetryKeepingRun(plan.opts.max_retries)
-    finished = 0
+    finished, idle_since = 0, None
     while True:
-        with quiet_experimental():
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is retried here
+        heal(plan, study)  # a dead worker's trial is failed and its retry queued here
         trial_id = claim_next(study)
         if trial_id is None:
-            return finished
+            idle_since = idle_since or time.monotonic()
+            if not _wait_for_lost(study, plan.opts.heartbeat_s, idle_since):
+                return finished
+            continue
+        idle_since = None
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(Attr.WORKER, worker_id())
         retry_of = retried_trial(study, trial_id)
         with Heartbeat(study, trial_id):
-            _run_and_tell(study, trial, ctx, retry, retry_of)
+            _run_and_tell(study, trial, ctx, lambda: heal(plan, study), retry_of)
         finished += 1
 
 
+def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
+    """With an empty queue: sleep one heartbeat and return True while some trial is RUNNING
+    and the grace period (3 heartbeats, plus one to see it) has not passed since we idled."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return False
+    if time.monotonic() - idle_since > 4 * heartbeat_s + 1:
+        return False  # whoever holds them is alive: its heartbeat is fresh
+    time.sleep(heartbeat_s)
+    return True
+
+
 def _run_and_tell(
-    study: Any, trial: Any, ctx: TrialContext, retry: RetryKeepingRun, retry_of: int | None
+    study: Any, trial: Any, ctx: TrialContext, requeue: Any, retry_of: int | None
 ) -> None:
-    """Run one trial and record its outcome; failures are retried, divergence is not."""
+    """Run one trial and record its outcome with the kind of failure; ``requeue`` heals."""
     import optuna
     from optuna.trial import TrialState
 
@@ -73,19 +99,26 @@ def _run_and_tell(
         study.tell(trial, state=TrialState.PRUNED)
         log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
         return
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
         if ctx.group is not None:
             ctx.group.broken = True
-        _fail(study, trial, ctx, "interrupted (KeyboardInterrupt)", retry)
+        _fail(study, trial, ctx, recovery.INTERRUPTED, "interrupted (KeyboardInterrupt)", requeue)
         raise
     except Exception as exc:
-        if _is_diverged(exc):  # deterministic: a retry would diverge too
-            _fail(study, trial, ctx, f"diverged: {_first_line(exc)}", None)
-            return
-        # anything else is retried up to --max-retries
+        kind = fault_kind(exc)
         reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        _fail(study, trial, ctx, reason, retry)
-        if ctx.group is not None:  # the other ranks may be inside a collective: end the launch
+        if kind == recovery.DETERMINISTIC and _is_diverged(exc):
+            reason = f"diverged: {_first_line(exc)}"
+        _fail(study, trial, ctx, kind, reason, requeue)
+        if kind == recovery.ENVIRONMENT:
+            if ctx.group is not None:
+                ctx.group.broken = True
+            raise WorkerStopped(
+                f"trial {trial.number} stopped by its environment ({reason}); it is queued "
+                "again without spending a retry: fix the cause and start the sweep again"
+            ) from None
+        if ctx.group is not None and not _is_diverged(exc):
+            # the other ranks may be inside a collective: end the launch
             from cmcr.sweep.group import GroupBroken
 
             ctx.group.broken = True
@@ -95,11 +128,55 @@ def _run_and_tell(
             ) from exc
         return
     if not math.isfinite(value):
-        _fail(study, trial, ctx, f"objective is {value}", None)
+        _fail(study, trial, ctx, recovery.DETERMINISTIC, f"objective is {value}", requeue)
         return
     _mark_runs(trial, ctx, None, None, "COMPLETE")
     study.tell(trial, value)
     log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
+
+
+def fault_kind(exc: BaseException) -> str:
+    """Whose fault an exception of a trial is: ``environment`` (disk full, tracking server
+    unreachable), ``deterministic`` (divergence, bad input: a retry fails the same way) or
+    ``own`` (anything else: worth a retry)."""
+    if _is_environment(exc):
+        return recovery.ENVIRONMENT
+    if _is_diverged(exc) or isinstance(exc, CMCRError):
+        return recovery.DETERMINISTIC
+    return recovery.OWN
+
+
+def _is_environment(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT or a refused/failed connection anywhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _ENV_ERRNOS:
+            return True
+        if isinstance(current, ConnectionError) or _is_connection_error(current):
+            return True
+        if any(text in str(current).lower() for text in _ENV_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """requests' ConnectionError/Timeout (what MLflow's REST client raises), or MLflow's
+    wrapper of them ("API request to ... failed with exception"), without importing either."""
+    requests = sys.modules.get("requests")
+    if requests is not None and isinstance(
+        exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    ):
+        return True
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return (
+        mlflow_exceptions is not None
+        and isinstance(exc, mlflow_exceptions.MlflowException)
+        and "API request to" in str(exc)
+        and ("failed with exception" in str(exc) or "failed with timeout" in str(exc))
+    )
 
 
 def _is_diverged(exc: BaseException) -> bool:
@@ -115,35 +192,38 @@ def _first_line(exc: BaseException) -> str:
     return redact(text.splitlines()[0]) if text else "(no message)"
 
 
-def _fail(
-    study: Any, trial: Any, ctx: TrialContext, reason: str, retry: RetryKeepingRun | None
-) -> None:
-    """Record ``fail_reason``, end the trial FAIL, end its runs FAILED, maybe enqueue a retry."""
+def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, requeue: Any) -> None:
+    """Record the kind and reason, end the trial FAIL and its runs FAILED, heal (the retry).
+
+    Best effort past the kind: with the disk full or the storage gone, the trial stays
+    RUNNING under this (soon dead) process and the next start fails it as lost.
+    """
     from optuna.trial import TrialState
 
-    trial.set_user_attr(Attr.FAIL_REASON, redact(reason))
-    _mark_runs(trial, ctx, "FAILED", reason, "FAIL")
-    frozen = study.tell(trial, state=TrialState.FAIL)
-    retried = retry is not None and retry(study, frozen, reason=reason)
+    try:
+        trial.set_user_attr(Attr.FAIL_KIND, kind)
+        trial.set_user_attr(Attr.FAIL_REASON, redact(reason))
+        _mark_runs(trial, ctx, "FAILED", reason, "FAIL")
+        study.tell(trial, state=TrialState.FAIL)
+        before = _queued(study)
+        requeue()
+        retried = _queued(study) > before
+    except Exception as exc:
+        log.warning(redact(f"trial {trial.number}: could not record the failure: {exc}"))
+        return
     log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
 
 
-def _mark_runs(*args: Any) -> None:
-    """Best effort: Optuna's record of the trial must not depend on MLflow being reachable."""
-    try:
-        _mark_runs_now(*args)
-    except Exception as exc:
-        log.warning(
-            redact(f"could not update the trial's MLflow runs: {type(exc).__name__}: {exc}")
-        )
+def _queued(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def _mark_runs_now(
+def _mark_runs(
     trial: Any, ctx: TrialContext, status: str | None, reason: str | None, state: str
 ) -> None:
     """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
-    from cmcr.engine.tracking import mark_state, resolve_tracking_uri
+    from cmcr.sweep.runner import mark_runs
 
-    uri = resolve_tracking_uri(ctx.base)
-    for run_id in trial.user_attrs.get(Attr.RUN_IDS, {}).values():
-        mark_state(uri, run_id, state, status, reason)
+    mark_runs(ctx.base, trial, state, status, reason)
