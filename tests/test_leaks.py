@@ -219,13 +219,17 @@ def _optuna_leaks(storage: str, name: str, secrets: tuple[str, ...]) -> tuple[li
 
     from cmcr.sweep.storage import driver_url
 
-    study = optuna.load_study(study_name=name, storage=driver_url(storage))
-    text = repr(study.user_attrs) + repr(study.system_attrs)
-    for t in study.trials:
-        text += repr(t.user_attrs) + repr(t.system_attrs) + repr(t.params)
-    hits = [f"study {name} attrs: {s}" for s in secrets if s in text]
-    optuna.delete_study(study_name=name, storage=driver_url(storage))
-    return hits, len(study.trials)
+    rdb = optuna.storages.RDBStorage(driver_url(storage))
+    try:
+        study = optuna.load_study(study_name=name, storage=rdb)
+        text = repr(study.user_attrs)
+        text += repr(rdb.get_study_system_attrs(rdb.get_study_id_from_name(name)))
+        trials = study.get_trials()
+        for t in trials:
+            text += repr(t.user_attrs) + repr(t.system_attrs) + repr(t.params)
+    finally:
+        optuna.delete_study(study_name=name, storage=rdb)
+    return [f"study {name} attrs: {s}" for s in secrets if s in text], len(trials)
 
 
 def _run_sampling_ps(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[str, str, list]:
