@@ -87,12 +87,14 @@ def before_downstream(cfg: Config) -> None:
     check_tracking(cfg)
 
 
-def before_sweep(cfg: Config) -> None:
-    """A sweep, before its study exists: the data every trial reads and the tracking server."""
-    from cmcr.data import check_downstream_data, check_pretrain_data
-    from cmcr.engine.pipeline import check_dataroot
+def before_sweep(cfg: Config, *, data: bool = True) -> None:
+    """A sweep, before its study exists: the tracking server and (``data``) every file a trial
+    reads, for pre-training and the downstream evaluation."""
+    if data:
+        from cmcr.data import check_downstream_data, check_pretrain_data
+        from cmcr.engine.pipeline import check_dataroot
 
-    check_dataroot(cfg)
-    check_pretrain_data(cfg)
-    check_downstream_data(cfg)
+        check_dataroot(cfg)
+        check_pretrain_data(cfg)
+        check_downstream_data(cfg)
     check_tracking(cfg)

@@ -105,7 +105,8 @@ def run(
     if not args.worker:  # before the study exists (a spawned worker's parent checked already)
         from cmcr.engine.preflight import before_sweep
 
-        before_sweep(plan.base)
+        # a caller's own trial function decides what it reads: only run_trial's data is checked
+        before_sweep(plan.base, data=trial_fn is None)
     from cmcr.sweep import group as launch
 
     if launch.world_size() > 1 and plan.opts.workers != 1:
