@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(_load_cfg(args), {"downstream.mode": args.command})
     from cmcr.engine.preflight import before_downstream
 
-    before_downstream(cfg)  # config, data and tracking server, before any run exists
+    before_downstream(cfg)  # config and tracking server, before any run exists
     res = run_downstream(
         cfg,
         pretrained=args.pretrained,

@@ -29,7 +29,7 @@ from torch import nn
 
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, ConfigError, apply_overrides
-from cmcr.data import set_loader_epoch
+from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.data.classes import CHALLENGE_CLASSES, NUM_CHALLENGE
 from cmcr.errors import CheckpointError, TrackingError
 from cmcr.eval.export import LidarsegWriter
@@ -460,6 +460,7 @@ def run_downstream(
     if logger is not None:
         logger.set_tags({**extra, **(tags or {})})
         return _run(cfg, model.to(device), loaders, device, logger, report, export_dir)
+    check_downstream_data(cfg)  # every file the run reads, before the run exists (issue 14)
     with RunLogger.start(
         cfg,
         kind=mode,

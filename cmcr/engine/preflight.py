@@ -77,14 +77,9 @@ def before_pretrain(cfg: Config) -> None:
 
 
 def before_downstream(cfg: Config) -> None:
-    """``cmcr probe`` / ``finetune``: a valid config, its data, and a server that answers."""
-    from cmcr.data import check_downstream_data
-    from cmcr.engine.pipeline import check_dataroot
-
-    validate_config(cfg)
-    check_dataroot(cfg)
-    check_downstream_data(cfg)
-    check_tracking(cfg)
+    """``cmcr probe`` / ``finetune``: a valid config and a server that answers (the data:
+    ``downstream.run_downstream``, after the pre-trained weights are checked)."""
+    check_tracking(validate_config(cfg))
 
 
 def before_sweep(cfg: Config, *, data: bool = True) -> None:
