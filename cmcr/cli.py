@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from cmcr.errors import CMCRError
+from cmcr.uris import print_traceback, redact
 
 # name -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except CMCRError as exc:
-        print(f"cmcr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cmcr {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cmcr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug or a library error: its traceback, without credentials
+        print_traceback(f"cmcr {args.command}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ DEFAULT_TRACKING_URI = f"sqlite:///{OUTPUT_DIR}/mlflow.db"
 DEFAULT_STORAGE = f"sqlite:///{OUTPUT_DIR}/optuna.db"
 DEFAULT_ARTIFACTS = f"{OUTPUT_DIR}/mlartifacts"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# credentials travel to child processes in the environment (private to the user), never on
+# the command line (``ps`` shows every process's argv to every local user)
+STORAGE_ENV = "CMCR_SWEEP_STORAGE"  # a spawned sweep worker's Optuna storage URL
+SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # its --tracking-uri (only when one was given)
+BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by ``mlflow server`` (``cmcr ui``)
+# how long a tracking server or a storage may take to answer before it is reported unreachable
+REACH_WAIT_S = 10
 
 
 class Tag:

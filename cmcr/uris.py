@@ -12,8 +12,11 @@ so a whole traceback or log line can be passed through it.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
+import sys
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +76,31 @@ def create_sqlite_atomically(db: Path, build: Callable[[str], object]) -> None:
                 tmp.unlink(missing_ok=True)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's final message (and drops its args)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite ``record`` in place; never drops it."""
+        text = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        record.msg, record.args = redact(text), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def redact_logging() -> None:
+    """Redact every line the root logger's handlers write (library warnings included)."""
+    logging.captureWarnings(True)  # warnings.warn text reaches stderr through logging, redacted
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def print_traceback(prog: str) -> None:
+    """The current exception's traceback on stderr, credentials redacted (an unexpected error)."""
+    print(f"{prog}: unexpected error, traceback follows", file=sys.stderr)
+    print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)

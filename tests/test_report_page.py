@@ -87,6 +87,17 @@ def test_runs_without_study_say_so(runs: str, tmp_path: Path) -> None:
     assert 'id="fig-history"' not in page and 'id="fig-loss"' in page
 
 
+def test_unreachable_storage_is_a_note_not_an_error(runs: str, tmp_path: Path) -> None:
+    """Optuna's storage down: the runs are still reported; the page says why figures are missing."""
+    down = "postgresql://postgres:pw14@127.0.0.1:1/x"
+    build(Selection(tracking_uri=runs, study="weights", storage=down), tmp_path / "rep", log=False)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    note = re.search(r'<p class="note" id="note-study">(.*?)</p>', page, re.S)
+    assert note and "study figures unavailable" in note.group(1), page[:2000]
+    assert "unreachable" in note.group(1) and "postgres:***@" in note.group(1)
+    assert "pw14" not in page and 'id="fig-loss"' in page
+
+
 def test_page_escapes_what_it_is_given(runs: str) -> None:
     """Autoescaping: a filter or note with markup shows as text, never as an element."""
     sel = Selection(tracking_uri=runs, study="weights", storage=NO_STORAGE)

@@ -41,6 +41,17 @@ def test_print_command_redacts_password(capsys) -> None:
     out = capsys.readouterr().out
     assert "s3cret" not in out and "postgresql://cmcr:***@127.0.0.1:5432/test" in out
     assert "--host 127.0.0.1 --port 5000" in out
+    # the store reaches the server in its environment, never on its command line (ps)
+    assert "MLFLOW_BACKEND_STORE_URI=$MLFLOW_BACKEND_STORE_URI" in out
+    assert "--backend-store-uri" not in out
+
+
+def test_server_gets_the_store_in_its_environment_not_argv() -> None:
+    """The real URL (password included) is in the server's env; its argv holds no URL."""
+    uri = "postgresql://cmcr:s3cret@127.0.0.1:5432/test"
+    cmd = ui.server_command("127.0.0.1", 5000, "runs/mlartifacts")
+    assert not any("s3cret" in c or "postgresql" in c for c in cmd)
+    assert ui.server_env(uri)["MLFLOW_BACKEND_STORE_URI"] == uri
 
 
 def test_non_loopback_host_warns(capsys, tmp_path: Path) -> None:

@@ -60,9 +60,15 @@ def test_bad_input_is_one_line_exit_2_and_no_storage(tmp_path, case, expected):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_unreachable_storage_is_one_line_with_the_password_hidden(tmp_path):
+def test_unreachable_storage_is_one_line_with_the_password_hidden(tmp_path, smoke_world):
+    # a real world: the data is checked first, before any store is touched (issue 14)
     out = _run(
-        tmp_path, "--study", "loss_weights", storage="postgresql://postgres:s3cret@127.0.0.1:1/x"
+        tmp_path,
+        "--study",
+        "loss_weights",
+        "--set",
+        f"data.dataroot={smoke_world}",
+        storage="postgresql://postgres:s3cret@127.0.0.1:1/x",
     )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()

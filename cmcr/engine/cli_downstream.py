@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from cmcr.engine.downstream import run_downstream
 
     cfg = apply_overrides(_load_cfg(args), {"downstream.mode": args.command})
+    from cmcr.engine.preflight import before_downstream
+
+    before_downstream(cfg)  # config and tracking server, before any run exists
     res = run_downstream(
         cfg,
         pretrained=args.pretrained,

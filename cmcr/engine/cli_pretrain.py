@@ -8,6 +8,7 @@ import sys
 
 from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
 from cmcr.configs import validate_config as _validate
+from cmcr.uris import redact_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +36,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _recorded_config(run_id: str, base: Config) -> Config:
     """The config a run was started with (its params); tracking settings stay the caller's."""
+    from cmcr.engine.preflight import check_tracking
     from cmcr.engine.tracking import _require_run as require_run
     from cmcr.engine.tracking import make_client, resolve_tracking_uri
 
+    check_tracking(base)  # the lookup below would retry an unanswered server for minutes
     uri = resolve_tracking_uri(base)
     client = make_client(uri)
     require_run(client, run_id, uri)
@@ -69,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("cmcr").setLevel(logging.INFO)  # the run id line, for --resume
+    redact_logging()
     cfg = build_config(args)
+    from cmcr.engine.preflight import before_pretrain
+
+    before_pretrain(cfg)  # a tracking server that is down: one line, before any run exists
     result = run_pretrain(cfg, run_id=args.resume)
     from cmcr.engine.pipeline import process_state
 

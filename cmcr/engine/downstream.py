@@ -27,7 +27,7 @@ from torch import nn
 
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, validate_config
-from cmcr.data import set_loader_epoch
+from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
 from cmcr.eval.evaluate import (
     evaluate_batches,
@@ -268,7 +268,6 @@ def run_downstream(
     otherwise a run of kind probe|finetune is started here and ended FINISHED or FAILED.
     Bad pre-trained input fails before any MLflow run starts.
     """
-    from cmcr.data import check_downstream_data
     from cmcr.engine.tracking import RunLogger
 
     mode = cfg.downstream.mode
@@ -276,7 +275,6 @@ def run_downstream(
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
-    check_downstream_data(cfg)  # every labelled file, before any run exists
     loaders = build_loaders(cfg, mode)
     extra = {Tag.PRETRAINED: str(pretrained or "none")}
     if mode == "probe":
@@ -290,6 +288,8 @@ def run_downstream(
     if logger is not None:
         logger.set_tags({**extra, **(tags or {})})
         return _run(cfg, model.to(device), loaders, device, logger, report, export_dir)
+    # every file the run reads, before the run exists (a trial's run_trial checked them already)
+    check_downstream_data(cfg)
     with RunLogger.start(
         cfg,
         kind=mode,

@@ -56,6 +56,7 @@ class RunTable:
     parent_run_id: str | None = None
     study: Any = None  # optuna.Study when one was found
     notes: list[str] = field(default_factory=list)
+    study_error: str = ""  # why the Optuna study could not be read (storage down, bad URL)
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -112,7 +113,11 @@ def collect(sel: Selection) -> RunTable:
     except MlflowException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReportError(f"--filter '{sel.filter_string}' is not valid: {first}") from None
-    study = load_study(sel.study, sel.storage) if sel.study else None
+    study, study_error = None, ""
+    try:
+        study = load_study(sel.study, sel.storage) if sel.study else None
+    except ReportError as exc:  # the runs can still be reported; the page says what is missing
+        study_error = f"study figures unavailable: {exc}"
     if raw.empty:
         raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
     kind = raw.get(f"tags.{Tag.KIND}", pd.Series(index=raw.index, dtype=object))
@@ -123,7 +128,7 @@ def collect(sel: Selection) -> RunTable:
     table = _tidy(trials)
     parent = parents["run_id"].iloc[0] if sel.study and not parents.empty else None
     rt = RunTable(table, _param_cols(table), _metric_cols(table), exp.experiment_id, uri,
-                  parent_run_id=parent, study=study)  # fmt: skip
+                  parent_run_id=parent, study=study, study_error=study_error)  # fmt: skip
     _merge_optuna(rt)
     return rt
 
@@ -163,13 +168,16 @@ def load_study(name: str, storage: str | None) -> Any:
         return None
     import optuna
 
+    from cmcr.sweep.storage import open_storage  # bounded connect wait, the installed driver
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
     except KeyError:
         return None
     except Exception as exc:  # a bad URL must not hide the MLflow side; say it on the page
-        raise ReportError(redact(f"Optuna storage {url} cannot be read: {exc}")) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReportError(redact(f"Optuna storage {url} cannot be read: {first}")) from None
 
 
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:

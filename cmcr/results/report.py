@@ -137,6 +137,8 @@ def _study_note(rt: RunTable, sel: Selection) -> str:
     """Why Optuna's standard figures are missing; empty when the study was found."""
     if rt.study is not None:
         return ""
+    if rt.study_error:
+        return rt.study_error
     if not sel.study:
         return "the runs were selected without a study (--study), so there is no Optuna study"
     storage = redact(sel.storage or DEFAULT_STORAGE)
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             write_readme(args.readme, name, table, info["n_complete"])
             print(f"summary table written into {args.readme}")
     except CMCRError as exc:
-        print(f"dashboards/build.py: error: {exc}", file=sys.stderr)
+        print(f"dashboards/build.py: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     print(f"report: {info['out']}/index.html ({info['n_complete']} finished of {info['n_runs']} "
           f"runs, {info['total_s']:.1f} s)")  # fmt: skip

@@ -1,7 +1,9 @@
 """``cmcr ui``: the MLflow UI on the embedded store, bound to 127.0.0.1 by default.
 
-Equivalent plain command: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``
-(the default store, ``cmcr.names.DEFAULT_TRACKING_URI``).
+Equivalent plain command: ``MLFLOW_BACKEND_STORE_URI=sqlite:///runs/mlflow.db mlflow server``
+(the default store, ``cmcr.names.DEFAULT_TRACKING_URI``). The store URL goes to the server in
+that environment variable, which ``mlflow server`` reads, and never on its command line: a URL
+with a password would be visible in ``ps`` to every user of the machine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cmcr.errors import TrackingError
-from cmcr.names import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from cmcr.names import BACKEND_STORE_ENV, DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 
@@ -44,11 +46,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def server_command(uri: str, host: str, port: int, artifacts: str, workers: int = 2) -> list[str]:
-    """The ``mlflow server`` command line for this store."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+def server_command(host: str, port: int, artifacts: str, workers: int = 2) -> list[str]:
+    """The ``mlflow server`` command line (the store comes from ``server_env``)."""
+    return [sys.executable, "-m", "mlflow", "server",
             "--default-artifact-root", artifacts, "--artifacts-destination", artifacts,
             "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
+
+
+def server_env(uri: str) -> dict[str, str]:
+    """The server's environment: ours plus the store URL in ``MLFLOW_BACKEND_STORE_URI``."""
+    return {**os.environ, BACKEND_STORE_ENV: uri}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,16 +73,16 @@ def run(args: argparse.Namespace) -> int:
               "can read (and change) the runs; there is no authentication", file=sys.stderr)  # fmt: skip
     if args.workers < 1:
         raise TrackingError(f"--workers: expected an integer >= 1, got {args.workers}")
-    cmd = server_command(uri, args.host, args.port, args.artifacts, args.workers)
-    shown = " ".join(redact(c) for c in cmd)
+    cmd = server_command(args.host, args.port, args.artifacts, args.workers)
     if args.print_command:
-        print(shown)
+        print(f"# store {redact(uri)}, passed in the environment as ${BACKEND_STORE_ENV}")
+        print(f"{BACKEND_STORE_ENV}=${BACKEND_STORE_ENV} " + " ".join(redact(c) for c in cmd))
         return 0
     Path(args.artifacts).mkdir(parents=True, exist_ok=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"MLflow UI: http://{host}:{args.port}  (store {redact(uri)}; Ctrl-C stops)", flush=True)
     # Own process group: stopping it ends mlflow's uvicorn workers too, and only them.
-    proc = subprocess.Popen(cmd, start_new_session=True, env=os.environ.copy())
+    proc = subprocess.Popen(cmd, start_new_session=True, env=server_env(uri))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return proc.wait()

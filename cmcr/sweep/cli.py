@@ -16,6 +16,7 @@ running the same command on each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -27,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
-from cmcr.names import Attr
+from cmcr.names import STORAGE_ENV, SWEEP_TRACKING_ENV, TRACKING_URI_ENV, Attr
 from cmcr.sweep.options import SweepOptions, add_option_arguments, from_args, worker_argv
-from cmcr.uris import redact
+from cmcr.uris import print_traceback, redact, redact_logging
 
 PROG = "sweeps/run.py"
 WORKER_LOG_DIR = "sweep-logs"
 # how a spawned worker starts: this package's entry point (tests pass their own command that
 # injects a stand-in trial function; production code never reads code names from anywhere)
 WORKER_CMD = (sys.executable, "-m", "cmcr.sweep")
+_URI_KEY = "tracking.tracking_uri"  # an override that may hold credentials: sent in the env
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +54,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> SweepOptions:
-    """SweepOptions from parsed arguments."""
-    return from_args(args)
+    """SweepOptions from parsed arguments; a spawned worker takes its URLs from the environment."""
+    opts = from_args(args)
+    if args.worker:
+        opts.storage = os.environ.get(STORAGE_ENV) or opts.storage
+        opts.tracking_uri = os.environ.get(SWEEP_TRACKING_ENV) or opts.tracking_uri
+    return opts
+
+
+def worker_args(opts: SweepOptions) -> list[str]:
+    """A spawned worker's argv: ``worker_argv`` without the URLs, which may hold passwords."""
+    kept = [o for o in opts.overrides if not o.startswith(f"{_URI_KEY}=")]
+    return worker_argv(dataclasses.replace(opts, storage=None, tracking_uri=None, overrides=kept))
+
+
+def worker_env(opts: SweepOptions, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A spawned worker's environment: ``base`` (default os.environ) plus both store URLs."""
+    env = dict(os.environ if base is None else base)
+    env[STORAGE_ENV] = opts.storage
+    env.pop(SWEEP_TRACKING_ENV, None)
+    # --tracking-uri wins over --set tracking.tracking_uri=..., as in runner.plan_sweep
+    set_uri = [o.split("=", 1)[1] for o in opts.overrides if o.startswith(f"{_URI_KEY}=")]
+    uri = opts.tracking_uri or (set_uri[-1] if set_uri else None)
+    if uri:  # the worker's explicit URI; MLFLOW_TRACKING_URI for anything that reads only it
+        env[SWEEP_TRACKING_ENV] = env[TRACKING_URI_ENV] = uri
+    return env
 
 
 def run(
@@ -77,6 +102,11 @@ def run(
     plan = runner.plan_sweep(options(args))
     if args.status:
         return print_status(plan)
+    if not args.worker:  # before the study exists (a spawned worker's parent checked already)
+        from cmcr.engine.preflight import before_sweep
+
+        # a caller's own trial function decides what it reads: only run_trial's data is checked
+        before_sweep(plan.base, data=trial_fn is None)
     from cmcr.sweep import group as launch
 
     if launch.world_size() > 1 and plan.opts.workers != 1:
@@ -184,7 +214,7 @@ def run_workers(
     """
     log_dir = Path(plan.base.tracking.output_dir) / WORKER_LOG_DIR / plan.study_name
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = worker_env(plan.opts)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     # K workers share the cores: without this each torch would start one thread per core
@@ -192,7 +222,7 @@ def run_workers(
     procs = []
     for k in range(plan.opts.workers):
         log_file = open(log_dir / f"worker{k}.log", "w")  # noqa: SIM115 - closed below
-        cmd = [*worker_cmd, *worker_argv(plan.opts)]
+        cmd = [*worker_cmd, *worker_args(plan.opts)]
         procs.append(
             (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
         )
@@ -312,6 +342,7 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    redact_logging()
 
 
 def main(
@@ -344,6 +375,9 @@ def main(
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
         return 130
+    except Exception:  # a bug or a library error: its traceback, without credentials
+        print_traceback(PROG)
+        return 1
 
 
 def _interrupt(signum: int, frame: Any) -> None:

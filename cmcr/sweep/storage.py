@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cmcr.errors import CMCRError
-from cmcr.names import DEFAULT_STORAGE
+from cmcr.names import DEFAULT_STORAGE, REACH_WAIT_S
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path
 
 SQLITE_TIMEOUT_S = 60
@@ -91,7 +91,7 @@ def open_storage(
     else:
         kwargs["pool_pre_ping"] = True
         if url.startswith("postgresql"):
-            kwargs["connect_args"] = {"connect_timeout": 10}
+            kwargs["connect_args"] = {"connect_timeout": REACH_WAIT_S}
     hb = {}
     if heartbeat_s:
         hb = {
@@ -110,7 +110,7 @@ def open_storage(
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         what = (
-            "is unreachable"
+            ("is unreachable" if db is not None else f"is unreachable after {REACH_WAIT_S} s")
             if isinstance(exc, (sqlalchemy.exc.OperationalError, OSError))
             else "cannot be used"
         )
