@@ -81,7 +81,10 @@ def make_client(uri: str) -> Any:
     """An ``MlflowClient`` bound to ``uri`` (imported lazily: mlflow is slow to import)."""
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault(_QUIET_URL_ENV, "true")
+    if redact(uri) != uri:  # the URL MLflow would print carries a secret: never print it
+        os.environ[_QUIET_URL_ENV] = "true"
+    else:
+        os.environ.setdefault(_QUIET_URL_ENV, "true")
     return MlflowClient(tracking_uri=uri)
 
 
