@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from cmcr.configs import Config, validate_config
 from cmcr.errors import TrackingError
 from cmcr.names import REACH_WAIT_S
-from cmcr.uris import redact
+from cmcr.uris import redact, tracking_uri
 
 _RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
@@ -65,10 +65,12 @@ def _first(exc: BaseException) -> str:
 
 
 def check_tracking(cfg: Config) -> None:
-    """The tracking store of ``cfg`` answers (see ``check_tracking_reachable``)."""
-    from cmcr.engine.tracking import resolve_tracking_uri
+    """The tracking store of ``cfg`` answers (see ``check_tracking_reachable``).
 
-    check_tracking_reachable(resolve_tracking_uri(cfg))
+    The URI is resolved without ``resolve_tracking_uri``, which creates a missing embedded
+    store: a check must leave every store as it was.
+    """
+    check_tracking_reachable(tracking_uri(cfg.tracking.tracking_uri))
 
 
 def before_pretrain(cfg: Config) -> None:
