@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -224,7 +225,10 @@ def test_a_dead_worker_of_two_is_requeued_by_its_parent_at_once(tmp_path):
         "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
         "--set", f"tracking.output_dir={tmp_path / 'runs'}",
     ]  # fmt: skip
+    t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=170)
+    # well inside one 60 s heartbeat: neither the heartbeat nor an idle worker's sleep decided
+    assert time.monotonic() - t0 < 60
     assert "exited with code -9" in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.returncode == 1  # the dead worker is reported
     study = optuna.load_study(study_name="mask_ratio", storage=f"sqlite:///{tmp_path / 'o.db'}")

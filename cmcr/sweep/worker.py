@@ -71,16 +71,22 @@ def work(
         finished += 1
 
 
+_IDLE_POLL_S = 1.0
+
+
 def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
-    """With an empty queue: sleep one heartbeat and return True while some trial is RUNNING
-    and the grace period (3 heartbeats, plus one to see it) has not passed since we idled."""
+    """With an empty queue: wait a moment and return True while some trial is RUNNING and the
+    grace period (3 heartbeats, plus one to see it) has not passed since we idled.
+
+    Polls every second, not every heartbeat: a trial re-queued by another process (the parent
+    of --workers, a --resume) is claimed at once instead of after up to a heartbeat of sleep."""
     from optuna.trial import TrialState
 
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
     if time.monotonic() - idle_since > 4 * heartbeat_s + 1:
         return False  # whoever holds them is alive: its heartbeat is fresh
-    time.sleep(heartbeat_s)
+    time.sleep(min(heartbeat_s, _IDLE_POLL_S))
     return True
 
 
