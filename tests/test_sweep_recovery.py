@@ -13,8 +13,8 @@ import errno
 import os
 import socket
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import optuna
