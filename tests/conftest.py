@@ -21,3 +21,14 @@ def smoke_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world") / "smoke"
     generate_world(out, preset="smoke", seed=0)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """CPU spconv is bit-reproducible only single-threaded (resume and checkpoint tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,15 +36,6 @@ class _Planted:
 
 
 @pytest.fixture
-def one_thread():
-    """CPU spconv is bit-reproducible only single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def finished(smoke_world, tmp_path, one_thread):
     """(config, run id, reference backbone) of a finished run that must train again."""
     over = {

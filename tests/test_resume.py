@@ -30,15 +30,6 @@ from cmcr.engine.tracking import make_client
 STEPS = 6
 
 
-@pytest.fixture
-def one_thread():
-    """Deterministic CPU kernels for the duration of a test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _overrides(world: Path, tmp: Path) -> list[str]:
     return [
         f"data.dataroot={world}",

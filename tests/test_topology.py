@@ -98,7 +98,7 @@ def _post(port: int, path: str, body: dict) -> dict:
         conn.close()
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
     """End a process group this test started (the server forks its own workers)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -135,7 +135,7 @@ def mlflow_server(databases: tuple[str, str], tmp_path: Path) -> Iterator[int]:
             time.sleep(0.5)
         yield port
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
 
 
@@ -206,7 +206,7 @@ def _run_workers(
             assert "View run" not in log.read_text()
     finally:
         for proc, _ in procs:
-            _stop(proc)
+            stop_group(proc)
 
 
 def _check_study_and_runs(port: int, storage: str, n_trials: int) -> dict[str, dict]:

@@ -10,11 +10,12 @@ Kept free of model imports so that the config validation can list the names chea
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+from cmcr.configs.schema import LossWeights
 from cmcr.errors import CMCRError
 
 
@@ -34,7 +35,8 @@ class TermInputs:
 
 LossTerm = Callable[[TermInputs], torch.Tensor]
 LOSS_TERMS: dict[str, LossTerm] = {}
-BUILTIN = ("nce", "mim", "occ", "intensity", "orth", "commit", "cmcm")
+# the built-in terms are the typed weight fields; ``extra`` holds the registered ones
+BUILTIN = tuple(f.name for f in fields(LossWeights) if f.name != "extra")
 
 
 def register_loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
