@@ -24,7 +24,7 @@ from cmcr.configs import (
 from cmcr.configs.validate import describe_bounds
 
 
-@pytest.mark.parametrize("preset", ["paper", "demo", "smoke"])
+@pytest.mark.parametrize("preset", ["official", "paper", "demo", "smoke"])
 def test_presets_load(preset: str) -> None:
     cfg = load_config(preset)
     assert cfg.preset == preset
@@ -73,9 +73,51 @@ def test_user_yaml_extends_a_preset(tmp_path) -> None:
 
 
 def test_variant_names() -> None:
-    assert variant_name(load_config("smoke")) == "cmcr"
+    # official (and so smoke and demo) is the release: CMCR without GEMIM; paper adds it
+    assert variant_name(load_config("smoke")) == "cmcr-gemim"
+    assert variant_name(load_config("smoke", ["method.gemim=true"])) == "cmcr"
+    assert variant_name(load_config("paper")) == "cmcr"
     assert variant_name(load_config("smoke", ["method.name=ppkt"])) == "ppkt"
-    assert variant_name(load_config("smoke", ["method.mim=false"])) == "cmcr-mim"
+    assert (
+        variant_name(load_config("smoke", ["method.mim=false", "method.gemim=true"])) == "cmcr-mim"
+    )
+
+
+# what demo and smoke may change with respect to official: where data lives, sizes and budgets
+SIZES_AND_BUDGETS = {
+    *("data.dataroot", "data.version", "data.train_split", "data.val_split"),
+    *("data.image_size", "data.max_points", "data.n_queries", "data.max_neighbours"),
+    *("data.mask_patch", "data.num_workers", "data.max_samples"),
+    *("model.backbone", "model.image_encoder", "model.image_weights", "model.feat_dim"),
+    *("model.codebook_size", "loss.num_matches"),
+    *("train.epochs", "train.max_steps", "train.batch_size", "train.checkpoint_every"),
+    *("downstream.batch_size", "downstream.probe_epochs", "downstream.finetune_epochs"),
+    *("downstream.max_steps", "tracking.system_metrics", "preset"),
+}
+
+
+@pytest.mark.parametrize("preset", ["demo", "smoke"])
+def test_demo_and_smoke_change_sizes_and_budgets_only(preset: str) -> None:
+    official, cfg = flatten_config(load_config("official")), flatten_config(load_config(preset))
+    changed = {k for k in official if official[k] != cfg[k]}
+    assert changed, "the preset changes nothing?"
+    assert changed <= SIZES_AND_BUDGETS, f"protocol keys changed: {changed - SIZES_AND_BUDGETS}"
+
+
+def test_paper_is_official_plus_gemim() -> None:
+    official, paper = flatten_config(load_config("official")), flatten_config(load_config("paper"))
+    assert {k for k in official if official[k] != paper[k]} == {"preset", "method.gemim"}
+    assert paper["method.gemim"] is True and official["method.gemim"] is False
+
+
+def test_official_is_the_schema_defaults_on_real_nuscenes() -> None:
+    default, official = flatten_config(Config()), flatten_config(load_config("official"))
+    changed = {k for k in default if default[k] != official[k]}
+    assert changed == {
+        "preset", "data.dataroot", "data.version", "data.train_split", "data.val_split",
+        "data.holdout_scenes",
+        "method.gemim",
+    }  # fmt: skip
 
 
 def test_data_root_env_beats_preset_but_not_overrides(monkeypatch) -> None:
@@ -97,7 +139,12 @@ def test_data_root_env_beats_preset_but_not_overrides(monkeypatch) -> None:
         ("downstream.probe_epochs=0", "downstream.probe_epochs: expected an integer >= 1"),
         ("downstream.finetune_epochs=0", "downstream.finetune_epochs: expected an integer >= 1"),
         ("downstream.eval_every=0", "downstream.eval_every: expected an integer >= 1"),
-        ("downstream.label_fraction=0", "downstream.label_fraction: expected a value in (0, 1]"),
+        (
+            "downstream.finetune_label_fraction=0",
+            "downstream.finetune_label_fraction: expected a value in (0, 1]",
+        ),
+        ("data.crop_aspect=[2.0, 1.5]", "data.crop_aspect: expected [min, max]"),
+        ("data.mask_stage=before", "data.mask_stage: expected one of"),
         ("model.codebook_decay=1", "model.codebook_decay: expected a value in (0, 1)"),
         # the registered names (other test modules may register more: see the registry test)
         ("model.backbone=nope", "model.backbone: expected one of "),
@@ -148,6 +195,7 @@ def test_every_numeric_field_declares_a_range_and_every_choice_field_its_choices
     # the strings without a fixed set of values: paths, names, split names
     assert set(free_strings) == {
         "preset", "data.dataroot", "data.version", "data.train_split", "data.val_split",
+        "data.holdout_scenes",
         "model.image_weights", "tracking.tracking_uri", "tracking.experiment",
         "tracking.output_dir",
     }  # fmt: skip

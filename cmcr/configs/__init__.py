@@ -202,7 +202,8 @@ def load_config(
 ) -> Config:
     """Build a Config from defaults, a preset name or YAML path, then dotted overrides.
 
-    A YAML file may name ``preset: <name>`` to start from a shipped preset.
+    A YAML file (a shipped preset too: ``demo`` starts from ``official``) may name
+    ``preset: <name>`` to start from a shipped preset.
     """
     cfg = Config()
     if preset:
@@ -217,7 +218,9 @@ def load_config(
                 )
         data = load_yaml_file(path)
         base = data.pop("preset", None)
-        if base is not None and path.parent != PRESET_DIR:
+        if base is not None:
+            if str(base) == path.stem and path.parent == PRESET_DIR:
+                raise ConfigError(f"preset '{base}': starts from itself ({path})")
             cfg = load_config(base)
         apply_overrides(cfg, _flatten_dict(data))
         cfg.preset = path.stem if path.parent == PRESET_DIR else str(base or path.stem)

@@ -1,6 +1,10 @@
 """Typed configuration: the single source of truth for every hyperparameter.
 
-Presets (YAML beside this file) hold only what differs from these defaults. The CLI, the
+The defaults are the official release's protocol (METHOD.md, "The official release's protocol,
+point by point"; docs/fidelity.md lists every point with its key): the ``official`` preset adds
+only where real nuScenes lives and switches GEMIM off (the release has none), ``paper`` is
+``official`` plus GEMIM, and ``demo`` / ``smoke`` start from ``official`` and change sizes and
+budgets only. Presets (YAML beside this file) hold only what differs from these defaults. The CLI, the
 sweeps and the tests all change values through ``cmcr.configs.apply_overrides`` with dotted
 keys (``loss.weights.mim=0.5``); the flattened keys are the MLflow param names.
 """
@@ -19,6 +23,22 @@ NUSCENES_CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_FRONT_LEFT",
 )
+
+# the release's 100 pre-training held-out scenes (METHOD.md): pre-training's train split
+# leaves them out and validates on them
+_HOLDOUT_NUMBERS = (
+    "0008 0009 0019 0029 0032 0042 0045 0049 0052 0054 "
+    "0056 0066 0067 0073 0131 0152 0166 0168 0183 0190 "
+    "0194 0208 0210 0211 0241 0243 0248 0259 0260 0261 "
+    "0287 0292 0297 0305 0306 0350 0352 0358 0361 0365 "
+    "0368 0377 0388 0391 0395 0413 0427 0428 0438 0444 "
+    "0452 0453 0459 0463 0464 0475 0513 0533 0544 0575 "
+    "0587 0589 0642 0652 0658 0669 0678 0687 0701 0703 "
+    "0706 0710 0715 0726 0735 0740 0758 0786 0790 0804 "
+    "0806 0847 0856 0868 0882 0897 0899 0976 0996 1012 "
+    "1015 1016 1018 1020 1024 1044 1058 1094 1098 1107 "
+)
+RELEASE_HOLDOUT_SCENES: tuple[str, ...] = tuple(f"scene-{n}" for n in _HOLDOUT_NUMBERS.split())
 
 
 def setting(
@@ -59,34 +79,51 @@ OPTIONAL_COUNT = {"ge": 0}  # 0 means "off" or "all", as the field's comment say
 
 @dataclass
 class DataConfig:
-    """Where the data lives and how samples are built (METHOD.md, Data)."""
+    """Where the data lives and how samples are built (METHOD.md, Data; release protocol)."""
 
     dataroot: str = "data/synthetic"  # CMCR_DATA_ROOT overrides the default
     version: str = "v1.0-mini"
     train_split: str = "mini_train"
     val_split: str = "mini_val"
+    # pre-training leaves these scenes of train_split out and validates on them (release); a
+    # split that holds none of them (the mini / synthetic splits) pre-trains on all its scenes
+    holdout_scenes: list[str] = setting(factory=lambda: list(RELEASE_HOLDOUT_SCENES))
     cameras: list[str] = setting(
         factory=lambda: list(NUSCENES_CAMERAS), choices=NUSCENES_CAMERAS, min_length=1
     )
     # (H, W) after crop; multiples of 32 (a rule in cmcr/configs/validate.py)
     image_size: list[int] = setting(factory=lambda: [224, 416], length=2, **POSITIVE)
-    # area fraction range [min, max]; min <= max is a rule in validate.py
-    crop_scale: list[float] = setting(factory=lambda: [0.7, 1.0], length=2, gt=0.0, le=1.0)
+    # random resized crop: area fraction [min, max] of the source image (min <= max: validate.py)
+    crop_scale: list[float] = setting(factory=lambda: [0.3, 1.0], length=2, gt=0.0, le=1.0)
+    # ... and aspect (width / height) range [min, max] of the crop box before the resize
+    crop_aspect: list[float] = setting(factory=lambda: [14 / 9, 17 / 9], length=2, gt=0.0)
+    # a crop is redrawn until more than crop_min_pairs of the image's pairings survive it, or
+    # more than crop_min_pair_fraction of them; at most crop_tries draws (then the best one)
+    crop_min_pairs: int = setting(1024, ge=0)
+    crop_min_pair_fraction: float = setting(0.75, **PROB)
+    crop_tries: int = setting(20, **COUNT)
     hflip_prob: float = setting(0.5, **PROB)
     rotate: bool = True  # random rotation of the cloud about z
     flip_prob: float = setting(0.5, **PROB)  # probability of flipping each of the x and y axes
     min_depth: float = setting(1.0, ge=0.0)
     voxel_size: float = setting(0.1, **POSITIVE)
+    # the voxel's input feature: the intensity of its first point (release) or the mean
+    voxel_feature: str = setting("first", choices=("first", "mean"))
     # 0 = keep every point; else random subsample (CPU presets)
     max_points: int = setting(0, **OPTIONAL_COUNT)
     mask_image_prob: float = setting(0.5, **PROB)
     mask_ratio: float = setting(0.5, **PROB)
+    # patch side in pixels of the image where masking happens (mask_stage)
     mask_patch: int = setting(16, **COUNT)
+    # source: mask the full-resolution image before the crop (release); output: after the crop
+    mask_stage: str = setting("source", choices=("source", "output"))
+    # black: masked pixels are 0 before ImageNet normalisation (release); mean: 0 after it
+    mask_fill: str = setting("black", choices=("black", "mean"))
     n_queries: int = setting(2048, **OPTIONAL_COUNT)
     # inside / near-outside queries move U(0, query_offset) m
     query_offset: float = setting(0.1, ge=0.0)
     query_radius: float = setting(1.0, **POSITIVE)
-    max_neighbours: int = setting(16, **COUNT)
+    max_neighbours: int = setting(32, **COUNT)
     num_workers: int = setting(2, **OPTIONAL_COUNT)
     # 0 = all keyframes of the split; else the first N (smoke runs)
     max_samples: int = setting(0, **OPTIONAL_COUNT)
@@ -103,11 +140,18 @@ class ModelConfig:
     image_encoder: str = setting("resnet50", registry="image_encoder")
     image_weights: str = ""  # path to MoCo-v2 / torchvision weights, or "random"; "" is an error
     image_upsample: int = setting(32, **COUNT)
+    image_head_align_corners: bool = True  # the heads' bilinear upsampling (release: True)
+    stem_kernel: int = setting(3, **COUNT)  # the backbone's first convolution
+    bn_momentum: float = setting(0.05, gt=0.0, le=1.0)  # every BatchNorm in pre-training
     codebook_size: int = setting(400, **COUNT)
+    # uniform: U(-1, 1) then L2-normalised (release); normal: N(0, 1) then L2-normalised
+    codebook_init: str = setting("uniform", choices=("uniform", "normal"))
     codebook_decay: float = setting(0.999, gt=0.0, lt=1.0)
     codebook_eps: float = setting(1e-5, **POSITIVE)
     mim_channels: list[int] = setting(factory=lambda: [32, 16], **COUNT)
     occ_hidden: list[int] = setting(factory=lambda: [128, 128, 128], **COUNT)
+    # ReLU after the last hidden layer of the occupancy MLP (the release has none)
+    occ_last_relu: bool = False
 
 
 @dataclass
@@ -132,9 +176,16 @@ class LossConfig:
 
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = setting(0.07, **POSITIVE)
-    num_matches: int = setting(2048, **COUNT)
+    # scans per loss group: every per-step loss is computed per group of group_size scans (one
+    # release GPU's batch) and averaged over the groups
+    group_size: int = setting(2, **COUNT)
+    num_matches: int = setting(2048, **COUNT)  # sampled unmasked pairs per loss group
     commit_beta: float = setting(0.25, ge=0.0)
     mim_on: str = setting("all", choices=("all", "masked"))
+    # occupancy BCE / L1 averaged over (query, neighbour) pairs (release) or over queries
+    occ_reduce: str = setting("pairs", choices=("pairs", "queries"))
+    # orth over the backbone's voxel rows (release) or over points (after the inverse)
+    orth_rows: str = setting("voxels", choices=("voxels", "points"))
 
 
 @dataclass
@@ -159,8 +210,8 @@ class TrainConfig:
     max_steps: int = setting(0, **OPTIONAL_COUNT)
     batch_size: int = setting(12, **COUNT)
     lr: float = setting(1e-3, **POSITIVE)
-    weight_decay: float = setting(1e-4, ge=0.0)
-    scheduler: str = setting("cosine", choices=("cosine", "constant"))
+    weight_decay: float = setting(0.01, ge=0.0)  # AdamW's default, as the release
+    scheduler: str = setting("constant", choices=("cosine", "constant"))
     warmup_steps: int = setting(0, ge=0)
     grad_accum: int = setting(1, **COUNT)
     grad_clip: float = setting(0.0, ge=0.0)  # 0 = no clipping
@@ -173,18 +224,36 @@ class TrainConfig:
 
 @dataclass
 class DownstreamConfig:
-    """Linear probing and fine-tuning on lidarseg (METHOD.md, Downstream evaluation)."""
+    """Linear probing and fine-tuning on lidarseg (METHOD.md, Downstream evaluation).
+
+    The network is the pre-trained backbone plus a new 1×1 layer on its own output; the probe
+    trains only that layer, fine-tuning everything (backbone lr, layer lr).
+    """
 
     mode: str = setting("probe", choices=("probe", "finetune"))
-    label_fraction: float = setting(0.01, gt=0.0, le=1.0)
-    batch_size: int = setting(8, **COUNT)
+    # labelled fraction of the train split; every k-th *scene* (k = round(1 / fraction)) or,
+    # with label_fraction_unit: scan, every k-th scan
+    probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
+    finetune_label_fraction: float = setting(0.01, gt=0.0, le=1.0)
+    label_fraction_unit: str = setting("scene", choices=("scene", "scan"))
+    batch_size: int = setting(16, **COUNT)
+    lovasz: bool = True  # loss = cross-entropy + Lovász-softmax (else cross-entropy only)
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)  # SGD
+    dampening: float = setting(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = setting(1e-4, ge=0.0)
+    bn_momentum: float = setting(0.02, gt=0.0, le=1.0)  # the backbone's BatchNorm downstream
     probe_lr: float = setting(0.05, **POSITIVE)
     probe_epochs: int = setting(50, **COUNT)  # at least one, so that one evaluation runs
-    finetune_lr: float = setting(0.02, **POSITIVE)
-    finetune_head_lr: float = setting(2.0, **POSITIVE)
+    finetune_lr: float = setting(0.02, **POSITIVE)  # the backbone
+    finetune_head_lr: float = setting(2.0, **POSITIVE)  # the new layer
     finetune_epochs: int = setting(100, **COUNT)
     max_steps: int = setting(0, **OPTIONAL_COUNT)  # 0 = epochs decide
     eval_every: int = setting(1, **COUNT)  # epochs
+
+    @property
+    def label_fraction(self) -> float:
+        """The labelled fraction of the current mode (probe or fine-tuning)."""
+        return self.probe_label_fraction if self.mode == "probe" else self.finetune_label_fraction
 
 
 @dataclass

@@ -126,6 +126,12 @@ def crop_scale_order(cfg: Any) -> None:
     _check(lo <= hi, "data.crop_scale", "[min, max] with 0 < min <= max <= 1", [lo, hi])
 
 
+def crop_aspect_order(cfg: Any) -> None:
+    """The crop aspect range is [min, max] with min <= max."""
+    lo, hi = cfg.data.crop_aspect
+    _check(lo <= hi, "data.crop_aspect", "[min, max] width/height with 0 < min <= max", [lo, hi])
+
+
 def some_training(cfg: Any) -> None:
     """Pre-training runs at least one step: epochs or max_steps is positive."""
     t = cfg.train
@@ -133,7 +139,7 @@ def some_training(cfg: Any) -> None:
     _check(ok, "train.epochs", "an integer >= 1 when train.max_steps is 0", t.epochs)
 
 
-RULES = (image_size_stride, crop_scale_order, some_training)
+RULES = (image_size_stride, crop_scale_order, crop_aspect_order, some_training)
 
 
 def validate_config(cfg: Any) -> Any:
