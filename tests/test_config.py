@@ -115,7 +115,6 @@ def test_official_is_the_schema_defaults_on_real_nuscenes() -> None:
     changed = {k for k in default if default[k] != official[k]}
     assert changed == {
         "preset", "data.dataroot", "data.version", "data.train_split", "data.val_split",
-        
         "method.gemim",
     }  # fmt: skip
 

@@ -20,7 +20,7 @@ from cmcr.data.occupancy import (
     query_neighbours,
     sample_queries,
 )
-from cmcr.data.pretrain import every_kth
+from cmcr.data.pretrain import every_kth, every_kth_scene
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
 
@@ -310,6 +310,27 @@ def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch() -> None:
 def test_every_kth(fraction: float, expected: int) -> None:
     picked = every_kth(list(range(100)), fraction)
     assert len(picked) == expected and picked[0] == 0
+
+
+def test_every_kth_scene_keeps_whole_scenes_in_scene_order() -> None:
+    from types import SimpleNamespace
+
+    # 250 scenes of 3 to 5 scans each, as a split's records come: scene order, then time
+    sizes = [3 + i % 3 for i in range(250)]
+    records = [
+        SimpleNamespace(scene_name=f"scene-{i:04d}", t=t)
+        for i, n in enumerate(sizes)
+        for t in range(n)
+    ]
+    kept = every_kth_scene(records, 0.01)  # 1 % = every 100th scene: 0, 100, 200
+    assert [r.scene_name for r in kept] == ["scene-0000"] * 3 + ["scene-0100"] * 4 + [
+        "scene-0200"
+    ] * 5
+    assert [r.t for r in kept][:3] == [0, 1, 2]  # all keyframes of a kept scene, in time order
+    assert len(every_kth_scene(records, 1.0)) == len(records)
+    assert {r.scene_name for r in every_kth_scene(records, 0.1)} == {
+        f"scene-{i:04d}" for i in range(0, 250, 10)
+    }
 
 
 def test_read_points_names_a_file_with_non_finite_values(tmp_path) -> None:

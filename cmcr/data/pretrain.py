@@ -23,19 +23,38 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def every_kth(records: list, fraction: float) -> list:
-    """Every k-th scan with k = round(1 / fraction), as the official label-fraction subsets.
+def every_kth(items: list, fraction: float) -> list:
+    """Every k-th item with k = round(1 / fraction), starting with the first.
 
-    ``fraction`` is downstream.label_fraction, whose range (0, 1] validate_config checks.
+    ``fraction`` is a label fraction, whose range (0, 1] validate_config checks.
     """
-    return records[:: max(1, round(1.0 / fraction))]
+    return items[:: max(1, round(1.0 / fraction))]
 
 
-def select_records(cfg: Config, split: str, fraction: float = 1.0) -> list[SampleRecord]:
-    """The keyframes a run uses: the split, its label-fraction subset, the first max_samples."""
+def every_kth_scene(records: list[SampleRecord], fraction: float) -> list[SampleRecord]:
+    """All keyframes of every k-th scene (k = round(1 / fraction)), in the split's scene order.
+
+    The release's label-fraction subsets: 1 % = every 100th training *scene* with all its scans.
+    """
+    scenes = list(dict.fromkeys(r.scene_name for r in records))  # scene order, each once
+    kept = set(every_kth(scenes, fraction))
+    return [r for r in records if r.scene_name in kept]
+
+
+def select_records(
+    cfg: Config, split: str, fraction: float = 1.0, unit: str | None = None
+) -> list[SampleRecord]:
+    """The keyframes a run uses: the split, its label-fraction subset, the first max_samples.
+
+    ``unit``: "scene" (every k-th scene) or "scan" (every k-th scan); default
+    cfg.downstream.label_fraction_unit.
+    """
     records = load_records(cfg.data, split)
     if fraction < 1.0:
-        records = every_kth(records, fraction)
+        unit = unit or cfg.downstream.label_fraction_unit
+        records = (
+            every_kth_scene(records, fraction) if unit == "scene" else every_kth(records, fraction)
+        )
     if cfg.data.max_samples > 0:
         records = records[: cfg.data.max_samples]
     return records

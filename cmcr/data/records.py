@@ -18,6 +18,7 @@ class SampleRecord:
     """Everything a worker needs for one keyframe: file paths and precomputed 4×4 transforms."""
 
     sample_token: str
+    scene_name: str  # e.g. "scene-0061": label fractions and the held-out list select scenes
     lidar_token: str  # LIDAR_TOP sample_data token (the batch's sample_tokens)
     lidar_path: str
     lidarseg_path: str | None
@@ -69,7 +70,7 @@ def load_records(cfg: DataConfig, split: str) -> list[SampleRecord]:
         token = scene["first_sample_token"]
         while token:
             sample = nusc.get("sample", token)
-            records.append(_record(nusc, root, sample, cfg.cameras, lidarseg))
+            records.append(_record(nusc, root, sample, scene["name"], cfg.cameras, lidarseg))
             token = sample["next"]
     return records
 
@@ -84,7 +85,9 @@ def _open_devkit(root: Path, version: str):
         raise DataError(f"{root / version}: not a readable nuScenes table set ({err})") from err
 
 
-def _record(nusc, root: Path, sample: dict, cameras: list[str], lidarseg: dict) -> SampleRecord:
+def _record(
+    nusc, root: Path, sample: dict, scene: str, cameras: list[str], lidarseg: dict
+) -> SampleRecord:
     """One keyframe's paths and transforms (the devkit's map_pointcloud_to_image chain)."""
     lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     lidar_cs = nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])
@@ -104,6 +107,7 @@ def _record(nusc, root: Path, sample: dict, cameras: list[str], lidarseg: dict) 
     seg = lidarseg.get(lidar["token"])
     return SampleRecord(
         sample_token=sample["token"],
+        scene_name=scene,
         lidar_token=lidar["token"],
         lidar_path=str(root / lidar["filename"]),
         lidarseg_path=str(root / seg) if seg else None,
