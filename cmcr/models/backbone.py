@@ -141,6 +141,18 @@ def unet_small(in_channels: int) -> SparseResUNet:
                          init_dim=16, stem_kernel=3)  # fmt: skip
 
 
+def set_bn_momentum(module: nn.Module, momentum: float) -> nn.Module:
+    """Set the running-statistics momentum of every BatchNorm in ``module`` (in place).
+
+    The release uses 0.05 in pre-training (model.bn_momentum) and 0.02 downstream
+    (downstream.bn_momentum); walking the modules works for any registered backbone.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            m.momentum = momentum
+    return module
+
+
 def build_backbone(cfg: ModelConfig, in_channels: int = 1) -> nn.Module:
     """The backbone named by ``cfg.backbone`` (input: one intensity channel per voxel)."""
     if cfg.backbone not in BACKBONES:
