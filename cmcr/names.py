@@ -71,6 +71,9 @@ class Metric:
     TRAIN_LOSS_PREFIX = "train/loss_"  # + loss term name
     TRAIN_LR = "train/lr"
     TRAIN_SAMPLES_PER_S = "train/samples_per_s"
+    # pre-training's loss on the held-out scenes (data.holdout_scenes), step = optimiser step
+    HOLDOUT_LOSS = "holdout/loss"
+    HOLDOUT_LOSS_PREFIX = "holdout/loss_"  # + loss term name
     SEG_LOSS = "train/seg_loss"
     VAL_MIOU = "val/miou"
     VAL_FWIOU = "val/fwiou"

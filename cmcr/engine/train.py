@@ -29,6 +29,7 @@ from cmcr.configs import Config
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
+from cmcr.names import Metric
 
 
 class TrainingDiverged(CMCRError):
@@ -195,6 +196,48 @@ def _log_window(
         logger.log_metrics(metrics, step)
 
 
+@torch.no_grad()
+def validate_holdout(
+    cfg: Config, accelerator: Any, model: Any, loader: Any, logger: RunLogger, step: int
+) -> None:
+    """Mean loss terms over the held-out scenes, logged as ``holdout/*`` at ``step`` (main only).
+
+    The release validates pre-training on its 100 held-out scenes at every epoch's end. Only
+    the main process computes it, on the unwrapped model (no DDP collective runs, so the other
+    ranks go on and wait at the next step's all-reduce); eval mode: BatchNorm uses its running
+    statistics and the codebook does not update. The match sampling is seeded per batch, so
+    the figure is the same for the same weights.
+    """
+    if not accelerator.is_main_process or step <= (
+        logger.last_logged_step(Metric.HOLDOUT_LOSS) or 0
+    ):
+        return
+    from cmcr.data import set_loader_epoch
+    from cmcr.eval.evaluate import to_device
+    from cmcr.losses import weighted_total
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    set_loader_epoch(loader, 0)
+    for batch in loader:
+        batch = to_device(batch, accelerator.device)
+        out = net(batch)
+        values = {k: float(v) for k, v in out["losses"].items()}
+        values[""] = float(weighted_total(out["losses"], cfg.loss.weights))
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    net.train()
+    if n:
+        metrics = {
+            (Metric.HOLDOUT_LOSS if k == "" else Metric.HOLDOUT_LOSS_PREFIX + k): v / n
+            for k, v in sums.items()
+        }
+        logger.log_metrics(metrics, step)
+
+
 def pretrain_loop(
     cfg: Config,
     accelerator: Any,
@@ -205,11 +248,16 @@ def pretrain_loop(
     state: TrainState,
     logger: RunLogger,
     total: int,
+    holdout: Any = None,
 ) -> int:
-    """Train until ``total`` optimiser steps; returns the last step. Logs and checkpoints."""
+    """Train until ``total`` optimiser steps; returns the last step. Logs and checkpoints.
+
+    ``holdout``: a loader over the held-out scenes, validated at every epoch's end and at the
+    end of training (``validate_holdout``); None when the split holds none of them.
+    """
     t = cfg.train
     # steps already in the history (a resumed run) are re-run but not logged twice
-    logged = logger.last_logged_step("train/loss") or 0
+    logged = logger.last_logged_step(Metric.TRAIN_LOSS) or 0
     bar = tqdm(
         total=total, initial=state.step, disable=not accelerator.is_main_process, desc="pretrain"
     )
@@ -235,6 +283,10 @@ def pretrain_loop(
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
+            if holdout is not None and state.step < total:
+                validate_holdout(cfg, accelerator, model, holdout, logger, state.step)
+    if holdout is not None:
+        validate_holdout(cfg, accelerator, model, holdout, logger, state.step)
     bar.close()
     _sync_norm_buffers(accelerator, model)
     return state.step
