@@ -44,6 +44,8 @@ def make_pretrain_batch(
         "points": torch.from_numpy(pts).float(),
         "point_batch": torch.from_numpy(pbatch).long(),
         "images": torch.from_numpy(images),
+        # black fill (data.mask_fill): the encoder input is the image with masked pixels 0
+        "image_input": torch.from_numpy(images * ~mask[:, None]),
         "image_mask": torch.from_numpy(mask),
         "pairs": torch.from_numpy(pairs).long(),
         "pair_masked": torch.from_numpy(mask[pairs[:, 1], pairs[:, 2], pairs[:, 3]]),

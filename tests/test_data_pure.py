@@ -8,7 +8,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 from scipy.spatial import cKDTree
 
-from cmcr.data.augment import augment_cloud, map_pixels, patch_mask, sample_crops
+from cmcr.data.augment import augment_cloud, map_pixels, patch_mask
 from cmcr.data.collate import collate_pretrain, collate_seg
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
 from cmcr.data.io import read_image_crop, read_points
@@ -94,19 +94,6 @@ def test_rigid_inverse() -> None:
     np.testing.assert_allclose(rigid_inverse(mat) @ mat, np.eye(4), atol=1e-12)
 
 
-def test_sample_crops_inside_and_in_scale() -> None:
-    rng = np.random.default_rng(0)
-    hw = np.array([[900, 1600]] * 200)
-    crops = sample_crops(rng, hw, (224, 416), (0.3, 0.6))
-    top, left, h, w = crops.T
-    assert (top >= 0).all() and (left >= 0).all()
-    assert (top + h <= 900).all() and (left + w <= 1600).all()
-    area = h * w / (900 * 1600)
-    assert (area > 0.29).all() and (area < 0.61).all()
-    np.testing.assert_allclose(w / h, 416 / 224, rtol=0.01)
-    assert len(np.unique(left)) > 100  # positions vary
-
-
 def test_map_pixels_lands_in_the_output_pixel_holding_the_point() -> None:
     rng = np.random.default_rng(0)
     crops = np.array([[10, 20, 60, 90], [0, 0, 72, 128]])
@@ -139,12 +126,13 @@ def test_read_image_crop_matches_full_decode_and_resize(tmp_path, crop) -> None:
     Image.fromarray(rgb).save(path, quality=95)
     crop = np.array(crop)  # the first decodes at 1/4 scale, the others at 1/8 and 1/2
     top, left, h, w = (int(x) for x in crop)
-    fast = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=False)
+    fast, same = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=False)
+    assert same is fast  # no mask: the network input is the target
     full = Image.open(path).convert("RGB")
     slow = full.resize((104, 56), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
     assert fast.dtype == np.uint8 and fast.shape == (56, 104, 3)
     assert np.abs(fast.astype(float) - np.asarray(slow, float)).mean() < 4.0
-    flipped = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=True)
+    flipped, _ = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip=True)
     np.testing.assert_array_equal(flipped, fast[:, ::-1])
 
 
@@ -152,7 +140,7 @@ def test_read_image_crop_names_bad_files(tmp_path) -> None:
     path = tmp_path / "cam.jpg"
     Image.fromarray(np.zeros((90, 160, 3), np.uint8)).save(path)
     args = (np.array([0, 0, 90, 160]), np.array([90, 160]), (45, 80), False)
-    assert read_image_crop(str(path), *args).shape == (45, 80, 3)
+    assert read_image_crop(str(path), *args)[0].shape == (45, 80, 3)
     with pytest.raises(DataError, match="expected 100x160"):
         read_image_crop(str(path), args[0], np.array([100, 160]), *args[2:])
     path.write_bytes(path.read_bytes()[:-100])
@@ -194,7 +182,7 @@ def test_voxelize_point_lies_in_its_voxel() -> None:
     xyz = rng.uniform(-5, 5, (3000, 3)).astype(np.float32)
     xyz[1500:] = xyz[:1500] + 0.01  # share voxels
     intensity = rng.random(3000).astype(np.float32)
-    coords, feats, inverse = voxelize(xyz, intensity, 0.5)
+    coords, feats, inverse = voxelize(xyz, intensity, 0.5, "mean")
     assert coords.dtype == np.int32 and (coords >= 0).all()
     assert len(np.unique(coords, axis=0)) == len(coords)
     lo = np.floor(xyz / 0.5).min(axis=0)
@@ -247,6 +235,7 @@ def _fake_sample(rng: np.random.Generator, n_points: int, n_cams: int = 2) -> di
         "inverse": rng.integers(0, n_vox, n_points),
         "points": rng.random((n_points, 3)).astype(np.float32),
         "images": rng.integers(0, 256, (n_cams, 4, 6, 3)).astype(np.uint8),
+        "image_input": rng.integers(0, 256, (n_cams, 4, 6, 3)).astype(np.uint8),
         "image_mask": rng.random((n_cams, 4, 6)) < 0.5,
         "pairs": np.stack(
             [
@@ -289,6 +278,12 @@ def test_collate_offsets_every_index() -> None:
     np.testing.assert_allclose(
         img[3].permute(1, 2, 0).numpy() * 255, samples[1]["images"][1], atol=1e-3
     )
+    np.testing.assert_allclose(
+        batch["image_input"][2].permute(1, 2, 0).numpy() * 255,
+        samples[1]["image_input"][0],
+        atol=1e-3,
+    )
+    assert batch["image_input"].shape == img.shape
     assert batch["query_batch"].tolist() == [0] * 5 + [1] * 5
     assert batch["point_batch"].tolist() == [0] * 10 + [1] * 20
     seg = collate_seg(samples)

@@ -106,9 +106,11 @@ def measure(cfg, split: str, repeats: int) -> dict:
 STAGES = (
     "read_points",
     "project_points",
+    "sample_crops",
     "map_pixels",
+    "patch_grid",
+    "mask_through_crop",
     "read_image_crop",
-    "patch_mask",
     "augment_cloud",
     "voxelize",
     "sample_queries",

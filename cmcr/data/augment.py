@@ -2,32 +2,121 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """The random resized crop and its redraw rule (data.crop_*, METHOD.md release protocol)."""
+
+    scale: tuple[float, float]  # area fraction of the source image
+    aspect: tuple[float, float]  # width / height of the box, before the resize
+    tries: int
+    min_pairs: int
+    min_fraction: float
+
+    @classmethod
+    def from_config(cls, data: Any) -> CropRule:
+        """From a DataConfig (data.crop_scale, crop_aspect, crop_tries, crop_min_pair*)."""
+        return cls(
+            scale=(float(data.crop_scale[0]), float(data.crop_scale[1])),
+            aspect=(float(data.crop_aspect[0]), float(data.crop_aspect[1])),
+            tries=int(data.crop_tries),
+            min_pairs=int(data.crop_min_pairs),
+            min_fraction=float(data.crop_min_pair_fraction),
+        )
+
+
+def draw_crop_candidates(
+    rng: np.random.Generator,
+    image_hw: np.ndarray,
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    tries: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``tries`` random resized crop boxes per image, like torchvision's RandomResizedCrop.
+
+    image_hw: (C, 2). Area = U(scale) of the image, aspect (width / height) log-uniform in
+    ``aspect``, position uniform where the box fits. Returns boxes (C, T, 4) int64
+    [top, left, height, width] and fits (C, T) bool. A box that does not fit is shrunk at its
+    aspect until it does and marked ``fits = False`` (torchvision would redraw it; here all draws
+    are made at once, in a fixed order: area, aspect, top, left).
+    """
+    shape = (len(image_hw), tries)
+    src_h = image_hw[:, 0, None].astype(np.float64)  # (C, 1)
+    src_w = image_hw[:, 1, None].astype(np.float64)
+    area = rng.uniform(scale[0], scale[1], shape) * src_h * src_w  # (C, T)
+    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), shape))
+    width, height = np.round(np.sqrt(area * ratio)), np.round(np.sqrt(area / ratio))
+    fits = (width >= 1) & (width <= src_w) & (height >= 1) & (height <= src_h)
+    shrink = np.minimum(1.0, np.minimum(src_w / np.maximum(width, 1), src_h / np.maximum(height, 1)))
+    width = np.clip(np.floor(width * shrink), 1, src_w).astype(np.int64)
+    height = np.clip(np.floor(height * shrink), 1, src_h).astype(np.int64)
+    top = np.floor(rng.random(shape) * (src_h - height + 1)).astype(np.int64)
+    left = np.floor(rng.random(shape) * (src_w - width + 1)).astype(np.int64)
+    return np.stack([top, left, height, width], axis=-1), fits
+
+
+def count_surviving_pairs(
+    boxes: np.ndarray, u: np.ndarray, v: np.ndarray, cam: np.ndarray
+) -> np.ndarray:
+    """(C, T) number of pairings (u, v, cam) inside each candidate box (C, T, 4).
+
+    Box bounds are whole pixels, so u in [left, left + w) iff floor(u) is, and one unsigned
+    compare tests both ends. A loop over the C cameras with one (T, M_c) comparison each
+    measured 2.0 ms against 5.5 ms for a single (M, T) gather over all cameras and 12.5 ms for
+    the float (M, T, 4) version (30 000 pairings, 6 cameras, 20 tries).
+    """
+    col, row = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
+    b = boxes.astype(np.int32)[..., None]  # (C, T, 4, 1)
+    counts = np.zeros(boxes.shape[:2], np.int64)
+    for c in range(len(boxes)):  # 6 cameras, not pairings
+        sel = cam == c
+        inside = (col[sel] - b[c, :, 1]).view(np.uint32) < b[c, :, 3].view(np.uint32)
+        inside &= (row[sel] - b[c, :, 0]).view(np.uint32) < b[c, :, 2].view(np.uint32)
+        counts[c] = np.count_nonzero(inside, axis=1)  # (T,)
+    return counts
+
+
+def choose_crops(
+    counts: np.ndarray, fits: np.ndarray, totals: np.ndarray, min_pairs: int, min_fraction: float
+) -> np.ndarray:
+    """(C,) index of the chosen candidate per image (the release's redraw rule, vectorised).
+
+    A candidate passes when it fits and more than ``min_pairs`` of the image's ``totals``
+    pairings survive it, or more than ``min_fraction`` of them. The first passing candidate is
+    taken (the one the release's redraw loop would stop at); when none passes, the fitting
+    candidate with the most survivors (first on ties), else the shrunk one with the most.
+    """
+    counts = counts.astype(np.int64)
+    total = totals[:, None].astype(np.float64)  # (C, 1)
+    passing = fits & ((counts > min_pairs) | (counts > min_fraction * total))  # (C, T)
+    best = np.argmax(counts + fits * (int(totals.max(initial=0)) + 1), axis=1)
+    return np.where(passing.any(axis=1), np.argmax(passing, axis=1), best)
 
 
 def sample_crops(
     rng: np.random.Generator,
     image_hw: np.ndarray,
-    out_hw: tuple[int, int],
-    scale: tuple[float, float],
+    u: np.ndarray,
+    v: np.ndarray,
+    cam: np.ndarray,
+    rule: CropRule,
 ) -> np.ndarray:
-    """Random crop boxes (C, 4) int64 [top, left, height, width], aspect of out_hw, area in scale.
+    """(C, 4) int64 crop boxes [top, left, height, width], one per image, by the crop rule.
 
-    image_hw: (C, 2) source image sizes. The crop keeps the output aspect so pixels are not
-    stretched; it is clamped to the image when the area would not fit.
+    All ``rule.tries`` candidates per image are drawn at once (draw_crop_candidates) and the
+    first that keeps enough of the image's pairings (u, v, cam) is taken, else the best
+    (choose_crops). The crop is later resized to the output size, so pixels may stretch.
     """
-    n = len(image_hw)
-    src_h, src_w = image_hw[:, 0].astype(np.float64), image_hw[:, 1].astype(np.float64)
-    aspect = out_hw[1] / out_hw[0]  # width / height
-    area = rng.uniform(scale[0], scale[1], n) * src_h * src_w
-    width = np.minimum(np.sqrt(area * aspect), src_w)
-    height = np.minimum(width / aspect, src_h)
-    width = np.minimum(height * aspect, src_w)
-    height_i = np.clip(np.round(height), 1, src_h).astype(np.int64)
-    width_i = np.clip(np.round(width), 1, src_w).astype(np.int64)
-    top = np.floor(rng.random(n) * (src_h - height_i + 1)).astype(np.int64)
-    left = np.floor(rng.random(n) * (src_w - width_i + 1)).astype(np.int64)
-    return np.stack([top, left, height_i, width_i], axis=1)
+    boxes, fits = draw_crop_candidates(rng, image_hw, rule.scale, rule.aspect, rule.tries)
+    counts = count_surviving_pairs(boxes, u, v, cam)  # (C, T)
+    totals = np.bincount(cam, minlength=len(image_hw))  # (C,) the image's pairings
+    pick = choose_crops(counts, fits, totals, rule.min_pairs, rule.min_fraction)
+    return boxes[np.arange(len(boxes)), pick]
 
 
 def map_pixels(
@@ -66,6 +155,31 @@ def augment_cloud(
     return xyz @ mat.T.astype(np.float32)
 
 
+def patch_grid(
+    rng: np.random.Generator,
+    n_images: int,
+    hw: tuple[int, int],
+    image_prob: float,
+    ratio: float,
+    patch: int,
+) -> np.ndarray:
+    """(C, ceil(H/patch), ceil(W/patch)) bool dropped patches of an (H, W) image.
+
+    Each image is masked with image_prob, then each of its patches with ratio (draws in that
+    order). Patch (i, j) covers pixels [i·patch, (i+1)·patch) × [j·patch, (j+1)·patch).
+    """
+    grid_h, grid_w = -(-hw[0] // patch), -(-hw[1] // patch)
+    masked_image = rng.random(n_images) < image_prob  # (C,)
+    drop = rng.random((n_images, grid_h, grid_w)) < ratio  # (C, gh, gw)
+    return drop & masked_image[:, None, None]
+
+
+def expand_grid(grid: np.ndarray, patch: int, hw: tuple[int, int]) -> np.ndarray:
+    """(..., H, W) bool pixel mask of a patch grid (..., gh, gw): every pixel takes its patch."""
+    pixels = grid.repeat(patch, axis=-2).repeat(patch, axis=-1)
+    return np.ascontiguousarray(pixels[..., : hw[0], : hw[1]])
+
+
 def patch_mask(
     rng: np.random.Generator,
     n_images: int,
@@ -75,10 +189,39 @@ def patch_mask(
     patch: int,
 ) -> np.ndarray:
     """(C, H, W) bool pixel mask: each image masked with image_prob, then patches with ratio."""
+    grid = patch_grid(rng, n_images, out_hw, image_prob, ratio, patch)
+    return expand_grid(grid, patch, out_hw)
+
+
+def source_pixel_masked(
+    grid: np.ndarray, patch: int, cam: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """(M,) whether the source pixel (floor(v), floor(u)) of camera cam lies in a dropped patch."""
+    row = np.floor(v).astype(np.int64) // patch
+    col = np.floor(u).astype(np.int64) // patch
+    return grid[cam, row, col]
+
+
+def mask_through_crop(
+    grid: np.ndarray,
+    patch: int,
+    image_hw: np.ndarray,
+    crops: np.ndarray,
+    flips: np.ndarray,
+    out_hw: tuple[int, int],
+) -> np.ndarray:
+    """(C, H, W) bool: a source patch grid carried through crop → resize → hflip (nearest).
+
+    Output pixel (r, j) takes the source pixel under its centre, top + (r + ½)·h/H and
+    left + (j + ½)·w/W, the convention of map_pixels and read_image_crop.
+    """
     out_h, out_w = out_hw
-    grid_h, grid_w = -(-out_h // patch), -(-out_w // patch)
-    masked_image = rng.random(n_images) < image_prob  # (C,)
-    drop = rng.random((n_images, grid_h, grid_w)) < ratio  # (C, gh, gw)
-    drop &= masked_image[:, None, None]
-    pixels = drop.repeat(patch, axis=1).repeat(patch, axis=2)
-    return np.ascontiguousarray(pixels[:, :out_h, :out_w])
+    top, left, height, width = (crops[:, k, None].astype(np.float64) for k in range(4))
+    src_h, src_w = image_hw[:, 0, None], image_hw[:, 1, None]  # (C, 1)
+    ys = np.floor(top + (np.arange(out_h) + 0.5) * height / out_h).astype(np.int64)  # (C, H)
+    xs = np.floor(left + (np.arange(out_w) + 0.5) * width / out_w).astype(np.int64)  # (C, W)
+    ys = np.minimum(ys, src_h - 1) // patch
+    xs = np.minimum(xs, src_w - 1) // patch
+    # two 1-D takes per camera: measured ~4x faster than one (C, H, W) fancy index
+    mask = np.stack([grid[c][ys[c]][:, xs[c]] for c in range(len(grid))])  # (C, H, W)
+    return np.where(flips[:, None, None], mask[:, :, ::-1], mask)

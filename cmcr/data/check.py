@@ -54,14 +54,21 @@ def check_lidarseg(record: SampleRecord, n_points: int) -> None:
 
 
 def check_data(
-    cfg: Config, split: str, *, images: bool, labels: bool, fraction: float = 1.0
+    cfg: Config,
+    split: str,
+    *,
+    images: bool,
+    labels: bool,
+    fraction: float = 1.0,
+    holdout: str = "all",
 ) -> int:
     """Check every sample of ``split`` a run will read; the number of samples checked.
 
     ``images``: the cameras of cfg.data.cameras (pre-training); ``labels``: the lidarseg files
-    (downstream); ``fraction``: the label-fraction subset the downstream training split uses.
+    (downstream); ``fraction``: the label-fraction subset the downstream training split uses;
+    ``holdout``: the held-out scenes rule of the reader (cmcr.data.pretrain.apply_holdout).
     """
-    records = select_records(cfg, split, fraction)
+    records = select_records(cfg, split, fraction, holdout=holdout)
     for rec in records:
         n_points = check_points(rec.lidar_path)
         if images:
@@ -73,11 +80,12 @@ def check_data(
 
 
 def check_pretrain_data(cfg: Config) -> int:
-    """Before a pre-training run: the train split's LiDAR and images, and the image weights."""
+    """Before a pre-training run: the image weights and the LiDAR and images of exactly the
+    records pre-training reads (the train split less data.holdout_scenes)."""
     if cfg.method.name == "random":  # a seeded, untrained backbone reads no data
         return 0
     check_image_weights(cfg.model.image_weights)
-    return check_data(cfg, cfg.data.train_split, images=True, labels=False)
+    return check_data(cfg, cfg.data.train_split, images=True, labels=False, holdout="exclude")
 
 
 def check_downstream_data(cfg: Config) -> int:

@@ -33,6 +33,14 @@ def _voxel_part(samples: list[dict]) -> dict:
     }
 
 
+def _float_images(images: torch.Tensor) -> torch.Tensor:
+    """(I, H, W, 3) uint8 -> (I, 3, H, W) float32 in [0, 1]."""
+    n, h, w, c = images.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    out.copy_(images.permute(0, 3, 1, 2))  # one strided pass converts and lays out
+    return out.div_(255.0)
+
+
 def collate_pretrain(samples: list[dict]) -> dict:
     """Pre-training batch (docs/architecture.md): images float in [0, 1], global indices."""
     batch = _voxel_part(samples)
@@ -48,10 +56,10 @@ def collate_pretrain(samples: list[dict]) -> dict:
         [np.where(s["query_neighbours"] >= 0, s["query_neighbours"] + o, -1)
          for s, o in zip(samples, pt_off, strict=True)]
     )  # fmt: skip  # (Q, K), −1 stays padding
-    images = torch.from_numpy(np.concatenate([s["images"] for s in samples]))  # (I, H, W, 3)
     cat = lambda key: torch.from_numpy(np.concatenate([s[key] for s in samples]))  # noqa: E731
     batch.update(
-        images=images.permute(0, 3, 1, 2).float().div_(255.0).contiguous(),  # (I, 3, H, W)
+        images=_float_images(cat("images")),  # (I, 3, H, W) unmasked: the MIM target
+        image_input=_float_images(cat("image_input")),  # (I, 3, H, W) the encoder's input
         image_mask=cat("image_mask"),
         pairs=torch.from_numpy(pairs),
         pair_masked=cat("pair_masked"),

@@ -52,19 +52,62 @@ def read_lidarseg(path: str | None, n_points: int, token: str) -> np.ndarray:
 
 
 def read_image_crop(
-    path: str, crop: np.ndarray, full_hw: np.ndarray, out_hw: tuple[int, int], flip: bool
-) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: crop [top, left, h, w] of a JPEG resized (bilinear) to out_hw, flipped.
+    path: str,
+    crop: np.ndarray,
+    full_hw: np.ndarray,
+    out_hw: tuple[int, int],
+    flip: bool,
+    drop: np.ndarray | None = None,
+    patch: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target, input), each (H, W, 3) uint8 RGB: crop [top, left, h, w] of a JPEG resized
+    (bilinear) to out_hw and flipped; ``input`` is the same crop of the source image whose
+    dropped patches (``drop``: (gh, gw) bool grid of ``patch`` source pixels) are black.
 
     The JPEG is decoded at 1/2, 1/4 or 1/8 scale when the crop still covers out_hw there (the
     rule of PIL's draft), then ONE affine warp does crop + resize + flip on the small image; it
     keeps the half-pixel-centre convention of map_pixels, so pairings land on their pixel.
-    Measured faster than PIL draft + resize (cmcr/bench/data.py).
+    Measured faster than PIL draft + resize (cmcr/bench/data.py). A masked image decodes only
+    at a scale dividing ``patch``, so every decoded pixel lies in one patch and masking it there
+    equals masking the source: an output pixel whose bilinear footprint is all masked is 0.
+    ``input`` is ``target`` itself when nothing is dropped.
     """
     top, left, height, width = (int(x) for x in crop)
     out_h, out_w = out_hw
+    masked = drop is not None and bool(drop.any())
     ratio = min(width // out_w, height // out_h)
-    scale = next(s for s in (8, 4, 2, 1) if s <= max(ratio, 1))
+    scale = next(
+        s for s in (8, 4, 2, 1) if s <= max(ratio, 1) and (not masked or patch % s == 0)
+    )
+    img = _decode(path, full_hw, scale)  # (ceil(H/s), ceil(W/s), 3) BGR
+    # source continuous x = scale·x_small; dst x' = (x − left)·out_w/width; integer pixel
+    # indices sit at continuous − 0.5 in OpenCV's convention
+    ax, ay = out_w / width, out_h / height
+    mat = np.array(
+        [[scale * ax, 0.0, (0.5 * scale - left) * ax - 0.5],
+         [0.0, scale * ay, (0.5 * scale - top) * ay - 0.5]]
+    )  # fmt: skip
+    if flip:
+        mat[0] = -mat[0]
+        mat[0, 2] += out_w - 1
+    target = _warp(img, mat, out_hw)
+    if not masked:
+        return target, target
+    # mask only the decoded pixels the warp reads: the crop and a one-pixel bilinear margin
+    y0, x0 = max(top // scale - 1, 0), max(left // scale - 1, 0)
+    y1 = min(-(-(top + height) // scale) + 2, img.shape[0])
+    x1 = min(-(-(left + width) // scale) + 2, img.shape[1])
+    rows = (np.arange(y0, y1) * scale) // patch  # the patch of each decoded row / column
+    cols = (np.arange(x0, x1) * scale) // patch
+    keep = (~drop[rows][:, cols]).view(np.uint8)  # (y1 - y0, x1 - x0)
+    sub = img[y0:y1, x0:x1]
+    sub = cv2.bitwise_and(sub, sub, mask=keep)  # black before ImageNet normalisation
+    mat[:, 2] += mat[:, :2] @ np.array([x0, y0], dtype=np.float64)  # sub-image coordinates
+    return target, _warp(sub, mat, out_hw)
+
+
+def _decode(path: str, full_hw: np.ndarray, scale: int) -> np.ndarray:
+    """A camera JPEG decoded at 1/scale (BGR); DataError when missing, truncated or mis-sized."""
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except (FileNotFoundError, IsADirectoryError) as err:
@@ -76,17 +119,12 @@ def read_image_crop(
     if img is None or img.shape[:2] != expected:
         got = "undecodable" if img is None else f"{img.shape[0] * scale}x{img.shape[1] * scale}"
         raise DataError(f"{path}: camera image {got}, expected {full_hw[0]}x{full_hw[1]} (table)")
-    # source continuous x = scale·x_small; dst x' = (x − left)·out_w/width; integer pixel
-    # indices sit at continuous − 0.5 in OpenCV's convention
-    ax, ay = out_w / width, out_h / height
-    mat = np.array(
-        [[scale * ax, 0.0, (0.5 * scale - left) * ax - 0.5],
-         [0.0, scale * ay, (0.5 * scale - top) * ay - 0.5]]
-    )  # fmt: skip
-    if flip:
-        mat[0] = -mat[0]
-        mat[0, 2] += out_w - 1
+    return img
+
+
+def _warp(img: np.ndarray, mat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) RGB: one bilinear affine warp of a BGR image."""
     out = cv2.warpAffine(
-        img, mat, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        img, mat, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)

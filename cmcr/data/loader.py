@@ -72,11 +72,20 @@ def _loader(
 
 
 def build_pretrain_loader(
-    cfg: Config, split: str, *, shuffle: bool = True, seed: int | None = None
+    cfg: Config,
+    split: str,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    holdout: str = "exclude",
 ) -> DataLoader:
-    """Pre-training batches of a split (batch cfg.train.batch_size); call loader.sampler.set_epoch."""
+    """Pre-training batches of a split (batch cfg.train.batch_size); call loader.sampler.set_epoch.
+
+    ``holdout``: "exclude" leaves data.holdout_scenes out (training), "only" keeps just them
+    (validation), "all" keeps the whole split (PretrainDataset).
+    """
     seed = cfg.train.seed if seed is None else seed
-    dataset = PretrainDataset(cfg, split, seed=seed)
+    dataset = PretrainDataset(cfg, split, seed=seed, holdout=holdout)
     return _loader(
         dataset, cfg, batch_size=cfg.train.batch_size, shuffle=shuffle, seed=seed,
         collate=collate_pretrain,

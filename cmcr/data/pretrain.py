@@ -7,7 +7,16 @@ from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
 from cmcr.configs import Config
-from cmcr.data.augment import augment_cloud, map_pixels, patch_mask, sample_crops
+from cmcr.data.augment import (
+    CropRule,
+    augment_cloud,
+    expand_grid,
+    map_pixels,
+    mask_through_crop,
+    patch_grid,
+    sample_crops,
+    source_pixel_masked,
+)
 from cmcr.data.geometry import project_points
 from cmcr.data.io import read_image_crop, read_points
 from cmcr.data.occupancy import query_neighbours, sample_queries
@@ -41,15 +50,48 @@ def every_kth_scene(records: list[SampleRecord], fraction: float) -> list[Sample
     return [r for r in records if r.scene_name in kept]
 
 
-def select_records(
-    cfg: Config, split: str, fraction: float = 1.0, unit: str | None = None
+HOLDOUT_CHOICES = ("all", "exclude", "only")
+
+
+def apply_holdout(
+    records: list[SampleRecord], holdout_scenes: list[str], holdout: str, split: str
 ) -> list[SampleRecord]:
-    """The keyframes a run uses: the split, its label-fraction subset, the first max_samples.
+    """The records of a split with data.holdout_scenes kept ("all"), left out or alone.
+
+    "exclude": pre-training's train split (release: train minus the 100 held-out scenes);
+    "only": its validation on those scenes. DataError naming data.holdout_scenes when empty.
+    """
+    if holdout not in HOLDOUT_CHOICES:
+        raise ValueError(f"holdout: expected one of {HOLDOUT_CHOICES}, got {holdout!r}")
+    if holdout == "all":
+        return records
+    held = set(holdout_scenes)
+    kept = [r for r in records if (r.scene_name in held) == (holdout == "only")]
+    if not kept:
+        what = "every scene" if holdout == "exclude" else "none of the scenes"
+        raise DataError(
+            f"data.holdout_scenes: {what} of split '{split}' is held out, so "
+            f"{'pre-training' if holdout == 'exclude' else 'the held-out validation'} "
+            "has no samples"
+        )
+    return kept
+
+
+def select_records(
+    cfg: Config,
+    split: str,
+    fraction: float = 1.0,
+    unit: str | None = None,
+    holdout: str = "all",
+) -> list[SampleRecord]:
+    """The keyframes a run uses: the split, its held-out scenes rule, its label-fraction subset,
+    the first max_samples.
 
     ``unit``: "scene" (every k-th scene) or "scan" (every k-th scan); default
-    cfg.downstream.label_fraction_unit.
+    cfg.downstream.label_fraction_unit. ``holdout``: see apply_holdout ("all" downstream).
     """
     records = load_records(cfg.data, split)
+    records = apply_holdout(records, cfg.data.holdout_scenes, holdout, split)
     if fraction < 1.0:
         unit = unit or cfg.downstream.label_fraction_unit
         records = (
@@ -70,11 +112,19 @@ def split_index(index: int | tuple[int, int], epoch: int) -> tuple[int, int]:
 class KeyframeDataset(Dataset):
     """Keyframes of one split with the per-(seed, epoch, index) random streams both datasets use."""
 
-    def __init__(self, cfg: Config, split: str, *, seed: int | None = None, fraction: float = 1.0):
+    def __init__(
+        self,
+        cfg: Config,
+        split: str,
+        *,
+        seed: int | None = None,
+        fraction: float = 1.0,
+        holdout: str = "all",
+    ):
         self.cfg = cfg.data
         self.seed = cfg.train.seed if seed is None else seed
         self.epoch = 0
-        self.records: list[SampleRecord] = select_records(cfg, split, fraction)
+        self.records: list[SampleRecord] = select_records(cfg, split, fraction, holdout=holdout)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -89,7 +139,16 @@ class KeyframeDataset(Dataset):
 
 
 class PretrainDataset(KeyframeDataset):
-    """nuScenes keyframes of one split as pre-training samples (contract: collate_pretrain)."""
+    """nuScenes keyframes of one split as pre-training samples (contract: collate_pretrain).
+
+    ``holdout``: "exclude" (default: pre-training leaves data.holdout_scenes out), "only" (the
+    held-out scenes alone, pre-training's validation) or "all".
+    """
+
+    def __init__(
+        self, cfg: Config, split: str, *, seed: int | None = None, holdout: str = "exclude"
+    ):
+        super().__init__(cfg, split, seed=seed, holdout=holdout)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         record, rng = self._resolve(index)
@@ -106,7 +165,7 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     xyz, intensity = points[:, :3], points[:, 3] / np.float32(INTENSITY_SCALE)
     cameras = _cameras(rec, cfg, rng, xyz)
     aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
-    coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size)
+    coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size, cfg.voxel_feature)
     queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
     # built once per sample; leafsize 32 unbalanced was the fastest build + query measured
     tree = cKDTree(aug, leafsize=32, balanced_tree=False, compact_nodes=False)
@@ -129,29 +188,69 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
 
 
 def _cameras(rec: SampleRecord, cfg, rng: np.random.Generator, xyz: np.ndarray) -> dict:
-    """Cropped images, patch masks and pairings (projected on the un-augmented cloud)."""
+    """Cropped images (target and network input), masks and pairings (un-augmented cloud).
+
+    Draw order: crop candidates, flips, patch masks (docs/architecture.md, Randomness).
+    """
     out_hw = (cfg.image_size[0], cfg.image_size[1])
     point, cam, u, v = project_points(
         xyz, rec.lidar_to_ego, rec.ego_to_global, rec.global_to_cam_ego, rec.cam_ego_to_cam,
         rec.intrinsics, rec.image_hw, cfg.min_depth,
     )  # fmt: skip
-    crops = sample_crops(rng, rec.image_hw, out_hw, tuple(cfg.crop_scale))  # (C, 4)
+    crops = sample_crops(rng, rec.image_hw, u, v, cam, CropRule.from_config(cfg))  # (C, 4)
     flips = rng.random(len(crops)) < cfg.hflip_prob  # (C,)
     row, col, keep = map_pixels(u, v, cam, crops, flips, out_hw)
     pairs = np.stack([point[keep], cam[keep], row, col], axis=1).astype(np.int64)  # (P, 4)
     if len(pairs) == 0:
         raise DataError(f"sample {rec.lidar_token}: no point projects into any camera crop")
-    images = np.stack(
-        [
-            read_image_crop(p, c, hw, out_hw, f)
-            for p, c, hw, f in zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)
-        ]
-    )  # (C, H, W, 3) uint8
-    mask = patch_mask(rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, cfg.mask_patch)
+    if cfg.mask_stage == "source":
+        masks = _source_masks(rec, cfg, rng, crops, flips, cam[keep], u[keep], v[keep])
+    else:
+        masks = _output_masks(rec, cfg, rng, crops, flips, pairs)
     return {
-        "images": images,
-        "image_mask": mask,  # (C, H, W)
+        **masks,
         "image_crops": np.concatenate([crops, flips[:, None]], axis=1),  # [top, left, h, w, flip]
         "pairs": pairs,
+    }
+
+
+def _source_masks(rec, cfg, rng, crops, flips, cam, u, v) -> dict:
+    """Masking on the full-resolution source image before the crop (release): patches of
+    mask_patch source pixels; a pair is masked when its exact source pixel is."""
+    out_hw, patch = (cfg.image_size[0], cfg.image_size[1]), cfg.mask_patch
+    full_hw = (int(rec.image_hw[:, 0].max()), int(rec.image_hw[:, 1].max()))
+    grid = patch_grid(rng, len(crops), full_hw, cfg.mask_image_prob, cfg.mask_ratio, patch)
+    black = cfg.mask_fill == "black"
+    target, net_input = _read_images(rec, crops, flips, out_hw, grid if black else None, patch)
+    return {
+        "images": target,
+        "image_input": net_input,
+        "image_mask": mask_through_crop(grid, patch, rec.image_hw, crops, flips, out_hw),
+        "pair_masked": source_pixel_masked(grid, patch, cam, u, v),
+    }
+
+
+def _output_masks(rec, cfg, rng, crops, flips, pairs) -> dict:
+    """Masking on the output image after the crop: patches of mask_patch output pixels."""
+    out_hw, patch = (cfg.image_size[0], cfg.image_size[1]), cfg.mask_patch
+    grid = patch_grid(rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, patch)
+    mask = expand_grid(grid, patch, out_hw)  # (C, H, W)
+    target, _ = _read_images(rec, crops, flips, out_hw, None, patch)
+    net_input = np.where(mask[..., None], 0, target) if cfg.mask_fill == "black" else target
+    return {
+        "images": target,
+        "image_input": net_input.astype(np.uint8, copy=False),
+        "image_mask": mask,
         "pair_masked": mask[pairs[:, 1], pairs[:, 2], pairs[:, 3]],
     }
+
+
+def _read_images(rec, crops, flips, out_hw, grid, patch) -> tuple[np.ndarray, np.ndarray]:
+    """(target, input) (C, H, W, 3) uint8 of every camera; input masks grid's patches black."""
+    out = [
+        read_image_crop(p, c, hw, out_hw, f, None if grid is None else grid[i], patch)
+        for i, (p, c, hw, f) in enumerate(
+            zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)
+        )
+    ]
+    return np.stack([t for t, _ in out]), np.stack([x for _, x in out])

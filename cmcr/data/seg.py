@@ -44,7 +44,7 @@ def build_seg_sample(rec: SampleRecord, cfg, rng: np.random.Generator | None) ->
             points, labels, xyz = points[keep], labels[keep], xyz[keep]
         xyz = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)
     coords, feats, inverse = voxelize(
-        xyz, points[:, 3] / np.float32(INTENSITY_SCALE), cfg.voxel_size
+        xyz, points[:, 3] / np.float32(INTENSITY_SCALE), cfg.voxel_size, cfg.voxel_feature
     )
     return {
         "coords": coords,

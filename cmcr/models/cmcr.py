@@ -125,7 +125,10 @@ class CMCRModel(nn.Module):
     def image_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-pixel shared (L2-normalised) and specific features at input resolution."""
         with self._timed("image_encoder"):
-            feat = self.image_encoder(batch["images"], batch["image_mask"])  # (I, C, H/32, W/32)
+            fill = self.cfg.data.mask_fill  # black: image_input is already masked (data.mask_fill)
+            feat = self.image_encoder(
+                batch["image_input"], batch["image_mask"], fill
+            )  # (I, C, h, w)
         shared = self.image_head_shared(feat)  # (I, D, H, W)
         specific = self.image_head_specific(feat) if self.on["mim"] else None
         return {"shared": shared, "specific": specific}

@@ -31,10 +31,18 @@ class FrozenImageEncoder(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Images (I, 3, H, W) in [0, 1], mask (I, H, W) -> features (I, C, H/32, W/32)."""
-        x = (images - self.mean) / self.std
-        x = x * (~mask).unsqueeze(1).to(x.dtype)  # masked pixels are 0 in the network input
+    def forward(self, image_input: torch.Tensor, mask: torch.Tensor, fill: str) -> torch.Tensor:
+        """image_input (I, 3, H, W) in [0, 1], mask (I, H, W) -> features (I, C, H/32, W/32).
+
+        ``fill`` (data.mask_fill): "black" = the dataset already set masked pixels to 0 in
+        image_input, before normalisation (release); "mean" = masked pixels are set to 0 here,
+        after normalisation (the ImageNet mean colour).
+        """
+        x = (image_input - self.mean) / self.std
+        if fill == "mean":
+            x = x * (~mask).unsqueeze(1).to(x.dtype)
+        elif fill != "black":
+            raise ValueError(f"data.mask_fill: expected 'black' or 'mean', got {fill!r}")
         return self.net(x)
 
 
