@@ -81,11 +81,12 @@ def check_data(
 
 def check_pretrain_data(cfg: Config) -> int:
     """Before a pre-training run: the image weights and the LiDAR and images of exactly the
-    records pre-training reads (the train split less data.holdout_scenes)."""
+    records pre-training reads (its training and held-out scenes: the whole train split)."""
     if cfg.method.name == "random":  # a seeded, untrained backbone reads no data
         return 0
     check_image_weights(cfg.model.image_weights)
-    return check_data(cfg, cfg.data.train_split, images=True, labels=False, holdout="exclude")
+    # "all": training reads the split less the held-out scenes, validation reads those
+    return check_data(cfg, cfg.data.train_split, images=True, labels=False, holdout="all")
 
 
 def check_downstream_data(cfg: Config) -> int:

@@ -53,11 +53,22 @@ def check_dataroot(cfg: Config) -> None:
         )
 
 
-def _build_loader(cfg: Config) -> Any:
-    """The training loader (data helper's builder); raises DataError on bad data."""
-    from cmcr.data import build_pretrain_loader
+def _build_loader(cfg: Config) -> tuple[Any, Any]:
+    """(training loader, held-out loader or None); raises DataError on bad data.
 
-    return build_pretrain_loader(cfg, cfg.data.train_split, shuffle=True, seed=cfg.train.seed)
+    Training leaves data.holdout_scenes out; pre-training validates on those of them the
+    split lists (the release's 100 scenes of nuScenes train). The mini and synthetic splits
+    list none of them, so they train on every scene and validate on nothing.
+    """
+    from cmcr.data import build_pretrain_loader
+    from cmcr.data.records import split_scene_names
+
+    split, seed = cfg.data.train_split, cfg.train.seed
+    train = build_pretrain_loader(cfg, split, shuffle=True, seed=seed, holdout="exclude")
+    holdout = None
+    if set(cfg.data.holdout_scenes) & set(split_scene_names(split)):
+        holdout = build_pretrain_loader(cfg, split, shuffle=False, seed=seed, holdout="only")
+    return train, holdout
 
 
 def process_state() -> Any:
@@ -108,7 +119,7 @@ def _pretrain_done(logger: RunLogger, cfg: Config) -> bool:
     return bool(_broadcast(done))
 
 
-def _pretrain(cfg: Config, logger: RunLogger, loader: Any, *, resume: bool) -> int:
+def _pretrain(cfg: Config, logger: RunLogger, loaders: Any, *, resume: bool) -> int:
     """Pre-train inside an open run (resuming from its checkpoints); returns the steps done.
 
     A completed pre-training is not redone; ``method.name=random`` saves the seeded init.
@@ -123,15 +134,16 @@ def _pretrain(cfg: Config, logger: RunLogger, loader: Any, *, resume: bool) -> i
             torch.manual_seed(cfg.train.seed)
             _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
         return 0
-    return _train(cfg, logger, loader, resume)
+    return _train(cfg, logger, loaders, resume)
 
 
-def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
+def _train(cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
     from cmcr.engine import train
     from cmcr.models import CMCRModel
 
     accelerator = train.make_accelerator(cfg, str(run_dir(cfg, logger.run_id)))
+    loader, holdout = loaders
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = CMCRModel(cfg)
@@ -146,7 +158,7 @@ def _train(cfg: Config, logger: RunLogger, loader: Any, resume: bool) -> int:
                 load_latest(accelerator, state)
         logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
         steps = train.pretrain_loop(
-            cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total
+            cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total, holdout
         )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -165,7 +177,9 @@ def _finish_weights(cfg: Config, logger: RunLogger, state: dict[str, torch.Tenso
 
 
 def _prepare(cfg: Config, *, downstream: bool = False) -> tuple[Config, Any]:
-    """Validation and data before any run exists: (the effective config, the loader or None).
+    """Validation and data before any run exists: (the effective config, loaders or None).
+
+    The loaders are ``_build_loader``'s (training, held-out or None); None for random init.
 
     The effective config resolves machine-dependent values (mixed precision without CUDA), so
     what MLflow records is what runs. ``downstream``: a trial also checks the labelled data.
@@ -180,10 +194,10 @@ def _prepare(cfg: Config, *, downstream: bool = False) -> tuple[Config, Any]:
         check_downstream_data(cfg)
     if cfg.method.name == "random":
         return cfg, None
-    loader = _build_loader(cfg)
-    if len(loader) == 0:  # an empty epoch would never reach max_steps
+    loaders = _build_loader(cfg)
+    if len(loaders[0]) == 0:  # an empty epoch would never reach max_steps
         raise DataError(f"data.train_split '{cfg.data.train_split}': no samples to pre-train on")
-    return cfg, loader
+    return cfg, loaders
 
 
 def run_pretrain(
@@ -194,10 +208,10 @@ def run_pretrain(
     tags: dict[str, Any] | None = None,
 ) -> PretrainResult:
     """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
-    cfg, loader = _prepare(cfg)
+    cfg, loaders = _prepare(cfg)
     logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
-        steps = _pretrain(cfg, logger, loader, resume=run_id is not None)
+        steps = _pretrain(cfg, logger, loaders, resume=run_id is not None)
     return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
 
 
@@ -221,10 +235,10 @@ def run_trial(
     In a multi-process launch every rank pre-trains (data-parallel); the downstream evaluation
     runs on the main process only, and the other processes return None once pre-training ends.
     """
-    cfg, loader = _prepare(cfg, downstream=True)
+    cfg, loaders = _prepare(cfg, downstream=True)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
     with logger:
-        _pretrain(cfg, logger, loader, resume=run_id is not None)
+        _pretrain(cfg, logger, loaders, resume=run_id is not None)
         if not logger.is_main:
             return None
         backbone = run_dir(cfg, logger.run_id) / BACKBONE_FILE
