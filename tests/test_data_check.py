@@ -96,7 +96,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_broken_world_fails_naming_the_file(world: Path, tmp_path: Path, case: str) -> None:
     breaker, which, error = CASES[case]
-    cfg = _cfg(world, **{"downstream.label_fraction": 1.0})
+    cfg = _cfg(world, **{"downstream.probe_label_fraction": 1.0})
     rec = select_records(cfg, cfg.data.train_split)[-1]  # the last sample the run reads
     path, fragment = breaker(rec, tmp_path)
     check = check_pretrain_data if which == "pretrain" else check_downstream_data

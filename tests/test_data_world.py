@@ -159,10 +159,11 @@ def test_seg_dataset_eval_keeps_every_point_in_file_order(smoke_world: Path) -> 
 
 
 def test_seg_train_label_fraction_and_augmentation(smoke_world: Path) -> None:
-    full = SegDataset(
-        _cfg(smoke_world, **{"downstream.label_fraction": 1.0}), "mini_train", train=True
-    )
-    half = SegDataset(_cfg(smoke_world), "mini_train", train=True)  # smoke: 0.5 -> every 2nd
+    # the smoke world has one train scene: the scan unit makes the subset check meaningful here
+    # (scene subsets: tests/test_protocol_downstream.py::test_finetune_fraction_keeps_whole_scenes)
+    full = SegDataset(_cfg(smoke_world), "mini_train", train=True)  # probe: 100 %
+    by_scan = {"downstream.probe_label_fraction": 0.5, "downstream.label_fraction_unit": "scan"}
+    half = SegDataset(_cfg(smoke_world, **by_scan), "mini_train", train=True)
     assert [r.lidar_token for r in half.records] == [r.lidar_token for r in full.records[::2]]
     sample = half[0]
     pts = read_points(half.records[0].lidar_path)
@@ -199,7 +200,7 @@ def test_truncated_lidar_file_is_named(smoke_world: Path, tmp_path: Path) -> Non
     with pytest.raises(DataError, match=f"{path.name}.*truncated"):
         ds[1]
     with pytest.raises(DataError, match=path.name):
-        SegDataset(_cfg(world, **{"downstream.label_fraction": 1.0}), "mini_train", train=True)[1]
+        SegDataset(_cfg(world), "mini_train", train=True)[1]  # probe: every scan
 
 
 def test_empty_samples_raise_naming_the_token(smoke_world: Path, tmp_path: Path) -> None:
