@@ -309,3 +309,27 @@ def test_finetune_protocol_names_both_lrs_and_the_scene_fraction(smoke_world) ->
     assert "1 % of the labels: 1 scene in every 100 (all its scans)" in text
     assert "SGD lr 0.02 (backbone), 2 (the new layer), momentum 0.9, dampening 0.1" in text
     assert "cmcr finetune: protocol" in text and "frozen (none)" in text
+
+
+# ---- old runs ---------------------------------------------------------------------------------
+def test_results_read_runs_with_the_removed_label_fraction_param(tmp_path) -> None:
+    """Runs logged before issue 13 carry ``downstream.label_fraction``: collect keeps reading."""
+    from mlflow.tracking import MlflowClient
+
+    from cmcr.results.collect import Selection, collect
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("cmcr")
+    for legacy in (True, False):
+        run = client.create_run(exp, tags={Tag.KIND: "probe", Tag.VARIANT: "ppkt"})
+        params = {"downstream.probe_lr": "0.05", "method.mim": "True"}
+        if legacy:
+            params["downstream.label_fraction"] = "0.01"
+        for k, v in params.items():
+            client.log_param(run.info.run_id, k, v)
+        client.log_metric(run.info.run_id, "val/miou", 0.3, step=1)
+        client.set_terminated(run.info.run_id)
+    rt = collect(Selection(tracking_uri=uri))
+    assert len(rt.runs) == 2 and rt.runs["downstream.probe_lr"].tolist() == [0.05, 0.05]
+    assert sorted(rt.runs["downstream.label_fraction"].dropna()) == ["0.01"]  # kept, as text
