@@ -51,7 +51,18 @@ class Tag:
     SAMPLER = "optuna.sampler"
     BEST_TRIAL = "optuna.best_trial"
     BEST_RUN_ID = "optuna.best_run_id"
-    PROBE_AUGMENT = "cmcr.probe_augment"  # whether the probe's cached features were augmented
+    # whether the probe's training clouds are augmented (rotation / flips, drawn every epoch)
+    PROBE_AUGMENT = "cmcr.probe_augment"
+    # the downstream protocol a probe / fine-tune ran (cmcr/engine/downstream_protocol.py)
+    PROTOCOL_FROZEN_PARAMS = "cmcr.protocol.frozen_params"
+    PROTOCOL_TRAINABLE_PARAMS = "cmcr.protocol.trainable_params"
+    PROTOCOL_LABELS = "cmcr.protocol.labels"  # the label fraction and its unit, in words
+    PROTOCOL_TRAIN_SCENES = "cmcr.protocol.train_scenes"
+    PROTOCOL_TRAIN_SCANS = "cmcr.protocol.train_scans"
+    PROTOCOL_VAL_SCANS = "cmcr.protocol.val_scans"
+    PROTOCOL_LOSS = "cmcr.protocol.loss"
+    PROTOCOL_OPTIMIZER = "cmcr.protocol.optimizer"
+    PROTOCOL_SCHEDULE = "cmcr.protocol.schedule"  # cosine steps, epochs × batches, BN momentum
 
 
 class Kind:

@@ -59,9 +59,7 @@ def test_paired_pixel_class_matches_point_class(smoke_world: Path, hflip: float)
 
 
 def test_mask_flags_and_voxels(smoke_world: Path) -> None:
-    # output-stage masking: pair_masked is the mask at the pair's output pixel exactly (source
-    # stage, the release's default: tests/test_protocol_data.py)
-    cfg = _cfg(smoke_world, **{"data.mask_image_prob": 1.0, "data.mask_stage": "output"})
+    cfg = _cfg(smoke_world, **{"data.mask_image_prob": 1.0})
     sample = PretrainDataset(cfg, "mini_train")[0]
     p, mask = sample["pairs"], sample["image_mask"]
     np.testing.assert_array_equal(sample["pair_masked"], mask[p[:, 1], p[:, 2], p[:, 3]])
@@ -90,7 +88,7 @@ def test_inside_queries_farther_than_source(smoke_world: Path) -> None:
 
 
 def test_collate_indices_address_their_sample(smoke_world: Path) -> None:
-    cfg = _cfg(smoke_world, **{"data.mask_stage": "output"})  # pair_masked = image_mask exactly
+    cfg = _cfg(smoke_world)
     ds = PretrainDataset(cfg, "mini_train")
     samples = [ds[0], ds[2]]
     batch = collate_pretrain(samples)
@@ -107,7 +105,6 @@ def test_collate_indices_address_their_sample(smoke_world: Path) -> None:
     local = torch.from_numpy(samples[1]["points"][samples[1]["pairs"][:, 0]])
     assert torch.equal(batch["points"][pairs[second, 0]], local)
     assert batch["images"].shape == (2 * n_cams, 3, *cfg.data.image_size)
-    assert batch["image_input"].shape == batch["images"].shape
     assert batch["image_mask"][pairs[:, 1], pairs[:, 2], pairs[:, 3]].eq(batch["pair_masked"]).all()
 
 
@@ -162,12 +159,11 @@ def test_seg_dataset_eval_keeps_every_point_in_file_order(smoke_world: Path) -> 
 
 
 def test_seg_train_label_fraction_and_augmentation(smoke_world: Path) -> None:
-    full = SegDataset(
-        _cfg(smoke_world, **{"downstream.probe_label_fraction": 1.0}), "mini_train", train=True
-    )
-    # the smoke world has one train scene, so the fraction is taken per scan here
-    per_scan = {"downstream.probe_label_fraction": 0.5, "downstream.label_fraction_unit": "scan"}
-    half = SegDataset(_cfg(smoke_world, **per_scan), "mini_train", train=True)  # every 2nd
+    # the smoke world has one train scene: the scan unit makes the subset check meaningful here
+    # (scene subsets: tests/test_protocol_downstream.py::test_finetune_fraction_keeps_whole_scenes)
+    full = SegDataset(_cfg(smoke_world), "mini_train", train=True)  # probe: 100 %
+    by_scan = {"downstream.probe_label_fraction": 0.5, "downstream.label_fraction_unit": "scan"}
+    half = SegDataset(_cfg(smoke_world, **by_scan), "mini_train", train=True)
     assert [r.lidar_token for r in half.records] == [r.lidar_token for r in full.records[::2]]
     sample = half[0]
     pts = read_points(half.records[0].lidar_path)
@@ -204,9 +200,7 @@ def test_truncated_lidar_file_is_named(smoke_world: Path, tmp_path: Path) -> Non
     with pytest.raises(DataError, match=f"{path.name}.*truncated"):
         ds[1]
     with pytest.raises(DataError, match=path.name):
-        SegDataset(
-            _cfg(world, **{"downstream.probe_label_fraction": 1.0}), "mini_train", train=True
-        )[1]
+        SegDataset(_cfg(world), "mini_train", train=True)[1]  # probe: every scan
 
 
 def test_empty_samples_raise_naming_the_token(smoke_world: Path, tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ def _cfg(store: Path, mode: str, world: dict, **over):
         "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
         "tracking.output_dir": str(store / "runs"),
         "downstream.mode": mode,
-        "downstream.label_fraction": 1.0,
+        "downstream.probe_label_fraction": 1.0,
+        "downstream.finetune_label_fraction": 1.0,
         "downstream.probe_epochs": 3,
         "downstream.finetune_epochs": 1,
     }
@@ -60,6 +61,11 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _backbone_only(state: dict) -> dict:
+    """backbone.pt without its pre-training heads: what seg_backbone.pt holds (release)."""
+    return {k: v for k, v in state.items() if k.startswith("backbone.")}
+
+
 def test_probe_freezes_encoder_and_trains_head(world_cfg, store, tmp_path) -> None:
     cfg = _cfg(store, "probe", world_cfg)
     bb = _backbone_file(cfg, tmp_path / "backbone.pt")
@@ -67,7 +73,7 @@ def test_probe_freezes_encoder_and_trains_head(world_cfg, store, tmp_path) -> No
     res = run_downstream(cfg, pretrained=str(bb), report=lambda e, v: seen.append((e, v)))
     assert [e for e, _ in seen] == [1, 2, 3] and 0.0 <= res.miou <= 1.0
     out = Path(cfg.tracking.output_dir) / res.run_id
-    before = torch.load(bb, weights_only=True)
+    before = _backbone_only(torch.load(bb, weights_only=True))
     assert _states_equal(torch.load(out / "seg_backbone.pt", weights_only=True), before)
     torch.manual_seed(cfg.train.seed)
     init_head = SegModel(cfg).classifier.state_dict()
@@ -79,7 +85,7 @@ def test_probe_freezes_encoder_and_trains_head(world_cfg, store, tmp_path) -> No
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["cmcr.kind"] == "probe"
-    # what the probe's feature cache saw is recorded, from the config as logged (no rewrite)
+    # whether the probe's training clouds are augmented, from the config as logged
     augment = (
         run.data.params["data.rotate"] == "True" or float(run.data.params["data.flip_prob"]) > 0
     )
@@ -99,7 +105,7 @@ def test_finetune_changes_encoder(world_cfg, store, tmp_path) -> None:
     res = run_downstream(cfg, pretrained=str(bb))
     out = Path(cfg.tracking.output_dir) / res.run_id
     after = torch.load(out / "seg_backbone.pt", weights_only=True)
-    before = torch.load(bb, weights_only=True)
+    before = _backbone_only(torch.load(bb, weights_only=True))
     assert after.keys() == before.keys()
     changed = [k for k in after if not torch.equal(after[k], before[k])]
     assert any(k.startswith("backbone.") and k.endswith("weight") for k in changed)
@@ -140,7 +146,7 @@ def test_bad_pretrained_exits_2_one_line(kind, world_cfg, store, tmp_path, capsy
     elif kind == "wrong_arch":
         cfg = load_config("smoke", {"model.backbone": "unet34c"})
         spec = str(tmp_path / "backbone.pt")
-        torch.save(SegModel(cfg).encoder.state_dict(), spec)
+        torch.save(SegModel(cfg).backbone_state(), spec)
         expect = "does not fit"
     else:
         spec, expect = str(tmp_path / "nope" / "backbone.pt"), "does not exist"
@@ -189,7 +195,8 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
     assert tags["mlflow.parentRunId"] == pre.run_id
     assert tags["cmcr.variant"] == "ppkt"  # copied from the pre-training run, not the probe cfg
     out = Path(cfg.tracking.output_dir) / res.run_id / "seg_backbone.pt"
-    assert _states_equal(torch.load(out, weights_only=True), torch.load(bb, weights_only=True))
+    want = _backbone_only(torch.load(bb, weights_only=True))
+    assert _states_equal(torch.load(out, weights_only=True), want)
 
     with RunLogger.start(cfg, kind="pretrain") as empty:
         pass  # a run without weights

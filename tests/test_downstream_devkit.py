@@ -36,16 +36,17 @@ def _overrides(world: Path, store: Path) -> dict:
         "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
         "tracking.output_dir": str(store / "runs"),
         "downstream.probe_epochs": 2,
-        "downstream.label_fraction": 0.5,
+        "downstream.probe_label_fraction": 0.5,
     }
 
 
-def test_label_fraction_keeps_every_kth_scan(world, tmp_path) -> None:
-    cfg = load_config("smoke", {**_overrides(world, tmp_path), "downstream.label_fraction": 0.25})
+def test_label_fraction_keeps_every_kth_scene(world, tmp_path) -> None:
+    over = {**_overrides(world, tmp_path), "downstream.probe_label_fraction": 0.5}
+    cfg = load_config("smoke", over)
     every = [r.lidar_token for r in load_records(cfg.data, cfg.data.train_split)]
-    assert len(every) == 8
+    assert len(every) == 8  # 4 scenes × 2 keyframes
     kept = [r.lidar_token for r in SegDataset(cfg, cfg.data.train_split, train=True).records]
-    assert kept == [every[0], every[4]]
+    assert kept == [every[0], every[1], every[4], every[5]]  # scenes 1 and 3, whole
     # the probe's train loader reads exactly that subset, built from the config as given
     before = repr(cfg)
     train, val = build_loaders(cfg, "probe")

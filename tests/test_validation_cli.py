@@ -129,7 +129,9 @@ DATA_CASES = [  # (breaker in test_data_check.CASES, entry points that must refu
 
 @pytest.mark.parametrize(("case", "entry"), [(c, e) for c, entries in DATA_CASES for e in entries])
 def test_bad_data_is_refused(tmp_path, world, case, entry) -> None:
-    cfg = load_config("smoke", {"data.dataroot": str(world), "downstream.label_fraction": 1.0})
+    cfg = load_config(
+        "smoke", {"data.dataroot": str(world), "downstream.probe_label_fraction": 1.0}
+    )
     rec = select_records(cfg, cfg.data.train_split)[-1]  # the last sample a run would read
     path, fragment = CASES[case][0](rec, tmp_path)
     if entry == "sweep":

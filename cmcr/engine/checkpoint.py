@@ -261,7 +261,12 @@ def load_weights(path: str | Path, what: str = "backbone") -> dict[str, torch.Te
 
 def load_into(module: torch.nn.Module, path: str | Path, what: str = "backbone") -> None:
     """Load ``path`` into ``module`` strictly; a key or shape mismatch is a CheckpointError."""
-    state = load_weights(path, what)
+    _load_strict(module, load_weights(path, what), path, what)
+
+
+def _load_strict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str
+) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -346,20 +351,46 @@ SEG_HEAD_FILE = "seg_head.pt"
 
 
 def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[Any, str | None]:
-    """A SegModel with pre-trained encoder weights loaded (or random, explicitly); + source run."""
+    """A SegModel with pre-trained backbone weights loaded (or random, explicitly); + source run."""
     from cmcr.models.segmentation import SegModel
 
     torch.manual_seed(cfg.train.seed)
     model = SegModel(cfg)
     path, run_id = resolve_pretrained(cfg, pretrained)
     if path is not None:
-        load_into(model.encoder, path, "backbone")
+        load_seg_backbone(model, path)
     return model, run_id
 
 
+def backbone_keys(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` entries of a backbone.pt / seg_backbone.pt, prefix removed.
+
+    The pre-training point heads stored beside them are dropped: the release's segmentation
+    network is the backbone and a new layer (METHOD.md). Any other key means the file is not
+    a backbone file: CheckpointError.
+    """
+    from cmcr.models.cmcr import BACKBONE_PARTS
+    from cmcr.models.segmentation import BACKBONE_PREFIX
+
+    stranger = sorted(k for k in state if k.split(".")[0] not in BACKBONE_PARTS)
+    if stranger:
+        raise CheckpointError(
+            f"backbone file '{path}' does not fit this model config "
+            f"(unexpected keys: {', '.join(stranger[:3])})"
+        )
+    n = len(BACKBONE_PREFIX)
+    return {k[n:]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+
+
+def load_seg_backbone(model: Any, path: str | Path) -> None:
+    """Load the backbone of ``path`` into ``model.backbone`` strictly; the heads are ignored."""
+    state = backbone_keys(load_weights(path, "backbone"), path)
+    _load_strict(model.backbone, state, path, "backbone")
+
+
 def save_seg_weights(model: Any, out: Path) -> None:
-    """``seg_backbone.pt`` (same format as backbone.pt) and ``seg_head.pt`` of a SegModel."""
-    save_backbone(model.encoder.state_dict(), out / SEG_BACKBONE_FILE)
+    """``seg_backbone.pt`` (backbone.pt's layout, no heads) and ``seg_head.pt`` (the new layer)."""
+    save_backbone(model.backbone_state(), out / SEG_BACKBONE_FILE)
     save_backbone(model.classifier.state_dict(), out / SEG_HEAD_FILE)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from cmcr.errors import CMCRError
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dotted config override, repeatable (e.g. downstream.label_fraction=0.1)",
+        help="dotted config override, repeatable (e.g. downstream.probe_label_fraction=0.1)",
     )
     parser.add_argument(
         "--export-lidarseg",
@@ -70,9 +71,15 @@ def run(args: argparse.Namespace) -> int:
         run_id=args.run_id,
         parent_run_id=args.parent_run_id,
         export_dir=args.export_lidarseg,
+        announce=_announce,
     )
     _print(args.command, res.miou, res.fwiou, res.per_class, run_id=res.run_id)
     return 0
+
+
+def _announce(lines: list[str]) -> None:
+    """The protocol, before training; stderr, so stdout's last line stays the metrics JSON."""
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ only the steps not yet in the run's history, comes from ``RunLogger.last_logged_
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, validate_config
 from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
+from cmcr.engine.downstream_protocol import PROTOCOL_FILE, Protocol, describe
 from cmcr.eval.evaluate import (
     evaluate_batches,
     export_predictions,
@@ -45,6 +45,7 @@ from cmcr.names import Metric, Tag
 __all__ = ["DownstreamResult", "SegModel", "build_loaders", "run_downstream"]
 
 Report = Callable[[int, float], None]
+Announce = Callable[[list[str]], None]  # receives the protocol's lines before training
 IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..15
 
 
@@ -71,39 +72,42 @@ def seg_loss(point_logits: torch.Tensor, target: torch.Tensor, lovasz: bool) -> 
     return ce + lovasz_softmax(point_logits.softmax(dim=1), target, ignore_index=IGNORE)
 
 
-@dataclass
-class _Cache:
-    """Frozen features computed once, from one pass over the train loader (epoch 0's
-    augmentation, recorded as ``Tag.PROBE_AUGMENT``): one backbone pass per scan instead of one
-    per scan per epoch, the big CPU saving of probing."""
-
-    train: list[tuple[torch.Tensor, torch.Tensor]]  # per scan: (M, D) feats, (M,) targets 0..15
-    val: list[tuple[torch.Tensor, dict[str, Any]]]  # per batch: (V, D) voxel feats, the batch
-
-
-@torch.no_grad()
-def _cache_features(model: SegModel, train_loader: Any, val_loader: Any, device: torch.device):
-    model.eval()
-    train: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for batch in train_loader:
-        batch = to_device(batch, device)
-        point_feats = model.features(batch)[batch["inverse"]]  # (N, D)
-        target = _point_targets(batch)  # (N,)
-        sizes = [int(n) for n in batch["num_points"].tolist()]
-        for f, t in zip(point_feats.split(sizes), target.split(sizes), strict=True):
-            keep = t != IGNORE  # ignored points add nothing to the loss: do not store them
-            train.append((f[keep], t[keep]))
-    val = []
-    for batch in val_loader:
-        batch = to_device(batch, device)
-        val.append((model.features(batch), batch))
-    return _Cache(train, val)
+def _freeze_backbone(model: SegModel) -> None:
+    """Linear probing: only the new layer trains (METHOD.md)."""
+    model.backbone.requires_grad_(False)
+    # eval mode, not only no gradient: in train mode BatchNorm would still update its running
+    # statistics from the probe's data, so the "frozen" backbone would change under the probe;
+    # the release's SLidR-based trainer puts the frozen model in eval for the same reason
+    model.backbone.eval()
 
 
-def _freeze(model: SegModel) -> None:
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    model.encoder.eval()  # BatchNorm keeps its pre-trained statistics
+def param_groups(cfg: Config, model: SegModel) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: probe = the new layer; finetune = backbone + layer."""
+    ds = cfg.downstream
+    head = {"params": list(model.classifier.parameters())}
+    if ds.mode == "probe":
+        return [{**head, "lr": ds.probe_lr}]
+    return [
+        {"params": list(model.backbone.parameters()), "lr": ds.finetune_lr},
+        {**head, "lr": ds.finetune_head_lr},
+    ]
+
+
+def make_optimizer(cfg: Config, groups: list[dict[str, Any]], total_steps: int) -> tuple:
+    """SGD (momentum, dampening, weight decay from downstream.*) and a cosine schedule."""
+    ds = cfg.downstream
+    opt = torch.optim.SGD(
+        groups, momentum=ds.momentum, dampening=ds.dampening, weight_decay=ds.weight_decay
+    )
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
+
+
+def total_steps(cfg: Config, train_loader: Any) -> int:
+    """Optimiser steps of the run: batches × epochs, capped by downstream.max_steps."""
+    ds = cfg.downstream
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    total = len(train_loader) * epochs
+    return min(total, ds.max_steps) if ds.max_steps else total
 
 
 _LOGGED_KEYS = (Metric.SEG_LOSS, Metric.VAL_MIOU)
@@ -125,9 +129,8 @@ class _Trainer:
         if epoch > self.logged_until[key]:
             self.logger.log_metrics(metrics, step=epoch)
 
-    def make_optimizer(self, groups: list[dict[str, Any]], total_steps: int) -> None:
-        self.opt = torch.optim.SGD(groups, momentum=0.9)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, total_steps))
+    def make_optimizer(self, groups: list[dict[str, Any]], total: int) -> None:
+        self.opt, self.sched = make_optimizer(self.cfg, groups, total)
 
     def update(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -170,74 +173,52 @@ class _Trainer:
             self.report(epoch, self.metrics.miou)  # may raise optuna.TrialPruned: let it through
 
 
-def _probe(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
-    _freeze(model)
-    cache = _cache_features(model, *loaders, device)
-    ds = cfg.downstream
-    n_batches = math.ceil(len(cache.train) / ds.batch_size)
-    total = n_batches * ds.probe_epochs
-    if ds.max_steps:
-        total = min(total, ds.max_steps)
-    tr.make_optimizer([{"params": model.classifier.parameters(), "lr": ds.probe_lr}], total)
-    model.classifier.train()
-
-    def evaluate() -> SegMetrics:
-        model.classifier.eval()  # BatchNorm: running statistics
-        with torch.no_grad():
-            metrics = evaluate_batches((model.classifier(f), b) for f, b in cache.val)
-        model.classifier.train()
-        return metrics
-
-    def epoch_losses(epoch: int) -> Iterator[torch.Tensor]:
-        order = np.random.default_rng([cfg.train.seed, epoch - 1]).permutation(len(cache.train))
-        for i in range(0, len(order), ds.batch_size):
-            chunk = [cache.train[j] for j in order[i : i + ds.batch_size]]
-            x = torch.cat([c[0] for c in chunk])  # (M, D)
-            y = torch.cat([c[1] for c in chunk])  # (M,)
-            if y.numel() > 0:
-                yield seg_loss(model.classifier(x), y, lovasz=False)
-
-    tr.fit(ds.probe_epochs, epoch_losses, evaluate)
-    return cache
+def train_logits(model: SegModel, batch: dict[str, Any], probe: bool) -> torch.Tensor:
+    """(N, 16) point logits of a training batch; the probe's frozen backbone builds no graph."""
+    if probe:
+        with torch.no_grad():  # recomputed every epoch: the augmentation is drawn afresh
+            feats = model.features(batch)  # (V, out_dim)
+        voxel_logits = model.classifier(feats)
+    else:
+        voxel_logits = model(batch)
+    return voxel_logits[batch["inverse"]]  # (N, 16)
 
 
-def _finetune(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
-    ds = cfg.downstream
+def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
+    """Probe or fine-tune: one loop, the mode decides what is frozen and what the groups are."""
+    ds, probe = cfg.downstream, cfg.downstream.mode == "probe"
     train_loader, val_loader = loaders
-    total = len(train_loader) * ds.finetune_epochs
-    if ds.max_steps:
-        total = min(total, ds.max_steps)
-    tr.make_optimizer(
-        [
-            {"params": model.encoder.parameters(), "lr": ds.finetune_lr},
-            {"params": model.classifier.parameters(), "lr": ds.finetune_head_lr},
-        ],
-        total,
-    )
+    if probe:
+        _freeze_backbone(model)
+    tr.make_optimizer(param_groups(cfg, model), total_steps(cfg, train_loader))
 
     def epoch_losses(epoch: int) -> Iterator[torch.Tensor]:
-        set_loader_epoch(train_loader, epoch - 1)
+        set_loader_epoch(train_loader, epoch - 1)  # fresh rotation / flips every epoch
         model.train()  # evaluation left it in eval mode
+        if probe:
+            model.backbone.eval()  # see _freeze_backbone
         for batch in train_loader:
             batch = to_device(batch, device)
-            target = _point_targets(batch)
+            target = _point_targets(batch)  # (N,)
             if bool((target != IGNORE).any()):  # nothing labelled: cross-entropy would be NaN
-                logits = model(batch)[batch["inverse"]]  # (N, 16)
-                yield seg_loss(logits, target, lovasz=True)
+                yield seg_loss(train_logits(model, batch, probe), target, lovasz=ds.lovasz)
 
+    # validation runs the backbone live each time rather than caching its features: the cache
+    # of the whole nuScenes val split (about 6000 scans × 30k voxels × 96 floats) would need
+    # ~70 GB, and eval mode makes the live pass deterministic all the same
     tr.fit(
-        ds.finetune_epochs,
+        ds.probe_epochs if probe else ds.finetune_epochs,
         epoch_losses,
         lambda: evaluate_batches(live_logits(model, val_loader, device)),
     )
 
 
 def build_loaders(cfg: Config, mode: str) -> tuple[Any, Any]:
-    """(train, val) loaders from the config as logged; train keeps downstream.label_fraction.
+    """(train, val) loaders from the config as logged.
 
-    ``train=True`` selects the label-fraction subset (every k-th scan, in the dataset) and
-    applies data.rotate / data.flip_prob; the probe caches its features from one such pass
-    (epoch 0), and ``Tag.PROBE_AUGMENT`` records whether that pass was augmented.
+    ``train=True`` selects the mode's label fraction (every k-th scene or scan, in the dataset)
+    and applies data.rotate / data.flip_prob, drawn per (seed, epoch, scan): both modes
+    recompute the backbone's features every epoch, so every epoch sees a fresh augmentation.
     """
     from cmcr.data import build_seg_loader
 
@@ -247,7 +228,7 @@ def build_loaders(cfg: Config, mode: str) -> tuple[Any, Any]:
 
 
 def _probe_augment(cfg: Config) -> bool:
-    """Whether the probe's cached train features saw rotation / flips (``train=True``)."""
+    """Whether the probe's training clouds are rotated / flipped (afresh every epoch)."""
     return bool(cfg.data.rotate) or cfg.data.flip_prob > 0
 
 
@@ -261,12 +242,14 @@ def run_downstream(
     report: Report | None = None,
     logger: Any = None,
     export_dir: str | Path | None = None,
+    announce: Announce | None = None,
 ) -> DownstreamResult:
     """Probe or fine-tune (cfg.downstream.mode) from ``pretrained`` (run id, backbone.pt, none).
 
     With ``logger`` (e.g. inside a sweep trial) metrics go to that run, which the caller ends;
     otherwise a run of kind probe|finetune is started here and ended FINISHED or FAILED.
-    Bad pre-trained input fails before any MLflow run starts.
+    Bad pre-trained input fails before any MLflow run starts. ``announce`` receives the
+    protocol's lines before training (the CLI prints them); the run records them either way.
     """
     from cmcr.engine.tracking import RunLogger
 
@@ -287,7 +270,7 @@ def run_downstream(
         extra[Tag.VARIANT] = variant
     if logger is not None:
         logger.set_tags({**extra, **(tags or {})})
-        return _run(cfg, model.to(device), loaders, device, logger, report, export_dir)
+        return _run(cfg, model.to(device), loaders, device, logger, report, export_dir, announce)
     # every file the run reads, before the run exists (a trial's run_trial checked them already)
     check_downstream_data(cfg)
     with RunLogger.start(
@@ -297,21 +280,28 @@ def run_downstream(
         parent_run_id=parent_run_id,
         tags={**extra, **(tags or {})},
     ) as own:
-        return _run(cfg, model.to(device), loaders, device, own, report, export_dir)
+        return _run(cfg, model.to(device), loaders, device, own, report, export_dir, announce)
 
 
-def _run(cfg, model, loaders, device, logger, report, export_dir) -> DownstreamResult:
+def record_protocol(cfg: Config, model: SegModel, loaders: tuple, logger: Any) -> Protocol:
+    """Describe the run's protocol and record it in the run (tags + a text artifact)."""
+    steps = total_steps(cfg, loaders[0])
+    proto = describe(cfg, param_groups(cfg, model), model, loaders, steps)
+    logger.set_tags(proto.tags())
+    logger.log_text("\n".join(proto.lines()) + "\n", PROTOCOL_FILE)
+    return proto
+
+
+def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> DownstreamResult:
     """Train, evaluate, export, save weights and log artifacts inside an open run."""
     t0 = time.perf_counter()
+    proto = record_protocol(cfg, model, loaders, logger)
+    if announce is not None:
+        announce(proto.lines())
     tr = _Trainer(cfg, model, logger, report)
-    if cfg.downstream.mode == "probe":
-        cache = _probe(cfg, model, loaders, device, tr)
-        model.classifier.eval()
-        batches = ((model.classifier(f), b) for f, b in cache.val)
-    else:
-        _finetune(cfg, model, loaders, device, tr)
-        batches = live_logits(model, loaders[1], device)
+    _train(cfg, model, loaders, device, tr)
     if export_dir is not None:
+        batches = live_logits(model, loaders[1], device)
         export_predictions(cfg, batches, export_dir, len(loaders[1].dataset))
     out = Path(cfg.tracking.output_dir) / str(logger.run_id)
     save_outputs(model, cfg, out)

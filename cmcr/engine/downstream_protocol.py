@@ -1,0 +1,122 @@
+"""What a probe / fine-tune run does, said once: printed before training, recorded in MLflow.
+
+A reader of a run (or of the terminal) sees the protocol actually run, derived from the model,
+the loaders and the config as logged: frozen / trainable parameter counts, the label fraction
+and its unit, the scenes and scans used, the loss, the optimiser, epochs and batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cmcr.configs import Config
+from cmcr.names import Tag
+
+PROTOCOL_FILE = "downstream/protocol.txt"  # the printed lines, as a run artifact
+
+
+@dataclass
+class Protocol:
+    """The downstream protocol of one run, as numbers and short phrases."""
+
+    mode: str
+    frozen_params: int
+    trainable_params: int
+    labels: str  # e.g. "1 % of the labels: 1 scene in every 100 (all its scans)"
+    train_scenes: int
+    train_scans: int
+    val_scans: int
+    loss: str
+    optimizer: str
+    schedule: str
+    augment: str
+
+    def lines(self) -> list[str]:
+        """Human-readable lines (the CLI prints them to stderr before training)."""
+        frozen = "the backbone, in eval mode" if self.mode == "probe" else "none"
+        return [
+            f"cmcr {self.mode}: protocol",
+            f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "
+            f"({frozen})",
+            f"  labels: {self.labels}",
+            f"  train: {self.train_scenes} scenes, {self.train_scans} scans; "
+            f"val: {self.val_scans} scans (every point)",
+            f"  loss: {self.loss}",
+            f"  optimiser: {self.optimizer}",
+            f"  schedule: {self.schedule}",
+            f"  augmentation: {self.augment}",
+        ]
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags that record it (names in cmcr.names.Tag)."""
+        return {
+            Tag.PROTOCOL_FROZEN_PARAMS: str(self.frozen_params),
+            Tag.PROTOCOL_TRAINABLE_PARAMS: str(self.trainable_params),
+            Tag.PROTOCOL_LABELS: self.labels,
+            Tag.PROTOCOL_TRAIN_SCENES: str(self.train_scenes),
+            Tag.PROTOCOL_TRAIN_SCANS: str(self.train_scans),
+            Tag.PROTOCOL_VAL_SCANS: str(self.val_scans),
+            Tag.PROTOCOL_LOSS: self.loss,
+            Tag.PROTOCOL_OPTIMIZER: self.optimizer,
+            Tag.PROTOCOL_SCHEDULE: self.schedule,
+        }
+
+
+def label_phrase(fraction: float, unit: str) -> str:
+    """The label fraction and its unit in words (every k-th scene or scan, k = round(1/f))."""
+    if fraction >= 1.0:
+        return "100 % of the labels (every training scene)"
+    k = max(1, round(1.0 / fraction))
+    what = f"1 scene in every {k} (all its scans)" if unit == "scene" else f"1 scan in every {k}"
+    return f"{100 * fraction:g} % of the labels: {what}"
+
+
+def optimizer_phrase(cfg: Config) -> str:
+    """SGD and its settings, with the learning rate of each parameter group."""
+    ds = cfg.downstream
+    if ds.mode == "probe":
+        lrs = f"lr {ds.probe_lr:g} (the new layer)"
+    else:
+        lrs = f"lr {ds.finetune_lr:g} (backbone), {ds.finetune_head_lr:g} (the new layer)"
+    return (
+        f"SGD {lrs}, momentum {ds.momentum:g}, dampening {ds.dampening:g}, "
+        f"weight decay {ds.weight_decay:g}"
+    )
+
+
+def augment_phrase(cfg: Config) -> str:
+    """The training clouds' augmentation, drawn afresh every epoch."""
+    parts = (["rotation about z"] if cfg.data.rotate else []) + (
+        [f"x / y flips p={cfg.data.flip_prob:g}"] if cfg.data.flip_prob > 0 else []
+    )
+    return ", ".join(parts) + ", drawn afresh every epoch" if parts else "none"
+
+
+def describe(
+    cfg: Config, groups: list[dict[str, Any]], model: Any, loaders: tuple, steps: int
+) -> Protocol:
+    """The protocol of a run from its optimiser groups (what trains), model, loaders, steps."""
+    ds = cfg.downstream
+    train, val = loaders
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    total = sum(p.numel() for p in model.parameters())
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    layer = model.classifier
+    return Protocol(
+        mode=ds.mode,
+        frozen_params=total - trainable,
+        trainable_params=trainable,
+        labels=label_phrase(ds.label_fraction, ds.label_fraction_unit),
+        train_scenes=len({r.scene_name for r in train.dataset.records}),
+        train_scans=len(train.dataset),
+        val_scans=len(val.dataset),
+        loss="cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy",
+        optimizer=optimizer_phrase(cfg),
+        schedule=(
+            f"cosine over {steps} steps ({epochs} epochs × {len(train)} batches of "
+            f"{ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
+            f"new layer Linear({layer.in_features}→{layer.out_features})"
+        ),
+        augment=augment_phrase(cfg),
+    )
