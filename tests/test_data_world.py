@@ -59,7 +59,9 @@ def test_paired_pixel_class_matches_point_class(smoke_world: Path, hflip: float)
 
 
 def test_mask_flags_and_voxels(smoke_world: Path) -> None:
-    cfg = _cfg(smoke_world, **{"data.mask_image_prob": 1.0})
+    # output-stage masking: pair_masked is the mask at the pair's output pixel exactly (source
+    # stage, the release's default: tests/test_protocol_data.py)
+    cfg = _cfg(smoke_world, **{"data.mask_image_prob": 1.0, "data.mask_stage": "output"})
     sample = PretrainDataset(cfg, "mini_train")[0]
     p, mask = sample["pairs"], sample["image_mask"]
     np.testing.assert_array_equal(sample["pair_masked"], mask[p[:, 1], p[:, 2], p[:, 3]])
@@ -88,7 +90,7 @@ def test_inside_queries_farther_than_source(smoke_world: Path) -> None:
 
 
 def test_collate_indices_address_their_sample(smoke_world: Path) -> None:
-    cfg = _cfg(smoke_world)
+    cfg = _cfg(smoke_world, **{"data.mask_stage": "output"})  # pair_masked = image_mask exactly
     ds = PretrainDataset(cfg, "mini_train")
     samples = [ds[0], ds[2]]
     batch = collate_pretrain(samples)
@@ -105,6 +107,7 @@ def test_collate_indices_address_their_sample(smoke_world: Path) -> None:
     local = torch.from_numpy(samples[1]["points"][samples[1]["pairs"][:, 0]])
     assert torch.equal(batch["points"][pairs[second, 0]], local)
     assert batch["images"].shape == (2 * n_cams, 3, *cfg.data.image_size)
+    assert batch["image_input"].shape == batch["images"].shape
     assert batch["image_mask"][pairs[:, 1], pairs[:, 2], pairs[:, 3]].eq(batch["pair_masked"]).all()
 
 
