@@ -31,6 +31,7 @@ class UnifiedCodebook(nn.Module):
     ) -> None:
         super().__init__()
         self.size, self.dim, self.decay, self.eps = size, dim, decay, eps
+        self.init = init  # model.codebook_init, kept to be inspected
         codes = F.normalize(initial_codes(size, dim, init), dim=1)
         # buffers: checkpointed by state_dict / accelerate.save_state, never touched by the optimiser
         self.register_buffer("codes", codes)  # (M, D) unit norm
