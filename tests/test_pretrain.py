@@ -54,7 +54,8 @@ def test_pretrain_logs_the_contract(smoke_world, tmp_path, store):
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED" and res.steps == 2
     tags = run.data.tags
-    assert tags["cmcr.kind"] == "pretrain" and tags["cmcr.variant"] == "cmcr"
+    # smoke starts from official, which has no GEMIM: the variant names that switch
+    assert tags["cmcr.kind"] == "pretrain" and tags["cmcr.variant"] == "cmcr-gemim"
     assert tags["cmcr.pretrain_done"] == "true" and tags["extra"] == "x"
     assert set(run.data.params) == set(flatten_config(cfg))
     metrics = set(run.data.metrics)
