@@ -36,20 +36,23 @@ def _unit(n: int, d: int, seed: int) -> torch.Tensor:
 # groups 0 and 2 hold rows, group 1 is empty (it adds 0 and still counts), rows interleaved
 GROUP = torch.tensor([0, 2, 0, 2, 2, 0, 0, 2, 2])
 N_GROUPS = 3
+# equal groups, no padding (the fused path), rows interleaved
+EVEN = torch.tensor([1, 0, 0, 1, 0, 1, 1, 0])
 
 
-def _by_hand(fn, *rows: torch.Tensor) -> torch.Tensor:
-    """Mean over the N_GROUPS groups of ``fn`` on each group's rows (an empty group adds 0)."""
+def _by_hand(fn, *rows: torch.Tensor, group=GROUP, n_groups=N_GROUPS) -> torch.Tensor:
+    """Mean over the groups of ``fn`` on each group's rows (an empty group adds 0)."""
     total = 0.0
-    for g in range(N_GROUPS):
-        pick = GROUP.eq(g)
+    for g in range(n_groups):
+        pick = group.eq(g)
         if pick.any():
             total = total + fn(*(r[pick] for r in rows))
-    return total / N_GROUPS
+    return total / n_groups
 
 
-def test_grouped_pair_losses_are_the_mean_of_per_group_losses() -> None:
-    n = len(GROUP)
+@pytest.mark.parametrize("group, n_groups", [(GROUP, N_GROUPS), (EVEN, 2)], ids=["padded", "even"])
+def test_grouped_pair_losses_are_the_mean_of_per_group_losses(group, n_groups) -> None:
+    n = len(group)
     f_p, f_v, e_p, e_v = (_unit(n, 5, s) for s in range(4))
     codes = _unit(7, 5, 9)
     cases = {
@@ -58,12 +61,13 @@ def test_grouped_pair_losses_are_the_mean_of_per_group_losses() -> None:
         "commit": (lambda a, b, c, d: L.commit(a, b, c, d, 0.25), (f_p, f_v, e_p, e_v)),
     }
     grouped = {
-        "nce": L.nce(f_p, f_v, 0.07, GROUP, N_GROUPS),
-        "cmcm": L.cmcm(f_p, f_v, codes, GROUP, N_GROUPS),
-        "commit": L.commit(f_p, f_v, e_p, e_v, 0.25, GROUP, N_GROUPS),
+        "nce": L.nce(f_p, f_v, 0.07, group, n_groups),
+        "cmcm": L.cmcm(f_p, f_v, codes, group, n_groups),
+        "commit": L.commit(f_p, f_v, e_p, e_v, 0.25, group, n_groups),
     }
     for name, (fn, rows) in cases.items():
-        assert float(grouped[name]) == pytest.approx(float(_by_hand(fn, *rows)), rel=1e-9), name
+        expected = float(_by_hand(fn, *rows, group=group, n_groups=n_groups))
+        assert float(grouped[name]) == pytest.approx(expected, rel=1e-9), name
 
 
 def test_grouped_row_losses_are_the_mean_of_per_group_losses() -> None:

@@ -28,17 +28,31 @@ def _groups(n: int, group: torch.Tensor | None, ref: torch.Tensor) -> torch.Tens
     return ungrouped(n, ref.device) if group is None else group
 
 
+# nce and cmcm are batched over loss groups (padded (G, n, n) logits), not looped. Measured on
+# CPU (1 thread, forward + backward, D 64, M 400): 2 groups × 1024 matches nce 23 ms batched vs
+# 16 ms looped, cmcm 119 vs 103 ms; 6 × 2048 (the release's step) nce 359 vs 222 ms, cmcm 1495 vs
+# 1074 ms (large temporaries cost page faults on CPU). Kept batched for the GPU runs the
+# protocol targets (one kernel per op, no per-group sync; not measured: no GPU here); with one
+# group (demo, smoke) both forms are the same computation, and the losses are 2-3 % of a demo step.
 def _diagonal_ce(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over groups of the mean CE of rows of ``logits`` (G, n, n), target the diagonal.
 
-    ``valid`` (G, n): real rows / columns; padded columns get the dtype's lowest value (not
-    -inf: a fully padded row would give NaN gradients), padded rows add nothing.
+    ``valid`` (G, n): real rows / columns. Padded columns get the dtype's lowest value added
+    (not -inf: a fully padded row would give NaN gradients), padded rows are ignored.
     """
-    diag = logits.diagonal(dim1=1, dim2=2)  # (G, n)
-    masked = logits.masked_fill(~valid[:, None, :], torch.finfo(logits.dtype).min)
-    rows = torch.where(valid, masked.logsumexp(2) - diag, 0.0)  # (G, n)
-    per_group = rows.sum(1) / valid.sum(1).clamp_min(1)
-    return per_group.sum() / len(logits)
+    g, n, _ = logits.shape
+    if n == 0:  # no row in any group: every group adds 0
+        return logits.sum() * 0.0
+    target = torch.arange(n, device=logits.device).repeat(g)  # (G·n,)
+    if bool(valid.all()):  # equal groups, no padding: one fused cross-entropy
+        return F.cross_entropy(logits.reshape(g * n, n), target)
+    if logits.element_size() < 4:  # half precision: the mask value must not overflow
+        logits = logits.float()
+    low = torch.finfo(logits.dtype).min
+    bias = logits.new_zeros(g, 1, n).masked_fill(~valid[:, None, :], low)  # (G, 1, n)
+    target = target.masked_fill(~valid.reshape(-1), -100)  # cross_entropy's ignore_index
+    rows = F.cross_entropy((logits + bias).reshape(g * n, n), target, reduction="none")
+    return (rows.view(g, n).sum(1) / valid.sum(1).clamp_min(1)).sum() / g
 
 
 def nce(
