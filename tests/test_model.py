@@ -9,7 +9,7 @@ from cmcr.configs import load_config
 from cmcr.errors import CheckpointError, CMCRError
 from cmcr.losses import weighted_total
 from cmcr.models import CMCRModel, ResNet, build_backbone
-from cmcr.models.decoders import GeometryScatter, OccupancyDecoder
+from cmcr.models.decoders import GeometryScatter, OccupancyDecoder, mean_per_query
 from cmcr.testing import batch_from_config, make_pretrain_batch
 
 ALL_TERMS = {"nce", "mim", "occ", "intensity", "orth", "commit", "cmcm"}
@@ -28,8 +28,8 @@ def batch() -> dict:
 
 @pytest.fixture(scope="module")
 def trained(batch) -> tuple[CMCRModel, dict, torch.Tensor]:
-    """One forward of the full smoke model, shared by the tests that only inspect it."""
-    model = _model()
+    """One forward of the full smoke model (GEMIM on: off in official), shared by inspectors."""
+    model = _model(**{"method.gemim": True})
     before = {
         "bn": model.image_encoder.net.bn1.running_mean.clone(),
         "codes": model.codebook.codes.clone(),
@@ -113,8 +113,8 @@ def test_switches_build_only_what_is_on(batch) -> None:
 
 def test_matches_are_unmasked_and_reproducible(batch) -> None:
     model = _model()
-    a, b = model.sample_matches(batch), model.sample_matches(batch)
-    assert torch.equal(a, b)
+    (a, ga), (b, gb) = model.sample_matches(batch), model.sample_matches(batch)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
     assert len(a) == min(model.cfg.loss.num_matches, int((~batch["pair_masked"]).sum()))
     assert not batch["pair_masked"][a].any()
     assert len(set(a.tolist())) == len(a)
@@ -216,11 +216,15 @@ def test_gemim_scatter_is_mean_of_projected_points() -> None:
 
 
 def test_occupancy_decoder_means_over_valid_neighbours() -> None:
+    """loss.occ_reduce=queries: the per-pair outputs averaged over each query's neighbours."""
     torch.manual_seed(0)
-    dec = OccupancyDecoder(4, [8, 8])
+    dec = OccupancyDecoder(4, [8, 8], last_relu=False)
     feats, points, queries = torch.randn(6, 4), torch.randn(6, 3), torch.randn(3, 3)
     nbrs = torch.tensor([[0, 2, -1], [-1, -1, -1], [5, 4, 3]])
-    logit, inten, has = dec(feats, points, queries, nbrs)
+    pair_logit, pair_inten, q = dec(feats, points, queries, nbrs)
+    assert q.tolist() == [0, 0, 2, 2, 2]  # one row per valid (query, neighbour) pair
+    mean, has = mean_per_query(torch.stack([pair_logit, pair_inten], 1), q, len(queries))
+    logit, inten = mean[:, 0], mean[:, 1]
     assert has.tolist() == [True, False, True]
     for q in (0, 2):
         rows = [

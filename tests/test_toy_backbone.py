@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cmcr.configs import flatten_config, load_config
+from cmcr.configs.schema import ModelConfig
 from cmcr.engine.pipeline import run_pretrain
 from cmcr.engine.tracking import make_client
 from cmcr.models import register_backbone
@@ -33,8 +34,8 @@ class ToyBackbone(nn.Module):
 
 
 @register_backbone("toy")
-def toy(in_channels: int) -> ToyBackbone:
-    """The toy backbone, buildable as model.backbone=toy."""
+def toy(in_channels: int, cfg: ModelConfig) -> ToyBackbone:
+    """The toy backbone, buildable as model.backbone=toy (no convolution: no stem_kernel)."""
     return ToyBackbone(in_channels)
 
 

@@ -4,6 +4,8 @@ A registered term is a function of ``TermInputs`` (what the forward pass has com
 returns an unweighted scalar. ``CMCRModel.forward`` computes it whenever its weight
 ``loss.weights.extra.<name>`` is > 0, ``weighted_total`` applies that weight, and the trainer
 logs it as ``train/loss_<name>`` like every built-in term (docs/architecture.md, How to extend).
+A registered term sees the whole batch: ``matches`` holds every loss group's matches together
+(the built-in terms are computed per loss group, cmcr/losses/groups.py).
 Kept free of model imports so that the config validation can list the names cheaply.
 """
 

@@ -11,19 +11,23 @@ from torch import nn
 from cmcr.configs.schema import ModelConfig
 from cmcr.errors import ConfigError
 
+# a factory gets the input channel count and the model config, from which it reads what applies
+# to it (model.stem_kernel: its first convolution's kernel)
+BackboneFactory = Callable[[int, ModelConfig], nn.Module]
 # name -> factory; the registered names are model.backbone's choices (cmcr.configs validates
 # against this dict), so decorating a factory is the only step to make a backbone usable
-BACKBONES: dict[str, Callable[[int], nn.Module]] = {}
+BACKBONES: dict[str, BackboneFactory] = {}
 
 
 def register_backbone(name: str) -> Callable:
-    """Decorator: make a backbone factory ``f(in_channels) -> nn.Module`` buildable by name.
+    """Decorator: make a factory ``f(in_channels, cfg: ModelConfig) -> nn.Module`` buildable by name.
 
     The module must follow the contract of docs/architecture.md (Model): ``forward(coords,
-    feats, spatial_shape, batch_size) -> (V, C)`` and an ``out_dim`` attribute.
+    feats, spatial_shape, batch_size) -> (V, C)`` and an ``out_dim`` attribute; it should honour
+    the ModelConfig keys that apply to it (``stem_kernel``).
     """
 
-    def wrap(factory: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    def wrap(factory: BackboneFactory) -> BackboneFactory:
         BACKBONES[name] = factory
         return factory
 
@@ -70,7 +74,7 @@ class SparseResUNet(nn.Module):
         enc_layers: Sequence[int],
         dec_layers: Sequence[int],
         init_dim: int,
-        stem_kernel: int = 5,
+        stem_kernel: int,
     ) -> None:
         super().__init__()
         n = len(enc_planes)
@@ -128,17 +132,18 @@ class SparseResUNet(nn.Module):
 
 
 @register_backbone("unet34c")
-def unet34c(in_channels: int) -> SparseResUNet:
+def unet34c(in_channels: int, cfg: ModelConfig) -> SparseResUNet:
     """MinkUNet34C / SR-UNet: encoder 32-64-128-256, decoder 256-128-96-96."""
     return SparseResUNet(in_channels, (32, 64, 128, 256), (256, 128, 96, 96),
-                         (2, 3, 4, 6), (2, 2, 2, 2), init_dim=32)  # fmt: skip
+                         (2, 3, 4, 6), (2, 2, 2, 2), init_dim=32,
+                         stem_kernel=cfg.stem_kernel)  # fmt: skip
 
 
 @register_backbone("unet_small")
-def unet_small(in_channels: int) -> SparseResUNet:
+def unet_small(in_channels: int, cfg: ModelConfig) -> SparseResUNet:
     """A narrow three-level U-Net, fast on CPU (smoke and demo presets)."""
     return SparseResUNet(in_channels, (16, 32, 64), (64, 32, 32), (1, 1, 1), (1, 1, 1),
-                         init_dim=16, stem_kernel=3)  # fmt: skip
+                         init_dim=16, stem_kernel=cfg.stem_kernel)  # fmt: skip
 
 
 def set_bn_momentum(module: nn.Module, momentum: float) -> nn.Module:
@@ -154,9 +159,13 @@ def set_bn_momentum(module: nn.Module, momentum: float) -> nn.Module:
 
 
 def build_backbone(cfg: ModelConfig, in_channels: int = 1) -> nn.Module:
-    """The backbone named by ``cfg.backbone`` (input: one intensity channel per voxel)."""
+    """The backbone named by ``cfg.backbone`` (input: one intensity channel per voxel).
+
+    BatchNorm momentum is not set here: pre-training (model.bn_momentum) and downstream
+    (downstream.bn_momentum) each apply theirs with ``set_bn_momentum``.
+    """
     if cfg.backbone not in BACKBONES:
         raise ConfigError(
             f"model.backbone: expected one of {sorted(BACKBONES)}, got {cfg.backbone!r}"
         )
-    return BACKBONES[cfg.backbone](in_channels)
+    return BACKBONES[cfg.backbone](in_channels, cfg)

@@ -7,18 +7,32 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from cmcr.errors import ConfigError
+
 # rows per chunk of the nearest-code search: bounds the (rows, M) distance matrix (full-size
 # pixel maps have ~10^6 rows); an implementation detail, not a hyperparameter
 _CHUNK = 65536
 
 
+def initial_codes(size: int, dim: int, init: str) -> torch.Tensor:
+    """(size, dim) raw initial codes (model.codebook_init): U(−1, 1) (release) or N(0, 1)."""
+    if init == "uniform":
+        return torch.rand(size, dim) * 2 - 1
+    if init == "normal":
+        return torch.randn(size, dim)
+    raise ConfigError(f"model.codebook_init: expected 'uniform' or 'normal', got {init!r}")
+
+
 class UnifiedCodebook(nn.Module):
     """``size`` unit-norm codes of ``dim``; EMA update mixing each pair's point and pixel features."""
 
-    def __init__(self, size: int, dim: int, decay: float, eps: float) -> None:
+    def __init__(
+        self, size: int, dim: int, decay: float, eps: float, init: str = "uniform"
+    ) -> None:
         super().__init__()
         self.size, self.dim, self.decay, self.eps = size, dim, decay, eps
-        codes = F.normalize(torch.randn(size, dim), dim=1)
+        self.init = init  # model.codebook_init, kept to be inspected
+        codes = F.normalize(initial_codes(size, dim, init), dim=1)
         # buffers: checkpointed by state_dict / accelerate.save_state, never touched by the optimiser
         self.register_buffer("codes", codes)  # (M, D) unit norm
         self.register_buffer("embed_sum", codes.clone())  # (M, D) EMA of assigned feature sums
@@ -49,20 +63,29 @@ class UnifiedCodebook(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, f_p: torch.Tensor, f_v: torch.Tensor, idx_p: torch.Tensor, idx_v: torch.Tensor
+        self,
+        f_p: torch.Tensor,
+        f_v: torch.Tensor,
+        idx_p: torch.Tensor,
+        idx_v: torch.Tensor,
+        n_groups: int = 1,
     ) -> None:
-        """EMA step on paired features f_p, f_v (P, D) with codes idx_p, idx_v: points then pixels."""
+        """EMA step on paired features f_p, f_v (P, D) with codes idx_p, idx_v: points then pixels.
+
+        The pairs come from ``n_groups`` loss groups: the release all-reduces (averages) each
+        GPU's counts and sums, so the statistics are the average over groups (sum / n_groups).
+        """
         if not self.training:
             return
         # each code's sum takes half from its own modality's features, half from the partners'
         mixed = 0.5 * (f_p.detach().float() + f_v.detach().float())  # (P, D)
-        self._ema_step(mixed, idx_p)  # codes chosen by points
-        self._ema_step(mixed, idx_v)  # then codes chosen by pixels
+        self._ema_step(mixed, idx_p, n_groups)  # codes chosen by points
+        self._ema_step(mixed, idx_v, n_groups)  # then codes chosen by pixels
 
-    def _ema_step(self, mixed: torch.Tensor, idx: torch.Tensor) -> None:
+    def _ema_step(self, mixed: torch.Tensor, idx: torch.Tensor, n_groups: int) -> None:
         onehot = F.one_hot(idx, self.size).to(mixed.dtype)  # (P, M)
-        counts = onehot.sum(0)  # (M,)
-        sums = onehot.t() @ mixed  # (M, D)
+        counts = onehot.sum(0) / n_groups  # (M,) average over the loss groups
+        sums = onehot.t() @ mixed / n_groups  # (M, D)
         if dist.is_available() and dist.is_initialized():
             # average statistics over processes so every replica keeps the same codebook
             stats = torch.cat([counts[:, None], sums], dim=1)

@@ -49,15 +49,21 @@ class FrozenImageEncoder(nn.Module):
 class ImageHead(nn.Module):
     """1×1 conv to ``feat_dim`` then bilinear upsampling to the input size (optionally L2-normed)."""
 
-    def __init__(self, c_in: int, feat_dim: int, upsample: int, normalise: bool) -> None:
+    def __init__(
+        self, c_in: int, feat_dim: int, upsample: int, normalise: bool, align_corners: bool
+    ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(c_in, feat_dim, 1)
         self.upsample, self.normalise = upsample, normalise
+        self.align_corners = align_corners  # model.image_head_align_corners (release: True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(I, C, h, w) -> (I, feat_dim, h·s, w·s)."""
         y = F.interpolate(
-            self.proj(x), scale_factor=self.upsample, mode="bilinear", align_corners=False
+            self.proj(x),
+            scale_factor=self.upsample,
+            mode="bilinear",
+            align_corners=self.align_corners,
         )
         return F.normalize(y, dim=1) if self.normalise else y
 
@@ -100,14 +106,20 @@ class GeometryScatter(nn.Module):
 
 
 class OccupancyDecoder(nn.Module):
-    """Per (query, neighbour) MLP on [neighbour feature, query − neighbour], mean per query."""
+    """Per (query, neighbour) MLP on [neighbour feature, query − neighbour] -> (logit, intensity).
 
-    def __init__(self, feat_dim: int, hidden: Sequence[int]) -> None:
+    Release shape: Linear(D+3 → h1), ReLU, …, Linear(→ h_last), Linear(h_last → 2), with no
+    activation after the last hidden layer unless ``last_relu`` (model.occ_last_relu).
+    """
+
+    def __init__(self, feat_dim: int, hidden: Sequence[int], last_relu: bool) -> None:
         super().__init__()
         dims = [feat_dim + 3, *hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(hidden) - 1 or last_relu:
+                layers.append(nn.ReLU(inplace=True))
         layers.append(nn.Linear(dims[-1], 2))  # occupancy logit, intensity
         self.mlp = nn.Sequential(*layers)
 
@@ -118,19 +130,26 @@ class OccupancyDecoder(nn.Module):
         queries: torch.Tensor,
         neighbours: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> occupancy logits (Q,), intensity (Q,), has_neighbour (Q,) bool.
+        """-> occupancy logits (E,), intensity (E,), query index (E,) of every valid pair.
 
-        The per-pair outputs are averaged over each query's valid neighbours, so every query
-        counts once in the loss whatever the local point density (a per-pair loss would let
-        dense regions dominate); queries without a neighbour get no prediction (has_neighbour).
+        ``neighbours`` (Q, K) holds point indices, −1 padding; one output row per
+        (query, neighbour) pair, in row-major order of ``neighbours``.
         """
-        valid = neighbours >= 0  # (Q, K)
-        q_idx, k_idx = valid.nonzero(as_tuple=True)  # (E,)
+        q_idx, k_idx = (neighbours >= 0).nonzero(as_tuple=True)  # (E,)
         nb = neighbours[q_idx, k_idx]  # (E,) point index
         x = torch.cat([point_feats[nb], queries[q_idx] - points[nb]], dim=1)  # (E, D + 3)
         out = self.mlp(x)  # (E, 2)
-        n_q = len(queries)
-        summed = out.new_zeros(n_q, 2).index_add(0, q_idx, out)
-        count = valid.sum(1)  # (Q,)
-        mean = summed / count.clamp_min(1).to(out.dtype)[:, None]
-        return mean[:, 0], mean[:, 1], count > 0
+        return out[:, 0], out[:, 1], q_idx
+
+
+def mean_per_query(
+    values: torch.Tensor, query: torch.Tensor, n_queries: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of per-pair ``values`` (E, C) over each query's pairs -> (Q, C), has_pair (Q,) bool.
+
+    For ``loss.occ_reduce: queries``: every query counts once whatever the local point density;
+    a query without a neighbour gets 0 and has_pair False.
+    """
+    summed = values.new_zeros(n_queries, values.shape[1]).index_add(0, query, values)
+    count = torch.bincount(query, minlength=n_queries)  # (Q,)
+    return summed / count.clamp_min(1).to(values.dtype)[:, None], count > 0
