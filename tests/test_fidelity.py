@@ -43,3 +43,24 @@ def test_every_point_names_tests_that_exist() -> None:
 def test_fidelity_doc_is_up_to_date() -> None:
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     assert render(doc) == doc, "run: python -m cmcr.configs.protocol"
+
+
+def test_pretraining_optimiser_is_adamw_with_a_constant_lr() -> None:
+    import torch
+
+    from cmcr.engine.train import build_optimizer, build_scheduler
+
+    cfg = load_config("official")
+    net = torch.nn.Linear(3, 2)
+    opt = build_optimizer(cfg, net)
+    assert isinstance(opt, torch.optim.AdamW)
+    group = opt.param_groups[0]
+    assert group["lr"] == 1e-3 and group["weight_decay"] == 0.01  # AdamW's own default
+    assert torch.optim.AdamW([torch.zeros(1)]).param_groups[0]["weight_decay"] == 0.01
+    sched = build_scheduler(cfg, opt, total=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1e-3] * 100  # constant: no warmup, no decay

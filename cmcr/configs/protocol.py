@@ -120,6 +120,225 @@ POINTS: tuple[Point, ...] = (
         {"data.max_neighbours": 32, "data.query_radius": 1.0},
         ("tests/test_data_pure.py::test_query_neighbours_match_brute_force",),
     ),
+    # ---- pre-training model ----------------------------------------------------------------
+    P(
+        "model",
+        "backbone MinkUNet34C-shaped sparse U-Net; first convolution kernel 3",
+        {"model.backbone": "unet34c", "model.stem_kernel": 3},
+        ("tests/test_protocol_model.py::test_official_stem_kernel_and_bn_momentum",),
+    ),
+    P(
+        "model",
+        "BatchNorm momentum 0.05 in pre-training",
+        {"model.bn_momentum": 0.05},
+        ("tests/test_protocol_model.py::test_official_stem_kernel_and_bn_momentum",),
+    ),
+    P(
+        "model",
+        "frozen ResNet-50 image encoder (MoCo-v2 weights from a local file)",
+        {"model.image_encoder": "resnet50"},
+        ("tests/test_model.py::test_frozen_image_encoder_keeps_eval_mode_and_statistics",),
+    ),
+    P(
+        "model",
+        "image heads: 1×1 conv, bilinear upsampling ×32 with align_corners=True",
+        {"model.image_head_align_corners": True, "model.image_upsample": 32},
+        ("tests/test_protocol_model.py::test_image_heads_upsample_with_align_corners",),
+    ),
+    P(
+        "model",
+        "codebook: 400 codes initialised U(−1, 1) then L2-normalised; EMA 0.999, eps 1e-5",
+        {
+            "model.codebook_init": "uniform",
+            "model.codebook_size": 400,
+            "model.codebook_decay": 0.999,
+            "model.codebook_eps": 1e-5,
+        },
+        (
+            "tests/test_protocol_model.py::test_codebook_init_uniform_then_normalised",
+            "tests/test_codebook.py::test_pair_pulls_both_codes_as_specified",
+        ),
+    ),
+    P(
+        "model",
+        "occupancy MLP Linear(67→128), ReLU, Linear(128→128), ReLU, Linear(128→128), "
+        "Linear(128→2): no activation before the output layer",
+        {"model.occ_hidden": [128, 128, 128], "model.occ_last_relu": False},
+        ("tests/test_protocol_model.py::test_occupancy_mlp_is_the_release_shape",),
+    ),
+    P(
+        "model",
+        "GEMIM absent from the released code",
+        {"method.gemim": False},
+        ("tests/test_config.py::test_paper_is_official_plus_gemim",),
+        "`paper` = `official` + GEMIM",
+    ),
+    # ---- losses --------------------------------------------------------------------------
+    P(
+        "losses",
+        "every loss per group of 2 scans (one of 6 GPUs' batch), averaged over groups",
+        {"loss.group_size": 2, "train.batch_size": 12},
+        (
+            "tests/test_protocol_model.py::test_group_of_two_equals_each_pair_of_scans_by_hand",
+            "tests/test_protocol_model.py::test_group_at_least_batch_size_is_the_whole_batch",
+            "tests/test_protocol_model.py::test_codebook_statistics_are_averaged_over_groups",
+        ),
+        "nce / cmcm batched over groups as padded (G, n, n) logits",
+    ),
+    P(
+        "losses",
+        "2048 sampled unmasked matches per group",
+        {"loss.num_matches": 2048},
+        ("tests/test_protocol_model.py::test_matches_per_group_are_num_matches_when_available",),
+    ),
+    P(
+        "losses",
+        "InfoNCE temperature 0.07; commitment β 0.25; weights 1, orthogonality 0.1",
+        {
+            "loss.temperature": 0.07,
+            "loss.commit_beta": 0.25,
+            "loss.weights.orth": 0.1,
+            "loss.weights.nce": 1.0,
+            "loss.weights.cmcm": 1.0,
+            "loss.weights.commit": 1.0,
+            "loss.weights.mim": 1.0,
+            "loss.weights.occ": 1.0,
+            "loss.weights.intensity": 1.0,
+        },
+        (
+            "tests/test_losses.py::test_nce_matches_loop",
+            "tests/test_losses.py::test_commit_matches_formula",
+            "tests/test_losses.py::test_weighted_total_applies_weights",
+        ),
+    ),
+    P(
+        "losses",
+        "MIM: MSE over all pixels of the unmasked image",
+        {"loss.mim_on": "all"},
+        ("tests/test_protocol_model.py::test_grouped_mim_is_the_mean_of_per_group_mim",),
+    ),
+    P(
+        "losses",
+        "occupancy BCE and intensity L1 averaged over (query, neighbour) pairs",
+        {"loss.occ_reduce": "pairs"},
+        ("tests/test_protocol_model.py::test_occupancy_bce_per_pair_against_a_loop",),
+    ),
+    P(
+        "losses",
+        "orth over voxel rows (the backbone's output before the inverse), per group",
+        {"loss.orth_rows": "voxels"},
+        ("tests/test_protocol_model.py::test_orth_over_voxel_rows_not_points",),
+    ),
+    # ---- optimiser -----------------------------------------------------------------------
+    P(
+        "optimiser",
+        "AdamW lr 1e-3, PyTorch's default weight decay 0.01, constant lr, 10 epochs",
+        {
+            "train.lr": 1e-3,
+            "train.weight_decay": 0.01,
+            "train.scheduler": "constant",
+            "train.warmup_steps": 0,
+            "train.epochs": 10,
+        },
+        (
+            "tests/test_fidelity.py::test_pretraining_optimiser_is_adamw_with_a_constant_lr",
+            "tests/test_pretrain.py::test_pretrain_logs_the_contract",
+        ),
+    ),
+    # ---- downstream ----------------------------------------------------------------------
+    P(
+        "downstream",
+        "a new 1×1 layer on the backbone's own 96-d output; pre-training heads, "
+        "codebook and decoders not loaded; features not L2-normalised",
+        {},
+        (
+            "tests/test_protocol_downstream.py::test_new_layer_sits_on_the_backbone_output",
+            "tests/test_protocol_downstream.py::test_logits_are_the_layer_on_raw_backbone_features",
+            "tests/test_protocol_downstream.py::test_backbone_file_heads_are_ignored",
+        ),
+    ),
+    P(
+        "downstream",
+        "BatchNorm momentum 0.02 downstream",
+        {"downstream.bn_momentum": 0.02},
+        ("tests/test_protocol_downstream.py::test_backbone_batchnorm_momentum_downstream",),
+    ),
+    P(
+        "downstream",
+        "linear probe: everything frozen but the new layer, 100 % of the labels",
+        {"downstream.probe_label_fraction": 1.0},
+        (
+            "tests/test_protocol_downstream.py::test_probe_trains_only_the_layer_with_a_frozen_eval_backbone",
+            "tests/test_protocol_downstream.py::test_cli_prints_and_records_the_protocol",
+        ),
+    ),
+    P(
+        "downstream",
+        "probe and fine-tuning: cloud augmentation (rotation about z, axis flips), "
+        "drawn every epoch",
+        {"data.rotate": True, "data.flip_prob": 0.5},
+        ("tests/test_protocol_downstream.py::test_probe_augmentation_is_drawn_every_epoch",),
+    ),
+    P(
+        "downstream",
+        "loss = cross-entropy + Lovász-softmax",
+        {"downstream.lovasz": True},
+        (
+            "tests/test_protocol_downstream.py::test_seg_loss_is_cross_entropy_plus_lovasz",
+            "tests/test_protocol_downstream.py::test_probe_trains_only_the_layer_with_a_frozen_eval_backbone",
+        ),
+    ),
+    P(
+        "downstream",
+        "probe: SGD lr 0.05, momentum 0.9, dampening 0.1, weight decay 1e-4, "
+        "cosine over 50 epochs, batch 16",
+        {
+            "downstream.probe_lr": 0.05,
+            "downstream.momentum": 0.9,
+            "downstream.dampening": 0.1,
+            "downstream.weight_decay": 1e-4,
+            "downstream.probe_epochs": 50,
+            "downstream.batch_size": 16,
+        },
+        ("tests/test_protocol_downstream.py::test_optimiser_groups_follow_the_release",),
+    ),
+    P(
+        "downstream",
+        "fine-tuning: everything trains, SGD lr 0.02 (backbone) and 2.0 (new layer), "
+        "cosine over 100 epochs",
+        {
+            "downstream.finetune_lr": 0.02,
+            "downstream.finetune_head_lr": 2.0,
+            "downstream.finetune_epochs": 100,
+        },
+        (
+            "tests/test_protocol_downstream.py::test_optimiser_groups_follow_the_release",
+            "tests/test_protocol_downstream.py::test_finetune_protocol_names_both_lrs_and_the_scene_fraction",
+        ),
+    ),
+    P(
+        "downstream",
+        "1 % = every 100th training *scene* with all its keyframes, in nuScenes order",
+        {"downstream.finetune_label_fraction": 0.01, "downstream.label_fraction_unit": "scene"},
+        (
+            "tests/test_protocol_downstream.py::test_finetune_fraction_keeps_whole_scenes",
+            "tests/test_data_pure.py::test_every_kth_scene_keeps_whole_scenes_in_scene_order",
+        ),
+    ),
+    P(
+        "downstream",
+        "Cartesian voxels of 0.1 m downstream as in pre-training",
+        {"data.voxel_size": 0.1},
+        ("tests/test_downstream_devkit.py::test_probe_miou_matches_devkit_evaluator",),
+        "deliberate: the release's probing config says cylindrical (see below)",
+    ),
+    P(
+        "downstream",
+        "scoring: mIoU over the 16 challenge classes, fwIoU, per-class IoU",
+        {},
+        ("tests/test_downstream_devkit.py::test_probe_miou_matches_devkit_evaluator",),
+        "deliberate: every val point by the devkit's rules (see below)",
+    ),
 )
 
 
