@@ -281,7 +281,7 @@ def test_masked_pairs_are_never_sampled(smoke_world: Path) -> None:
     batch = collate_pretrain([ds[0], ds[1]])
     masked = batch["pair_masked"]
     assert masked.any() and not masked.all()
-    sel = CMCRModel(cfg).sample_matches(batch)
+    sel, _ = CMCRModel(cfg).sample_matches(batch)
     assert not masked[sel].any()
     # boolean filtering: every unmasked pair, each once (the release's `1 - mask` integer index
     # picks pairs 0 and 1 over and over instead)

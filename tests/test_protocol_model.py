@@ -159,6 +159,7 @@ def _sub_batch(batch: dict, lo: int, hi: int) -> dict:
         "points": batch["points"][keep_p],
         "point_batch": batch["point_batch"][keep_p] - lo,
         "images": batch["images"][images],
+        "image_input": batch["image_input"][images],
         "image_mask": batch["image_mask"][images],
         "pairs": pairs,
         "pair_masked": pair_masked,

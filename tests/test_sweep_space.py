@@ -21,7 +21,7 @@ def test_builtin_studies_parse_and_fit_every_preset():
     assert {"loss_weights", "mask_ratio", "codebook_size", "components"} <= names
     for name in names:
         spec = load_study(name)
-        for preset in ("smoke", "demo", "paper"):
+        for preset in ("smoke", "demo", "official", "paper"):
             check_space(spec, load_config(preset))
 
 
@@ -35,6 +35,7 @@ def test_components_grid_is_the_paper_ablation():
     ]  # fmt: skip
     assert spec.overrides_for({"variant": "cmcr-occupancy"}) == {
         "method.name": "cmcr",
+        "method.gemim": True,  # the full method: official has no GEMIM
         "method.occupancy": False,
     }
     # every cell is a distinct variant name of the config

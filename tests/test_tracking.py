@@ -50,7 +50,7 @@ def test_resolve_tracking_uri_order(tmp_path, monkeypatch):
 
 
 def test_start_logs_contract_tags_params_and_metrics(store):
-    cfg = _cfg(store, **{"method.mim": False, "train.seed": 7})
+    cfg = _cfg(store, **{"method.mim": False, "method.gemim": True, "train.seed": 7})
     with RunLogger.start(cfg, kind="pretrain", tags={"extra": 1}) as log:
         log.log_metrics({"train/loss": 1.5, "train/lr": 0.1}, step=1)
         log.log_metrics({"train/loss": 1.0}, step=2)

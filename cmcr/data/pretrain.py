@@ -53,6 +53,10 @@ def every_kth_scene(records: list[SampleRecord], fraction: float) -> list[Sample
 HOLDOUT_CHOICES = ("all", "exclude", "only")
 
 
+class NoHeldOutScenes(DataError):
+    """The split holds none of data.holdout_scenes: there is nothing to validate on."""
+
+
 def apply_holdout(
     records: list[SampleRecord], holdout_scenes: list[str], holdout: str, split: str
 ) -> list[SampleRecord]:
@@ -69,7 +73,7 @@ def apply_holdout(
     kept = [r for r in records if (r.scene_name in held) == (holdout == "only")]
     if not kept:
         what = "every scene" if holdout == "exclude" else "none of the scenes"
-        raise DataError(
+        raise (DataError if holdout == "exclude" else NoHeldOutScenes)(
             f"data.holdout_scenes: {what} of split '{split}' is held out, so "
             f"{'pre-training' if holdout == 'exclude' else 'the held-out validation'} "
             "has no samples"

@@ -57,17 +57,17 @@ def _build_loader(cfg: Config) -> tuple[Any, Any]:
     """(training loader, held-out loader or None); raises DataError on bad data.
 
     Training leaves data.holdout_scenes out; pre-training validates on those of them the
-    split lists (the release's 100 scenes of nuScenes train). The mini and synthetic splits
-    list none of them, so they train on every scene and validate on nothing.
+    data holds (the release's 100 scenes of nuScenes train; of the mini split, scene-1094).
     """
     from cmcr.data import build_pretrain_loader
-    from cmcr.data.records import split_scene_names
+    from cmcr.data.pretrain import NoHeldOutScenes
 
     split, seed = cfg.data.train_split, cfg.train.seed
     train = build_pretrain_loader(cfg, split, shuffle=True, seed=seed, holdout="exclude")
-    holdout = None
-    if set(cfg.data.holdout_scenes) & set(split_scene_names(split)):
+    try:
         holdout = build_pretrain_loader(cfg, split, shuffle=False, seed=seed, holdout="only")
+    except NoHeldOutScenes:  # the data holds none of them (e.g. the smoke world)
+        holdout = None
     return train, holdout
 
 

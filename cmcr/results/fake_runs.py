@@ -41,8 +41,11 @@ VARIANT_MIOU = {
 
 def components_overrides() -> list[dict[str, Any]]:
     """The configurations of the ``components`` study: random, ppkt, cmcr, cmcr − each part."""
-    out: list[dict[str, Any]] = [{"method.name": "random"}, {"method.name": "ppkt"}, {}]
-    out += [{f"method.{c}": False} for c in COMPONENTS]
+    # as sweeps/studies/components.yaml: the full method has GEMIM (official, and so smoke,
+    # has none), every ablation switches one component off the full method
+    full = {"method.gemim": True}
+    out: list[dict[str, Any]] = [{"method.name": "random"}, {"method.name": "ppkt"}, full]
+    out += [{**full, f"method.{c}": False} for c in COMPONENTS]
     return out
 
 
