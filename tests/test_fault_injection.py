@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
 # long enough (about a minute of work) that 10 kills land inside the sweep, not after it
-FAST = ["--set", "train.max_steps=6", "--set", "downstream.probe_epochs=1"]
+FAST = ["--set", "train.max_steps=40", "--set", "downstream.probe_epochs=1"]
 N_TRIALS = 4
 KILLS = 10
 PG = "postgresql://postgres@127.0.0.1:5432/test"
