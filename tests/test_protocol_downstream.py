@@ -281,10 +281,10 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
         "cmcr probe: protocol",
         f"parameters: {n_layer:,} trainable, {n_all - n_layer:,} frozen",
         "labels: 100 % of the labels (every training scene)",
-        f"train: 1 scenes, {len(train.dataset)} scans; val: ",
+        f"train: 1 scene, {len(train.dataset)} scans; val: ",
         "loss: cross-entropy + Lovász-softmax",
         "optimiser: SGD lr 0.05 (the new layer), momentum 0.9, dampening 0.1, weight decay 0.0001",
-        f"cosine over {len(train)} steps (1 epochs × {len(train)} batches of 2 scans)",
+        f"cosine over {len(train)} steps (1 epoch × {len(train)} batches of 2 scans)",
         "BatchNorm momentum 0.02",
         "augmentation: rotation about z",
     ):

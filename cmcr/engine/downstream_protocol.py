@@ -40,8 +40,8 @@ class Protocol:
             f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "
             f"({frozen})",
             f"  labels: {self.labels}",
-            f"  train: {self.train_scenes} scenes, {self.train_scans} scans; "
-            f"val: {self.val_scans} scans (every point)",
+            f"  train: {_n(self.train_scenes, 'scene')}, {_n(self.train_scans, 'scan')}; "
+            f"val: {_n(self.val_scans, 'scan')} (every point)",
             f"  loss: {self.loss}",
             f"  optimiser: {self.optimizer}",
             f"  schedule: {self.schedule}",
@@ -114,9 +114,15 @@ def describe(
         loss="cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy",
         optimizer=optimizer_phrase(cfg),
         schedule=(
-            f"cosine over {steps} steps ({epochs} epochs × {len(train)} batches of "
+            f"cosine over {steps} steps ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} of "
             f"{ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
             f"new layer Linear({layer.in_features}→{layer.out_features})"
         ),
         augment=augment_phrase(cfg),
     )
+
+
+def _n(count: int, noun: str) -> str:
+    """'1 scene', '3 scenes', '2 batches'."""
+    plural = "es" if noun.endswith("ch") else "s"
+    return f"{count} {noun}{'' if count == 1 else plural}"
