@@ -1,7 +1,10 @@
-"""Ablation tables: one row per configuration, mean ± std over seeds, Δ to the baseline.
+"""Ablation tables: one row per configuration, mean ± std over seeds, Δ to the baseline, and
+what the seeds support against a reference row (``stats.py``: paired t-interval, Holm, seeds
+needed).
 
 The csv keeps raw values (IoU as the fractions MLflow stores); markdown, LaTeX and HTML show
-IoU in percent with the best value of each column in bold.
+IoU in percent with the best value of each column in bold and † on the differences to the
+reference that hold after the Holm correction.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import pandas as pd
 from cmcr.configs import COMPONENTS
 from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.names import Metric
-from cmcr.results.collect import RunTable
+from cmcr.results import stats as S
+from cmcr.results.collect import ReportError, RunTable
 
 CLASSES = CHALLENGE_CLASSES[1:]
 # The paper's row order for the components study; other variants follow, sorted.
@@ -24,6 +28,12 @@ VARIANT_ORDER = ("random", "ppkt", "cmcr") + tuple(f"cmcr-{c}" for c in COMPONEN
 TARGET = Metric.VAL_MIOU
 IOU = Metric.VAL_IOU_PREFIX
 SUMMARY = (TARGET, Metric.VAL_FWIOU)
+MARK = "†"  # a difference to the reference that holds after the Holm correction
+# csv columns of the comparison with the reference row (TARGET only; differences as fractions)
+DIFF, LO, HI = f"diff_{TARGET}", f"diff_lo_{TARGET}", f"diff_hi_{TARGET}"
+P, P_HOLM, HOLDS = f"p_{TARGET}", f"p_holm_{TARGET}", "holds"
+TEST, N_PAIRED, SEEDS_NEEDED = "test", "n_paired", "seeds_needed"
+CI = f"{TARGET}_ci95"  # half-width of the 95 % t-interval of the row's mean
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Ablation:
     group_by: list[str]  # "variant" or the swept params
     baseline: str  # label of the Δ reference row
     metrics: list[str]  # aggregated metric keys, summary first then per class
+    reference: str = ""  # label of the row every other row is tested against
 
 
 def variant_label(variant: str) -> str:
@@ -54,8 +65,9 @@ def group_keys(rt: RunTable) -> list[str]:
     return rt.swept()
 
 
-def ablation(rt: RunTable) -> Ablation:
-    """Mean ± std over seeds per configuration, run count, Δ to the baseline row."""
+def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
+    """Mean ± std over seeds per configuration, run count, Δ to the baseline row, and each
+    row's difference to ``reference`` (a label or variant; default ``reference_index``)."""
     done = rt.complete
     keys = group_keys(rt)
     metrics = [m for m in SUMMARY if m in done] + [
@@ -72,10 +84,70 @@ def ablation(rt: RunTable) -> Ablation:
     base = _baseline_index(out, keys)
     out.insert(out.columns.get_loc(f"{TARGET}_mean") + 2, f"delta_{TARGET}",
                out[f"{TARGET}_mean"] - out[f"{TARGET}_mean"].iloc[base])  # fmt: skip
+    per_seed = [_by_seed(grouped.get_group(k)) for k in out.index]
     out = out.reset_index(drop=True)
+    ref = reference_index(out, keys, reference)
+    out = _with_comparisons(out, per_seed, ref)
     for k in keys:  # tuples (list params) read badly in a csv
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
-    return Ablation(out, keys, str(out["config"].iloc[base]), metrics)
+    return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
+                    reference=str(out["config"].iloc[ref]))  # fmt: skip
+
+
+def _by_seed(runs: pd.DataFrame) -> dict[int, float]:
+    """{seed: TARGET} of one configuration; repeated seeds averaged, runs without a seed kept
+    under keys of their own (negative: they never pair)."""
+    seeds = runs["seed"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    values = runs[TARGET].to_numpy(dtype=float)
+    out: dict[int, list[float]] = {}
+    for i, (seed, v) in enumerate(zip(seeds, values, strict=True)):
+        out.setdefault(int(seed) if np.isfinite(seed) else -1 - i, []).append(v)
+    return {s: float(np.mean(v)) for s, v in out.items()}
+
+
+def reference_index(out: pd.DataFrame, keys: list[str], reference: str | None) -> int:
+    """The row named ``reference`` (its label or variant); by default the method's full
+    configuration (variant ``cmcr``) when present, else the row with the best mean TARGET."""
+    if reference is not None:
+        for col in ("config", "variant"):
+            if col in out:
+                hits = np.flatnonzero(out[col].astype(str).to_numpy() == reference)
+                if hits.size:
+                    return int(hits[0])
+        shown = ", ".join(f"'{c}'" for c in out["config"][:12])
+        raise ReportError(f"--reference '{reference}' names no row of the table (rows: {shown}"
+                          f"{', ...' if len(out) > 12 else ''})")  # fmt: skip
+    if keys == ["variant"]:
+        hits = np.flatnonzero(out["variant"].to_numpy() == "cmcr")
+        if hits.size:
+            return int(hits[0])
+    return int(np.nanargmax(out[f"{TARGET}_mean"].to_numpy(dtype=float)))
+
+
+def _with_comparisons(
+    out: pd.DataFrame, per_seed: list[dict[int, float]], ref: int
+) -> pd.DataFrame:
+    """Add the csv columns of each row against row ``ref``: difference, interval, p, Holm p,
+    whether it holds, the test used, shared seeds, seeds needed (NaN where not asked)."""
+    rows = []
+    for i, values in enumerate(per_seed):
+        if i == ref:
+            rows.append(S.Comparison(S.REFERENCE, len(values), 0.0, *[np.nan] * 4))
+        else:
+            rows.append(S.compare(values, per_seed[ref]))
+    adjusted = S.holm([c.p for c in rows])
+    holds = np.nan_to_num(adjusted, nan=1.0) < S.ALPHA
+    needed = [None if h else S.seeds_needed(c.diff, c.sd) for c, h in zip(rows, holds, strict=True)]
+    out = out.copy()
+    out[CI] = [S.mean_halfwidth(list(v.values())) for v in per_seed]
+    at = out.columns.get_loc(f"delta_{TARGET}") + 1
+    cols = {DIFF: [c.diff for c in rows], LO: [c.lo for c in rows], HI: [c.hi for c in rows],
+            P: [c.p for c in rows], P_HOLM: adjusted, HOLDS: holds,
+            TEST: [c.test for c in rows], N_PAIRED: [c.n if c.test == S.PAIRED else 0 for c in rows],
+            SEEDS_NEEDED: pd.array([pd.NA if n is None else n for n in needed], "Int64")}  # fmt: skip
+    for j, (name, values) in enumerate(cols.items()):
+        out.insert(at + j, name, values)
+    return out
 
 
 def summary(ab: Ablation) -> Ablation:
@@ -137,8 +209,23 @@ def _headers(ab: Ablation) -> list[tuple[str, str]]:
     return [(m, short.get(m, m.removeprefix(IOU))) for m in ab.metrics]
 
 
-def _cells(ab: Ablation, bold: callable, pm: str, dash: str) -> list[list[str]]:
-    """Formatted cells (percent, mean ± std, best bold) for every row."""
+@dataclass(frozen=True)
+class _Style:
+    """How one output format writes bold, ±, a dash, the marker and a minus."""
+
+    bold: callable
+    pm: str
+    dash: str
+    mark: str
+
+
+MD = _Style(lambda s: f"**{s}**", " ± ", "—", MARK)
+TEX = _Style(lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "--", "$^\\dagger$")
+HTML = _Style(lambda s: f"<b>{s}</b>", " ± ", "—", MARK)
+
+
+def _cells(ab: Ablation, st: _Style) -> list[list[str]]:
+    """Formatted cells (percent, mean ± std, best bold, the reference comparison) per row."""
     t = ab.table
     columns: list[list[str]] = [[str(n) for n in t["n_runs"]]]
     is_base = (t["config"] == ab.baseline).to_numpy()
@@ -148,16 +235,53 @@ def _cells(ab: Ablation, bold: callable, pm: str, dash: str) -> list[list[str]]:
         is_best = np.isclose(mean, best, atol=5e-5)
         col = []
         for mu, sd, b in zip(mean.tolist(), std.tolist(), is_best.tolist(), strict=True):
-            text = dash if mu != mu else f"{mu:.2f}"  # NaN != NaN
-            text += f"{pm}{sd:.2f}" if sd == sd else ""
-            col.append(bold(text) if b else text)
+            text = st.dash if mu != mu else f"{mu:.2f}"  # NaN != NaN
+            text += f"{st.pm}{sd:.2f}" if sd == sd else " (n = 1)" if mu == mu else ""
+            col.append(st.bold(text) if b else text)
         columns.append(col)
         if m == TARGET:
             delta = (t[f"delta_{TARGET}"].to_numpy() * 100).tolist()
             columns.append(
-                [dash if b else f"{d:+.2f}" for d, b in zip(delta, is_base, strict=True)]
+                [st.dash if b else f"{d:+.2f}" for d, b in zip(delta, is_base, strict=True)]
             )
+            columns += _comparison_cells(t, st)
     return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _comparison_cells(t: pd.DataFrame, st: _Style) -> list[list[str]]:
+    """The difference to the reference with its interval and marker, Holm p, seeds needed."""
+    diff, p, needed = [], [], []
+    for _, r in t.iterrows():
+        if r[TEST] == S.REFERENCE:
+            diff.append("reference")
+            p.append(st.dash)
+            needed.append(st.dash)
+            continue
+        d, lo, hi = r[DIFF] * 100, r[LO] * 100, r[HI] * 100
+        if r[TEST] == S.SINGLE:
+            diff.append(f"{d:+.2f} (n = 1, no interval)" if d == d else st.dash)
+        else:
+            unpaired = " unpaired" if r[TEST] == S.WELCH else ""
+            diff.append(f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]{st.mark if r[HOLDS] else ''}{unpaired}")
+        p.append(_fmt_p(r[P_HOLM], st.dash))
+        needed.append(_fmt_needed(r, st.dash))
+    return [diff, p, needed]
+
+
+def _fmt_p(p: float, dash: str) -> str:
+    if p != p:
+        return dash
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fmt_needed(r: pd.Series, dash: str) -> str:
+    """Seeds per row a paired test would need; blank when the difference already holds."""
+    if r[HOLDS]:
+        return ""
+    n = r[SEEDS_NEEDED]
+    if n is pd.NA or n != n:
+        return dash if r[DIFF] == 0 or r[TEST] != S.SINGLE else "?"
+    return f">{S.MAX_SEEDS}" if n > S.MAX_SEEDS else str(int(n))
 
 
 def _header_row(ab: Ablation) -> list[str]:
@@ -165,25 +289,68 @@ def _header_row(ab: Ablation) -> list[str]:
     for m, h in _headers(ab):
         cols.append(h)
         if m == TARGET:
-            cols.append("Δ mIoU")
+            cols += ["Δ mIoU", f"vs {ab.reference} [95 % CI]", "p (Holm)", "seeds needed"]
     return cols
+
+
+def caption(ab: Ablation) -> str:
+    """What the table's numbers are: units, the Δ row, the reference, interval, test, marker."""
+    n_tests = int(np.isfinite(ab.table[P]).sum())
+    return (
+        f"IoU in %, mean ± std over seeds; Δ mIoU to '{ab.baseline}'. "
+        f"'vs {ab.reference}': mIoU of the row − '{ab.reference}', paired by seed (mean of the "
+        f"per-seed differences, 95 % paired t-interval); 'unpaired' rows share < 2 seeds with "
+        f"it and use Welch's interval and test. p: two-sided paired t-test, Holm-corrected "
+        f"across the {n_tests} compared rows; {MARK} = holds after correction (p < {S.ALPHA}). "
+        f"Seeds needed: seeds per row for a paired t-test to detect the observed difference with "
+        f"the observed spread (α = {S.ALPHA}, power {S.POWER}); >{S.MAX_SEEDS}: a tie in "
+        f"practice. Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}."
+    )
+
+
+def verdict(ab: Ablation) -> str:
+    """One sentence on what the seeds support, from the table itself."""
+    t = ab.table
+    tested = t[np.isfinite(t[P].to_numpy(dtype=float))]
+    untested = int((t[TEST] == S.SINGLE).sum())
+    held = tested[tested[HOLDS]]
+    parts = [f"Against '{ab.reference}', the seeds support {len(held)} of {len(tested)} "
+             f"differences"]  # fmt: skip
+    if len(held):
+        parts[0] += ": " + ", ".join(f"{r['config']} ({r[DIFF] * 100:+.2f})"
+                                     for _, r in held.iterrows())  # fmt: skip
+    rest = tested[~tested[HOLDS]]
+    if len(rest):
+        need = rest[SEEDS_NEEDED].dropna().astype(int)
+        span = ""
+        if len(need):
+            hi = f">{S.MAX_SEEDS}" if need.max() > S.MAX_SEEDS else str(need.max())
+            span = (
+                f"; detecting them would take {need.min()}–{hi} seeds per row"
+                if need.min() != need.max()
+                else f"; detecting them would take {hi} seeds per row"
+            )
+        parts.append(f"the other {len(rest)} are within the seed noise{span}")
+    if untested:
+        parts.append(f"{untested} row(s) have one run: no interval")
+    return "; ".join(parts) + "."
 
 
 def to_markdown(ab: Ablation) -> str:
     """GitHub markdown table; IoU in %, mean ± std over seeds, best in bold."""
     head = ["configuration"] + _header_row(ab)
-    cells = _cells(ab, lambda s: f"**{s}**", " ± ", "—")
+    cells = _cells(ab, MD)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in zip(ab.table["config"], cells, strict=True):
         lines.append("| " + " | ".join([label.replace("|", "\\|")] + row) + " |")
-    note = (f"IoU in %, mean ± std over seeds; Δ to '{ab.baseline}'; "
-            f"grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}.")  # fmt: skip
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    return "\n".join(lines) + "\n\n" + verdict(ab) + "\n\n" + caption(ab) + "\n"
 
 
 def _tex(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"),
-                 ("#", "\\#"), ("$", "\\$"), ("−", "$-$"), ("Δ", "$\\Delta$")):  # fmt: skip
+                 ("#", "\\#"), ("$", "\\$"), ("−", "$-$"), ("Δ", "$\\Delta$"),
+                 ("α", "$\\alpha$"), ("±", "$\\pm$"), ("–", "--"), ("<", "$<$"), (">", "$>$"),
+                 (MARK, TEX.mark)):  # fmt: skip
         text = text.replace(a, b)
     return text
 
@@ -191,7 +358,7 @@ def _tex(text: str) -> str:
 def to_latex(ab: Ablation) -> str:
     """A booktabs table (needs \\usepackage{booktabs}); best in \\textbf."""
     head = ["configuration"] + _header_row(ab)
-    cells = _cells(ab, lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "--")
+    cells = _cells(ab, TEX)
     lines = [
         "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
         "\\toprule",
@@ -200,19 +367,21 @@ def to_latex(ab: Ablation) -> str:
     ]
     for label, row in zip(ab.table["config"], cells, strict=True):
         lines.append(" & ".join([_tex(label)] + [_tex_cell(c) for c in row]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["\\bottomrule", "\\end{tabular}",
+              "\\par\\smallskip{\\footnotesize " + _tex(caption(ab)) + " " + _tex(verdict(ab))
+              + "}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def _tex_cell(cell: str) -> str:
     """Escape a formatted cell but keep the macros we put there ourselves."""
-    return cell.replace("%", "\\%")
+    return cell.replace("%", "\\%").replace("<", "$<$").replace(">", "$>$")
 
 
 def to_html(ab: Ablation, max_rows: int | None = None) -> str:
     """An HTML table (best in <b>); the first ``max_rows`` rows by mIoU when given."""
     head = ["configuration"] + _header_row(ab)
-    cells = _cells(ab, lambda s: f"<b>{s}</b>", " ± ", "—")
+    cells = _cells(ab, HTML)
     labels = list(ab.table["config"])
     idx = list(range(len(labels)))
     if max_rows is not None and len(idx) > max_rows:
