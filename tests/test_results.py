@@ -204,12 +204,14 @@ def test_readme_block_regenerated_from_the_runs(store: dict, tmp_path: Path, cap
     assert text.startswith("# title\nbefore\n<!-- cmcr-report:components -->\n")
     assert text.endswith("<!-- /cmcr-report:components -->\nafter\n") and "stale" not in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    assert rows[0] == "| configuration | runs | mIoU | Δ mIoU | fwIoU |"
+    assert rows[0] == ("| configuration | runs | mIoU | Δ mIoU | vs CMCR [95 % CI] | p (Holm) "
+                       "| seeds needed | fwIoU |")  # fmt: skip
     csv = pd.read_csv(out / "ablation.csv")
     assert len(rows) == 1 + len(csv)
     m, s = csv.at[0, "val/miou_mean"] * 100, csv.at[0, "val/miou_std"] * 100
     assert rows[1].split("|")[3].strip().strip("*") == f"{m:.2f} ± {s:.2f}"
     assert "finished runs of study 'components'" in text
+    assert "the seeds support" in text and "Holm-corrected" in text  # the table explains itself
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,10 @@ def compare(row: Mapping[int, float], ref: Mapping[int, float]) -> Comparison:
     a, b = np.array(list(row.values()), float), np.array(list(ref.values()), float)
     if len(a) >= 2 and len(b) >= 2:
         return _welch(a, b)
-    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if shared:  # one shared seed: its own difference is the best estimate there is
+        diff = row[shared[0]] - ref[shared[0]]
+    else:
+        diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     return Comparison(SINGLE, min(len(a), len(b)), diff, math.nan, math.nan, math.nan, math.nan)
 
 
