@@ -105,11 +105,12 @@ def test_components_page_renders(chromium: Path, tmp_path: Path) -> None:
           log=False)  # fmt: skip
     figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"contour"})
     assert {"fig-history", "fig-importance", "fig-parallel", "fig-slice", "fig-summary",
-            "fig-per_class", "fig-loss"} == figs  # fmt: skip
+            "fig-forest", "fig-per_class", "fig-loss"} == figs  # fmt: skip
 
 
 def test_swept_page_renders(chromium: Path, tmp_path: Path) -> None:
-    """A random search over four numeric params: all eight figures, contour included."""
+    """A random search over four numeric params: all eight figures, contour included; one run
+    per configuration, so no forest plot (a note says why)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
@@ -117,7 +118,7 @@ def test_swept_page_renders(chromium: Path, tmp_path: Path) -> None:
     fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=12, storage=storage)
     build(Selection(tracking_uri=uri, study="weights", storage=storage), tmp_path / "rep",
           log=False)  # fmt: skip
-    figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes=set())
+    figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"forest"})
     assert len(figs) == 8 and "fig-contour" in figs
 
 
@@ -130,6 +131,6 @@ def test_page_without_study_says_so(chromium: Path, tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'no-optuna.db'}"
     build(Selection(tracking_uri=uri, study="weights", storage=missing), tmp_path / "rep",
           log=False)  # fmt: skip
-    figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"study"})
+    figs = _check_page(chromium, tmp_path / "rep" / "index.html", expect_notes={"study", "forest"})
     assert figs == {"fig-summary", "fig-per_class", "fig-loss"}
     assert "is not in the storage sqlite:///" in (tmp_path / "rep" / "index.html").read_text()

@@ -133,3 +133,63 @@ def test_template_ships_as_package_data() -> None:
     for t in templates:
         rel = t.relative_to(REPO / "cmcr").as_posix()
         assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+
+
+def test_importances_show_spread_over_seeds_and_ped_anova() -> None:
+    """Optuna's bars: fANOVA mean with its std over FANOVA_SEEDS, PED-ANOVA beside; w on top."""
+    fig = dict((fid, f) for fid, _, f in F.study_figures(_study(30)))["importance"]
+    fanova, ped = fig.data
+    assert fanova.name.startswith("fANOVA (mean ± std, seeds 0–4") and ped.name == "PED-ANOVA"
+    assert len(fanova.error_x.array) == 3 and all(s >= 0 for s in fanova.error_x.array)
+    assert sum(fanova.x) == pytest.approx(1.0, abs=1e-6)  # each seed's importances sum to 1
+    for bars in (fanova, ped):  # both evaluators find w, the param the value depends on
+        assert dict(zip(bars.y, bars.x, strict=True))["w"] > 0.5
+    assert "unreliable" not in fig.layout.title.text
+
+
+def test_importances_from_few_trials_say_unreliable() -> None:
+    """Below MIN_RELIABLE_TRIALS complete trials the title says the figure is unreliable."""
+    fig = dict((fid, f) for fid, _, f in F.study_figures(_study(12)))["importance"]
+    assert f"unreliable: 12 complete trials < {F.MIN_RELIABLE_TRIALS}" in fig.layout.title.text
+
+
+def test_forest_and_interval_bars(tmp_path: Path) -> None:
+    """Components with 3 seeds: a forest point per compared row, red where it holds; the
+    mIoU bars' error bars are the 95 % t-intervals of the means."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    fake_runs.log_components_sweep(client, "cmcr", study="components", seeds=(0, 1, 2),
+                                   rng_seed=7, extra_unfinished=False)  # fmt: skip
+    ab = ablation(collect(Selection(tracking_uri=uri, study="components", storage=NO_STORAGE)))
+    fig = F.forest(ab)
+    held = ab.table[ab.table["holds"]]
+    # with 3 seeds and 7 rows Holm is strict: this draw keeps three (random init, PPKT, − orth)
+    assert {"random init", "PPKT"} <= set(held["config"])
+    assert sum(len(tr.x) for tr in fig.data) == len(ab.table) - 1  # every row but the reference
+    assert sorted(fig.data[0].y) == sorted(held["config"])  # the "holds" trace
+    assert "'CMCR'" in fig.layout.title.text
+    bars = F.summary_bars(ab).data[0]
+    assert list(bars.error_y.array) == pytest.approx(list(ab.table["val/miou_ci95"] * 100))
+    page = render_page(collect(Selection(tracking_uri=uri, study="components",
+                                         storage=NO_STORAGE)), ab, Selection(tracking_uri=uri))  # fmt: skip
+    assert 'id="fig-forest"' in page and "the seeds support" in page
+
+
+def test_reference_flag_and_unknown_reference(tmp_path: Path, capsys) -> None:
+    """--reference PPKT tests every row against PPKT; an unknown row: one line, exit 2."""
+    from cmcr.results.report import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    fake_runs.log_components_sweep(client, "cmcr", study="components", extra_unfinished=False)
+    argv = ["--study", "components", "--tracking-uri", uri, "--storage", NO_STORAGE, "--no-log"]
+    assert main([*argv, "--out", str(tmp_path / "rep"), "--reference", "PPKT"]) == 0
+    md = (tmp_path / "rep" / "ablation.md").read_text()
+    assert "| vs PPKT [95 % CI] |" in md and "| PPKT | 2 |" in md
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--reference", "SLidR"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reference 'SLidR' names no row" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

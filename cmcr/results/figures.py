@@ -2,12 +2,14 @@
 
 The history, importance, parallel-coordinate, slice and contour figures come from
 ``optuna.visualization`` on the study itself (log axes follow each distribution's log flag).
-Drawn here by hand only what needs the MLflow runs: the ablation bars, the per-class IoU and
+Drawn here by hand only what needs the MLflow runs: the ablation bars (95 % intervals of the
+means), the forest plot of the paired differences to the reference row, the per-class IoU and
 the loss curves. Each builder returns a Figure, or a string saying why there is none.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cmcr.names import Metric
+from cmcr.results import stats as S
+from cmcr.results import tables as T
 from cmcr.results.collect import RunTable, metric_histories
 from cmcr.results.tables import CLASSES, IOU, TARGET, Ablation
 
@@ -23,6 +27,14 @@ Figure = go.Figure | str  # a figure, or the reason it could not be drawn
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30, "t": 60, "b": 60}}
 STUDY_TARGET = f"{TARGET} (trial value: mean over seeds)"  # what a sweep trial returns
 MAX_SLICES = 8  # more subplots than this are unreadable on one page
+FANOVA_SEEDS = range(5)  # the forest's seed moves importances; the spread over seeds shows how much
+# Below this many complete trials the importance figure says it is unreliable: PED-ANOVA's
+# top 10 % quantile then holds at most one trial, and fANOVA's forest fits fewer points than
+# a 2–4-param study has corners to tell apart.
+MIN_RELIABLE_TRIALS = 20
+# fANOVA costs about 8 s per 64-tree forest at 1,000 trials: past this many trials each seed
+# grows 16 trees, so five seeds cost about what one default forest did.
+LARGE_STUDY, SMALL_FOREST = 200, 16
 STUDY_FIGURES = (("history", "Optimisation history"), ("importance", "Parameter importances"),
                  ("parallel", "Parallel coordinates"), ("slice", "Slices"),
                  ("contour", "Contour"))  # fmt: skip
@@ -35,8 +47,19 @@ class _Computed(optuna.importance.BaseImportanceEvaluator):
         self.scores = scores
 
     def evaluate(self, study: Any, params: Any = None, *, target: Any = None) -> dict[str, float]:
-        """The precomputed importances (fANOVA, seed 0)."""
+        """The precomputed importances."""
         return dict(self.scores)
+
+
+@dataclass
+class Importances:
+    """fANOVA importances (mean and std over FANOVA_SEEDS) and PED-ANOVA's, or why not."""
+
+    mean: dict[str, float]  # most important first; each seed's importances sum to 1
+    std: dict[str, float]
+    ped: dict[str, float] | str
+    n_trials: int
+    n_trees: int  # per fANOVA forest
 
 
 def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
@@ -48,12 +71,11 @@ def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
         reason = f"the Optuna study '{study.study_name}' has no complete trial yet"
         return [(fid, title, reason) for fid, title in STUDY_FIGURES]
     scores = _importances(study, len(done), params)
-    ranked = list(scores) if isinstance(scores, dict) else params
+    ranked = list(scores.mean) if isinstance(scores, Importances) else params
     few = f"≥ 2 complete trials (the study has {len(done)})" if len(done) < 2 else ""
     figs: dict[str, Figure] = {
         "history": vis.plot_optimization_history(study, target_name=STUDY_TARGET),
-        "importance": scores if isinstance(scores, str) else vis.plot_param_importances(
-            study, evaluator=_Computed(scores), target_name=STUDY_TARGET),
+        "importance": scores if isinstance(scores, str) else _importance_figure(study, scores),
         "parallel": f"parallel coordinates need {few}" if few else
         vis.plot_parallel_coordinate(study, target_name=STUDY_TARGET),
         "slice": vis.plot_slice(study, params=ranked[:MAX_SLICES], target_name=STUDY_TARGET),
@@ -65,16 +87,58 @@ def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
     return [(fid, title, _styled(figs[fid])) for fid, title in STUDY_FIGURES]
 
 
-def _importances(study: optuna.Study, n_done: int, params: list[str]) -> dict[str, float] | str:
-    """fANOVA importances, most important first; the reason when there are none."""
+def _importances(study: optuna.Study, n_done: int, params: list[str]) -> Importances | str:
+    """Optuna's fANOVA over FANOVA_SEEDS and PED-ANOVA; the reason when there are none."""
     if n_done < 2 or not params:
         return (f"parameter importances need ≥ 2 complete trials and ≥ 1 param "
                 f"(the study has {n_done} trial(s), {len(params)} param(s))")  # fmt: skip
+    imp = optuna.importance
     try:
-        return dict(optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))  # fmt: skip
+        trees = 64 if n_done <= LARGE_STUDY else SMALL_FOREST  # 64: Optuna's default
+        runs = [imp.get_param_importances(
+                    study, evaluator=imp.FanovaImportanceEvaluator(n_trees=trees, seed=s))
+                for s in FANOVA_SEEDS]  # fmt: skip
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same params
         return f"Optuna could not compute importances: {exc}"
+    keys = list(runs[0])
+    values = np.array([[r.get(k, 0.0) for k in keys] for r in runs])  # (seeds, params)
+    order = np.argsort(-values.mean(axis=0), kind="stable")
+    mean = {keys[i]: float(values[:, i].mean()) for i in order}
+    std = {keys[i]: float(values[:, i].std(ddof=1)) for i in order}
+    try:
+        ped: dict[str, float] | str = dict(imp.get_param_importances(
+            study, evaluator=imp.PedAnovaImportanceEvaluator()))  # fmt: skip
+    except Exception as exc:  # experimental in Optuna: any failure only drops its bars
+        ped = f"PED-ANOVA failed: {type(exc).__name__}: {exc}"
+    return Importances(mean, std, ped, n_done, trees)
+
+
+def _importance_figure(study: optuna.Study, imp: Importances) -> go.Figure:
+    """Optuna's importance bars (fANOVA mean) with the spread over seeds as error bars, and
+    PED-ANOVA's bars beside them when it worked."""
+    vis = optuna.visualization
+    fig = vis.plot_param_importances(study, evaluator=_Computed(imp.mean),
+                                     target_name=STUDY_TARGET)  # fmt: skip
+    bars = fig.data[0]
+    bars.update(name=f"fANOVA (mean ± std, seeds {FANOVA_SEEDS[0]}–{FANOVA_SEEDS[-1]}, "
+                     f"{imp.n_trees} trees each)",
+                error_x={"type": "data", "array": [imp.std[p] for p in bars.y]},
+                showlegend=True)  # fmt: skip
+    notes = []
+    if isinstance(imp.ped, dict):
+        ped = vis.plot_param_importances(study, evaluator=_Computed(imp.ped),
+                                         target_name=STUDY_TARGET).data[0]  # fmt: skip
+        ped.update(name="PED-ANOVA", marker={"color": "#ff7f0e"}, showlegend=True)
+        fig.add_trace(ped)
+        fig.update_layout(barmode="group")
+    else:
+        notes.append(imp.ped)
+    if imp.n_trials < MIN_RELIABLE_TRIALS:
+        notes.append(f"unreliable: {imp.n_trials} complete trials < {MIN_RELIABLE_TRIALS}")
+    fig.update_layout(title="Parameter importances" + (f" — {'; '.join(notes)}" if notes else ""),
+                      legend={"orientation": "h", "y": -0.25})  # fmt: skip
+    fig.update_yaxes(categoryorder="array", categoryarray=list(bars.y))
+    return fig
 
 
 def _contour(study: optuna.Study, ranked: list[str], n_done: int) -> Figure:
@@ -123,17 +187,46 @@ def per_class(ab: Ablation, max_configs: int = 8) -> Figure:
 
 
 def summary_bars(ab: Ablation, max_configs: int = 20) -> Figure:
-    """mIoU ± std per configuration."""
+    """mIoU per configuration with the 95 % t-interval of its mean as error bars."""
     t = ab.table
     if len(t) > max_configs:
         return (f"{len(t)} configurations (more than {max_configs}): the optimisation history "
                 "and the table show them")  # fmt: skip
     fig = go.Figure(go.Bar(x=t["config"], y=t[f"{TARGET}_mean"] * 100,
-                           error_y={"type": "data",
-                                    "array": np.nan_to_num(t[f"{TARGET}_std"]) * 100},
+                           error_y={"type": "data", "array": np.nan_to_num(t[T.CI]) * 100},
                            text=[f"n={n}" for n in t["n_runs"]]))  # fmt: skip
-    fig.update_layout(title="mIoU per configuration (mean ± std over seeds)",
-                      yaxis_title="mIoU (%)", **LAYOUT)  # fmt: skip
+    fig.update_layout(title="mIoU per configuration (mean, 95 % t-interval of the mean over "
+                            "seeds; none where n = 1)", yaxis_title="mIoU (%)", **LAYOUT)  # fmt: skip
+    return fig
+
+
+def forest(ab: Ablation, max_rows: int = 40) -> Figure:
+    """Each row's mIoU difference to the reference with its 95 % interval; held ones marked."""
+    t = ab.table
+    rows = t[np.isfinite(t[T.LO].to_numpy(dtype=float))]
+    if rows.empty:
+        return (f"no row has an interval against '{ab.reference}' (each needs ≥ 2 seeds, "
+                "paired or not)")  # fmt: skip
+    more = ""
+    if len(rows) > max_rows:  # the most significant first: the rest are ties anyway
+        rows = rows.sort_values(T.P, kind="stable").head(max_rows)
+        more = f" ({max_rows} smallest p of {len(t) - 1})"
+    d, lo, hi = (rows[c].to_numpy(dtype=float) * 100 for c in (T.DIFF, T.LO, T.HI))
+    labels = [f"{c}{' (unpaired)' if k == S.WELCH else ''}" for c, k in
+              zip(rows["config"], rows[T.TEST], strict=True)]  # fmt: skip
+    held = rows[T.HOLDS].to_numpy(dtype=bool)
+    fig = go.Figure()
+    for mask, name, color in ((held, f"holds after Holm ({T.MARK})", "#d62728"),
+                              (~held, "within noise", "#7f7f7f")):  # fmt: skip
+        fig.add_scatter(x=d[mask], y=np.array(labels)[mask], mode="markers", name=name,
+                        marker={"color": color, "size": 9},
+                        error_x={"type": "data", "symmetric": False, "array": (hi - d)[mask],
+                                 "arrayminus": (d - lo)[mask]})  # fmt: skip
+    fig.add_vline(x=0, line={"color": "black", "width": 1})
+    fig.update_layout(title=f"mIoU − '{ab.reference}' per row, 95 % interval{more}",
+                      xaxis_title="difference (mIoU points)",
+                      **{**LAYOUT, "height": max(300, 60 + 28 * len(rows))})  # fmt: skip
+    fig.update_yaxes(autorange="reversed")  # table order, top to bottom
     return fig
 
 

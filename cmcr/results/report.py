@@ -26,11 +26,13 @@ from cmcr.results.collect import ReportError, RunTable, Selection, collect, reda
 from cmcr.results.tables import (
     Ablation,
     ablation,
+    caption,
     incomplete_table,
     summary,
     to_html,
     to_latex,
     to_markdown,
+    verdict,
 )
 
 HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
@@ -46,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")  # fmt: skip
     parser.add_argument("--storage", default=None,
                         help=f"Optuna storage of the study (default: {DEFAULT_STORAGE} if present)")  # fmt: skip
+    parser.add_argument("--reference", default=None, metavar="ROW",
+                        help="the row every other row is tested against, by label or variant "
+                             "(e.g. CMCR, ppkt); default: the cmcr variant when present, else "
+                             "the row with the best mean mIoU")  # fmt: skip
     parser.add_argument("--out", default=None, help="output folder (default: reports/<name>/)")
     parser.add_argument("--no-log", action="store_true",
                         help="do not log the report as artifacts on the study's parent run")  # fmt: skip
@@ -54,13 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "lines '<!-- cmcr-report:NAME -->' and '<!-- /cmcr-report:NAME -->'")  # fmt: skip
 
 
-def build(sel: Selection, out: str | Path | None = None, log: bool = True) -> dict:
-    """Collect, tabulate, plot, write; return where and how long. ReportError on bad input."""
+def build(
+    sel: Selection, out: str | Path | None = None, log: bool = True, reference: str | None = None
+) -> dict:
+    """Collect, tabulate (against ``reference``), plot, write; return where and how long.
+    ReportError on bad input, before anything is written."""
     t0 = time.perf_counter()
     rt = collect(sel)  # raises before anything is written
     t_collect = time.perf_counter() - t0
     out = Path(out) if out else Path("reports") / _slug(sel)
-    ab = ablation(rt) if not rt.complete.empty else None
+    ab = ablation(rt, reference) if not rt.complete.empty else None
     page = render_page(rt, ab, sel)
     out.mkdir(parents=True, exist_ok=True)
     if ab is not None:
@@ -149,6 +158,7 @@ def _figures(rt: RunTable, ab: Ablation | None) -> tuple[list[dict], list[dict]]
     """Optuna's study figures and the run figures, as the template's dicts, in page order."""
     study = F.study_figures(rt.study) if rt.study is not None else []
     runs = [("summary", "mIoU per configuration", F.summary_bars(ab)),
+            ("forest", f"Paired differences to '{ab.reference}'", F.forest(ab)),
             ("per_class", "Per-class IoU", F.per_class(ab))] if ab is not None else []  # fmt: skip
     runs.append(("loss", "Loss curves", F.loss_curves(rt)))
     return [_for_template(*f) for f in study], [_for_template(*f) for f in runs]
@@ -181,7 +191,8 @@ def render_page(rt: RunTable, ab: Ablation | None, sel: Selection) -> str:
     table = None
     if ab is not None:
         table = {"table": Markup(to_html(ab, HTML_MAX_ROWS)), "baseline": ab.baseline,
-                 "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table)}  # fmt: skip
+                 "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table),
+                 "verdict": verdict(ab), "caption": caption(ab)}  # fmt: skip
     return _template().render(
         name=sel.study or sel.experiment, study=sel.study, experiment=sel.experiment,
         filter_string=sel.filter_string, tracking_uri=redact(rt.tracking_uri),
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.readme:
             check_readme(args.readme, name)  # a wrong file fails before the report is built
-        info = build(sel, args.out, log=not args.no_log)
+        info = build(sel, args.out, log=not args.no_log, reference=args.reference)
         if args.readme:
             if info["n_complete"] == 0:
                 raise ReportError(f"--readme: no finished runs to tabulate for '{name}'")
