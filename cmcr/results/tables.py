@@ -211,17 +211,18 @@ def _headers(ab: Ablation) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class _Style:
-    """How one output format writes bold, ±, a dash, the marker and a minus."""
+    """How one output format writes bold, ±, a dash and the marker, and escapes our text."""
 
     bold: callable
     pm: str
     dash: str
     mark: str
+    esc: callable = str  # HTML: "<0.001" and ">100" must not reach the page as markup
 
 
 MD = _Style(lambda s: f"**{s}**", " ± ", "—", MARK)
 TEX = _Style(lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "--", "$^\\dagger$")
-HTML = _Style(lambda s: f"<b>{s}</b>", " ± ", "—", MARK)
+HTML = _Style(lambda s: f"<b>{s}</b>", " ± ", "—", MARK, html.escape)
 
 
 def _cells(ab: Ablation, st: _Style) -> list[list[str]]:
@@ -265,7 +266,7 @@ def _comparison_cells(t: pd.DataFrame, st: _Style) -> list[list[str]]:
             diff.append(f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]{st.mark if r[HOLDS] else ''}{unpaired}")
         p.append(_fmt_p(r[P_HOLM], st.dash))
         needed.append(_fmt_needed(r, st.dash))
-    return [diff, p, needed]
+    return [[st.esc(c) for c in col] for col in (diff, p, needed)]
 
 
 def _fmt_p(p: float, dash: str) -> str:
