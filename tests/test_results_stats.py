@@ -136,3 +136,10 @@ def test_borderline_row_loses_its_marker_under_holm() -> None:
     assert crowd.at["cmcr-mim", f"p_holm_{MIOU}"] == pytest.approx(3 * p)
     assert not crowd.at["cmcr-mim", "holds"]
     assert np.isfinite(crowd.at["cmcr-mim", "seeds_needed"])
+
+
+def test_single_configuration_has_nothing_to_compare() -> None:
+    """One row: it is its own reference; no test, and the verdict says so."""
+    ab = ablation(_runs({"cmcr": {0: 0.4, 1: 0.41}}))
+    assert list(ab.table["test"]) == [S.REFERENCE]
+    assert "One configuration ('CMCR'): nothing to compare." in to_markdown(ab)

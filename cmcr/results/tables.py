@@ -280,8 +280,8 @@ def _fmt_needed(r: pd.Series, dash: str) -> str:
     if r[HOLDS]:
         return ""
     n = r[SEEDS_NEEDED]
-    if n is pd.NA or n != n:
-        return dash if r[DIFF] == 0 or r[TEST] != S.SINGLE else "?"
+    if n is pd.NA or n != n:  # no difference, or one run: no spread to estimate from
+        return dash
     return f">{S.MAX_SEEDS}" if n > S.MAX_SEEDS else str(int(n))
 
 
@@ -312,6 +312,8 @@ def caption(ab: Ablation) -> str:
 def verdict(ab: Ablation) -> str:
     """One sentence on what the seeds support, from the table itself."""
     t = ab.table
+    if len(t) == 1:
+        return f"One configuration ('{ab.reference}'): nothing to compare."
     tested = t[np.isfinite(t[P].to_numpy(dtype=float))]
     untested = int((t[TEST] == S.SINGLE).sum())
     held = tested[tested[HOLDS]]
