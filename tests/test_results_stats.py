@@ -142,4 +142,4 @@ def test_single_configuration_has_nothing_to_compare() -> None:
     """One row: it is its own reference; no test, and the verdict says so."""
     ab = ablation(_runs({"cmcr": {0: 0.4, 1: 0.41}}))
     assert list(ab.table["test"]) == [S.REFERENCE]
-    assert "One configuration ('CMCR'): nothing to compare." in to_markdown(ab)
+    assert "One configuration ('all runs'): nothing to compare." in to_markdown(ab)
