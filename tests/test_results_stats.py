@@ -119,7 +119,8 @@ def test_without_variants_the_best_row_is_the_reference() -> None:
     rt.params = ["loss.weights.mim"]
     ab = ablation(rt)
     assert ab.group_by == ["loss.weights.mim"] and ab.reference == "loss.weights.mim=1.5"
-    assert "vs loss.weights.mim=1.5" in caption(ab)
+    assert "'vs loss.weights.mim=1.5' (the best mean mIoU, picked after" in caption(ab)
+    assert "picked after" not in caption(ablation(_components()))  # CMCR: chosen in advance
 
 
 def test_borderline_row_loses_its_marker_under_holm() -> None:

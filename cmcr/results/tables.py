@@ -45,6 +45,7 @@ class Ablation:
     baseline: str  # label of the Δ reference row
     metrics: list[str]  # aggregated metric keys, summary first then per class
     reference: str = ""  # label of the row every other row is tested against
+    picked_best: bool = False  # the reference is the best mean, chosen after seeing the results
 
 
 def variant_label(variant: str) -> str:
@@ -91,7 +92,8 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
     for k in keys:  # tuples (list params) read badly in a csv
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
-                    reference=str(out["config"].iloc[ref]))  # fmt: skip
+                    reference=str(out["config"].iloc[ref]),
+                    picked_best=reference is None and _is_best_pick(out, keys))  # fmt: skip
 
 
 def _by_seed(runs: pd.DataFrame) -> dict[int, float]:
@@ -122,6 +124,11 @@ def reference_index(out: pd.DataFrame, keys: list[str], reference: str | None) -
         if hits.size:
             return int(hits[0])
     return int(np.nanargmax(out[f"{TARGET}_mean"].to_numpy(dtype=float)))
+
+
+def _is_best_pick(out: pd.DataFrame, keys: list[str]) -> bool:
+    """Whether the default reference fell back to the best row (no cmcr variant)."""
+    return not (keys == ["variant"] and (out["variant"] == "cmcr").any())
 
 
 def _with_comparisons(
@@ -299,14 +306,23 @@ def caption(ab: Ablation) -> str:
     n_tests = int(np.isfinite(ab.table[P]).sum())
     return (
         f"IoU in %, mean ± std over seeds; Δ mIoU to '{ab.baseline}'. "
-        f"'vs {ab.reference}': mIoU of the row − '{ab.reference}', paired by seed (mean of the "
-        f"per-seed differences, 95 % paired t-interval); 'unpaired' rows share < 2 seeds with "
+        f"'vs {ab.reference}'{_pick_note(ab)}: mIoU of the row − '{ab.reference}', paired by "
+        f"seed (mean of the per-seed differences, 95 % paired t-interval); 'unpaired' rows "
+        f"share < 2 seeds with "
         f"it and use Welch's interval and test. p: two-sided paired t-test, Holm-corrected "
         f"across the {n_tests} compared rows; {MARK} = holds after correction (p < {S.ALPHA}). "
         f"Seeds needed: seeds per row for a paired t-test to detect the observed difference with "
         f"the observed spread (α = {S.ALPHA}, power {S.POWER}); >{S.MAX_SEEDS}: a tie in "
         f"practice. Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}."
     )
+
+
+def _pick_note(ab: Ablation) -> str:
+    """Say when the reference is the best mean: differences to a winner lean large."""
+    if not ab.picked_best:
+        return ""
+    return (" (the best mean mIoU, picked after seeing the results, so the differences to it "
+            "lean large; --reference names another)")  # fmt: skip
 
 
 def verdict(ab: Ablation) -> str:
