@@ -215,11 +215,13 @@ def forest(ab: Ablation, max_rows: int = 40) -> Figure:
     labels = [f"{c}{' (unpaired)' if k == S.WELCH else ''}" for c, k in
               zip(rows["config"], rows[T.TEST], strict=True)]  # fmt: skip
     held = rows[T.HOLDS].to_numpy(dtype=bool)
+    hover = np.array([f"p (Holm) {r[T.P_HOLM]:.3g}; seeds needed {T.needed_cell(r, '—') or '—'}"
+                      for _, r in rows.iterrows()])  # fmt: skip
     fig = go.Figure()
     for mask, name, color in ((held, f"holds after Holm ({T.MARK})", "#d62728"),
                               (~held, "within noise", "#7f7f7f")):  # fmt: skip
         fig.add_scatter(x=d[mask], y=np.array(labels)[mask], mode="markers", name=name,
-                        marker={"color": color, "size": 9},
+                        marker={"color": color, "size": 9}, text=hover[mask],
                         error_x={"type": "data", "symmetric": False, "array": (hi - d)[mask],
                                  "arrayminus": (d - lo)[mask]})  # fmt: skip
     fig.add_vline(x=0, line={"color": "black", "width": 1})

@@ -276,7 +276,7 @@ def _comparison_cells(t: pd.DataFrame, st: _Style) -> list[list[str]]:
             unpaired = " unpaired" if r[TEST] == S.WELCH else ""
             diff.append(f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]{st.mark if r[HOLDS] else ''}{unpaired}")
         p.append(_fmt_p(r[P_HOLM], st.dash))
-        needed.append(_fmt_needed(r, st.dash))
+        needed.append(needed_cell(r, st.dash))
     return [[st.esc(c) for c in col] for col in (diff, p, needed)]
 
 
@@ -286,7 +286,7 @@ def _fmt_p(p: float, dash: str) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _fmt_needed(r: pd.Series, dash: str) -> str:
+def needed_cell(r: pd.Series, dash: str) -> str:
     """Seeds per row a paired test would need; blank when the difference already holds."""
     if r[HOLDS]:
         return ""
