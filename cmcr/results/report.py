@@ -1,7 +1,9 @@
 """Build a study report: ablation tables (md, csv, tex) and a static plotly page.
 
 ``python dashboards/build.py --study NAME`` → ``reports/NAME/``: ablation.{md,csv,tex},
-incomplete.csv and index.html (plotly.js inlined once: the page works offline). The files are
+incomplete.csv and index.html (plotly.js inlined once: the page works offline). Every table
+tests each row against a reference row (``--reference``; ``stats.py``: paired t-interval, Holm,
+seeds needed) and says in words what the seeds support. The files are
 also logged as artifacts (``report/``) on the study's parent run when there is one. The page is
 rendered from ``templates/report.html.j2`` (Jinja2, autoescaped); figures come from
 ``figures.py``.
