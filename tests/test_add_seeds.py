@@ -165,6 +165,25 @@ def test_a_kill_between_the_request_and_the_queue_loses_nothing(tmp_path, store,
     assert [t.state for t in load(tmp_path, "half").trials] == [TrialState.COMPLETE] * 4
 
 
+def test_a_failed_unit_is_reported_and_reopened_like_a_slot(tmp_path, store, capsys):
+    from cmcr.sweep import recovery
+
+    assert _sweep(tmp_path, store, "reopen", "--n-trials", "1") == 0
+    rec = Recorder(fail_on={0: DataError("bad seed")})  # deterministic: not retried
+    assert _sweep(tmp_path, store, "reopen", "--add-seeds", "1", rec=rec) == 1
+    assert (
+        "trial 1 (slot 0:s1-1) failed: not retried: DataError: bad seed" in capsys.readouterr().err
+    )
+    argv = ("--n-trials", "1", "--resume", "--retry-failed")
+    assert _sweep(tmp_path, store, "reopen", *argv) == 0
+    study = load(tmp_path, "reopen")
+    assert recovery.reopened(study) == {"0:s1-1": 2}
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE
+    ]  # fmt: skip
+    assert sorted(_seed_runs(store, study).popitem()[1]) == [0, 1]
+
+
 def test_status_counts_the_added_seeds_under_their_configuration(tmp_path, store, capsys):
     assert _sweep(tmp_path, store, "stat", "--n-trials", "1") == 0
     assert _sweep(tmp_path, store, "stat", "--add-seeds", "2") == 0
