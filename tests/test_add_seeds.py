@@ -138,7 +138,7 @@ def test_a_kill_mid_seed_resumes_the_same_run_and_skips_the_finished_seed(tmp_pa
     study._storage.set_trial_user_attr(unit._trial_id, Attr.WORKER, dead)
 
     again = Recorder()
-    assert _sweep(tmp_path, store, "kill", "--n-trials", "1", "--resume", rec=again) == 0
+    assert _sweep(tmp_path, store, "kill", "--resume", rec=again) == 0
     assert [c["seed"] for c in again.calls] == [2]  # seed 1 is not run again
     assert again.calls[0]["run_id"] == rec.calls[1]["run_id"]  # seed 2 continues its run
     trials = load(tmp_path, "kill").trials
@@ -159,8 +159,8 @@ def test_a_kill_between_the_request_and_the_queue_loses_nothing(tmp_path, store,
     monkeypatch.undo()
     study = load(tmp_path, "half")
     assert len(study.trials) == 2 and len(study.user_attrs[Attr.ADDED_SEEDS]) == 2
-    rec = Recorder()
-    assert _sweep(tmp_path, store, "half", "--n-trials", "2", "--resume", rec=rec) == 0
+    rec = Recorder()  # --resume alone: the stored 2 slots, not the study file's default
+    assert _sweep(tmp_path, store, "half", "--resume", rec=rec) == 0
     assert [c["seed"] for c in rec.calls] == [1, 1]
     assert [t.state for t in load(tmp_path, "half").trials] == [TrialState.COMPLETE] * 4
 

@@ -107,6 +107,8 @@ def run(
         return print_status(plan)
     if plan.opts.add_seeds is not None and not args.worker:
         plan = runner.check_add_seeds(plan)  # before anything is written to any store
+    elif plan.opts.resume and plan.opts.n_trials is None:
+        plan = runner.resume_size(plan)
     if not args.worker:  # before the study exists (a spawned worker's parent checked already)
         from cmcr.engine.preflight import before_sweep
 

@@ -219,8 +219,22 @@ def check_add_seeds(plan: Plan) -> Plan:
     except CMCRError as exc:
         raise StudyError(f"--add-seeds {k}: {exc}") from None
     seeds.check_request(study, k, plan.study_name)
+    return _stored_size(plan, study)
+
+
+def resume_size(plan: Plan) -> Plan:
+    """``--resume`` without ``--n-trials``: the stored study's number of slots (not the study
+    file's default, which would queue new trials into a study started smaller); read-only."""
+    try:
+        study = load(plan, connect(plan, create=False))
+    except CMCRError:
+        return plan  # nothing stored yet: the sweep starts as without --resume
+    return _stored_size(plan, study)
+
+
+def _stored_size(plan: Plan, study: Any) -> Plan:
     stored = int(study.user_attrs.get(Attr.N_TRIALS, 0))
-    return dataclasses.replace(plan, n_trials=max(stored, 1))
+    return dataclasses.replace(plan, n_trials=stored) if stored >= 1 else plan
 
 
 def heal(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]:
