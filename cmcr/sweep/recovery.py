@@ -126,7 +126,7 @@ def by_slot(trials: Iterable[Any]) -> dict[Slot, list[Any]]:
     slots: dict[Slot, list[Any]] = collections.defaultdict(list)
     for t in sorted(trials, key=lambda t: t.number):
         slot = t.user_attrs.get(Attr.SLOT)
-        if isinstance(slot, int | str) and not isinstance(slot, bool):
+        if isinstance(slot, int | str):
             slots[slot].append(t)
     return slots
 

@@ -219,6 +219,9 @@ def check_add_seeds(plan: Plan) -> Plan:
     except CMCRError as exc:
         raise StudyError(f"--add-seeds {k}: {exc}") from None
     seeds.check_request(study, k, plan.study_name)
+    pending = seeds.unfinished(study)
+    if pending:
+        log.warning(f"--add-seeds: trial(s) {pending} are not finished; they get no added seeds")
     return _stored_size(plan, study)
 
 

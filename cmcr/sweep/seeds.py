@@ -65,6 +65,14 @@ def configurations(study: Any) -> dict[str, Any]:
     return out
 
 
+def unfinished(study: Any) -> list[int]:
+    """Numbers of the study's own trials still queued or running (added-seeds trials aside)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.WAITING, TrialState.RUNNING)
+    return [t.number for t in study.get_trials(deepcopy=False, states=live) if not is_added(t)]
+
+
 def requested(study: Any) -> dict[str, dict[str, Any]]:
     """Every --add-seeds unit the study was asked for: {slot: {"trial": n, "seeds": [...]}}."""
     return dict(study.user_attrs.get(Attr.ADDED_SEEDS) or {})
