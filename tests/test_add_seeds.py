@@ -244,3 +244,18 @@ def test_an_unknown_study_or_one_without_complete_trials_is_refused_untouched(
     assert after.user_attrs == before.user_attrs and len(children(store, parent)) == n_runs
     names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")}
     assert names == {"none"}
+
+
+def test_a_trial_still_queued_is_named_and_gets_no_added_seed(tmp_path, store, caplog):
+    rec = Recorder(fail_on={1: KeyboardInterrupt()})  # slot 1 is interrupted and re-queued
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path, store, "queued", "--n-trials", "2", rec=rec)
+    rec = Recorder()
+    with caplog.at_level("WARNING", logger="cmcr.sweep"):
+        assert _sweep(tmp_path, store, "queued", "--add-seeds", "1", rec=rec) == 0
+    assert "trial(s) [2] are not finished; they get no added seeds" in caplog.text
+    # the queued retry ran its seed 0 (slot 1), the added trial seed 1 of slot 0 only
+    assert sorted((c["tags"]["cmcr.slot"], c["seed"]) for c in rec.calls) == [
+        ("0:s1-1", 1),
+        ("1", 0),
+    ]
