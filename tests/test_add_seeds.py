@@ -222,6 +222,8 @@ def test_bad_k_and_a_missing_study_fail_before_any_store_exists(tmp_path, capsys
     _one_error(capsys, "no such database file")
     assert _main(tmp_path, store, "--add-seeds", "2", "--n-trials", "3") == 2
     _one_error(capsys, "--n-trials")
+    assert _main(tmp_path, store, "--add-seeds", "2", "--status") == 2
+    _one_error(capsys, "not with --status")
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
