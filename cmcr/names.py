@@ -105,6 +105,10 @@ class Attr:
     FAIL_REASON = "fail_reason"
     RETRY_REASON = "retry_reason"
     FAIL_KIND = "cmcr.fail_kind"  # own | deterministic | interrupted | lost | environment
+    # a trial queued by --add-seeds: the COMPLETE trial whose configuration it extends, and the
+    # seeds it runs (other trials run 0..S-1 of the study's --seeds)
+    SEEDS_OF = "cmcr.seeds_of"
+    TRIAL_SEEDS = "cmcr.trial_seeds"
     # study user attrs
     PARENT_RUN = "mlflow_parent_run_id"
     DEFINITION = "cmcr.definition"
@@ -114,6 +118,8 @@ class Attr:
     OVERRIDES = "cmcr.overrides"
     N_TRIALS = "cmcr.n_trials"
     REOPENED = "cmcr.reopened"  # {slot: first trial number counted} after --retry-failed
+    # {unit: {"trial": n, "seeds": [...]}}: every --add-seeds request, written before its trials
+    ADDED_SEEDS = "cmcr.added_seeds"
     # trial system attrs Optuna's RetryFailedTrialCallback writes
     FAILED_TRIAL = "failed_trial"
     RETRY_HISTORY = "retry_history"

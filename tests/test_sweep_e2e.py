@@ -143,3 +143,46 @@ def test_three_seeds_smoke_study_links_every_seed_run_in_the_report(tmp_path, sm
     assert sorted(rt.runs["seed"].tolist()) == [0, 1, 2]
     assert rt.runs["trial"].tolist() == [0, 0, 0]
     assert rt.runs["optuna_state"].tolist() == ["COMPLETE"] * 3
+
+
+def test_add_seeds_grows_a_two_configuration_smoke_study_to_three_seeds(tmp_path, smoke_world):
+    """The real run_trial: --add-seeds 2 on a 1-seed, 2-configuration study; every row of the
+    table then has seeds 0, 1, 2 under the same parent run, and no finished run trained again."""
+    import math
+
+    from cmcr.results.collect import Selection, collect
+    from cmcr.results.tables import ablation
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sel = Selection(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", study="mask_ratio",
+                    storage=storage)  # fmt: skip
+    base = sweep_cmd(tmp_path, smoke_world, "--study", "mask_ratio", *FAST)
+    out = subprocess.run([*base, "--n-trials", "2"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env(), timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    before = ablation(collect(sel)).table
+    first = {r.info.run_id: r for r in child_runs(tmp_path, _parent(storage))}
+    assert before["n_runs"].tolist() == [1, 1] and before["val/miou_std"].isna().all()
+
+    out = subprocess.run([*base, "--add-seeds", "2"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env(), timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="mask_ratio", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    runs = child_runs(tmp_path, _parent(storage))
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    for run_id, old in first.items():  # the finished runs: same end, trained once
+        now = client(tmp_path).get_run(run_id)
+        assert now.info.end_time == old.info.end_time
+        steps = [m.step for m in client(tmp_path).get_metric_history(run_id, "train/loss")]
+        assert steps == [1, 2]
+    after = ablation(collect(sel)).table
+    assert after["n_runs"].tolist() == [3, 3] and after["seeds"].tolist() == ["0,1,2"] * 2
+    # a 95 % t-interval needs two seeds at least: undefined before, finite now
+    assert all(math.isfinite(s) for s in after["val/miou_std"])
+
+
+def _parent(storage: str) -> str:
+    return optuna.load_study(study_name="mask_ratio", storage=storage).user_attrs[
+        "mlflow_parent_run_id"
+    ]

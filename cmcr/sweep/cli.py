@@ -7,6 +7,7 @@ Examples::
     python sweeps/run.py --study components --workers 2          # the 8-cell ablation grid
     python sweeps/run.py --study loss_weights --resume           # after a crash or kill
     python sweeps/run.py --study loss_weights --status
+    python sweeps/run.py --study loss_weights --add-seeds 2      # seeds S, S+1 of every config
     python sweeps/run.py --study my_study.yaml --storage postgresql://user@db:5432/optuna
 
 Several machines share a study by pointing ``--storage`` at one PostgreSQL database and
@@ -100,8 +101,14 @@ def run(
     from cmcr.sweep import runner
 
     plan = runner.plan_sweep(options(args))
+    if args.add_seeds is not None and args.status:
+        raise CMCRError("--add-seeds: not with --status (run it, then ask for the status)")
     if args.status:
         return print_status(plan)
+    if plan.opts.add_seeds is not None and not args.worker:
+        plan = runner.check_add_seeds(plan)  # before anything is written to any store
+    elif plan.opts.resume and plan.opts.n_trials is None:
+        plan = runner.resume_size(plan)
     if not args.worker:  # before the study exists (a spawned worker's parent checked already)
         from cmcr.engine.preflight import before_sweep
 
@@ -162,16 +169,19 @@ def sweep(
 
     lost: list[Any] = []
     study, parent = runner.setup(plan, storage, lost)
+    total = runner.n_units(plan, study)
+    units = total - runner.n_slots(plan, study)
+    adding = f" + {units} adding seeds" if units else ""
     print(
-        f"study '{plan.study_name}' in {redact(plan.opts.storage)}: {plan.n_trials} trial(s), "
-        f"{plan.opts.workers} worker(s); MLflow parent run {parent}",
+        f"study '{plan.study_name}' in {redact(plan.opts.storage)}: {plan.n_trials} trial(s)"
+        f"{adding}, {plan.opts.workers} worker(s); MLflow parent run {parent}",
         flush=True,
     )
     if lost:
         numbers = [t.number for t in lost]
         print(f"trial(s) {numbers} had lost their worker; queued again (no retry spent)")
     rc = 0
-    with ProgressView(study, plan.study_name, plan.n_trials):
+    with ProgressView(study, plan.study_name, total):
         if plan.opts.workers == 1:
             work(plan, study, parent, trial_fn, group)
         else:
@@ -308,7 +318,7 @@ def list_studies() -> str:
 
 def print_status(plan: Any) -> int:
     """Trials of the stored study by state, with their MLflow run ids."""
-    from cmcr.sweep import runner
+    from cmcr.sweep import runner, seeds
 
     storage = runner.connect(plan, create=False)
     study = runner.load(plan, storage)
@@ -329,10 +339,20 @@ def print_status(plan: Any) -> int:
             origin = t.system_attrs.get(Attr.FAILED_TRIAL)
             retry = f" retry of #{origin}" if origin is not None else ""
             print(
-                f"  #{t.number}{value} run={run_id}{retry} params={t.params}"
+                f"  #{t.number}{value} run={run_id}{retry}{_adds(t)} params={t.params}"
                 + (f" [{redact(extra)}]" if extra else "")
             )
+    for line in seeds.status_lines(study, plan.opts.seeds):
+        print(line)
     return 0
+
+
+def _adds(trial: Any) -> str:
+    """`` adds seeds 1,2 to #0`` for a trial queued by --add-seeds."""
+    if Attr.SEEDS_OF not in trial.user_attrs:
+        return ""
+    added = ",".join(str(s) for s in trial.user_attrs[Attr.TRIAL_SEEDS])
+    return f" adds seeds {added} to #{trial.user_attrs[Attr.SEEDS_OF]}"
 
 
 def _quiet_libraries() -> None:

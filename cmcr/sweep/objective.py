@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
+from cmcr.sweep import seeds
 from cmcr.sweep.space import StudySpec
 
 TrialFn = Callable[..., Any]
@@ -73,19 +73,22 @@ def trial_config(ctx: TrialContext, params: dict[str, Any]) -> Config:
 
 
 def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) -> float:
-    """One Optuna trial: every requested seed in its own child run; returns the mean mIoU.
+    """One Optuna trial: every requested seed in its own child run; returns the mean mIoU
+    (an --add-seeds trial: over its configuration's every seed, cmcr.sweep.seeds).
 
     ``retry_of``: the number of the failed trial this one retries (tagged on its runs).
     """
     cfg = trial_config(ctx, suggest(trial, ctx.spec))
     results: dict[str, float] = dict(trial.user_attrs.get(Attr.SEED_RESULTS, {}))
-    for index, seed in enumerate(range(ctx.seeds)):
+    # seeds added to a finished configuration (--add-seeds) are never pruned: it is complete
+    prunable = not seeds.is_added(trial)
+    for index, seed in enumerate(seeds.trial_seeds(trial, ctx.seeds)):
         if str(seed) in results:
             continue  # finished by an earlier attempt of this trial
         seed_cfg = copy.deepcopy(cfg)
         seed_cfg.train.seed = seed
         run_id = _child_run(trial, ctx, seed_cfg, seed, retry_of)
-        report = _pruning_report(trial) if index == 0 else None
+        report = _pruning_report(trial) if index == 0 and prunable else None
         if ctx.trial_fn is None:
             ctx.trial_fn = default_trial_fn()
         kwargs = {"run_id": run_id, "parent_run_id": ctx.parent_run_id}
@@ -96,7 +99,7 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
         trial.set_user_attr(Attr.SEED_RESULTS, results)
-    return statistics.fmean(results.values())
+    return seeds.objective_value(trial, results)
 
 
 def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]:

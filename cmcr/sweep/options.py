@@ -44,6 +44,14 @@ class SweepOptions:
     )
     preset: str | None = _opt(None, "--preset", "config preset (default: the study's, else demo)")
     seeds: int = _opt(1, "--seeds", "seeds per trial: 0..S-1, objective = mean val mIoU")
+    add_seeds: int | None = _opt(
+        None,
+        "--add-seeds",
+        "add K seeds (S..S+K-1) to every configuration the stored study has finished, as new "
+        "trials under the same parent run; nothing finished runs again",
+        worker=False,
+        metavar="K",
+    )
     resume: bool = _opt(
         False,
         "--resume",

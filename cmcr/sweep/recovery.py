@@ -114,14 +114,39 @@ def fail_dead_local(study: Any, grace_s: float, *, pid: int | None = None) -> li
     return failed
 
 
-def by_slot(trials: Iterable[Any]) -> dict[int, list[Any]]:
-    """The sweep's attempts grouped by slot, in trial-number order (foreign trials skipped)."""
-    slots: dict[int, list[Any]] = collections.defaultdict(list)
+Slot = int | str  # an int: one of the study's N slots; a str: an --add-seeds unit
+
+
+def by_slot(trials: Iterable[Any]) -> dict[Slot, list[Any]]:
+    """The sweep's attempts grouped by slot, in trial-number order (foreign trials skipped).
+
+    --add-seeds trials are units of their own (string slots, cmcr.sweep.seeds), so their
+    failures are counted and retried apart from the finished slot whose seeds they add.
+    """
+    slots: dict[Slot, list[Any]] = collections.defaultdict(list)
     for t in sorted(trials, key=lambda t: t.number):
         slot = t.user_attrs.get(Attr.SLOT)
-        if isinstance(slot, int):
+        if isinstance(slot, int | str):
             slots[slot].append(t)
     return slots
+
+
+def in_scope(slot: Slot, n_slots: int) -> bool:
+    """Whether ``slot`` is one the sweep runs: the first ``n_slots`` slots and every unit."""
+    return isinstance(slot, str) or slot < n_slots
+
+
+def slot_of_tag(value: str | None) -> Slot | None:
+    """A slot as the ``cmcr.slot`` run tag writes it, back to its stored form."""
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def _order(item: tuple[Slot, Any]) -> tuple[bool, str | int]:
+    """Slots in number order, then --add-seeds units by name."""
+    slot = item[0]
+    return (isinstance(slot, str), slot if isinstance(slot, str) else f"{slot:012d}")
 
 
 def verdict(attempts: list[Any], first: int, max_retries: int) -> tuple[str, str]:
@@ -153,7 +178,7 @@ def verdict(attempts: list[Any], first: int, max_retries: int) -> tuple[str, str
     return "retry", reason
 
 
-def reconcile(study: Any, n_slots: int, max_retries: int) -> list[int]:
+def reconcile(study: Any, n_slots: int, max_retries: int) -> list[Slot]:
     """Enqueue the retry every slot without a live attempt is owed; returns those slots.
 
     Callers hold the study lock (cmcr.sweep.storage.study_lock).
@@ -161,7 +186,7 @@ def reconcile(study: Any, n_slots: int, max_retries: int) -> list[int]:
     first = reopened(study)
     enqueued = []
     for slot, attempts in by_slot(study.get_trials(deepcopy=False)).items():
-        if slot >= n_slots:
+        if not in_scope(slot, n_slots):
             continue
         state, reason = verdict(attempts, first.get(slot, 0), max_retries)
         if state == "retry":
@@ -170,18 +195,18 @@ def reconcile(study: Any, n_slots: int, max_retries: int) -> list[int]:
     return enqueued
 
 
-def failed_slots(study: Any, n_slots: int, max_retries: int) -> list[tuple[int, int, str]]:
+def failed_slots(study: Any, n_slots: int, max_retries: int) -> list[tuple[Slot, int, str]]:
     """(slot, last trial number, reason) of every slot that failed for good."""
     first = reopened(study)
     out = []
-    for slot, attempts in sorted(by_slot(study.get_trials(deepcopy=False)).items()):
+    for slot, attempts in sorted(by_slot(study.get_trials(deepcopy=False)).items(), key=_order):
         state, reason = verdict(attempts, first.get(slot, 0), max_retries)
-        if slot < n_slots and state == "failed":
+        if in_scope(slot, n_slots) and state == "failed":
             out.append((slot, attempts[-1].number, reason))
     return out
 
 
-def reopen_failed(study: Any, n_slots: int, max_retries: int) -> list[int]:
+def reopen_failed(study: Any, n_slots: int, max_retries: int) -> list[Slot]:
     """``--retry-failed``: count the failed-for-good slots' attempts afresh from now on."""
     first = reopened(study)
     slots = failed_slots(study, n_slots, max_retries)
@@ -192,10 +217,10 @@ def reopen_failed(study: Any, n_slots: int, max_retries: int) -> list[int]:
     return [slot for slot, _, _ in slots]
 
 
-def reopened(study: Any) -> dict[int, int]:
+def reopened(study: Any) -> dict[Slot, int]:
     """{slot: first attempt number counted} of slots re-opened by --retry-failed."""
     stored = study.user_attrs.get(Attr.REOPENED) or {}
-    return {int(k): int(v) for k, v in stored.items()}
+    return {slot_of_tag(k): int(v) for k, v in stored.items()}
 
 
 def enqueue_retry(study: Any, trial: Any, reason: str) -> None:

@@ -13,6 +13,7 @@ cmcr.sweep.worker; the options are declared in cmcr.sweep.options.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError
 from cmcr.names import Attr, Kind, Metric, Tag, is_local_key
-from cmcr.sweep import recovery
+from cmcr.sweep import recovery, seeds
 from cmcr.sweep.options import OBJECTIVES, PRUNERS, SweepOptions
 from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.storage import open_storage, study_lock
@@ -60,6 +61,13 @@ def plan_sweep(opts: SweepOptions) -> Plan:
             raise StudyError(f"{name}: expected an integer >= {low}, got {value}")
     if opts.max_retries < 0:
         raise StudyError(f"--max-retries: expected an integer >= 0, got {opts.max_retries}")
+    if opts.add_seeds is not None and opts.add_seeds < 1:
+        raise StudyError(f"--add-seeds: expected an integer >= 1, got {opts.add_seeds}")
+    if opts.add_seeds is not None and opts.n_trials is not None:
+        raise StudyError(
+            "--add-seeds: adds seeds to the trials a study has; grow it with --n-trials in a "
+            "run of its own"
+        )
     if opts.retry_failed and not opts.resume:
         raise StudyError("--retry-failed: re-opens a stored study's failed slots; add --resume")
     if opts.pruner not in PRUNERS:
@@ -163,6 +171,9 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
         cells = plan.spec.grid_cells() if plan.spec.is_grid else None
         added = enqueue_slots(study, cells, plan.n_trials)
         study.set_user_attr(Attr.N_TRIALS, n_slots(plan, study))
+        if plan.opts.add_seeds:
+            seeds.request(study, plan.opts.add_seeds, plan.opts.seeds)
+        added_seeds = seeds.enqueue_added(study)  # also what a killed --add-seeds left owed
         if plan.opts.retry_failed:
             reopened = recovery.reopen_failed(study, n_slots(plan, study), plan.opts.max_retries)
             if reopened:
@@ -170,6 +181,8 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
         failed = _heal_locked(plan, study)
     if added:
         log.info(f"queued {added} trial(s) of study '{plan.study_name}'")
+    if added_seeds:
+        log.info(f"queued {added_seeds} trial(s) adding seeds to finished configurations")
     _mark_lost(plan, failed)
     if lost is not None:
         lost.extend(failed)
@@ -186,6 +199,45 @@ def _define(plan: Plan, study: Any) -> None:
 def n_slots(plan: Plan, study: Any) -> int:
     """How many slots the study has (the largest ``--n-trials`` any start asked for)."""
     return max(plan.n_trials, int(study.user_attrs.get(Attr.N_TRIALS, 0)))
+
+
+def n_units(plan: Plan, study: Any) -> int:
+    """The slots plus the --add-seeds units: the trials a finished sweep has ended."""
+    return n_slots(plan, study) + len(seeds.requested(study))
+
+
+def check_add_seeds(plan: Plan) -> Plan:
+    """``--add-seeds K``: the study must exist, match and have finished trials; read-only.
+
+    Returns the plan sized to the stored study (no new slots are queued with new seeds).
+    """
+    k = plan.opts.add_seeds
+    try:
+        storage = connect(plan, create=False)
+        study = load(plan, storage)
+        check_compatible(plan, study)
+    except CMCRError as exc:
+        raise StudyError(f"--add-seeds {k}: {exc}") from None
+    seeds.check_request(study, k, plan.study_name)
+    pending = seeds.unfinished(study)
+    if pending:
+        log.warning(f"--add-seeds: trial(s) {pending} are not finished; they get no added seeds")
+    return _stored_size(plan, study)
+
+
+def resume_size(plan: Plan) -> Plan:
+    """``--resume`` without ``--n-trials``: the stored study's number of slots (not the study
+    file's default, which would queue new trials into a study started smaller); read-only."""
+    try:
+        study = load(plan, connect(plan, create=False))
+    except CMCRError:
+        return plan  # nothing stored yet: the sweep starts as without --resume
+    return _stored_size(plan, study)
+
+
+def _stored_size(plan: Plan, study: Any) -> Plan:
+    stored = int(study.user_attrs.get(Attr.N_TRIALS, 0))
+    return dataclasses.replace(plan, n_trials=stored) if stored >= 1 else plan
 
 
 def heal(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]:
@@ -383,12 +435,12 @@ def _end_orphans(plan: Plan, study: Any, parent: str, uri: str) -> None:
     slots = recovery.by_slot(study.get_trials(deepcopy=False))
     first = recovery.reopened(study)
     for run in running_children(uri, plan.base.tracking.experiment, parent):
-        slot = run.data.tags.get(Tag.SLOT)
-        attempts = slots.get(int(slot)) if slot is not None and slot.isdigit() else None
+        slot = recovery.slot_of_tag(run.data.tags.get(Tag.SLOT))
+        attempts = slots.get(slot) if slot is not None else None
         if attempts is None:
             end_run(uri, run.info.run_id, "KILLED", "no trial of the sweep holds this run")
             continue
-        state, reason = recovery.verdict(attempts, first.get(int(slot), 0), plan.opts.max_retries)
+        state, reason = recovery.verdict(attempts, first.get(slot, 0), plan.opts.max_retries)
         if state == "done":
             complete = any(t.state.name == "COMPLETE" for t in attempts)
             end_run(uri, run.info.run_id, "FINISHED" if complete else "KILLED", reason or None)
