@@ -180,6 +180,11 @@ def test_add_seeds_grows_a_two_configuration_smoke_study_to_three_seeds(tmp_path
     assert after["n_runs"].tolist() == [3, 3] and after["seeds"].tolist() == ["0,1,2"] * 2
     # a 95 % t-interval needs two seeds at least: undefined before, finite now
     assert all(math.isfinite(s) for s in after["val/miou_std"])
+    # the row's 95 % interval: none with one seed, a finite one with three
+    from cmcr.results.tables import CI
+
+    assert not before[CI].map(math.isfinite).any()
+    assert after[CI].map(math.isfinite).all() and (after[CI] > 0).all()
 
 
 def _parent(storage: str) -> str:
