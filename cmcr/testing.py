@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cmcr.configs.schema import Config
+from cmcr.data.augment import patch_mask
 
 
 def make_pretrain_batch(
@@ -32,7 +33,7 @@ def make_pretrain_batch(
     pts, inten, pbatch = _points(rng, batch_size, n_points, extent)
     coords, inverse, feats = _voxelise(pts, inten, pbatch, voxel_size)
     images = rng.random((batch_size * n_cams, 3, h, w), dtype=np.float32)
-    mask = _patch_mask(rng, batch_size * n_cams, h, w, mask_patch, mask_ratio)
+    mask = patch_mask(rng, batch_size * n_cams, (h, w), 0.5, mask_ratio, mask_patch)
     pairs = _pairs(rng, pbatch, batch_size, n_cams, n_pairs, h, w)
     q = _queries(rng, pts, inten, pbatch, n_queries, query_radius, max_neighbours)
     batch = {
@@ -91,14 +92,6 @@ def _voxelise(pts, inten, pbatch, voxel_size: float):
     counts = np.bincount(inverse, minlength=len(coords))
     feats = np.bincount(inverse, weights=inten, minlength=len(coords)) / counts
     return coords.astype(np.int32), inverse, feats[:, None].astype(np.float32)
-
-
-def _patch_mask(rng, n_img: int, h: int, w: int, patch: int, ratio: float):
-    masked_img = rng.random(n_img) < 0.5
-    drop = rng.random((n_img, -(-h // patch), -(-w // patch))) < ratio
-    drop &= masked_img[:, None, None]
-    full = drop.repeat(patch, axis=1).repeat(patch, axis=2)
-    return full[:, :h, :w].copy()
 
 
 def _pairs(rng, pbatch, batch_size: int, n_cams: int, n_pairs: int, h: int, w: int):

@@ -62,6 +62,17 @@ def group_mean(
     return (s_num / safe).sum() / n_groups
 
 
+def rank_in_group(sorted_group: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position of each element within its group (n,), and the group sizes (n_groups,).
+
+    ``sorted_group`` (n,) must be sorted (a stable sort keeps each group's own order).
+    """
+    counts = torch.bincount(sorted_group, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(len(sorted_group), device=sorted_group.device) - starts[sorted_group]
+    return rank, counts
+
+
 def pad_by_group(
     x: torch.Tensor, group: torch.Tensor, n_groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +86,7 @@ def pad_by_group(
         return x[None], torch.ones(1, len(x), dtype=torch.bool, device=x.device)
     order = torch.argsort(group, stable=True)
     g = group[order]
-    counts = torch.bincount(group, minlength=n_groups)  # (G,)
-    starts = counts.cumsum(0) - counts
-    rank = torch.arange(len(g), device=g.device) - starts[g]  # position within the group
+    rank, counts = rank_in_group(g, n_groups)
     n_max = int(counts.max()) if len(g) else 0
     slot = g * n_max + rank  # (n,) row of the flattened (G·n_max) layout
     out = x.new_zeros(n_groups * n_max, *x.shape[1:]).index_copy(0, slot, x[order])

@@ -20,7 +20,7 @@ from cmcr import losses as L
 from cmcr.configs.schema import Config
 from cmcr.errors import CheckpointError, CMCRError
 from cmcr.losses.extra import TermInputs, active_extra_terms
-from cmcr.losses.groups import LossGroups, loss_groups
+from cmcr.losses.groups import LossGroups, loss_groups, rank_in_group
 from cmcr.models.backbone import build_backbone, set_bn_momentum
 from cmcr.models.codebook import UnifiedCodebook
 from cmcr.models.decoders import (
@@ -175,8 +175,7 @@ class CMCRModel(nn.Module):
         shuffled = candidates[torch.randperm(len(candidates), generator=gen).to(candidates.device)]
         group = groups.point[batch["pairs"][shuffled, 0]]  # (P_unmasked,)
         group, by_group = torch.sort(group, stable=True)
-        counts = torch.bincount(group, minlength=groups.count)
-        rank = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group]
+        rank, _ = rank_in_group(group, groups.count)
         keep = rank < self.cfg.loss.num_matches
         return shuffled[by_group][keep], group[keep]
 
