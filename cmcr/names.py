@@ -105,6 +105,9 @@ class Attr:
     FAIL_REASON = "fail_reason"
     RETRY_REASON = "retry_reason"
     FAIL_KIND = "cmcr.fail_kind"  # own | deterministic | interrupted | lost | environment
+    # where the running trial stands (cmcr.progress record: phase, step, total, rate, eta_s, t,
+    # seed), refreshed every few seconds; the live sweep view and --status read it
+    PROGRESS = "cmcr.progress"
     # a trial queued by --add-seeds: the COMPLETE trial whose configuration it extends, and the
     # seeds it runs (other trials run 0..S-1 of the study's --seeds)
     SEEDS_OF = "cmcr.seeds_of"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
 from cmcr.configs import validate_config as _validate
@@ -69,9 +67,9 @@ def build_config(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     """Pre-train; prints the run id first (for --resume) and the weights path at the end."""
     from cmcr.engine.pipeline import run_pretrain
+    from cmcr.runlog import setup_console
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("cmcr").setLevel(logging.INFO)  # the run id line, for --resume
+    setup_console()  # the cmcr lines (the run id, for --resume); library chatter to run.log
     redact_logging()
     cfg = build_config(args)
     from cmcr.engine.preflight import before_pretrain

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmcr import progress, runlog
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, validate_config
 from cmcr.data import check_downstream_data, set_loader_epoch
@@ -150,16 +151,19 @@ class _Trainer:
 
         ``epoch_losses`` is a generator, so each loss is computed after the previous update.
         """
-        for epoch in range(1, epochs + 1):
-            losses = []
-            for loss in epoch_losses(epoch):
-                self.update(loss)
-                losses.append(loss.item())
+        phase = progress.PROBE if self.cfg.downstream.mode == "probe" else progress.FINETUNE
+        with progress.task(phase, epochs, unit="epoch") as bar:
+            for epoch in range(1, epochs + 1):
+                losses = []
+                for loss in epoch_losses(epoch):
+                    self.update(loss)
+                    losses.append(loss.item())
+                    if self.done():
+                        break
+                self.end_epoch(epoch, losses, epoch == epochs or self.done(), evaluate)
+                bar.update(1)
                 if self.done():
                     break
-            self.end_epoch(epoch, losses, epoch == epochs or self.done(), evaluate)
-            if self.done():
-                break
 
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
         """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
@@ -273,13 +277,16 @@ def run_downstream(
         return _run(cfg, model.to(device), loaders, device, logger, report, export_dir, announce)
     # every file the run reads, before the run exists (a trial's run_trial checked them already)
     check_downstream_data(cfg)
-    with RunLogger.start(
-        cfg,
-        kind=mode,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-        tags={**extra, **(tags or {})},
-    ) as own:
+    with (
+        RunLogger.start(
+            cfg,
+            kind=mode,
+            run_id=run_id,
+            parent_run_id=parent_run_id,
+            tags={**extra, **(tags or {})},
+        ) as own,
+        runlog.attached(own, Path(cfg.tracking.output_dir) / str(own.run_id)),
+    ):
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir, announce)
 
 

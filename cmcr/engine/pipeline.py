@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cmcr import runlog
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, resolve_config
 from cmcr.engine.checkpoint import (
@@ -210,7 +211,7 @@ def run_pretrain(
     """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
     cfg, loaders = _prepare(cfg)
     logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
-    with logger:
+    with logger, runlog.attached(logger, run_dir(cfg, logger.run_id)):
         steps = _pretrain(cfg, logger, loaders, resume=run_id is not None)
     return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
 
@@ -237,7 +238,7 @@ def run_trial(
     """
     cfg, loaders = _prepare(cfg, downstream=True)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
-    with logger:
+    with logger, runlog.attached(logger, run_dir(cfg, logger.run_id)):
         _pretrain(cfg, logger, loaders, resume=run_id is not None)
         if not logger.is_main:
             return None

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from cmcr import progress
 from cmcr.configs import Config
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.tracking import RunLogger
@@ -258,9 +258,7 @@ def pretrain_loop(
     t = cfg.train
     # steps already in the history (a resumed run) are re-run but not logged twice
     logged = logger.last_logged_step(Metric.TRAIN_LOSS) or 0
-    bar = tqdm(
-        total=total, initial=state.step, disable=not accelerator.is_main_process, desc="pretrain"
-    )
+    bar = progress.task(progress.PRETRAIN, total, state.step, enabled=accelerator.is_main_process)
     window = _Window()
     model.train()
     while state.step < total:

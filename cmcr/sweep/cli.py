@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import signal
 import subprocess
@@ -103,12 +102,20 @@ def run(
     plan = runner.plan_sweep(options(args))
     if args.add_seeds is not None and args.status:
         raise CMCRError("--add-seeds: not with --status (run it, then ask for the status)")
-    if args.status:
-        return print_status(plan)
+    if args.status:  # the stored study's size, not the study file's default
+        return print_status(runner.resume_size(plan) if plan.opts.n_trials is None else plan)
     if plan.opts.add_seeds is not None and not args.worker:
         plan = runner.check_add_seeds(plan)  # before anything is written to any store
-    elif plan.opts.resume and plan.opts.n_trials is None:
+    elif plan.opts.n_trials is None and not args.worker:
+        # a stored study keeps its size: only --n-trials grows it (never the file's default)
         plan = runner.resume_size(plan)
+        finished = runner.finished_size(plan)
+        if finished is not None and not (plan.opts.resume or plan.opts.retry_failed):
+            print(
+                f"study '{plan.study_name}' has finished its {finished} trial(s): nothing to "
+                f"run. Grow it with --n-trials N (N > {finished}); --status shows it"
+            )
+            return 0
     if not args.worker:  # before the study exists (a spawned worker's parent checked already)
         from cmcr.engine.preflight import before_sweep
 
@@ -162,39 +169,36 @@ def sweep(
     group: Any = None,
     worker_cmd: Sequence[str] = WORKER_CMD,
 ) -> int:
-    """Set up the study, run the workers with a progress view, summarise."""
+    """Set up the study, say what will run and for how long, run the workers under the live
+    view, summarise with where to look. Ctrl-C / SIGTERM: the interrupted trials are failed
+    as interrupted (no retry spent) and the parent run ends KILLED with the reason."""
     from cmcr.sweep import runner
+    from cmcr.sweep.estimate import estimate
     from cmcr.sweep.progress import ProgressView
-    from cmcr.sweep.worker import work
 
     lost: list[Any] = []
+    before = _stored_trials(plan, storage)
     study, parent = runner.setup(plan, storage, lost)
     total = runner.n_units(plan, study)
-    units = total - runner.n_slots(plan, study)
-    adding = f" + {units} adding seeds" if units else ""
-    print(
-        f"study '{plan.study_name}' in {redact(plan.opts.storage)}: {plan.n_trials} trial(s)"
-        f"{adding}, {plan.opts.workers} worker(s); MLflow parent run {parent}",
-        flush=True,
-    )
+    est = estimate(plan.base, study, plan.opts.seeds) if trial_fn is None else None
+    print(start_lines(plan, study, parent, before, est), flush=True)
     if lost:
         numbers = [t.number for t in lost]
         print(f"trial(s) {numbers} had lost their worker; queued again (no retry spent)")
     rc = 0
-    with ProgressView(study, plan.study_name, total):
-        if plan.opts.workers == 1:
-            work(plan, study, parent, trial_fn, group)
-        else:
-            deaths: list[int] = []
-
-            def requeue(pid: int, code: int) -> None:
-                deaths.append(code)
-                runner.heal(plan, study, pid=pid)  # its trials are retried now, not after grace
-
-            rc = run_workers(plan, worker_cmd, on_death=requeue)
-            if all(code < 0 for code in deaths) and _queued(study):
-                # a worker was killed after the others had left: its trials run here
-                work(plan, study, parent, trial_fn, group)
+    view = ProgressView(
+        study,
+        plan.study_name,
+        total,
+        estimate_s=est.trial_s if est else None,
+        workers=plan.opts.workers,
+    )
+    try:
+        with view:
+            rc = _run_workers_here(plan, study, parent, trial_fn, group, worker_cmd)
+    except KeyboardInterrupt:
+        _interrupted(plan, study, parent)
+        raise
     runner.heal(plan, study)
     summary = runner.finish(plan, study, parent)
     print(summary_line(summary), flush=True)
@@ -203,7 +207,176 @@ def sweep(
     for slot, number, reason in summary["failed_slots"]:
         print(f"{PROG}: trial {number} (slot {slot}) failed: {redact(reason)}", file=sys.stderr)
         rc = rc or 1
+    if summary["done"] and "best_value" in summary:
+        # a stand-in objective (tests, benchmarks) made no real runs to report on
+        for line in where_to_look(plan, summary, build_report=trial_fn is None):
+            print(line, flush=True)
     return rc
+
+
+def _run_workers_here(
+    plan: Any, study: Any, parent: str, trial_fn: Any, group: Any, worker_cmd: Sequence[str]
+) -> int:
+    from cmcr.sweep import runner
+    from cmcr.sweep.worker import work
+
+    if plan.opts.workers == 1:
+        work(plan, study, parent, trial_fn, group)
+        return 0
+    deaths: list[int] = []
+
+    def requeue(pid: int, code: int) -> None:
+        deaths.append(code)
+        runner.heal(plan, study, pid=pid)  # its trials are retried now, not after grace
+
+    rc = run_workers(plan, worker_cmd, on_death=requeue)
+    if all(code < 0 for code in deaths) and _queued(study):
+        # a worker was killed after the others had left: its trials run here
+        work(plan, study, parent, trial_fn, group)
+    return rc
+
+
+def _interrupted(plan: Any, study: Any, parent: str) -> None:
+    """After Ctrl-C / SIGTERM: heal (the interrupted trials keep their retry budget: the worker
+    failed them as ``interrupted``), then end the parent run KILLED with the reason, unless
+    another machine still runs trials of the study (its sweep finishes the parent run)."""
+    from cmcr.engine.tracking import end_run, resolve_tracking_uri
+    from cmcr.sweep import runner
+
+    try:
+        runner.heal(plan, study)
+        if _count(study, "RUNNING"):
+            return
+        done = runner.finished_size(plan)
+        left = "" if done is not None else "; resume with --resume"
+        end_run(
+            resolve_tracking_uri(plan.base),
+            parent,
+            "KILLED",
+            f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}",
+        )
+    except Exception as exc:  # the stores may be what broke: the next start fixes the records
+        print(f"{PROG}: could not end the parent run: {redact(str(exc))}", file=sys.stderr)
+
+
+def _count(study: Any, state: str) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == state)
+
+
+def _stored_trials(plan: Any, storage: Any) -> int:
+    """Slots the stored study had before this start (0 for a new study)."""
+    from cmcr.sweep import runner
+
+    try:
+        study = runner.load(plan, storage)
+    except CMCRError:
+        return 0
+    return int(study.user_attrs.get(Attr.N_TRIALS, 0))
+
+
+def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> str:
+    """What the sweep will do, said before it starts: preset, trials, workers, time."""
+    from cmcr.progress import fmt_duration
+    from cmcr.sweep import runner
+    from cmcr.sweep.progress import trial_seconds
+
+    slots = runner.n_slots(plan, study)
+    units = runner.n_units(plan, study) - slots
+    trials = study.get_trials(deepcopy=False)
+    todo = sum(1 for t in trials if t.state.name in ("WAITING", "RUNNING"))
+    grown = f", grown from {before}" if before and slots > before else ""
+    adding = f" + {units} adding seeds" if units else ""
+    seeds = f" × {plan.opts.seeds} seeds" if plan.opts.seeds > 1 else ""
+    lines = [
+        f"study '{plan.study_name}': preset {plan.base.preset}, {slots} trial(s){seeds}{grown}"
+        f"{adding}; {todo} to run now on {plan.opts.workers} worker(s) "
+        f"({len(trial_seconds(trials))} finished before)",
+        f"  storage {redact(plan.opts.storage)}; MLflow parent run {parent}",
+    ]
+    if est is not None:
+        total = est.total_s(todo, plan.opts.workers)
+        if total is None:
+            lines.append(f"  time: no estimate yet ({est.source}); the view shows one later")
+        else:
+            lines.append(
+                f"  estimated time: {fmt_duration(total)} ({fmt_duration(est.trial_s)} per "
+                f"trial: {est.source})"
+            )
+    return "\n".join(lines)
+
+
+def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> list[str]:
+    """The best trial, the report's file:// path, ``cmcr ui`` and the MLflow URLs."""
+    from cmcr.sweep.progress import short_params
+
+    lines = [
+        f"best: trial #{summary['best_trial']} val mIoU {summary['best_value']:.4f} "
+        f"({short_params(summary['best_params'], 200)})"
+    ]
+    report = _report(plan, build_report)
+    if report:
+        lines.append(report)
+    urls = _mlflow_urls(plan, summary)
+    if urls:
+        lines.append("MLflow: start the UI with `cmcr ui`, then open")
+        lines += [f"  {label}: {url}" for label, url in urls]
+    return lines
+
+
+def _report(plan: Any, build: bool) -> str | None:
+    """Build the study's report (best effort) and say where it is."""
+    from cmcr.results.collect import Selection
+    from cmcr.results.report import build as build_report
+
+    out = report_dir(plan)
+    if not build:
+        page = out / "index.html"
+        if page.is_file():
+            return f"report: {page.resolve().as_uri()}"
+        return f"report: none yet (python dashboards/build.py --study {plan.study_name})"
+    try:
+        from cmcr.engine.tracking import resolve_tracking_uri
+
+        sel = Selection(
+            tracking_uri=resolve_tracking_uri(plan.base),
+            study=plan.study_name,
+            storage=plan.opts.storage,
+        )
+        info = build_report(sel, out)
+    except Exception as exc:
+        return f"report: not built ({redact(str(exc)).splitlines()[0]}); try dashboards/build.py"
+    return f"report: {(Path(info['out']) / 'index.html').resolve().as_uri()}"
+
+
+def report_dir(plan: Any) -> Path:
+    """``reports/<study>`` beside the runs folder (``runs`` → ``./reports/<study>``, where
+    ``dashboards/build.py --study`` writes it too)."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)  # as cmcr.results.report names it
+    return Path(plan.base.tracking.output_dir).parent / "reports" / slug
+
+
+def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Direct links into ``cmcr ui`` (127.0.0.1:5000) for the parent run and the best run."""
+    from cmcr.engine.tracking import client_for, resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(plan.base)
+        if uri.startswith(("http://", "https://")):
+            base = uri.rstrip("/")
+        else:
+            base = "http://127.0.0.1:5000"
+        client = client_for(uri)
+        out = []
+        best_run = summary.get("best_run_id")
+        for label, run_id in (("parent run", summary["parent_run_id"]), ("best run", best_run)):
+            if run_id:
+                exp = client.get_run(run_id).info.experiment_id
+                out.append((label, f"{base}/#/experiments/{exp}/runs/{run_id}"))
+        return out
+    except Exception:
+        return []
 
 
 def _queued(study: Any) -> int:
@@ -282,8 +455,11 @@ def summary_line(summary: dict[str, Any]) -> str:
         if summary.get(state):
             parts.append(f"{state.lower()} {summary[state]}")
     if "best_value" in summary:
+        from cmcr.sweep.progress import short_params
+
+        params = short_params(summary["best_params"], 160)
         parts.append(
-            f"best val mIoU {summary['best_value']:.4f} (trial {summary['best_trial']}, {summary['best_params']})"
+            f"best val mIoU {summary['best_value']:.4f} (trial {summary['best_trial']}, {params})"
         )
     if not summary["done"]:
         parts.append("(trials still queued or running elsewhere)")
@@ -316,35 +492,118 @@ def list_studies() -> str:
     return "\n".join(lines) if lines else "no built-in studies found"
 
 
-def print_status(plan: Any) -> int:
-    """Trials of the stored study by state, with their MLflow run ids."""
+def print_status(plan: Any, now: Any = None) -> int:
+    """The stored study as one table: a row per slot (its latest attempt; retries are counted as
+    retries of the slot, not as trials), finished ones sorted by value, parameters rounded,
+    durations, step progress of running trials; then the best trial and where to look."""
     from cmcr.sweep import runner, seeds
 
     storage = runner.connect(plan, create=False)
     study = runner.load(plan, storage)
-    trials = study.get_trials(deepcopy=False)
-    parent = study.user_attrs.get(Attr.PARENT_RUN)
-    print(f"study '{plan.study_name}': {len(trials)} trial(s); MLflow parent run {parent}")
-    for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"):
-        group = [t for t in trials if t.state.name == state]
-        if not group:
-            continue
-        print(f"{state} ({len(group)})")
-        for t in group:
-            value = "" if t.value is None else f" value={t.value:.4f}"
-            run_id = t.user_attrs.get(Attr.RUN_ID, "-")
-            extra = t.user_attrs.get(Attr.FAIL_REASON) or t.user_attrs.get(Attr.RETRY_REASON) or ""
-            if Attr.FAIL_KIND in t.user_attrs:
-                extra = f"{t.user_attrs[Attr.FAIL_KIND]}: {extra}"
-            origin = t.system_attrs.get(Attr.FAILED_TRIAL)
-            retry = f" retry of #{origin}" if origin is not None else ""
-            print(
-                f"  #{t.number}{value} run={run_id}{retry}{_adds(t)} params={t.params}"
-                + (f" [{redact(extra)}]" if extra else "")
-            )
+    print(status_table(plan, study, now))
     for line in seeds.status_lines(study, plan.opts.seeds):
         print(line)
+    best = _best(study)
+    if best is not None:
+        summary = {
+            "best_trial": best.number,
+            "best_value": best.value,
+            "best_params": best.params,
+            "best_run_id": best.user_attrs.get(Attr.RUN_ID),
+            "parent_run_id": study.user_attrs.get(Attr.PARENT_RUN),
+        }
+        for line in where_to_look(plan, summary, build_report=False):
+            print(line)
     return 0
+
+
+_ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
+
+
+def _best(study: Any) -> Any:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not done:
+        return None
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(done, key=lambda t: (t.value, -t.number))
+
+
+def status_table(plan: Any, study: Any, now: Any = None) -> str:
+    """``--status``'s table (``now``: the time running trials' durations count to)."""
+    import datetime
+
+    from cmcr.progress import fmt_duration
+    from cmcr.sweep import recovery, runner
+    from cmcr.sweep.progress import clip, running_trial, short_params
+
+    now = now or datetime.datetime.now()
+    trials = study.get_trials(deepcopy=False)
+    slots = recovery.by_slot(trials)
+    latest = {slot: attempts[-1] for slot, attempts in slots.items()}
+    counts: dict[str, int] = {}
+    for t in latest.values():
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    retries = sum(len(a) - 1 for a in slots.values())
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+
+    def key(t: Any) -> tuple:
+        value = sign * t.value if t.value is not None else 0.0
+        return (_ORDER.get(t.state.name, 9), value, t.number)
+
+    names = ("COMPLETE", "RUNNING", "WAITING", "PRUNED", "FAIL")
+    labels = {"WAITING": "queued", "FAIL": "failed"}
+    parts = [f"{counts.get(n, 0)} {labels.get(n, n.lower())}" for n in names]
+    retry_text = f"; {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    parent = study.user_attrs.get(Attr.PARENT_RUN)
+    out = [
+        f"study '{plan.study_name}' (preset {study.user_attrs.get(Attr.PRESET, '?')}, "
+        f"{study.direction.name.lower()} val mIoU): {runner.n_units(plan, study)} trial(s): "
+        + ", ".join(parts)
+        + retry_text,
+        f"MLflow parent run {parent}",
+    ]
+    rows = [("trial", "state", "value", "time", "params", "run", "note")]
+    for t in sorted(latest.values(), key=key):
+        end = t.datetime_complete or (now if t.state.name == "RUNNING" else None)
+        seconds = (end - t.datetime_start).total_seconds() if t.datetime_start and end else None
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        note = []
+        if t.state.name == "RUNNING":
+            r = running_trial(t, now)
+            if r.phase:
+                note.append(f"{r.progress()}, ETA {'stale' if r.stale else fmt_duration(r.eta_s)}")
+        attempts = slots[t.user_attrs[Attr.SLOT]]
+        if len(attempts) > 1:
+            prev = attempts[-2]
+            why = prev.user_attrs.get(Attr.FAIL_REASON) or recovery.STALE_REASON
+            note.append(
+                f"attempt {len(attempts)}, retry of #{prev.number} "
+                f"({recovery.kind_of(prev)}: {redact(why)})"
+            )
+        if t.state.name == "FAIL":
+            reason = t.user_attrs.get(Attr.FAIL_REASON) or recovery.STALE_REASON
+            note.append(f"{recovery.kind_of(t)}: {redact(reason)}")
+        note.append(_adds(t).strip())
+        rows.append(
+            (
+                f"#{t.number}",
+                t.state.name,
+                value,
+                fmt_duration(seconds) if seconds is not None else "-",
+                short_params(t.params, 60),
+                str(t.user_attrs.get(Attr.RUN_ID, "-")),
+                "; ".join(n for n in note if n),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    right = {0, 2, 3}
+    for r in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=False))
+        ]
+        out.append(clip(("  " + "  ".join(cells) + "  " + r[-1]).rstrip()))
+    return "\n".join(out)
 
 
 def _adds(trial: Any) -> str:
@@ -359,9 +618,10 @@ def _quiet_libraries() -> None:
     """Optuna's per-trial INFO lines would interleave with the progress view."""
     import optuna
 
+    from cmcr.runlog import setup_console
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_console()  # library chatter goes to each run's run.log artifact (cmcr.runlog)
     redact_logging()
 
 

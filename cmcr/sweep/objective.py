@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cmcr import progress
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
@@ -95,15 +96,25 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         kwargs["tags"] = _tags(trial, ctx, retry_of)
         if ctx.group is not None:  # the other ranks of the launch run this seed with us
             ctx.group.announce(seed_cfg, kwargs)
-        with _isolated_env():
+        with _isolated_env(), progress.listen(_progress_sink(trial, seed)):
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
         trial.set_user_attr(Attr.SEED_RESULTS, results)
     return seeds.objective_value(trial, results)
 
 
+def _progress_sink(trial: Any, seed: int) -> Callable[[dict[str, Any]], None]:
+    """The trial's progress record in the storage, where every machine's sweep view reads it."""
+
+    def sink(record: dict[str, Any]) -> None:
+        trial.set_user_attr(Attr.PROGRESS, {**record, "seed": seed})
+
+    return sink
+
+
 def _tags(trial: Any, ctx: TrialContext, retry_of: int | None) -> dict[str, str]:
-    tags = {Tag.STUDY: ctx.study_name, Tag.TRIAL: str(trial.number)}
+    # optuna.state says RUNNING again while a retry continues a run an earlier attempt ended
+    tags = {Tag.STUDY: ctx.study_name, Tag.TRIAL: str(trial.number), Tag.STATE: "RUNNING"}
     slot = trial.user_attrs.get(Attr.SLOT)
     if slot is not None:
         tags[Tag.SLOT] = str(slot)

@@ -1,24 +1,69 @@
-"""Live progress of a sweep (main process only): a rich table on a terminal, plain lines else.
+"""The live sweep view (main process only): one rich ``Live`` table on a terminal, plain lines
+when the output goes to a file.
 
 It reads the storage, so it shows the combined progress of every worker on the study, local
-subprocesses and other machines alike.
+subprocesses and other machines alike: per running trial its number, parameters (rounded),
+phase, step, rate and ETA (the trial's ``cmcr.progress`` record, written by the trainer through
+``cmcr.progress``); for the study the done / running / queued / failed / pruned counts, the best
+value so far with its trial, and an ETA from the measured trial times (before any trial has
+finished: the estimate ``sweeps/run.py`` printed at the start).
+
+The trainers draw no bar of their own meanwhile (the objective installs the storage as their
+progress sink), so the two never fight; piped output stays line-oriented, one line per change
+of the counts and at most one per running trial every ``LINE_EVERY_S`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from cmcr.names import Attr
+from cmcr.progress import fmt_duration, fmt_rate
 from cmcr.sweep.trials import count_states
+
+LINE_EVERY_S = 30.0
+MAX_LINE = 300  # piped output: no line longer than this
+STALE_S = 120.0  # a progress record older than this is shown as such
+
+
+@dataclass(frozen=True)
+class Running:
+    """One running trial as the view shows it."""
+
+    number: int
+    params: str
+    phase: str
+    step: int
+    total: int
+    rate: str
+    eta_s: float | None
+    elapsed_s: float
+    stale: bool = False
+
+    def progress(self) -> str:
+        if not self.phase:
+            return "starting"
+        pct = f" ({100 * self.step // self.total} %)" if self.total else ""
+        return f"{self.phase} {self.step}/{self.total}{pct}"
+
+    def line(self) -> str:
+        head = f"  #{self.number} {self.params} | {self.progress()}"
+        if not self.phase:
+            return clip(head)
+        eta = "stale" if self.stale else f"ETA {fmt_duration(self.eta_s)}"
+        return clip(f"{head} {self.rate}, {eta}")
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Counts of one poll of the study."""
+    """One poll of the study."""
 
     total: int
     complete: int
@@ -28,31 +73,106 @@ class Snapshot:
     running: int
     waiting: int
     best: float | None
+    best_trial: int | None = None
+    eta_s: float | None = None
+    trials: tuple[Running, ...] = field(default=())
 
     @property
     def done(self) -> int:
         """Trials that reached an end state and will not be retried."""
         return self.complete + self.pruned + self.failed - self.retried
 
+    def counts(self) -> tuple[int, ...]:
+        return (self.complete, self.pruned, self.failed, self.retried, self.running, self.waiting)
+
     def line(self, name: str) -> str:
-        """One plain-text progress line."""
-        best = "-" if self.best is None else f"{self.best:.4f}"
+        """The study's plain-text progress line."""
+        best = "-" if self.best is None else f"{self.best:.4f} (#{self.best_trial})"
         failed = f"failed {self.failed}" + (f" ({self.retried} retried)" if self.retried else "")
-        return (
+        return clip(
             f"[sweep {name}] {self.done}/{self.total} done | running {self.running} | "
-            f"waiting {self.waiting} | complete {self.complete} | pruned {self.pruned} | "
-            f"{failed} | best {best}"
+            f"queued {self.waiting} | complete {self.complete} | pruned {self.pruned} | "
+            f"{failed} | best {best} | ETA {fmt_duration(self.eta_s)}"
         )
 
 
-def snapshot(study: Any, total: int) -> Snapshot:
+def clip(text: str, n: int = MAX_LINE) -> str:
+    """``text`` cut to ``n`` characters (with an ellipsis)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def short_params(params: dict[str, Any], width: int = 110) -> str:
+    """``mim=0.52 occ=1.3 orth=0.041``: the last part of each key, 3 significant digits."""
+    last = [k.rsplit(".", 1)[-1] for k in params]
+    keys = last if len(set(last)) == len(last) else list(params)
+    parts = []
+    for key, value in zip(keys, params.values(), strict=True):
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key}={text}")
+    return clip(" ".join(parts), width) if parts else "-"
+
+
+def _seconds(start: Any, end: Any) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+def trial_seconds(trials: list[Any]) -> list[float]:
+    """Wall times of the trials that completed."""
+    out = []
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            s = _seconds(t.datetime_start, t.datetime_complete)
+            if s is not None and s > 0:
+                out.append(s)
+    return out
+
+
+def running_trial(t: Any, now: datetime.datetime) -> Running:
+    rec = t.user_attrs.get(Attr.PROGRESS) or {}
+    elapsed = _seconds(t.datetime_start, now) or 0.0
+    stale = bool(rec) and time.time() - float(rec.get("t", 0)) > STALE_S
+    return Running(
+        number=t.number,
+        params=short_params(t.params),
+        phase=str(rec.get("phase", "")),
+        step=int(rec.get("step", 0)),
+        total=int(rec.get("total", 0)),
+        rate=fmt_rate(rec.get("rate"), str(rec.get("unit", "step"))),
+        eta_s=rec.get("eta_s"),
+        elapsed_s=elapsed,
+        stale=stale,
+    )
+
+
+def study_eta(
+    per_trial_s: float | None, running: tuple[Running, ...], waiting: int, workers: int
+) -> float | None:
+    """Seconds until the queue is empty: the running trials' remaining time plus the queued
+    trials at ``per_trial_s`` each, shared by ``workers``."""
+    if per_trial_s is None:
+        return None if (waiting or running) else 0.0
+    left = sum(max(per_trial_s - r.elapsed_s, 0.0) for r in running) + waiting * per_trial_s
+    return left / max(workers, len(running), 1) if (workers or running) else left
+
+
+def snapshot(
+    study: Any, total: int, *, estimate_s: float | None = None, workers: int = 1
+) -> Snapshot:
     """Poll the storage once."""
     trials = study.get_trials(deepcopy=False)
     c = count_states(trials)
-    values = [t.value for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-    best = None
-    if values:
-        best = max(values) if study.direction.name == "MAXIMIZE" else min(values)
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    best = best_trial = None
+    if complete:
+        pick = max if study.direction.name == "MAXIMIZE" else min
+        top = pick(complete, key=lambda t: t.value)
+        best, best_trial = top.value, top.number
+    now = datetime.datetime.now()
+    running = tuple(running_trial(t, now) for t in trials if t.state.name == "RUNNING")
+    times = trial_seconds(trials)
+    per_trial = statistics.median(times) if times else estimate_s
     return Snapshot(
         total=total,
         complete=c.get("COMPLETE", 0),
@@ -62,23 +182,38 @@ def snapshot(study: Any, total: int) -> Snapshot:
         running=c.get("RUNNING", 0),
         waiting=c.get("WAITING", 0),
         best=best,
+        best_trial=best_trial,
+        eta_s=study_eta(per_trial, running, c.get("WAITING", 0), workers),
+        trials=running,
     )
 
 
 class ProgressView:
-    """Polls the study every ``interval`` s in a thread and shows the counts."""
+    """Polls the study every ``interval`` s in a thread and shows it (``live``: rich, else
+    lines; default: whether stdout is a terminal)."""
 
     def __init__(
-        self, study: Any, name: str, total: int, *, interval: float = 1.0, live: bool | None = None
+        self,
+        study: Any,
+        name: str,
+        total: int,
+        *,
+        interval: float = 1.0,
+        live: bool | None = None,
+        estimate_s: float | None = None,
+        workers: int = 1,
     ) -> None:
         self.study = study
         self.name = name
         self.total = total
         self.interval = interval
         self.live = sys.stdout.isatty() if live is None else live
+        self.estimate_s = estimate_s
+        self.workers = workers
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last: Snapshot | None = None
+        self._last: tuple[int, ...] | None = None
+        self._trial_lines: dict[int, tuple[float, str]] = {}  # number → (time, phase) printed
 
     def __enter__(self) -> ProgressView:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="sweep-progress")
@@ -90,52 +225,90 @@ class ProgressView:
         if self._thread is not None:
             self._thread.join()
 
+    def poll(self) -> Snapshot:
+        return snapshot(self.study, self.total, estimate_s=self.estimate_s, workers=self.workers)
+
     def _loop(self) -> None:
         if self.live:
             self._loop_live()
             return
         while True:
-            self._print_if_changed()
+            self._print_changes()
             if self._stop.wait(self.interval):
-                self._print_if_changed()
+                self._print_changes()
                 return
 
-    def _print_if_changed(self) -> None:
+    def _print_changes(self) -> None:
         try:
-            snap = snapshot(self.study, self.total)
+            snap = self.poll()
         except Exception:  # a busy storage must not stop the sweep; try again next tick
             return
-        if snap != self._last:
-            print(snap.line(self.name), flush=True)
-            self._last = snap
+        for line in self.lines(snap):
+            print(line, flush=True)
+
+    def lines(self, snap: Snapshot) -> list[str]:
+        """The plain lines this poll adds: the study's when its counts changed, a running
+        trial's when it changed phase or ``LINE_EVERY_S`` passed since its last line."""
+        out = []
+        if snap.counts() != self._last:
+            out.append(snap.line(self.name))
+            self._last = snap.counts()
+        now = time.monotonic()
+        for r in snap.trials:
+            last_t, last_phase = self._trial_lines.get(r.number, (-1e9, None))
+            due = r.phase != last_phase or now - last_t >= LINE_EVERY_S
+            if due and (r.phase or last_phase is None):
+                out.append(r.line())
+                self._trial_lines[r.number] = (now, r.phase)
+        return out
 
     def _loop_live(self) -> None:
         from rich.live import Live
 
-        with Live(self._table(None), refresh_per_second=4, transient=False) as live:
+        with Live(self.table(None), refresh_per_second=4, transient=False) as live:
             while True:
                 with contextlib.suppress(Exception):
-                    live.update(self._table(snapshot(self.study, self.total)))
+                    live.update(self.table(self.poll()))
                 if self._stop.wait(self.interval):
                     with contextlib.suppress(Exception):
-                        live.update(self._table(snapshot(self.study, self.total)))
+                        live.update(self.table(self.poll()))
                     return
 
-    def _table(self, snap: Snapshot | None) -> Any:
+    def table(self, snap: Snapshot | None) -> Any:
+        """The rich table: a row per running trial, the study's counts in the title/caption."""
         from rich.table import Table
 
-        table = Table(title=f"sweep {self.name}", caption=time.strftime("%H:%M:%S"))
-        for col in ("done", "running", "waiting", "complete", "pruned", "failed", "best"):
-            table.add_column(col, justify="right")
-        if snap is not None:
-            best = "-" if snap.best is None else f"{snap.best:.4f}"
+        if snap is None:
+            return Table(title=f"sweep {self.name}: reading the study…")
+        best = "-" if snap.best is None else f"{snap.best:.4f} (trial #{snap.best_trial})"
+        failed = f"{snap.failed}" + (f" ({snap.retried} retried)" if snap.retried else "")
+        title = (
+            f"sweep {self.name}: {snap.done}/{snap.total} done · running {snap.running} · "
+            f"queued {snap.waiting} · failed {failed} · pruned {snap.pruned}"
+        )
+        caption = (
+            f"best {best} · study ETA {fmt_duration(snap.eta_s)} · {time.strftime('%H:%M:%S')}"
+        )
+        table = Table(title=title, caption=caption, expand=False)
+        for col, justify in (
+            ("trial", "right"),
+            ("params", "left"),
+            ("phase", "left"),
+            ("step", "right"),
+            ("rate", "right"),
+            ("ETA", "right"),
+            ("elapsed", "right"),
+        ):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for r in snap.trials:
+            step = f"{r.step}/{r.total}" if r.total else "-"
             table.add_row(
-                f"{snap.done}/{snap.total}",
-                str(snap.running),
-                str(snap.waiting),
-                str(snap.complete),
-                str(snap.pruned),
-                f"{snap.failed}" + (f" ({snap.retried} retried)" if snap.retried else ""),
-                best,
+                f"#{r.number}",
+                r.params,
+                r.phase or "starting",
+                step,
+                r.rate,
+                "stale" if r.stale else fmt_duration(r.eta_s),
+                fmt_duration(r.elapsed_s),
             )
         return table

@@ -235,6 +235,25 @@ def resume_size(plan: Plan) -> Plan:
     return _stored_size(plan, study)
 
 
+def finished_size(plan: Plan) -> int | None:
+    """The stored study's number of slots when every one of them is done (complete, pruned or
+    failed for good) and nothing is queued or running; None otherwise (or when none is stored).
+    Read-only."""
+    from cmcr.sweep.trials import count_states
+
+    try:
+        study = load(plan, connect(plan, create=False))
+    except CMCRError:
+        return None
+    check_compatible(plan, study)  # a different study of the same name is refused first
+    stored = int(study.user_attrs.get(Attr.N_TRIALS, 0))
+    c = count_states(study.get_trials(deepcopy=False))
+    if stored < 1 or c.get("WAITING", 0) or c.get("RUNNING", 0):
+        return None
+    done = c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("FAIL", 0) - c.get("retried", 0)
+    return stored if done >= stored + len(seeds.requested(study)) else None
+
+
 def _stored_size(plan: Plan, study: Any) -> Plan:
     stored = int(study.user_attrs.get(Attr.N_TRIALS, 0))
     return dataclasses.replace(plan, n_trials=stored) if stored >= 1 else plan
@@ -386,6 +405,7 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
     if any(t.state == TrialState.COMPLETE for t in trials):
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params)
+        summary["best_run_id"] = best.user_attrs.get(Attr.RUN_ID)
     summary["done"] = counts.get("WAITING", 0) + counts.get("RUNNING", 0) == 0
     try:
         _finish_runs(plan, study, parent, summary)

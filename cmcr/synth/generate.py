@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cmcr import progress
 from cmcr.errors import CMCRError
 from cmcr.synth import tables as tb
 from cmcr.synth.classes import RAW_CLASSES
@@ -119,11 +120,18 @@ def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
         (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
     jobs = [(root, spec, i, name) for i, name in enumerate(spec.scene_names)]
     n_proc = max(1, min(workers or os.cpu_count() or 1, len(jobs), 2 * (os.cpu_count() or 1)))
-    if n_proc == 1:
-        scenes = [_render_scene(*job) for job in jobs]
-    else:  # fork: workers inherit imports; results come back in scene order
-        with multiprocessing.get_context("fork").Pool(n_proc) as pool:
-            scenes = pool.starmap(_render_scene, jobs)
+    with progress.task(progress.WORLD, len(jobs), unit="scene") as bar:
+        if n_proc == 1:
+            scenes = []
+            for job in jobs:
+                scenes.append(_render_scene(*job))
+                bar.update(1)
+        else:  # fork: workers inherit imports; results come back in scene order
+            with multiprocessing.get_context("fork").Pool(n_proc) as pool:
+                scenes = []
+                for scene in pool.imap(_render_scene_job, jobs):
+                    scenes.append(scene)
+                    bar.update(1)
     tables = _assemble(spec, scenes)
     tb.write_tables(root, VERSION, tables)
     Image.fromarray(np.full((100, 100), 255, np.uint8)).save(root / tables["map"][0]["filename"])
@@ -137,6 +145,10 @@ def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
         "points_per_sweep_min": int(np.min(points)),
         "image_size": list(spec.image_size),
     }
+
+
+def _render_scene_job(job: tuple) -> dict:
+    return _render_scene(*job)
 
 
 def _ego_local(v: float, tau: np.ndarray | float) -> Pose:

@@ -1,0 +1,273 @@
+"""What a researcher sees during and after a sweep (issue 16).
+
+- under a pseudo-terminal the live view shows each running trial's number, parameters, phase,
+  step, rate and ETA, and the study's counts, best and ETA;
+- piped to a file (a real smoke trial): no line over 300 characters and no library chatter,
+  which goes to the run's ``logs/run.log`` artifact instead;
+- SIGINT ends the parent run KILLED with its reason and spends no retry of the trial;
+- a finished study is not grown without ``--n-trials``;
+- ``--status`` of a constructed study is the expected sorted, rounded table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_sweep_runner import Recorder, load, run_sweep
+
+from cmcr.names import Attr, Tag
+from cmcr.sweep import cli, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+
+# a stand-in trial that reports pre-training progress the way the trainer does
+STEPPING = (
+    "import time\n"
+    "from cmcr import progress\n"
+    "from cmcr.engine.downstream import DownstreamResult\n"
+    "def run(cfg, *, run_id=None, parent_run_id=None, tags=None, report=None):\n"
+    "    with progress.task(progress.PRETRAIN, 8) as bar:\n"
+    "        for _ in range(8):\n"
+    "            time.sleep({sleep})\n"
+    "            bar.update(1)\n"
+    "    return DownstreamResult(run_id, cfg.data.mask_ratio, 0.0, {{}})\n"
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _cmd(tmp_path: Path, hook: str, *argv: str) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "COLUMNS": "160"}
+    env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [
+        sys.executable, WITH_TRIAL_FN, hook, "--study", "mask_ratio", "--preset", "smoke",
+        "--storage", f"sqlite:///{tmp_path / 'o.db'}",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+        "--set", f"tracking.output_dir={tmp_path / 'runs'}", *argv,
+    ]  # fmt: skip
+    return cmd, env
+
+
+def test_live_view_under_a_pseudo_terminal_shows_every_field(tmp_path):
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.6))
+    cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "2")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, stdin=slave, cwd=tmp_path, env=env)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    text = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
+    assert proc.returncode == 0, text[-3000:]
+    # the study: counts, best with its trial, ETA
+    for field in ("sweep mask_ratio", "done", "running", "queued", "failed", "pruned"):
+        assert field in text, field
+    assert re.search(r"best \d\.\d{4} \(trial #\d\)", text), text[-3000:]
+    assert "study ETA" in text
+    # a running trial: number, rounded params, phase, step, rate, ETA
+    assert re.search(r"#[01]\s.*mask_ratio=0\.\d{1,3}\b", text), text[-3000:]
+    assert "pre-training" in text
+    assert re.search(r"\b[1-8]/8\b", text), text[-3000:]
+    assert re.search(r"\d+(\.\d+)? (s/step|step/s)", text), text[-3000:]
+    # the end: where to look
+    assert "best: trial #" in text and "/#/experiments/" in text
+
+
+def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_world):
+    """A real smoke trial (pre-training with checkpoints, the probe), output to a file."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    env.pop("MLFLOW_RUN_ID", None)
+    log = tmp_path / "out.txt"
+    cmd = [
+        sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", "mask_ratio", "--preset",
+        "smoke", "--n-trials", "1", "--storage", f"sqlite:///{tmp_path / 'o.db'}",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+        "--set", f"tracking.output_dir={tmp_path / 'runs'}", "--set", f"data.dataroot={smoke_world}",
+    ]  # fmt: skip
+    with open(log, "w") as fh:
+        rc = subprocess.run(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+        ).returncode
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 300, max(lines, key=len)
+    assert "\r" not in text  # no bar redrawn in place
+    for chatter in ("[RANK", "Saving current state", "INFO mlflow", "is_fx_tracing", "Warning"):
+        assert chatter not in text, chatter
+    # the preset, the trials and the estimate before work; the phases; where to look after
+    assert "preset smoke" in text and "estimated time" in text
+    assert "pre-training" in text and "probe" in text
+    assert re.search(r"report: file://\S+/reports/mask_ratio/index\.html", text), text[-2000:]
+    assert (tmp_path / "reports" / "mask_ratio" / "index.html").is_file()
+    # the chatter is in the run's log artifact
+    study = optuna.load_study(study_name="mask_ratio", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    run_id = study.trials[0].user_attrs[Attr.RUN_ID]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    local = client.download_artifacts(run_id, "logs/run.log", str(tmp_path / "dl"))
+    assert "[RANK 0]" in Path(local).read_text()
+
+
+def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=3.0))
+    cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "1", "--max-retries", "0")
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
+    )
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name="mask_ratio", storage=storage)
+            if any(t.state == TrialState.RUNNING for t in study.trials):
+                break
+        except (KeyError, Exception):
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the trial never started")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:]
+    study = optuna.load_study(study_name="mask_ratio", storage=storage)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs[Attr.FAIL_KIND] for t in failed] == ["interrupted"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    parent = client.get_run(study.user_attrs[Attr.PARENT_RUN])
+    assert parent.info.status == "KILLED"
+    assert "interrupted" in parent.data.tags[Tag.STATUS_REASON]
+    child = client.get_run(failed[0].user_attrs[Attr.RUN_ID])
+    assert child.info.status != "RUNNING"
+    # --max-retries 0 and yet the slot runs again: the interrupt spent no retry
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.0))
+    cmd, env = _cmd(tmp_path, "stepping:run", "--resume", "--max-retries", "0")
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    study = optuna.load_study(study_name="mask_ratio", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert client.get_run(study.user_attrs[Attr.PARENT_RUN]).info.status == "FINISHED"
+
+
+def test_a_finished_study_is_not_grown_without_n_trials(tmp_path, store, capsys):
+    rec = Recorder()
+    assert (
+        run_sweep(tmp_path, store, "--study", "loss_weights", "--n-trials", "2", trial_fn=rec) == 0
+    )
+    capsys.readouterr()
+    assert run_sweep(tmp_path, store, "--study", "loss_weights", trial_fn=rec) == 0
+    out = capsys.readouterr().out
+    assert "has finished its 2 trial(s)" in out and "--n-trials" in out
+    assert len(rec.calls) == 2 and len(load(tmp_path, "loss_weights").trials) == 2
+    # --status counts the study's 2 trials, not the study file's default of 12
+    assert run_sweep(tmp_path, store, "--study", "loss_weights", "--status", trial_fn=rec) == 0
+    assert "2 trial(s): 2 complete" in capsys.readouterr().out
+    # asked explicitly, it grows
+    assert (
+        run_sweep(tmp_path, store, "--study", "loss_weights", "--n-trials", "3", trial_fn=rec) == 0
+    )
+    assert len(rec.calls) == 3
+
+
+def _plan(tmp_path: Path) -> runner.Plan:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--study", "loss_weights", "--preset", "smoke", "--storage",
+         f"sqlite:///{tmp_path / 'o.db'}", "--n-trials", "4"]
+    )  # fmt: skip
+    return runner.plan_sweep(cli.options(args))
+
+
+def test_status_of_a_constructed_study_is_sorted_and_rounded(tmp_path):
+    plan = _plan(tmp_path)
+    study = optuna.create_study(
+        study_name="loss_weights", storage=plan.opts.storage, direction="maximize"
+    )
+    runner._define(plan, study)
+    study.set_user_attr(Attr.N_TRIALS, 4)
+    study.set_user_attr(Attr.PARENT_RUN, "p0")
+    dist = optuna.distributions.FloatDistribution(0.01, 4.0, log=True)
+    names = ("loss.weights.mim", "loss.weights.occ", "loss.weights.orth", "loss.weights.cmcm")
+    t0 = datetime.datetime(2026, 12, 2, 10, 0, 0)
+    now = t0 + datetime.timedelta(minutes=10)
+
+    def add(number_slot, state, value, minutes, weights, **attrs):
+        start = t0 + datetime.timedelta(minutes=number_slot)
+        end = start + datetime.timedelta(seconds=minutes * 60) if state.is_finished() else None
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0, trial_id=0, state=state, value=value, values=None,
+                datetime_start=start if state != TrialState.WAITING else None,
+                datetime_complete=end, params=dict(zip(names, weights, strict=True)),
+                distributions=dict.fromkeys(names, dist), user_attrs=attrs,
+                system_attrs={}, intermediate_values={},
+            )
+        )  # fmt: skip
+
+    w = (0.123456, 1.98765, 0.0123456, 2.5)
+    add(0, TrialState.COMPLETE, 0.251234, 2.1, w, **{Attr.SLOT: 0, Attr.RUN_ID: "r0"})
+    add(
+        1,
+        TrialState.COMPLETE,
+        0.31,
+        1.5,
+        (3.3333, 0.5, 0.1, 1.0),
+        **{Attr.SLOT: 1, Attr.RUN_ID: "r1"},
+    )
+    add(2, TrialState.FAIL, None, 0.5, w, **{Attr.SLOT: 2, Attr.RUN_ID: "r2",
+        Attr.FAIL_KIND: "own", Attr.FAIL_REASON: "RuntimeError: flaky"})  # fmt: skip
+    progress = {"phase": "pre-training", "step": 40, "total": 150, "unit": "step",
+                "rate": 0.5, "eta_s": 220.0, "t": time.time()}  # fmt: skip
+    add(3, TrialState.RUNNING, None, 0, w, **{Attr.SLOT: 2, Attr.RUN_ID: "r2",
+        Attr.PROGRESS: progress})  # fmt: skip
+    add(4, TrialState.WAITING, None, 0, (1.0, 1.0, 1.0, 1.0), **{Attr.SLOT: 3})
+    expected = [
+        "study 'loss_weights' (preset smoke, maximize val mIoU): 4 trial(s): 2 complete, "
+        "1 running, 1 queued, 0 pruned, 0 failed; 1 retry",
+        "MLflow parent run p0",
+        "  trial  state      value   time  params                                   run  note",
+        "     #1  COMPLETE  0.3100  1m30s  mim=3.33 occ=0.5 orth=0.1 cmcm=1         r1",
+        "     #0  COMPLETE  0.2512  2m06s  mim=0.123 occ=1.99 orth=0.0123 cmcm=2.5  r0",
+        "     #3  RUNNING        -  7m00s  mim=0.123 occ=1.99 orth=0.0123 cmcm=2.5  r2   "
+        "pre-training 40/150 (26 %), ETA 3m40s; attempt 2, retry of #2 (own: RuntimeError: flaky)",
+        "     #4  WAITING        -      -  mim=1 occ=1 orth=1 cmcm=1                -",
+    ]
+    got = cli.status_table(plan, study, now).splitlines()
+    assert got == expected, "\n".join(got)
