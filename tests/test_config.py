@@ -93,7 +93,7 @@ SIZES_AND_BUDGETS = {
     *("train.epochs", "train.max_steps", "train.batch_size", "train.checkpoint_every"),
     *("downstream.batch_size", "downstream.probe_epochs", "downstream.finetune_epochs"),
     *("downstream.max_steps", "tracking.system_metrics", "preset"),
-    *("semantickitti.root", "semantickitti.batch_size"),
+    *("semantickitti.root", "semantickitti.batch_size", "semantickitti.train_sequences"),
 }
 
 
