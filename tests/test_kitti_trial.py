@@ -120,3 +120,15 @@ def test_results_group_by_dataset_side_by_side() -> None:
     assert table.loc["PPKT", "SemanticKITTI FT (1 %)"] == expected
     ft = df[df["run_id"].str.startswith("b-cmcr")]["val/miou"]
     assert table.loc["CMCR", "nuScenes FT (1 %)"].startswith(f"{100 * ft.mean():.2f} ± ")
+
+
+def test_benchmark_kitti_study_scores_nuscenes_and_logs_semantickitti() -> None:
+    from cmcr.sweep.space import check_space, load_study
+
+    spec = load_study("benchmark_kitti")
+    base = load_config(spec.preset)
+    check_space(spec, base)  # every variant's config is valid with the fixed keys
+    assert spec.fixed["downstream.evaluations"] == ["nuscenes/probe", "semantickitti/finetune"]
+    assert [c["variant"] for c in spec.grid_cells()] == ["random", "ppkt", "cmcr"]
+    cfg = load_config(spec.preset, {**spec.fixed, **spec.overrides_for({"variant": "cmcr"})})
+    assert objective_evaluation(cfg) == ("nuscenes", "probe")
