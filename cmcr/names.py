@@ -93,6 +93,16 @@ class Metric:
     STUDY_BEST_VALUE = "study/best_value"
 
 
+def dataset_key(dataset: str, key: str) -> str:
+    """A downstream metric / artifact key of one dataset: nuScenes keeps the plain names
+    (``val/miou``), another dataset goes after the first segment (``val/semantickitti/miou``,
+    ``train/semantickitti/seg_loss``, ``downstream/semantickitti/seconds``)."""
+    if dataset == "nuscenes":
+        return key
+    head, sep, tail = key.partition("/")
+    return f"{head}/{dataset}/{tail}" if sep else f"{key}.{dataset}"
+
+
 class Attr:
     """Optuna trial / study user attributes and system attributes."""
 
@@ -130,7 +140,7 @@ class Attr:
 
 # Overrides that say where this machine keeps things, not what the experiment computes: they may
 # differ between sweep workers and between a run and its resume.
-LOCAL_KEYS = ("tracking.", "data.dataroot", "data.num_workers")
+LOCAL_KEYS = ("tracking.", "data.dataroot", "data.num_workers", "semantickitti.root")
 
 
 def is_local_key(key: str) -> bool:

@@ -93,6 +93,7 @@ SIZES_AND_BUDGETS = {
     *("train.epochs", "train.max_steps", "train.batch_size", "train.checkpoint_every"),
     *("downstream.batch_size", "downstream.probe_epochs", "downstream.finetune_epochs"),
     *("downstream.max_steps", "tracking.system_metrics", "preset"),
+    *("semantickitti.root", "semantickitti.batch_size", "semantickitti.train_sequences"),
 }
 
 
@@ -182,7 +183,7 @@ def test_every_numeric_field_declares_a_range_and_every_choice_field_its_choices
     cfg = Config()
     numeric, free_strings = [], []
     for key, f, value in _leaf_fields(cfg):
-        item = value[0] if isinstance(value, list) else value
+        item = (value[0] if value else "") if isinstance(value, list) else value
         if isinstance(item, bool):
             continue
         if isinstance(item, (int, float)):
@@ -195,6 +196,7 @@ def test_every_numeric_field_declares_a_range_and_every_choice_field_its_choices
     assert set(free_strings) == {
         "preset", "data.dataroot", "data.version", "data.train_split", "data.val_split",
         "data.holdout_scenes",
+        "semantickitti.root", "semantickitti.train_sequences", "semantickitti.val_sequences",
         "model.image_weights", "tracking.tracking_uri", "tracking.experiment",
         "tracking.output_dir",
     }  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
@@ -19,6 +20,7 @@ from cmcr.configs.schema import (
     LossWeights,
     MethodConfig,
     ModelConfig,
+    SemanticKittiConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -50,6 +52,10 @@ __all__ = [
     "validate_config",
     "variant_name",
     "COMPONENTS",
+    "SemanticKittiConfig",
+    "evaluation_config",
+    "evaluation_list",
+    "objective_evaluation",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent
@@ -228,6 +234,9 @@ def load_config(
     env_root = os.environ.get("CMCR_DATA_ROOT")
     if env_root:
         cfg.data.dataroot = env_root
+    kitti_root = os.environ.get("CMCR_KITTI_ROOT")
+    if kitti_root:
+        cfg.semantickitti.root = kitti_root
     apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg
@@ -269,3 +278,40 @@ def _lookup_type(cfg: Config, dotted: str) -> Any:
     if parts[-1] not in types:
         raise ConfigError(f"unknown config key '{dotted}'")
     return types[parts[-1]]
+
+
+def evaluation_list(cfg: Config) -> list[tuple[str, str]]:
+    """The (dataset, mode) evaluations of a trial: downstream.evaluations, else the one
+    downstream.dataset / downstream.mode names."""
+    ds = cfg.downstream
+    if not ds.evaluations:
+        return [(ds.dataset, ds.mode)]
+    return [tuple(e.split("/", 1)) for e in ds.evaluations]  # type: ignore[misc]
+
+
+def objective_evaluation(cfg: Config) -> tuple[str, str]:
+    """The evaluation a sweep objective scores: downstream.objective, else the first."""
+    if cfg.downstream.objective and cfg.downstream.evaluations:
+        dataset, mode = cfg.downstream.objective.split("/", 1)
+        return dataset, mode
+    return evaluation_list(cfg)[0]
+
+
+def evaluation_config(cfg: Config, dataset: str, mode: str) -> Config:
+    """The config one evaluation runs with: a copy whose ``downstream.*`` are that dataset's.
+
+    nuScenes uses ``downstream.*`` as they are; SemanticKITTI takes from ``semantickitti.*``
+    what its release config changes (batch, learning rates, label fractions, counted in
+    *scans*). Every value is a logged param of the run; the protocol tags say what ran.
+    """
+    out = copy.deepcopy(cfg)
+    ds = out.downstream
+    ds.dataset, ds.mode, ds.evaluations, ds.objective = dataset, mode, [], ""
+    if dataset == "semantickitti":
+        kc = out.semantickitti
+        ds.batch_size = kc.batch_size
+        ds.finetune_lr, ds.finetune_head_lr = kc.finetune_lr, kc.finetune_head_lr
+        ds.finetune_label_fraction = kc.finetune_label_fraction
+        ds.probe_label_fraction = kc.probe_label_fraction
+        ds.label_fraction_unit = "scan"
+    return validate_config(out)

@@ -40,6 +40,14 @@ _HOLDOUT_NUMBERS = (
 )
 RELEASE_HOLDOUT_SCENES: tuple[str, ...] = tuple(f"scene-{n}" for n in _HOLDOUT_NUMBERS.split())
 
+# the downstream datasets and the evaluations ("<dataset>/<mode>") a run or a trial can score
+DOWNSTREAM_DATASETS = ("nuscenes", "semantickitti")
+DOWNSTREAM_MODES = ("probe", "finetune")
+EVALUATIONS = tuple(f"{d}/{m}" for d in DOWNSTREAM_DATASETS for m in DOWNSTREAM_MODES)
+# SemanticKITTI: train on 00-10 but 08, validate on 08 (METHOD.md, Second downstream dataset)
+KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
+KITTI_VAL_SEQUENCES = ("08",)
+
 
 def setting(
     default: Any = MISSING,
@@ -230,7 +238,15 @@ class DownstreamConfig:
     trains only that layer, fine-tuning everything (backbone lr, layer lr).
     """
 
-    mode: str = setting("probe", choices=("probe", "finetune"))
+    mode: str = setting("probe", choices=DOWNSTREAM_MODES)
+    # the dataset a probe / fine-tune run evaluates on (``cmcr probe --dataset``); its own
+    # section (``semantickitti.*``) holds the values that differ from the ones below
+    dataset: str = setting("nuscenes", choices=DOWNSTREAM_DATASETS)
+    # what a sweep trial evaluates after pre-training, each "<dataset>/<mode>" (at most one per
+    # dataset: the metric names are per dataset); [] = dataset/mode above, alone
+    evaluations: list[str] = setting(factory=list, choices=EVALUATIONS)
+    # which of them the sweep objective scores ("" = the first); the others are logged too
+    objective: str = setting("", choices=("", *EVALUATIONS))
     # labelled fraction of the train split; every k-th *scene* (k = round(1 / fraction)) or,
     # with label_fraction_unit: scan, every k-th scan
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
@@ -257,6 +273,28 @@ class DownstreamConfig:
 
 
 @dataclass
+class SemanticKittiConfig:
+    """SemanticKITTI downstream (METHOD.md, Second downstream dataset; release ``semseg_kitti``).
+
+    What differs from ``downstream.*`` for this dataset; everything else (momentum, dampening,
+    weight decay, epochs, Lovász, BatchNorm momentum, probe lr) comes from ``downstream``.
+    """
+
+    root: str = "data/semantickitti"  # holds sequences/NN/; CMCR_KITTI_ROOT overrides it
+    train_sequences: list[str] = setting(factory=lambda: list(KITTI_TRAIN_SEQUENCES), min_length=1)
+    val_sequences: list[str] = setting(factory=lambda: list(KITTI_VAL_SEQUENCES), min_length=1)
+    # every k-th training *scan* (k = round(1 / fraction)): 1 % = every 100th scan (release)
+    finetune_label_fraction: float = setting(0.01, gt=0.0, le=1.0)
+    probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
+    # cylindrical voxels (release) or Cartesian ones of data.voxel_size
+    coords: str = setting("cylindrical", choices=("cylindrical", "cartesian"))
+    cylinder_size: list[float] = setting(factory=lambda: [0.1, 1.0, 0.1], length=3, gt=0.0)
+    batch_size: int = setting(10, **COUNT)
+    finetune_lr: float = setting(0.05, **POSITIVE)  # the backbone
+    finetune_head_lr: float = setting(2.0, **POSITIVE)  # the new layer
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are recorded."""
 
@@ -277,4 +315,5 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    semantickitti: SemanticKittiConfig = field(default_factory=SemanticKittiConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -139,7 +139,31 @@ def some_training(cfg: Any) -> None:
     _check(ok, "train.epochs", "an integer >= 1 when train.max_steps is 0", t.epochs)
 
 
-RULES = (image_size_stride, crop_scale_order, crop_aspect_order, some_training)
+def one_evaluation_per_dataset(cfg: Any) -> None:
+    """A trial's evaluations name each dataset once (its metrics are named per dataset), and
+    the objective is one of them."""
+    ds = cfg.downstream
+    datasets = [e.split("/")[0] for e in ds.evaluations]
+    ok = len(datasets) == len(set(datasets))
+    _check(
+        ok, "downstream.evaluations", "at most one '<dataset>/<mode>' per dataset", ds.evaluations
+    )
+    if ds.objective and ds.evaluations:
+        _check(
+            ds.objective in ds.evaluations,
+            "downstream.objective",
+            f"one of downstream.evaluations {ds.evaluations}",
+            ds.objective,
+        )
+
+
+RULES = (
+    image_size_stride,
+    crop_scale_order,
+    crop_aspect_order,
+    some_training,
+    one_evaluation_per_dataset,
+)
 
 
 def validate_config(cfg: Any) -> Any:

@@ -90,7 +90,20 @@ def check_pretrain_data(cfg: Config) -> int:
 
 
 def check_downstream_data(cfg: Config) -> int:
-    """Before a probe / fine-tune run: the labelled train subset and the whole val split."""
+    """Before a probe / fine-tune run or a trial: for each evaluation it runs, the labelled
+    train subset and the whole val split (SemanticKITTI: cmcr.data.kitti.check_kitti_data)."""
+    from cmcr.configs import evaluation_config, evaluation_list
+    from cmcr.data.kitti import check_kitti_data
+
+    n = 0
+    for dataset, mode in evaluation_list(cfg):
+        one = evaluation_config(cfg, dataset, mode)
+        n += check_kitti_data(one) if dataset == "semantickitti" else _check_nuscenes_labels(one)
+    return n
+
+
+def _check_nuscenes_labels(cfg: Config) -> int:
+    """The lidarseg files of the labelled train subset and the whole val split."""
     train = check_data(
         cfg,
         cfg.data.train_split,

@@ -93,11 +93,14 @@ def build_pretrain_loader(
 
 
 def build_seg_loader(
-    cfg: Config, split: str, *, train: bool, seed: int | None = None
+    cfg: Config, split: str, *, train: bool, seed: int | None = None, dataset_cls=SegDataset
 ) -> DataLoader:
-    """Segmentation batches (batch cfg.downstream.batch_size); train shuffles and augments."""
+    """Segmentation batches (batch cfg.downstream.batch_size); train shuffles and augments.
+
+    ``dataset_cls``: SegDataset (nuScenes-lidarseg) or cmcr.data.kitti.KittiSegDataset.
+    """
     seed = cfg.train.seed if seed is None else seed
-    dataset = SegDataset(cfg, split, train=train, seed=seed)
+    dataset = dataset_cls(cfg, split, train=train, seed=seed)
     return _loader(
         dataset, cfg, batch_size=cfg.downstream.batch_size, shuffle=train, seed=seed,
         collate=collate_seg,

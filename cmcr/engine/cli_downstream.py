@@ -1,4 +1,5 @@
-"""``cmcr probe``, ``cmcr finetune`` and ``cmcr evaluate``: lidarseg downstream evaluation."""
+"""``cmcr probe``, ``cmcr finetune`` and ``cmcr evaluate``: downstream evaluation on
+nuScenes-lidarseg (default) or SemanticKITTI (``--dataset semantickitti``)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="dotted config override, repeatable (e.g. downstream.probe_label_fraction=0.1)",
     )
     parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=("nuscenes", "semantickitti"),
+        help="downstream dataset (sets downstream.dataset; default nuscenes)",
+    )
+    parser.add_argument(
+        "--export",
         "--export-lidarseg",
+        dest="export_lidarseg",
         default=None,
         metavar="DIR",
-        help="write predictions in the lidarseg submission layout under DIR",
+        help="write predictions in the dataset's submission layout under DIR (nuScenes: "
+        "lidarseg/<split>/*.bin; SemanticKITTI: sequences/NN/predictions/*.label)",
     )
     if name == "evaluate":
         src = parser.add_mutually_exclusive_group(required=True)
@@ -51,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
     from cmcr.configs import load_config
 
-    return load_config(args.config or default, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "dataset", None):
+        overrides.append(f"downstream.dataset={args.dataset}")
+    return load_config(args.config or default, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +108,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         base = load_config(args.config, args.overrides)  # for tracking.output_dir
         saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
         cfg = _load_cfg(args, saved if saved.is_file() else None)
-        backbone, head = run_dir_weights(cfg, args.run)
+        # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
+        sub = "" if cfg.downstream.dataset == "nuscenes" else cfg.downstream.dataset
+        backbone, head = run_dir_weights(cfg, str(Path(args.run) / sub) if sub else args.run)
         pretrained: str | None = str(backbone)
     else:
         if args.pretrained is None:

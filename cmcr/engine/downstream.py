@@ -1,4 +1,5 @@
-"""Downstream training loops on nuScenes-lidarseg: linear probing and fine-tuning (METHOD.md).
+"""Downstream training loops: linear probing and fine-tuning on nuScenes-lidarseg or
+SemanticKITTI (METHOD.md; the dataset dispatch is in ``downstream_protocol``).
 
 The network is ``cmcr.models.segmentation.SegModel``; weights are resolved and loaded by
 ``cmcr.engine.checkpoint``; metrics, export and reports come from ``cmcr.eval.evaluate``.
@@ -26,10 +27,22 @@ from torch import nn
 
 from cmcr import progress, runlog
 from cmcr.compat import patch_spconv_cpu
-from cmcr.configs import Config, validate_config
+from cmcr.configs import (
+    Config,
+    evaluation_config,
+    evaluation_list,
+    objective_evaluation,
+    validate_config,
+)
 from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
-from cmcr.engine.downstream_protocol import PROTOCOL_FILE, Protocol, describe
+from cmcr.engine.downstream_protocol import (
+    Protocol,
+    describe,
+    protocol_file,
+    seg_loader,
+    seg_splits,
+)
 from cmcr.eval.evaluate import (
     evaluate_batches,
     export_predictions,
@@ -38,16 +51,16 @@ from cmcr.eval.evaluate import (
     metric_dict,
     to_device,
 )
-from cmcr.eval.metrics import SegMetrics
+from cmcr.eval.metrics import SegMetrics, label_space
 from cmcr.losses.lovasz import lovasz_softmax
 from cmcr.models.segmentation import SegModel
-from cmcr.names import Metric, Tag
+from cmcr.names import Metric, Tag, dataset_key
 
 __all__ = ["DownstreamResult", "SegModel", "build_loaders", "run_downstream"]
 
 Report = Callable[[int, float], None]
 Announce = Callable[[list[str]], None]  # receives the protocol's lines before training
-IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..15
+IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..C-1
 
 
 @dataclass
@@ -61,7 +74,7 @@ class DownstreamResult:
 
 
 def _point_targets(batch: dict[str, Any]) -> torch.Tensor:
-    """(N,) training targets 0..15, IGNORE where the label is 0."""
+    """(N,) training targets 0..C-1, IGNORE where the label is 0."""
     return batch["labels"].long() - 1
 
 
@@ -121,13 +134,15 @@ class _Trainer:
         self.cfg, self.model, self.logger, self.report = cfg, model, logger, report
         self.step = 0
         self.metrics: SegMetrics | None = None
+        self.dataset = cfg.downstream.dataset
         # a resumed trial re-runs its downstream part from scratch: epochs already in the run's
         # history are not logged twice (the first value logged stays, as in pre-training)
         last = getattr(logger, "last_logged_step", None)
-        self.logged_until = {k: (last(k) or 0) if last else 0 for k in _LOGGED_KEYS}
+        keys = [dataset_key(self.dataset, k) for k in _LOGGED_KEYS]
+        self.logged_until = {k: (last(k) or 0) if last else 0 for k in keys}
 
     def _log(self, metrics: dict[str, float], epoch: int, key: str) -> None:
-        if epoch > self.logged_until[key]:
+        if epoch > self.logged_until[dataset_key(self.dataset, key)]:
             self.logger.log_metrics(metrics, step=epoch)
 
     def make_optimizer(self, groups: list[dict[str, Any]], total: int) -> None:
@@ -168,24 +183,25 @@ class _Trainer:
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
         """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
         if losses:
-            self._log({Metric.SEG_LOSS: float(np.mean(losses))}, epoch, Metric.SEG_LOSS)
+            loss = {dataset_key(self.dataset, Metric.SEG_LOSS): float(np.mean(losses))}
+            self._log(loss, epoch, Metric.SEG_LOSS)
         if not (last or epoch % self.cfg.downstream.eval_every == 0):
             return
         self.metrics = evaluate()
-        self._log(metric_dict(self.metrics), epoch, Metric.VAL_MIOU)
+        self._log(metric_dict(self.metrics, self.dataset), epoch, Metric.VAL_MIOU)
         if self.report is not None:
             self.report(epoch, self.metrics.miou)  # may raise optuna.TrialPruned: let it through
 
 
 def train_logits(model: SegModel, batch: dict[str, Any], probe: bool) -> torch.Tensor:
-    """(N, 16) point logits of a training batch; the probe's frozen backbone builds no graph."""
+    """(N, C) point logits of a training batch; the probe's frozen backbone builds no graph."""
     if probe:
         with torch.no_grad():  # recomputed every epoch: the augmentation is drawn afresh
             feats = model.features(batch)  # (V, out_dim)
         voxel_logits = model.classifier(feats)
     else:
         voxel_logits = model(batch)
-    return voxel_logits[batch["inverse"]]  # (N, 16)
+    return voxel_logits[batch["inverse"]]  # (N, C)
 
 
 def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
@@ -210,10 +226,11 @@ def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, t
     # validation runs the backbone live each time rather than caching its features: the cache
     # of the whole nuScenes val split (about 6000 scans × 30k voxels × 96 floats) would need
     # ~70 GB, and eval mode makes the live pass deterministic all the same
+    space = label_space(ds.dataset)
     tr.fit(
         ds.probe_epochs if probe else ds.finetune_epochs,
         epoch_losses,
-        lambda: evaluate_batches(live_logits(model, val_loader, device)),
+        lambda: evaluate_batches(live_logits(model, val_loader, device), space=space),
     )
 
 
@@ -224,11 +241,8 @@ def build_loaders(cfg: Config, mode: str) -> tuple[Any, Any]:
     and applies data.rotate / data.flip_prob, drawn per (seed, epoch, scan): both modes
     recompute the backbone's features every epoch, so every epoch sees a fresh augmentation.
     """
-    from cmcr.data import build_seg_loader
-
-    train = build_seg_loader(cfg, cfg.data.train_split, train=True)
-    val = build_seg_loader(cfg, cfg.data.val_split, train=False)
-    return train, val
+    train_split, val_split = seg_splits(cfg)
+    return seg_loader(cfg, train_split, train=True), seg_loader(cfg, val_split, train=False)
 
 
 def _probe_augment(cfg: Config) -> bool:
@@ -248,39 +262,33 @@ def run_downstream(
     export_dir: str | Path | None = None,
     announce: Announce | None = None,
 ) -> DownstreamResult:
-    """Probe or fine-tune (cfg.downstream.mode) from ``pretrained`` (run id, backbone.pt, none).
+    """Probe or fine-tune (cfg.downstream.mode on cfg.downstream.dataset) from ``pretrained``
+    (run id, backbone.pt, none).
 
-    With ``logger`` (e.g. inside a sweep trial) metrics go to that run, which the caller ends;
-    otherwise a run of kind probe|finetune is started here and ended FINISHED or FAILED.
+    With ``logger`` (e.g. inside a sweep trial) metrics go to that run, which the caller ends,
+    and every evaluation of ``downstream.evaluations`` runs (objective first; only it reports
+    to ``report``); the objective's result is returned. Otherwise a run of kind
+    probe|finetune is started here and ended FINISHED or FAILED.
     Bad pre-trained input fails before any MLflow run starts. ``announce`` receives the
     protocol's lines before training (the CLI prints them); the run records them either way.
     """
-    from cmcr.engine.tracking import RunLogger
-
-    mode = cfg.downstream.mode
     validate_config(cfg)  # epochs >= 1, eval_every >= 1, ... (declared on the schema)
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
-    loaders = build_loaders(cfg, mode)
-    extra = {Tag.PRETRAINED: str(pretrained or "none")}
-    if mode == "probe":
-        extra[Tag.PROBE_AUGMENT] = str(_probe_augment(cfg)).lower()
-    if source_run:
-        extra[Tag.PRETRAINED_RUN] = source_run
-        parent_run_id = parent_run_id or source_run  # link the evaluation to its pre-training
-    variant = pretrained_variant(cfg, pretrained, source_run)
-    if variant and logger is None:  # a trial's own variant tag is already right
-        extra[Tag.VARIANT] = variant
     if logger is not None:
-        logger.set_tags({**extra, **(tags or {})})
-        return _run(cfg, model.to(device), loaders, device, logger, report, export_dir, announce)
+        return _run_evaluations(cfg, pretrained, logger, tags, report, export_dir, announce)
+    from cmcr.engine.tracking import RunLogger
+
+    cfg = evaluation_config(cfg, cfg.downstream.dataset, cfg.downstream.mode)
+    model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
+    loaders = build_loaders(cfg, cfg.downstream.mode)
+    extra, parent_run_id = _source_tags(cfg, pretrained, source_run, parent_run_id, own=True)
     # every file the run reads, before the run exists (a trial's run_trial checked them already)
     check_downstream_data(cfg)
+    device = _device()
     with (
         RunLogger.start(
             cfg,
-            kind=mode,
+            kind=cfg.downstream.mode,
             run_id=run_id,
             parent_run_id=parent_run_id,
             tags={**extra, **(tags or {})},
@@ -290,12 +298,50 @@ def run_downstream(
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir, announce)
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _source_tags(cfg, pretrained, source_run, parent_run_id, *, own: bool) -> tuple[dict, Any]:
+    """Tags naming what the evaluation started from, and the parent run to nest under."""
+    extra = {Tag.PRETRAINED: str(pretrained or "none")}
+    if cfg.downstream.mode == "probe":
+        extra[Tag.PROBE_AUGMENT] = str(_probe_augment(cfg)).lower()
+    if source_run:
+        extra[Tag.PRETRAINED_RUN] = source_run
+        parent_run_id = parent_run_id or source_run  # link the evaluation to its pre-training
+    variant = pretrained_variant(cfg, pretrained, source_run)
+    if variant and own:  # a trial's own variant tag is already right
+        extra[Tag.VARIANT] = variant
+    return extra, parent_run_id
+
+
+def _run_evaluations(cfg, pretrained, logger, tags, report, export_dir, announce):
+    """Every evaluation of a trial into ``logger``'s run, the objective first (it alone reports
+    to the pruner and is exported); returns the objective's result."""
+    objective = objective_evaluation(cfg)
+    todo = [objective] + [e for e in evaluation_list(cfg) if e != objective]
+    results = {}
+    for dataset, mode in todo:
+        one = evaluation_config(cfg, dataset, mode)
+        model, source_run = build_seg_model(one, pretrained)
+        loaders = build_loaders(one, mode)
+        extra, _ = _source_tags(one, pretrained, source_run, None, own=False)
+        logger.set_tags({**extra, **(tags or {})})
+        first = (dataset, mode) == objective
+        results[(dataset, mode)] = _run(
+            one, model.to(_device()), loaders, _device(), logger,
+            report if first else None, export_dir if first else None, announce,
+        )  # fmt: skip
+    return results[objective]
+
+
 def record_protocol(cfg: Config, model: SegModel, loaders: tuple, logger: Any) -> Protocol:
     """Describe the run's protocol and record it in the run (tags + a text artifact)."""
     steps = total_steps(cfg, loaders[0])
     proto = describe(cfg, param_groups(cfg, model), model, loaders, steps)
     logger.set_tags(proto.tags())
-    logger.log_text("\n".join(proto.lines()) + "\n", PROTOCOL_FILE)
+    logger.log_text("\n".join(proto.lines()) + "\n", protocol_file(cfg.downstream.dataset))
     return proto
 
 
@@ -307,13 +353,16 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
         announce(proto.lines())
     tr = _Trainer(cfg, model, logger, report)
     _train(cfg, model, loaders, device, tr)
+    dataset = cfg.downstream.dataset
     if export_dir is not None:
         batches = live_logits(model, loaders[1], device)
-        export_predictions(cfg, batches, export_dir, len(loaders[1].dataset))
+        space = label_space(dataset)
+        export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), space)
     out = Path(cfg.tracking.output_dir) / str(logger.run_id)
-    save_outputs(model, cfg, out)
-    log_artifacts(logger, tr.metrics)
-    logger.log_metrics({Metric.DOWNSTREAM_SECONDS: time.perf_counter() - t0}, step=tr.step)
+    save_outputs(model, cfg, out if dataset == "nuscenes" else out / dataset)
+    log_artifacts(logger, tr.metrics, dataset)
+    seconds = dataset_key(dataset, Metric.DOWNSTREAM_SECONDS)
+    logger.log_metrics({seconds: time.perf_counter() - t0}, step=tr.step)
     m = tr.metrics
     return DownstreamResult(logger.run_id, m.miou, m.fwiou, dict(m.per_class))
 

@@ -3,6 +3,10 @@
 A reader of a run (or of the terminal) sees the protocol actually run, derived from the model,
 the loaders and the config as logged: frozen / trainable parameter counts, the label fraction
 and its unit, the scenes and scans used, the loss, the optimiser, epochs and batch size.
+
+It also owns the dataset dispatch of the downstream evaluation: which loader a dataset uses
+(``seg_loader``), its splits and its label space (``cmcr.eval.metrics.label_space``); the
+per-dataset values themselves come from ``cmcr.configs.evaluation_config``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,41 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config
-from cmcr.names import Tag
+from cmcr.names import Tag, dataset_key
 
 PROTOCOL_FILE = "downstream/protocol.txt"  # the printed lines, as a run artifact
+
+
+def protocol_file(dataset: str) -> str:
+    """The protocol artifact of a dataset's evaluation (downstream/<dataset>/ but nuScenes)."""
+    return dataset_key(dataset, PROTOCOL_FILE)
+
+
+def seg_splits(cfg: Config) -> tuple[str, str]:
+    """(train, val) split names of cfg.downstream.dataset."""
+    if cfg.downstream.dataset == "semantickitti":
+        return "train", "val"  # semantickitti.train_sequences / val_sequences
+    return cfg.data.train_split, cfg.data.val_split
+
+
+def seg_loader(cfg: Config, split: str, *, train: bool) -> Any:
+    """The segmentation loader of cfg.downstream.dataset for ``split``."""
+    from cmcr.data import build_seg_loader
+
+    if cfg.downstream.dataset == "semantickitti":
+        from cmcr.data.kitti import KittiSegDataset
+
+        return build_seg_loader(cfg, split, train=train, dataset_cls=KittiSegDataset)
+    return build_seg_loader(cfg, split, train=train)
+
+
+def voxel_phrase(cfg: Config) -> str:
+    """The downstream voxels in words."""
+    kc = cfg.semantickitti
+    if cfg.downstream.dataset == "semantickitti" and kc.coords == "cylindrical":
+        rho, phi, z = kc.cylinder_size
+        return f"cylindrical: ρ {rho:g} m, φ {phi:g}°, z {z:g} m"
+    return f"Cartesian: {cfg.data.voxel_size:g} m"
 
 
 @dataclass
@@ -31,12 +67,16 @@ class Protocol:
     optimizer: str
     schedule: str
     augment: str
+    dataset: str = "nuscenes"
+    voxels: str = ""
 
     def lines(self) -> list[str]:
         """Human-readable lines (the CLI prints them to stderr before training)."""
         frozen = "the backbone, in eval mode" if self.mode == "probe" else "none"
+        where = "" if self.dataset == "nuscenes" else f" on {self.dataset}"
+        extra = [f"  voxels: {self.voxels}"] if self.dataset != "nuscenes" else []
         return [
-            f"cmcr {self.mode}: protocol",
+            f"cmcr {self.mode}{where}: protocol",
             f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "
             f"({frozen})",
             f"  labels: {self.labels}",
@@ -46,11 +86,12 @@ class Protocol:
             f"  optimiser: {self.optimizer}",
             f"  schedule: {self.schedule}",
             f"  augmentation: {self.augment}",
+            *extra,
         ]
 
     def tags(self) -> dict[str, str]:
-        """The MLflow tags that record it (names in cmcr.names.Tag)."""
-        return {
+        """The MLflow tags that record it (names in cmcr.names.Tag; per dataset but nuScenes)."""
+        tags = {
             Tag.PROTOCOL_FROZEN_PARAMS: str(self.frozen_params),
             Tag.PROTOCOL_TRAINABLE_PARAMS: str(self.trainable_params),
             Tag.PROTOCOL_LABELS: self.labels,
@@ -61,6 +102,7 @@ class Protocol:
             Tag.PROTOCOL_OPTIMIZER: self.optimizer,
             Tag.PROTOCOL_SCHEDULE: self.schedule,
         }
+        return {dataset_key(self.dataset, k): v for k, v in tags.items()}
 
 
 def label_phrase(fraction: float, unit: str) -> str:
@@ -119,6 +161,8 @@ def describe(
             f"new layer Linear({layer.in_features}→{layer.out_features})"
         ),
         augment=augment_phrase(cfg),
+        dataset=ds.dataset,
+        voxels=voxel_phrase(cfg),
     )
 
 

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from cmcr.configs import Config
-from cmcr.data.classes import CHALLENGE_CLASSES
-from cmcr.eval.export import LidarsegWriter
-from cmcr.eval.metrics import ConfusionAccumulator, SegMetrics
-from cmcr.names import Metric
+from cmcr.eval.export import KittiWriter, LidarsegWriter
+from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
+from cmcr.names import Metric, dataset_key
 
 log = logging.getLogger("cmcr")
 Pairs = Iterable[tuple[torch.Tensor, dict[str, Any]]]  # (voxel logits (V, 16), batch)
@@ -32,9 +31,12 @@ def point_predictions(voxel_logits: torch.Tensor, inverse: torch.Tensor) -> torc
     return voxel_logits.argmax(dim=1)[inverse] + 1
 
 
-def evaluate_batches(batches: Pairs, writer: LidarsegWriter | None = None) -> SegMetrics:
-    """Metrics over (voxel logits, batch) pairs on every point; optionally export each scan."""
-    acc = ConfusionAccumulator()
+def evaluate_batches(
+    batches: Pairs, writer: Any = None, space: LabelSpace = NUSCENES_SPACE
+) -> SegMetrics:
+    """Metrics over (voxel logits, batch) pairs on every point; optionally export each scan
+    (``writer``: a LidarsegWriter or KittiWriter)."""
+    acc = ConfusionAccumulator(space)
     for logits, batch in batches:
         pred = point_predictions(logits, batch["inverse"])  # (N,)
         acc.update(batch["labels"], pred)
@@ -52,8 +54,19 @@ def live_logits(model: Any, loader: Any, device: torch.device) -> Iterator[tuple
         yield model(batch), batch
 
 
-def export_predictions(cfg: Config, batches: Pairs, export_dir: str | Path, n_val: int) -> None:
-    """Write the lidarseg submission folder of the validation split."""
+def make_writer(cfg: Config, export_dir: str | Path, split: str) -> Any:
+    """The submission writer of cfg.downstream.dataset: lidarseg or SemanticKITTI layout."""
+    if cfg.downstream.dataset == "semantickitti":
+        from cmcr.data.kitti import kitti_root, label_maps
+
+        return KittiWriter(export_dir, label_maps(kitti_root(cfg))[1])
+    return LidarsegWriter(export_dir, split)
+
+
+def export_predictions(
+    cfg: Config, batches: Pairs, export_dir: str | Path, n_val: int, space: LabelSpace
+) -> None:
+    """Write the submission folder of the validation split (the dataset's layout)."""
     if 0 < cfg.data.max_samples <= n_val:
         log.warning(
             "data.max_samples=%d may cut the %s scans exported; the devkit's evaluator "
@@ -62,16 +75,17 @@ def export_predictions(cfg: Config, batches: Pairs, export_dir: str | Path, n_va
             cfg.data.val_split,
         )
     with torch.no_grad():
-        writer = LidarsegWriter(export_dir, cfg.data.val_split)
-        evaluate_batches(batches, writer)
+        writer = make_writer(cfg, export_dir, cfg.data.val_split)
+        evaluate_batches(batches, writer, space)
         writer.finish()
 
 
-def metric_dict(m: SegMetrics) -> dict[str, float]:
-    """The contract metric names: val/miou, val/fwiou, val/iou_<class>."""
+def metric_dict(m: SegMetrics, dataset: str = "nuscenes") -> dict[str, float]:
+    """The contract metric names: val/miou, val/fwiou, val/iou_<class> (nuScenes), and
+    val/<dataset>/miou, ... for another dataset (``names.dataset_key``)."""
     out = {Metric.VAL_MIOU: m.miou, Metric.VAL_FWIOU: m.fwiou}
     out.update({f"{Metric.VAL_IOU_PREFIX}{name}": v for name, v in m.per_class.items()})
-    return out
+    return {dataset_key(dataset, k): v for k, v in out.items()}
 
 
 def iou_table(m: SegMetrics) -> tuple[str, str]:
@@ -88,10 +102,10 @@ def confusion_figure(m: SegMetrics) -> Any:
     """A plotly heatmap of the row-normalised confusion matrix (ground truth × prediction)."""
     import plotly.graph_objects as go
 
-    cm = m.confusion[1:, 1:].astype(np.float64)  # (16, 16), the ignore row/column dropped
+    cm = m.confusion[1:, 1:].astype(np.float64)  # (C, C), the ignore row/column dropped
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    names = list(CHALLENGE_CLASSES[1:])
+    names = list(m.per_class)
     fig = go.Figure(go.Heatmap(z=norm, x=names, y=names, colorscale="Blues", zmin=0, zmax=1))
     fig.update_layout(
         title=f"Confusion (row-normalised), mIoU {100 * m.miou:.1f}",
@@ -102,12 +116,13 @@ def confusion_figure(m: SegMetrics) -> Any:
     return fig
 
 
-def log_artifacts(logger: Any, m: SegMetrics) -> None:
-    """Per-class IoU table (csv + md) and the confusion-matrix figure."""
+def log_artifacts(logger: Any, m: SegMetrics, dataset: str = "nuscenes") -> None:
+    """Per-class IoU table (csv + md) and the confusion-matrix figure (downstream/<dataset>/
+    for a dataset other than nuScenes)."""
     csv, md = iou_table(m)
-    logger.log_text(csv, "downstream/per_class_iou.csv")
-    logger.log_text(md, "downstream/per_class_iou.md")
-    logger.log_figure(confusion_figure(m), "downstream/confusion.html")
+    logger.log_text(csv, dataset_key(dataset, "downstream/per_class_iou.csv"))
+    logger.log_text(md, dataset_key(dataset, "downstream/per_class_iou.md"))
+    logger.log_figure(confusion_figure(m), dataset_key(dataset, "downstream/confusion.html"))
 
 
 def run_evaluate(
@@ -119,16 +134,19 @@ def run_evaluate(
     export_dir: str | Path | None = None,
 ) -> SegMetrics:
     """Score encoder weights (run id, file, none) + a linear head on ``split``; optionally export."""
-    from cmcr.data import build_seg_loader
     from cmcr.engine.checkpoint import build_seg_model, load_into
+    from cmcr.engine.downstream_protocol import seg_loader
+    from cmcr.eval.metrics import label_space
 
     model, _ = build_seg_model(cfg, pretrained)
     load_into(model.classifier, head, "head")
-    split = split or cfg.data.val_split
-    loader = build_seg_loader(cfg, split, train=False)
+    kitti = cfg.downstream.dataset == "semantickitti"
+    split = split or ("val" if kitti else cfg.data.val_split)
+    loader = seg_loader(cfg, split, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    writer = LidarsegWriter(export_dir, split) if export_dir is not None else None
-    metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer)
+    writer = make_writer(cfg, export_dir, split) if export_dir is not None else None
+    space = label_space(cfg.downstream.dataset)
+    metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer, space)
     if writer is not None:
         writer.finish()
     return metrics

@@ -5,6 +5,10 @@ lidar file, in file order, in the challenge index space 1..16 (the devkit's eval
 predictions lie in 1..16 and maps only the ground truth); ``DIR/<split>/submission.json`` holds the
 ``meta`` block the devkit's ``validate_submission`` checks. ``nuscenes.eval.lidarseg.evaluate
 .LidarSegEval(nusc, DIR, eval_set=<split>)`` then scores the folder.
+
+SemanticKITTI (``KittiWriter``): ``DIR/sequences/NN/predictions/NNNNNN.label``, uint32, one raw
+label id per point of the scan in file order, through the learning map's inverse (class 1..19
+-> raw id), the layout semantic-kitti-api's ``evaluate_semantics.py`` reads.
 """
 
 from __future__ import annotations
@@ -75,3 +79,42 @@ class LidarsegWriter:
         path = meta_dir / "submission.json"
         path.write_text(json.dumps({"meta": self.meta}, indent=2) + "\n")
         return path
+
+
+class KittiWriter:
+    """Writes one ``sequences/NN/predictions/NNNNNN.label`` per scan (token ``NN/NNNNNN``)."""
+
+    def __init__(self, out_dir: str | Path, inverse: np.ndarray):
+        self.root = Path(out_dir)
+        self.inverse = np.asarray(inverse, dtype=np.int64)  # (20,) class -> raw id
+        try:
+            (self.root / "sequences").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"--export '{self.root}': cannot create ({exc})") from None
+        self.written: list[str] = []
+
+    def write(self, token: str, labels: torch.Tensor | np.ndarray) -> Path:
+        """Write one scan's per-point classes (1..19) as raw ids for scan ``NN/NNNNNN``."""
+        arr = torch.as_tensor(labels).cpu().numpy().reshape(-1).astype(np.int64)
+        top = len(self.inverse) - 1
+        if arr.size == 0 or arr.min() < 1 or arr.max() > top:
+            raise ExportError(f"scan {token}: predictions must lie in 1..{top}")
+        seq, _, frame = token.partition("/")
+        folder = self.root / "sequences" / seq / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{frame}.label"
+        self.inverse[arr].astype(np.uint32).tofile(path)
+        self.written.append(token)
+        return path
+
+    def write_batch(
+        self, tokens: list[str], labels: torch.Tensor, num_points: torch.Tensor
+    ) -> None:
+        """Split a batch's concatenated per-point labels (N,) by ``num_points`` (B,) and write."""
+        chunks = torch.split(labels.cpu(), [int(n) for n in num_points.tolist()])
+        for token, chunk in zip(tokens, chunks, strict=True):
+            self.write(token, chunk)
+
+    def finish(self) -> Path:
+        """Nothing to add: the folder is the submission; returns its root."""
+        return self.root

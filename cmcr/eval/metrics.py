@@ -1,4 +1,4 @@
-"""Segmentation metrics on the 16 lidarseg challenge classes: confusion, IoU, mIoU, fwIoU.
+"""Segmentation metrics: confusion, IoU, mIoU, fwIoU, per label space (nuScenes, SemanticKITTI).
 
 The arithmetic matches the nuScenes-devkit's ``nuscenes.eval.lidarseg.utils.ConfusionMatrix``
 exactly, so that our validation numbers and the devkit's scores of an exported submission agree:
@@ -6,6 +6,10 @@ a (17, 17) confusion over labels 0..16 (rows = ground truth, columns = predictio
 column 0 ("ignore") are zeroed; IoU = TP / (GT + PRED - TP) divided in float32 as the devkit does;
 a class absent from both ground truth and prediction gets 0/0 = NaN and ``nanmean`` leaves it out
 of the mean (index 0 is always NaN, hence always left out).
+
+SemanticKITTI (``KITTI_SPACE``) follows its own API (semantic-kitti-api ``iouEval``): points
+labelled 0 are ignored, IoU = TP / (TP + FP + FN + 1e-15) in float64, and the mean runs over
+all 19 classes, so a class absent from both ground truth and prediction counts as 0.
 """
 
 from __future__ import annotations
@@ -16,9 +20,42 @@ import numpy as np
 import torch
 
 from cmcr.data.classes import CHALLENGE_CLASSES
+from cmcr.data.kitti_classes import KITTI_CLASSES
 
 NUM_LABELS = len(CHALLENGE_CLASSES)  # 17: index 0 "ignore" + 16 challenge classes
 IGNORE_INDEX = 0
+KITTI_EPS = 1e-15  # semantic-kitti-api's union epsilon
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """A dataset's classes (index 0 = ignored) and its rule for classes absent from both
+    ground truth and prediction: "nan" (left out of the mean, nuScenes devkit) or "zero"
+    (IoU 0, in the mean: semantic-kitti-api)."""
+
+    name: str
+    classes: tuple[str, ...]
+    absent: str
+
+    @property
+    def num_labels(self) -> int:
+        """Label indices including ignore (17 nuScenes, 20 SemanticKITTI)."""
+        return len(self.classes)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the network predicts (16, 19)."""
+        return len(self.classes) - 1
+
+
+NUSCENES_SPACE = LabelSpace("nuscenes", CHALLENGE_CLASSES, "nan")
+KITTI_SPACE = LabelSpace("semantickitti", KITTI_CLASSES, "zero")
+LABEL_SPACES = {s.name: s for s in (NUSCENES_SPACE, KITTI_SPACE)}
+
+
+def label_space(dataset: str) -> LabelSpace:
+    """The label space of a downstream dataset (downstream.dataset)."""
+    return LABEL_SPACES[dataset]
 
 
 def confusion_matrix(
@@ -70,7 +107,7 @@ def fw_iou(cm: np.ndarray) -> float:
 
 @dataclass
 class SegMetrics:
-    """mIoU, fwIoU and per-class IoU (the 16 challenge classes, by name) of one evaluation."""
+    """mIoU, fwIoU and per-class IoU (the label space's classes, by name) of one evaluation."""
 
     miou: float
     fwiou: float
@@ -78,19 +115,35 @@ class SegMetrics:
     confusion: np.ndarray = field(repr=False)
 
 
-def summarize(cm: np.ndarray) -> SegMetrics:
-    """The metrics of a (17, 17) confusion matrix."""
-    iou = per_class_iou(cm)
-    per_class = {name: float(iou[i]) for i, name in enumerate(CHALLENGE_CLASSES) if i != 0}
-    return SegMetrics(miou=mean_iou(cm), fwiou=fw_iou(cm), per_class=per_class, confusion=cm)
+def kitti_iou(cm: np.ndarray) -> np.ndarray:
+    """(num_labels,) IoU by semantic-kitti-api's rule: absent classes get 0 (NaN at ignore)."""
+    tp = np.diagonal(cm).astype(np.float64)
+    union = cm.sum(axis=1) + cm.sum(axis=0) - tp
+    iou = tp / (union + KITTI_EPS)
+    iou[IGNORE_INDEX] = np.nan
+    return iou
+
+
+def summarize(cm: np.ndarray, space: LabelSpace = NUSCENES_SPACE) -> SegMetrics:
+    """The metrics of a (num_labels, num_labels) confusion matrix in ``space``."""
+    if space.absent == "zero":
+        iou = kitti_iou(cm)
+        miou = float(np.mean(iou[1:]))
+        total = cm.sum()
+        fwiou = float(np.sum(cm.sum(axis=1)[1:] * iou[1:]) / total) if total else float("nan")
+    else:
+        iou, miou, fwiou = per_class_iou(cm), mean_iou(cm), fw_iou(cm)
+    per_class = {name: float(iou[i]) for i, name in enumerate(space.classes) if i != 0}
+    return SegMetrics(miou=miou, fwiou=fwiou, per_class=per_class, confusion=cm)
 
 
 class ConfusionAccumulator:
-    """Sums confusion matrices over batches (labels 0..16, 0 ignored)."""
+    """Sums confusion matrices over batches (labels 0..C, 0 ignored) of one label space."""
 
-    def __init__(self, num_labels: int = NUM_LABELS) -> None:
-        self.num_labels = num_labels
-        self.cm = np.zeros((num_labels, num_labels), dtype=np.int64)
+    def __init__(self, space: LabelSpace = NUSCENES_SPACE) -> None:
+        self.space = space
+        self.num_labels = space.num_labels
+        self.cm = np.zeros((self.num_labels, self.num_labels), dtype=np.int64)
 
     def update(self, gt: torch.Tensor | np.ndarray, pred: torch.Tensor | np.ndarray) -> None:
         """Add one batch of per-point labels and predictions."""
@@ -98,4 +151,4 @@ class ConfusionAccumulator:
 
     def compute(self) -> SegMetrics:
         """The metrics of everything seen so far."""
-        return summarize(self.cm)
+        return summarize(self.cm, self.space)

@@ -15,12 +15,13 @@ from torch import nn
 
 from cmcr.configs import Config
 from cmcr.data.classes import NUM_CHALLENGE
+from cmcr.data.kitti_classes import NUM_KITTI
 
 BACKBONE_PREFIX = "backbone."  # the backbone's keys in backbone.pt and seg_backbone.pt
 
 
 class SegModel(nn.Module):
-    """Pre-trained backbone (V, out_dim) → a new 1×1 layer (nn.Linear) → (V, 16) logits."""
+    """Pre-trained backbone (V, out_dim) → a new 1×1 layer (nn.Linear) → (V, C) logits."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -28,7 +29,9 @@ class SegModel(nn.Module):
 
         # the module name "backbone" matches CMCRModel's, so backbone.pt's keys load as they are
         self.backbone = set_bn_momentum(build_backbone(cfg.model), cfg.downstream.bn_momentum)
-        self.classifier = nn.Linear(self.backbone.out_dim, NUM_CHALLENGE)
+        # 16 nuScenes challenge classes, 19 SemanticKITTI ones (downstream.dataset)
+        n_classes = NUM_CHALLENGE if cfg.downstream.dataset == "nuscenes" else NUM_KITTI
+        self.classifier = nn.Linear(self.backbone.out_dim, n_classes)
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         """(V, out_dim) backbone features of the batch's voxels (the last decoder stage)."""
@@ -37,7 +40,7 @@ class SegModel(nn.Module):
         )
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(V, 16) voxel logits for classes 1..16."""
+        """(V, C) voxel logits for classes 1..C (16 nuScenes, 19 SemanticKITTI)."""
         return self.classifier(self.features(batch))
 
     def backbone_state(self) -> dict[str, torch.Tensor]:

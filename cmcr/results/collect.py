@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
+from cmcr.configs.schema import DOWNSTREAM_DATASETS
 from cmcr.errors import TrackingError
-from cmcr.names import DEFAULT_STORAGE, Attr, Kind, Metric, Tag
+from cmcr.names import DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 # DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
@@ -206,7 +207,9 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
                     pd.DataFrame(metrics, index=raw.index)], axis=1)  # fmt: skip
     if "seed" in df and "train.seed" in df:
         df["seed"] = df["seed"].fillna(pd.to_numeric(df["train.seed"], errors="coerce"))
-    has_target = df[TARGET].notna() if TARGET in df else pd.Series(False, index=df.index)
+    # a run is complete with any downstream dataset's mIoU (a SemanticKITTI-only fine-tune too)
+    targets = [c for c in (dataset_key(d, TARGET) for d in DOWNSTREAM_DATASETS) if c in df]
+    has_target = df[targets].notna().any(axis=1) if targets else pd.Series(False, index=df.index)
     df["state"] = df["status"].where(df["status"] != "FINISHED", "COMPLETE")
     df.loc[(df["status"] == "FINISHED") & ~has_target, "state"] = "NO_METRIC"
     order = df["trial"].fillna(-1).astype(int).to_numpy() if "trial" in df else None
@@ -308,3 +311,47 @@ def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> 
     ]
     df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
     return df.sort_values(["run_id", "key", "step"], kind="stable")
+
+
+DATASET_NAMES = {"nuscenes": "nuScenes", "semantickitti": "SemanticKITTI"}
+MODE_NAMES = {"probe": "LP", "finetune": "FT"}
+# where each dataset keeps its label fractions (params)
+_FRACTION_KEY = {"nuscenes": "downstream.{mode}_label_fraction",
+                 "semantickitti": "semantickitti.{mode}_label_fraction"}  # fmt: skip
+
+
+def _mode_of(row: pd.Series, dataset: str) -> str | None:
+    """The mode a run evaluated ``dataset`` in: its downstream.evaluations entry, else
+    downstream.mode (a probe / fine-tune run, or a trial with one evaluation)."""
+    listed = row.get("downstream.evaluations")
+    if isinstance(listed, (list, tuple)) and listed:
+        modes = [e.split("/", 1)[1] for e in listed if e.startswith(f"{dataset}/")]
+        return modes[0] if modes else None
+    mode = row.get("downstream.mode")
+    return mode if isinstance(mode, str) else (row["kind"] if row["kind"] in MODE_NAMES else None)
+
+
+def evaluations(rt: RunTable) -> pd.DataFrame:
+    """One row per (complete run, downstream evaluation it logged): run_id, variant, seed,
+    dataset, mode, fraction, evaluation (e.g. 'SemanticKITTI FT (1 %)') and miou.
+
+    The results grouped by dataset: nuScenes LP, nuScenes 1 % FT and SemanticKITTI 1 % FT of
+    the same configurations side by side (``cmcr.results.tables.evaluations_markdown``)."""
+    df, rows = rt.complete, []
+    for dataset in DOWNSTREAM_DATASETS:
+        col = dataset_key(dataset, TARGET)
+        if col not in df:
+            continue
+        for _, row in df[df[col].notna()].iterrows():  # runs, not points: a few hundred at most
+            mode = _mode_of(row, dataset)
+            if mode is None:
+                continue
+            fraction = row.get(_FRACTION_KEY[dataset].format(mode=mode))
+            label = f"{DATASET_NAMES[dataset]} {MODE_NAMES[mode]}"
+            if fraction is not None and pd.notna(fraction):
+                label += f" ({100 * float(fraction):g} %)"
+            rows.append({"run_id": row["run_id"], "variant": row["variant"], "seed": row["seed"],
+                         "dataset": dataset, "mode": mode, "fraction": fraction,
+                         "evaluation": label, "miou": float(row[col])})  # fmt: skip
+    cols = ["run_id", "variant", "seed", "dataset", "mode", "fraction", "evaluation", "miou"]
+    return pd.DataFrame(rows, columns=cols)

@@ -29,6 +29,8 @@ from cmcr.results.tables import (
     Ablation,
     ablation,
     caption,
+    evaluations_markdown,
+    evaluations_table,
     incomplete_table,
     summary,
     to_html,
@@ -79,6 +81,8 @@ def build(
         (out / "ablation_summary.md").write_text(to_markdown(summary(ab)))
         (out / "ablation.tex").write_text(to_latex(ab))
         ab.table.to_csv(out / "ablation.csv", index=False)
+    if evaluations_table(rt).shape[1] > 1:  # runs of several downstream evaluations (issue 20)
+        (out / "evaluations.md").write_text(evaluations_markdown(rt))
     incomplete_table(rt).to_csv(out / "incomplete.csv", index=False)
     rt.runs.drop(columns=["start_time", "end_time"]).to_csv(out / "runs.csv", index=False)
     (out / "index.html").write_text(page)
@@ -224,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             if info["n_complete"] == 0:
                 raise ReportError(f"--readme: no finished runs to tabulate for '{name}'")
             table = (Path(info["out"]) / "ablation_summary.md").read_text()
+            evals = Path(info["out"]) / "evaluations.md"
+            if evals.is_file():  # nuScenes LP / FT and SemanticKITTI FT side by side
+                table += "\n" + evals.read_text()
             write_readme(args.readme, name, table, info["n_complete"])
             print(f"summary table written into {args.readme}")
     except CMCRError as exc:

@@ -428,3 +428,43 @@ def incomplete_table(rt: RunTable) -> pd.DataFrame:
     if "status_reason" in out:
         out["status_reason"] = out["status_reason"].fillna("")
     return out.reset_index(drop=True)
+
+
+def evaluations_table(rt: RunTable) -> pd.DataFrame:
+    """Configurations × downstream evaluations (nuScenes LP, nuScenes 1 % FT, SemanticKITTI
+    1 % FT, ...): mIoU in % as 'mean ± std (runs)' over seeds, the paper's side-by-side layout."""
+    from cmcr.configs.schema import DOWNSTREAM_DATASETS as DATASET_ORDER
+    from cmcr.results.collect import evaluations
+
+    long = evaluations(rt)
+    if long.empty:
+        return pd.DataFrame()
+    long = long.assign(configuration=long["variant"].fillna("").map(variant_label))
+    stats = long.groupby(["configuration", "evaluation"], sort=False)["miou"].agg(
+        ["mean", "std", "count"]
+    )
+    cell = stats.apply(
+        lambda r: (
+            f"{100 * r['mean']:.2f} ± {100 * (r['std'] if r['count'] > 1 else 0):.2f} "
+            f"({int(r['count'])})"
+        ),
+        axis=1,
+    )
+    # the paper's column order: dataset, then linear probing before fine-tuning
+    rank = long.assign(m=long["mode"].map({"probe": 0, "finetune": 1}),
+                       d=long["dataset"].map(lambda d: DATASET_ORDER.index(d)))  # fmt: skip
+    order = list(dict.fromkeys(rank.sort_values(["d", "m"], kind="stable")["evaluation"]))
+    table = cell.unstack("evaluation").reindex(columns=order)
+    return table.reindex(list(dict.fromkeys(long["configuration"]))).fillna("—")
+
+
+def evaluations_markdown(rt: RunTable) -> str:
+    """The side-by-side table as markdown ('' when the runs hold no downstream evaluation)."""
+    table = evaluations_table(rt)
+    if table.empty:
+        return ""
+    head = ["configuration", *table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([str(i), *row]) + " |" for i, row in table.iterrows()]
+    note = "mIoU in %, mean ± std over seeds (runs); each column is one downstream evaluation."
+    return "\n".join(lines) + "\n\n" + note + "\n"

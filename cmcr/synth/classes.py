@@ -1,4 +1,5 @@
-"""The raw lidarseg classes for the generator, read from ``cmcr/data/classes.py`` without torch.
+"""The raw lidarseg classes for the generator, read from ``cmcr/data/classes.py`` without torch
+(and SemanticKITTI's, from ``cmcr/data/kitti_classes.py``, the same way).
 
 ``cmcr.data``'s package ``__init__`` imports the datasets (and so torch); ``cmcr synth`` must stay
 torch-free, so this loads that one file under a private name. Same file, same values.
@@ -10,21 +11,21 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_NAME = "cmcr.synth._data_classes"
 
-
-def _load():
-    if "cmcr.data.classes" in sys.modules:  # already imported the ordinary way: reuse it
-        return sys.modules["cmcr.data.classes"]
-    if _NAME not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "data" / "classes.py"
-        spec = importlib.util.spec_from_file_location(_NAME, path)
+def load_data_module(stem: str):
+    """``cmcr/data/<stem>.py`` without importing the ``cmcr.data`` package (and so torch)."""
+    if f"cmcr.data.{stem}" in sys.modules:  # already imported the ordinary way: reuse it
+        return sys.modules[f"cmcr.data.{stem}"]
+    name = f"cmcr.synth._data_{stem}"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "data" / f"{stem}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[_NAME] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[_NAME]
+    return sys.modules[name]
 
 
-_classes = _load()
+_classes = load_data_module("classes")
 RAW_CLASSES: tuple[str, ...] = _classes.RAW_CLASSES
 RAW_INDEX: dict[str, int] = _classes.RAW_INDEX

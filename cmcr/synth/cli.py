@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import argparse
 
+from cmcr.errors import CMCRError
 from cmcr.synth.generate import generate_world
 from cmcr.synth.spec import PRESETS, parse_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cmcr synth``; numbers are parsed by the generator so errors stay one line."""
+    parser.add_argument(
+        "--format",
+        default="nuscenes",
+        choices=("nuscenes", "semantickitti"),
+        help="layout: nuScenes v1.0-mini (default) or SemanticKITTI sequences/",
+    )
+    parser.add_argument(
+        "--sequences",
+        default=None,
+        metavar="NN:SCANS,...",
+        help="semantickitti: sequences and their scan counts, e.g. 00:101,01:101,08:12",
+    )
     parser.add_argument("--out", required=True, help="output directory (its parent must exist)")
     parser.add_argument(
         "--preset", default="default", help=f"world size: {' | '.join(PRESETS)} (default: default)"
@@ -34,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the world; CMCRError (one line naming the argument) reaches the CLI -> exit 2."""
     workers = None if args.workers is None else parse_int("--workers", args.workers, 1, 64)
+    if args.format == "semantickitti":
+        return _run_kitti(args, workers)
     summary = generate_world(
         args.out,
         preset=args.preset,
@@ -49,5 +64,36 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {summary['scenes']} scenes, {summary['samples']} samples, {summary['images']} "
         f"images ({width}x{height}), {summary['points_per_sweep_mean']:.0f} points/sweep "
         f"to {summary['path']} in {summary['seconds']:.1f} s"
+    )
+    return 0
+
+
+def _run_kitti(args: argparse.Namespace, workers: int | None) -> int:
+    """``--format semantickitti``: the same streets in the SemanticKITTI layout."""
+    from cmcr.synth.kitti import generate_kitti_world
+
+    nuscenes_only = ("--scenes-per-split", "--samples-per-scene", "--image-scale")
+    given = [
+        name
+        for name, value in zip(
+            nuscenes_only,
+            (args.scenes_per_split, args.samples_per_scene, args.image_scale),
+            strict=True,
+        )
+        if value is not None
+    ]
+    if given:
+        raise CMCRError(f"{', '.join(given)}: nuScenes layout only (use --sequences)")
+    s = generate_kitti_world(
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        sequences=args.sequences,
+        overwrite=args.overwrite,
+        workers=workers,
+    )
+    print(
+        f"wrote {s['sequences']} sequences, {s['scans']} scans, "
+        f"{s['points_per_scan_mean']:.0f} points/scan to {s['path']} in {s['seconds']:.1f} s"
     )
     return 0

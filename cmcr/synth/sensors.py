@@ -78,15 +78,41 @@ def scaled_intrinsics(K: np.ndarray, scale: float) -> np.ndarray:
     return S @ K
 
 
+@dataclass
+class LidarReturns:
+    """One sweep's returns: points in the lidar frame and what each ray hit."""
+
+    points: np.ndarray  # (N, 5) float32 [x, y, z, intensity 0..255, ring]
+    cls: np.ndarray  # (N,) uint8 raw nuScenes class
+    obj: np.ndarray  # (N,) int32 annotated object (-1 for stuff)
+    kind: np.ndarray  # (N,) int8: 0 box, 1 sphere, 2 ground
+    index: np.ndarray  # (N,) int32 box or sphere index
+    world_xyz: np.ndarray  # (N, 3) float64 hit points in the scene frame
+
+
 def lidar_sweep(
     world: World, sensor: Pose, n_azimuth: int, max_range: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points (N, 5) float32 [x, y, z, intensity, ring] in the lidar frame, raw labels (N,) and
     the annotated object each point hit (N,) int32 (-1 for stuff)."""
+    out = lidar_returns(world, sensor, BEAM_ELEVATIONS, n_azimuth, max_range, rng)
+    return out.points, out.cls, out.obj
+
+
+def lidar_returns(
+    world: World,
+    sensor: Pose,
+    elevations: np.ndarray,
+    n_azimuth: int,
+    max_range: float,
+    rng: np.random.Generator,
+) -> LidarReturns:
+    """Cast every (beam elevation, azimuth) ray of a spinning LiDAR; ring 0 = first elevation."""
+    n_beams = len(elevations)
     az = np.linspace(-np.pi, np.pi, n_azimuth, endpoint=False)
-    el = np.repeat(BEAM_ELEVATIONS, n_azimuth)  # (32 * A,)
-    az = np.tile(az, N_BEAMS)
-    ring = np.repeat(np.arange(N_BEAMS, dtype=np.float32), n_azimuth)
+    el = np.repeat(elevations, n_azimuth)  # (beams * A,)
+    az = np.tile(az, n_beams)
+    ring = np.repeat(np.arange(n_beams, dtype=np.float32), n_azimuth)
     d_lidar = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1)
     d_world = d_lidar @ sensor.R.T
     keep_box, keep_sph = _near(world, sensor.t, max_range + 1.0)
@@ -105,7 +131,9 @@ def lidar_sweep(
     )
     on_box = hits.kind[ok] == 0
     obj = np.where(on_box, world.box_obj[np.where(on_box, hits.index[ok], 0)], -1)
-    return pts.astype(np.float32), cls, obj.astype(np.int32)
+    return LidarReturns(
+        pts.astype(np.float32), cls, obj.astype(np.int32), hits.kind[ok], hits.index[ok], p_world
+    )
 
 
 def _subset(hits, ok):

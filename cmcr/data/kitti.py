@@ -1,0 +1,250 @@
+"""SemanticKITTI segmentation: records, readers, the label map and the downstream dataset.
+
+Standard layout under ``semantickitti.root`` (or ``CMCR_KITTI_ROOT``)::
+
+    sequences/NN/velodyne/NNNNNN.bin    float32 (N, 4): x, y, z, remission in [0, 1]
+    sequences/NN/labels/NNNNNN.label    uint32 (N,): lower 16 bits raw semantic id, upper instance
+    semantic-kitti.yaml                 optional: its learning_map / learning_map_inv are used
+
+Training sequences ``semantickitti.train_sequences`` (00-10 but 08), validation
+``semantickitti.val_sequences`` (08); label fractions keep every k-th *scan* of the training
+sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release's
+``dataset_skip_step``). The samples follow the segmentation batch contract of
+``cmcr.data.collate_seg`` with labels in 0..19 (0 ignored).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from torch.utils.data import Dataset
+
+from cmcr.configs import Config
+from cmcr.data.augment import augment_cloud
+from cmcr.data.kitti_classes import (
+    LEARNING_MAP,
+    LEARNING_MAP_INV,
+    MAX_RAW,
+    NUM_KITTI,
+    inverse_table,
+    learning_table,
+)
+from cmcr.data.pretrain import every_kth, sample_rng, split_index
+from cmcr.data.voxel import voxelize
+from cmcr.errors import DataError
+
+KITTI_ROOT_ENV = "CMCR_KITTI_ROOT"
+KITTI_YAML = "semantic-kitti.yaml"
+POINT_DIMS = 4  # x, y, z, remission
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class KittiRecord:
+    """One scan: its sequence, frame number and files."""
+
+    sequence: str  # "00"
+    frame: str  # "000000"
+    velodyne_path: str
+    label_path: str
+
+    @property
+    def token(self) -> str:
+        """``NN/NNNNNN``: the scan's name in batches and in the submission layout."""
+        return f"{self.sequence}/{self.frame}"
+
+    @property
+    def scene_name(self) -> str:
+        """The sequence (the protocol counts it as the scan's scene)."""
+        return self.sequence
+
+
+def kitti_root(cfg: Config) -> Path:
+    """``semantickitti.root`` (``load_config`` applies CMCR_KITTI_ROOT); must hold sequences/."""
+    root = Path(cfg.semantickitti.root or os.environ.get(KITTI_ROOT_ENV, ""))
+    if not (root / "sequences").is_dir():
+        raise DataError(
+            f"semantickitti.root: expected a SemanticKITTI folder holding sequences/, got "
+            f"'{root}' (set semantickitti.root or {KITTI_ROOT_ENV}, or run "
+            "`cmcr synth --format semantickitti`)"
+        )
+    return root
+
+
+def label_maps(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(learning table (65536,), inverse table (20,)): the root's semantic-kitti.yaml if there,
+    else the standard maps; DataError naming the file when its maps are malformed."""
+    path = root / KITTI_YAML
+    if not path.is_file():
+        return learning_table(LEARNING_MAP), inverse_table(LEARNING_MAP_INV)
+    try:
+        data = yaml.safe_load(path.read_text())
+        fwd = {int(k): int(v) for k, v in data["learning_map"].items()}
+        inv = {int(k): int(v) for k, v in data["learning_map_inv"].items()}
+        table, inverse = learning_table(fwd), inverse_table(inv)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{path}: not a SemanticKITTI label map ({err})") from None
+    if table.max() > NUM_KITTI or sorted(inv) != list(range(NUM_KITTI + 1)):
+        raise DataError(f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them")
+    return table, inverse
+
+
+def split_sequences(cfg: Config, split: str) -> list[str]:
+    """The sequences of ``train`` or ``val`` (config keys semantickitti.*_sequences)."""
+    if split not in SPLITS:
+        raise DataError(f"SemanticKITTI split '{split}': expected one of {', '.join(SPLITS)}")
+    kc = cfg.semantickitti
+    return list(kc.train_sequences if split == "train" else kc.val_sequences)
+
+
+def load_kitti_records(cfg: Config, split: str) -> list[KittiRecord]:
+    """Every scan of the split's sequences, in sequence then frame order; DataError when empty."""
+    root = kitti_root(cfg)
+    records = []
+    for seq in split_sequences(cfg, split):
+        folder = root / "sequences" / seq
+        scans = sorted((folder / "velodyne").glob("*.bin"))
+        if not scans:
+            raise DataError(
+                f"semantickitti.{split}_sequences: sequence '{seq}' has no scans in "
+                f"{folder / 'velodyne'}"
+            )
+        records += [
+            KittiRecord(seq, p.stem, str(p), str(folder / "labels" / f"{p.stem}.label"))
+            for p in scans
+        ]
+    return records
+
+
+def select_kitti_records(cfg: Config, split: str, fraction: float = 1.0) -> list[KittiRecord]:
+    """The scans a run uses: the split, every k-th scan for a label fraction, the first
+    data.max_samples."""
+    records = load_kitti_records(cfg, split)
+    if fraction < 1.0:
+        records = every_kth(records, fraction)
+    if cfg.data.max_samples > 0:
+        records = records[: cfg.data.max_samples]
+    return records
+
+
+def read_kitti_points(path: str) -> np.ndarray:
+    """(N, 4) float32 of a velodyne .bin; DataError when missing, truncated, empty or not finite."""
+    try:
+        raw = np.fromfile(path, dtype=np.float32)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(f"{path}: velodyne scan not found") from err
+    if raw.size == 0 or raw.size % POINT_DIMS:
+        raise DataError(
+            f"{path}: {raw.size * 4} bytes is not a non-empty whole number of "
+            f"{POINT_DIMS}-float points"
+        )
+    points = raw.reshape(-1, POINT_DIMS)
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} of {len(points)} points are not finite")
+    return points
+
+
+def read_kitti_labels(path: str, n_points: int) -> np.ndarray:
+    """(N,) uint32 labels of a .label file; DataError when missing or of the wrong length."""
+    try:
+        labels = np.fromfile(path, dtype=np.uint32)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(f"{path}: SemanticKITTI label file not found") from err
+    if labels.size != n_points:
+        raise DataError(f"{path}: {labels.size} labels for {n_points} points")
+    return labels
+
+
+def to_classes(raw: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
+    """(N,) int64 classes 0..19 of uint32 labels (semantic id = lower 16 bits)."""
+    classes = table[raw.astype(np.int64) & (MAX_RAW - 1)]
+    if (classes < 0).any():
+        unknown = np.unique(raw[classes < 0] & (MAX_RAW - 1))[:5].tolist()
+        raise DataError(f"{path}: raw label ids {unknown} are not in the learning map")
+    return classes
+
+
+def cylindrical(xyz: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 (ρ m, φ degrees in [-180, 180), z m) of Cartesian points."""
+    rho = np.hypot(xyz[:, 0], xyz[:, 1])
+    phi = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0]))
+    return np.stack([rho, phi, xyz[:, 2]], axis=1).astype(np.float32)
+
+
+def voxel_grid(cfg: Config, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coordinates to voxelise, cell size per axis): Cartesian (data.voxel_size) or cylindrical
+    (semantickitti.cylinder_size: ρ, angle in degrees, z), semantickitti.coords."""
+    kc = cfg.semantickitti
+    if kc.coords == "cylindrical":
+        return cylindrical(xyz), np.asarray(kc.cylinder_size, dtype=np.float32)
+    return xyz, np.full(3, cfg.data.voxel_size, dtype=np.float32)
+
+
+class KittiSegDataset(Dataset):
+    """SemanticKITTI scans of a split; train: every k-th scan + rotation / flip augmentation.
+
+    Evaluation keeps every point of the file in file order; training subsamples to
+    data.max_points when set. Random draws come from the (seed, epoch, index) stream.
+    """
+
+    def __init__(self, cfg: Config, split: str, *, train: bool, seed: int | None = None) -> None:
+        fraction = cfg.downstream.label_fraction if train else 1.0
+        self.cfg, self.train, self.epoch = cfg, train, 0
+        self.seed = cfg.train.seed if seed is None else seed
+        self.records = select_kitti_records(cfg, split, fraction)
+        self.table, self.inverse = label_maps(kitti_root(cfg))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain integer indices (the sampler also passes it with each index)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        epoch, i = split_index(index, self.epoch)
+        rng = sample_rng(self.seed, epoch, i) if self.train else None
+        return build_kitti_sample(self.records[i], self.cfg, self.table, rng)
+
+
+def build_kitti_sample(
+    rec: KittiRecord, cfg: Config, table: np.ndarray, rng: np.random.Generator | None
+) -> dict:
+    """One scan as a segmentation sample; rng None = evaluation (every point, no augmentation)."""
+    points = read_kitti_points(rec.velodyne_path)
+    labels = to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+    xyz, remission = points[:, :3], np.clip(points[:, 3], 0.0, 1.0)
+    if rng is not None:
+        max_points = cfg.data.max_points
+        if max_points > 0 and len(points) > max_points:
+            keep = np.sort(rng.choice(len(points), max_points, replace=False))
+            xyz, remission, labels = xyz[keep], remission[keep], labels[keep]
+        xyz = augment_cloud(rng, xyz, cfg.data.rotate, cfg.data.flip_prob)
+    grid, size = voxel_grid(cfg, xyz)
+    coords, feats, inverse = voxelize(grid, remission, size, cfg.data.voxel_feature)
+    return {
+        "coords": coords,
+        "feats": feats,
+        "inverse": inverse,
+        "points": np.ascontiguousarray(xyz, dtype=np.float32),
+        "labels": labels.astype(np.int64),
+        "sample_token": rec.token,
+    }
+
+
+def check_kitti_data(cfg: Config) -> int:
+    """Before a SemanticKITTI run: every scan and label file of the training subset and the
+    validation split is readable and aligned (one label per point); the number checked."""
+    table, _ = label_maps(kitti_root(cfg))
+    n = 0
+    for split, fraction in (("train", cfg.downstream.label_fraction), ("val", 1.0)):
+        for rec in select_kitti_records(cfg, split, fraction):
+            points = read_kitti_points(rec.velodyne_path)
+            to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+            n += 1
+    return n
