@@ -65,6 +65,7 @@ def runs_view(
     """(experiment tag key, value) of a saved view showing ``metrics`` then ``params`` as the
     visible columns, sorted by metric ``order_by``, runs matching ``filter_string``."""
     columns = [column("metrics", m) for m in metrics] + [column("params", p) for p in params]
+    columns.append(column("attributes", "Dataset"))  # the world and split each run read
     state = {**_DEFAULT_STATE, "searchFilter": filter_string, "selectedColumns": columns,
              "columnOrder": columns, "orderByKey": column("metrics", order_by), "orderByAsc": ascending}  # fmt: skip
     now = int(time.time() * 1000)
