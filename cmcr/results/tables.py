@@ -109,15 +109,16 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
 def is_continuous(rt: RunTable, keys: list[str]) -> bool:
     """Whether the rows are trials of a continuous search (a float or int range in Optuna's
     study; without the study, a float among the swept params), not the cells of a grid."""
-    if not keys or keys == ["variant"]:
-        return False
+    done = rt.complete
+    if not keys or keys == ["variant"] or "trial" not in done or done["trial"].isna().all():
+        return False  # a grid, or runs no sweep made (no trial to name a row by)
     if rt.study is not None:
         import optuna
 
         done = rt.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         cat = optuna.distributions.CategoricalDistribution
         return any(not isinstance(d, cat) for t in done for d in t.distributions.values())
-    return any(pd.api.types.is_float_dtype(rt.complete[k]) for k in keys if k in rt.complete)
+    return any(pd.api.types.is_float_dtype(done[k]) for k in keys if k in done)
 
 
 def _maximise(rt: RunTable) -> bool:
