@@ -25,7 +25,7 @@ from pathlib import Path
 CHROMIUM = Path("/usr/bin/chromium")
 STUDY = "loss_weights"
 PAGES = ("landing", "runs", "parent")
-WINDOW = (1700, 1150)
+WINDOW = (1500, 1000)
 
 
 def make_store(folder: Path, study: str = STUDY, n_runs: int = 12) -> dict:
@@ -104,7 +104,7 @@ def screenshot(url: str, out: Path, wait_ms: int = 12000) -> None:
         cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--disable-background-networking", "--disable-component-update", "--no-first-run",
                f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-               f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url]  # fmt: skip
+               f"--virtual-time-budget={wait_ms}", f"--screenshot={out.resolve()}", url]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"chromium failed on {url}: {proc.stderr[-1000:]}")
