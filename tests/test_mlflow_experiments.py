@@ -128,6 +128,7 @@ def test_sweeps_get_an_experiment_named_after_the_study(store: str) -> None:
     mine = load_config("smoke", {"tracking.tracking_uri": store, "tracking.experiment": "mine"})
     assert T.study_experiment(mine, "fresh") == "mine"
     client = MlflowClient(store)
+    T.get_or_create_experiment(client, DEFAULT_EXPERIMENT, store)  # artifacts beside the store
     fake_runs.start_study(client, DEFAULT_EXPERIMENT, "old-study")
     assert T.study_experiment(cfg, "old-study") == DEFAULT_EXPERIMENT
     missing = load_config("smoke", {"tracking.tracking_uri": f"{store}-none"})
@@ -138,6 +139,8 @@ def test_report_finds_runs_in_the_study_experiment_and_the_old_one(store: str) -
     """collect() without --experiment reads the study's own experiment and the default one;
     with --experiment only that one."""
     client = MlflowClient(store)
+    for name in ("split", DEFAULT_EXPERIMENT):  # artifacts beside the store (tmp), not ./mlruns
+        T.get_or_create_experiment(client, name, store)
     fake_runs.log_random_sweep(client, "split", study="split", n_runs=3)
     fake_runs.log_random_sweep(client, DEFAULT_EXPERIMENT, study="split", n_runs=2, rng_seed=1)
     assert len(collect(Selection(tracking_uri=store, study="split")).runs) == 5
@@ -159,3 +162,23 @@ def test_screenshots_show_the_study_view(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     for page in ("landing", "runs", "parent"):
         assert (tmp_path / f"mlflow_{page}.png").stat().st_size > 10_000
+
+
+def test_report_build_describes_the_study(store: str, tmp_path: Path) -> None:
+    """Building the report writes the experiment's and the parent run's descriptions: the best
+    trial's run (the highest val/miou) and the report's file:// link."""
+    from cmcr.names import ExpTag as E
+    from cmcr.results.report import build
+
+    client = MlflowClient(store)
+    T.get_or_create_experiment(client, "described", store)  # artifacts beside the store (tmp)
+    info = fake_runs.log_random_sweep(client, "described", study="described", n_runs=4)
+    build(Selection(tracking_uri=store, study="described"), tmp_path / "rep")
+    runs = client.search_runs([info["experiment_id"]], "tags.`cmcr.kind` = 'trial'",
+                              order_by=[f"metrics.`{Metric.VAL_MIOU}` DESC"])  # fmt: skip
+    best = runs[0]
+    exp_note = client.get_experiment(info["experiment_id"]).tags[E.NOTE]
+    run_note = client.get_run(info["parent_run_id"]).data.tags["mlflow.note.content"]
+    assert exp_note == run_note
+    assert f"trial {best.data.tags['optuna.trial']}," in run_note and best.info.run_id in run_note
+    assert (tmp_path / "rep" / "index.html").resolve().as_uri() in run_note

@@ -21,6 +21,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("cont")
     uri, storage = f"sqlite:///{tmp / 'mlflow.db'}", f"sqlite:///{tmp / 'optuna.db'}"
     client = MlflowClient(uri)
+    client.create_experiment("cmcr", artifact_location=str(tmp / "art"))
     fake_runs.log_random_sweep(client, "cmcr", study="weights", n_runs=6, storage=storage)
     fake_runs.log_components_sweep(client, "cmcr", study="components", seeds=(0, 1))
     return {"uri": uri, "storage": storage}
