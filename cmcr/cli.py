@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("cmcr.engine.cli_downstream", "fine-tuning on nuScenes-lidarseg"),
     "evaluate": ("cmcr.engine.cli_downstream", "evaluate a segmentation model, export lidarseg"),
     "ui": ("cmcr.results.ui", "start the MLflow UI on the embedded store (127.0.0.1)"),
+    "dashboard": ("cmcr.results.dashboard", "optuna-dashboard on a study's storage (127.0.0.1)"),
     "bench": ("cmcr.bench", "benchmarks: data, step, sweep overhead, report build"),
 }
 

@@ -21,6 +21,14 @@ SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # its --tracking-uri (only when 
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by ``mlflow server`` (``cmcr ui``)
 # how long a tracking server or a storage may take to answer before it is reported unreachable
 REACH_WAIT_S = 10
+# MLflow experiments: a sweep records into one experiment named after its study; ad-hoc runs
+# (cmcr pretrain / probe / finetune) and studies begun before issue 16 live in this one
+DEFAULT_EXPERIMENT = "cmcr"
+# MLflow 3's experiment kind (tag ``ExpTag.KIND``): model training, so the UI opens the runs view
+# rather than the GenAI one (traces, token usage). The UI of 3.17 also follows its sidebar
+# switch, which a link sets with ``UI_WORKFLOW_QUERY`` (tests/test_mlflow_experiments.py pins both)
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 class Tag:
@@ -42,6 +50,7 @@ class Tag:
     SLOT = "cmcr.slot"  # a sweep trial's slot (its child runs are found again by it)
     PARENT_RUN = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
+    NOTE = "mlflow.note.content"  # the run's description (markdown), shown on its page
     STUDY = "optuna.study"
     TRIAL = "optuna.trial"
     RETRY_OF = "optuna.retry_of"
@@ -63,6 +72,16 @@ class Tag:
     PROTOCOL_LOSS = "cmcr.protocol.loss"
     PROTOCOL_OPTIMIZER = "cmcr.protocol.optimizer"
     PROTOCOL_SCHEDULE = "cmcr.protocol.schedule"  # cosine steps, epochs × batches, BN momentum
+
+
+class ExpTag:
+    """MLflow experiment tag keys (MLflow's own, read by its UI)."""
+
+    KIND = "mlflow.experimentKind"  # value: EXPERIMENT_KIND_TRAINING
+    NOTE = "mlflow.note.content"  # the experiment's description (markdown)
+    # a saved view of the runs table (columns, sort), opened by ?viewStateShareKey=<key>
+    VIEW_PREFIX = "mlflow.sharedViewState."
+    STUDY = "optuna.study"  # the study whose experiment this is
 
 
 class Kind:

@@ -146,12 +146,15 @@ def test_swept_params_group_and_optuna_pruned(tmp_path: Path) -> None:
             user_attrs={"mlflow_run_id": run_id}))  # fmt: skip
     info = build(Selection(tracking_uri=uri, study="weights", storage=storage), tmp_path / "rep")
     csv = pd.read_csv(tmp_path / "rep" / "ablation.csv")
-    assert list(csv.columns[:2]) == [
+    # a continuous search: rows ranked by mIoU, named by their first trial, Δ to the best row
+    assert list(csv.columns[:3]) == [
         "config",
+        "trial",
         "loss.weights.mim",
     ]  # train.lr only varied in the pruned run
-    assert list(csv["loss.weights.mim"]) == [0.5, 1.5] and list(csv["n_runs"]) == [2, 2]
-    assert csv.at[0, "delta_val/miou"] == 0.0  # no random init: Δ to the first row
+    assert list(csv["loss.weights.mim"]) == [1.5, 0.5] and list(csv["n_runs"]) == [2, 2]
+    assert list(csv["config"]) == ["trial 2: mim=1.5", "trial 0: mim=0.5"]
+    assert csv.at[0, "delta_val/miou"] == 0.0 and csv.at[1, "delta_val/miou"] < 0
     inc = pd.read_csv(tmp_path / "rep" / "incomplete.csv")
     assert list(inc["state"]) == ["PRUNED"]
     assert info["n_complete"] == 4

@@ -45,8 +45,8 @@ def client(tmp_path: Path):
 
 def child_runs(tmp_path: Path, parent: str) -> list:
     c = client(tmp_path)
-    exp = c.get_experiment_by_name("cmcr")
-    return c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    exps = [e.experiment_id for e in c.search_experiments()]  # the study's own experiment
+    return c.search_runs(exps, f"tags.mlflow.parentRunId = '{parent}'")
 
 
 def test_fresh_sweep_three_trials_three_child_runs(tmp_path, smoke_world):

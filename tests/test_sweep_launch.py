@@ -90,7 +90,7 @@ def test_two_rank_launch_is_one_worker(smoke_world, tmp_path):
     assert len({t.user_attrs["cmcr.worker"] for t in trials}) == 1
 
     client = make_client(f"sqlite:///{tmp_path / 'm.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("cmcr").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("two_rank").experiment_id])
     kinds = sorted(r.data.tags.get("cmcr.kind") for r in runs)
     assert kinds == ["study", "trial", "trial"]  # one run per trial, none per rank
     for run in runs:

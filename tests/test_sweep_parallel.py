@@ -94,7 +94,7 @@ def test_two_processes_share_a_postgres_study(tmp_path, smoke_world, postgres):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking)
-        exp = client.get_experiment_by_name("cmcr")
+        exp = client.get_experiment_by_name(name)  # one experiment per study
         parents = client.search_runs([exp.experiment_id], "tags.`cmcr.kind` = 'study'")
         assert len(parents) == 1  # two processes, one parent run
         runs = client.search_runs(

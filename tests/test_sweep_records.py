@@ -113,7 +113,7 @@ def test_a_study_named_with_a_quote_sweeps_and_reports(tmp_path, store):
                      "--name", "it's") == 0  # fmt: skip
         (tmp_path / "optuna.db").unlink()  # forget the link: _find_parent searches by tag
     client = MlflowClient(store)
-    exp = client.get_experiment_by_name("cmcr").experiment_id
+    exp = client.get_experiment_by_name("it's").experiment_id  # one per study
     parents = client.search_runs([exp], f"tags.`{Tag.STUDY}` = {search_value(chr(39).join(['it', 's']))}"
                                  f" and tags.`{Tag.KIND}` = 'study'")  # fmt: skip
     assert len(parents) == 1  # found again, not created twice

@@ -239,7 +239,7 @@ def test_a_dead_worker_of_two_is_requeued_by_its_parent_at_once(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("cmcr").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("mask_ratio").experiment_id])
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
 
 

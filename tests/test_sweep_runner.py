@@ -95,8 +95,8 @@ def children(store: str, parent: str) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store)
-    exp = client.get_experiment_by_name("cmcr")
-    return client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    exps = [e.experiment_id for e in client.search_experiments()]  # the study's own experiment
+    return client.search_runs(exps, f"tags.mlflow.parentRunId = '{parent}'")
 
 
 def test_sweep_links_trials_and_runs_both_ways(tmp_path, store):

@@ -200,6 +200,7 @@ def test_a_study_named_with_a_quote_runs(tmp_path, smoke_world) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cmcr")
+    exp = client.get_experiment_by_name("it's")  # one experiment per study, for model training
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     parents = client.search_runs([exp.experiment_id], "tags.`cmcr.kind` = 'study'")
     assert len(parents) == 1 and parents[0].data.tags["optuna.study"] == "it's"

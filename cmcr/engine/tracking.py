@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -36,7 +37,15 @@ from typing import Any
 
 from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
 from cmcr.errors import TrackingError
-from cmcr.names import DEFAULT_ARTIFACTS, Tag, is_local_key
+from cmcr.names import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_KIND_TRAINING,
+    ExpTag,
+    Kind,
+    Tag,
+    is_local_key,
+)
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
 
 # MLflow prints "View run <name> at: <tracking URI>/..." when a run on a server ends: the URI
@@ -105,15 +114,148 @@ def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
                 f"tracking.experiment '{name}' is deleted in {redact(uri)}; "
                 "restore it or choose another name"
             )
+        if ExpTag.KIND not in exp.tags:  # made before issue 16: mark it now, once
+            client.set_experiment_tag(exp.experiment_id, ExpTag.KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri))
+        # the kind in the creating request: MLflow 3 opens a model-training experiment on its
+        # runs table, not on the GenAI views (traces, token usage)
+        return client.create_experiment(name, artifact_location=artifact_location(uri),
+                                        tags={ExpTag.KIND: EXPERIMENT_KIND_TRAINING})  # fmt: skip
     except MlflowException:
         # another process (a parallel sweep worker) created it between our two calls
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def study_experiment(cfg: Config, study: str) -> str:
+    """The MLflow experiment a sweep of ``study`` records into: ``cfg.tracking.experiment`` when
+    it was changed from the default, else one named after the study (issue 16). A study begun
+    before that, whose parent run lives in the default experiment, stays there (its resumed
+    trials beside its earlier ones); looked up only in stores on this machine, never over http
+    before the preflight check has bounded MLflow's retries."""
+    if cfg.tracking.experiment != DEFAULT_EXPERIMENT:
+        return cfg.tracking.experiment
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    db = sqlite_path(uri)
+    if uri.startswith(("http://", "https://")) or (db is not None and not db.is_file()):
+        return study
+    client = client_for(uri)
+    if client.get_experiment_by_name(study) is not None:
+        return study
+    legacy = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    if legacy is None:
+        return study
+    query = f"tags.`{Tag.KIND}` = '{Kind.STUDY}' and tags.`{Tag.STUDY}` = {search_value(study)}"
+    found = client.search_runs([legacy.experiment_id], filter_string=query, max_results=1)
+    return DEFAULT_EXPERIMENT if found else study
+
+
+def prepare_study_experiment(
+    uri: str,
+    experiment: str,
+    *,
+    study: str,
+    objective: str,
+    direction: str,
+    params: list[str],
+    note: str = "",
+) -> str:
+    """Create or mark ``experiment`` for sweep ``study``: model-training kind, a saved view of its
+    runs table (the objective and the swept ``params`` as columns, sorted by the objective, the
+    trials only) and its description. Returns the experiment id."""
+    from cmcr.adapters.mlflow_views import runs_view
+
+    client = client_for(uri)
+    exp_id = get_or_create_experiment(client, experiment, uri)
+    key, value = runs_view(f"study {study}", [objective],
+                           sorted(params), order_by=objective, ascending=direction == "minimize",
+                           filter_string=f"tags.`{Tag.KIND}` = '{Kind.TRIAL}' and "
+                                         f"tags.`{Tag.STUDY}` = {search_value(study)}")  # fmt: skip
+    client.set_experiment_tag(exp_id, key, value)
+    client.set_experiment_tag(exp_id, ExpTag.STUDY, _clip(redact(study), _TAG_MAX))
+    if note:
+        client.set_experiment_tag(exp_id, ExpTag.NOTE, _clip(redact(note), _TAG_MAX))
+    return exp_id
+
+
+def study_note(
+    study: str,
+    *,
+    objective: str,
+    direction: str,
+    params: list[str],
+    best: Mapping[str, Any] | None = None,
+    report: str | None = None,
+) -> str:
+    """The markdown description of a study's experiment and parent run: what is swept and
+    optimised, where the table view and the report are, and the best trial with its run."""
+    from cmcr.adapters.mlflow_views import view_query
+
+    lines = [
+        f"**Optuna study `{study}`**: {direction} `{objective}` (trial value: mean over seeds).",
+        "",
+        f"Swept: {', '.join(f'`{p}`' for p in sorted(params)) or 'nothing (a grid of variants)'}.",
+        "",
+        f"Runs table with these columns, sorted by `{objective}`: *Views → study {study}* above "
+        f"the table, or this page's address with `?{view_query()}`.",
+    ]
+    if best:
+        lines += ["", f"Best so far: trial {best['trial']}, `{objective}` = {best['value']:.4f}, "
+                      f"run [{best['run_id']}](#/experiments/{best['experiment_id']}/runs/"
+                      f"{best['run_id']})."]  # fmt: skip
+    if report:
+        lines += ["", f"Report: [{report}]({report})"]
+    return "\n".join(lines)
+
+
+def describe_study(
+    uri: str, experiment_id: str, parent_run_id: str | None, note: str, *, shared: bool = False
+) -> None:
+    """Write ``note`` (markdown) as the description of the experiment and of the study's parent
+    run (tag ``mlflow.note.content``: the UI shows it on their pages)."""
+    client = client_for(uri)
+    text = _clip(redact(note), _TAG_MAX)
+    client.set_experiment_tag(experiment_id, ExpTag.NOTE, text)
+    if parent_run_id:
+        set_tag_shared(uri, parent_run_id, Tag.NOTE, text) if shared else client.set_tag(
+            parent_run_id, Tag.NOTE, text
+        )
+
+
+def ui_urls(base: str, experiment_id: str, run_ids: Mapping[str, str] | None = None) -> dict:
+    """Links into the MLflow UI at ``base`` (``http://127.0.0.1:5000``): the experiment's runs
+    table in its saved study view, and each run's page (``{label: run id}``), all opening the
+    model-training side of MLflow 3's UI."""
+    from cmcr.adapters.mlflow_views import view_query
+    from cmcr.names import UI_WORKFLOW_QUERY
+
+    root = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    out = {"runs": f"{root}/runs?{view_query()}&{UI_WORKFLOW_QUERY}"}
+    for label, run_id in (run_ids or {}).items():
+        out[label] = f"{root}/runs/{run_id}?{UI_WORKFLOW_QUERY}"
+    return out
+
+
+def dataset_inputs(cfg: Config, kind: str, fingerprint: str) -> list[Any]:
+    """The MLflow dataset inputs of a run (the UI's Dataset column): the world's splits it reads,
+    named ``<world>/<split>``, digest = the dataset fingerprint, context train / validation."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    root = Path(cfg.data.dataroot)
+    world = root.resolve().name or str(root)
+    source = json.dumps({"uri": redact(str(root.resolve())), "version": cfg.data.version})
+    splits = [("train", cfg.data.train_split)]
+    if kind != Kind.PRETRAIN:  # pre-training validates on held-out scenes of its train split
+        splits.append(("validation", cfg.data.val_split))
+    return [
+        DatasetInput(Dataset(name=f"{world}/{split}", digest=fingerprint, source_type="local",
+                             source=source), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        for context, split in splits
+    ]  # fmt: skip
 
 
 def git_commit() -> str:
@@ -249,6 +391,9 @@ class RunLogger:
         logger = cls(client, run_id, uri, is_main=True)
         try:
             logger.set_tags(all_tags)
+            if not resumed and kind != Kind.STUDY:  # the study's parent run reads no data
+                fingerprint = all_tags[Tag.DATASET_FINGERPRINT]
+                client.log_inputs(run_id, datasets=dataset_inputs(cfg, kind, fingerprint))
             if log_params:
                 fresh = config_params(cfg) if params is None else params
                 logger.log_params(new_params if resumed else fresh)

@@ -17,7 +17,7 @@ import pandas as pd
 from cmcr.configs import Config, config_from_flat
 from cmcr.configs.schema import DOWNSTREAM_DATASETS
 from cmcr.errors import TrackingError
-from cmcr.names import DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
+from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 # DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
@@ -39,7 +39,9 @@ class Selection:
     """Which runs to report: an experiment, optionally a study tag and an MLflow filter."""
 
     tracking_uri: str = ""
-    experiment: str = "cmcr"
+    # None: the study's own experiment (named after it) and the default one (ad-hoc runs and
+    # studies begun before one experiment per study), else the default alone
+    experiment: str | None = None
     study: str | None = None
     filter_string: str = ""
     storage: str | None = None  # Optuna storage URL; None = the default when it exists
@@ -97,16 +99,15 @@ def collect(sel: Selection) -> RunTable:
     if db is not None and not db.is_file():  # never create an empty store as a side effect
         raise ReportError(f"tracking store '{db}' does not exist (set --tracking-uri)")
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(sel.experiment)
-    if exp is None:
-        raise ReportError(f"experiment '{sel.experiment}' does not exist in {redact(uri)}")
+    exps = _experiments(client, sel, uri)
+    exp = exps[0]
     filters = [f for f in (sel.filter_string.strip(),) if f]
     if sel.study:
         filters.append(_study_filter(sel.study))
     mlflow.set_tracking_uri(uri)
     try:
         raw = mlflow.search_runs(
-            experiment_ids=[exp.experiment_id],
+            experiment_ids=[e.experiment_id for e in exps],
             filter_string=" and ".join(filters),
             max_results=1_000_000,
             output_format="pandas",
@@ -120,18 +121,29 @@ def collect(sel: Selection) -> RunTable:
     except ReportError as exc:  # the runs can still be reported; the page says what is missing
         study_error = f"study figures unavailable: {exc}"
     if raw.empty:
-        raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
+        raise ReportError(_nothing_matched(sel, uri, study, [e.experiment_id for e in exps]))
     kind = raw.get(f"tags.{Tag.KIND}", pd.Series(index=raw.index, dtype=object))
     parents = raw[kind == Kind.STUDY]
     trials = raw[kind != Kind.STUDY]
     if trials.empty:
-        raise ReportError(_nothing_matched(sel, uri, study, exp.experiment_id))
+        raise ReportError(_nothing_matched(sel, uri, study, [e.experiment_id for e in exps]))
     table = _tidy(trials)
     parent = parents["run_id"].iloc[0] if sel.study and not parents.empty else None
     rt = RunTable(table, _param_cols(table), _metric_cols(table), exp.experiment_id, uri,
                   parent_run_id=parent, study=study, study_error=study_error)  # fmt: skip
     _merge_optuna(rt)
     return rt
+
+
+def _experiments(client: Any, sel: Selection, uri: str) -> list[Any]:
+    """The experiments to search, the study's own first; ReportError when none exists."""
+    names = [sel.experiment] if sel.experiment else [sel.study, DEFAULT_EXPERIMENT]
+    found = [e for n in dict.fromkeys(n for n in names if n)
+             if (e := client.get_experiment_by_name(n)) is not None]  # fmt: skip
+    if not found:
+        shown = " or ".join(f"'{n}'" for n in names if n)
+        raise ReportError(f"experiment {shown} does not exist in {redact(uri)}")
+    return found
 
 
 def _study_filter(study: str) -> str:
@@ -141,10 +153,10 @@ def _study_filter(study: str) -> str:
     return f"tags.`{Tag.STUDY}` = {search_value(study)}"
 
 
-def _nothing_matched(sel: Selection, uri: str, study: Any, exp_id: str) -> str:
+def _nothing_matched(sel: Selection, uri: str, study: Any, exp_ids: list[str]) -> str:
     """Say which part of the selection matched nothing: the study, the filter or the experiment."""
-    where = f"experiment '{sel.experiment}' of {redact(uri)}"
-    if sel.study and sel.filter_string and _study_has_runs(uri, exp_id, sel.study):
+    where = f"experiment '{sel.experiment or sel.study or DEFAULT_EXPERIMENT}' of {redact(uri)}"
+    if sel.study and sel.filter_string and _study_has_runs(uri, exp_ids, sel.study):
         return f"--filter '{sel.filter_string}' matched no runs of study '{sel.study}' in {where}"
     if sel.study:
         extra = " (the Optuna study exists but logged no runs)" if study is not None else ""
@@ -154,10 +166,10 @@ def _nothing_matched(sel: Selection, uri: str, study: Any, exp_id: str) -> str:
     return f"{where} has no runs"
 
 
-def _study_has_runs(uri: str, exp_id: str, study: str) -> bool:
+def _study_has_runs(uri: str, exp_ids: list[str], study: str) -> bool:
     from mlflow.tracking import MlflowClient
 
-    found = MlflowClient(uri).search_runs([exp_id], _study_filter(study), max_results=1)
+    found = MlflowClient(uri).search_runs(exp_ids, _study_filter(study), max_results=1)
     return len(found) > 0
 
 

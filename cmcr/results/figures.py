@@ -28,7 +28,8 @@ LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30
 STUDY_TARGET = f"{TARGET} (trial value: mean over seeds)"  # what a sweep trial returns
 MAX_SLICES = 8  # more subplots than this are unreadable on one page
 FANOVA_SEEDS = range(5)  # the forest's seed moves importances; the spread over seeds shows how much
-# Below this many complete trials the importance figure says it is unreliable: PED-ANOVA's
+# Below this many complete trials the importance and contour figures say they are unreliable
+# (in their titles; docs/architecture.md, Report): PED-ANOVA's
 # top 10 % quantile then holds at most one trial, and fANOVA's forest fits fewer points than
 # a 2–4-param study has corners to tell apart.
 MIN_RELIABLE_TRIALS = 20
@@ -148,7 +149,10 @@ def _contour(study: optuna.Study, ranked: list[str], n_done: int) -> Figure:
                 f"{len(ranked)} param(s), {n_done} trial(s))")  # fmt: skip
     a, b = ranked[:2]
     fig = optuna.visualization.plot_contour(study, params=[a, b], target_name=STUDY_TARGET)
-    fig.update_layout(title=f"Contour: {a} × {b} (the two most important params)")
+    # an interpolated surface over a handful of points looks like knowledge it is not
+    few = (f" — unreliable: {n_done} complete trials < {MIN_RELIABLE_TRIALS}"
+           if n_done < MIN_RELIABLE_TRIALS else "")  # fmt: skip
+    fig.update_layout(title=f"Contour: {a} × {b} (the two most important params){few}")
     return fig
 
 

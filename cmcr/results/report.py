@@ -22,7 +22,7 @@ import jinja2
 from markupsafe import Markup
 
 from cmcr.errors import CMCRError
-from cmcr.names import DEFAULT_STORAGE
+from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Metric
 from cmcr.results import figures as F
 from cmcr.results.collect import ReportError, RunTable, Selection, collect, redact
 from cmcr.results.tables import (
@@ -45,7 +45,9 @@ HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``dashboards/build.py``."""
     parser.add_argument("--study", help="Optuna study name (runs tagged optuna.study=NAME)")
-    parser.add_argument("--experiment", default="cmcr", help="MLflow experiment (default: cmcr)")
+    parser.add_argument("--experiment", default=None,
+                        help=f"MLflow experiment (default: the study's own and "
+                             f"'{DEFAULT_EXPERIMENT}', else '{DEFAULT_EXPERIMENT}')")  # fmt: skip
     parser.add_argument("--filter", default="", dest="filter_string",
                         help="extra MLflow filter, e.g. \"params.`train.lr` = '0.001'\"")  # fmt: skip
     parser.add_argument("--tracking-uri", default="",
@@ -87,6 +89,8 @@ def build(
     rt.runs.drop(columns=["start_time", "end_time"]).to_csv(out / "runs.csv", index=False)
     (out / "index.html").write_text(page)
     logged = _log_artifacts(rt, out) if log else None
+    if log:
+        _describe(rt, sel, out)
     return {"out": str(out), "n_runs": len(rt.runs), "n_complete": len(rt.complete),
             "collect_s": round(t_collect, 3), "total_s": round(time.perf_counter() - t0, 3),
             "logged_to": logged}  # fmt: skip
@@ -132,7 +136,7 @@ def write_readme(path: str | Path, name: str, table_md: str, n_runs: int) -> Non
 
 
 def _slug(sel: Selection) -> str:
-    name = sel.study or sel.experiment
+    name = sel.study or sel.experiment or DEFAULT_EXPERIMENT
     if sel.filter_string:
         name += "-filtered"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -146,6 +150,31 @@ def _log_artifacts(rt: RunTable, out: Path) -> str | None:
 
     MlflowClient(rt.tracking_uri).log_artifacts(rt.parent_run_id, str(out), artifact_path="report")
     return rt.parent_run_id
+
+
+def _describe(rt: RunTable, sel: Selection, out: Path) -> None:
+    """The study's experiment and parent run descriptions: the report's path, the best run."""
+    if rt.parent_run_id is None or not sel.study or rt.complete.empty:
+        return
+    from cmcr.engine.tracking import describe_study, study_note
+
+    done = rt.complete
+    maximise = rt.study is None or rt.study.direction.name == "MAXIMIZE"
+    best = done.loc[done[F.TARGET].idxmax() if maximise else done[F.TARGET].idxmin()]
+    exp_id = _run_experiment(rt, best["run_id"])
+    params = rt.swept()
+    note = study_note(sel.study, objective=Metric.VAL_MIOU,
+                      direction="maximize" if maximise else "minimize", params=params,
+                      best={"trial": best["trial"], "value": best[F.TARGET],
+                            "run_id": best["run_id"], "experiment_id": exp_id},
+                      report=(out / "index.html").resolve().as_uri())  # fmt: skip
+    describe_study(rt.tracking_uri, _run_experiment(rt, rt.parent_run_id), rt.parent_run_id, note)
+
+
+def _run_experiment(rt: RunTable, run_id: str) -> str:
+    from cmcr.engine.tracking import client_for
+
+    return client_for(rt.tracking_uri).get_run(run_id).info.experiment_id
 
 
 def _study_note(rt: RunTable, sel: Selection) -> str:
@@ -200,7 +229,8 @@ def render_page(rt: RunTable, ab: Ablation | None, sel: Selection) -> str:
                  "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table),
                  "verdict": verdict(ab), "caption": caption(ab)}  # fmt: skip
     return _template().render(
-        name=sel.study or sel.experiment, study=sel.study, experiment=sel.experiment,
+        name=sel.study or sel.experiment or DEFAULT_EXPERIMENT, study=sel.study,
+        experiment=sel.experiment or DEFAULT_EXPERIMENT,
         filter_string=sel.filter_string, tracking_uri=redact(rt.tracking_uri),
         n_complete=len(rt.complete), n_runs=len(rt.runs), study_found=rt.study is not None,
         built=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), notes=rt.notes,
@@ -219,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sel = Selection(tracking_uri=args.tracking_uri, experiment=args.experiment,
                     study=args.study, filter_string=args.filter_string, storage=args.storage)  # fmt: skip
-    name = args.study or args.experiment
+    name = args.study or args.experiment or DEFAULT_EXPERIMENT
     try:
         if args.readme:
             check_readme(args.readme, name)  # a wrong file fails before the report is built

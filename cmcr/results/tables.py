@@ -46,6 +46,7 @@ class Ablation:
     metrics: list[str]  # aggregated metric keys, summary first then per class
     reference: str = ""  # label of the row every other row is tested against
     picked_best: bool = False  # the reference is the best mean, chosen after seeing the results
+    ranked: bool = False  # a continuous study: rows ranked by mIoU, labelled by trial, Δ to best
 
 
 def variant_label(variant: str) -> str:
@@ -80,9 +81,17 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
     first = grouped[keys].first() if keys else pd.DataFrame(index=agg.index)
     out = pd.concat([first, grouped.size().rename("n_runs"), agg], axis=1)
     out["seeds"] = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s.dropna())))
-    out = _order(out, keys)
-    out.insert(0, "config", [_label(row, keys) for _, row in out.iterrows()])
-    base = _baseline_index(out, keys)
+    ranked = is_continuous(rt, keys)
+    if ranked:  # one configuration per trial: rank them, name them by trial, Δ to the best
+        out.insert(0, "trial", grouped["trial"].min().astype("Int64"))
+        out = out.sort_values(f"{TARGET}_mean", ascending=not _maximise(rt), kind="stable",
+                              na_position="last")  # fmt: skip
+        out.insert(0, "config", _trial_labels(out, keys))
+        base = 0
+    else:
+        out = _order(out, keys)
+        out.insert(0, "config", [_label(row, keys) for _, row in out.iterrows()])
+        base = _baseline_index(out, keys)
     out.insert(out.columns.get_loc(f"{TARGET}_mean") + 2, f"delta_{TARGET}",
                out[f"{TARGET}_mean"] - out[f"{TARGET}_mean"].iloc[base])  # fmt: skip
     per_seed = [_by_seed(grouped.get_group(k)) for k in out.index]
@@ -93,7 +102,59 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
                     reference=str(out["config"].iloc[ref]),
-                    picked_best=reference is None and _is_best_pick(out, keys))  # fmt: skip
+                    picked_best=reference is None and _is_best_pick(out, keys),
+                    ranked=ranked)  # fmt: skip
+
+
+def is_continuous(rt: RunTable, keys: list[str]) -> bool:
+    """Whether the rows are trials of a continuous search (a float or int range in Optuna's
+    study; without the study, a float among the swept params), not the cells of a grid."""
+    done = rt.complete
+    if not keys or keys == ["variant"] or "trial" not in done or done["trial"].isna().all():
+        return False  # a grid, or runs no sweep made (no trial to name a row by)
+    if rt.study is not None:
+        import optuna
+
+        done = rt.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        cat = optuna.distributions.CategoricalDistribution
+        return any(not isinstance(d, cat) for t in done for d in t.distributions.values())
+    return any(pd.api.types.is_float_dtype(done[k]) for k in keys if k in done)
+
+
+def _maximise(rt: RunTable) -> bool:
+    return rt.study is None or rt.study.direction.name != "MINIMIZE"
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key shares (mim, occ, train.lr)."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(o == tail or o.endswith("." + tail) for o in keys) == 1:
+                out[k] = tail
+                break
+        else:
+            out[k] = k
+    return out
+
+
+def _trial_labels(out: pd.DataFrame, keys: list[str]) -> list[str]:
+    """``trial 7: mim=0.52, occ=1.3``: the trial number and short params at 2 significant digits."""
+    short = short_names(keys)
+    labels = []
+    for _, row in out.iterrows():
+        trial = "?" if pd.isna(row["trial"]) else str(int(row["trial"]))
+        params = ", ".join(f"{short[k]}={_short_value(row[k])}" for k in sorted(keys))
+        labels.append(f"trial {trial}: {params}")
+    return labels
+
+
+def _short_value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.2g}"
+    return _fmt_param(v)
 
 
 def _by_seed(runs: pd.DataFrame) -> dict[int, float]:
@@ -305,11 +366,26 @@ def _header_row(ab: Ablation) -> list[str]:
     return cols
 
 
+def _spread_note(ab: Ablation) -> str:
+    """What ± means here; rows of one run say n = 1 instead (no std from one value)."""
+    single = int((ab.table["n_runs"] == 1).sum())
+    if single == len(ab.table):
+        return "one run per row (n = 1): no std"
+    if single:
+        return f"mean ± std over seeds; {single} row(s) with one run show n = 1 instead"
+    return "mean ± std over seeds"
+
+
 def caption(ab: Ablation) -> str:
     """What the table's numbers are: units, the Δ row, the reference, interval, test, marker."""
     n_tests = int(np.isfinite(ab.table[P]).sum())
+    rank = ""
+    if ab.ranked:
+        rank = ("Rows ranked by mIoU, best first, labelled by Optuna trial with short parameter "
+                "names (full keys and values in ablation.csv); ")  # fmt: skip
+    delta = f"Δ mIoU to the best row '{ab.baseline}'" if ab.ranked else f"Δ mIoU to '{ab.baseline}'"
     return (
-        f"IoU in %, mean ± std over seeds; Δ mIoU to '{ab.baseline}'. "
+        f"{rank}IoU in %, {_spread_note(ab)}; {delta}. "
         f"'vs {ab.reference}'{_pick_note(ab)}: mIoU of the row − '{ab.reference}', paired by "
         f"seed (mean of the per-seed differences, 95 % paired t-interval); 'unpaired' rows "
         f"share < 2 seeds with "
@@ -318,8 +394,10 @@ def caption(ab: Ablation) -> str:
         f"Seeds needed: seeds per row for a paired t-test to detect the observed difference with "
         f"the observed spread at power {S.POWER} and α = {S.ALPHA}/{max(n_tests, 1)} (Holm's "
         f"strictest step, so the marker follows); >{S.MAX_SEEDS}: a tie in practice. "
-        f"Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}."
-    )
+        + (f"One row per trial of a continuous search over {', '.join(ab.group_by)}."
+           if ab.ranked else
+           f"Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}.")
+    )  # fmt: skip
 
 
 def _pick_note(ab: Ablation) -> str:

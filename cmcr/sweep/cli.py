@@ -358,23 +358,21 @@ def report_dir(plan: Any) -> Path:
 
 
 def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """Direct links into ``cmcr ui`` (127.0.0.1:5000) for the parent run and the best run."""
-    from cmcr.engine.tracking import client_for, resolve_tracking_uri
+    """Direct links into ``cmcr ui`` (127.0.0.1:5000, or the tracking server itself): the
+    study's runs table in its saved view, the parent run and the best run."""
+    from cmcr.engine.tracking import client_for, resolve_tracking_uri, ui_urls
 
     try:
         uri = resolve_tracking_uri(plan.base)
-        if uri.startswith(("http://", "https://")):
-            base = uri.rstrip("/")
-        else:
-            base = "http://127.0.0.1:5000"
-        client = client_for(uri)
-        out = []
-        best_run = summary.get("best_run_id")
-        for label, run_id in (("parent run", summary["parent_run_id"]), ("best run", best_run)):
-            if run_id:
-                exp = client.get_run(run_id).info.experiment_id
-                out.append((label, f"{base}/#/experiments/{exp}/runs/{run_id}"))
-        return out
+        remote = uri.startswith(("http://", "https://"))
+        base = uri.rstrip("/") if remote else "http://127.0.0.1:5000"
+        parent = summary["parent_run_id"]
+        exp = client_for(uri).get_run(parent).info.experiment_id
+        runs = {"parent run": parent}
+        if summary.get("best_run_id"):
+            runs["best run"] = summary["best_run_id"]
+        urls = ui_urls(base, exp, runs)
+        return [("runs table", urls["runs"])] + [(k, urls[k]) for k in runs]
     except Exception:
         return []
 

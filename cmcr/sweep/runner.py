@@ -86,6 +86,10 @@ def plan_sweep(opts: SweepOptions) -> Plan:
     if opts.tracking_uri:
         fixed["tracking.tracking_uri"] = opts.tracking_uri
     base = load_config(opts.preset or spec.preset or "demo", fixed)
+    if "tracking.experiment" not in fixed:  # one MLflow experiment per study (issue 16)
+        from cmcr.engine.tracking import study_experiment
+
+        base.tracking.experiment = study_experiment(base, opts.name or spec.name)
     check_space(spec, base)
     n_trials = opts.n_trials if opts.n_trials is not None else spec.default_n_trials()
     if n_trials < 1:
@@ -365,7 +369,24 @@ def _parent_run(plan: Plan, study: Any) -> str:
         get_or_create_experiment(client_for(uri), cfg.tracking.experiment, uri)
         reopen(uri, parent, {Tag.N_TRIALS: str(plan.n_trials)})
     study.set_user_attr(Attr.PARENT_RUN, parent)
+    _describe_experiment(plan, uri, parent)
     return parent
+
+
+def _describe_experiment(plan: Plan, uri: str, parent: str) -> None:
+    """The study's experiment: model-training kind, its runs view, its and the parent's notes."""
+    from cmcr.engine.tracking import describe_study, prepare_study_experiment, study_note
+
+    params = sorted(searched_keys(plan.spec))
+    note = study_note(plan.study_name, objective=Metric.VAL_MIOU, direction=plan.spec.direction,
+                      params=params)  # fmt: skip
+    try:  # a convenience for the UI: workers starting together may race on the same tags
+        exp_id = prepare_study_experiment(uri, plan.base.tracking.experiment,
+                                          study=plan.study_name, objective=Metric.VAL_MIOU,
+                                          direction=plan.spec.direction, params=params)  # fmt: skip
+        describe_study(uri, exp_id, parent, note, shared=True)
+    except Exception as exc:
+        log.warning(_one_line("could not describe the study's MLflow experiment", exc))
 
 
 def _find_parent(client: Any, cfg: Config, uri: str, tags: dict[str, str]) -> str | None:

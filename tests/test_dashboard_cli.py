@@ -1,0 +1,97 @@
+"""``cmcr dashboard``: optuna-dashboard on a study's storage, bound to 127.0.0.1, the storage
+URL taken from the environment (never the command line), a page fetched over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cmcr.names import STORAGE_ENV
+from cmcr.results import dashboard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('optuna') / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="live", storage=url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("loss.weights.mim", 0.1, 4.0), n_trials=3)
+    return url
+
+
+def test_serves_the_study_on_loopback(storage: str) -> None:
+    """Started as a user would (`python -m cmcr.cli dashboard --study live`), it prints the
+    study's page, which answers, and its API lists the study's trials; the storage URL is in
+    the environment only."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cmcr.cli", "dashboard", "--study", "live", "--port", str(port)]
+    env = {**os.environ, STORAGE_ENV: storage, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # printed once the socket is bound
+        assert f"http://127.0.0.1:{port}/dashboard/studies/" in line, proc.stderr.read()
+        assert not any(storage in c for c in cmd)
+        page = line.split()[1]
+        with urllib.request.urlopen(page, timeout=30) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
+            studies = json.loads(r.read())["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["live"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_unknown_study_is_one_line_before_serving(storage: str, capsys) -> None:
+    """A wrong name: exit 2 naming it and the studies there; nothing is served."""
+    from cmcr.cli import main
+
+    assert main(["dashboard", "--study", "nope", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nope'" in err and "(studies: live)" in err
+
+
+def test_missing_store_and_password_stay_out(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A missing sqlite file is named; a URL from the environment is used as given."""
+    from cmcr.cli import main
+
+    assert main(["dashboard", "--study", "x", "--storage", f"sqlite:///{tmp_path}/no.db"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv(STORAGE_ENV, "postgresql://cmcr:s3cret@127.0.0.1:5432/test")
+    assert dashboard.storage_url("") == "postgresql://cmcr:s3cret@127.0.0.1:5432/test"
+    assert dashboard.storage_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_binds_loopback_by_default(storage: str) -> None:
+    """The default host is 127.0.0.1 and the server listens there only."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    dashboard.add_arguments(parser)
+    args = parser.parse_args(["--study", "live"])
+    assert args.host == "127.0.0.1"
+    store, _ = dashboard.open_study(storage, "live")
+    server = dashboard.make_dashboard(store, args.host, 0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
