@@ -34,7 +34,6 @@ world: $(STAMP)
 
 demo: world
 	$(PY) sweeps/run.py --study $(DEMO_STUDY) --preset demo --n-trials $(DEMO_TRIALS)
-	$(PY) dashboards/build.py --study $(DEMO_STUDY)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
