@@ -105,6 +105,7 @@ class Attr:
     FAIL_REASON = "fail_reason"
     RETRY_REASON = "retry_reason"
     FAIL_KIND = "cmcr.fail_kind"  # own | deterministic | interrupted | lost | environment
+    SLURM_JOB = "cmcr.slurm_job"  # the SLURM job (``<array id>_<task>``) of the attempt's worker
     # a trial queued by --add-seeds: the COMPLETE trial whose configuration it extends, and the
     # seeds it runs (other trials run 0..S-1 of the study's --seeds)
     SEEDS_OF = "cmcr.seeds_of"
@@ -117,6 +118,7 @@ class Attr:
     SEEDS = "cmcr.seeds"
     OVERRIDES = "cmcr.overrides"
     N_TRIALS = "cmcr.n_trials"
+    SLURM_JOBS = "cmcr.slurm_jobs"  # the SLURM job arrays submitted for the study (--cancel)
     REOPENED = "cmcr.reopened"  # {slot: first trial number counted} after --retry-failed
     # {unit: {"trial": n, "seeds": [...]}}: every --add-seeds request, written before its trials
     ADDED_SEEDS = "cmcr.added_seeds"

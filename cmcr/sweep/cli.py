@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the study's trials by state with their MLflow runs",
     )
+    a("--cancel", action="store_true", help="cancel the study's SLURM worker jobs")
     a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
 
 
@@ -105,6 +106,11 @@ def run(
         raise CMCRError("--add-seeds: not with --status (run it, then ask for the status)")
     if args.status:
         return print_status(plan)
+    from cmcr.sweep import slurm  # --launcher slurm, --cancel: cmcr/sweep/slurm.py
+
+    if args.cancel:
+        return slurm.cancel(plan)
+    slurm_settings = None if args.worker else slurm.check(plan.opts)
     if plan.opts.add_seeds is not None and not args.worker:
         plan = runner.check_add_seeds(plan)  # before anything is written to any store
     elif plan.opts.resume and plan.opts.n_trials is None:
@@ -114,6 +120,8 @@ def run(
 
         # a caller's own trial function decides what it reads: only run_trial's data is checked
         before_sweep(plan.base, data=trial_fn is None)
+        if slurm_settings is not None:
+            return slurm.submit(plan, slurm_settings)
     from cmcr.sweep import group as launch
 
     if launch.world_size() > 1 and plan.opts.workers != 1:
@@ -325,6 +333,7 @@ def print_status(plan: Any) -> int:
     trials = study.get_trials(deepcopy=False)
     parent = study.user_attrs.get(Attr.PARENT_RUN)
     print(f"study '{plan.study_name}': {len(trials)} trial(s); MLflow parent run {parent}")
+    jobs = slurm_notes(trials)
     for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"):
         group = [t for t in trials if t.state.name == state]
         if not group:
@@ -339,12 +348,19 @@ def print_status(plan: Any) -> int:
             origin = t.system_attrs.get(Attr.FAILED_TRIAL)
             retry = f" retry of #{origin}" if origin is not None else ""
             print(
-                f"  #{t.number}{value} run={run_id}{retry}{_adds(t)} params={t.params}"
-                + (f" [{redact(extra)}]" if extra else "")
+                f"  #{t.number}{value} run={run_id}{jobs.get(t.number, '')}{retry}{_adds(t)}"
+                f" params={t.params}" + (f" [{redact(extra)}]" if extra else "")
             )
     for line in seeds.status_lines(study, plan.opts.seeds):
         print(line)
     return 0
+
+
+def slurm_notes(trials: list[Any]) -> dict[int, str]:
+    """`` job=<id> (<state>)`` of the SLURM worker of each trial that had one."""
+    from cmcr.sweep.slurm import status_notes
+
+    return status_notes(trials)
 
 
 def _adds(trial: Any) -> str:
