@@ -55,7 +55,7 @@ fi
 munge -n | unmunge >/dev/null
 
 # --- slurm.conf for this machine -----------------------------------------------------------------
-cpus=$(nproc)
+cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS
 mem_mb=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10))
 mkdir -p "$CONF_DIR" "$LOG_DIR" "$STATE_DIR" "$SPOOL_DIR"
 cat >"$CONF.new" <<EOF

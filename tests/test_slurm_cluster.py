@@ -1,0 +1,226 @@
+"""The SLURM launcher on a real single-node SLURM (slurmctld + slurmd + munge on this machine).
+
+Nothing of the SLURM path is mocked: ``sweeps/run.py --launcher slurm`` submits a job array with
+sbatch, the workers run the real smoke trials under srun, ``scancel --signal=TERM`` warns one of
+them mid-trial, and the job requeues itself with ``scontrol requeue``. The one help the test
+gives the scheduler: SLURM holds a requeued job for about two minutes (its BeginTime), which the
+test shortens with ``scontrol update StartTime=now`` (what an operator may do), to stay within
+the CI budget.
+
+Per storage (Optuna's journal file, PostgreSQL), one study of 4 trials and 2 workers:
+- all 4 slots COMPLETE once, one FINISHED MLflow run each, the parent run FINISHED;
+- the warned worker checkpointed at the next step, its trial was re-queued (``interrupted``,
+  no retry spent) and its retry resumed that checkpoint in the same MLflow run, with no metric
+  step logged twice; the warned job ran again (requeued);
+- ``--status`` shows the SLURM job ids; ``--cancel`` of a second submission leaves no job queued.
+
+The cluster comes from ``.ci/slurm-setup.sh`` (installs slurm-wlm and munge when missing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cmcr.names import Attr, Metric, Tag
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = str(ROOT / "sweeps" / "run.py")
+SETUP = ROOT / ".ci" / "slurm-setup.sh"
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+N_TRIALS, WORKERS = 4, 2
+# long enough to be warned mid-pre-training; no periodic checkpoint, so a resume at step > 0
+# can only come from the checkpoint the warning made
+FAST = [
+    "--set", "train.max_steps=12", "--set", "train.checkpoint_every=1000",
+    "--set", "downstream.probe_epochs=1",
+]  # fmt: skip
+DEADLINE_S = 300
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"SLURM is unavailable and CI is set: {why}")
+    pytest.skip(f"SLURM is unavailable (set CI to make this a failure): {why}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A running single-node SLURM, set up by .ci/slurm-setup.sh (idempotent)."""
+    if os.geteuid() != 0 and shutil.which("sinfo") is None:
+        _unavailable("not root (the set-up installs packages and starts daemons) and no sinfo")
+    cmd = ["bash", str(SETUP)] if os.geteuid() == 0 else ["sinfo", "-h"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        _unavailable(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr.strip()[-1500:]}")
+
+
+def _storage(kind: str, tmp_path: Path) -> str:
+    if kind == "journal":
+        return f"journal://{tmp_path / 'study.journal'}"
+    from cmcr.sweep.storage import driver_url
+
+    url = driver_url(PG)
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is unreachable at {PG} and CI is set")
+        pytest.skip(f"PostgreSQL is unreachable at {PG} (set CI to make this a failure)")
+    return url
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _sweep(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> str:
+    cmd = [
+        sys.executable, RUN, "--study", "loss_weights", "--name", name, "--preset", "smoke",
+        "--n-trials", str(N_TRIALS), "--pruner", "none", "--storage", storage,
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--heartbeat", "2",
+        "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+        *FAST, *extra,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _queue(array: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", array, "-o", "%i|%T"], capture_output=True, text=True
+    )
+    rows = [line.split("|") for line in out.stdout.split()]
+    return {r[0]: r[1] for r in rows if len(r) == 2}
+
+
+def _wait(what: str, check, deadline: float, every: float = 0.5):
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trained_trial(storage: str, name: str, client) -> tuple[optuna.trial.FrozenTrial, int]:
+    """A RUNNING trial of a SLURM worker whose run has logged at least 3 optimiser steps."""
+    study = optuna.load_study(study_name=name, storage=_open(storage))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = t.user_attrs.get(Attr.RUN_ID)
+        if run_id and Attr.SLURM_JOB in t.user_attrs:
+            steps = client.get_metric_history(run_id, Metric.TRAIN_LOSS)
+            if steps and max(m.step for m in steps) >= 3:
+                return t, max(m.step for m in steps)
+    return None
+
+
+def _open(storage: str):
+    from cmcr.sweep.storage import open_storage
+
+    return open_storage(storage, create=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(
+    "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, tmp_path, kind):
+    from mlflow.tracking import MlflowClient
+
+    storage = _storage(kind, tmp_path)
+    name = f"slurm-{kind}-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    deadline = t0 + DEADLINE_S
+    out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm",
+                 "--workers", str(WORKERS), "--cpus-per-worker", "1", "--mem", "2G")  # fmt: skip
+    array = re.search(r"submitted SLURM job array (\d+)", out).group(1)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        trial, seen = _wait("a trial 3 steps in", lambda: _trained_trial(storage, name, client),
+                            deadline)  # fmt: skip
+        victim = trial.user_attrs[Attr.SLURM_JOB]
+        assert victim in (f"{array}_0", f"{array}_1")
+        status = _sweep(tmp_path, smoke_world, storage, name, "--status")
+        assert (
+            f"#{trial.number} run={trial.user_attrs[Attr.RUN_ID]} job={victim} (RUNNING)" in status
+        )
+        subprocess.run(["scancel", "--signal=TERM", victim], check=True)
+        t_warn = time.monotonic()
+        # the worker checkpoints at its next step and requeues its task: SLURM holds it ~2 min
+        _wait("the warned task to be requeued", lambda: _queue(array).get(victim) == "PENDING",
+              deadline)  # fmt: skip
+        requeued_after = time.monotonic() - t_warn
+        subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
+        _wait("the study's jobs to leave the queue", lambda: not _queue(array), deadline, 1.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        subprocess.run(["scancel", array], capture_output=True)
+
+    logs = tmp_path / "runs" / "slurm" / name
+    victim_log = (logs / f"{victim}.log").read_text()
+    assert "preempted, requeueing" in victim_log and "restart 1" in victim_log, victim_log[-3000:]
+    study = optuna.load_study(study_name=name, storage=_open(storage))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs[Attr.SLOT] for t in complete) == list(range(N_TRIALS)), [
+        (t.number, t.state.name, t.user_attrs.get(Attr.FAIL_REASON)) for t in trials
+    ]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [trial.number]
+    assert failed[0].user_attrs[Attr.FAIL_KIND] == "interrupted"
+    assert "preempted" in failed[0].user_attrs[Attr.FAIL_REASON]
+    stopped_at = int(
+        re.search(r"checkpointing step (\d+)", failed[0].user_attrs[Attr.FAIL_REASON])[1]
+    )
+    assert stopped_at >= seen  # the next step after the warning (not a periodic checkpoint)
+    retry = next(t for t in complete if t.user_attrs[Attr.SLOT] == trial.user_attrs[Attr.SLOT])
+    assert retry.system_attrs[Attr.FAILED_TRIAL] == trial.number
+    assert retry.user_attrs[Attr.RUN_ID] == trial.user_attrs[Attr.RUN_ID]  # the same MLflow run
+
+    exp = client.get_experiment_by_name("cmcr")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "study")
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT_RUN) == parent.info.run_id]
+    assert len(children) == N_TRIALS and {r.info.status for r in children} == {"FINISHED"}
+    assert {t.user_attrs[Attr.RUN_ID] for t in complete} == {r.info.run_id for r in children}
+    resumed = client.get_run(trial.user_attrs[Attr.RUN_ID])
+    assert resumed.data.tags[Tag.RESUMED_FROM_STEP] == str(stopped_at)
+    for run in children:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
+    assert len(client.get_metric_history(resumed.info.run_id, Metric.TRAIN_LOSS)) == 12
+
+    # --cancel: a second submission (nothing left to run) is cancelled while queued or starting
+    out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm", "--workers", "2",
+                 "--resume")  # fmt: skip
+    second = re.search(r"submitted SLURM job array (\d+)", out).group(1)
+    cancelled = _sweep(tmp_path, smoke_world, storage, name, "--cancel")
+    assert f"cancelled SLURM job array(s) {array}, {second}" in cancelled
+    assert _queue(second) == {} and _queue(array) == {}
+    resumer = retry.user_attrs[Attr.SLURM_JOB]
+    print(
+        f"{kind}: study done {elapsed:.0f} s after submission; warned {victim} at step {seen}, "
+        f"checkpointed step {stopped_at}, requeued after {requeued_after:.1f} s; the retry ran "
+        f"in {resumer}{' (the requeued job)' if resumer == victim else ''}"
+    )
