@@ -104,12 +104,12 @@ def _sweep(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) ->
     return out.stdout
 
 
-def _queue(array: str) -> dict[str, str]:
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-j", array, "-o", "%i|%T"], capture_output=True, text=True
-    )
-    rows = [line.split("|") for line in out.stdout.split()]
-    return {r[0]: r[1] for r in rows if len(r) == 2}
+def _queue(array: str) -> dict[str, str] | None:
+    """{task: state} of the array's queued tasks; None when squeue did not answer (a loaded
+    slurmctld times out now and then: an empty answer must not read as an empty queue)."""
+    from cmcr.sweep.slurm import queue
+
+    return queue([array])
 
 
 def _wait(what: str, check, deadline: float, every: float = 0.5):
@@ -155,6 +155,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     array = re.search(r"submitted SLURM job array (\d+)", out).group(1)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
+        t_submit = time.monotonic() - t0
         trial, seen = _wait("a trial 3 steps in", lambda: _trained_trial(storage, name, client),
                             deadline)  # fmt: skip
         victim = trial.user_attrs[Attr.SLURM_JOB]
@@ -163,14 +164,18 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
         assert (
             f"#{trial.number} run={trial.user_attrs[Attr.RUN_ID]} job={victim} (RUNNING)" in status
         )
+        seen = max(
+            m.step
+            for m in client.get_metric_history(trial.user_attrs[Attr.RUN_ID], Metric.TRAIN_LOSS)
+        )
         subprocess.run(["scancel", "--signal=TERM", victim], check=True)
         t_warn = time.monotonic()
         # the worker checkpoints at its next step and requeues its task: SLURM holds it ~2 min
-        _wait("the warned task to be requeued", lambda: _queue(array).get(victim) == "PENDING",
+        _wait("the warned task to be requeued", lambda: (_queue(array) or {}).get(victim) == "PENDING",
               deadline)  # fmt: skip
         requeued_after = time.monotonic() - t_warn
         subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
-        _wait("the study's jobs to leave the queue", lambda: not _queue(array), deadline, 1.0)
+        _wait("the study's jobs to leave the queue", lambda: _queue(array) == {}, deadline, 1.0)
         elapsed = time.monotonic() - t0
     finally:
         subprocess.run(["scancel", array], capture_output=True)
@@ -211,6 +216,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
             assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
     assert len(client.get_metric_history(resumed.info.run_id, Metric.TRAIN_LOSS)) == 12
 
+    t_cancel = time.monotonic()
     # --cancel: a second submission (nothing left to run) is cancelled while queued or starting
     out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm", "--workers", "2",
                  "--resume")  # fmt: skip
@@ -220,7 +226,54 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     assert _queue(second) == {} and _queue(array) == {}
     resumer = retry.user_attrs[Attr.SLURM_JOB]
     print(
-        f"{kind}: study done {elapsed:.0f} s after submission; warned {victim} at step {seen}, "
+        f"{kind}: submitted in {t_submit:.0f} s, study done {elapsed:.0f} s after the start, "
+        f"--cancel check {time.monotonic() - t_cancel:.0f} s; warned {victim} at step {seen}, "
         f"checkpointed step {stopped_at}, requeued after {requeued_after:.1f} s; the retry ran "
         f"in {resumer}{' (the requeued job)' if resumer == victim else ''}"
     )
+
+
+@pytest.mark.slurm
+def test_a_trial_whose_job_left_the_queue_is_failed_as_lost(slurm_cluster, tmp_path, monkeypatch):
+    """A worker killed without warning (no heartbeat on the journal) is found by its job: a
+    trial held by a job that left the queue is failed as lost; one held by a running job stays."""
+    from types import SimpleNamespace
+
+    from cmcr.configs import load_config
+    from cmcr.sweep import slurm
+    from cmcr.sweep.storage import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+
+    def submit(command: str) -> str:
+        out = subprocess.run(
+            ["sbatch", "--parsable", "--array=0", f"--output={tmp_path}/%A_%a.log",
+             f"--wrap={command}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout.strip().split(";")[0]
+
+    ended, alive = submit("true"), submit("sleep 120")
+    try:
+        deadline = time.monotonic() + 60
+        _wait("the short job to end", lambda: _queue(ended) == {}, deadline)
+        _wait("the long job to run", lambda: (_queue(alive) or {}).get(f"{alive}_0") == "RUNNING",
+              deadline)  # fmt: skip
+        study = optuna.create_study(
+            study_name="lost", storage=open_storage(f"journal://{tmp_path / 's.journal'}")
+        )
+        for job in (ended, alive):
+            study.ask().set_user_attr(Attr.SLURM_JOB, f"{job}_0")
+        plan = SimpleNamespace(base=load_config("smoke"))
+        lost = slurm.fail_lost(plan, study)
+        assert [t.number for t in lost] == [0]
+        trials = study.get_trials(deepcopy=False)
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING]
+        assert trials[0].user_attrs[Attr.FAIL_KIND] == "lost"
+        assert trials[0].user_attrs[Attr.FAIL_REASON] == f"SLURM job {ended}_0 gone"
+        notes = slurm.status_notes(trials)
+        assert notes == {0: f" job={ended}_0 (ended)", 1: f" job={alive}_0 (RUNNING)"}
+    finally:
+        subprocess.run(["scancel", alive], capture_output=True)

@@ -75,7 +75,7 @@ class SlurmSettings:
 
 def check(opts: Any) -> SlurmSettings | None:
     """Validate the launcher options before anything runs; the settings for ``slurm``."""
-    given = [f for f in _FIELDS if f != "signal" and getattr(opts, f) is not None]
+    given = [f for f in _FIELDS if getattr(opts, f) is not None]
     if opts.launcher != "slurm":
         if given or opts.slurm_config:
             flag = "--" + (given[0].replace("_", "-") if given else "slurm-config")
