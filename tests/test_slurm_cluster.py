@@ -41,8 +41,9 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 N_TRIALS, WORKERS = 4, 2
 # long enough to be warned mid-pre-training; no periodic checkpoint, so a resume at step > 0
 # can only come from the checkpoint the warning made
+MAX_STEPS = 10
 FAST = [
-    "--set", "train.max_steps=12", "--set", "train.checkpoint_every=1000",
+    "--set", f"train.max_steps={MAX_STEPS}", "--set", "train.checkpoint_every=1000",
     "--set", "downstream.probe_epochs=1",
 ]  # fmt: skip
 DEADLINE_S = 300
@@ -91,14 +92,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _sweep(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> str:
-    cmd = [
+def _cmd(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> list[str]:
+    return [
         sys.executable, RUN, "--study", "loss_weights", "--name", name, "--preset", "smoke",
         "--n-trials", str(N_TRIALS), "--pruner", "none", "--storage", storage,
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--heartbeat", "2",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--heartbeat", "30",
         "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
         *FAST, *extra,
     ]  # fmt: skip
+
+
+def _sweep(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> str:
+    cmd = _cmd(tmp_path, world, storage, name, *extra)
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out.stdout
@@ -121,24 +126,6 @@ def _wait(what: str, check, deadline: float, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _trained_trial(storage: str, name: str, client) -> tuple[optuna.trial.FrozenTrial, int]:
-    """A RUNNING trial of a SLURM worker whose run has logged at least 3 optimiser steps."""
-    study = optuna.load_study(study_name=name, storage=_open(storage))
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        run_id = t.user_attrs.get(Attr.RUN_ID)
-        if run_id and Attr.SLURM_JOB in t.user_attrs:
-            steps = client.get_metric_history(run_id, Metric.TRAIN_LOSS)
-            if steps and max(m.step for m in steps) >= 3:
-                return t, max(m.step for m in steps)
-    return None
-
-
-def _open(storage: str):
-    from cmcr.sweep.storage import open_storage
-
-    return open_storage(storage, create=False)
-
-
 @pytest.mark.slurm
 @pytest.mark.parametrize(
     "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -153,33 +140,43 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm",
                  "--workers", str(WORKERS), "--cpus-per-worker", "1", "--mem", "2G")  # fmt: skip
     array = re.search(r"submitted SLURM job array (\d+)", out).group(1)
+    tasks = {f"{array}_{k}" for k in range(WORKERS)}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    t_submit = time.monotonic() - t0
+    status = None
     try:
-        t_submit = time.monotonic() - t0
-        trial, seen = _wait("a trial 3 steps in", lambda: _trained_trial(storage, name, client),
-                            deadline)  # fmt: skip
+        _wait("both workers to hold a trial", lambda: _held(storage, name) == tasks, deadline)
+        status = _start(tmp_path, smoke_world, storage, name, "--status")  # runs meanwhile
+        # both pre-training: one is warned; the other is suspended (SIGSTOP, as SLURM's gang
+        # scheduling does) so that the retry is claimed by the requeued task, not by it
+        trial, seen, other = _wait("both workers pre-training",
+                                   lambda: _both_training(storage, name, client), deadline)  # fmt: skip
         victim = trial.user_attrs[Attr.SLURM_JOB]
-        assert victim in (f"{array}_0", f"{array}_1")
-        status = _sweep(tmp_path, smoke_world, storage, name, "--status")
-        assert (
-            f"#{trial.number} run={trial.user_attrs[Attr.RUN_ID]} job={victim} (RUNNING)" in status
-        )
-        seen = max(
-            m.step
-            for m in client.get_metric_history(trial.user_attrs[Attr.RUN_ID], Metric.TRAIN_LOSS)
-        )
+        subprocess.run(["scontrol", "suspend", other], check=True)
+        seen = _last_step(client, trial.user_attrs[Attr.RUN_ID])
         subprocess.run(["scancel", "--signal=TERM", victim], check=True)
         t_warn = time.monotonic()
         # the worker checkpoints at its next step and requeues its task: SLURM holds it ~2 min
-        _wait("the warned task to be requeued", lambda: (_queue(array) or {}).get(victim) == "PENDING",
-              deadline)  # fmt: skip
+        _wait("the warned task to be requeued",
+              lambda: (_queue(array) or {}).get(victim) == "PENDING", deadline)  # fmt: skip
         requeued_after = time.monotonic() - t_warn
         subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
+        _wait("the requeued task to claim the retry",
+              lambda: _held(storage, name, retries=True) == {victim}, deadline)  # fmt: skip
+        subprocess.run(["scontrol", "resume", other], check=True)
         _wait("the study's jobs to leave the queue", lambda: _queue(array) == {}, deadline, 1.0)
         elapsed = time.monotonic() - t0
     finally:
+        subprocess.run(["scontrol", "resume", f"{array}"], capture_output=True)
         subprocess.run(["scancel", array], capture_output=True)
+        status_out = status.communicate(timeout=120)[0] if status else ""
 
+    # --status named the workers' jobs next to their trials (it ran while both held one)
+    assert status is not None and status.returncode == 0, status_out[-2000:]
+    for task in tasks:
+        assert re.search(rf"#\d+ run=\w+ job={task} \((RUNNING|PENDING|ended)\)", status_out), (
+            status_out
+        )
     logs = tmp_path / "runs" / "slurm" / name
     victim_log = (logs / f"{victim}.log").read_text()
     assert "preempted, requeueing" in victim_log and "restart 1" in victim_log, victim_log[-3000:]
@@ -192,14 +189,14 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [trial.number]
     assert failed[0].user_attrs[Attr.FAIL_KIND] == "interrupted"
-    assert "preempted" in failed[0].user_attrs[Attr.FAIL_REASON]
-    stopped_at = int(
-        re.search(r"checkpointing step (\d+)", failed[0].user_attrs[Attr.FAIL_REASON])[1]
-    )
-    assert stopped_at >= seen  # the next step after the warning (not a periodic checkpoint)
+    reason = failed[0].user_attrs[Attr.FAIL_REASON]
+    assert "preempted" in reason
+    stopped_at = int(re.search(r"checkpointing step (\d+)", reason)[1])
+    assert stopped_at > seen  # the step after the warning: no periodic checkpoint in this run
     retry = next(t for t in complete if t.user_attrs[Attr.SLOT] == trial.user_attrs[Attr.SLOT])
     assert retry.system_attrs[Attr.FAILED_TRIAL] == trial.number
-    assert retry.user_attrs[Attr.RUN_ID] == trial.user_attrs[Attr.RUN_ID]  # the same MLflow run
+    assert retry.user_attrs[Attr.SLURM_JOB] == victim  # the requeued task resumed it
+    assert retry.user_attrs[Attr.RUN_ID] == trial.user_attrs[Attr.RUN_ID]  # in the same MLflow run
 
     exp = client.get_experiment_by_name("cmcr")
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -214,23 +211,67 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
-    assert len(client.get_metric_history(resumed.info.run_id, Metric.TRAIN_LOSS)) == 12
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, Metric.TRAIN_LOSS)]
+    assert sorted(steps) == list(range(1, MAX_STEPS + 1))
 
-    t_cancel = time.monotonic()
     # --cancel: a second submission (nothing left to run) is cancelled while queued or starting
-    out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm", "--workers", "2",
+    t_cancel = time.monotonic()
+    out = _sweep(tmp_path, smoke_world, storage, name, "--launcher", "slurm", "--workers", "1",
                  "--resume")  # fmt: skip
     second = re.search(r"submitted SLURM job array (\d+)", out).group(1)
     cancelled = _sweep(tmp_path, smoke_world, storage, name, "--cancel")
     assert f"cancelled SLURM job array(s) {array}, {second}" in cancelled
     assert _queue(second) == {} and _queue(array) == {}
-    resumer = retry.user_attrs[Attr.SLURM_JOB]
     print(
         f"{kind}: submitted in {t_submit:.0f} s, study done {elapsed:.0f} s after the start, "
         f"--cancel check {time.monotonic() - t_cancel:.0f} s; warned {victim} at step {seen}, "
-        f"checkpointed step {stopped_at}, requeued after {requeued_after:.1f} s; the retry ran "
-        f"in {resumer}{' (the requeued job)' if resumer == victim else ''}"
+        f"checkpointed step {stopped_at}, requeued after {requeued_after:.1f} s"
     )
+
+
+def _start(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        _cmd(tmp_path, world, storage, name, *extra), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+
+
+def _held(storage: str, name: str, retries: bool = False) -> set[str]:
+    """The SLURM jobs holding RUNNING trials (``retries``: retries only)."""
+    study = optuna.load_study(study_name=name, storage=_open(storage))
+    return {
+        t.user_attrs[Attr.SLURM_JOB]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if Attr.SLURM_JOB in t.user_attrs and (not retries or Attr.FAILED_TRIAL in t.system_attrs)
+    }
+
+
+def _last_step(client, run_id: str) -> int:
+    return max((m.step for m in client.get_metric_history(run_id, Metric.TRAIN_LOSS)), default=0)
+
+
+def _both_training(storage: str, name: str, client):
+    """(trial, its last step, the other task) when both workers' trials are pre-training, the
+    first at step >= 2; None otherwise. Pre-training ends MAX_STEPS - 2 steps early here, so
+    the warning lands before the step after it."""
+    study = optuna.load_study(study_name=name, storage=_open(storage))
+    training = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id, holder = t.user_attrs.get(Attr.RUN_ID), t.user_attrs.get(Attr.SLURM_JOB)
+        if run_id and holder:
+            step = _last_step(client, run_id)
+            if 1 <= step < MAX_STEPS - 2:
+                training.append((step, t, holder))
+    training.sort(key=lambda item: -item[0])
+    if len(training) == 2 and training[0][0] >= 2:
+        return training[0][1], training[0][0], training[1][2]
+    return None
+
+
+def _open(storage: str):
+    from cmcr.sweep.storage import open_storage
+
+    return open_storage(storage, create=False)
 
 
 @pytest.mark.slurm
