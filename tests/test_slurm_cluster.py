@@ -296,10 +296,12 @@ def test_a_trial_whose_job_left_the_queue_is_failed_as_lost(slurm_cluster, tmp_p
         )  # fmt: skip
         return out.stdout.strip().split(";")[0]
 
-    ended, alive = submit("true"), submit("sleep 120")
+    # a job that left the queue: an id SLURM never gave out reads the same in squeue as one
+    # that ended long ago (MinJobAge), and saves waiting for a real one to end
+    alive, ended = submit("sleep 120"), "999999"
     try:
         deadline = time.monotonic() + 60
-        _wait("the short job to end", lambda: _queue(ended) == {}, deadline)
+        assert _queue(ended) == {}
         _wait("the long job to run", lambda: (_queue(alive) or {}).get(f"{alive}_0") == "RUNNING",
               deadline)  # fmt: skip
         study = optuna.create_study(
