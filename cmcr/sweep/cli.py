@@ -333,7 +333,9 @@ def print_status(plan: Any) -> int:
     trials = study.get_trials(deepcopy=False)
     parent = study.user_attrs.get(Attr.PARENT_RUN)
     print(f"study '{plan.study_name}': {len(trials)} trial(s); MLflow parent run {parent}")
-    jobs = slurm_notes(trials)
+    from cmcr.sweep.slurm import status_notes
+
+    jobs = status_notes(trials)  # `` job=<id> (<state>)`` of trials run by SLURM workers
     for state in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL"):
         group = [t for t in trials if t.state.name == state]
         if not group:
@@ -354,13 +356,6 @@ def print_status(plan: Any) -> int:
     for line in seeds.status_lines(study, plan.opts.seeds):
         print(line)
     return 0
-
-
-def slurm_notes(trials: list[Any]) -> dict[int, str]:
-    """`` job=<id> (<state>)`` of the SLURM worker of each trial that had one."""
-    from cmcr.sweep.slurm import status_notes
-
-    return status_notes(trials)
 
 
 def _adds(trial: Any) -> str:
