@@ -174,7 +174,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     # --status named the workers' jobs next to their trials (it ran while both held one)
     assert status is not None and status.returncode == 0, status_out[-2000:]
     for task in tasks:
-        assert re.search(rf"#\d+ run=\w+ job={task} \((RUNNING|PENDING|ended)\)", status_out), (
+        assert re.search(rf"#\d+ run=\S+ job={task} \((RUNNING|PENDING|ended)\)", status_out), (
             status_out
         )
     logs = tmp_path / "runs" / "slurm" / name
