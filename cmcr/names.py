@@ -137,6 +137,7 @@ class Attr:
     # where the running trial stands (cmcr.progress record: phase, step, total, rate, eta_s, t,
     # seed), refreshed every few seconds; the live sweep view and --status read it
     PROGRESS = "cmcr.progress"
+    SLURM_JOB = "cmcr.slurm_job"  # the SLURM job (``<array id>_<task>``) of the attempt's worker
     # a trial queued by --add-seeds: the COMPLETE trial whose configuration it extends, and the
     # seeds it runs (other trials run 0..S-1 of the study's --seeds)
     SEEDS_OF = "cmcr.seeds_of"
@@ -149,6 +150,7 @@ class Attr:
     SEEDS = "cmcr.seeds"
     OVERRIDES = "cmcr.overrides"
     N_TRIALS = "cmcr.n_trials"
+    SLURM_JOBS = "cmcr.slurm_jobs"  # the SLURM job arrays submitted for the study (--cancel)
     REOPENED = "cmcr.reopened"  # {slot: first trial number counted} after --retry-failed
     # {unit: {"trial": n, "seeds": [...]}}: every --add-seeds request, written before its trials
     ADDED_SEEDS = "cmcr.added_seeds"

@@ -26,6 +26,7 @@ import torch
 
 from cmcr import progress
 from cmcr.configs import Config
+from cmcr.engine import stop
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
@@ -276,6 +277,10 @@ def pretrain_loop(
                 window = _Window()
             if state.step % t.checkpoint_every == 0:
                 save_checkpoint(accelerator, state)
+            if state.step < total and stop.agreed(accelerator):  # a scheduler's warning
+                if state.step % t.checkpoint_every:
+                    save_checkpoint(accelerator, state)
+                raise stop.Stopped(state.step, stop.requested())
             if state.step >= total:
                 break
         else:

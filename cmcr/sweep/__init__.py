@@ -2,7 +2,8 @@
 
 ``python sweeps/run.py`` (or ``python -m cmcr.sweep``) is the command; ``cmcr.sweep.cli``
 parses it (options declared once in ``cmcr.sweep.options``), ``cmcr.sweep.runner`` validates,
-sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued trials.
+sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued trials;
+``cmcr.sweep.slurm`` hands the workers to SLURM (``--launcher slurm``).
 """
 
 from cmcr.sweep.space import StudyError, StudySpec, builtin_studies, load_study, parse_study

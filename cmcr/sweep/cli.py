@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the study's trials by state with their MLflow runs",
     )
+    a("--cancel", action="store_true", help="cancel the study's SLURM worker jobs")
     a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
 
 
@@ -104,6 +105,11 @@ def run(
         raise CMCRError("--add-seeds: not with --status (run it, then ask for the status)")
     if args.status:  # the stored study's size, not the study file's default
         return print_status(runner.resume_size(plan) if plan.opts.n_trials is None else plan)
+    from cmcr.sweep import slurm  # --launcher slurm, --cancel: cmcr/sweep/slurm.py
+
+    if args.cancel:
+        return slurm.cancel(plan)
+    slurm_settings = None if args.worker else slurm.check(plan.opts)
     if plan.opts.add_seeds is not None and not args.worker:
         plan = runner.check_add_seeds(plan)  # before anything is written to any store
     elif plan.opts.n_trials is None and not args.worker:
@@ -121,6 +127,8 @@ def run(
 
         # a caller's own trial function decides what it reads: only run_trial's data is checked
         before_sweep(plan.base, data=trial_fn is None)
+        if slurm_settings is not None:
+            return slurm.submit(plan, slurm_settings)
     from cmcr.sweep import group as launch
 
     if launch.world_size() > 1 and plan.opts.workers != 1:
@@ -533,9 +541,11 @@ def status_table(plan: Any, study: Any, now: Any = None) -> str:
     from cmcr.progress import fmt_duration
     from cmcr.sweep import recovery, runner
     from cmcr.sweep.progress import clip, running_trial, short_params
+    from cmcr.sweep.slurm import status_notes
 
     now = now or datetime.datetime.now()
     trials = study.get_trials(deepcopy=False)
+    jobs = status_notes(trials)  # ``job=<id> (<state>)`` of trials run by SLURM workers
     slots = recovery.by_slot(trials)
     latest = {slot: attempts[-1] for slot, attempts in slots.items()}
     counts: dict[str, int] = {}
@@ -565,7 +575,7 @@ def status_table(plan: Any, study: Any, now: Any = None) -> str:
         end = t.datetime_complete or (now if t.state.name == "RUNNING" else None)
         seconds = (end - t.datetime_start).total_seconds() if t.datetime_start and end else None
         value = "-" if t.value is None else f"{t.value:.4f}"
-        note = []
+        note = [jobs.get(t.number, "").strip()]
         if t.state.name == "RUNNING":
             r = running_trial(t, now)
             if r.phase:

@@ -16,6 +16,7 @@ from typing import Any
 from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
 PRUNERS = ("median", "hyperband", "none")
+LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
 OBJECTIVES = ("probe", "finetune")
 
@@ -82,6 +83,45 @@ class SweepOptions:
         f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
     )
     name: str | None = _opt(None, "--name", "study name in the storage (default: the study's name)")
+    launcher: str = _opt(
+        "local",
+        "--launcher",
+        "local: --workers processes here; slurm: --workers SLURM jobs (a job array) that run "
+        "the workers against the study's shared storage (docs/scaling.md, SLURM cluster)",
+        choices=LAUNCHERS,
+    )
+    # SLURM (cmcr.sweep.slurm): unset flags come from --slurm-config's `slurm:` section, then
+    # from the defaults there; the worker jobs get the resolved --signal
+    slurm_config: str | None = _opt(
+        None,
+        "--slurm-config",
+        "YAML file with a `slurm:` section of the options below",
+        worker=False,
+    )
+    partition: str | None = _opt(None, "--partition", "SLURM partition", worker=False)
+    account: str | None = _opt(None, "--account", "SLURM account to charge", worker=False)
+    time: str | None = _opt(
+        None, "--time", "SLURM time limit per worker job (e.g. 24:00:00, 2-00:00:00)", worker=False
+    )
+    gpus_per_worker: int | None = _opt(
+        None,
+        "--gpus-per-worker",
+        "GPUs per worker job (default 0); > 1: one torchrun launch of that many processes",
+        worker=False,
+    )
+    cpus_per_worker: int | None = _opt(
+        None, "--cpus-per-worker", "CPUs per worker job (default 1)", worker=False
+    )
+    mem: str | None = _opt(
+        None, "--mem", "memory per worker job (SLURM --mem, e.g. 64G)", worker=False
+    )
+    signal: str | None = _opt(
+        None,
+        "--signal",
+        "the scheduler's warning before a time limit or preemption, SIG[@seconds] (default "
+        "TERM@120): the worker checkpoints at the next step, its trial is re-queued and the job "
+        "requeued",
+    )
     heartbeat_s: int = _opt(
         10,
         "--heartbeat",

@@ -1,4 +1,5 @@
-"""Optuna storage: the embedded SQLite default, PostgreSQL for several machines, a study lock.
+"""Optuna storage: the embedded SQLite default, PostgreSQL for several machines, Optuna's
+journal file for clusters without a database server, a study lock.
 
 Why SQLite with ``BEGIN IMMEDIATE``: Optuna claims a queued trial by reading it (WAITING)
 and then writing RUNNING. In SQLite's default deferred transactions two processes can both
@@ -12,6 +13,14 @@ PostgreSQL (``--storage postgresql://…``) lets workers on different machines s
 every worker records a heartbeat, so a trial whose worker died is failed and retried by any
 live worker after the grace period (or at once by the next start on the dead worker's host).
 
+Optuna's journal storage (``--storage journal:///shared/fs/study.journal``, or a path ending
+in ``.journal`` / ``.log``) is for clusters where no database server may run: an append-only
+operation log on the shared filesystem, written under Optuna's own file lock (a symlink, which
+works on NFS). Its limits: no heartbeat (a worker killed without warning is found by its host
+and pid, or by its SLURM job, cmcr.sweep.slurm, not by a stale heartbeat), every process
+replays the whole log, and concurrent writers queue on one lock, so hundreds of workers that
+write often are better served by PostgreSQL.
+
 A new SQLite database is created atomically: Optuna's schema is built in a temporary file
 beside the target and moved into place with ``os.replace``, so a kill during the very first
 start leaves either no database or a complete one, never half a schema.
@@ -24,6 +33,7 @@ import fcntl
 import functools
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
@@ -37,18 +47,39 @@ class StorageError(CMCRError):
     """The Optuna storage cannot be reached or used as asked."""
 
 
+JOURNAL_SCHEME = "journal:///"
+JOURNAL_SUFFIXES = (".journal", ".log")
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of a journal storage (``journal:///abs/path`` or a ``*.journal`` / ``*.log``
+    path), or None for a database URL."""
+    if url.startswith(JOURNAL_SCHEME):
+        return Path("/" + url[len(JOURNAL_SCHEME) :].lstrip("/"))
+    if "://" not in url and url.endswith(JOURNAL_SUFFIXES):
+        return Path(url)
+    return None
+
+
 def check_url(url: str) -> None:
     """Reject URLs Optuna cannot use, before anything is created."""
+    path = journal_path(url)
+    if path is not None:
+        if path.is_dir() or url.endswith("/"):
+            raise StorageError(f"--storage '{url}': a journal storage is a file, not a folder")
+        return
+    if url.startswith("journal:"):
+        raise StorageError(f"--storage '{redact(url)}': expected journal:///absolute/path")
     if "://" not in url:
         raise StorageError(
-            f"--storage '{redact(url)}': expected a URL such as {DEFAULT_STORAGE} "
-            "or postgresql://user@host:5432/db"
+            f"--storage '{redact(url)}': expected a URL such as {DEFAULT_STORAGE}, "
+            "postgresql://user@host:5432/db or journal:///shared/path/study.journal"
         )
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql", "mysql"):
         raise StorageError(
             f"--storage '{redact(url)}': unsupported scheme '{scheme}' "
-            "(sqlite, postgresql or mysql)"
+            "(sqlite, postgresql, mysql or journal)"
         )
     if scheme == "sqlite" and sqlite_path(url) is None:
         raise StorageError(f"--storage '{redact(url)}': in-memory SQLite cannot be shared")
@@ -77,10 +108,13 @@ def open_storage(
     ``create=False`` refuses to create a missing SQLite file (for ``--status``). Trials whose
     heartbeat goes stale are failed and retried by cmcr.sweep.recovery, not by a callback.
     """
+    check_url(url)
+    journal = journal_path(url)
+    if journal is not None:
+        return open_journal(journal, create=create)
     import optuna
     import sqlalchemy.exc
 
-    check_url(url)
     db = sqlite_path(url)
     kwargs: dict[str, Any] = {}
     if db is not None:
@@ -119,6 +153,21 @@ def open_storage(
     if db is not None:
         _immediate_transactions(storage.engine)
     return storage
+
+
+def open_journal(path: Path, *, create: bool = True) -> Any:
+    """A ``JournalStorage`` on the file ``path`` (Optuna's file backend and its symlink lock)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if not create and not path.is_file():
+        raise StorageError(f"--storage '{path}': no such journal file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except OSError as exc:
+        raise StorageError(f"--storage '{path}' is unusable: {exc.strerror or exc}") from None
 
 
 def _build_optuna_schema(url: str) -> None:
@@ -206,12 +255,13 @@ def _lock_engine(url: str) -> Any:
 def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
     """Serialise study setup (create, top-up of the trial queue, parent run) across processes.
 
-    SQLite: an flock beside the database file (same machine). PostgreSQL: an advisory lock,
+    SQLite: an flock beside the database file (same machine); journal: the same beside the
+    journal (Linux takes flock on NFS as a POSIX lock of the server). PostgreSQL: an advisory lock,
     so setup is safe from several machines. Other backends: no lock (documented race).
     """
-    db = sqlite_path(url)
-    if db is not None:
-        lock_path = db.with_name(db.name + ".lock")
+    db = sqlite_path(url) or journal_path(url)
+    if db is not None:  # journal: Optuna's lock file is <file>.lock, ours another name
+        lock_path = db.with_name(db.name + (".lock" if sqlite_path(url) else ".study-lock"))
         with open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from cmcr.engine import stop
 from cmcr.errors import CMCRError
 from cmcr.names import Attr
 from cmcr.sweep import recovery
@@ -53,18 +54,29 @@ def work(
     ctx = TrialContext(
         plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn, group
     )
+    job = _slurm_job(plan)
     finished, idle_since = 0, None
     while True:
+        if job is not None:
+            from cmcr.sweep import slurm
+
+            if stop.requested() is not None:  # warned between trials: hold nothing, requeue
+                raise slurm.leave_for_requeue("warned by the scheduler between trials")
+            slurm.fail_lost(plan, study)  # trials of workers whose job ended or was requeued
         heal(plan, study)  # a dead worker's trial is failed and its retry queued here
         trial_id = claim_next(study)
         if trial_id is None:
             idle_since = idle_since or time.monotonic()
             if not _wait_for_lost(study, plan.opts.heartbeat_s, idle_since):
+                if job is not None:
+                    slurm.finish_if_done(plan, study, parent)
                 return finished
             continue
         idle_since = None
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(Attr.WORKER, worker_id())
+        if job is not None:
+            trial.set_user_attr(Attr.SLURM_JOB, job)
         retry_of = retried_trial(study, trial_id)
         with Heartbeat(study, trial_id):
             _run_and_tell(study, trial, ctx, lambda: heal(plan, study), retry_of)
@@ -72,6 +84,19 @@ def work(
 
 
 _IDLE_POLL_S = 1.0
+
+
+def _slurm_job(plan: Any) -> str | None:
+    """In a ``--launcher slurm`` worker job: its id, with the scheduler's warning signal
+    turned into a stop request (checkpoint at the next step, then requeue); else None."""
+    if plan.opts.launcher != "slurm":
+        return None
+    from cmcr.sweep import slurm
+
+    job = slurm.current_job()
+    if job is not None:
+        slurm.install_warning(plan.opts.signal)
+    return job
 
 
 def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
@@ -105,6 +130,13 @@ def _run_and_tell(
         study.tell(trial, state=TrialState.PRUNED)
         log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
         return
+    except stop.Stopped as exc:  # the scheduler's warning: checkpointed, retry, requeue
+        if ctx.group is not None:
+            ctx.group.broken = True
+        _fail(study, trial, ctx, recovery.INTERRUPTED, f"preempted: {exc}", requeue)
+        from cmcr.sweep import slurm
+
+        raise slurm.leave_for_requeue(f"trial {trial.number} {exc}") from None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
         if ctx.group is not None:
             ctx.group.broken = True
