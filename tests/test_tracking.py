@@ -186,3 +186,17 @@ def test_clients_switch_off_mlflows_view_run_line(store, monkeypatch):
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is False
     make_client(store)
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
+
+
+@pytest.mark.parametrize("preset", ["official", "paper", "demo", "smoke"])
+def test_params_read_back_as_the_config_they_came_from(preset):
+    """Every logged param parses back to its value (the results module rebuilds configs from
+    params): a list of strings such as KITTI's sequences ["00"] must not come back as [0]."""
+    from cmcr.configs import config_from_flat, flatten_config, load_config
+    from cmcr.engine.tracking import config_params
+
+    cfg = load_config(preset)
+    flat = flatten_config(cfg)
+    back = flatten_config(config_from_flat(config_params(cfg)))
+    lists = {k: v for k, v in flat.items() if isinstance(v, list)}
+    assert lists and {k: back[k] for k in lists} == lists

@@ -306,8 +306,25 @@ def _as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
-        return "[" + ", ".join(_as_text(v) for v in value) + "]"
+        return "[" + ", ".join(_item_text(v) for v in value) + "]"
     return str(value)
+
+
+def _item_text(value: Any) -> str:
+    """A list item: bare when YAML reads it back as itself (``CAM_FRONT``), else quoted (the
+    SemanticKITTI sequence ``"00"``, which bare would read back as the integer 0)."""
+    import json
+
+    import yaml
+
+    text = _as_text(value)
+    if isinstance(value, str):
+        try:
+            same = yaml.safe_load(f"[{text}]") == [value]
+        except yaml.YAMLError:
+            same = False
+        return text if same else json.dumps(value)
+    return text
 
 
 def _clip(text: str, limit: int) -> str:
