@@ -241,7 +241,7 @@ def cast_param(key: str, values: pd.Series) -> pd.Series:
     if typ is str:
         return values
     # bools and lists: few distinct values, each cast by the config's own rules
-    mapping = {v: _typed(key, v) for v in present.unique()}
+    mapping = {v: _typed_or_text(key, v) for v in present.unique()}
     mapping = {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
     return values.map(mapping).astype(object)
 
@@ -262,6 +262,17 @@ def config_types() -> dict[str, type]:
 
     walk(Config, "")
     return out
+
+
+def _typed_or_text(key: str, value: str) -> Any:
+    """``_typed``, or the logged text itself when it does not parse as the key's type today
+    (a run logged by an older version: a list of strings such as ``[00, 01]`` read as ints)."""
+    from cmcr.errors import ConfigError
+
+    try:
+        return _typed(key, value)
+    except ConfigError:
+        return value
 
 
 def _typed(key: str, value: str) -> Any:
