@@ -200,6 +200,7 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
 
     with RunLogger.start(cfg, kind="pretrain") as empty:
         pass  # a run without weights
+    capsys.readouterr()  # the probe above printed its progress lines
     code = main(_cli(store, "--pretrained", empty.run_id))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no backbone.pt" in err[0] and empty.run_id in err[0]
