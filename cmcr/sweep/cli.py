@@ -325,8 +325,10 @@ def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> 
     if report:
         lines.append(report)
     urls = _mlflow_urls(plan, summary)
-    if urls:
+    if urls and urls[0][1].startswith("http://127.0.0.1:5000/"):
         lines.append("MLflow: start the UI with `cmcr ui`, then open")
+    elif urls:
+        lines.append("MLflow (the tracking server):")
         lines += [f"  {label}: {url}" for label, url in urls]
     return lines
 
@@ -365,6 +367,19 @@ def report_dir(plan: Any) -> Path:
     return Path(plan.base.tracking.output_dir).parent / "reports" / slug
 
 
+def _public_base(uri: str) -> str:
+    """A tracking server's address for a browser: no user, password or query (a link is
+    printed, and a browser asks for the credentials itself)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
 def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Direct links into ``cmcr ui`` (127.0.0.1:5000, or the tracking server itself): the
     study's runs table in its saved view, the parent run and the best run."""
@@ -373,7 +388,7 @@ def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
     try:
         uri = resolve_tracking_uri(plan.base)
         remote = uri.startswith(("http://", "https://"))
-        base = uri.rstrip("/") if remote else "http://127.0.0.1:5000"
+        base = _public_base(uri) if remote else "http://127.0.0.1:5000"
         parent = summary["parent_run_id"]
         exp = client_for(uri).get_run(parent).info.experiment_id
         runs = {"parent run": parent}
