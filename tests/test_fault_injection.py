@@ -78,7 +78,7 @@ def _check_invariants(tmp_path: Path, storage: str, name: str) -> dict[str, int]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cmcr")
+    exp = client.get_experiment_by_name(name)  # one experiment per study
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     running = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
     assert not running, f"runs left RUNNING: {running}"

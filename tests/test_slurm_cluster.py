@@ -196,7 +196,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     assert retry.user_attrs[Attr.SLURM_JOB] == victim  # the requeued task resumed it
     assert retry.user_attrs[Attr.RUN_ID] == trial.user_attrs[Attr.RUN_ID]  # in the same MLflow run
 
-    exp = client.get_experiment_by_name("cmcr")
+    exp = client.get_experiment_by_name(name)  # one experiment per study
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == "study")
     assert parent.info.status == "FINISHED"
