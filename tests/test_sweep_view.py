@@ -271,3 +271,34 @@ def test_status_of_a_constructed_study_is_sorted_and_rounded(tmp_path):
     ]
     got = cli.status_table(plan, study, now).splitlines()
     assert got == expected, "\n".join(got)
+
+
+def test_the_estimate_comes_from_finished_trials_else_the_presets_measured_cost(
+    tmp_path, smoke_world
+):
+    from cmcr.configs import load_config
+    from cmcr.sweep.estimate import MEASURED, estimate, planned_work
+
+    cfg = load_config("smoke", {"data.dataroot": str(smoke_world)})
+    steps, scan_epochs = planned_work(cfg)
+    assert steps == cfg.train.max_steps and scan_epochs > 0
+    cost = MEASURED["smoke"]
+    by_preset = estimate(cfg, seeds=2)
+    expected = 2 * (cost.start_s + steps * cost.step_s + scan_epochs * cost.scan_epoch_s)
+    assert by_preset.trial_s == pytest.approx(expected) and "preset smoke" in by_preset.source
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
+    t0 = datetime.datetime(2026, 12, 2, 10, 0, 0)
+    for seconds in (30, 50, 400):
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0, trial_id=0, state=TrialState.COMPLETE, value=0.1, values=None,
+                datetime_start=t0, datetime_complete=t0 + datetime.timedelta(seconds=seconds),
+                params={}, distributions={}, user_attrs={}, system_attrs={},
+                intermediate_values={},
+            )
+        )  # fmt: skip
+    by_study = estimate(cfg, study)
+    assert by_study.trial_s == 50 and "3 finished" in by_study.source  # the median
+    assert by_study.total_s(trials=4, workers=2) == 100
+    unknown = load_config("official")
+    assert estimate(unknown).trial_s is None
