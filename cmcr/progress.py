@@ -74,7 +74,9 @@ class Task:
         self._sink = _sink if enabled else None
         self._bar: Any = None
         self._last_line = (-1.0, -1.0)  # (time, fraction) of the last plain line
-        if enabled and self._sink is None:
+        if self._sink is not None:
+            self._sink(self.record())  # where it starts (a resumed run: at its checkpoint)
+        elif enabled:
             if sys.stderr.isatty():
                 from tqdm.auto import tqdm
 

@@ -42,7 +42,14 @@ KINDS = (OWN, DETERMINISTIC, INTERRUPTED, LOST, ENVIRONMENT)
 # stays full, still ends instead of looping forever
 STALE_REASON = "worker lost (stale heartbeat)"
 # user attrs that belong to one attempt and must not be copied onto its retry
-ATTEMPT_ATTRS = (Attr.FAIL_REASON, Attr.RETRY_REASON, Attr.WORKER, Attr.FAIL_KIND, Attr.SLURM_JOB)
+ATTEMPT_ATTRS = (
+    Attr.FAIL_REASON,
+    Attr.RETRY_REASON,
+    Attr.WORKER,
+    Attr.FAIL_KIND,
+    Attr.SLURM_JOB,
+    Attr.PROGRESS,
+)
 
 
 def kind_of(trial: Any) -> str:
