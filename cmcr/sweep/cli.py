@@ -329,7 +329,7 @@ def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> 
         lines.append("MLflow: start the UI with `cmcr ui`, then open")
     elif urls:
         lines.append("MLflow (the tracking server):")
-        lines += [f"  {label}: {url}" for label, url in urls]
+    lines += [f"  {label}: {url}" for label, url in urls]
     return lines
 
 
