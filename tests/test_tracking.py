@@ -200,3 +200,28 @@ def test_params_read_back_as_the_config_they_came_from(preset):
     back = flatten_config(config_from_flat(config_params(cfg)))
     lists = {k: v for k, v in flat.items() if isinstance(v, list)}
     assert lists and {k: back[k] for k in lists} == lists
+
+
+def test_log_inputs_tries_again_after_a_concurrent_create_and_never_fails_the_run(caplog):
+    """Two workers creating the same dataset row at once (MLflow server + PostgreSQL) made one
+    of them fail its trial with a unique-key violation; the second try finds the row."""
+    from mlflow.exceptions import MlflowException
+
+    from cmcr.engine.tracking import _log_inputs
+
+    class Client:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.calls = failures, 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise MlflowException("duplicate key value violates unique constraint dataset_pk")
+
+    once = Client(failures=1)
+    _log_inputs(once, "r1", [])
+    assert once.calls == 2
+    always = Client(failures=99)
+    with caplog.at_level("WARNING", logger="cmcr.tracking"):
+        _log_inputs(always, "r2", [])  # no exception: a warning
+    assert always.calls == 3 and "datasets not logged" in caplog.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -47,6 +48,8 @@ from cmcr.names import (
     is_local_key,
 )
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
+
+_log = logging.getLogger("cmcr.tracking")
 
 # MLflow prints "View run <name> at: <tracking URI>/..." when a run on a server ends: the URI
 # may carry credentials, and the line interleaves with the sweep's progress view
@@ -239,6 +242,26 @@ def ui_urls(base: str, experiment_id: str, run_ids: Mapping[str, str] | None = N
     return out
 
 
+def _log_inputs(client: Any, run_id: str, datasets: list[Any], tries: int = 3) -> None:
+    """``log_inputs``, tried again when another process created the same dataset meanwhile:
+    MLflow's server finds-or-creates the dataset row without a lock, so two workers starting
+    runs on one world at once can hit its unique key (seen with PostgreSQL behind a server);
+    the second try finds the row. The Dataset column is a convenience: a store that still
+    refuses is logged as a warning, not a failed run."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as exc:
+            if attempt == tries - 1:
+                first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+                _log.warning(redact(f"run {run_id}: datasets not logged ({first})"))
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
 def dataset_inputs(cfg: Config, kind: str, fingerprint: str) -> list[Any]:
     """The MLflow dataset inputs of a run (the UI's Dataset column): the world's splits it reads,
     named ``<world>/<split>``, digest = the dataset fingerprint, context train / validation."""
@@ -410,7 +433,7 @@ class RunLogger:
             logger.set_tags(all_tags)
             if not resumed and kind != Kind.STUDY:  # the study's parent run reads no data
                 fingerprint = all_tags[Tag.DATASET_FINGERPRINT]
-                client.log_inputs(run_id, datasets=dataset_inputs(cfg, kind, fingerprint))
+                _log_inputs(client, run_id, dataset_inputs(cfg, kind, fingerprint))
             if log_params:
                 fresh = config_params(cfg) if params is None else params
                 logger.log_params(new_params if resumed else fresh)
