@@ -335,9 +335,6 @@ def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> 
 
 def _report(plan: Any, build: bool) -> str | None:
     """Build the study's report (best effort) and say where it is."""
-    from cmcr.results.collect import Selection
-    from cmcr.results.report import build as build_report
-
     out = report_dir(plan)
     if not build:
         page = out / "index.html"
@@ -346,6 +343,8 @@ def _report(plan: Any, build: bool) -> str | None:
         return f"report: none yet (python dashboards/build.py --study {plan.study_name})"
     try:
         from cmcr.engine.tracking import resolve_tracking_uri
+        from cmcr.results.collect import Selection
+        from cmcr.results.report import build as build_report
 
         sel = Selection(
             tracking_uri=resolve_tracking_uri(plan.base),
