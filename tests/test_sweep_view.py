@@ -276,12 +276,17 @@ def test_the_estimate_comes_from_finished_trials_else_the_presets_measured_cost(
     from cmcr.sweep.estimate import MEASURED, estimate, planned_work
 
     cfg = load_config("smoke", {"data.dataroot": str(smoke_world)})
-    steps, scan_epochs = planned_work(cfg)
-    assert steps == cfg.train.max_steps and scan_epochs > 0
+    steps, work = planned_work(cfg)
+    assert steps == cfg.train.max_steps and list(work) == ["nuscenes/probe"]
+    scan_epochs = work["nuscenes/probe"]
+    assert scan_epochs > 0
     cost = MEASURED["smoke"]
     by_preset = estimate(cfg, seeds=2)
-    expected = 2 * (cost.start_s + steps * cost.step_s + scan_epochs * cost.scan_epoch_s)
+    each = cost.scan_epoch_s["nuscenes/probe"]
+    expected = 2 * (cost.start_s + steps * cost.step_s + scan_epochs * each)
     assert by_preset.trial_s == pytest.approx(expected) and "preset smoke" in by_preset.source
+    # the preset's cost is one trial on the whole machine: local workers share its cores
+    assert by_preset.total_s(trials=4, workers=2) == pytest.approx(4 * expected)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
     t0 = datetime.datetime(2026, 12, 2, 10, 0, 0)
     for seconds in (30, 50, 400):

@@ -22,14 +22,38 @@ class Cost:
 
     start_s: float  # per trial: run set-up, data loading, held-out validation, artifacts
     step_s: float  # per pre-training optimiser step (CMCR; PPKT is cheaper)
-    scan_epoch_s: float  # per scan per downstream epoch (forward of the frozen backbone + head)
+    # per scan per downstream epoch, by evaluation ("<dataset>/<mode>"): a probe runs the frozen
+    # backbone forward, a fine-tuning also its backward; KITTI's scans are the larger
+    scan_epoch_s: dict[str, float]
     machine: str
 
 
 # measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02
+# (SemanticKITTI: the benchmark_kitti study's downstream/semantickitti/seconds, halved for the
+# 2 workers that shared the 2 cores)
 MEASURED: dict[str, Cost] = {
-    "demo": Cost(start_s=20.0, step_s=1.5, scan_epoch_s=0.12, machine="2 CPU cores"),
-    "smoke": Cost(start_s=6.0, step_s=1.0, scan_epoch_s=0.25, machine="2 CPU cores"),
+    "demo": Cost(
+        start_s=20.0,
+        step_s=1.5,
+        scan_epoch_s={
+            "nuscenes/probe": 0.12,
+            "nuscenes/finetune": 0.3,
+            "semantickitti/finetune": 0.3,
+            "semantickitti/probe": 0.15,
+        },
+        machine="2 CPU cores",
+    ),
+    "smoke": Cost(
+        start_s=6.0,
+        step_s=1.0,
+        scan_epoch_s={
+            "nuscenes/probe": 0.25,
+            "nuscenes/finetune": 0.5,
+            "semantickitti/finetune": 0.5,
+            "semantickitti/probe": 0.25,
+        },
+        machine="2 CPU cores",
+    ),
 }
 
 
@@ -39,17 +63,24 @@ class Estimate:
 
     trial_s: float | None
     source: str
+    # the figure is one trial using the whole machine (the preset's cost): local --workers
+    # share its cores, so they do not divide the total; a median of the study's own trials was
+    # measured at the sweep's parallelism, so they do
+    whole_machine: bool = False
 
     def total_s(self, trials: int, workers: int) -> float | None:
-        """Wall time of ``trials`` trials shared by ``workers`` (parallel workers on one CPU
-        machine share its cores: the figure is per machine, not per worker)."""
+        """Wall time of ``trials`` trials run by ``workers`` local workers."""
         if self.trial_s is None:
             return None
+        if self.whole_machine:
+            return self.trial_s * trials
         return self.trial_s * math.ceil(trials / max(1, workers))
 
 
-def planned_work(cfg: Config) -> tuple[int, int]:
-    """(pre-training steps, downstream scan-epochs) of one seed of a trial with ``cfg``."""
+def planned_work(cfg: Config) -> tuple[int, dict[str, int]]:
+    """(pre-training steps, {evaluation: scan-epochs}) of one seed of a trial with ``cfg``;
+    the evaluations are ``downstream.evaluations`` (else the one of ``downstream.mode``)."""
+    from cmcr.configs import evaluation_config
     from cmcr.data.pretrain import select_records
 
     steps = 0
@@ -60,11 +91,23 @@ def planned_work(cfg: Config) -> tuple[int, int]:
             n = len(select_records(cfg, cfg.data.train_split, holdout="exclude"))
             batches = math.ceil(n / cfg.train.batch_size)
             steps = cfg.train.epochs * math.ceil(batches / cfg.train.grad_accum)
-    d = cfg.downstream
-    labelled = len(select_records(cfg, cfg.data.train_split, d.label_fraction))
-    val = len(select_records(cfg, cfg.data.val_split))
-    epochs = d.probe_epochs if d.mode == "probe" else d.finetune_epochs
-    return steps, epochs * (labelled + val)
+    names = list(cfg.downstream.evaluations) or [f"nuscenes/{cfg.downstream.mode}"]
+    work = {}
+    for name in names:
+        dataset, mode = name.split("/")
+        ecfg = evaluation_config(cfg, dataset, mode)
+        d = ecfg.downstream
+        if dataset == "semantickitti":
+            from cmcr.data.kitti import select_kitti_records
+
+            labelled = len(select_kitti_records(ecfg, "train", d.label_fraction))
+            val = len(select_kitti_records(ecfg, "val"))
+        else:
+            labelled = len(select_records(ecfg, ecfg.data.train_split, d.label_fraction))
+            val = len(select_records(ecfg, ecfg.data.val_split))
+        epochs = d.probe_epochs if mode == "probe" else d.finetune_epochs
+        work[name] = epochs * (labelled + val)
+    return steps, work
 
 
 def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
@@ -81,13 +124,18 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     if cost is None:
         return Estimate(None, f"no measured cost for preset {cfg.preset!r}")
     try:
-        steps, scan_epochs = planned_work(cfg)
+        steps, work = planned_work(cfg)
     except Exception:  # the data is checked (and its error reported) by the preflight
         return Estimate(None, "the data could not be read")
-    seconds = cost.start_s + steps * cost.step_s + scan_epochs * cost.scan_epoch_s
+    seconds = cost.start_s + steps * cost.step_s
+    parts = [f"{steps} steps × {cost.step_s:g} s"]
+    for name, scan_epochs in work.items():
+        each = cost.scan_epoch_s.get(name, max(cost.scan_epoch_s.values()))
+        seconds += scan_epochs * each
+        parts.append(f"{name} {scan_epochs} scan-epochs × {each:g} s")
     per_seed = "" if seeds == 1 else f", × {seeds} seeds"
     return Estimate(
         seconds * seeds,
-        f"preset {cfg.preset}'s measured cost on {cost.machine}: {steps} steps × "
-        f"{cost.step_s:g} s + {scan_epochs} scan-epochs × {cost.scan_epoch_s:g} s{per_seed}",
+        f"preset {cfg.preset}'s measured cost on {cost.machine}: {' + '.join(parts)}{per_seed}",
+        whole_machine=True,
     )
