@@ -34,9 +34,9 @@ class Cost:
 MEASURED: dict[str, Cost] = {
     "demo": Cost(
         start_s=20.0,
-        step_s=1.5,
+        step_s=1.3,
         scan_epoch_s={
-            "nuscenes/probe": 0.12,
+            "nuscenes/probe": 0.1,
             "nuscenes/finetune": 0.3,
             "semantickitti/finetune": 0.3,
             "semantickitti/probe": 0.15,
