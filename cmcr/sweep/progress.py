@@ -289,7 +289,8 @@ class ProgressView:
         caption = (
             f"best {best} · study ETA {fmt_duration(snap.eta_s)} · {time.strftime('%H:%M:%S')}"
         )
-        table = Table(title=title, caption=caption, expand=False)
+        # as wide as its title, so the counts stay on one line above an empty table
+        table = Table(title=title, caption=caption, expand=False, min_width=len(title) + 2)
         for col, justify in (
             ("trial", "right"),
             ("params", "left"),
