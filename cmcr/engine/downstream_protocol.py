@@ -167,6 +167,6 @@ def describe(
 
 
 def _n(count: int, noun: str) -> str:
-    """'1 scene', '3 scenes', '2 batches'."""
-    plural = "es" if noun.endswith("ch") else "s"
+    """'1 scene', '3 scenes', '2 batches', '20 epochs'."""
+    plural = "es" if noun.endswith(("tch", "sh", "ss", "x")) else "s"  # batches, epochs
     return f"{count} {noun}{'' if count == 1 else plural}"
