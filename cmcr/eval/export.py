@@ -23,6 +23,21 @@ from cmcr.data.classes import NUM_CHALLENGE
 from cmcr.errors import CMCRError
 
 
+class _BatchWriter:
+    """What both submission writers share: a batch split into scans, each passed to ``write``."""
+
+    def write(self, token: str, labels: torch.Tensor | np.ndarray) -> Path:
+        raise NotImplementedError
+
+    def write_batch(
+        self, tokens: list[str], labels: torch.Tensor, num_points: torch.Tensor
+    ) -> None:
+        """Split a batch's concatenated per-point labels (N,) by ``num_points`` (B,) and write."""
+        chunks = torch.split(labels.cpu(), [int(n) for n in num_points.tolist()])
+        for token, chunk in zip(tokens, chunks, strict=True):
+            self.write(token, chunk)
+
+
 class ExportError(CMCRError):
     """A lidarseg export cannot be written as asked."""
 
@@ -36,7 +51,7 @@ DEFAULT_META = {
 }
 
 
-class LidarsegWriter:
+class LidarsegWriter(_BatchWriter):
     """Writes one ``<token>_lidarseg.bin`` per scan under ``DIR/lidarseg/<split>/``."""
 
     def __init__(self, out_dir: str | Path, split: str, meta: dict[str, bool] | None = None):
@@ -64,14 +79,6 @@ class LidarsegWriter:
         self.written.append(token)
         return path
 
-    def write_batch(
-        self, tokens: list[str], labels: torch.Tensor, num_points: torch.Tensor
-    ) -> None:
-        """Split a batch's concatenated per-point labels (N,) by ``num_points`` (B,) and write."""
-        chunks = torch.split(labels.cpu(), [int(n) for n in num_points.tolist()])
-        for token, chunk in zip(tokens, chunks, strict=True):
-            self.write(token, chunk)
-
     def finish(self) -> Path:
         """Write ``DIR/<split>/submission.json``; returns its path."""
         meta_dir = self.root / self.split
@@ -81,7 +88,7 @@ class LidarsegWriter:
         return path
 
 
-class KittiWriter:
+class KittiWriter(_BatchWriter):
     """Writes one ``sequences/NN/predictions/NNNNNN.label`` per scan (token ``NN/NNNNNN``)."""
 
     def __init__(self, out_dir: str | Path, inverse: np.ndarray):
@@ -106,14 +113,6 @@ class KittiWriter:
         self.inverse[arr].astype(np.uint32).tofile(path)
         self.written.append(token)
         return path
-
-    def write_batch(
-        self, tokens: list[str], labels: torch.Tensor, num_points: torch.Tensor
-    ) -> None:
-        """Split a batch's concatenated per-point labels (N,) by ``num_points`` (B,) and write."""
-        chunks = torch.split(labels.cpu(), [int(n) for n in num_points.tolist()])
-        for token, chunk in zip(tokens, chunks, strict=True):
-            self.write(token, chunk)
 
     def finish(self) -> Path:
         """Nothing to add: the folder is the submission; returns its root."""
