@@ -46,6 +46,9 @@ class Tag:
     PRETRAINED = "cmcr.pretrained"  # what a probe / fine-tune started from
     PRETRAINED_RUN = "cmcr.pretrained_run"
     RESUMED_FROM_STEP = "cmcr.resumed_from_step"
+    # a pruned trial's run: the pre-training step (or downstream epoch) where it was stopped
+    PRUNED_AT_STEP = "cmcr.pruned_at_step"
+    PRUNED_PHASE = "cmcr.pruned_phase"  # pretrain | downstream
     N_TRIALS = "cmcr.n_trials"
     SLOT = "cmcr.slot"  # a sweep trial's slot (its child runs are found again by it)
     PARENT_RUN = "mlflow.parentRunId"
@@ -109,6 +112,10 @@ class Metric:
     VAL_FWIOU = "val/fwiou"
     VAL_IOU_PREFIX = "val/iou_"  # + challenge class name
     DOWNSTREAM_SECONDS = "downstream/seconds"
+    # the representation probe during pre-training (sweep.eval_every; step = optimiser step)
+    PROBE_MIOU = "probe/miou"
+    PROBE_SECONDS = "probe/seconds"  # its cumulative cost so far
+    PROBE_TIME_SHARE = "probe/time_share"  # its cost as a share of pre-training time
     STUDY_BEST_VALUE = "study/best_value"
 
 
