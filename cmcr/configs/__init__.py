@@ -21,6 +21,7 @@ from cmcr.configs.schema import (
     MethodConfig,
     ModelConfig,
     SemanticKittiConfig,
+    SweepConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "variant_name",
     "COMPONENTS",
     "SemanticKittiConfig",
+    "SweepConfig",
     "evaluation_config",
     "evaluation_list",
     "objective_evaluation",

@@ -295,6 +295,17 @@ class SemanticKittiConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The representation probe during pre-training (cmcr/engine/probe.py): the intermediate
+    value a sweep's pruner sees, and a learning curve of representation quality in any run."""
+
+    # measure the backbone every this many optimiser steps (probe/miou); 0 = off
+    eval_every: int = setting(0, **OPTIONAL_COUNT)
+    # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
+    probe_scans: int = setting(8, ge=2)
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are recorded."""
 
@@ -316,4 +327,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     semantickitti: SemanticKittiConfig = field(default_factory=SemanticKittiConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -28,6 +28,7 @@ from cmcr.engine.checkpoint import (
     run_dir,
     save_backbone,
 )
+from cmcr.engine.probe import enabled as probe_enabled
 from cmcr.engine.tracking import RunLogger, config_yaml
 from cmcr.errors import DataError
 from cmcr.names import Metric, Tag
@@ -120,10 +121,13 @@ def _pretrain_done(logger: RunLogger, cfg: Config) -> bool:
     return bool(_broadcast(done))
 
 
-def _pretrain(cfg: Config, logger: RunLogger, loaders: Any, *, resume: bool) -> int:
+def _pretrain(
+    cfg: Config, logger: RunLogger, loaders: Any, *, resume: bool, report: Any = None
+) -> int:
     """Pre-train inside an open run (resuming from its checkpoints); returns the steps done.
 
     A completed pre-training is not redone; ``method.name=random`` saves the seeded init.
+    ``report``: the sweep's pruning report, fed by the representation probe (cmcr.engine.probe).
     """
     if resume and _pretrain_done(logger, cfg):
         return int(_broadcast(logger.last_logged_step(Metric.TRAIN_LOSS) or 0))
@@ -135,11 +139,14 @@ def _pretrain(cfg: Config, logger: RunLogger, loaders: Any, *, resume: bool) -> 
             torch.manual_seed(cfg.train.seed)
             _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
         return 0
-    return _train(cfg, logger, loaders, resume)
+    return _train(cfg, logger, loaders, resume, report)
 
 
-def _train(cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool) -> int:
+def _train(
+    cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool, report: Any = None
+) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
+    from cmcr.engine import probe as repr_probe
     from cmcr.engine import train
     from cmcr.models import CMCRModel
 
@@ -158,9 +165,14 @@ def _train(cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: boo
             if has_checkpoints(cfg, logger.run_id):
                 load_latest(accelerator, state)
         logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
+        probe = None
+        if probe_enabled(cfg):
+            main = accelerator.is_main_process
+            probe = repr_probe.RepresentationProbe(cfg, logger, report, is_main=main)
         steps = train.pretrain_loop(
-            cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total, holdout
-        )
+            cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total, holdout,
+            probe,
+        )  # fmt: skip
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _finish_weights(cfg, logger, accelerator.unwrap_model(model).backbone_state())
@@ -191,8 +203,8 @@ def _prepare(cfg: Config, *, downstream: bool = False) -> tuple[Config, Any]:
     from cmcr.data import check_downstream_data, check_pretrain_data
 
     check_pretrain_data(cfg)  # every file the run reads, before the run exists
-    if downstream:
-        check_downstream_data(cfg)
+    if downstream or probe_enabled(cfg):
+        check_downstream_data(cfg)  # the representation probe reads train-split labels too
     if cfg.method.name == "random":
         return cfg, None
     loaders = _build_loader(cfg)
@@ -238,11 +250,15 @@ def run_trial(
     """
     cfg, loaders = _prepare(cfg, downstream=True)
     logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
+    # the pruner sees the representation probe during pre-training when it is on, else the
+    # downstream epochs (never both: their steps would not be comparable)
+    early = report if probe_enabled(cfg) else None
     with logger, runlog.attached(logger, run_dir(cfg, logger.run_id)):
-        _pretrain(cfg, logger, loaders, resume=run_id is not None)
+        _pretrain(cfg, logger, loaders, resume=run_id is not None, report=early)
         if not logger.is_main:
             return None
         backbone = run_dir(cfg, logger.run_id) / BACKBONE_FILE
+        late = None if early is not None else report
         return run_downstream(
-            cfg, pretrained=str(backbone), run_id=logger.run_id, logger=logger, report=report
+            cfg, pretrained=str(backbone), run_id=logger.run_id, logger=logger, report=late
         )

@@ -544,8 +544,18 @@ class RunLogger:
             self.end("FINISHED")
         elif isinstance(exc, KeyboardInterrupt):
             self.end("KILLED", reason="interrupted (KeyboardInterrupt)")
+        elif _is_pruned(exc):  # the sweep's pruner stopped it: not a failure
+            self.end("KILLED", reason=f"pruned by optuna: {exc}")
         else:
             self.end("FAILED", reason=f"{type(exc).__name__}: {exc}")
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    """An ``optuna.TrialPruned`` (optuna is imported whenever one can have been raised)."""
+    import sys
+
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(exc, optuna.TrialPruned)
 
 
 # ---- a run's life by id (sweep and results: no RunLogger needed) ---------------------------
@@ -572,15 +582,23 @@ def reopen(
 
 
 def mark_state(
-    uri: str, run_id: str, state: str, status: str | None = None, reason: str | None = None
+    uri: str,
+    run_id: str,
+    state: str,
+    status: str | None = None,
+    reason: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Tag ``run_id`` with its Optuna ``state``; with ``status``, end it if still open.
+    """Tag ``run_id`` with its Optuna ``state`` (and ``tags``); with ``status``, end it if
+    still open.
 
     A seed that finished stays FINISHED; a run the trainer left RUNNING (or FAILED by an earlier
     attempt, now pruned or killed) is ended with ``status`` and ``reason``.
     """
     client = client_for(uri)
     client.set_tag(run_id, Tag.STATE, state)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     if status is None:
         return
     current = client.get_run(run_id).info.status

@@ -250,11 +250,14 @@ def pretrain_loop(
     logger: RunLogger,
     total: int,
     holdout: Any = None,
+    probe: Any = None,
 ) -> int:
     """Train until ``total`` optimiser steps; returns the last step. Logs and checkpoints.
 
     ``holdout``: a loader over the held-out scenes, validated at every epoch's end and at the
     end of training (``validate_holdout``); None when the split holds none of them.
+    ``probe``: a ``cmcr.engine.probe.RepresentationProbe`` measured every ``sweep.eval_every``
+    steps (it may stop the run: pruned, after checkpointing the step).
     """
     t = cfg.train
     # steps already in the history (a resumed run) are re-run but not logged twice
@@ -277,9 +280,15 @@ def pretrain_loop(
                 window = _Window()
             if state.step % t.checkpoint_every == 0:
                 save_checkpoint(accelerator, state)
+            if probe is not None and probe.due(state.step):
+                probe.step(
+                    accelerator,
+                    model,
+                    state.step,
+                    lambda: _save_once(accelerator, state, t.checkpoint_every),
+                )
             if state.step < total and stop.agreed(accelerator):  # a scheduler's warning
-                if state.step % t.checkpoint_every:
-                    save_checkpoint(accelerator, state)
+                _save_once(accelerator, state, t.checkpoint_every)
                 raise stop.Stopped(state.step, stop.requested())
             if state.step >= total:
                 break
@@ -290,9 +299,17 @@ def pretrain_loop(
                 validate_holdout(cfg, accelerator, model, holdout, logger, state.step)
     if holdout is not None:
         validate_holdout(cfg, accelerator, model, holdout, logger, state.step)
+    if probe is not None:
+        probe.finish(state.step)
     bar.close()
     _sync_norm_buffers(accelerator, model)
     return state.step
+
+
+def _save_once(accelerator: Any, state: TrainState, every: int) -> None:
+    """Checkpoint the current step unless the periodic checkpoint just did."""
+    if state.step % every:
+        save_checkpoint(accelerator, state)
 
 
 def _sync_norm_buffers(accelerator: Any, model: Any) -> None:

@@ -11,8 +11,9 @@ Failures. A rank that fails must not leave the others waiting inside a collectiv
 
 - divergence (``TrainingDiverged``) is detected on the all-reduced loss, so every rank raises it
   at the same step: the trial is failed (not retried) and the group goes on;
-- a pruned trial is pruned during the downstream evaluation, which only rank 0 runs: the group
-  goes on;
+- a pruned trial: during the downstream evaluation, which only rank 0 runs, or at a probe step
+  of pre-training, where rank 0 broadcasts the decision and every rank checkpoints and stops
+  (``cmcr.engine.probe.PrunedElsewhere`` on the others): the group goes on;
 - anything else ends the launch: rank 0 first records the failure and queues the retry, then
   exits non-zero (a follower that fails exits non-zero too); the launcher stops the other ranks.
   Start the launch again (compose's ``restart: on-failure`` does) and the retry resumes from
@@ -136,16 +137,20 @@ class Group:
             except Exception as exc:
                 if not is_synchronised(exc):
                     raise
-                log.warning(f"rank {self.rank}: trial diverged on every rank; waiting for the next")
+                log.warning(f"rank {self.rank}: {exc}; waiting for the next trial")
             ran += 1
 
 
 def is_synchronised(exc: BaseException) -> bool:
-    """Raised on every rank at the same point (so the group can go on): divergence."""
+    """Raised on every rank at the same point (so the group can go on): divergence, or the
+    pruner's decision at a probe step of pre-training."""
     import sys
 
     train = sys.modules.get("cmcr.engine.train")
-    return train is not None and isinstance(exc, train.TrainingDiverged)
+    probe = sys.modules.get("cmcr.engine.probe")
+    return (train is not None and isinstance(exc, train.TrainingDiverged)) or (
+        probe is not None and isinstance(exc, probe.PrunedElsewhere)
+    )
 
 
 def group_from_env() -> Group | None:

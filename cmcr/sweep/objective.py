@@ -10,9 +10,12 @@ Seeds already finished by an earlier attempt (``seed_results``) are not run agai
 Multi-process trials (``accelerate launch``/``torchrun``): rank 0 runs this and announces each
 seed to the other ranks just before calling the trial function (``cmcr.sweep.group``).
 
-Pruning: ``report(epoch, miou)`` of the first seed becomes ``trial.report`` /
-``should_prune`` → ``TrialPruned``; later seeds do not report (their epochs would repeat the
-steps of the first, which the median and Hyperband pruners compare across trials).
+Pruning: ``report(step, value)`` of the first seed becomes ``trial.report`` /
+``should_prune`` → ``TrialPruned``. With ``sweep.eval_every`` > 0 the values are the
+representation probe's during pre-training (step = optimiser step, cmcr.engine.probe), else the
+downstream evaluation's epochs. Later seeds do not report: they follow the first seed's decision
+(a pruned first seed ends the trial; their steps would repeat the first's, which the pruners
+compare across trials).
 """
 
 from __future__ import annotations
@@ -190,16 +193,31 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
     return latest_step(cfg, run_id)
 
 
-def _pruning_report(trial: Any) -> Callable[[int, float], None]:
-    """``report(epoch, miou)`` → ``trial.report``; raise TrialPruned when the pruner says so."""
-    import optuna
+def _pruning_report(trial: Any) -> Callable[..., None]:
+    """``report(step, value, phase=...)`` → ``trial.report``; raise ``PrunedAt`` (a
+    ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
+    value = probe/miou) or "downstream" (step = epoch, value = val mIoU)."""
 
-    def report(step: int, value: float) -> None:
+    def report(step: int, value: float, phase: str = "downstream") -> None:
         trial.report(float(value), int(step))
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {step} (val mIoU {value:.4f})")
+            raise pruned_at(step, value, phase)
 
     return report
+
+
+def pruned_at(step: int, value: float, phase: str) -> BaseException:
+    """The ``optuna.TrialPruned`` of a trial stopped at ``step`` of ``phase``; it carries
+    ``step`` and ``phase`` for the trial's runs (tags cmcr.pruned_at_step / cmcr.pruned_phase)."""
+    import optuna
+
+    if phase == "pretrain":
+        where = f"pre-training step {step} (probe mIoU {value:.4f})"
+    else:
+        where = f"downstream epoch {step} (val mIoU {value:.4f})"
+    exc = optuna.TrialPruned(f"pruned at {where}")
+    exc.step, exc.phase = int(step), phase  # type: ignore[attr-defined]
+    return exc
 
 
 class _isolated_env:

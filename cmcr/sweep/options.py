@@ -15,7 +15,7 @@ from typing import Any
 
 from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "asha", "hyperband", "none")
 LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
 OBJECTIVES = ("probe", "finetune")
@@ -72,7 +72,15 @@ class SweepOptions:
         "not retried; a trial interrupted (Ctrl-C, SIGTERM, a lost worker, disk full, MLflow "
         f"down) is re-queued without spending one, at most {MAX_INTERRUPTIONS} times",
     )
-    pruner: str = _opt("median", "--pruner", "", choices=PRUNERS)
+    pruner: str | None = _opt(
+        None,
+        "--pruner",
+        "what stops poor trials early (default: the study's 'pruner', else median): median, "
+        "asha (successive halving), hyperband or none; with sweep.eval_every > 0 it sees the "
+        "representation probe during pre-training (step = optimiser step), else the "
+        "downstream epochs",
+        choices=PRUNERS,
+    )
     objective: str = _opt(
         "probe", "--objective", "downstream.mode of the objective", choices=OBJECTIVES
     )

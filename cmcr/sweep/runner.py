@@ -42,6 +42,11 @@ class Plan:
     n_trials: int
     fixed: dict[str, Any]
 
+    @property
+    def pruner(self) -> str:
+        """--pruner, else the study's ``pruner``, else median."""
+        return self.opts.pruner or self.spec.pruner or "median"
+
     def compat_attrs(self) -> dict[str, Any]:
         """What a re-run (or another worker) must agree on to share the stored study."""
         fixed = {k: v for k, v in self.fixed.items() if not is_local_key(k)}
@@ -70,7 +75,7 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         )
     if opts.retry_failed and not opts.resume:
         raise StudyError("--retry-failed: re-opens a stored study's failed slots; add --resume")
-    if opts.pruner not in PRUNERS:
+    if opts.pruner is not None and opts.pruner not in PRUNERS:
         raise StudyError(f"--pruner: expected one of {PRUNERS}, got {opts.pruner!r}")
     if opts.objective not in OBJECTIVES:
         raise StudyError(f"--objective: expected one of {OBJECTIVES}, got {opts.objective!r}")
@@ -113,15 +118,30 @@ def make_sampler(spec: StudySpec) -> Any:
 
 
 def make_pruner(kind: str, base: Config) -> Any:
-    """median, hyperband (resource = downstream epochs) or none."""
+    """median, asha (successive halving), hyperband or none.
+
+    The resource is what the trials report (``cmcr.sweep.objective``): pre-training optimiser
+    steps when the representation probe is on (``sweep.eval_every`` > 0; the first rung is the
+    first probe step, Hyperband's largest the last step a finished trial reported), else the
+    downstream epochs. Reduction factor 3 (ASHA's and Hyperband's default: a third goes on).
+    """
     import optuna
+
+    from cmcr.engine.probe import enabled as probe_enabled
 
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if kind == "hyperband":
+    if probe_enabled(base):
+        first, largest = base.sweep.eval_every, "auto"
+    else:
         d = base.downstream
-        epochs = d.probe_epochs if d.mode == "probe" else d.finetune_epochs
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+        first, largest = 1, max(d.probe_epochs if d.mode == "probe" else d.finetune_epochs, 1)
+    if kind == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first, max_resource=largest, reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -139,7 +159,7 @@ def load(plan: Plan, storage: Any) -> Any:
             study_name=plan.study_name,
             storage=storage,
             sampler=make_sampler(plan.spec),
-            pruner=make_pruner(plan.opts.pruner, plan.base),
+            pruner=make_pruner(plan.pruner, plan.base),
         )
     except KeyError:
         raise StudyError(f"no study '{plan.study_name}' in {redact(plan.opts.storage)}") from None
@@ -167,7 +187,7 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
                 study_name=plan.study_name,
                 storage=storage,
                 sampler=make_sampler(plan.spec),
-                pruner=make_pruner(plan.opts.pruner, plan.base),
+                pruner=make_pruner(plan.pruner, plan.base),
                 direction=plan.spec.direction,
             )
             _define(plan, study)
@@ -292,15 +312,22 @@ def _mark_lost(plan: Plan, trials: list[Any]) -> None:
         mark_runs(plan.base, t, "FAIL", "KILLED", f"trial {t.number}: {reason}")
 
 
-def mark_runs(base: Config, trial: Any, state: str, status: str | None, reason: str | None) -> None:
-    """Tag the trial's child runs with its Optuna state and end any still open; best effort:
-    Optuna's record of the trial must not depend on MLflow being reachable."""
+def mark_runs(
+    base: Config,
+    trial: Any,
+    state: str,
+    status: str | None,
+    reason: str | None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Tag the trial's child runs with its Optuna state (and ``tags``) and end any still open;
+    best effort: Optuna's record of the trial must not depend on MLflow being reachable."""
     from cmcr.engine.tracking import mark_state, resolve_tracking_uri
 
     try:
         uri = resolve_tracking_uri(base)
         for run_id in trial.user_attrs.get(Attr.RUN_IDS, {}).values():
-            mark_state(uri, run_id, state, status, reason)
+            mark_state(uri, run_id, state, status, reason, tags)
     except Exception as exc:
         log.warning(_one_line("could not update the trial's MLflow runs", exc))
 

@@ -6,6 +6,7 @@ A study lives in YAML (``sweeps/studies/<name>.yaml`` for the built-ins, or any 
     direction: maximize            # maximize | minimize (the objective is val mIoU)
     sampler: tpe                   # tpe | random | grid (default: grid if every param is grid)
     n_trials: 12                   # default for --n-trials (grid studies: the grid size)
+    pruner: asha                   # default for --pruner (median | asha | hyperband | none)
     preset: demo                   # default for --preset
     params:
       loss.weights.mim: {type: float, low: 0.1, high: 4.0, log: true}
@@ -41,7 +42,10 @@ DEFAULT_STUDY_DIR = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
 PARAM_TYPES = ("float", "int", "categorical", "grid")
 SAMPLERS = ("tpe", "random", "grid")
 DIRECTIONS = ("maximize", "minimize")
-_STUDY_KEYS = {"name", "direction", "sampler", "n_trials", "preset", "params", "fixed", "seed"}
+_STUDY_KEYS = {
+    *("name", "direction", "sampler", "n_trials", "preset", "params", "fixed", "seed"),
+    "pruner",
+}
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
 _SCALAR = (bool, int, float, str)
 
@@ -104,6 +108,7 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     source: str = ""
+    pruner: str | None = None  # default for --pruner
 
     @property
     def is_grid(self) -> bool:
@@ -232,6 +237,11 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     preset = data.get("preset")
     if preset is not None and not isinstance(preset, str):
         raise StudyError(f"{where}: 'preset' must be a preset name")
+    from cmcr.sweep.options import PRUNERS
+
+    pruner = data.get("pruner")
+    if pruner is not None and pruner not in PRUNERS:
+        raise StudyError(f"{where}: 'pruner' must be one of {PRUNERS}, got {pruner!r}")
     return StudySpec(
         name=name.strip(),
         params=params,
@@ -242,6 +252,7 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
         fixed={str(k): v for k, v in fixed.items()},
         seed=seed,
         source=source,
+        pruner=pruner,
     )
 
 

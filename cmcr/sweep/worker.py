@@ -22,7 +22,7 @@ from typing import Any
 
 from cmcr.engine import stop
 from cmcr.errors import CMCRError
-from cmcr.names import Attr
+from cmcr.names import Attr, Tag
 from cmcr.sweep import recovery
 from cmcr.sweep.objective import TrialContext, TrialFn, run_objective
 from cmcr.sweep.trials import Heartbeat, claim_next, retried_trial, worker_id
@@ -126,7 +126,10 @@ def _run_and_tell(
         value = run_objective(trial, ctx, retry_of)
     except optuna.TrialPruned as exc:
         reason = f"pruned by optuna: {_first_line(exc)}"
-        _mark_runs(trial, ctx, "KILLED", reason, "PRUNED")
+        where = {}
+        if hasattr(exc, "step"):  # cmcr.sweep.objective.pruned_at: the step and the phase
+            where = {Tag.PRUNED_AT_STEP: str(exc.step), Tag.PRUNED_PHASE: str(exc.phase)}
+        _mark_runs(trial, ctx, "KILLED", reason, "PRUNED", where)
         study.tell(trial, state=TrialState.PRUNED)
         log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
         return
@@ -259,9 +262,14 @@ def _queued(study: Any) -> int:
 
 
 def _mark_runs(
-    trial: Any, ctx: TrialContext, status: str | None, reason: str | None, state: str
+    trial: Any,
+    ctx: TrialContext,
+    status: str | None,
+    reason: str | None,
+    state: str,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
     from cmcr.sweep.runner import mark_runs
 
-    mark_runs(ctx.base, trial, state, status, reason)
+    mark_runs(ctx.base, trial, state, status, reason, tags)

@@ -1,0 +1,232 @@
+"""The representation probe: a cheap measure of the backbone during pre-training (issue 17).
+
+Every ``sweep.eval_every`` optimiser steps the main process measures the current backbone on a
+fixed, small labelled subset of the training split (``sweep.probe_scans`` scans, evenly spaced,
+no augmentation, loaded once): the frozen backbone's point features are computed once per
+measurement, a linear layer is fitted on the features of half the scans (full-batch, a fixed
+number of Adam iterations on standardised features, zero-initialised, so the same weights give
+the same figure) and scored as mIoU on the other half. Logged as ``probe/miou`` at the
+pre-training step; ``probe/seconds`` (cumulative) and, at the end, ``probe/time_share`` (the
+probe's share of pre-training wall time) say what it costs.
+
+Why a linear layer on frozen features and not a k-NN: the sweep's objective is itself a linear
+probe of the frozen backbone (METHOD.md, Downstream evaluation), so the intermediate value
+measures the same thing at a fraction of the cost; with features cached per measurement the
+fit is a few hundred milliseconds on a CPU (``python -m cmcr.bench pruning`` reports the cost
+share and the rank correlation with the final probe).
+
+Resume: a step already in the run's ``probe/miou`` history is neither measured, logged nor
+reported again (a retry continues the run; the steps its earlier attempt reported stay in that
+attempt's record). Pruning: ``report(step, value)`` may raise ``optuna.TrialPruned`` on the main
+process; the decision is shared with the other ranks (one broadcast at each probe step), every
+rank checkpoints the step (``save_state`` is collective) and stops: the main process raises the
+``TrialPruned``, the others ``PrunedElsewhere``, which ``cmcr.sweep.group`` lets a follower
+survive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmcr.configs import Config
+from cmcr.errors import CMCRError
+from cmcr.names import Metric
+
+log = logging.getLogger("cmcr")
+FIT_ITERS = 200  # full-batch Adam steps of the linear layer (demo: within 0.003 mIoU of 1000)
+FIT_LR = 0.2
+MAX_POINTS_PER_SCAN = 8000  # the fit and the score use at most this many points of a scan
+
+
+class PrunedElsewhere(CMCRError):
+    """Raised on a rank > 0 when the main process's pruner stopped the trial at a probe step."""
+
+
+def enabled(cfg: Config) -> bool:
+    """Whether pre-training measures its backbone (``sweep.eval_every`` > 0; not for random init)."""
+    return cfg.sweep.eval_every > 0 and cfg.method.name != "random"
+
+
+class RepresentationProbe:
+    """The probe of one pre-training run (built on every rank; only main measures)."""
+
+    def __init__(self, cfg: Config, logger: Any, report: Any = None, *, is_main: bool = True):
+        self.cfg, self.logger, self.report = cfg, logger, report
+        self.every = cfg.sweep.eval_every
+        self.is_main = is_main
+        self.seconds = 0.0
+        self.t0 = time.perf_counter()
+        self.last_value: float | None = None
+        self._batches: list[tuple[dict[str, Any], bool]] | None = None
+        self.logged = (logger.last_logged_step(Metric.PROBE_MIOU) or 0) if is_main else 0
+        if is_main:
+            self.seconds = _latest(logger, Metric.PROBE_SECONDS)  # a resumed run's cost so far
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    # -- data -------------------------------------------------------------------------------
+    def batches(self) -> list[tuple[dict[str, Any], bool]]:
+        """(batch, is_fit) of the fixed subset: the fit scans, the score scans; loaded once."""
+        if self._batches is None:
+            self._batches = load_subset(self.cfg)
+        return self._batches
+
+    # -- the measurement --------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, backbone: torch.nn.Module, device: torch.device) -> tuple[Any, Any]:
+        """(fit, score) lists of (point features, targets) of the frozen backbone."""
+        from cmcr.eval.evaluate import to_device
+
+        was_training = backbone.training
+        backbone.eval()  # BatchNorm's running statistics, as the downstream probe
+        fit: list[tuple[torch.Tensor, torch.Tensor]] = []
+        score: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            for batch, is_fit in self.batches():
+                b = to_device(batch, device)
+                voxel = backbone(b["coords"], b["feats"], b["spatial_shape"], b["batch_size"])
+                feats = voxel[b["inverse"]].float()
+                target = b["labels"].long() - 1  # 0 = ignore → -1
+                keep = target >= 0
+                (fit if is_fit else score).append((feats[keep], target[keep]))
+        finally:
+            backbone.train(was_training)
+        return fit, score
+
+    def measure(self, backbone: torch.nn.Module, device: torch.device) -> float:
+        """The probe mIoU of ``backbone`` (fit on half the subset, scored on the other half)."""
+        fit, score = self.features(backbone, device)
+        return fit_and_score(fit, score)
+
+    # -- the loop's hook --------------------------------------------------------------------
+    def step(self, accelerator: Any, model: Any, step: int, save: Any) -> None:
+        """At a probe step: measure, log and report (main); stop every rank if pruned.
+
+        ``save``: checkpoints this step on every rank (called only when pruned).
+        """
+        pruned: BaseException | None = None
+        if self.is_main and step > self.logged:
+            t = time.perf_counter()
+            net = accelerator.unwrap_model(model)
+            value = self.measure(net.backbone, accelerator.device)
+            self.seconds += time.perf_counter() - t
+            self.last_value = value
+            self.logger.log_metrics(
+                {Metric.PROBE_MIOU: value, Metric.PROBE_SECONDS: self.seconds}, step
+            )
+            self.logged = step
+            log.info(f"probe at step {step}: mIoU {value:.4f} ({self.seconds:.1f} s so far)")
+            if self.report is not None:
+                try:
+                    self.report(step, value, phase="pretrain")
+                except Exception as exc:  # optuna.TrialPruned; anything else too, after saving
+                    pruned = exc
+        if _agree(accelerator, pruned is not None):
+            save()
+            if pruned is not None:
+                raise pruned
+            raise PrunedElsewhere(f"pruned by the main process at pre-training step {step}")
+
+    def finish(self, step: int) -> None:
+        """Log ``probe/time_share``: the probe's share of this process's pre-training time."""
+        if not self.is_main or self.seconds <= 0:
+            return
+        total = time.perf_counter() - self.t0
+        share = self.seconds / max(total, 1e-9)
+        self.logger.log_metrics({Metric.PROBE_TIME_SHARE: share}, step)
+        log.info(f"probe: {self.seconds:.1f} s of {total:.1f} s pre-training ({share:.1%})")
+
+
+def _latest(logger: Any, key: str) -> float:
+    """The run's latest value of metric ``key`` (0 when it has none)."""
+    if logger.client is None or logger.last_logged_step(key) is None:
+        return 0.0
+    return float(logger.client.get_run(logger.run_id).data.metrics.get(key, 0.0))
+
+
+def _agree(accelerator: Any, flag: bool) -> bool:
+    """The main process's flag on every rank (one broadcast; every rank calls it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(broadcast(t, from_process=0).item() > 0)
+
+
+def load_subset(cfg: Config) -> list[tuple[dict[str, Any], bool]]:
+    """``sweep.probe_scans`` evenly spaced labelled scans of the pre-training split, alternately
+    for the fit and for the score, as two batches (fit, score).
+
+    Each scan keeps at most ``data.max_points`` points (a fixed draw per scan, as training
+    subsamples; every point when it is 0), with no rotation or flip: the same points every time.
+    """
+    from cmcr.data import build_seg_loader
+    from cmcr.data.collate import collate_seg
+    from cmcr.errors import DataError
+
+    dataset = build_seg_loader(_probe_config(cfg), cfg.data.train_split, train=True).dataset
+    n = min(cfg.sweep.probe_scans, len(dataset))
+    if n < 2:
+        raise DataError(
+            f"sweep.probe_scans: the representation probe needs 2 labelled scans of "
+            f"data.train_split '{cfg.data.train_split}', which has {len(dataset)}"
+        )
+    index = np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(int))
+    samples = [dataset[int(i)] for i in index]
+    return [(collate_seg(samples[0::2]), True), (collate_seg(samples[1::2]), False)]
+
+
+def _probe_config(cfg: Config) -> Config:
+    """Every labelled scan of the split, subsampled like training, never augmented."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.downstream.dataset, out.downstream.mode = "nuscenes", "probe"
+    out.downstream.probe_label_fraction = 1.0
+    out.data.rotate, out.data.flip_prob = False, 0.0
+    out.data.num_workers = 0
+    return out
+
+
+def fit_and_score(fit: list[tuple[Any, Any]], score: list[tuple[Any, Any]]) -> float:
+    """Fit a linear layer on ``fit`` (features, targets) and return its mIoU on ``score``."""
+    from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator
+
+    space = NUSCENES_SPACE  # pre-training data: nuScenes(-format) lidarseg
+    n_classes = space.num_classes
+    x = torch.cat([_cap(f, k) for k, (f, _) in enumerate(fit)])
+    y = torch.cat([_cap(t, k) for k, (_, t) in enumerate(fit)])
+    if len(y) == 0:
+        return 0.0
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    layer = torch.nn.Linear(x.shape[1], n_classes).to(x.device)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.Adam(layer.parameters(), lr=FIT_LR)
+    with torch.enable_grad():
+        for _ in range(FIT_ITERS):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(layer(x), y).backward()
+            opt.step()
+    metrics = ConfusionAccumulator(space)
+    with torch.no_grad():
+        for feats, target in score:
+            pred = layer((feats - mean) / std).argmax(1)
+            metrics.update((target + 1).cpu(), (pred + 1).cpu())  # back to labels 1..C
+    return float(metrics.compute().miou)
+
+
+def _cap(t: torch.Tensor, k: int) -> torch.Tensor:
+    """At most MAX_POINTS_PER_SCAN rows, a fixed strided draw (no randomness)."""
+    if len(t) <= MAX_POINTS_PER_SCAN:
+        return t
+    stride = int(np.ceil(len(t) / MAX_POINTS_PER_SCAN))
+    return t[k % stride :: stride]
