@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 BENCHES = ("synth", "data", "step", "sweep", "report")
+LONG = ("pruning",)  # tens of minutes: run by name only (python -m cmcr.bench pruning)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"benchmarks to run (default: all of {', '.join(BENCHES)})",
+        help=f"benchmarks to run (default: all of {', '.join(BENCHES)}; by name only: "
+        f"{', '.join(LONG)})",
     )
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write figures")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a quick look)")
-    for name in BENCHES:  # each benchmark may add its own options
+    for name in BENCHES + LONG:  # each benchmark may add its own options
         try:
             module = importlib.import_module(f"cmcr.bench.{name}")
         except ModuleNotFoundError:

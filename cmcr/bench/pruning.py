@@ -1,0 +1,228 @@
+"""Pruning benchmark: the same study with and without pruning in pre-training (issue 17).
+
+``python -m cmcr.bench pruning [--quick] [--pruning-trials N] [--pruning-world DIR]``
+
+The study is ``loss_weights`` with a fixed sampler seed (TPE: its first 10 trials are its seeded
+random start-up, so both studies sample the SAME configurations when N <= 10) on the demo world
+at the ``demo`` preset (42 pre-training steps, the representation probe every 7, the 10-epoch
+linear probe as the objective). One study runs with ``--pruner none``, one with ``--pruner
+asha``, side by side with one thread each (so the wall times see the same machine). Then the
+unpruned study's best configuration is trained again with more seeds, for the seed standard
+deviation of its final probe mIoU.
+
+Figures:
+- ``steps_unpruned`` / ``steps_pruned`` / ``step_ratio``: pre-training optimiser steps of the
+  whole study (each run's last ``train/loss`` step), target ratio >= 2.5;
+- ``wall_unpruned_s`` / ``wall_pruned_s``: the studies' wall times;
+- ``best_unpruned`` / ``best_pruned``: the best trial's final probe mIoU (the objective);
+  ``seed_sd``: the standard deviation over ``--pruning-seeds`` seeds of the unpruned best
+  configuration; ``best_within_one_sd``: best_pruned >= best_unpruned - seed_sd;
+- ``spearman_at_step_S``: rank correlation, over the unpruned trials, between ``probe/miou`` at
+  step S (about a third of the budget) and the final probe mIoU; ``spearman_by_step`` for every
+  probe step;
+- ``probe_time_share``: the probe's mean share of pre-training time (``probe/time_share``);
+- ``pruned_trials``, ``same_configurations`` (both studies sampled the same params).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = "loss_weights"
+SAMPLER_SEED = 7
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--pruning-trials", type=int, default=10, help="trials per study")
+    parser.add_argument("--pruning-seeds", type=int, default=3, help="seeds of the best config")
+    parser.add_argument("--pruning-world", default="", help="a demo world (default: made here)")
+    parser.add_argument("--pruning-keep", default="", help="keep the stores in this folder")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = bool(getattr(args, "quick", False))
+    keep = getattr(args, "pruning_keep", "")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return measure(Path(keep), args, quick)
+    with tempfile.TemporaryDirectory(prefix="cmcr-bench-pruning-") as tmp:
+        return measure(Path(tmp), args, quick)
+
+
+def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    preset = "smoke" if quick else "demo"
+    n_trials = 4 if quick else int(getattr(args, "pruning_trials", 10))
+    n_seeds = 2 if quick else int(getattr(args, "pruning_seeds", 3))
+    world = Path(getattr(args, "pruning_world", "") or tmp / "world")
+    if not (world / "v1.0-mini").is_dir():
+        from cmcr.synth import generate_world
+
+        generate_world(world, preset=preset, seed=0)
+    studies = _study_dir(tmp)
+    extra = ["--set", "sweep.eval_every=1"] if quick else []
+    procs = {}
+    t0 = {}
+    for kind in ("none", "asha"):
+        out = tmp / kind
+        out.mkdir(exist_ok=True)
+        cmd = [
+            sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", STUDY,
+            "--preset", preset, "--n-trials", str(n_trials), "--pruner", kind,
+            "--storage", f"sqlite:///{out / 'optuna.db'}",
+            "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
+            "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={out / 'runs'}",
+            *extra,
+        ]  # fmt: skip
+        log = (out / "sweep.log").open("w")
+        t0[kind] = time.perf_counter()
+        procs[kind] = subprocess.Popen(
+            cmd, cwd=out, stdout=log, stderr=subprocess.STDOUT, env=_env(studies)
+        )
+    wall: dict[str, float] = {}
+    while len(wall) < len(procs):  # each study's own end time
+        for kind, proc in procs.items():
+            if kind in wall or proc.poll() is None:
+                continue
+            if proc.returncode != 0:
+                tail = (tmp / kind / "sweep.log").read_text()[-3000:]
+                raise RuntimeError(f"the {kind} study failed (exit {proc.returncode}):\n{tail}")
+            wall[kind] = time.perf_counter() - t0[kind]
+        time.sleep(0.5)
+    none, asha = _trials(tmp / "none"), _trials(tmp / "asha")
+    best = max((t for t in none if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    seeds = _seed_values(tmp, world, preset, best, n_seeds, extra, studies)
+    out: dict[str, Any] = _figures(none, asha, seeds, wall)
+    out.update(trials=n_trials, preset=preset, load_avg_1m=round(os.getloadavg()[0], 2))
+    (tmp / "pruning.json").write_text(json.dumps({"none": none, "asha": asha, **out}, indent=1))
+    return out
+
+
+def _env(studies: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CMCR_STUDY_DIR=str(studies), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _study_dir(tmp: Path) -> Path:
+    """``loss_weights`` with a fixed sampler seed, in a folder of its own."""
+    spec = yaml.safe_load((ROOT / "sweeps" / "studies" / f"{STUDY}.yaml").read_text())
+    spec["seed"] = SAMPLER_SEED
+    out = tmp / "studies"
+    out.mkdir(exist_ok=True)
+    (out / f"{STUDY}.yaml").write_text(yaml.safe_dump(spec))
+    return out
+
+
+def _trials(out: Path) -> list[dict[str, Any]]:
+    """Each trial: number, state, params, value, last pre-training step, probe curve."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from cmcr.names import Attr, Metric
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'optuna.db'}")
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get(Attr.RUN_ID)
+        hist = client.get_metric_history(run_id, Metric.TRAIN_LOSS) if run_id else []
+        probe = client.get_metric_history(run_id, Metric.PROBE_MIOU) if run_id else []
+        share = client.get_run(run_id).data.metrics.get(Metric.PROBE_TIME_SHARE) if run_id else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": t.params,
+                "value": t.value,
+                "steps": max((m.step for m in hist), default=0),
+                "probe": {int(m.step): m.value for m in probe},
+                "probe_time_share": share,
+            }
+        )
+    return rows
+
+
+def _seed_values(tmp, world, preset, best, n_seeds, extra, studies) -> list[float]:
+    """The final probe mIoU of the best configuration at seeds 0..n-1 (seed 0: the study's)."""
+    values = [float(best["value"])]
+    procs = []
+    for seed in range(1, n_seeds):
+        out = tmp / f"seed{seed}"
+        out.mkdir(exist_ok=True)
+        sets = [f"{k}={v}" for k, v in best["params"].items()]
+        sets += [f"train.seed={seed}", f"data.dataroot={world}", f"tracking.output_dir={out}"]
+        sets += [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", "sweep.eval_every=0"]
+        code = (
+            "import json, sys; from cmcr.configs import load_config; "
+            "from cmcr.engine.pipeline import run_trial; "
+            f"r = run_trial(load_config({preset!r}, json.loads(sys.argv[1]))); "
+            "print('VALUE', r.miou)"
+        )
+        log = (out / "trial.log").open("w")
+        cmd = [sys.executable, "-c", code, json.dumps(sets)]
+        procs.append((subprocess.Popen(cmd, cwd=out, stdout=log, stderr=subprocess.STDOUT,
+                                       env=_env(studies)), out))  # fmt: skip
+    for proc, out in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"seed run failed:\n{(out / 'trial.log').read_text()[-3000:]}")
+        line = [x for x in (out / "trial.log").read_text().splitlines() if x.startswith("VALUE")]
+        values.append(float(line[-1].split()[1]))
+    return values
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    import pandas as pd
+
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if len(ra) < 3 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _figures(none, asha, seeds, wall) -> dict[str, Any]:
+    done = [t for t in none if t["state"] == "COMPLETE"]
+    total = max(t["steps"] for t in done)
+    probe_steps = sorted({s for t in done for s in t["probe"]})
+    third = min(probe_steps, key=lambda s: abs(s - total / 3)) if probe_steps else 0
+    by_step = {}
+    for s in probe_steps:
+        pairs = [(t["probe"][s], t["value"]) for t in done if s in t["probe"]]
+        by_step[s] = round(spearman([p for p, _ in pairs], [v for _, v in pairs]), 3)
+    best_none = max(t["value"] for t in done)
+    best_asha = max((t["value"] for t in asha if t["state"] == "COMPLETE"), default=float("nan"))
+    sd = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else float("nan")
+    steps_none, steps_asha = sum(t["steps"] for t in none), sum(t["steps"] for t in asha)
+    shares = [t["probe_time_share"] for t in done if t["probe_time_share"] is not None]
+    same = sum(1 for a, b in zip(none, asha, strict=False) if a["params"] == b["params"])
+    return {
+        "steps_unpruned": steps_none,
+        "steps_pruned": steps_asha,
+        "step_ratio": round(steps_none / max(steps_asha, 1), 2),
+        "wall_unpruned_s": round(wall["none"], 1),
+        "wall_pruned_s": round(wall["asha"], 1),
+        "wall_ratio": round(wall["none"] / max(wall["asha"], 1e-9), 2),
+        "pruned_trials": sum(1 for t in asha if t["state"] == "PRUNED"),
+        "same_configurations": same,
+        "best_unpruned": round(best_none, 4),
+        "best_pruned": round(best_asha, 4),
+        "seed_values": [round(v, 4) for v in seeds],
+        "seed_sd": round(sd, 4),
+        "best_within_one_sd": bool(best_asha >= best_none - sd),
+        f"spearman_at_step_{third}": by_step.get(third),
+        "spearman_by_step": by_step,
+        "probe_time_share": round(float(np.mean(shares)), 4) if shares else None,
+    }
