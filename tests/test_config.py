@@ -94,7 +94,11 @@ SIZES_AND_BUDGETS = {
     *("downstream.batch_size", "downstream.probe_epochs", "downstream.finetune_epochs"),
     *("downstream.max_steps", "tracking.system_metrics", "preset"),
     *("semantickitti.root", "semantickitti.batch_size", "semantickitti.train_sequences"),
-    *("sweep.eval_every", "sweep.probe_scans"),  # how often and on what pre-training is probed
+    *(
+        "sweep.eval_every",
+        "sweep.probe_scans",
+        "sweep.probe_features",
+    ),  # how often and on what pre-training is probed
 }
 
 

@@ -11,7 +11,7 @@ unpruned study's best configuration is trained again with more seeds, for the se
 deviation of its final probe mIoU.
 
 Figures:
-- ``steps_unpruned`` / ``steps_pruned`` / ``step_ratio``: pre-training optimiser steps of the
+- ``steps_unpruned`` / ``<variant>_steps`` / ``<variant>_step_ratio``: pre-training optimiser steps of the
   whole study (each run's last ``train/loss`` step), target ratio >= 2.5;
 - ``wall_unpruned_s`` / ``wall_pruned_s``: the studies' wall times;
 - ``best_unpruned`` / ``best_pruned``: the best trial's final probe mIoU (the objective);
@@ -42,6 +42,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = "loss_weights"
 SAMPLER_SEED = 7
+# the studies, side by side: no pruning, ASHA on probe/miou of standardised features (the
+# default), ASHA on the fit of raw features
+VARIANTS = {
+    "none": ["--pruner", "none"],
+    "asha": ["--pruner", "asha", "--set", "sweep.probe_features=standardised"],
+    "asha_raw": ["--pruner", "asha", "--set", "sweep.probe_features=raw"],
+}
 
 
 def add_arguments(parser: Any) -> None:
@@ -74,12 +81,12 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     extra = ["--set", "sweep.eval_every=1"] if quick else []
     procs = {}
     t0 = {}
-    for kind in ("none", "asha"):
+    for kind, how in VARIANTS.items():
         out = tmp / kind
         out.mkdir(exist_ok=True)
         cmd = [
             sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", STUDY,
-            "--preset", preset, "--n-trials", str(n_trials), "--pruner", kind,
+            "--preset", preset, "--n-trials", str(n_trials), *how,
             "--storage", f"sqlite:///{out / 'optuna.db'}",
             "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
             "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={out / 'runs'}",
@@ -100,12 +107,13 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
                 raise RuntimeError(f"the {kind} study failed (exit {proc.returncode}):\n{tail}")
             wall[kind] = time.perf_counter() - t0[kind]
         time.sleep(0.5)
-    none, asha = _trials(tmp / "none"), _trials(tmp / "asha")
+    trials = {kind: _trials(tmp / kind) for kind in VARIANTS}
+    none = trials["none"]
     best = max((t for t in none if t["state"] == "COMPLETE"), key=lambda t: t["value"])
     seeds = _seed_values(tmp, world, preset, best, n_seeds, extra, studies)
-    out: dict[str, Any] = _figures(none, asha, seeds, wall)
+    out: dict[str, Any] = _figures(trials, seeds, wall)
     out.update(trials=n_trials, preset=preset, load_avg_1m=round(os.getloadavg()[0], 2))
-    (tmp / "pruning.json").write_text(json.dumps({"none": none, "asha": asha, **out}, indent=1))
+    (tmp / "pruning.json").write_text(json.dumps({**trials, **out}, indent=1, default=str))
     return out
 
 
@@ -139,7 +147,12 @@ def _trials(out: Path) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         run_id = t.user_attrs.get(Attr.RUN_ID)
         hist = client.get_metric_history(run_id, Metric.TRAIN_LOSS) if run_id else []
-        probe = client.get_metric_history(run_id, Metric.PROBE_MIOU) if run_id else []
+        curves = {
+            f: {int(m.step): m.value for m in client.get_metric_history(run_id, f"{key}_{f}")}
+            for f in ("standardised", "raw")
+            for key in [Metric.PROBE_MIOU]
+            if run_id
+        }
         share = client.get_run(run_id).data.metrics.get(Metric.PROBE_TIME_SHARE) if run_id else None
         rows.append(
             {
@@ -148,7 +161,7 @@ def _trials(out: Path) -> list[dict[str, Any]]:
                 "params": t.params,
                 "value": t.value,
                 "steps": max((m.step for m in hist), default=0),
-                "probe": {int(m.step): m.value for m in probe},
+                "probe": curves,
                 "probe_time_share": share,
             }
         )
@@ -193,36 +206,49 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _figures(none, asha, seeds, wall) -> dict[str, Any]:
+def _figures(trials: dict[str, list], seeds: list[float], wall: dict[str, float]) -> dict:
+    none = trials["none"]
     done = [t for t in none if t["state"] == "COMPLETE"]
     total = max(t["steps"] for t in done)
-    probe_steps = sorted({s for t in done for s in t["probe"]})
-    third = min(probe_steps, key=lambda s: abs(s - total / 3)) if probe_steps else 0
-    by_step = {}
-    for s in probe_steps:
-        pairs = [(t["probe"][s], t["value"]) for t in done if s in t["probe"]]
-        by_step[s] = round(spearman([p for p, _ in pairs], [v for _, v in pairs]), 3)
     best_none = max(t["value"] for t in done)
-    best_asha = max((t["value"] for t in asha if t["state"] == "COMPLETE"), default=float("nan"))
     sd = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else float("nan")
-    steps_none, steps_asha = sum(t["steps"] for t in none), sum(t["steps"] for t in asha)
+    steps_none = sum(t["steps"] for t in none)
     shares = [t["probe_time_share"] for t in done if t["probe_time_share"] is not None]
-    same = sum(1 for a, b in zip(none, asha, strict=False) if a["params"] == b["params"])
-    return {
+    out: dict[str, Any] = {
         "steps_unpruned": steps_none,
-        "steps_pruned": steps_asha,
-        "step_ratio": round(steps_none / max(steps_asha, 1), 2),
         "wall_unpruned_s": round(wall["none"], 1),
-        "wall_pruned_s": round(wall["asha"], 1),
-        "wall_ratio": round(wall["none"] / max(wall["asha"], 1e-9), 2),
-        "pruned_trials": sum(1 for t in asha if t["state"] == "PRUNED"),
-        "same_configurations": same,
         "best_unpruned": round(best_none, 4),
-        "best_pruned": round(best_asha, 4),
         "seed_values": [round(v, 4) for v in seeds],
         "seed_sd": round(sd, 4),
-        "best_within_one_sd": bool(best_asha >= best_none - sd),
-        f"spearman_at_step_{third}": by_step.get(third),
-        "spearman_by_step": by_step,
         "probe_time_share": round(float(np.mean(shares)), 4) if shares else None,
     }
+    for fit in ("standardised", "raw"):  # the unpruned trials' curves: both fits
+        steps = sorted({s for t in done for s in t["probe"].get(fit, {})})
+        third = min(steps, key=lambda s: abs(s - total / 3)) if steps else 0
+        by_step = {}
+        for s in steps:
+            pairs = [(t["probe"][fit][s], t["value"]) for t in done if s in t["probe"][fit]]
+            by_step[s] = round(spearman([p for p, _ in pairs], [v for _, v in pairs]), 3)
+        out[f"spearman_{fit}_at_step_{third}"] = by_step.get(third)
+        out[f"spearman_{fit}_by_step"] = by_step
+    for kind in VARIANTS:
+        if kind == "none":
+            continue
+        pruned = trials[kind]
+        steps = sum(t["steps"] for t in pruned)
+        best = max((t["value"] for t in pruned if t["state"] == "COMPLETE"), default=float("nan"))
+        same = sum(1 for a, b in zip(none, pruned, strict=False) if a["params"] == b["params"])
+        out.update(
+            {
+                f"{kind}_steps": steps,
+                f"{kind}_step_ratio": round(steps_none / max(steps, 1), 2),
+                f"{kind}_wall_s": round(wall[kind], 1),
+                f"{kind}_wall_ratio": round(wall["none"] / max(wall[kind], 1e-9), 2),
+                f"{kind}_pruned_trials": sum(1 for t in pruned if t["state"] == "PRUNED"),
+                f"{kind}_pruned_at": sorted(t["steps"] for t in pruned if t["state"] == "PRUNED"),
+                f"{kind}_same_configurations": same,
+                f"{kind}_best": round(best, 4),
+                f"{kind}_best_within_one_sd": bool(best >= best_none - sd),
+            }
+        )
+    return out

@@ -1,0 +1,224 @@
+"""Pruning during pre-training (issue 17): the representation probe's ``probe/miou`` every
+``sweep.eval_every`` steps is the pruner's intermediate value.
+
+- the probe itself: a real measurement on the smoke world, logged at the pre-training step, and
+  a run stopped by the report at a probe step is checkpointed there and ends KILLED;
+- a sweep (real pre-training, real ASHA pruner) whose trial has poor intermediate values prunes
+  it before its last step, with consistent Optuna and MLflow records;
+- a kill after a reported step, then ``--resume``: no step is reported or logged twice;
+- ``--workers 2`` on PostgreSQL.
+The cost and the benchmark figures are ``python -m cmcr.bench pruning`` (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cmcr.configs import load_config
+from cmcr.names import Attr, Metric, Tag
+
+ROOT = Path(__file__).resolve().parents[1]
+WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+# smoke: 4 steps, a checkpoint every 2; a probe at every step; one probe epoch downstream
+FAST = ["--set", "sweep.eval_every=1", "--set", "downstream.probe_epochs=1"]
+
+
+def _study(tmp_path: Path, mims: list[float]) -> Path:
+    """A grid over loss.weights.mim (the stand-in probe value is mim / 10), in file order."""
+    path = tmp_path / "pruning.yaml"
+    path.write_text(
+        "name: pruning\nsampler: grid\npruner: asha\n"
+        f"params:\n  loss.weights.mim: {{type: grid, choices: {mims}}}\n"
+    )
+    return path
+
+
+def _cmd(tmp_path: Path, world: Path, trial_fn: str, *argv: str) -> list[str]:
+    return [
+        sys.executable, WITH_TRIAL_FN, f"probe_trials:{trial_fn}", "--preset", "smoke",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+        *FAST, *argv,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _client(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _check_pruned(client, trial, tmp_path: Path, max_steps: int = 4) -> int:
+    """A pruned trial's records agree: Optuna's last reported step is where its run stopped,
+    was checkpointed and is tagged; the run is KILLED with the reason; no downstream ran."""
+    from cmcr.engine.checkpoint import latest_step
+
+    at = max(trial.intermediate_values)
+    assert at < max_steps  # stopped before its last step
+    run = client.get_run(trial.user_attrs[Attr.RUN_ID])
+    tags = run.data.tags
+    assert run.info.status == "KILLED"
+    assert tags[Tag.STATE] == "PRUNED"
+    assert tags[Tag.PRUNED_AT_STEP] == str(at) and tags[Tag.PRUNED_PHASE] == "pretrain"
+    assert f"pruned at pre-training step {at}" in tags[Tag.STATUS_REASON]
+    assert _steps(client, run.info.run_id, Metric.TRAIN_LOSS)[-1] == at
+    history = client.get_metric_history(run.info.run_id, Metric.PROBE_MIOU)
+    assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+    assert Metric.VAL_MIOU not in run.data.metrics  # the downstream evaluation never started
+    cfg = load_config("smoke", [f"tracking.output_dir={tmp_path / 'runs'}"])
+    assert latest_step(cfg, run.info.run_id) == at  # its last checkpoint is kept: that step
+    return at
+
+
+def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, smoke_world):
+    """The real probe, in-process: a value per probe step in the run; a report that prunes at
+    step 2 stops pre-training there, after a checkpoint of step 2, and the run ends KILLED."""
+    from cmcr.engine.checkpoint import latest_step
+    from cmcr.engine.pipeline import run_trial
+    from cmcr.sweep.objective import _pruning_report
+
+    cfg = load_config("smoke", [
+        f"data.dataroot={smoke_world}", f"tracking.output_dir={tmp_path / 'runs'}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sweep.eval_every=1",
+        "tracking.system_metrics=false", "train.checkpoint_every=3",
+    ])  # fmt: skip
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2)
+    )
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 2") as caught:
+        run_trial(cfg, report=_pruning_report(trial))
+    assert (caught.value.step, caught.value.phase) == (2, "pretrain")
+    client = _client(tmp_path)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "probe/miou")}
+    assert sorted(values) == [1, 2] and all(0.0 <= v <= 1.0 for v in values.values())
+    assert study.trials[0].intermediate_values == pytest.approx(values)  # reported as logged
+    assert _steps(client, run.info.run_id, Metric.TRAIN_LOSS) == [1, 2]
+    assert run.info.status == "KILLED" and "pruned" in run.data.tags[Tag.STATUS_REASON]
+    assert latest_step(cfg, run.info.run_id) == 2  # checkpointed where it stopped (not at 3)
+    assert run.data.metrics[Metric.PROBE_SECONDS] > 0
+
+
+def test_a_trial_with_poor_intermediate_values_is_pruned_in_pretraining(tmp_path, smoke_world):
+    study_file = _study(tmp_path, [2.0, 0.5, 3.0])  # probe values 0.2, 0.05, 0.3
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = _cmd(tmp_path, smoke_world, "by_mim", "--study", str(study_file), "--storage", storage)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = optuna.load_study(study_name="pruning", storage=storage).trials
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
+    client = _client(tmp_path)
+    assert _check_pruned(client, trials[1], tmp_path) == 1  # 0.05 < 0.2 at the first rung
+    assert trials[1].intermediate_values == pytest.approx({1: 0.05})
+    for t in (trials[0], trials[2]):  # the others: every probe step, then the downstream probe
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        run = client.get_run(t.user_attrs[Attr.RUN_ID])
+        assert run.info.status == "FINISHED" and Metric.VAL_MIOU in run.data.metrics
+        assert 0 < run.data.metrics[Metric.PROBE_TIME_SHARE] < 1
+    assert "complete 2 pruned 1" in out.stdout + out.stderr  # the sweep's summary says so
+
+
+def test_resuming_after_a_kill_reports_no_step_twice(tmp_path, smoke_world):
+    """Killed right after the probe of step 3 was reported (checkpoint at 2): the retry resumes
+    at step 2, re-runs step 3 without measuring, logging or reporting it again, then step 4."""
+    study_file = _study(tmp_path, [2.0])
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = _cmd(tmp_path, smoke_world, "killed_after_step_3", "--study", str(study_file),
+               "--storage", storage)  # fmt: skip
+    first = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=900
+    )
+    assert (tmp_path / "runs" / "killed-once").exists(), first.stdout[-3000:]
+    if first.returncode != 0:  # the killed process was the sweep itself: resume it
+        again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=tmp_path,
+                               env=_env(), timeout=900)  # fmt: skip
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = optuna.load_study(study_name="pruning", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    killed, retry = trials
+    assert killed.user_attrs[Attr.FAIL_KIND] == "lost"
+    assert sorted(killed.intermediate_values) == [1, 2, 3]
+    assert sorted(retry.intermediate_values) == [4]  # step 3 was not reported again
+    run_id = retry.user_attrs[Attr.RUN_ID]
+    assert run_id == killed.user_attrs[Attr.RUN_ID]  # the same run continued
+    client = _client(tmp_path)
+    assert client.get_run(run_id).data.tags[Tag.RESUMED_FROM_STEP] == "2"
+    for key in (Metric.PROBE_MIOU, Metric.PROBE_SECONDS, Metric.TRAIN_LOSS):
+        assert _steps(client, run_id, key) == [1, 2, 3, 4], key  # each step exactly once
+
+
+def _postgres_up() -> bool:
+    import sqlalchemy
+
+    from cmcr.sweep.storage import driver_url
+
+    try:
+        engine = sqlalchemy.create_engine(driver_url(PG), connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.postgres
+def test_pruning_with_two_workers_on_postgresql(tmp_path, smoke_world):
+    from cmcr.sweep.storage import driver_url
+
+    if not _postgres_up():
+        pytest.fail(f"PostgreSQL is not reachable at {PG} (start it: see the README)")
+    name = f"pruning-{uuid.uuid4().hex[:8]}"
+    study_file = _study(tmp_path, [2.0, 0.5, 3.0, 0.1])
+    cmd = _cmd(tmp_path, smoke_world, "by_mim", "--study", str(study_file), "--storage", PG,
+               "--name", name, "--workers", "2")  # fmt: skip
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=900
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        study = optuna.load_study(study_name=name, storage=driver_url(PG))
+        trials = study.trials
+        assert len(trials) == 4 and {t.state for t in trials} <= {
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+        }, [(t.number, t.state.name) for t in trials]
+        workers = {t.user_attrs[Attr.WORKER] for t in trials}
+        assert len(workers) == 2  # both workers ran trials
+        client = _client(tmp_path)
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        # mim 0.1 starts after two trials have reported their first probe: it cannot be promoted
+        assert any(t.params["loss.weights.mim"] == 0.1 for t in pruned)
+        for t in pruned:
+            _check_pruned(client, t, tmp_path)
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=driver_url(PG))
