@@ -208,6 +208,8 @@ def _figures(rt: RunTable, ab: Ablation | None) -> tuple[list[dict], list[dict]]
             ("forest", f"Paired differences to '{ab.reference}'", F.forest(ab)),
             ("per_class", "Per-class IoU", F.per_class(ab))] if ab is not None else []  # fmt: skip
     runs.append(("loss", "Loss curves", F.loss_curves(rt)))
+    if F.has_probe(rt):  # sweeps with sweep.eval_every > 0 (the pruner's signal)
+        runs.append(("probe", "Representation probe during pre-training", F.probe_curves(rt)))
     return [_for_template(*f) for f in study], [_for_template(*f) for f in runs]
 
 
