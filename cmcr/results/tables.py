@@ -117,6 +117,8 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
 
 def _n_trials(runs: pd.DataFrame) -> int:
     """Distinct trials among ``runs`` (a run without a trial number counts as one)."""
+    if "trial" not in runs:  # runs no sweep made
+        return len(runs)
     return int(runs["trial"].nunique(dropna=True) + runs["trial"].isna().sum())
 
 
