@@ -155,8 +155,10 @@ def test_swept_params_group_and_optuna_pruned(tmp_path: Path) -> None:
     assert list(csv["loss.weights.mim"]) == [1.5, 0.5] and list(csv["n_runs"]) == [2, 2]
     assert list(csv["config"]) == ["trial 2: mim=1.5", "trial 0: mim=0.5"]
     assert csv.at[0, "delta_val/miou"] == 0.0 and csv.at[1, "delta_val/miou"] < 0
-    inc = pd.read_csv(tmp_path / "rep" / "incomplete.csv")
-    assert list(inc["state"]) == ["PRUNED"]
+    assert pd.read_csv(tmp_path / "rep" / "incomplete.csv").empty  # pruned runs are apart
+    pruned = pd.read_csv(tmp_path / "rep" / "pruned.csv")
+    assert list(pruned["trial"]) == [4] and list(pruned["phase"]) == ["downstream"]
+    assert list(pruned["step_from"]) == ["last val/miou"]  # no pruned tags: its last epoch
     assert info["n_complete"] == 4
     assert "Optuna study found" in (tmp_path / "rep" / "index.html").read_text()
 

@@ -25,7 +25,8 @@ __all__ = ["DEFAULT_STORAGE", "redact", "sqlite_path", "Selection", "RunTable", 
 TARGET = Metric.VAL_MIOU
 # Columns of the tidy table that are not params or metrics.
 META = ("run_id", "run_name", "status", "state", "kind", "study", "trial", "variant", "seed",
-        "start_time", "end_time", "status_reason")  # fmt: skip
+        "start_time", "end_time", "status_reason", "pruned_at_step", "pruned_phase")  # fmt: skip
+PRUNED = "PRUNED"  # the state of a run whose trial Optuna's pruner stopped
 # Params that never define a configuration: the seed is what we average over.
 NOT_SWEPT_PREFIXES = ("train.seed", "tracking.")
 
@@ -70,6 +71,11 @@ class RunTable:
     def incomplete(self) -> pd.DataFrame:
         """Running, scheduled, failed, killed or pruned runs: listed, never averaged."""
         return self.runs[self.runs["state"] != "COMPLETE"]
+
+    @property
+    def pruned(self) -> pd.DataFrame:
+        """Runs of trials Optuna's pruner stopped (the study's state, else the run's tag)."""
+        return self.runs[self.runs["state"] == PRUNED]
 
     def swept(self) -> list[str]:
         """Params whose value differs across the complete runs (seeds and tracking excluded)."""
@@ -209,6 +215,10 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
             "start_time": raw["start_time"],
             "end_time": raw["end_time"],
             "status_reason": tag(Tag.STATUS_REASON),
+            "pruned_at_step": pd.to_numeric(tag(Tag.PRUNED_AT_STEP), errors="coerce").astype(
+                "Int64"
+            ),
+            "pruned_phase": tag(Tag.PRUNED_PHASE),
         }
     )
     params = {c[len("params.") :]: cast_param(c[len("params.") :], raw[c])
@@ -224,6 +234,8 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     has_target = df[targets].notna().any(axis=1) if targets else pd.Series(False, index=df.index)
     df["state"] = df["status"].where(df["status"] != "FINISHED", "COMPLETE")
     df.loc[(df["status"] == "FINISHED") & ~has_target, "state"] = "NO_METRIC"
+    # the sweep tags a pruned trial's runs (they end KILLED): pruned even without the study
+    df.loc[(tag(Tag.STATE) == PRUNED).to_numpy(), "state"] = PRUNED
     order = df["trial"].fillna(-1).astype(int).to_numpy() if "trial" in df else None
     return df.iloc[order.argsort(kind="stable")] if order is not None else df
 
@@ -312,8 +324,7 @@ def _merge_optuna(rt: RunTable) -> None:
     rt.runs["optuna_state"] = states
     numbers = runs.map(lambda r: by_run[r].number if r in by_run else None).astype("Int64")
     rt.runs["trial"] = rt.runs["trial"].fillna(numbers)  # runs made before the trial tag
-    pruned = states == "PRUNED"
-    rt.runs.loc[pruned, "state"] = "PRUNED"
+    rt.runs.loc[states == PRUNED, "state"] = PRUNED
     missing = len(rt.runs) - int(states.notna().sum())
     if missing:
         rt.notes.append(

@@ -84,6 +84,30 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
     return out
 
 
+def probe_value(level: float, step: int, steps: int) -> float:
+    """The representation probe's mIoU after ``step`` of ``steps`` pre-training steps: rising
+    towards ``level`` (noise-free, so a test can recompute it)."""
+    return float(level * (1.0 - 0.8 * np.exp(-3.0 * step / max(steps, 1))))
+
+
+def _probe_metrics(level: float, every: int, steps: int, upto: int) -> list[Metric]:
+    """probe/miou, probe/seconds and probe/time_share every ``every`` optimiser steps up to
+    ``upto`` (the probe runs after steps every, 2·every, ...; step = optimiser step)."""
+    now = int(time.time() * 1000)
+    out: list[Metric] = []
+    for k, s in enumerate(range(every, min(upto, steps) + 1, every), start=1):
+        out += [Metric(M.PROBE_MIOU, probe_value(level, s, steps), now, s),
+                Metric(M.PROBE_SECONDS, 0.5 * k, now, s),
+                Metric(M.PROBE_TIME_SHARE, 0.04, now, s)]  # fmt: skip
+    return out
+
+
+def pruned_reason(step: int, probe: float, phase: str = "pretrain") -> str:
+    """The status reason the sweep writes on a pruned trial's run."""
+    where = f"pre-training step {step}" if phase == "pretrain" else f"downstream epoch {step}"
+    return f"pruned by optuna: pruned at {where} (probe mIoU {probe:.4f})"
+
+
 def log_run(
     client: MlflowClient,
     experiment_id: str,
@@ -97,8 +121,19 @@ def log_run(
     status: str = "FINISHED",
     epochs: int = 3,
     steps: int = 8,
+    probe_every: int = 0,
+    probe_level: float = 0.0,
+    pruned_at: int | None = None,
+    pruned_phase: str = "pretrain",
+    tag_pruned_step: bool = True,
 ) -> str:
-    """Log one trial run (tags, flattened params, val/train metrics) and return its id."""
+    """Log one trial run (tags, flattened params, val/train metrics) and return its id.
+
+    ``probe_every`` > 0 adds the pre-training probe (``probe/*`` every that many steps, towards
+    ``probe_level``). ``pruned_at``: the trial was pruned at that pre-training step
+    (``pruned_phase`` "pretrain": nothing after it, no val/*) or downstream epoch ("downstream"):
+    the run ends KILLED with the sweep's pruned tags (without cmcr.pruned_at_step and
+    cmcr.pruned_phase when ``tag_pruned_step`` is false, as a run logged before them)."""
     tags = {
         Tag.KIND: Kind.TRIAL,
         Tag.VARIANT: _variant_name(cfg),
@@ -109,11 +144,28 @@ def log_run(
     }
     if parent_run_id:
         tags[Tag.PARENT_RUN] = parent_run_id
-    run = client.create_run(experiment_id, tags=tags, run_name=f"{study}-{trial}")
-    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
     metrics = [] if status == "SCHEDULED" else _metrics(rng, miou, epochs, steps)
     if status == "RUNNING":  # interrupted mid-way: only the first epoch was evaluated
         metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step == 0]
+    if probe_every and status != "SCHEDULED":
+        upto = pruned_at if pruned_at is not None and pruned_phase == "pretrain" else steps
+        metrics += _probe_metrics(probe_level, probe_every, steps, upto)
+    if pruned_at is not None:
+        if pruned_phase == "pretrain":  # stopped right after the probe at that step
+            metrics = [m for m in metrics if not m.key.startswith(VAL) and m.step <= pruned_at]
+        else:  # stopped after that downstream epoch
+            metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step <= pruned_at]
+        probes = [m for m in metrics if m.key == M.PROBE_MIOU]
+        last = max(probes, key=lambda m: m.step).value if probes else float("nan")
+        tags |= {
+            Tag.STATE: "PRUNED",
+            Tag.STATUS_REASON: pruned_reason(pruned_at, last, pruned_phase),
+        }
+        if tag_pruned_step:
+            tags |= {Tag.PRUNED_AT_STEP: str(pruned_at), Tag.PRUNED_PHASE: pruned_phase}
+        status = "KILLED"
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{study}-{trial}")
+    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
     _batch(client, run.info.run_id, metrics, params, [])
     if status in ("FINISHED", "FAILED", "KILLED"):
         client.set_terminated(run.info.run_id, status)
@@ -172,13 +224,17 @@ def log_components_sweep(
 
 
 def _optuna_study(storage: str, name: str, trials: list, dists: dict[str, Any]) -> None:
-    """Add complete trials ``(params, {seed: (run id, mIoU)})`` to a new maximising study."""
+    """Add trials ``(params, {seed: (run id, mIoU)})`` to a new maximising study: complete, or
+    ``(params, runs, {step: probe mIoU}, pruned)`` with the probe as intermediate values."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    for params, runs in trials:
+    for params, runs, *probe in trials:
         first = min(runs)
+        steps, pruned = probe if probe else ({}, False)
+        state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params},
-            value=float(np.mean([m for _, m in runs.values()])),
+            params=params, distributions={k: dists[k] for k in params}, state=state,
+            value=None if pruned else float(np.mean([m for _, m in runs.values()])),
+            intermediate_values=steps,
             user_attrs={Attr.RUN_ID: runs[first][0],
                         Attr.RUN_IDS: {str(s): r for s, (r, _) in runs.items()}}))  # fmt: skip
 
@@ -228,6 +284,56 @@ def log_random_sweep(
         _optuna_study(storage, study, trials, dists)
     client.set_terminated(parent, "FINISHED")
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": n_runs}
+
+
+def log_probe_sweep(
+    client: MlflowClient,
+    experiment: str = "cmcr",
+    *,
+    study: str = "probe",
+    n_trials: int = 6,
+    steps: int = 32,
+    eval_every: int = 8,
+    pruned: dict[int, int] | None = None,
+    tag_pruned_step: bool = True,
+    storage: str | None = None,
+    rng_seed: int = 0,
+) -> dict[str, Any]:
+    """A random search over ``loss.weights.mim`` and ``train.lr`` whose trials log the
+    pre-training probe every ``eval_every`` of ``steps`` steps; ``pruned`` = {trial: step}
+    (default: the two weakest probes, at the first and the second probe) were stopped there by
+    the pruner. With ``storage`` the Optuna study is written too (PRUNED trials, the probe as
+    intermediate values). Returns ids, the run id per trial and the probe level per trial."""
+    rng = np.random.default_rng(rng_seed)
+    exp_id, parent = start_study(client, experiment, study)
+    weights = rng.uniform(0.0, 2.0, n_trials)
+    lrs = 10 ** rng.uniform(-4, -2, n_trials)
+    levels = 0.1 + 0.1 * weights
+    if pruned is None:
+        weakest = np.argsort(levels, kind="stable")[:2]
+        pruned = {int(weakest[0]): eval_every, int(weakest[1]): 2 * eval_every}
+    trials, run_ids = [], {}
+    for trial in range(n_trials):
+        over = {"loss.weights.mim": round(float(weights[trial]), 4),
+                "train.lr": float(lrs[trial]), "train.seed": 0}  # fmt: skip
+        cfg = apply_overrides(load_config("smoke"), over)
+        miou = float(0.25 + 0.5 * levels[trial] + rng.normal(0.0, 0.005))
+        at = pruned.get(trial)
+        run_ids[trial] = log_run(
+            client, exp_id, cfg, study=study, trial=trial, parent_run_id=parent, miou=miou,
+            rng=rng, epochs=2, steps=steps, probe_every=eval_every,
+            probe_level=float(levels[trial]), pruned_at=at, tag_pruned_step=tag_pruned_step)  # fmt: skip
+        reported = {s: probe_value(levels[trial], s, steps)
+                    for s in range(eval_every, (at or steps) + 1, eval_every)}  # fmt: skip
+        params = {k: v for k, v in over.items() if k != "train.seed"}
+        trials.append((params, {0: (run_ids[trial], miou)}, reported, at is not None))
+    if storage:
+        dists = {"loss.weights.mim": optuna.distributions.FloatDistribution(0.0, 2.0),
+                 "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
+        _optuna_study(storage, study, trials, dists)
+    client.set_terminated(parent, "FINISHED")
+    return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": n_trials,
+            "run_ids": run_ids, "pruned": dict(pruned), "levels": levels.tolist()}  # fmt: skip
 
 
 def _copy(cfg: Config) -> Config:

@@ -4,7 +4,8 @@ The history, importance, parallel-coordinate, slice and contour figures come fro
 ``optuna.visualization`` on the study itself (log axes follow each distribution's log flag).
 Drawn here by hand only what needs the MLflow runs: the ablation bars (95 % intervals of the
 means), the forest plot of the paired differences to the reference row, the per-class IoU and
-the loss curves. Each builder returns a Figure, or a string saying why there is none.
+the loss curves, and the representation probe's mIoU during pre-training of every trial run
+(pruned ones apart). Each builder returns a Figure, or a string saying why there is none.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -36,6 +38,12 @@ MIN_RELIABLE_TRIALS = 20
 # fANOVA costs about 8 s per 64-tree forest at 1,000 trials: past this many trials each seed
 # grows 16 trees, so five seeds cost about what one default forest did.
 LARGE_STUDY, SMALL_FOREST = 200, 16
+# probe curves: one history request per run, so at most this many runs (the pruned ones first)
+MAX_PROBE_RUNS = 150
+PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
+           "#b6e880", "#ff97ff"]  # fmt: skip
+PRUNED_LINE = {"color": "#9e9e9e", "dash": "dash", "width": 1.5}
+OTHER_LINE = {"color": "#c8c8c8", "dash": "dot", "width": 1.5}  # running, failed, killed
 STUDY_FIGURES = (("history", "Optimisation history"), ("importance", "Parameter importances"),
                  ("parallel", "Parallel coordinates"), ("slice", "Slices"),
                  ("contour", "Contour"))  # fmt: skip
@@ -248,8 +256,7 @@ def loss_curves(rt: RunTable) -> Figure:
     # Only these two runs: get_metric_history is one request per run and key.
     hist = metric_histories(rt.tracking_uri, [r["run_id"] for _, r in picks], keys)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("train losses", f"{TARGET} per epoch"))
-    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
-               "#b6e880", "#ff97ff"]  # fmt: skip
+    palette = PALETTE
     terms = sorted((k for k in keys if k != TARGET), key=lambda k: (k != Metric.TRAIN_LOSS, k))
     for (tag, run), dash in zip(picks, ("solid", "dot"), strict=False):
         h = hist[hist["run_id"] == run["run_id"]]
@@ -268,4 +275,75 @@ def loss_curves(rt: RunTable) -> Figure:
     fig.update_xaxes(title_text="epoch", row=1, col=2)
     fig.update_layout(title=f"Loss curves — solid: {names.replace(' and ', ', dotted: ')}",
                       **{**LAYOUT, "height": 520, "legend": {"font": {"size": 10}}})  # fmt: skip
+    return fig
+
+
+def has_probe(rt: RunTable) -> bool:
+    """Whether some run logged the pre-training probe (the report draws its figure then)."""
+    return Metric.PROBE_MIOU in rt.runs and bool(rt.runs[Metric.PROBE_MIOU].notna().any())
+
+
+def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
+    """``probe/miou`` against the pre-training step, one line per trial run: finished runs in
+    colour, pruned ones grey and dashed with a red × where the pruner stopped them, the others
+    (running, failed, killed) dotted; hover: trial, seed, params, step, value."""
+    key = Metric.PROBE_MIOU
+    if not has_probe(rt):
+        return f"no run logged {key} (no probe during pre-training: sweep.eval_every = 0)"
+    runs = rt.runs[rt.runs[key].notna()]
+    more = ""
+    if len(runs) > max_runs:  # the pruned first, then the best finished, then the rest
+        rank = runs.assign(_p=runs["state"] != "PRUNED", _c=runs["state"] != "COMPLETE",
+                           _v=-runs[TARGET] if TARGET in runs else 0.0)  # fmt: skip
+        keep = set(rank.sort_values(["_p", "_c", "_v"], kind="stable").index[:max_runs])
+        runs = runs.loc[[i for i in runs.index if i in keep]]
+        more = f" ({max_runs} of {int(rt.runs[key].notna().sum())} runs: the pruned, then the best)"
+    hist = metric_histories(rt.tracking_uri, list(runs["run_id"]), [key])
+    labels = T.run_labels(rt, runs)
+    legend = len(runs) <= 20  # one entry per run; more only by kind
+    seen: set[str] = set()
+    marks: list[tuple[float, float, str]] = []
+    fig = go.Figure()
+    for n, (i, r) in enumerate(runs.iterrows()):
+        h = hist[hist["run_id"] == r["run_id"]]
+        steps, values = h["step"].to_numpy(), h["value"].to_numpy(dtype=float) * 100
+        trial = "?" if pd.isna(r["trial"]) else str(int(r["trial"]))
+        seed = "" if pd.isna(r["seed"]) else f", seed {int(r['seed'])}"
+        kind = {"COMPLETE": "finished", "PRUNED": "pruned"}.get(r["state"], "unfinished / failed")
+        head = f"trial {trial}{seed} ({kind})<br>{labels[i]}"
+        text = [
+            f"{head}<br>step {s}: probe mIoU {v:.2f} %" for s, v in zip(steps, values, strict=True)
+        ]
+        line = ({"color": PALETTE[n % len(PALETTE)], "width": 2} if kind == "finished" else
+                PRUNED_LINE if kind == "pruned" else OTHER_LINE)  # fmt: skip
+        name = f"trial {trial}{seed}" + ("" if kind == "finished" else f" ({kind})")
+        fig.add_scatter(x=steps, y=values, mode="lines+markers", name=name if legend else kind,
+                        legendgroup=name if legend else kind, line=line, marker={"size": 4},
+                        showlegend=legend or kind not in seen, text=text,
+                        hovertemplate="%{text}<extra></extra>")  # fmt: skip
+        seen.add(kind)
+        if kind == "pruned" and len(steps):
+            at, phase = r["pruned_at_step"], r["pruned_phase"]
+            where = (f"pruned at pre-training step {int(at)}" if phase == "pretrain"
+                     and pd.notna(at) else f"pruned at downstream epoch {int(at)}"
+                     if pd.notna(at) else "pruned after this probe")  # fmt: skip
+            x = int(at) if phase == "pretrain" and pd.notna(at) else int(steps[-1])
+            before = values[steps <= x]
+            marks.append((x, float(before[-1] if len(before) else values[-1]),
+                          f"{head}<br>{where}"))  # fmt: skip
+    if marks:
+        x, y, text = zip(*marks, strict=True)
+        fig.add_scatter(x=list(x), y=list(y), mode="markers", name="pruned here",
+                        marker={"symbol": "x", "size": 11, "color": "#d62728"}, text=list(text),
+                        hovertemplate="%{text}<extra></extra>")  # fmt: skip
+    n_pruned = int((runs["state"] == "PRUNED").sum())
+    cost = ""
+    if Metric.PROBE_TIME_SHARE in runs and runs[Metric.PROBE_TIME_SHARE].notna().any():
+        cost = (f"; the probe took {100 * runs[Metric.PROBE_TIME_SHARE].median():.1f} % of "
+                "pre-training time (median)")  # fmt: skip
+    fig.update_layout(title=f"Probe mIoU during pre-training — {len(runs)} runs, {n_pruned} "
+                            f"pruned (dashed, × where stopped){more}{cost}",
+                      xaxis_title="pre-training optimiser step", yaxis_title="probe mIoU (%)",
+                      **{**LAYOUT, "height": 480})  # fmt: skip
+    fig.update_xaxes(rangemode="tozero")
     return fig

@@ -1,7 +1,8 @@
 """Build a study report: ablation tables (md, csv, tex) and a static plotly page.
 
 ``python dashboards/build.py --study NAME`` → ``reports/NAME/``: ablation.{md,csv,tex},
-incomplete.csv and index.html (plotly.js inlined once: the page works offline). Every table
+incomplete.csv (running, failed, killed runs), pruned.{csv,md} (trials Optuna's pruner stopped,
+with the step each reached; when there are some) and index.html (plotly.js inlined once: the page works offline). Every table
 tests each row against a reference row (``--reference``; ``stats.py``: paired t-interval, Holm,
 seeds needed) and says in words what the seeds support. The files are
 also logged as artifacts (``report/``) on the study's parent run when there is one. The page is
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 from markupsafe import Markup
 
 from cmcr.errors import CMCRError
@@ -32,6 +34,10 @@ from cmcr.results.tables import (
     evaluations_markdown,
     evaluations_table,
     incomplete_table,
+    pruned_display,
+    pruned_markdown,
+    pruned_note,
+    pruned_table,
     summary,
     to_html,
     to_latex,
@@ -76,7 +82,8 @@ def build(
     t_collect = time.perf_counter() - t0
     out = Path(out) if out else Path("reports") / _slug(sel)
     ab = ablation(rt, reference) if not rt.complete.empty else None
-    page = render_page(rt, ab, sel)
+    pruned = pruned_table(rt)
+    page = render_page(rt, ab, sel, pruned)
     out.mkdir(parents=True, exist_ok=True)
     if ab is not None:
         (out / "ablation.md").write_text(to_markdown(ab))
@@ -86,6 +93,11 @@ def build(
     if evaluations_table(rt).shape[1] > 1:  # runs of several downstream evaluations (issue 20)
         (out / "evaluations.md").write_text(evaluations_markdown(rt))
     incomplete_table(rt).to_csv(out / "incomplete.csv", index=False)
+    for stale in ("pruned.csv", "pruned.md"):  # a rebuild into the same folder
+        (out / stale).unlink(missing_ok=True)
+    if len(pruned):
+        pruned.to_csv(out / "pruned.csv", index=False)
+        (out / "pruned.md").write_text(pruned_markdown(pruned))
     rt.runs.drop(columns=["start_time", "end_time"]).to_csv(out / "runs.csv", index=False)
     (out / "index.html").write_text(page)
     logged = _log_artifacts(rt, out) if log else None
@@ -196,6 +208,8 @@ def _figures(rt: RunTable, ab: Ablation | None) -> tuple[list[dict], list[dict]]
             ("forest", f"Paired differences to '{ab.reference}'", F.forest(ab)),
             ("per_class", "Per-class IoU", F.per_class(ab))] if ab is not None else []  # fmt: skip
     runs.append(("loss", "Loss curves", F.loss_curves(rt)))
+    if F.has_probe(rt):  # sweeps with sweep.eval_every > 0 (the pruner's signal)
+        runs.append(("probe", "Representation probe during pre-training", F.probe_curves(rt)))
     return [_for_template(*f) for f in study], [_for_template(*f) for f in runs]
 
 
@@ -217,12 +231,16 @@ def _template() -> jinja2.Template:
     return env.get_template("report.html.j2")
 
 
-def render_page(rt: RunTable, ab: Ablation | None, sel: Selection) -> str:
-    """The whole static page: one inline plotly.js, every figure, the tables."""
+def render_page(
+    rt: RunTable, ab: Ablation | None, sel: Selection, pruned: pd.DataFrame | None = None
+) -> str:
+    """The whole static page: one inline plotly.js, every figure, the tables (``pruned``:
+    ``pruned_table(rt)`` when the caller has it already)."""
     from plotly.offline import get_plotlyjs
 
     study_figs, run_figs = _figures(rt, ab)
     inc = incomplete_table(rt)
+    pruned = pruned_table(rt) if pruned is None else pruned
     table = None
     if ab is not None:
         table = {"table": Markup(to_html(ab, HTML_MAX_ROWS)), "baseline": ab.baseline,
@@ -238,6 +256,10 @@ def render_page(rt: RunTable, ab: Ablation | None, sel: Selection) -> str:
         study_figures=study_figs, run_figures=run_figs,
         incomplete=Markup(inc.to_html(index=False, na_rep="—", border=0,
                                       float_format=lambda v: f"{v:.4f}")) if len(inc) else "",
+        n_pruned=len(pruned),
+        pruned=Markup(pruned_display(pruned).to_html(index=False, border=0, classes="pruned"))
+        if len(pruned) else "",
+        pruned_note=pruned_note(pruned) if len(pruned) else "",
         plotlyjs=Markup(get_plotlyjs()),
     )  # fmt: skip
 

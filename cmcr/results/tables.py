@@ -20,7 +20,13 @@ from cmcr.configs import COMPONENTS
 from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.names import Metric
 from cmcr.results import stats as S
-from cmcr.results.collect import ReportError, RunTable
+from cmcr.results.collect import (
+    NOT_SWEPT_PREFIXES,
+    PRUNED,
+    ReportError,
+    RunTable,
+    metric_histories,
+)
 
 CLASSES = CHALLENGE_CLASSES[1:]
 # The paper's row order for the components study; other variants follow, sorted.
@@ -47,6 +53,8 @@ class Ablation:
     reference: str = ""  # label of the row every other row is tested against
     picked_best: bool = False  # the reference is the best mean, chosen after seeing the results
     ranked: bool = False  # a continuous study: rows ranked by mIoU, labelled by trial, Δ to best
+    pruned_trials: int = 0  # trials Optuna's pruner stopped: listed apart, not in the means
+    pruned_runs: int = 0
 
 
 def variant_label(variant: str) -> str:
@@ -103,7 +111,15 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
                     reference=str(out["config"].iloc[ref]),
                     picked_best=reference is None and _is_best_pick(out, keys),
-                    ranked=ranked)  # fmt: skip
+                    ranked=ranked, pruned_trials=_n_trials(rt.pruned),
+                    pruned_runs=len(rt.pruned))  # fmt: skip
+
+
+def _n_trials(runs: pd.DataFrame) -> int:
+    """Distinct trials among ``runs`` (a run without a trial number counts as one)."""
+    if "trial" not in runs:  # runs no sweep made
+        return len(runs)
+    return int(runs["trial"].nunique(dropna=True) + runs["trial"].isna().sum())
 
 
 def is_continuous(rt: RunTable, keys: list[str]) -> bool:
@@ -397,7 +413,17 @@ def caption(ab: Ablation) -> str:
         + (f"One row per trial of a continuous search over {', '.join(ab.group_by)}."
            if ab.ranked else
            f"Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}.")
+        + _pruned_note(ab)
     )  # fmt: skip
+
+
+def _pruned_note(ab: Ablation) -> str:
+    """How many trials the pruner stopped: they are not in the means (listed apart)."""
+    if not ab.pruned_trials:
+        return ""
+    runs = "" if ab.pruned_runs == ab.pruned_trials else f" ({ab.pruned_runs} runs)"
+    return (f" {ab.pruned_trials} trial(s){runs} stopped early by Optuna's pruner are left out "
+            "of the means (listed apart as pruned trials).")  # fmt: skip
 
 
 def _pick_note(ab: Ablation) -> str:
@@ -498,14 +524,113 @@ def to_html(ab: Ablation, max_rows: int | None = None) -> str:
 
 
 def incomplete_table(rt: RunTable) -> pd.DataFrame:
-    """Runs left out of the averages, with why (state, status reason) and their last mIoU."""
+    """Runs left out of the averages, with why (state, status reason) and their last mIoU:
+    running, failed, killed; pruned trials have their own table (``pruned_table``)."""
     df = rt.incomplete
+    df = df[df["state"] != PRUNED]
     cols = ["run_id", "trial", "variant", "seed", "state", "status", "status_reason"]
     out = df[[c for c in cols if c in df]].copy()
     out[f"last {TARGET}"] = df.get(TARGET, np.nan)
     if "status_reason" in out:
         out["status_reason"] = out["status_reason"].fillna("")
     return out.reset_index(drop=True)
+
+
+PRUNED_COLUMNS = ["trial", "run_id", "configuration", "seed", "phase", "step", "step_from",
+                  f"last {Metric.PROBE_MIOU}", "status_reason"]  # fmt: skip
+PHASE_STEP = {"pretrain": "pre-training step", "downstream": "downstream epoch"}
+
+
+def varying_params(rt: RunTable) -> list[str]:
+    """Params whose value differs across all the runs, pruned and unfinished ones included
+    (``RunTable.swept`` looks at the complete runs only); seeds and tracking excluded."""
+    df = rt.runs
+    return [p for p in rt.params
+            if not p.startswith(NOT_SWEPT_PREFIXES) and p in df
+            and df[p].astype(str).nunique(dropna=False) > 1]  # fmt: skip
+
+
+def run_labels(rt: RunTable, runs: pd.DataFrame) -> pd.Series:
+    """A short configuration label per run: its variant when the variant varies, else the
+    varying params by their short names (``mim=0.52, lr=0.001``)."""
+    if "variant" in rt.runs and rt.runs["variant"].nunique(dropna=True) > 1:
+        return runs["variant"].map(lambda v: variant_label(str(v)) if isinstance(v, str) else "—")
+    keys = sorted(varying_params(rt))
+    if not keys:
+        return pd.Series("—", index=runs.index)
+    short = short_names(keys)
+    return runs.apply(lambda r: ", ".join(f"{short[k]}={_short_value(r[k])}" for k in keys), axis=1)
+
+
+def pruned_table(rt: RunTable) -> pd.DataFrame:
+    """One row per run of a pruned trial: the phase and step it reached (the sweep's tag, else
+    the last logged step: ``step_from`` says which), its last probe mIoU and the reason."""
+    df = rt.pruned
+    if df.empty:
+        return pd.DataFrame(columns=PRUNED_COLUMNS)
+    phase = df["pruned_phase"].astype(object).where(df["pruned_phase"].notna(), None)
+    step = df["pruned_at_step"].astype("Int64").copy()
+    source = pd.Series(np.where(step.notna(), "tag", ""), index=df.index, dtype=object)
+    untagged = df[step.isna()]
+    if len(untagged):  # runs logged before the tags: the last step of their histories
+        keys = [TARGET, Metric.TRAIN_LOSS, Metric.PROBE_MIOU]
+        hist = metric_histories(rt.tracking_uri, list(untagged["run_id"]), keys)
+        last = hist.groupby(["run_id", "key"])["step"].max()
+        for i, run_id in zip(untagged.index, untagged["run_id"], strict=True):
+            if (run_id, TARGET) in last:  # it reached the downstream evaluation
+                phase[i], step[i], source[i] = "downstream", last[run_id, TARGET], f"last {TARGET}"
+                continue
+            found = [(int(last[run_id, k]), k) for k in keys[1:] if (run_id, k) in last]
+            if found:
+                at, key = max(found, key=lambda f: f[0])
+                phase[i], step[i], source[i] = "pretrain", at, f"last {key}"
+    out = pd.DataFrame({
+        "trial": df["trial"], "run_id": df["run_id"], "configuration": run_labels(rt, df),
+        "seed": df["seed"], "phase": phase, "step": step, "step_from": source,
+        f"last {Metric.PROBE_MIOU}": df.get(Metric.PROBE_MIOU, np.nan),
+        "status_reason": df["status_reason"].fillna(""),
+    })  # fmt: skip
+    return out.sort_values(["trial", "seed"], kind="stable").reset_index(drop=True)
+
+
+def pruned_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The pruned runs as a reader sees them: where each stopped in words, probe mIoU in %."""
+
+    def reached(r: pd.Series) -> str:
+        if r["step"] is pd.NA or pd.isna(r["step"]):
+            return "—"
+        text = f"{PHASE_STEP.get(r['phase'], 'step')} {int(r['step'])}"
+        return text if r["step_from"] == "tag" else f"{text} ({r['step_from']} step)"
+
+    probe = table[f"last {Metric.PROBE_MIOU}"].astype(float) * 100
+    return pd.DataFrame({
+        "trial": [("—" if pd.isna(t) else str(int(t))) for t in table["trial"]],
+        "configuration": table["configuration"],
+        "seed": [("—" if pd.isna(s) else str(int(s))) for s in table["seed"]],
+        "stopped at": [reached(r) for _, r in table.iterrows()],
+        "last probe mIoU (%)": ["—" if v != v else f"{v:.2f}" for v in probe.tolist()],
+        "reason": table["status_reason"],
+    })  # fmt: skip
+
+
+def pruned_note(table: pd.DataFrame) -> str:
+    """What the pruned table is, in one sentence."""
+    trials = _n_trials(table)
+    runs = "" if len(table) == trials else f" ({len(table)} runs)"
+    return (f"{trials} trial(s){runs} stopped early by Optuna's pruner: not in the means of the "
+            "ablation table. 'Stopped at': the step the sweep tagged, else the last logged step "
+            "(named); probe mIoU: the last representation probe during pre-training.")  # fmt: skip
+
+
+def pruned_markdown(table: pd.DataFrame) -> str:
+    """The pruned runs as a GitHub markdown table ('' when there are none)."""
+    if table.empty:
+        return ""
+    shown = pruned_display(table)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for _, row in shown.iterrows():
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines) + "\n\n" + pruned_note(table) + "\n"
 
 
 def evaluations_table(rt: RunTable) -> pd.DataFrame:
