@@ -176,3 +176,54 @@ def test_divergence_on_every_rank_fails_the_trial_and_the_launch_goes_on(tmp_pat
     assert by_variant["ppkt"].state == TrialState.FAIL
     assert by_variant["ppkt"].user_attrs["fail_reason"].startswith("diverged")
     assert by_variant["cmcr"].state == TrialState.COMPLETE and by_variant["cmcr"].value == 0.2
+
+
+PRUNING_STUDY = """\
+name: two_rank_pruning
+direction: maximize
+sampler: grid
+preset: smoke
+pruner: asha
+params:
+  loss.weights.mim: {type: grid, choices: [2.0, 0.5, 3.0]}
+fixed:
+  train.max_steps: 3
+  train.batch_size: 1
+  data.cameras: [CAM_FRONT]
+  downstream.probe_epochs: 1
+  sweep.eval_every: 1
+"""
+
+
+def test_two_rank_launch_prunes_in_pretraining_and_goes_on(smoke_world, tmp_path):
+    """Rank 0's pruner stops the poor middle trial at its first probe step: both ranks
+    checkpoint that step and stop it (rank 1 learns it by broadcast), and the group goes on to
+    the next trial. The probe's measurement is the stand-in of tests/probe_trials.py (mim / 10)."""
+    from cmcr.configs import load_config
+    from cmcr.engine.checkpoint import latest_step
+
+    (tmp_path / "two.yaml").write_text(PRUNING_STUDY)
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    out = _launch(tmp_path, "--set", f"data.dataroot={smoke_world}", "--pruner", "asha",
+                  env=env, trial_fn="probe_trials:by_mim")  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="two_rank_pruning", storage=f"sqlite:///{tmp_path / 'o.db'}"
+    )
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
+    assert len({t.user_attrs["cmcr.worker"] for t in trials}) == 1
+    client = make_client(f"sqlite:///{tmp_path / 'm.db'}")
+    pruned = client.get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert pruned.info.status == "KILLED" and pruned.data.tags["cmcr.pruned_at_step"] == "1"
+    assert pruned.data.tags["cmcr.num_processes"] == "2"
+    steps = [m.step for m in client.get_metric_history(pruned.info.run_id, "train/loss")]
+    assert steps == [1]
+    cfg = load_config("smoke", [f"tracking.output_dir={tmp_path / 'runs'}"])
+    assert latest_step(cfg, pruned.info.run_id) == 1  # saved by both ranks (collective)
+    last = client.get_run(trials[2].user_attrs["mlflow_run_id"])
+    assert last.info.status == "FINISHED" and "val/miou" in last.data.metrics
