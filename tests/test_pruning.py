@@ -222,3 +222,41 @@ def test_pruning_with_two_workers_on_postgresql(tmp_path, smoke_world):
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=driver_url(PG))
+
+
+def test_the_pruners_resource_is_the_pretraining_step_when_the_probe_is_on():
+    from cmcr.sweep.runner import make_pruner
+
+    probe_on = load_config("demo")  # sweep.eval_every: 7
+    asha = make_pruner("asha", probe_on)
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
+    assert asha._min_resource == 7  # first rung: the first probe step (no public getter)
+    assert isinstance(make_pruner("hyperband", probe_on), optuna.pruners.HyperbandPruner)
+    off = load_config("smoke")  # no probe: the downstream epochs are the resource
+    assert make_pruner("asha", off)._min_resource == 1
+    assert isinstance(make_pruner("none", off), optuna.pruners.NopPruner)
+
+
+def test_pruner_comes_from_the_flag_else_the_study_else_median(tmp_path):
+    from cmcr.sweep.options import SweepOptions
+    from cmcr.sweep.runner import plan_sweep
+    from cmcr.sweep.space import StudyError
+
+    study = _study(tmp_path, [1.0, 2.0])  # pruner: asha
+    assert plan_sweep(SweepOptions(study=str(study), preset="smoke")).pruner == "asha"
+    flag = SweepOptions(study=str(study), preset="smoke", pruner="hyperband")
+    assert plan_sweep(flag).pruner == "hyperband"
+    assert plan_sweep(SweepOptions(study="mask_ratio", preset="smoke")).pruner == "median"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(study.read_text().replace("pruner: asha", "pruner: sometimes"))
+    with pytest.raises(StudyError, match="'pruner' must be one of"):
+        plan_sweep(SweepOptions(study=str(bad), preset="smoke"))
+
+
+def test_probe_settings_are_checked_before_anything_runs():
+    from cmcr.errors import CMCRError
+
+    with pytest.raises(CMCRError, match="sweep.eval_every"):
+        load_config("smoke", ["sweep.eval_every=-1"])
+    with pytest.raises(CMCRError, match="sweep.probe_features"):
+        load_config("smoke", ["sweep.probe_features=cosine"])
