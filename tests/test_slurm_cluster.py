@@ -127,11 +127,6 @@ def _wait(what: str, check, deadline: float, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# Out of the default run for now (issue 19 stays open): in the fresh-clone CI of 2026-12-02
-# 14:01 both cases failed after the study itself had completed (4 slots, the warned trial
-# retried in its run); the retry was taken by the other worker rather than by the requeued
-# task the test waits for. Run it with `pytest -m slow tests/test_slurm_cluster.py`.
-@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.parametrize(
     "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
