@@ -47,6 +47,7 @@ FAST = [
     "--set", "downstream.probe_epochs=1",
 ]  # fmt: skip
 DEADLINE_S = 300
+REVOKE_S = 2  # SLURM refuses to start a requeued job in the second its credential was revoked
 
 
 def _unavailable(why: str) -> None:
@@ -126,11 +127,6 @@ def _wait(what: str, check, deadline: float, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-# Out of the default run for now (issue 19 stays open): in the fresh-clone CI of 2026-12-02
-# 14:01 both cases failed after the study itself had completed (4 slots, the warned trial
-# retried in its run); the retry was taken by the other worker rather than by the requeued
-# task the test waits for. Run it with `pytest -m slow tests/test_slurm_cluster.py`.
-@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.parametrize(
     "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -148,10 +144,13 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     tasks = {f"{array}_{k}" for k in range(WORKERS)}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     t_submit = time.monotonic() - t0
-    status = None
+    status, status_out = None, None
     try:
         _wait("both workers to hold a trial", lambda: _held(storage, name) == tasks, deadline)
-        status = _start(tmp_path, smoke_world, storage, name, "--status")  # runs meanwhile
+        # --status while both hold a trial (it takes seconds to start: waited for here, as it
+        # read the study after the warning otherwise)
+        status = _start(tmp_path, smoke_world, storage, name, "--status")
+        status_out = status.communicate(timeout=120)[0]
         # both pre-training: one is warned; the other is suspended (SIGSTOP, as SLURM's gang
         # scheduling does) so that the retry is claimed by the requeued task, not by it
         trial, seen, other = _wait("both workers pre-training",
@@ -165,23 +164,29 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
         _wait("the warned task to be requeued",
               lambda: (_queue(array) or {}).get(victim) == "PENDING", deadline)  # fmt: skip
         requeued_after = time.monotonic() - t_warn
+        # the requeue revoked the job's credential (whole seconds): a start in that second is
+        # refused ("Job credential revoked") and the task ends FAILED instead of running again
+        time.sleep(REVOKE_S)
         subprocess.run(["scontrol", "update", f"JobId={victim}", "StartTime=now"], check=True)
         _wait("the requeued task to claim the retry",
               lambda: _held(storage, name, retries=True) == {victim}, deadline)  # fmt: skip
+        _wait("the requeued task to resume the retry from its checkpoint",
+              lambda: "resuming from" in _log(tmp_path, name, victim).partition("restart 1")[2],
+              deadline)  # fmt: skip
         subprocess.run(["scontrol", "resume", other], check=True)
         _wait("the study's jobs to leave the queue", lambda: _queue(array) == {}, deadline, 1.0)
         elapsed = time.monotonic() - t0
     finally:
         subprocess.run(["scontrol", "resume", f"{array}"], capture_output=True)
         subprocess.run(["scancel", array], capture_output=True)
-        status_out = status.communicate(timeout=120)[0] if status else ""
+        if status is not None and status_out is None:
+            status_out = status.communicate(timeout=120)[0]
 
     # --status named the workers' jobs next to their trials (it ran while both held one)
     assert status is not None and status.returncode == 0, status_out[-2000:]
     for task in tasks:
         assert re.search(rf"#\d+ .*job={task} \((RUNNING|PENDING|ended)\)", status_out), status_out
-    logs = tmp_path / "runs" / "slurm" / name
-    victim_log = (logs / f"{victim}.log").read_text()
+    victim_log = _log(tmp_path, name, victim)
     assert "preempted, requeueing" in victim_log and "restart 1" in victim_log, victim_log[-3000:]
     study = optuna.load_study(study_name=name, storage=_open(storage))
     trials = study.get_trials(deepcopy=False)
@@ -198,7 +203,9 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
     assert stopped_at > seen  # the step after the warning: no periodic checkpoint in this run
     retry = next(t for t in complete if t.user_attrs[Attr.SLOT] == trial.user_attrs[Attr.SLOT])
     assert retry.system_attrs[Attr.FAILED_TRIAL] == trial.number
-    assert retry.user_attrs[Attr.SLURM_JOB] == victim  # the requeued task resumed it
+    jobs = [(t.number, t.state.name, t.user_attrs.get(Attr.SLOT), t.user_attrs.get(Attr.SLURM_JOB),
+             t.user_attrs.get(Attr.WORKER)) for t in trials]  # fmt: skip
+    assert retry.user_attrs[Attr.SLURM_JOB] == victim, jobs  # the requeued task resumed it
     assert retry.user_attrs[Attr.RUN_ID] == trial.user_attrs[Attr.RUN_ID]  # in the same MLflow run
 
     exp = client.get_experiment_by_name(name)  # one experiment per study
@@ -237,6 +244,12 @@ def _start(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) ->
         _cmd(tmp_path, world, storage, name, *extra), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=_env(),
     )  # fmt: skip
+
+
+def _log(tmp_path: Path, name: str, task: str) -> str:
+    """The worker log of array task ``task`` (all its runs: a requeued task appends)."""
+    path = tmp_path / "runs" / "slurm" / name / f"{task}.log"
+    return path.read_text() if path.is_file() else ""
 
 
 def _held(storage: str, name: str, retries: bool = False) -> set[str]:
