@@ -139,7 +139,9 @@ def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_worl
 
 
 def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
-    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=3.0))
+    # a 96 s trial (SIGINT ends it early): with 24 s, a loaded machine (2026-12-02 18:30, a
+    # benchmark beside the suite) saw it RUNNING only as it finished, and the sweep ended 0
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=12.0))
     cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "1", "--max-retries", "0")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
