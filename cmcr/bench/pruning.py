@@ -56,6 +56,10 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--pruning-seeds", type=int, default=3, help="seeds of the best config")
     parser.add_argument("--pruning-world", default="", help="a demo world (default: made here)")
     parser.add_argument("--pruning-keep", default="", help="keep the stores in this folder")
+    parser.add_argument(
+        "--pruning-set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for every run of the benchmark (e.g. train.epochs=10), repeatable",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +83,8 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
         generate_world(world, preset=preset, seed=0)
     studies = _study_dir(tmp)
     extra = ["--set", "sweep.eval_every=1"] if quick else []
+    for item in getattr(args, "pruning_set", None) or []:
+        extra += ["--set", item]
     procs = {}
     t0 = {}
     for kind, how in VARIANTS.items():
@@ -175,7 +181,7 @@ def _seed_values(tmp, world, preset, best, n_seeds, extra, studies) -> list[floa
     for seed in range(1, n_seeds):
         out = tmp / f"seed{seed}"
         out.mkdir(exist_ok=True)
-        sets = [f"{k}={v}" for k, v in best["params"].items()]
+        sets = [*extra[1::2], *(f"{k}={v}" for k, v in best["params"].items())]
         sets += [f"train.seed={seed}", f"data.dataroot={world}", f"tracking.output_dir={out}"]
         sets += [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}", "sweep.eval_every=0"]
         code = (
