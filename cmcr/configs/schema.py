@@ -302,7 +302,7 @@ class SweepConfig:
     # measure the backbone every this many optimiser steps (probe/miou); 0 = off
     eval_every: int = setting(0, **OPTIONAL_COUNT)
     # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
-    probe_scans: int = setting(8, ge=2)
+    probe_scans: int = setting(6, ge=2)
     # which fit is probe/miou (both are logged, probe/miou_standardised and probe/miou_raw):
     # standardised features (scale-free) or raw ones fitted as the downstream probe fits them
     probe_features: str = setting("standardised", choices=("standardised", "raw"))

@@ -13,8 +13,8 @@ probe's share of pre-training wall time) say what it costs.
 Why a linear layer on cached frozen features, and why two fits, by measurement (demo world,
 8 scans; a random-init backbone vs ones pre-trained 42 steps): the sweep's objective is itself
 a linear probe of the frozen backbone, so the probe measures the same thing at a fraction of the
-cost (features 0.2 s, each fit 0.1 s on the demo sizes, CPU; a k-NN over 32k points would cost
-more and, like the standardised fit, ignore the features' scale). The raw fit reproduces what
+cost (6 scans on the demo sizes, CPU: features 0.16 s, each fit 0.05 s; a k-NN over the points
+would cost more and, like the standardised fit, ignore the features' scale). The raw fit reproduces what
 the objective sees (random 0.024 vs pre-trained 0.07-0.08, the objective 0.066-0.075 at the
 end), but the features of a young backbone are tiny (standard deviation 0.005 at init, 0.19
 after 42 steps), so for the first ~15 steps every trial's raw fit predicts one class and ties:
@@ -45,9 +45,9 @@ from cmcr.errors import CMCRError
 from cmcr.names import Metric
 
 log = logging.getLogger("cmcr")
-FIT_ITERS = 200  # full-batch steps of the linear layer (about 0.1 s on demo's CPU sizes)
+FIT_ITERS = 150  # full-batch steps of the linear layer (demo CPU: 0.06 s per fit on 16k points)
 STD_LR = 0.2  # Adam on standardised features: within 0.003 mIoU of 1000 steps on demo
-MAX_POINTS_PER_SCAN = 8000  # the fit and the score use at most this many points of a scan
+MAX_POINTS_PER_SCAN = 4000  # fit points per scan (a fixed draw); the score uses every point
 
 
 class PrunedElsewhere(CMCRError):
