@@ -39,9 +39,10 @@ RUN = str(ROOT / "sweeps" / "run.py")
 SETUP = ROOT / ".ci" / "slurm-setup.sh"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 N_TRIALS, WORKERS = 4, 2
-# long enough to be warned mid-pre-training; no periodic checkpoint, so a resume at step > 0
-# can only come from the checkpoint the warning made
-MAX_STEPS = 10
+# long enough to be warned mid-pre-training (10 steps took 4.4 s on an idle machine: the
+# test's poll, a study load and MLflow reads, missed that window on a loaded one); no periodic
+# checkpoint, so a resume at step > 0 can only come from the checkpoint the warning made
+MAX_STEPS = 30
 FAST = [
     "--set", f"train.max_steps={MAX_STEPS}", "--set", "train.checkpoint_every=1000",
     "--set", "downstream.probe_epochs=1",
@@ -151,12 +152,13 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
         # read the study after the warning otherwise)
         status = _start(tmp_path, smoke_world, storage, name, "--status")
         status_out = status.communicate(timeout=120)[0]
-        # both pre-training: one is warned; the other is suspended (SIGSTOP, as SLURM's gang
-        # scheduling does) so that the retry is claimed by the requeued task, not by it
-        trial, seen, other = _wait("both workers pre-training",
-                                   lambda: _both_training(storage, name, client), deadline)  # fmt: skip
+        # one worker pre-training is warned; the other is suspended (SIGSTOP, as SLURM's gang
+        # scheduling does) so that the retry is claimed by the requeued task, not by it (a task
+        # that has already ended cannot be suspended, nor claim anything)
+        trial, seen, other = _wait("a worker mid-way through pre-training",
+                                   lambda: _one_training(storage, name, client, tasks), deadline)  # fmt: skip
         victim = trial.user_attrs[Attr.SLURM_JOB]
-        subprocess.run(["scontrol", "suspend", other], check=True)
+        subprocess.run(["scontrol", "suspend", other], capture_output=True)
         seen = _last_step(client, trial.user_attrs[Attr.RUN_ID])
         subprocess.run(["scancel", "--signal=TERM", victim], check=True)
         t_warn = time.monotonic()
@@ -173,7 +175,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
         _wait("the requeued task to resume the retry from its checkpoint",
               lambda: "resuming from" in _log(tmp_path, name, victim).partition("restart 1")[2],
               deadline)  # fmt: skip
-        subprocess.run(["scontrol", "resume", other], check=True)
+        subprocess.run(["scontrol", "resume", other], capture_output=True)
         _wait("the study's jobs to leave the queue", lambda: _queue(array) == {}, deadline, 1.0)
         elapsed = time.monotonic() - t0
     finally:
@@ -266,22 +268,25 @@ def _last_step(client, run_id: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, Metric.TRAIN_LOSS)), default=0)
 
 
-def _both_training(storage: str, name: str, client):
-    """(trial, its last step, the other task) when both workers' trials are pre-training, the
-    first at step >= 2; None otherwise. Pre-training ends MAX_STEPS - 2 steps early here, so
-    the warning lands before the step after it."""
+def _one_training(storage: str, name: str, client, tasks: set[str]):
+    """(trial, its last step, the other task) when a worker's trial is pre-training at a step in
+    [2, MAX_STEPS - 2) (the warning lands before the step after it); None otherwise.
+
+    The other task need not be pre-training too: it is suspended only so that it cannot claim
+    the retry, whatever it is doing. (Requiring both to pre-train at once timed out on a loaded
+    machine, 2026-12-02: started seconds apart, the two never overlapped in pre-training.)"""
     study = optuna.load_study(study_name=name, storage=_open(storage))
     training = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_id, holder = t.user_attrs.get(Attr.RUN_ID), t.user_attrs.get(Attr.SLURM_JOB)
-        if run_id and holder:
+        if run_id and holder in tasks:
             step = _last_step(client, run_id)
-            if 1 <= step < MAX_STEPS - 2:
+            if 2 <= step < MAX_STEPS - 2:
                 training.append((step, t, holder))
-    training.sort(key=lambda item: -item[0])
-    if len(training) == 2 and training[0][0] >= 2:
-        return training[0][1], training[0][0], training[1][2]
-    return None
+    if not training:
+        return None
+    step, trial, holder = max(training, key=lambda item: item[0])
+    return trial, step, next(iter(tasks - {holder}))
 
 
 def _open(storage: str):
