@@ -667,19 +667,44 @@ def main(
 
     signal.signal(signal.SIGTERM, _interrupt)  # a stop request takes the Ctrl-C path
     try:
-        return run(args, trial_fn, worker_cmd)
+        code = run(args, trial_fn, worker_cmd)
     except (GroupBroken, WorkerStopped) as exc:  # not a usage error: start again once fixed
         print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
-        return 1
+        code = 1
     except CMCRError as exc:
         print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
-        return 130
+        code = 130
     except Exception:  # a bug or a library error: its traceback, without credentials
         print_traceback(PROG)
-        return 1
+        code = 1
+    return _leave_launch(code)
+
+
+def _leave_launch(code: int) -> int:
+    """A rank of a multi-process launch ends here with ``code``, skipping the interpreter's
+    teardown: after the process group is destroyed, torch's C++ threads still abort it now and
+    then while static objects are destroyed ("terminate called without an active exception",
+    SIGABRT, seen in CI on 2026-12-02 after a two-rank study had completed), and the launcher
+    then reports the launch failed. Everything is recorded by then; logs and streams are
+    flushed first. A single process returns normally."""
+    import logging
+    import os
+
+    from cmcr.sweep.group import world_size
+
+    try:
+        several = world_size() > 1
+    except CMCRError:
+        several = False
+    if not several:
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
