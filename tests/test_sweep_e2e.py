@@ -121,9 +121,11 @@ def test_sigkill_mid_trial_then_resume_continues_the_same_run(tmp_path, smoke_wo
     assert resumed_from >= 2
     history = client(tmp_path).get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # each step exactly once
-    # the resumed process started its pre-training at the checkpoint, never at step 0
+    # the resumed process started its pre-training at the checkpoint, never at step 0 (the
+    # piped view prints at most a line per trial every 30 s: on a loaded machine its first
+    # line may already be a later step, 6/6 once in CI)
     shown = [int(s) for s in re.findall(r"pre-training (\d+)/6", out.stdout)]  # the view's lines
-    assert shown and min(shown) == resumed_from, shown
+    assert shown and min(shown) >= resumed_from, shown
 
 
 def test_three_seeds_smoke_study_links_every_seed_run_in_the_report(tmp_path, smoke_world):

@@ -127,7 +127,11 @@ def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
                 scenes.append(_render_scene(*job))
                 bar.update(1)
         else:  # fork: workers inherit imports; results come back in scene order
-            with multiprocessing.get_context("fork").Pool(n_proc) as pool:
+            # SIGTERM's default action in the workers: the pool's exit terminates them with it,
+            # and a handler inherited from the parent (the sweep CLI turns SIGTERM into
+            # KeyboardInterrupt) once left a worker alive and the exit waiting forever (CI)
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(n_proc, initializer=_default_sigterm) as pool:
                 scenes = []
                 for scene in pool.imap(_render_scene_job, jobs):
                     scenes.append(scene)
@@ -438,3 +442,10 @@ def _annotations(spec, name, sample_token, frame, objects, category_of) -> list[
             }
         )
     return anns
+
+
+def _default_sigterm() -> None:
+    """Pool worker initialiser: SIGTERM kills the worker (no inherited handler)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
