@@ -28,6 +28,7 @@ from cmcr.engine.checkpoint import (
     run_dir,
     save_backbone,
 )
+from cmcr.engine.probe import RepresentationProbe
 from cmcr.engine.probe import enabled as probe_enabled
 from cmcr.engine.tracking import RunLogger, config_yaml
 from cmcr.errors import DataError
@@ -146,7 +147,6 @@ def _train(
     cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool, report: Any = None
 ) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
-    from cmcr.engine import probe as repr_probe
     from cmcr.engine import train
     from cmcr.models import CMCRModel
 
@@ -168,7 +168,7 @@ def _train(
         probe = None
         if probe_enabled(cfg):
             main = accelerator.is_main_process
-            probe = repr_probe.RepresentationProbe(cfg, logger, report, is_main=main)
+            probe = RepresentationProbe(cfg, logger, report, is_main=main)
         steps = train.pretrain_loop(
             cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total, holdout,
             probe,

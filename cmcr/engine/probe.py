@@ -68,7 +68,6 @@ class RepresentationProbe:
         self.is_main = is_main
         self.seconds = 0.0
         self.t0 = time.perf_counter()
-        self.last_value: float | None = None
         self._batches: list[tuple[dict[str, Any], bool]] | None = None
         self.logged = (logger.last_logged_step(Metric.PROBE_MIOU) or 0) if is_main else 0
         if is_main:
@@ -131,7 +130,6 @@ class RepresentationProbe:
             both = self.measure(net.backbone, accelerator.device)
             value = both[self.cfg.sweep.probe_features]
             self.seconds += time.perf_counter() - t
-            self.last_value = value
             metrics = {Metric.PROBE_MIOU: value, Metric.PROBE_SECONDS: self.seconds}
             metrics.update({f"{Metric.PROBE_MIOU}_{k}": v for k, v in both.items()})
             self.logger.log_metrics(metrics, step)

@@ -194,7 +194,7 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
 
 
 def _pruning_report(trial: Any) -> Callable[..., None]:
-    """``report(step, value, phase=...)`` → ``trial.report``; raise ``PrunedAt`` (a
+    """``report(step, value, phase=...)`` → ``trial.report``; raise ``pruned_at(...)`` (a
     ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
     value = probe/miou) or "downstream" (step = epoch, value = val mIoU)."""
 
