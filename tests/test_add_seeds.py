@@ -99,8 +99,8 @@ class Logging(Recorder):
 
 
 def test_tables_see_three_seeds_per_row_under_the_parent(tmp_path, store):
+    from cmcr.results.ablation import ablation
     from cmcr.results.collect import Selection, collect
-    from cmcr.results.tables import ablation
 
     assert _sweep(tmp_path, store, "tab", "--n-trials", "2", rec=Logging(store)) == 0
     sel = Selection(tracking_uri=store, study="tab", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from cmcr.results import fake_runs
 from cmcr.results import figures as F
+from cmcr.results.ablation import TARGET, ablation, short_names
+from cmcr.results.ablation_formats import caption, to_markdown
 from cmcr.results.collect import Selection, collect
-from cmcr.results.tables import TARGET, ablation, caption, short_names, to_markdown
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from cmcr.results import fake_runs
 from cmcr.results import figures as F
+from cmcr.results.ablation import ablation
 from cmcr.results.collect import Selection, collect
 from cmcr.results.report import build, render_page
-from cmcr.results.tables import ablation
 
 REPO = Path(__file__).resolve().parents[1]
 NO_STORAGE = "sqlite:////nonexistent/optuna.db"  # never the cwd's runs/optuna.db

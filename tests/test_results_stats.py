@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from cmcr.results import stats as S
+from cmcr.results.ablation import ablation, summary
+from cmcr.results.ablation_formats import caption, to_html, to_latex, to_markdown
 from cmcr.results.collect import ReportError, RunTable
-from cmcr.results.tables import ablation, caption, summary, to_html, to_latex, to_markdown
 
 MIOU = "val/miou"
 # seed-to-seed swing shared by every variant (same seed: same data order and init)

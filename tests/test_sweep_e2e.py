@@ -152,8 +152,8 @@ def test_add_seeds_grows_a_two_configuration_smoke_study_to_three_seeds(tmp_path
     table then has seeds 0, 1, 2 under the same parent run, and no finished run trained again."""
     import math
 
+    from cmcr.results.ablation import ablation
     from cmcr.results.collect import Selection, collect
-    from cmcr.results.tables import ablation
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sel = Selection(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", study="mask_ratio",
@@ -183,7 +183,7 @@ def test_add_seeds_grows_a_two_configuration_smoke_study_to_three_seeds(tmp_path
     # a 95 % t-interval needs two seeds at least: undefined before, finite now
     assert all(math.isfinite(s) for s in after["val/miou_std"])
     # the row's 95 % interval: none with one seed, a finite one with three
-    from cmcr.results.tables import CI
+    from cmcr.results.ablation import CI
 
     assert not before[CI].map(math.isfinite).any()
     assert after[CI].map(math.isfinite).all() and (after[CI] > 0).all()

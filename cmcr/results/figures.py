@@ -20,10 +20,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cmcr.names import Metric
+from cmcr.results import ablation as A
 from cmcr.results import stats as S
-from cmcr.results import tables as T
+from cmcr.results.ablation import CLASSES, IOU, TARGET, Ablation
+from cmcr.results.ablation_formats import needed_cell
 from cmcr.results.collect import RunTable, metric_histories
-from cmcr.results.tables import CLASSES, IOU, TARGET, Ablation
+from cmcr.results.tables import run_labels
 
 Figure = go.Figure | str  # a figure, or the reason it could not be drawn
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30, "t": 60, "b": 60}}
@@ -205,7 +207,7 @@ def summary_bars(ab: Ablation, max_configs: int = 20) -> Figure:
         return (f"{len(t)} configurations (more than {max_configs}): the optimisation history "
                 "and the table show them")  # fmt: skip
     fig = go.Figure(go.Bar(x=t["config"], y=t[f"{TARGET}_mean"] * 100,
-                           error_y={"type": "data", "array": np.nan_to_num(t[T.CI]) * 100},
+                           error_y={"type": "data", "array": np.nan_to_num(t[A.CI]) * 100},
                            text=[f"n={n}" for n in t["n_runs"]]))  # fmt: skip
     fig.update_layout(title="mIoU per configuration (mean, 95 % t-interval of the mean over "
                             "seeds; none where n = 1)", yaxis_title="mIoU (%)", **LAYOUT)  # fmt: skip
@@ -215,22 +217,22 @@ def summary_bars(ab: Ablation, max_configs: int = 20) -> Figure:
 def forest(ab: Ablation, max_rows: int = 40) -> Figure:
     """Each row's mIoU difference to the reference with its 95 % interval; held ones marked."""
     t = ab.table
-    rows = t[np.isfinite(t[T.LO].to_numpy(dtype=float))]
+    rows = t[np.isfinite(t[A.LO].to_numpy(dtype=float))]
     if rows.empty:
         return (f"no row has an interval against '{ab.reference}' (each needs ≥ 2 seeds, "
                 "paired or not)")  # fmt: skip
     more = ""
     if len(rows) > max_rows:  # the most significant first: the rest are ties anyway
-        rows = rows.sort_values(T.P, kind="stable").head(max_rows)
+        rows = rows.sort_values(A.P, kind="stable").head(max_rows)
         more = f" ({max_rows} smallest p of {len(t) - 1})"
-    d, lo, hi = (rows[c].to_numpy(dtype=float) * 100 for c in (T.DIFF, T.LO, T.HI))
+    d, lo, hi = (rows[c].to_numpy(dtype=float) * 100 for c in (A.DIFF, A.LO, A.HI))
     labels = [f"{c}{' (unpaired)' if k == S.WELCH else ''}" for c, k in
-              zip(rows["config"], rows[T.TEST], strict=True)]  # fmt: skip
-    held = rows[T.HOLDS].to_numpy(dtype=bool)
-    hover = np.array([f"p (Holm) {r[T.P_HOLM]:.3g}; seeds needed {T.needed_cell(r, '—') or '—'}"
+              zip(rows["config"], rows[A.TEST], strict=True)]  # fmt: skip
+    held = rows[A.HOLDS].to_numpy(dtype=bool)
+    hover = np.array([f"p (Holm) {r[A.P_HOLM]:.3g}; seeds needed {needed_cell(r, '—') or '—'}"
                       for _, r in rows.iterrows()])  # fmt: skip
     fig = go.Figure()
-    for mask, name, color in ((held, f"holds after Holm ({T.MARK})", "#d62728"),
+    for mask, name, color in ((held, f"holds after Holm ({A.MARK})", "#d62728"),
                               (~held, "within noise", "#7f7f7f")):  # fmt: skip
         fig.add_scatter(x=d[mask], y=np.array(labels)[mask], mode="markers", name=name,
                         marker={"color": color, "size": 9}, text=hover[mask],
@@ -299,7 +301,7 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
         runs = runs.loc[[i for i in runs.index if i in keep]]
         more = f" ({max_runs} of {int(rt.runs[key].notna().sum())} runs: the pruned, then the best)"
     hist = metric_histories(rt.tracking_uri, list(runs["run_id"]), [key])
-    labels = T.run_labels(rt, runs)
+    labels = run_labels(rt, runs)
     legend = len(runs) <= 20  # one entry per run; more only by kind
     seen: set[str] = set()
     marks: list[tuple[float, float, str]] = []

@@ -26,11 +26,10 @@ from markupsafe import Markup
 from cmcr.errors import CMCRError
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Metric
 from cmcr.results import figures as F
+from cmcr.results.ablation import Ablation, ablation, summary
+from cmcr.results.ablation_formats import caption, to_html, to_latex, to_markdown, verdict
 from cmcr.results.collect import ReportError, RunTable, Selection, collect, redact
 from cmcr.results.tables import (
-    Ablation,
-    ablation,
-    caption,
     evaluations_markdown,
     evaluations_table,
     incomplete_table,
@@ -38,11 +37,6 @@ from cmcr.results.tables import (
     pruned_markdown,
     pruned_note,
     pruned_table,
-    summary,
-    to_html,
-    to_latex,
-    to_markdown,
-    verdict,
 )
 
 HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
