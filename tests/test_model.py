@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cmcr.bench.batch import batch_from_config, make_pretrain_batch
 from cmcr.configs import load_config
 from cmcr.errors import CheckpointError, CMCRError
 from cmcr.losses import weighted_total
 from cmcr.models import CMCRModel, ResNet, build_backbone
 from cmcr.models.decoders import GeometryScatter, OccupancyDecoder, mean_per_query
-from cmcr.testing import batch_from_config, make_pretrain_batch
 
 ALL_TERMS = {"nce", "mim", "occ", "intensity", "orth", "commit", "cmcm"}
 

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmcr import losses as L
+from cmcr.bench.batch import batch_from_config
 from cmcr.configs import load_config
 from cmcr.losses.groups import loss_groups
 from cmcr.models import CMCRModel, build_backbone
 from cmcr.models.codebook import UnifiedCodebook
 from cmcr.models.decoders import ImageHead, OccupancyDecoder
-from cmcr.testing import batch_from_config
 
 TERMS = ("nce", "mim", "occ", "intensity", "orth", "commit", "cmcm")
 

@@ -1,8 +1,8 @@
 """Benchmark: one forward+backward of the ``paper`` model on one sample (CPU), and cmcm speed.
 
 Sizes follow the paper preset: unet34c, ResNet-50 (random weights, said explicitly), 6 cameras
-at 224×416, ~30k points, 2048 queries, 2048 matches. The batch comes from the test batch
-factory (``cmcr.testing``), so the step can be measured without a dataset.
+at 224×416, ~30k points, 2048 queries, 2048 matches. The batch comes from the synthetic batch
+factory (``cmcr.bench.batch``), so the step can be measured without a dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cmcr import losses as L
+from cmcr.bench.batch import batch_from_config
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import load_config
 from cmcr.models import CMCRModel
@@ -23,12 +24,6 @@ from cmcr.models import CMCRModel
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of this benchmark (all optional)."""
     parser.add_argument("--step-repeats", type=int, default=1, help="timed steps after warm-up")
-
-
-def _batch_factory():
-    import cmcr.testing
-
-    return cmcr.testing
 
 
 def _step(model: CMCRModel, batch: dict) -> dict[str, float]:
@@ -85,9 +80,8 @@ def run(args: argparse.Namespace) -> dict:
         },
     )
     torch.manual_seed(cfg.train.seed)
-    factory = _batch_factory()
     n_points = 8000 if quick else 30000
-    batch = factory.batch_from_config(cfg, n_points=n_points, n_pairs=n_points // 2, extent=25.0)
+    batch = batch_from_config(cfg, n_points=n_points, n_pairs=n_points // 2, extent=25.0)
     model = CMCRModel(cfg).train()
     model.profile = True
     _step(model, batch)  # warm-up: spconv index building, allocator

@@ -278,18 +278,7 @@ def pretrain_loop(
                 # every rank reduces (a collective); only main knows `logged` and logs
                 _log_window(accelerator, logger, window, state.step, write=state.step > logged)
                 window = _Window()
-            if state.step % t.checkpoint_every == 0:
-                save_checkpoint(accelerator, state)
-            if probe is not None and probe.due(state.step):
-                probe.step(
-                    accelerator,
-                    model,
-                    state.step,
-                    lambda: _save_once(accelerator, state, t.checkpoint_every),
-                )
-            if state.step < total and stop.agreed(accelerator):  # a scheduler's warning
-                _save_once(accelerator, state, t.checkpoint_every)
-                raise stop.Stopped(state.step, stop.requested())
+            _checkpoint_probe_stop(accelerator, model, state, t.checkpoint_every, total, probe)
             if state.step >= total:
                 break
         else:
@@ -304,6 +293,20 @@ def pretrain_loop(
     bar.close()
     _sync_norm_buffers(accelerator, model)
     return state.step
+
+
+def _checkpoint_probe_stop(
+    accelerator: Any, model: Any, state: TrainState, every: int, total: int, probe: Any
+) -> None:
+    """After an optimiser step: the periodic checkpoint, the probe when due (it may prune the
+    run), and a scheduler's stop request (checkpoint, then raise ``stop.Stopped``)."""
+    if state.step % every == 0:
+        save_checkpoint(accelerator, state)
+    if probe is not None and probe.due(state.step):
+        probe.step(accelerator, model, state.step, lambda: _save_once(accelerator, state, every))
+    if state.step < total and stop.agreed(accelerator):  # a scheduler's warning
+        _save_once(accelerator, state, every)
+        raise stop.Stopped(state.step, stop.requested())
 
 
 def _save_once(accelerator: Any, state: TrainState, every: int) -> None:

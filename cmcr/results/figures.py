@@ -292,14 +292,7 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
     key = Metric.PROBE_MIOU
     if not has_probe(rt):
         return f"no run logged {key} (no probe during pre-training: sweep.eval_every = 0)"
-    runs = rt.runs[rt.runs[key].notna()]
-    more = ""
-    if len(runs) > max_runs:  # the pruned first, then the best finished, then the rest
-        rank = runs.assign(_p=runs["state"] != "PRUNED", _c=runs["state"] != "COMPLETE",
-                           _v=-runs[TARGET] if TARGET in runs else 0.0)  # fmt: skip
-        keep = set(rank.sort_values(["_p", "_c", "_v"], kind="stable").index[:max_runs])
-        runs = runs.loc[[i for i in runs.index if i in keep]]
-        more = f" ({max_runs} of {int(rt.runs[key].notna().sum())} runs: the pruned, then the best)"
+    runs, more = _probe_runs(rt, max_runs)
     hist = metric_histories(rt.tracking_uri, list(runs["run_id"]), [key])
     labels = run_labels(rt, runs)
     legend = len(runs) <= 20  # one entry per run; more only by kind
@@ -325,14 +318,7 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
                         hovertemplate="%{text}<extra></extra>")  # fmt: skip
         seen.add(kind)
         if kind == "pruned" and len(steps):
-            at, phase = r["pruned_at_step"], r["pruned_phase"]
-            where = (f"pruned at pre-training step {int(at)}" if phase == "pretrain"
-                     and pd.notna(at) else f"pruned at downstream epoch {int(at)}"
-                     if pd.notna(at) else "pruned after this probe")  # fmt: skip
-            x = int(at) if phase == "pretrain" and pd.notna(at) else int(steps[-1])
-            before = values[steps <= x]
-            marks.append((x, float(before[-1] if len(before) else values[-1]),
-                          f"{head}<br>{where}"))  # fmt: skip
+            marks.append(_pruned_mark(r, steps, values, head))
     if marks:
         x, y, text = zip(*marks, strict=True)
         fig.add_scatter(x=list(x), y=list(y), mode="markers", name="pruned here",
@@ -349,3 +335,34 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
                       **{**LAYOUT, "height": 480})  # fmt: skip
     fig.update_xaxes(rangemode="tozero")
     return fig
+
+
+def _probe_runs(rt: RunTable, max_runs: int) -> tuple[pd.DataFrame, str]:
+    """The runs with a probe curve, at most ``max_runs`` (the pruned first, then the best
+    finished, then the rest), and the title's note when some were left out."""
+    key = Metric.PROBE_MIOU
+    runs = rt.runs[rt.runs[key].notna()]
+    if len(runs) <= max_runs:
+        return runs, ""
+    rank = runs.assign(_p=runs["state"] != "PRUNED", _c=runs["state"] != "COMPLETE",
+                       _v=-runs[TARGET] if TARGET in runs else 0.0)  # fmt: skip
+    keep = set(rank.sort_values(["_p", "_c", "_v"], kind="stable").index[:max_runs])
+    runs = runs.loc[[i for i in runs.index if i in keep]]
+    return (
+        runs,
+        f" ({max_runs} of {int(rt.runs[key].notna().sum())} runs: the pruned, then the best)",
+    )
+
+
+def _pruned_mark(
+    r: pd.Series, steps: np.ndarray, values: np.ndarray, head: str
+) -> tuple[float, float, str]:
+    """(x, y, hover) of the × where the pruner stopped run ``r``: its tagged pre-training step,
+    else its last probe (a run pruned in the downstream phase)."""
+    at, phase = r["pruned_at_step"], r["pruned_phase"]
+    where = (f"pruned at pre-training step {int(at)}" if phase == "pretrain"
+             and pd.notna(at) else f"pruned at downstream epoch {int(at)}"
+             if pd.notna(at) else "pruned after this probe")  # fmt: skip
+    x = int(at) if phase == "pretrain" and pd.notna(at) else int(steps[-1])
+    before = values[steps <= x]
+    return x, float(before[-1] if len(before) else values[-1]), f"{head}<br>{where}"

@@ -1,8 +1,9 @@
 """Generate a synthetic world in the nuScenes v1.0-mini layout (scenes in parallel processes).
 
-Over 400 lines on purpose: rendering a scene and assembling its nuScenes tables share the
-record layout (tokens, timestamps, calibrated sensors) that this module defines in one place;
-split apart, each half would have to re-derive the other's tokens.
+Rendering a scene and assembling its nuScenes tables share the record layout (tokens,
+timestamps, calibrated sensors) that this module defines in one place; the output folder's
+handling (checked first, written beside it, swapped in) is ``target.py``, shared with
+``kitti.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +20,6 @@ import numpy as np
 from PIL import Image
 
 from cmcr import progress
-from cmcr.errors import CMCRError
 from cmcr.synth import tables as tb
 from cmcr.synth.classes import RAW_CLASSES
 from cmcr.synth.sensors import (
@@ -34,6 +33,7 @@ from cmcr.synth.sensors import (
     scaled_intrinsics,
 )
 from cmcr.synth.spec import WorldSpec, resolve_spec
+from cmcr.synth.target import prepare_target, swap_in
 from cmcr.synth.world import EGO_LANE_Y, World, build_world
 
 VERSION = "v1.0-mini"
@@ -62,11 +62,11 @@ def generate_world(
         image_scale=image_scale,
     )
     out = Path(out).absolute()
-    tmp = _prepare_target(out, overwrite)
+    tmp = prepare_target(out, overwrite)
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
         summary = _generate_into(tmp, spec, workers)
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -85,31 +85,6 @@ def _cpu_seconds() -> float:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _prepare_target(out: Path, overwrite: bool) -> Path:
-    """Check --out and make the temp dir beside it; raise CMCRError naming --out if unusable."""
-    if not out.parent.is_dir():
-        raise CMCRError(f"--out: parent directory {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise CMCRError(f"--out: {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CMCRError(f"--out: {out} is not empty (pass --overwrite to replace it)")
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise CMCRError(f"--out: cannot write in {out.parent}: {exc.strerror}") from None
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames, so readers never see a half-written world."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / "world")
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:

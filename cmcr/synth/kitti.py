@@ -30,10 +30,11 @@ import yaml
 
 from cmcr.errors import CMCRError
 from cmcr.synth.classes import RAW_CLASSES, RAW_INDEX, load_data_module
-from cmcr.synth.generate import MARGIN, _ego_local, _prepare_target, _swap_in
+from cmcr.synth.generate import MARGIN, _ego_local
 from cmcr.synth.raycast import lane_paint
 from cmcr.synth.sensors import LidarReturns, Pose, lidar_returns
 from cmcr.synth.spec import parse_int
+from cmcr.synth.target import prepare_target, swap_in
 from cmcr.synth.world import ROAD_HALF, World, build_world
 
 _kc = load_data_module("kitti_classes")
@@ -195,7 +196,7 @@ def generate_kitti_world(
     """Write a SemanticKITTI-layout world to ``out`` atomically; returns a summary."""
     spec = resolve_kitti_spec(preset, seed=seed, sequences=sequences, n_azimuth=n_azimuth)
     out = Path(out).absolute()
-    tmp = _prepare_target(out, overwrite)
+    tmp = prepare_target(out, overwrite)
     t0 = time.perf_counter()
     try:
         seqs = sorted(spec.sequences)
@@ -207,7 +208,7 @@ def generate_kitti_world(
             with multiprocessing.get_context("fork").Pool(n_proc) as pool:
                 points = pool.starmap(_render_sequence, jobs)
         (tmp / "semantic-kitti.yaml").write_text(label_yaml())
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,9 @@
-"""A random but well-formed pre-training batch, exactly per docs/architecture.md (for tests)."""
+"""A synthetic pre-training batch for benchmarks and tests: random but well-formed, every key
+of the batch contract in docs/architecture.md, no dataset needed.
+
+``cmcr.bench.step`` times the model on it; the model tests feed it to ``CMCRModel``. Not a
+benchmark itself (``cmcr.bench.BENCHES`` lists those).
+"""
 
 from __future__ import annotations
 
