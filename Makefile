@@ -38,6 +38,7 @@ demo: world
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache  # the floors of docs/architecture.md (pyproject.toml)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
