@@ -86,12 +86,14 @@ def _function_imports(tree: ast.AST) -> Iterator[tuple[ast.stmt, list[ast.stmt]]
 
 def lazy_import_offenders(root: Path = ROOT) -> list[str]:
     """``path:line: import`` of every import of our package inside a function that carries no
-    ``# lazy: <why>`` comment: on its line, on the line above, or on the run of imports it
-    ends (a comment above the first of several imports in a row covers them all)."""
+    ``# lazy: <why>`` comment: on its line, in the comment lines right above it, or on the run
+    of imports it ends (a comment above the first of several imports in a row covers them
+    all)."""
     out = []
     for path in python_files(root):
         source = path.read_text()
         comments = _comments(source)
+        lines_of = source.splitlines()
         for node, stmts in _function_imports(ast.parse(source)):
             if not _is_own(node):
                 continue
@@ -99,7 +101,10 @@ def lazy_import_offenders(root: Path = ROOT) -> list[str]:
             first = i
             while first > 0 and isinstance(stmts[first - 1], ast.Import | ast.ImportFrom):
                 first -= 1
-            lines = range(stmts[first].lineno - 1, node.end_lineno + 1)
+            top = stmts[first].lineno - 1
+            while top > 1 and all(lines_of[n - 1].lstrip().startswith("#") for n in (top, top - 1)):
+                top -= 1  # a comment of several lines above the run
+            lines = range(top, node.end_lineno + 1)
             if not any(LAZY.search(comments.get(n, "")) for n in lines):
                 text = ast.get_source_segment(source, node) or ""
                 rel = path.relative_to(root)

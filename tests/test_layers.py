@@ -108,9 +108,24 @@ def test_the_lazy_rule_reads_comments_not_strings(tmp_path):
             def bare():
                 x = "# lazy: not a comment"
                 from cmcr import progress
+
+
+            def two_lines():
+                # lazy: a reason that takes
+                # two comment lines
+                from cmcr import compat
+
+
+            def not_above():
+                # lazy: this comment is about the next line, not the import below it
+                x = 1
+                from cmcr import runlog
             """)
     )
-    assert lazy_import_offenders(tmp_path) == ["cmcr/m.py:17: from cmcr import progress"]
+    assert lazy_import_offenders(tmp_path) == [
+        "cmcr/m.py:17: from cmcr import progress",
+        "cmcr/m.py:29: from cmcr import runlog",
+    ]
 
 
 def test_modules_and_functions_stay_under_the_limits():

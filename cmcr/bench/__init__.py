@@ -57,6 +57,7 @@ def meta() -> dict[str, Any]:
     """Where and on what the figures were measured: they only mean something with this."""
     import torch
 
+    # lazy: git_commit sits beside mlflow (engine.tracking): only the JSON's meta loads it
     from cmcr.engine.tracking import git_commit
 
     return {

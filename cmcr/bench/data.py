@@ -23,14 +23,13 @@ from threadpoolctl import threadpool_limits
 from cmcr.configs import load_config
 from cmcr.data import build_pretrain_loader, collate_pretrain, set_loader_epoch
 from cmcr.data.records import SampleRecord
+from cmcr.synth import generate_world
 
 WORLD_CACHE = Path("bench_results/data_worlds")
 
 
 def _world(name: str, **spec) -> Path:
     """A cached synthetic world (generated on first use)."""
-    from cmcr.synth import generate_world
-
     out = WORLD_CACHE / name
     if not (out / "v1.0-mini").is_dir():
         print(f"generating {out} {spec}", flush=True)

@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cmcr.names import Attr, Metric
+from cmcr.synth import generate_world
+
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = "loss_weights"
 SAMPLER_SEED = 7
@@ -78,8 +81,6 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     n_seeds = 2 if quick else int(getattr(args, "pruning_seeds", 3))
     world = Path(getattr(args, "pruning_world", "") or tmp / "world")
     if not (world / "v1.0-mini").is_dir():
-        from cmcr.synth import generate_world
-
         generate_world(world, preset=preset, seed=0)
     studies = _study_dir(tmp)
     extra = ["--set", "sweep.eval_every=1"] if quick else []
@@ -144,8 +145,6 @@ def _trials(out: Path) -> list[dict[str, Any]]:
     """Each trial: number, state, params, value, last pre-training step, probe curve."""
     import optuna
     from mlflow.tracking import MlflowClient
-
-    from cmcr.names import Attr, Metric
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'optuna.db'}")

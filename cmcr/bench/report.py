@@ -19,6 +19,8 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> dict:
     """Log N synthetic trials, then time the report build; return the figures."""
+    # lazy: cmcr.bench imports every benchmark to read its options; mlflow loads only when
+    # this one runs
     from mlflow.tracking import MlflowClient
 
     from cmcr.results import fake_runs

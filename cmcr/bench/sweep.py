@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cmcr.synth import generate_world
+
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 FAST = {"train.max_steps": 2, "downstream.probe_epochs": 1}
 # the 1-vs-2-worker runs: trials long enough (~10 s) that a worker's start-up skew and the
@@ -86,8 +88,6 @@ def _two_process_capacity() -> float:
 
 
 def _world(tmp_path: Path) -> Path:
-    from cmcr.synth import generate_world
-
     world = tmp_path / "world"
     generate_world(world, preset="smoke", seed=0)
     return world
@@ -97,7 +97,7 @@ def _postgres_up() -> bool:
     import sqlalchemy
 
     try:
-        from cmcr.sweep.storage import driver_url
+        from cmcr.sweep.storage import driver_url  # lazy: optuna only when this bench runs
 
         with sqlalchemy.create_engine(
             driver_url(PG), connect_args={"connect_timeout": 3}
@@ -125,7 +125,7 @@ class _Timed:
 
 def _noop(cfg: Any, *, run_id: str | None = None, report: Any = None, **_: Any) -> Any:
     """NOOP OBJECTIVE (benchmark only): reports one epoch and returns a constant mIoU."""
-    from cmcr.engine.downstream import DownstreamResult
+    from cmcr.engine.downstream import DownstreamResult  # lazy: torch only when this runs
 
     if report is not None:
         report(0, 0.5)
@@ -134,6 +134,8 @@ def _noop(cfg: Any, *, run_id: str | None = None, report: Any = None, **_: Any) 
 
 def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: bool = False) -> float:
     """(loop wall time - time inside the trial function) / n, after one warm-up trial."""
+    # lazy: cmcr.bench imports every benchmark to read its options; torch, mlflow and optuna
+    # load only when this one runs
     from cmcr.engine.pipeline import run_trial
     from cmcr.sweep import runner
     from cmcr.sweep.worker import work
@@ -168,7 +170,7 @@ def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: boo
         if fresh:
             import optuna
 
-            from cmcr.sweep.storage import driver_url
+            from cmcr.sweep.storage import driver_url  # lazy: as at the top of this function
 
             optuna.delete_study(study_name=name, storage=driver_url(storage))
 
@@ -182,7 +184,7 @@ def _parallel(tmp_path: Path, world: Path, n: int, threads: int | None) -> dict[
     suffix = "" if threads is None else f"_{threads}thread"
     import optuna
 
-    from cmcr.sweep.storage import driver_url
+    from cmcr.sweep.storage import driver_url  # lazy: as optuna above, when this bench runs
 
     rates = {}
     for k in (1, 2):

@@ -25,11 +25,15 @@ import numpy as np
 import torch
 
 from cmcr import progress
+from cmcr.adapters.accelerate_state import reset_accelerate_state
 from cmcr.configs import Config
+from cmcr.data import set_loader_epoch
 from cmcr.engine import stop
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
+from cmcr.eval.evaluate import to_device
+from cmcr.losses import weighted_total
 from cmcr.names import Metric
 
 
@@ -64,8 +68,6 @@ def make_accelerator(cfg: Config, project_dir: str) -> Any:
 
 def release_accelerator() -> None:
     """Forget the process-wide Accelerate state so the next run may use other settings."""
-    from cmcr.adapters.accelerate_state import reset_accelerate_state
-
     reset_accelerate_state()
 
 
@@ -133,8 +135,6 @@ def _forward(
     cfg: Config, model: Any, batch: dict[str, Any]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total loss and the values to log (unweighted terms, codebook stats)."""
-    from cmcr.losses import weighted_total
-
     out = model(batch)
     loss = weighted_total(out["losses"], cfg.loss.weights)
     values = {f"loss_{k}": float(v.detach()) for k, v in out["losses"].items()}
@@ -213,10 +213,6 @@ def validate_holdout(
         logger.last_logged_step(Metric.HOLDOUT_LOSS) or 0
     ):
         return
-    from cmcr.data import set_loader_epoch
-    from cmcr.eval.evaluate import to_device
-    from cmcr.losses import weighted_total
-
     net = accelerator.unwrap_model(model)
     net.eval()
     sums: dict[str, float] = {}

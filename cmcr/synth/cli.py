@@ -6,6 +6,7 @@ import argparse
 
 from cmcr.errors import CMCRError
 from cmcr.synth.generate import generate_world
+from cmcr.synth.kitti import generate_kitti_world
 from cmcr.synth.spec import PRESETS, parse_int
 
 
@@ -70,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_kitti(args: argparse.Namespace, workers: int | None) -> int:
     """``--format semantickitti``: the same streets in the SemanticKITTI layout."""
-    from cmcr.synth.kitti import generate_kitti_world
-
     nuscenes_only = ("--scenes-per-split", "--samples-per-scene", "--image-scale")
     given = [
         name
