@@ -1,5 +1,5 @@
 """``cmcr probe``, ``cmcr finetune`` and ``cmcr evaluate``: downstream evaluation on
-nuScenes-lidarseg (default) or SemanticKITTI (``--dataset semantickitti``)."""
+nuScenes-lidarseg (default) or another registered dataset (``--dataset semantickitti``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cmcr.errors import CMCRError
+from cmcr.registry import DATASETS
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -23,11 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="KEY=VALUE",
         help="dotted config override, repeatable (e.g. downstream.probe_label_fraction=0.1)",
     )
+    # no argparse choices: the registered datasets are known once their modules are imported
+    # (torch among them), and `cmcr --help` stays fast; the config check refuses an unknown
+    # name with the list of the registered ones
     parser.add_argument(
         "--dataset",
         default=None,
-        choices=("nuscenes", "semantickitti"),
-        help="downstream dataset (sets downstream.dataset; default nuscenes)",
+        help="downstream dataset, a registered name (sets downstream.dataset; default nuscenes; "
+        "also semantickitti)",
     )
     parser.add_argument(
         "--export",
@@ -97,7 +101,7 @@ def _announce(lines: list[str]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cmcr.engine.checkpoint import run_dir_weights
-    from cmcr.eval.evaluate import run_evaluate
+    from cmcr.engine.evaluate import run_evaluate
 
     if args.run:
         from cmcr.configs import load_config
@@ -109,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
         cfg = _load_cfg(args, saved if saved.is_file() else None)
         # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
-        sub = "" if cfg.downstream.dataset == "nuscenes" else cfg.downstream.dataset
+        sub = DATASETS.get(cfg.downstream.dataset).subfolder()
         backbone, head = run_dir_weights(cfg, str(Path(args.run) / sub) if sub else args.run)
         pretrained: str | None = str(backbone)
     else:

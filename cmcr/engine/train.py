@@ -214,7 +214,7 @@ def validate_holdout(
     ):
         return
     from cmcr.data import set_loader_epoch
-    from cmcr.eval.evaluate import to_device
+    from cmcr.engine.evaluate import to_device
     from cmcr.losses import weighted_total
 
     net = accelerator.unwrap_model(model)

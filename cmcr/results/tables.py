@@ -636,7 +636,7 @@ def pruned_markdown(table: pd.DataFrame) -> str:
 def evaluations_table(rt: RunTable) -> pd.DataFrame:
     """Configurations × downstream evaluations (nuScenes LP, nuScenes 1 % FT, SemanticKITTI
     1 % FT, ...): mIoU in % as 'mean ± std (runs)' over seeds, the paper's side-by-side layout."""
-    from cmcr.configs.schema import DOWNSTREAM_DATASETS as DATASET_ORDER
+    from cmcr.registry import DATASETS
     from cmcr.results.collect import evaluations
 
     long = evaluations(rt)
@@ -655,7 +655,7 @@ def evaluations_table(rt: RunTable) -> pd.DataFrame:
     )
     # the paper's column order: dataset, then linear probing before fine-tuning
     rank = long.assign(m=long["mode"].map({"probe": 0, "finetune": 1}),
-                       d=long["dataset"].map(lambda d: DATASET_ORDER.index(d)))  # fmt: skip
+                       d=long["dataset"].map(DATASETS.names().index))  # fmt: skip
     order = list(dict.fromkeys(rank.sort_values(["d", "m"], kind="stable")["evaluation"]))
     table = cell.unstack("evaluation").reindex(columns=order)
     return table.reindex(list(dict.fromkeys(long["configuration"]))).fillna("—")
