@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from cmcr.configs import apply_overrides, load_config
 from cmcr.errors import CMCRError
 from cmcr.registry import DATASETS
 
@@ -63,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
-    from cmcr.configs import load_config
-
     overrides = list(args.overrides)
     if getattr(args, "dataset", None):
         overrides.append(f"downstream.dataset={args.dataset}")
@@ -75,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch on the sub-command name; prints the metrics as one JSON line."""
     if args.command == "evaluate":
         return _evaluate(args)
-    from cmcr.configs import apply_overrides
+    # lazy: torch and spconv load only when a downstream command runs (`cmcr --help` builds
+    # every command's parser)
     from cmcr.engine.downstream import run_downstream
 
     cfg = apply_overrides(_load_cfg(args), {"downstream.mode": args.command})
-    from cmcr.engine.preflight import before_downstream
+    from cmcr.engine.preflight import before_downstream  # lazy: as run_downstream above
 
     before_downstream(cfg)  # config and tracking server, before any run exists
     res = run_downstream(
@@ -100,12 +100,11 @@ def _announce(lines: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # lazy: torch and spconv load only when `cmcr evaluate` runs
     from cmcr.engine.checkpoint import run_dir_weights
     from cmcr.engine.evaluate import run_evaluate
 
     if args.run:
-        from cmcr.configs import load_config
-
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 

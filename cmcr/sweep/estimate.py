@@ -16,6 +16,7 @@ from typing import Any
 from cmcr.configs import Config, evaluation_config, evaluation_list
 from cmcr.data.pretrain import select_records
 from cmcr.registry import DATASETS
+from cmcr.sweep.progress import trial_seconds
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,6 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     """Seconds per trial (of ``seeds`` seeds) from the study's finished trials, else the
     preset's measured costs; ``trial_s`` None when neither is known."""
     if study is not None:
-        from cmcr.sweep.progress import trial_seconds
-
         times = sorted(trial_seconds(study.get_trials(deepcopy=False)))
         if times:
             median = times[len(times) // 2]
