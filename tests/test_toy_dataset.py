@@ -17,7 +17,9 @@ from cmcr.data.check import check_nuscenes_labels
 from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.datasets import DATASETS, DownstreamDataset, register_dataset
 from cmcr.datasets.nuscenes import count, splits
+from cmcr.engine.downstream import run_downstream
 from cmcr.engine.evaluate import evaluate_batches, metric_dict
+from cmcr.engine.tracking import make_client
 from cmcr.errors import CMCRError
 from cmcr.eval.metrics import LabelSpace
 from cmcr.models.segmentation import SegModel
@@ -108,9 +110,6 @@ def test_toy_network_has_its_own_classes_and_metric_names():
 
 
 def test_toy_probe_runs_end_to_end(smoke_world: Path, tmp_path: Path):
-    from cmcr.engine.downstream import run_downstream
-    from cmcr.engine.tracking import make_client
-
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(
         "smoke",
