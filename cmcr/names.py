@@ -8,6 +8,8 @@ names"). Nothing here imports anything heavy: every layer may import it.
 
 from __future__ import annotations
 
+from cmcr.registry import DATASETS
+
 # ---- embedded defaults (one machine, no servers) ---------------------------------------------
 OUTPUT_DIR = "runs"  # checkpoints, weights and the embedded stores live under here
 DEFAULT_TRACKING_URI = f"sqlite:///{OUTPUT_DIR}/mlflow.db"
@@ -19,6 +21,11 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 STORAGE_ENV = "CMCR_SWEEP_STORAGE"  # a spawned sweep worker's Optuna storage URL
 SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # its --tracking-uri (only when one was given)
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by ``mlflow server`` (``cmcr ui``)
+# where *this machine* keeps the data: ``cmcr.configs.load_config`` reads these (only there)
+# into the config key each names; they beat presets, not --set
+DATA_ROOT_ENV = "CMCR_DATA_ROOT"
+KITTI_ROOT_ENV = "CMCR_KITTI_ROOT"
+ROOT_ENVS = {"data.dataroot": DATA_ROOT_ENV, "semantickitti.root": KITTI_ROOT_ENV}
 # how long a tracking server or a storage may take to answer before it is reported unreachable
 REACH_WAIT_S = 10
 # MLflow experiments: a sweep records into one experiment named after its study; ad-hoc runs
@@ -120,10 +127,11 @@ class Metric:
 
 
 def dataset_key(dataset: str, key: str) -> str:
-    """A downstream metric / artifact key of one dataset: nuScenes keeps the plain names
-    (``val/miou``), another dataset goes after the first segment (``val/semantickitti/miou``,
-    ``train/semantickitti/seg_loss``, ``downstream/semantickitti/seconds``)."""
-    if dataset == "nuscenes":
+    """A downstream metric / artifact key of one dataset: a dataset registered with
+    ``plain_keys`` (nuScenes) keeps the plain names (``val/miou``), another goes after the first
+    segment (``val/semantickitti/miou``, ``train/semantickitti/seg_loss``,
+    ``downstream/semantickitti/seconds``). An unknown dataset is an error."""
+    if DATASETS.get(dataset).plain_keys:
         return key
     head, sep, tail = key.partition("/")
     return f"{head}/{dataset}/{tail}" if sep else f"{key}.{dataset}"

@@ -216,13 +216,14 @@ def test_registry_fields_take_their_choices_from_the_registry() -> None:
     with pytest.raises(ConfigError, match="model.backbone") as info:
         load_config("smoke", ["model.backbone=later"])
     assert f"expected one of {', '.join(sorted(BACKBONES))}, got 'later'" in str(info.value)
-    BACKBONES["later"] = BACKBONES["unet_small"]
-    IMAGE_ENCODERS["later_enc"] = IMAGE_ENCODERS["resnet18"]
+    BACKBONES.register("later")(BACKBONES["unet_small"])
+    IMAGE_ENCODERS.register("later_enc")(IMAGE_ENCODERS["resnet18"])
     try:
         cfg = load_config("smoke", ["model.backbone=later", "model.image_encoder=later_enc"])
         assert cfg.model.backbone == "later" and cfg.model.image_encoder == "later_enc"
     finally:
-        del BACKBONES["later"], IMAGE_ENCODERS["later_enc"]
+        BACKBONES.unregister("later")
+        IMAGE_ENCODERS.unregister("later_enc")
 
 
 def test_configs_import_stays_light() -> None:

@@ -27,6 +27,8 @@ from cmcr.configs.schema import (
 )
 from cmcr.configs.validate import registry_names, resolve_config, validate_config
 from cmcr.errors import ConfigError
+from cmcr.names import ROOT_ENVS
+from cmcr.registry import DATASETS
 
 __all__ = [
     "NUSCENES_CAMERAS",
@@ -233,12 +235,9 @@ def load_config(
         apply_overrides(cfg, _flatten_dict(data))
         cfg.preset = path.stem if path.parent == PRESET_DIR else str(base or path.stem)
     # the environment names where *this machine* keeps the data: it beats presets, not --set
-    env_root = os.environ.get("CMCR_DATA_ROOT")
-    if env_root:
-        cfg.data.dataroot = env_root
-    kitti_root = os.environ.get("CMCR_KITTI_ROOT")
-    if kitti_root:
-        cfg.semantickitti.root = kitti_root
+    for key, env in ROOT_ENVS.items():
+        if os.environ.get(env):
+            _set(cfg, key, os.environ[env])
     apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg
@@ -302,18 +301,14 @@ def objective_evaluation(cfg: Config) -> tuple[str, str]:
 def evaluation_config(cfg: Config, dataset: str, mode: str) -> Config:
     """The config one evaluation runs with: a copy whose ``downstream.*`` are that dataset's.
 
-    nuScenes uses ``downstream.*`` as they are; SemanticKITTI takes from ``semantickitti.*``
-    what its release config changes (batch, learning rates, label fractions, counted in
-    *scans*). Every value is a logged param of the run; the protocol tags say what ran.
+    The registered dataset (``cmcr.registry.DATASETS``) applies its own section: nuScenes uses
+    ``downstream.*`` as they are; SemanticKITTI takes from ``semantickitti.*`` what its release
+    config changes (batch, learning rates, label fractions, counted in *scans*). Every value is
+    a logged param of the run; the protocol tags say what ran.
     """
+    spec = DATASETS.get(dataset)  # an unknown dataset is an error listing the known ones
     out = copy.deepcopy(cfg)
     ds = out.downstream
     ds.dataset, ds.mode, ds.evaluations, ds.objective = dataset, mode, [], ""
-    if dataset == "semantickitti":
-        kc = out.semantickitti
-        ds.batch_size = kc.batch_size
-        ds.finetune_lr, ds.finetune_head_lr = kc.finetune_lr, kc.finetune_head_lr
-        ds.finetune_label_fraction = kc.finetune_label_fraction
-        ds.probe_label_fraction = kc.probe_label_fraction
-        ds.label_fraction_unit = "scan"
+    spec.configure(out)
     return validate_config(out)

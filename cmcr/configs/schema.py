@@ -40,10 +40,9 @@ _HOLDOUT_NUMBERS = (
 )
 RELEASE_HOLDOUT_SCENES: tuple[str, ...] = tuple(f"scene-{n}" for n in _HOLDOUT_NUMBERS.split())
 
-# the downstream datasets and the evaluations ("<dataset>/<mode>") a run or a trial can score
-DOWNSTREAM_DATASETS = ("nuscenes", "semantickitti")
+# the downstream modes; the datasets are those registered in cmcr.registry.DATASETS (one module
+# each under cmcr/datasets/), and a run or a trial scores evaluations "<dataset>/<mode>"
 DOWNSTREAM_MODES = ("probe", "finetune")
-EVALUATIONS = tuple(f"{d}/{m}" for d in DOWNSTREAM_DATASETS for m in DOWNSTREAM_MODES)
 # SemanticKITTI: train on 00-10 but 08, validate on 08 (METHOD.md, Second downstream dataset)
 KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
 KITTI_VAL_SEQUENCES = ("08",)
@@ -65,8 +64,9 @@ def setting(
 ) -> Any:
     """A dataclass field that declares its allowed values; ``validate_config`` checks them.
 
-    ``choices``: the fixed allowed strings; ``registry``: the name of a model registry whose
-    registered names are the choices (looked up when validating, so registering is enough);
+    ``choices``: the fixed allowed strings; ``registry``: the name of a registry
+    (``cmcr.configs.validate.REGISTRIES``) whose registered names are the choices, besides any
+    ``choices`` (looked up when validating, so registering is enough);
     ``ge``/``gt``/``le``/``lt``: bounds of a number (of each item of a list); ``finite``: floats
     reject inf and nan; ``length``/``min_length``: of a list.
     """
@@ -241,12 +241,12 @@ class DownstreamConfig:
     mode: str = setting("probe", choices=DOWNSTREAM_MODES)
     # the dataset a probe / fine-tune run evaluates on (``cmcr probe --dataset``); its own
     # section (``semantickitti.*``) holds the values that differ from the ones below
-    dataset: str = setting("nuscenes", choices=DOWNSTREAM_DATASETS)
+    dataset: str = setting("nuscenes", registry="dataset")
     # what a sweep trial evaluates after pre-training, each "<dataset>/<mode>" (at most one per
     # dataset: the metric names are per dataset); [] = dataset/mode above, alone
-    evaluations: list[str] = setting(factory=list, choices=EVALUATIONS)
+    evaluations: list[str] = setting(factory=list, registry="evaluation")
     # which of them the sweep objective scores ("" = the first); the others are logged too
-    objective: str = setting("", choices=("", *EVALUATIONS))
+    objective: str = setting("", choices=("",), registry="evaluation")
     # labelled fraction of the train split; every k-th *scene* (k = round(1 / fraction)) or,
     # with label_fraction_unit: scan, every k-th scan
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)

@@ -9,29 +9,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import logging
 import math
 from typing import Any
 
+from cmcr.configs.schema import DOWNSTREAM_MODES
 from cmcr.errors import ConfigError
+from cmcr.registry import BACKBONES, DATASETS, IMAGE_ENCODERS, LOSS_TERMS
 
 log = logging.getLogger("cmcr")
 
-# registry-backed fields: setting(registry=...) -> the module and dict that hold the names
+# registry-backed fields: setting(registry=...) -> the registry that holds the names (each
+# imports its homes, torch and spconv among them, on the first lookup, not when this loads)
 REGISTRIES = {
-    "backbone": ("cmcr.models.backbone", "BACKBONES"),
-    "image_encoder": ("cmcr.models.resnet", "IMAGE_ENCODERS"),
-    "loss_term": ("cmcr.losses.extra", "LOSS_TERMS"),
+    "backbone": BACKBONES,
+    "image_encoder": IMAGE_ENCODERS,
+    "loss_term": LOSS_TERMS,
+    "dataset": DATASETS,
 }
 IMAGE_STRIDE = 32  # the image encoder's output stride: image sides must be multiples of it
 
 
 def registry_names(registry: str) -> list[str]:
-    """The names registered in a registry (``backbone``, ``image_encoder``, ``loss_term``)."""
-    module, attr = REGISTRIES[registry]
-    # imported here, not at the top: the models import torch and spconv, the configs must not
-    return sorted(getattr(importlib.import_module(module), attr))
+    """The names registered in a registry (``backbone``, ``image_encoder``, ``loss_term``,
+    ``dataset``), or ``evaluation``: each registered dataset's ``<dataset>/<mode>``."""
+    if registry == "evaluation":
+        return [f"{d}/{m}" for d in sorted(DATASETS.names()) for m in DOWNSTREAM_MODES]
+    return sorted(REGISTRIES[registry].names())
 
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:
@@ -87,8 +91,8 @@ def check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
             n = meta["min_length"]
             _check(len(value) >= n, key, f"a list of at least {n} item(s)", value)
     allowed = meta.get("choices")
-    if "registry" in meta:
-        allowed = registry_names(meta["registry"])
+    if "registry" in meta:  # fixed choices (e.g. "" for none) and the registered names
+        allowed = [*(allowed or ()), *registry_names(meta["registry"])]
     if allowed is not None:
         _check(all(v in allowed for v in items), key, f"{each}one of {', '.join(allowed)}", value)
     for v in items:

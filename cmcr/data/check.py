@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cmcr.configs import Config
+from cmcr.configs import Config, evaluation_config, evaluation_list
 from cmcr.data.io import read_lidarseg, read_points
 from cmcr.data.pretrain import select_records
 from cmcr.data.records import SampleRecord
 from cmcr.errors import DataError
+from cmcr.registry import DATASETS
 from cmcr.weights import check_image_weights
 
 JPEG_END = b"\xff\xd9"
@@ -91,18 +92,16 @@ def check_pretrain_data(cfg: Config) -> int:
 
 def check_downstream_data(cfg: Config) -> int:
     """Before a probe / fine-tune run or a trial: for each evaluation it runs, the labelled
-    train subset and the whole val split (SemanticKITTI: cmcr.data.kitti.check_kitti_data)."""
-    from cmcr.configs import evaluation_config, evaluation_list
-    from cmcr.data.kitti import check_kitti_data
-
+    train subset and the whole val split, by the dataset's registered check (nuScenes:
+    ``check_nuscenes_labels``; SemanticKITTI: cmcr.data.kitti.check_kitti_data)."""
     n = 0
     for dataset, mode in evaluation_list(cfg):
         one = evaluation_config(cfg, dataset, mode)
-        n += check_kitti_data(one) if dataset == "semantickitti" else _check_nuscenes_labels(one)
+        n += DATASETS.get(dataset).check(one)
     return n
 
 
-def _check_nuscenes_labels(cfg: Config) -> int:
+def check_nuscenes_labels(cfg: Config) -> int:
     """The lidarseg files of the labelled train subset and the whole val split."""
     train = check_data(
         cfg,

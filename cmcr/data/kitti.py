@@ -15,7 +15,6 @@ sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +35,8 @@ from cmcr.data.kitti_classes import (
 from cmcr.data.pretrain import every_kth, sample_rng, split_index
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
+from cmcr.names import KITTI_ROOT_ENV
 
-KITTI_ROOT_ENV = "CMCR_KITTI_ROOT"
 KITTI_YAML = "semantic-kitti.yaml"
 POINT_DIMS = 4  # x, y, z, remission
 SPLITS = ("train", "val")
@@ -65,7 +64,7 @@ class KittiRecord:
 
 def kitti_root(cfg: Config) -> Path:
     """``semantickitti.root`` (``load_config`` applies CMCR_KITTI_ROOT); must hold sequences/."""
-    root = Path(cfg.semantickitti.root or os.environ.get(KITTI_ROOT_ENV, ""))
+    root = Path(cfg.semantickitti.root)
     if not (root / "sequences").is_dir():
         raise DataError(
             f"semantickitti.root: expected a SemanticKITTI folder holding sequences/, got "

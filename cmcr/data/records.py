@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from cmcr.configs import DataConfig
 from cmcr.data.geometry import rigid_inverse, transform_matrix
 from cmcr.errors import DataError
+from cmcr.names import DATA_ROOT_ENV
 
 
 @dataclass
@@ -34,11 +34,11 @@ class SampleRecord:
 
 def resolve_dataroot(cfg: DataConfig) -> Path:
     """The dataroot of the config (load_config already applied CMCR_DATA_ROOT); must exist."""
-    root = Path(cfg.dataroot or os.environ.get("CMCR_DATA_ROOT", ""))
+    root = Path(cfg.dataroot)
     if not (root / cfg.version).is_dir():
         raise DataError(
             f"data.dataroot: expected a nuScenes folder holding {cfg.version}/, got '{root}' "
-            "(set data.dataroot or CMCR_DATA_ROOT, or run `cmcr synth`)"
+            f"(set data.dataroot or {DATA_ROOT_ENV}, or run `cmcr synth`)"
         )
     return root
 

@@ -1,5 +1,5 @@
 """``cmcr probe``, ``cmcr finetune`` and ``cmcr evaluate``: downstream evaluation on
-nuScenes-lidarseg (default) or SemanticKITTI (``--dataset semantickitti``)."""
+nuScenes-lidarseg (default) or another registered dataset (``--dataset semantickitti``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import math
 import sys
 from pathlib import Path
 
+from cmcr.configs import apply_overrides, load_config
 from cmcr.errors import CMCRError
+from cmcr.registry import DATASETS
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -23,11 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="KEY=VALUE",
         help="dotted config override, repeatable (e.g. downstream.probe_label_fraction=0.1)",
     )
+    # no argparse choices: the registered datasets are known once their modules are imported
+    # (torch among them), and `cmcr --help` stays fast; the config check refuses an unknown
+    # name with the list of the registered ones
     parser.add_argument(
         "--dataset",
         default=None,
-        choices=("nuscenes", "semantickitti"),
-        help="downstream dataset (sets downstream.dataset; default nuscenes)",
+        help="downstream dataset, a registered name (sets downstream.dataset; default nuscenes; "
+        "also semantickitti)",
     )
     parser.add_argument(
         "--export",
@@ -59,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
-    from cmcr.configs import load_config
-
     overrides = list(args.overrides)
     if getattr(args, "dataset", None):
         overrides.append(f"downstream.dataset={args.dataset}")
@@ -71,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch on the sub-command name; prints the metrics as one JSON line."""
     if args.command == "evaluate":
         return _evaluate(args)
-    from cmcr.configs import apply_overrides
+    # lazy: torch and spconv load only when a downstream command runs (`cmcr --help` builds
+    # every command's parser)
     from cmcr.engine.downstream import run_downstream
 
     cfg = apply_overrides(_load_cfg(args), {"downstream.mode": args.command})
-    from cmcr.engine.preflight import before_downstream
+    from cmcr.engine.preflight import before_downstream  # lazy: as run_downstream above
 
     before_downstream(cfg)  # config and tracking server, before any run exists
     res = run_downstream(
@@ -96,12 +100,11 @@ def _announce(lines: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # lazy: torch and spconv load only when `cmcr evaluate` runs
     from cmcr.engine.checkpoint import run_dir_weights
-    from cmcr.eval.evaluate import run_evaluate
+    from cmcr.engine.evaluate import run_evaluate
 
     if args.run:
-        from cmcr.configs import load_config
-
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
@@ -109,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
         cfg = _load_cfg(args, saved if saved.is_file() else None)
         # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
-        sub = "" if cfg.downstream.dataset == "nuscenes" else cfg.downstream.dataset
+        sub = DATASETS.get(cfg.downstream.dataset).subfolder()
         backbone, head = run_dir_weights(cfg, str(Path(args.run) / sub) if sub else args.run)
         pretrained: str | None = str(backbone)
     else:

@@ -2,7 +2,7 @@
 SemanticKITTI (METHOD.md; the dataset dispatch is in ``downstream_protocol``).
 
 The network is ``cmcr.models.segmentation.SegModel``; weights are resolved and loaded by
-``cmcr.engine.checkpoint``; metrics, export and reports come from ``cmcr.eval.evaluate``.
+``cmcr.engine.checkpoint``; metrics, export and reports come from ``cmcr.engine.evaluate``.
 
 The loop is plain PyTorch on one device (CUDA if present): downstream runs are small and the
 sweep runs them in-process, so the Accelerate machinery of pre-training is not needed here.
@@ -35,6 +35,7 @@ from cmcr.configs import (
     validate_config,
 )
 from cmcr.data import check_downstream_data, set_loader_epoch
+from cmcr.datasets import DATASETS
 from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
 from cmcr.engine.downstream_protocol import (
     Protocol,
@@ -43,7 +44,7 @@ from cmcr.engine.downstream_protocol import (
     seg_loader,
     seg_splits,
 )
-from cmcr.eval.evaluate import (
+from cmcr.engine.evaluate import (
     evaluate_batches,
     export_predictions,
     live_logits,
@@ -51,7 +52,7 @@ from cmcr.eval.evaluate import (
     metric_dict,
     to_device,
 )
-from cmcr.eval.metrics import SegMetrics, label_space
+from cmcr.eval.metrics import SegMetrics
 from cmcr.losses.lovasz import lovasz_softmax
 from cmcr.models.segmentation import SegModel
 from cmcr.names import Metric, Tag, dataset_key
@@ -226,7 +227,7 @@ def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, t
     # validation runs the backbone live each time rather than caching its features: the cache
     # of the whole nuScenes val split (about 6000 scans × 30k voxels × 96 floats) would need
     # ~70 GB, and eval mode makes the live pass deterministic all the same
-    space = label_space(ds.dataset)
+    space = DATASETS.get(ds.dataset).space
     tr.fit(
         ds.probe_epochs if probe else ds.finetune_epochs,
         epoch_losses,
@@ -353,13 +354,13 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
         announce(proto.lines())
     tr = _Trainer(cfg, model, logger, report)
     _train(cfg, model, loaders, device, tr)
-    dataset = cfg.downstream.dataset
+    spec = DATASETS.get(cfg.downstream.dataset)
+    dataset = spec.name
     if export_dir is not None:
         batches = live_logits(model, loaders[1], device)
-        space = label_space(dataset)
-        export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), space)
-    out = Path(cfg.tracking.output_dir) / str(logger.run_id)
-    save_outputs(model, cfg, out if dataset == "nuscenes" else out / dataset)
+        export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), spec.space)
+    # runs/<id>/ for the main benchmark, runs/<id>/<dataset>/ for another
+    save_outputs(model, cfg, Path(cfg.tracking.output_dir) / str(logger.run_id) / spec.subfolder())
     log_artifacts(logger, tr.metrics, dataset)
     seconds = dataset_key(dataset, Metric.DOWNSTREAM_SECONDS)
     logger.log_metrics({seconds: time.perf_counter() - t0}, step=tr.step)

@@ -4,9 +4,9 @@ A reader of a run (or of the terminal) sees the protocol actually run, derived f
 the loaders and the config as logged: frozen / trainable parameter counts, the label fraction
 and its unit, the scenes and scans used, the loss, the optimiser, epochs and batch size.
 
-It also owns the dataset dispatch of the downstream evaluation: which loader a dataset uses
-(``seg_loader``), its splits and its label space (``cmcr.eval.metrics.label_space``); the
-per-dataset values themselves come from ``cmcr.configs.evaluation_config``.
+The dataset's loader (``seg_loader``) and splits (``seg_splits``) come from its registered
+``DownstreamDataset`` (``cmcr.datasets``); the per-dataset values themselves from
+``cmcr.configs.evaluation_config``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config
+from cmcr.data import build_seg_loader
+from cmcr.datasets import DATASETS, spec_of
 from cmcr.names import Tag, dataset_key
 
 PROTOCOL_FILE = "downstream/protocol.txt"  # the printed lines, as a run artifact
@@ -27,29 +29,17 @@ def protocol_file(dataset: str) -> str:
 
 def seg_splits(cfg: Config) -> tuple[str, str]:
     """(train, val) split names of cfg.downstream.dataset."""
-    if cfg.downstream.dataset == "semantickitti":
-        return "train", "val"  # semantickitti.train_sequences / val_sequences
-    return cfg.data.train_split, cfg.data.val_split
+    return spec_of(cfg).splits(cfg)
 
 
 def seg_loader(cfg: Config, split: str, *, train: bool) -> Any:
     """The segmentation loader of cfg.downstream.dataset for ``split``."""
-    from cmcr.data import build_seg_loader
-
-    if cfg.downstream.dataset == "semantickitti":
-        from cmcr.data.kitti import KittiSegDataset
-
-        return build_seg_loader(cfg, split, train=train, dataset_cls=KittiSegDataset)
-    return build_seg_loader(cfg, split, train=train)
+    return build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
 
 
 def voxel_phrase(cfg: Config) -> str:
     """The downstream voxels in words."""
-    kc = cfg.semantickitti
-    if cfg.downstream.dataset == "semantickitti" and kc.coords == "cylindrical":
-        rho, phi, z = kc.cylinder_size
-        return f"cylindrical: ρ {rho:g} m, φ {phi:g}°, z {z:g} m"
-    return f"Cartesian: {cfg.data.voxel_size:g} m"
+    return spec_of(cfg).voxels(cfg)
 
 
 @dataclass
@@ -73,8 +63,9 @@ class Protocol:
     def lines(self) -> list[str]:
         """Human-readable lines (the CLI prints them to stderr before training)."""
         frozen = "the backbone, in eval mode" if self.mode == "probe" else "none"
-        where = "" if self.dataset == "nuscenes" else f" on {self.dataset}"
-        extra = [f"  voxels: {self.voxels}"] if self.dataset != "nuscenes" else []
+        plain = DATASETS.get(self.dataset).plain_keys  # the main benchmark names no dataset
+        where = "" if plain else f" on {self.dataset}"
+        extra = [] if plain else [f"  voxels: {self.voxels}"]
         return [
             f"cmcr {self.mode}{where}: protocol",
             f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "

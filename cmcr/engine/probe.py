@@ -33,6 +33,7 @@ survive.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -41,8 +42,16 @@ import numpy as np
 import torch
 
 from cmcr.configs import Config
-from cmcr.errors import CMCRError
+from cmcr.data import build_seg_loader
+from cmcr.data.collate import collate_seg
+from cmcr.engine.evaluate import to_device
+from cmcr.errors import CMCRError, DataError
+from cmcr.eval.metrics import ConfusionAccumulator
 from cmcr.names import Metric
+from cmcr.registry import DATASETS
+
+# the probe scores the pre-training world itself, which is nuScenes-format lidarseg
+PRETRAIN_DATASET = "nuscenes"
 
 log = logging.getLogger("cmcr")
 FIT_ITERS = 150  # full-batch steps of the linear layer (demo CPU: 0.06 s per fit on 16k points)
@@ -87,8 +96,6 @@ class RepresentationProbe:
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, device: torch.device) -> tuple[Any, Any]:
         """(fit, score) lists of (point features, targets) of the frozen backbone."""
-        from cmcr.eval.evaluate import to_device
-
         was_training = backbone.training
         backbone.eval()  # BatchNorm's running statistics, as the downstream probe
         fit: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -180,10 +187,6 @@ def load_subset(cfg: Config) -> list[tuple[dict[str, Any], bool]]:
     Each scan keeps at most ``data.max_points`` points (a fixed draw per scan, as training
     subsamples; every point when it is 0), with no rotation or flip: the same points every time.
     """
-    from cmcr.data import build_seg_loader
-    from cmcr.data.collate import collate_seg
-    from cmcr.errors import DataError
-
     dataset = build_seg_loader(_probe_config(cfg), cfg.data.train_split, train=True).dataset
     n = min(cfg.sweep.probe_scans, len(dataset))
     if n < 2:
@@ -198,10 +201,8 @@ def load_subset(cfg: Config) -> list[tuple[dict[str, Any], bool]]:
 
 def _probe_config(cfg: Config) -> Config:
     """Every labelled scan of the split, subsampled like training, never augmented."""
-    import copy
-
     out = copy.deepcopy(cfg)
-    out.downstream.dataset, out.downstream.mode = "nuscenes", "probe"
+    out.downstream.dataset, out.downstream.mode = PRETRAIN_DATASET, "probe"
     out.downstream.probe_label_fraction = 1.0
     out.data.rotate, out.data.flip_prob = False, 0.0
     out.data.num_workers = 0
@@ -223,9 +224,7 @@ def fit_and_score(
     with ``momentum``, as the downstream probe fits them. Full-batch, ``FIT_ITERS`` steps from
     zero weights, cross-entropy: the same features give the same figure.
     """
-    from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator
-
-    space = NUSCENES_SPACE  # pre-training data: nuScenes(-format) lidarseg
+    space = DATASETS.get(PRETRAIN_DATASET).space
     x = torch.cat([_cap(f, k) for k, (f, _) in enumerate(fit)])
     y = torch.cat([_cap(t, k) for k, (_, t) in enumerate(fit)])
     if len(y) == 0:

@@ -30,9 +30,9 @@ from cmcr.configs import Config
 from cmcr.data import set_loader_epoch
 from cmcr.engine import stop
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
+from cmcr.engine.evaluate import to_device
 from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
-from cmcr.eval.evaluate import to_device
 from cmcr.losses import weighted_total
 from cmcr.names import Metric
 

@@ -7,9 +7,10 @@ column 0 ("ignore") are zeroed; IoU = TP / (GT + PRED - TP) divided in float32 a
 a class absent from both ground truth and prediction gets 0/0 = NaN and ``nanmean`` leaves it out
 of the mean (index 0 is always NaN, hence always left out).
 
-SemanticKITTI (``KITTI_SPACE``) follows its own API (semantic-kitti-api ``iouEval``): points
-labelled 0 are ignored, IoU = TP / (TP + FP + FN + 1e-15) in float64, and the mean runs over
-all 19 classes, so a class absent from both ground truth and prediction counts as 0.
+A label space whose absent rule is "zero" (SemanticKITTI, ``cmcr.datasets.semantickitti``)
+follows semantic-kitti-api's ``iouEval``: points labelled 0 are ignored, IoU = TP / (TP + FP +
+FN + 1e-15) in float64, and the mean runs over all its classes (19), so a class absent from both
+ground truth and prediction counts as 0.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 import torch
 
 from cmcr.data.classes import CHALLENGE_CLASSES
-from cmcr.data.kitti_classes import KITTI_CLASSES
 
 NUM_LABELS = len(CHALLENGE_CLASSES)  # 17: index 0 "ignore" + 16 challenge classes
 IGNORE_INDEX = 0
@@ -48,14 +48,9 @@ class LabelSpace:
         return len(self.classes) - 1
 
 
+# the devkit's space, the default of the functions below; each downstream dataset registers its
+# own (cmcr.datasets: ``DATASETS.get(name).space``)
 NUSCENES_SPACE = LabelSpace("nuscenes", CHALLENGE_CLASSES, "nan")
-KITTI_SPACE = LabelSpace("semantickitti", KITTI_CLASSES, "zero")
-LABEL_SPACES = {s.name: s for s in (NUSCENES_SPACE, KITTI_SPACE)}
-
-
-def label_space(dataset: str) -> LabelSpace:
-    """The label space of a downstream dataset (downstream.dataset)."""
-    return LABEL_SPACES[dataset]
 
 
 def confusion_matrix(

@@ -19,6 +19,7 @@ import torch
 
 from cmcr.configs.schema import LossWeights
 from cmcr.errors import CMCRError
+from cmcr.registry import LOSS_TERMS
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TermInputs:
 
 
 LossTerm = Callable[[TermInputs], torch.Tensor]
-LOSS_TERMS: dict[str, LossTerm] = {}
+# LOSS_TERMS (cmcr.registry, home: cmcr.losses.extra): name -> LossTerm
 # the built-in terms are the typed weight fields; ``extra`` holds the registered ones
 BUILTIN = tuple(f.name for f in fields(LossWeights) if f.name != "extra")
 
@@ -44,13 +45,9 @@ BUILTIN = tuple(f.name for f in fields(LossWeights) if f.name != "extra")
 def register_loss_term(name: str) -> Callable[[LossTerm], LossTerm]:
     """Register ``fn(TermInputs) -> scalar`` as loss term ``name`` (weight: loss.weights.extra)."""
 
-    def wrap(fn: LossTerm) -> LossTerm:
-        if name in BUILTIN or (name in LOSS_TERMS and LOSS_TERMS[name] is not fn):
-            raise CMCRError(f"loss term '{name}' is already defined")
-        LOSS_TERMS[name] = fn
-        return fn
-
-    return wrap
+    if name in BUILTIN:
+        raise CMCRError(f"loss term '{name}' is already defined")
+    return LOSS_TERMS.register(name)
 
 
 def active_extra_terms(cfg: Any) -> dict[str, LossTerm]:

@@ -10,13 +10,14 @@ from torch import nn
 
 from cmcr.configs.schema import ModelConfig
 from cmcr.errors import ConfigError
+from cmcr.registry import BACKBONES
 
 # a factory gets the input channel count and the model config, from which it reads what applies
 # to it (model.stem_kernel: its first convolution's kernel)
 BackboneFactory = Callable[[int, ModelConfig], nn.Module]
-# name -> factory; the registered names are model.backbone's choices (cmcr.configs validates
-# against this dict), so decorating a factory is the only step to make a backbone usable
-BACKBONES: dict[str, BackboneFactory] = {}
+# BACKBONES (cmcr.registry, home: this module): name -> factory; the registered names are
+# model.backbone's choices (cmcr.configs validates against them), so decorating a factory is
+# the only step to make a backbone usable
 
 
 def register_backbone(name: str) -> Callable:
@@ -27,11 +28,7 @@ def register_backbone(name: str) -> Callable:
     the ModelConfig keys that apply to it (``stem_kernel``).
     """
 
-    def wrap(factory: BackboneFactory) -> BackboneFactory:
-        BACKBONES[name] = factory
-        return factory
-
-    return wrap
+    return BACKBONES.register(name)
 
 
 class BasicBlock(nn.Module):

@@ -12,23 +12,20 @@ import torch
 from torch import nn
 
 from cmcr.errors import CheckpointError
+from cmcr.registry import IMAGE_ENCODERS
 from cmcr.weights import check_image_weights, read_torch_file
 
 # (block kind, blocks per stage)
 RESNET_SPECS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
-# name -> factory of an image trunk: (I, 3, H, W) -> (I, out_dim, H/32, W/32), attribute out_dim;
-# the registered names are model.image_encoder's choices (cmcr.configs validates against them)
-IMAGE_ENCODERS: dict[str, Callable[[], nn.Module]] = {}
+# IMAGE_ENCODERS (cmcr.registry, home: this module): name -> factory of an image trunk:
+# (I, 3, H, W) -> (I, out_dim, H/32, W/32), attribute out_dim; the registered names are
+# model.image_encoder's choices (cmcr.configs validates against them)
 
 
 def register_image_encoder(name: str) -> Callable:
     """Decorator: make an image encoder factory ``f() -> nn.Module`` buildable by name."""
 
-    def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        IMAGE_ENCODERS[name] = factory
-        return factory
-
-    return wrap
+    return IMAGE_ENCODERS.register(name)
 
 
 class BasicBlock(nn.Module):

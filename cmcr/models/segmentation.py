@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from cmcr.configs import Config
-from cmcr.data.classes import NUM_CHALLENGE
-from cmcr.data.kitti_classes import NUM_KITTI
+from cmcr.models.backbone import build_backbone, set_bn_momentum
+from cmcr.registry import DATASETS
 
 BACKBONE_PREFIX = "backbone."  # the backbone's keys in backbone.pt and seg_backbone.pt
 
@@ -25,12 +25,11 @@ class SegModel(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        from cmcr.models.backbone import build_backbone, set_bn_momentum
-
         # the module name "backbone" matches CMCRModel's, so backbone.pt's keys load as they are
         self.backbone = set_bn_momentum(build_backbone(cfg.model), cfg.downstream.bn_momentum)
-        # 16 nuScenes challenge classes, 19 SemanticKITTI ones (downstream.dataset)
-        n_classes = NUM_CHALLENGE if cfg.downstream.dataset == "nuscenes" else NUM_KITTI
+        # the registered dataset's classes (16 nuScenes, 19 SemanticKITTI); an unknown dataset
+        # is an error listing the known ones
+        n_classes = DATASETS.get(cfg.downstream.dataset).num_classes
         self.classifier = nn.Linear(self.backbone.out_dim, n_classes)
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -40,7 +39,7 @@ class SegModel(nn.Module):
         )
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(V, C) voxel logits for classes 1..C (16 nuScenes, 19 SemanticKITTI)."""
+        """(V, C) voxel logits for classes 1..C (the dataset's: 16 nuScenes, 19 SemanticKITTI)."""
         return self.classifier(self.features(batch))
 
     def backbone_state(self) -> dict[str, torch.Tensor]:

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
-from cmcr.configs.schema import DOWNSTREAM_DATASETS
 from cmcr.errors import TrackingError
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
+from cmcr.registry import DATASETS
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 # DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
@@ -230,7 +230,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     if "seed" in df and "train.seed" in df:
         df["seed"] = df["seed"].fillna(pd.to_numeric(df["train.seed"], errors="coerce"))
     # a run is complete with any downstream dataset's mIoU (a SemanticKITTI-only fine-tune too)
-    targets = [c for c in (dataset_key(d, TARGET) for d in DOWNSTREAM_DATASETS) if c in df]
+    targets = [c for c in (dataset_key(d, TARGET) for d in DATASETS.names()) if c in df]
     has_target = df[targets].notna().any(axis=1) if targets else pd.Series(False, index=df.index)
     df["state"] = df["status"].where(df["status"] != "FINISHED", "COMPLETE")
     df.loc[(df["status"] == "FINISHED") & ~has_target, "state"] = "NO_METRIC"
@@ -347,11 +347,7 @@ def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> 
     return df.sort_values(["run_id", "key", "step"], kind="stable")
 
 
-DATASET_NAMES = {"nuscenes": "nuScenes", "semantickitti": "SemanticKITTI"}
 MODE_NAMES = {"probe": "LP", "finetune": "FT"}
-# where each dataset keeps its label fractions (params)
-_FRACTION_KEY = {"nuscenes": "downstream.{mode}_label_fraction",
-                 "semantickitti": "semantickitti.{mode}_label_fraction"}  # fmt: skip
 
 
 def _mode_of(row: pd.Series, dataset: str) -> str | None:
@@ -372,7 +368,7 @@ def evaluations(rt: RunTable) -> pd.DataFrame:
     The results grouped by dataset: nuScenes LP, nuScenes 1 % FT and SemanticKITTI 1 % FT of
     the same configurations side by side (``cmcr.results.tables.evaluations_markdown``)."""
     df, rows = rt.complete, []
-    for dataset in DOWNSTREAM_DATASETS:
+    for dataset, spec in DATASETS.items():  # its display name and where its fractions live
         col = dataset_key(dataset, TARGET)
         if col not in df:
             continue
@@ -380,8 +376,8 @@ def evaluations(rt: RunTable) -> pd.DataFrame:
             mode = _mode_of(row, dataset)
             if mode is None:
                 continue
-            fraction = row.get(_FRACTION_KEY[dataset].format(mode=mode))
-            label = f"{DATASET_NAMES[dataset]} {MODE_NAMES[mode]}"
+            fraction = row.get(spec.fraction_key.format(mode=mode))
+            label = f"{spec.display} {MODE_NAMES[mode]}"
             if fraction is not None and pd.notna(fraction):
                 label += f" ({100 * float(fraction):g} %)"
             rows.append({"run_id": row["run_id"], "variant": row["variant"], "seed": row["seed"],

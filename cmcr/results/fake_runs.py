@@ -20,12 +20,13 @@ from mlflow.tracking import MlflowClient
 from cmcr.configs import COMPONENTS, Config, apply_overrides, flatten_config, load_config
 from cmcr.configs import variant_name as _variant_name
 from cmcr.data.classes import CHALLENGE_CLASSES
+from cmcr.losses.registry import BUILTIN
 from cmcr.names import Attr, Kind, Tag
 from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
 
 CLASSES = CHALLENGE_CLASSES[1:]
 VAL = M.VAL_MIOU.split("/")[0] + "/"  # every val/* metric is per epoch
-LOSS_TERMS = ("nce", "mim", "occ", "intensity", "orth", "commit", "cmcm")
+LOSS_TERMS = BUILTIN  # the built-in loss terms, named by cmcr.losses.registry
 # A plausible mIoU per variant (fractions, as cmcr.eval.metrics logs them).
 VARIANT_MIOU = {
     "random": 0.30,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cmcr.configs.schema import DOWNSTREAM_DATASETS as DATASET_ORDER
 from cmcr.names import Metric
+from cmcr.registry import DATASETS
 from cmcr.results.ablation import TARGET, n_trials, short_names, short_value, variant_label
 from cmcr.results.collect import (
     NOT_SWEPT_PREFIXES,
@@ -147,7 +147,7 @@ def evaluations_table(rt: RunTable) -> pd.DataFrame:
     )
     # the paper's column order: dataset, then linear probing before fine-tuning
     rank = long.assign(m=long["mode"].map({"probe": 0, "finetune": 1}),
-                       d=long["dataset"].map(lambda d: DATASET_ORDER.index(d)))  # fmt: skip
+                       d=long["dataset"].map(DATASETS.names().index))  # fmt: skip
     order = list(dict.fromkeys(rank.sort_values(["d", "m"], kind="stable")["evaluation"]))
     table = cell.unstack("evaluation").reindex(columns=order)
     return table.reindex(list(dict.fromkeys(long["configuration"]))).fillna("—")

@@ -13,47 +13,38 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cmcr.configs import Config
+from cmcr.configs import Config, evaluation_config, evaluation_list
+from cmcr.data.pretrain import select_records
+from cmcr.registry import DATASETS
+from cmcr.sweep.progress import trial_seconds
 
 
 @dataclass(frozen=True)
 class Cost:
     """Measured costs of one preset on one kind of machine."""
 
+    preset: str
     start_s: float  # per trial: run set-up, data loading, held-out validation, artifacts
     step_s: float  # per pre-training optimiser step (CMCR; PPKT is cheaper)
-    # per scan per downstream epoch, by evaluation ("<dataset>/<mode>"): a probe runs the frozen
-    # backbone forward, a fine-tuning also its backward; KITTI's scans are the larger
-    scan_epoch_s: dict[str, float]
     machine: str
 
+    @property
+    def scan_epoch_s(self) -> dict[str, float]:
+        """Per scan per downstream epoch, by evaluation ("<dataset>/<mode>"), as each registered
+        dataset measured it for this preset: a probe runs the frozen backbone forward, a
+        fine-tuning also its backward; KITTI's scans are the larger."""
+        return {
+            f"{name}/{mode}": seconds
+            for name, spec in DATASETS.items()
+            for mode, seconds in spec.scan_epoch_s.get(self.preset, {}).items()
+        }
 
-# measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02
-# (SemanticKITTI: the benchmark_kitti study's downstream/semantickitti/seconds, halved for the
-# 2 workers that shared the 2 cores)
+
+# measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02 (the
+# downstream scan-epochs: each dataset's module, cmcr/datasets/)
 MEASURED: dict[str, Cost] = {
-    "demo": Cost(
-        start_s=20.0,
-        step_s=1.3,
-        scan_epoch_s={
-            "nuscenes/probe": 0.1,
-            "nuscenes/finetune": 0.3,
-            "semantickitti/finetune": 0.3,
-            "semantickitti/probe": 0.15,
-        },
-        machine="2 CPU cores",
-    ),
-    "smoke": Cost(
-        start_s=6.0,
-        step_s=1.0,
-        scan_epoch_s={
-            "nuscenes/probe": 0.25,
-            "nuscenes/finetune": 0.5,
-            "semantickitti/finetune": 0.5,
-            "semantickitti/probe": 0.25,
-        },
-        machine="2 CPU cores",
-    ),
+    "demo": Cost("demo", start_s=20.0, step_s=1.3, machine="2 CPU cores"),
+    "smoke": Cost("smoke", start_s=6.0, step_s=1.0, machine="2 CPU cores"),
 }
 
 
@@ -79,10 +70,7 @@ class Estimate:
 
 def planned_work(cfg: Config) -> tuple[int, dict[str, int]]:
     """(pre-training steps, {evaluation: scan-epochs}) of one seed of a trial with ``cfg``;
-    the evaluations are ``downstream.evaluations`` (else the one of ``downstream.mode``)."""
-    from cmcr.configs import evaluation_config
-    from cmcr.data.pretrain import select_records
-
+    the evaluations are ``downstream.evaluations`` (else downstream.dataset / mode)."""
     steps = 0
     if cfg.method.name != "random":
         if cfg.train.max_steps > 0:
@@ -91,20 +79,14 @@ def planned_work(cfg: Config) -> tuple[int, dict[str, int]]:
             n = len(select_records(cfg, cfg.data.train_split, holdout="exclude"))
             batches = math.ceil(n / cfg.train.batch_size)
             steps = cfg.train.epochs * math.ceil(batches / cfg.train.grad_accum)
-    names = list(cfg.downstream.evaluations) or [f"nuscenes/{cfg.downstream.mode}"]
     work = {}
-    for name in names:
-        dataset, mode = name.split("/")
+    for dataset, mode in evaluation_list(cfg):
+        name = f"{dataset}/{mode}"
         ecfg = evaluation_config(cfg, dataset, mode)
-        d = ecfg.downstream
-        if dataset == "semantickitti":
-            from cmcr.data.kitti import select_kitti_records
-
-            labelled = len(select_kitti_records(ecfg, "train", d.label_fraction))
-            val = len(select_kitti_records(ecfg, "val"))
-        else:
-            labelled = len(select_records(ecfg, ecfg.data.train_split, d.label_fraction))
-            val = len(select_records(ecfg, ecfg.data.val_split))
+        d, spec = ecfg.downstream, DATASETS.get(dataset)
+        train_split, val_split = spec.splits(ecfg)
+        labelled = spec.count(ecfg, train_split, d.label_fraction)
+        val = spec.count(ecfg, val_split, 1.0)
         epochs = d.probe_epochs if mode == "probe" else d.finetune_epochs
         work[name] = epochs * (labelled + val)
     return steps, work
@@ -114,8 +96,6 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     """Seconds per trial (of ``seeds`` seeds) from the study's finished trials, else the
     preset's measured costs; ``trial_s`` None when neither is known."""
     if study is not None:
-        from cmcr.sweep.progress import trial_seconds
-
         times = sorted(trial_seconds(study.get_trials(deepcopy=False)))
         if times:
             median = times[len(times) // 2]
@@ -129,8 +109,9 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
         return Estimate(None, "the data could not be read")
     seconds = cost.start_s + steps * cost.step_s
     parts = [f"{steps} steps × {cost.step_s:g} s"]
+    measured = cost.scan_epoch_s
     for name, scan_epochs in work.items():
-        each = cost.scan_epoch_s.get(name, max(cost.scan_epoch_s.values()))
+        each = measured.get(name, max(measured.values()))
         seconds += scan_epochs * each
         parts.append(f"{name} {scan_epochs} scan-epochs × {each:g} s")
     per_seed = "" if seeds == 1 else f", × {seeds} seeds"

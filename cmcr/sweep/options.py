@@ -13,12 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmcr.configs.schema import DOWNSTREAM_MODES
 from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
 PRUNERS = ("median", "asha", "hyperband", "none")
 LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
-OBJECTIVES = ("probe", "finetune")
+OBJECTIVES = DOWNSTREAM_MODES  # what --objective may score: the schema's downstream modes
 
 
 def _opt(default: Any, flag: str, help: str, *, worker: bool = True, **argparse_kw: Any) -> Any:

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default="nuscenes",
+        # the file layouts this generator writes: its own list, not the dataset registry (a
+        # registered downstream dataset need not have a synthetic world)
         choices=("nuscenes", "semantickitti"),
         help="layout: nuScenes v1.0-mini (default) or SemanticKITTI sequences/",
     )

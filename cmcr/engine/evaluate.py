@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from cmcr.configs import Config
-from cmcr.eval.export import KittiWriter, LidarsegWriter
+from cmcr.datasets import spec_of
+from cmcr.engine.checkpoint import build_seg_model, load_into
+from cmcr.engine.downstream_protocol import seg_loader
 from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
 from cmcr.names import Metric, dataset_key
 
@@ -55,12 +57,9 @@ def live_logits(model: Any, loader: Any, device: torch.device) -> Iterator[tuple
 
 
 def make_writer(cfg: Config, export_dir: str | Path, split: str) -> Any:
-    """The submission writer of cfg.downstream.dataset: lidarseg or SemanticKITTI layout."""
-    if cfg.downstream.dataset == "semantickitti":
-        from cmcr.data.kitti import kitti_root, label_maps
-
-        return KittiWriter(export_dir, label_maps(kitti_root(cfg))[1])
-    return LidarsegWriter(export_dir, split)
+    """The submission writer of cfg.downstream.dataset (its registered layout: lidarseg,
+    SemanticKITTI's sequences/NN/predictions, ...)."""
+    return spec_of(cfg).writer(cfg, export_dir, split)
 
 
 def export_predictions(
@@ -133,20 +132,16 @@ def run_evaluate(
     split: str | None = None,
     export_dir: str | Path | None = None,
 ) -> SegMetrics:
-    """Score encoder weights (run id, file, none) + a linear head on ``split``; optionally export."""
-    from cmcr.engine.checkpoint import build_seg_model, load_into
-    from cmcr.engine.downstream_protocol import seg_loader
-    from cmcr.eval.metrics import label_space
-
+    """Score encoder weights (run id, file, none) + a linear head on ``split`` (default: the
+    dataset's validation split); optionally export."""
+    spec = spec_of(cfg)
     model, _ = build_seg_model(cfg, pretrained)
     load_into(model.classifier, head, "head")
-    kitti = cfg.downstream.dataset == "semantickitti"
-    split = split or ("val" if kitti else cfg.data.val_split)
+    split = split or spec.splits(cfg)[1]
     loader = seg_loader(cfg, split, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     writer = make_writer(cfg, export_dir, split) if export_dir is not None else None
-    space = label_space(cfg.downstream.dataset)
-    metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer, space)
+    metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer, spec.space)
     if writer is not None:
         writer.finish()
     return metrics
