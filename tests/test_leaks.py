@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from test_topology import stop_group
 
-from cmcr.sweep import cli as sweep_cli
+from cmcr.sweep import options as sweep_options
 from cmcr.sweep.options import SweepOptions
 from cmcr.uris import RedactingFilter, print_traceback
 
@@ -50,10 +50,10 @@ def _worker_opts() -> SweepOptions:
 
 def test_worker_argv_holds_no_url_and_its_env_does() -> None:
     opts = _worker_opts()
-    argv = sweep_cli.worker_args(opts)
+    argv = sweep_options.worker_args(opts)
     assert not any(SECRET in a or SECRET2 in a or "://" in a for a in argv), argv
     assert "--worker" in argv and "train.max_steps=2" in argv and "--study" in argv
-    env = sweep_cli.worker_env(opts, base={"PATH": "/bin"})
+    env = sweep_options.worker_env(opts, base={"PATH": "/bin"})
     assert env["CMCR_SWEEP_STORAGE"] == PG_USERINFO
     assert env["MLFLOW_TRACKING_URI"] == opts.tracking_uri  # --tracking-uri wins over --set
     assert env["CMCR_SWEEP_TRACKING_URI"] == opts.tracking_uri
@@ -61,11 +61,11 @@ def test_worker_argv_holds_no_url_and_its_env_does() -> None:
 
 def test_a_worker_reads_the_urls_back_from_its_env(monkeypatch) -> None:
     opts = _worker_opts()
-    for key, value in sweep_cli.worker_env(opts, base={}).items():
+    for key, value in sweep_options.worker_env(opts, base={}).items():
         monkeypatch.setenv(key, value)
     parser = argparse.ArgumentParser()
-    sweep_cli.add_arguments(parser)
-    back = sweep_cli.options(parser.parse_args(sweep_cli.worker_args(opts)))
+    sweep_options.add_arguments(parser)
+    back = sweep_options.sweep_options(parser.parse_args(sweep_options.worker_args(opts)))
     assert back.storage == opts.storage and back.tracking_uri == opts.tracking_uri
     assert back.overrides == ["train.max_steps=2"] and back.study == "mask_ratio"
 
@@ -73,10 +73,10 @@ def test_a_worker_reads_the_urls_back_from_its_env(monkeypatch) -> None:
 def test_set_tracking_uri_moves_to_the_env_when_no_flag_names_one() -> None:
     opts = _worker_opts()
     opts.tracking_uri = None
-    env = sweep_cli.worker_env(opts, base={"CMCR_SWEEP_TRACKING_URI": "stale"})
+    env = sweep_options.worker_env(opts, base={"CMCR_SWEEP_TRACKING_URI": "stale"})
     assert env["MLFLOW_TRACKING_URI"] == f"http://u:{SECRET2}@h:1"
     opts.overrides = []
-    assert "CMCR_SWEEP_TRACKING_URI" not in sweep_cli.worker_env(opts, base={"X": "1"})
+    assert "CMCR_SWEEP_TRACKING_URI" not in sweep_options.worker_env(opts, base={"X": "1"})
 
 
 def test_log_lines_and_their_tracebacks_are_redacted() -> None:

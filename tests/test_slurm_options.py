@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cmcr.sweep import cli, slurm
-from cmcr.sweep.options import add_option_arguments, from_args
+from cmcr.sweep import slurm
+from cmcr.sweep.options import add_option_arguments, from_args, worker_args, worker_env
 from cmcr.sweep.storage import StorageError, check_url, journal_path
 
 
@@ -95,12 +95,12 @@ def test_the_script_holds_no_store_url_and_requeues_on_the_mark():
         "--tracking-uri", "http://bob:S3cr3tPW@mlflow:5000", "--set", "train.max_steps=3",
     )  # fmt: skip
     s = slurm.check(opts)
-    script = slurm.job_script(s, 2, "cmcr-x", Path("/l"), cli.worker_args(opts))
+    script = slurm.job_script(s, 2, "cmcr-x", Path("/l"), worker_args(opts))
     assert "S3cr3tPW" not in script and "postgresql" not in script and "mlflow:5000" not in script
     assert "srun --ntasks=1 " in script and " -m cmcr.sweep " in script
     assert "--launcher slurm" in script and "--worker" in script
     assert 'scontrol requeue "$task"' in script and slurm.MARK_ENV in script
-    env = cli.worker_env(opts, base={})
+    env = worker_env(opts, base={})
     assert env["CMCR_SWEEP_STORAGE"].endswith("@db/optuna")
     multi = slurm.job_script(
         slurm.SlurmSettings(gpus_per_worker=4), 1, "cmcr-x", Path("/l"), ["--worker"]
