@@ -26,7 +26,7 @@ from test_topology import stop_group
 
 from cmcr.sweep import options as sweep_options
 from cmcr.sweep.options import SweepOptions
-from cmcr.uris import RedactingFilter, print_traceback
+from cmcr.uris import RedactingFilter, print_traceback, public_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
@@ -77,6 +77,14 @@ def test_set_tracking_uri_moves_to_the_env_when_no_flag_names_one() -> None:
     assert env["MLFLOW_TRACKING_URI"] == f"http://u:{SECRET2}@h:1"
     opts.overrides = []
     assert "CMCR_SWEEP_TRACKING_URI" not in sweep_options.worker_env(opts, base={"X": "1"})
+
+
+def test_a_printed_link_drops_the_credentials_and_the_query() -> None:
+    """``public_url``: what a browser is sent to holds no user, password or query."""
+    assert public_url(f"https://bob:{SECRET}@mlflow.example:8443/base/?token={SECRET}") == (
+        "https://mlflow.example:8443/base"
+    )
+    assert public_url("http://[::1]:5000") == "http://[::1]:5000"
 
 
 def test_log_lines_and_their_tracebacks_are_redacted() -> None:

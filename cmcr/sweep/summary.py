@@ -77,7 +77,7 @@ def _report(plan: Any, build: bool) -> str | None:
     try:
         # lazy: the report's chain loads torch and optuna (seconds), only after a real sweep
         from cmcr.results.collect import Selection
-        from cmcr.results.report import build as build_report
+        from cmcr.results.report import build as build_report  # lazy: as above
 
         sel = Selection(
             tracking_uri=resolve_tracking_uri(plan.base),
