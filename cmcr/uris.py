@@ -6,7 +6,8 @@ A new embedded SQLite store (MLflow's or Optuna's) is created atomically by
 One implementation each (engine, sweep and results all call these). Redaction hides both
 forms a secret takes in a URL: the userinfo password (``scheme://user:PW@host``) and
 password-like query parameters (``?password=PW``, ``&token=PW``, ...). It works on any text,
-so a whole traceback or log line can be passed through it.
+so a whole traceback or log line can be passed through it. A link printed for a browser drops
+the credentials instead (``public_url``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from cmcr.names import DEFAULT_TRACKING_URI, TRACKING_URI_ENV
 
@@ -37,6 +39,17 @@ def redact(text: str) -> str:
     """``text`` with every URL password (userinfo or query parameter) replaced by ``***``."""
     text = _USERINFO.sub(rf"\g<head>:{MASK}@", str(text))
     return _SECRET_PARAMS.sub(rf"\g<head>{MASK}", text)
+
+
+def public_url(uri: str) -> str:
+    """A server's address for a browser: no user, password, query or fragment (a printed link;
+    the browser asks for the credentials itself). ``redact`` masks; this drops."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_sweep_runner import Recorder, SimulatedKill, children, load, run_sweep
+from test_sweep_runner import STAND_IN, Recorder, SimulatedKill, children, load, run_sweep
 
 from cmcr.errors import DataError
 from cmcr.names import Attr, Metric, Tag
@@ -204,6 +204,7 @@ def _main(tmp_path: Path, store: str, *argv: str) -> int:
             *ARGV, *argv,
         ],
         trial_fn=Recorder(),
+        extras=STAND_IN,
     )  # fmt: skip
 
 

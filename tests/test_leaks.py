@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from test_topology import stop_group
 
-from cmcr.sweep import cli as sweep_cli
+from cmcr.sweep import options as sweep_options
 from cmcr.sweep.options import SweepOptions
-from cmcr.uris import RedactingFilter, print_traceback
+from cmcr.uris import RedactingFilter, print_traceback, public_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
@@ -50,10 +50,10 @@ def _worker_opts() -> SweepOptions:
 
 def test_worker_argv_holds_no_url_and_its_env_does() -> None:
     opts = _worker_opts()
-    argv = sweep_cli.worker_args(opts)
+    argv = sweep_options.worker_args(opts)
     assert not any(SECRET in a or SECRET2 in a or "://" in a for a in argv), argv
     assert "--worker" in argv and "train.max_steps=2" in argv and "--study" in argv
-    env = sweep_cli.worker_env(opts, base={"PATH": "/bin"})
+    env = sweep_options.worker_env(opts, base={"PATH": "/bin"})
     assert env["CMCR_SWEEP_STORAGE"] == PG_USERINFO
     assert env["MLFLOW_TRACKING_URI"] == opts.tracking_uri  # --tracking-uri wins over --set
     assert env["CMCR_SWEEP_TRACKING_URI"] == opts.tracking_uri
@@ -61,11 +61,11 @@ def test_worker_argv_holds_no_url_and_its_env_does() -> None:
 
 def test_a_worker_reads_the_urls_back_from_its_env(monkeypatch) -> None:
     opts = _worker_opts()
-    for key, value in sweep_cli.worker_env(opts, base={}).items():
+    for key, value in sweep_options.worker_env(opts, base={}).items():
         monkeypatch.setenv(key, value)
     parser = argparse.ArgumentParser()
-    sweep_cli.add_arguments(parser)
-    back = sweep_cli.options(parser.parse_args(sweep_cli.worker_args(opts)))
+    sweep_options.add_arguments(parser)
+    back = sweep_options.sweep_options(parser.parse_args(sweep_options.worker_args(opts)))
     assert back.storage == opts.storage and back.tracking_uri == opts.tracking_uri
     assert back.overrides == ["train.max_steps=2"] and back.study == "mask_ratio"
 
@@ -73,10 +73,18 @@ def test_a_worker_reads_the_urls_back_from_its_env(monkeypatch) -> None:
 def test_set_tracking_uri_moves_to_the_env_when_no_flag_names_one() -> None:
     opts = _worker_opts()
     opts.tracking_uri = None
-    env = sweep_cli.worker_env(opts, base={"CMCR_SWEEP_TRACKING_URI": "stale"})
+    env = sweep_options.worker_env(opts, base={"CMCR_SWEEP_TRACKING_URI": "stale"})
     assert env["MLFLOW_TRACKING_URI"] == f"http://u:{SECRET2}@h:1"
     opts.overrides = []
-    assert "CMCR_SWEEP_TRACKING_URI" not in sweep_cli.worker_env(opts, base={"X": "1"})
+    assert "CMCR_SWEEP_TRACKING_URI" not in sweep_options.worker_env(opts, base={"X": "1"})
+
+
+def test_a_printed_link_drops_the_credentials_and_the_query() -> None:
+    """``public_url``: what a browser is sent to holds no user, password or query."""
+    assert public_url(f"https://bob:{SECRET}@mlflow.example:8443/base/?token={SECRET}") == (
+        "https://mlflow.example:8443/base"
+    )
+    assert public_url("http://[::1]:5000") == "http://[::1]:5000"
 
 
 def test_log_lines_and_their_tracebacks_are_redacted() -> None:

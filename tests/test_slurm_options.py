@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cmcr.sweep import cli, slurm
-from cmcr.sweep.options import add_option_arguments, from_args
+from cmcr.names import Attr
+from cmcr.sweep import slurm, slurm_job
+from cmcr.sweep.launcher import LocalLauncher
+from cmcr.sweep.options import add_option_arguments, from_args, worker_args, worker_env
 from cmcr.sweep.storage import StorageError, check_url, journal_path
 
 
@@ -95,12 +97,12 @@ def test_the_script_holds_no_store_url_and_requeues_on_the_mark():
         "--tracking-uri", "http://bob:S3cr3tPW@mlflow:5000", "--set", "train.max_steps=3",
     )  # fmt: skip
     s = slurm.check(opts)
-    script = slurm.job_script(s, 2, "cmcr-x", Path("/l"), cli.worker_args(opts))
+    script = slurm.job_script(s, 2, "cmcr-x", Path("/l"), worker_args(opts))
     assert "S3cr3tPW" not in script and "postgresql" not in script and "mlflow:5000" not in script
     assert "srun --ntasks=1 " in script and " -m cmcr.sweep " in script
     assert "--launcher slurm" in script and "--worker" in script
     assert 'scontrol requeue "$task"' in script and slurm.MARK_ENV in script
-    env = cli.worker_env(opts, base={})
+    env = worker_env(opts, base={})
     assert env["CMCR_SWEEP_STORAGE"].endswith("@db/optuna")
     multi = slurm.job_script(
         slurm.SlurmSettings(gpus_per_worker=4), 1, "cmcr-x", Path("/l"), ["--worker"]
@@ -132,3 +134,27 @@ def test_a_journal_study_is_shared_between_storages(tmp_path):
     a.enqueue_trial({"x": 1.0})
     b = optuna.load_study(study_name="j", storage=open_storage(url, create=False))
     assert [t.state.name for t in b.get_trials()] == ["WAITING"]
+
+
+def test_outside_a_slurm_job_the_worker_launcher_is_local(monkeypatch):
+    for var in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert isinstance(slurm_job.worker_launcher(_opts("--launcher", "slurm")), LocalLauncher)
+    monkeypatch.setenv("SLURM_JOB_ID", "12")  # a local launch inside some job: still local
+    assert isinstance(slurm_job.worker_launcher(_opts()), LocalLauncher)
+
+
+def test_the_slurm_launcher_records_its_job_and_leaves_for_a_requeue(monkeypatch, tmp_path):
+    monkeypatch.setenv(slurm.MARK_ENV, str(tmp_path / "requeue.7_1"))
+    launcher = slurm_job.SlurmLauncher("7_1")
+    attrs: dict[str, str] = {}
+
+    class Trial:
+        def set_user_attr(self, key: str, value: str) -> None:
+            attrs[key] = value
+
+    launcher.claimed(Trial())
+    assert attrs == {Attr.SLURM_JOB: "7_1"}
+    leaving = launcher.leave("trial 3 stopped")
+    assert isinstance(leaving, slurm_job.Preempted) and leaving.code == slurm.REQUEUE_EXIT
+    assert (tmp_path / "requeue.7_1").exists()  # the job script requeues on this mark

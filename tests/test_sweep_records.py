@@ -19,8 +19,11 @@ from cmcr.engine.tracking import RunLogger, client_for, search_value
 from cmcr.errors import TrackingError
 from cmcr.names import Attr, Tag
 from cmcr.results.collect import Selection, collect, trial_runs
-from cmcr.sweep import cli
+from cmcr.sweep import cli, options
 from cmcr.sweep.options import SweepOptions, add_option_arguments, from_args, worker_argv
+
+# the stand-in trial functions here read no data and make no real runs
+STAND_IN = cli.Extras(check_data=False, estimate=False, build_report=False)
 
 SECRET = "s3cret"
 
@@ -50,7 +53,7 @@ def leaking_failure(cfg, **_):
 
 def sweep(tmp_path: Path, store: str, *argv: str, trial_fn=logging_trial) -> int:
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    options.add_arguments(parser)
     args = parser.parse_args(
         [
             "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--tracking-uri", store,
@@ -58,7 +61,7 @@ def sweep(tmp_path: Path, store: str, *argv: str, trial_fn=logging_trial) -> int
             "--set", f"tracking.output_dir={tmp_path / 'runs'}", *argv,
         ]
     )  # fmt: skip
-    return cli.run(args, trial_fn=trial_fn)
+    return cli.run(args, trial_fn=trial_fn, extras=STAND_IN)
 
 
 def test_report_links_every_seed_run_to_its_trial(tmp_path, store):
@@ -158,7 +161,7 @@ def test_worker_argv_round_trips_every_option():
                         overrides=["a=1", "b=2"], tracking_uri="sqlite:///m.db", name="n",
                         heartbeat_s=5)  # fmt: skip
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    options.add_arguments(parser)
     args = parser.parse_args(worker_argv(opts))
     assert args.worker
     back = from_args(args)

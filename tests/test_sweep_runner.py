@@ -21,9 +21,11 @@ from optuna.trial import TrialState
 from cmcr.engine.downstream import DownstreamResult
 from cmcr.engine.train import TrainingDiverged
 from cmcr.names import Attr
-from cmcr.sweep import cli
+from cmcr.sweep import cli, options
 
 FAIL_REASON_ATTR, WORKER_ATTR = Attr.FAIL_REASON, Attr.WORKER
+# a stand-in trial function reads no data and makes no real runs: no data check, estimate, report
+STAND_IN = cli.Extras(check_data=False, estimate=False, build_report=False)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ class Recorder:
 
 def run_sweep(tmp_path: Path, store: str, *argv: str, trial_fn=None) -> int:
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    options.add_arguments(parser)
     args = parser.parse_args(
         [
             "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -84,7 +86,7 @@ def run_sweep(tmp_path: Path, store: str, *argv: str, trial_fn=None) -> int:
             *argv,
         ]
     )  # fmt: skip
-    return cli.run(args, trial_fn=trial_fn)
+    return cli.run(args, trial_fn=trial_fn, extras=cli.Extras() if trial_fn is None else STAND_IN)
 
 
 def load(tmp_path: Path, name: str) -> optuna.Study:

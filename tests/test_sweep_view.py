@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from test_sweep_runner import Recorder, load, run_sweep
 
 from cmcr.names import Attr, Tag
-from cmcr.sweep import cli, runner
+from cmcr.sweep import options, runner, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
@@ -205,12 +205,12 @@ def test_a_finished_study_is_not_grown_without_n_trials(tmp_path, store, capsys)
 
 def _plan(tmp_path: Path) -> runner.Plan:
     parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    options.add_arguments(parser)
     args = parser.parse_args(
         ["--study", "loss_weights", "--preset", "smoke", "--storage",
          f"sqlite:///{tmp_path / 'o.db'}", "--n-trials", "4"]
     )  # fmt: skip
-    return runner.plan_sweep(cli.options(args))
+    return runner.plan_sweep(options.sweep_options(args))
 
 
 def test_status_of_a_constructed_study_is_sorted_and_rounded(tmp_path):
@@ -267,7 +267,7 @@ def test_status_of_a_constructed_study_is_sorted_and_rounded(tmp_path):
         "pre-training 40/150 (26 %), ETA 3m40s; attempt 2, retry of #2 (own: RuntimeError: flaky)",
         "     #4  WAITING        -      -  mim=1 occ=1 orth=1 cmcm=1                -",
     ]
-    got = cli.status_table(plan, study, now).splitlines()
+    got = summary.status_table(plan, study, now).splitlines()
     assert got == expected, "\n".join(got)
 
 

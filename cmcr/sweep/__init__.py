@@ -2,8 +2,9 @@
 
 ``python sweeps/run.py`` (or ``python -m cmcr.sweep``) is the command; ``cmcr.sweep.cli``
 parses it (options declared once in ``cmcr.sweep.options``), ``cmcr.sweep.runner`` validates,
-sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued trials;
-``cmcr.sweep.slurm`` hands the workers to SLURM (``--launcher slurm``).
+sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued trials, in this
+process or ``--workers`` spawned ones (``cmcr.sweep.spawn``); ``cmcr.sweep.summary`` writes what
+the sweep says; ``cmcr.sweep.slurm`` hands the workers to SLURM (``--launcher slurm``).
 """
 
 from cmcr.sweep.space import StudyError, StudySpec, builtin_studies, load_study, parse_study

@@ -1,25 +1,37 @@
-"""The sweep's options, declared once: the dataclass, its argparse flags and a worker's argv.
+"""The sweep's options, declared once: the dataclass, its argparse flags, a worker's argv and env.
 
 Each field of ``SweepOptions`` carries its command-line flag and help in its metadata;
 ``add_option_arguments`` builds the parser from them and ``worker_argv`` writes them back for a
 spawned worker, so a new option is one field here (mark ``worker=False`` when a spawned worker
-must not inherit it).
+must not inherit it). ``worker_args`` and ``worker_env`` are what every launcher hands a worker
+(local processes, cmcr.sweep.spawn; SLURM jobs, cmcr.sweep.slurm): the argv without the store
+URLs, which travel in the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cmcr.configs.schema import DOWNSTREAM_MODES
-from cmcr.names import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
+from cmcr.names import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    STORAGE_ENV,
+    SWEEP_TRACKING_ENV,
+    TRACKING_URI_ENV,
+)
+from cmcr.sweep.space import PRUNERS
 
-PRUNERS = ("median", "asha", "hyperband", "none")
+PROG = "sweeps/run.py"
 LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
 OBJECTIVES = DOWNSTREAM_MODES  # what --objective may score: the schema's downstream modes
+_URI_KEY = "tracking.tracking_uri"  # an override that may hold credentials: sent in the env
 
 
 def _opt(default: Any, flag: str, help: str, *, worker: bool = True, **argparse_kw: Any) -> Any:
@@ -186,3 +198,53 @@ def worker_argv(opts: SweepOptions) -> list[str]:
         else:
             argv += [flag, str(value)]
     return [*argv, "--worker"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweep CLI's arguments: the SweepOptions fields, then the actions."""
+    add_option_arguments(parser)
+    a = parser.add_argument
+    a("--list", action="store_true", help="list the built-in studies and their search spaces")
+    a(
+        "--status",
+        action="store_true",
+        help="print the study's trials by state with their MLflow runs",
+    )
+    a("--cancel", action="store_true", help="cancel the study's SLURM worker jobs")
+    a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
+
+
+def sweep_options(args: argparse.Namespace) -> SweepOptions:
+    """SweepOptions from parsed arguments; a spawned worker takes its URLs from the environment."""
+    opts = from_args(args)
+    if args.worker:
+        opts.storage = os.environ.get(STORAGE_ENV) or opts.storage
+        opts.tracking_uri = os.environ.get(SWEEP_TRACKING_ENV) or opts.tracking_uri
+    return opts
+
+
+def worker_args(opts: SweepOptions) -> list[str]:
+    """A spawned worker's argv: ``worker_argv`` without the URLs, which may hold passwords."""
+    kept = [o for o in opts.overrides if not o.startswith(f"{_URI_KEY}=")]
+    return worker_argv(dataclasses.replace(opts, storage=None, tracking_uri=None, overrides=kept))
+
+
+def worker_env(opts: SweepOptions, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A spawned worker's environment: ``base`` (default os.environ) plus both store URLs."""
+    env = dict(os.environ if base is None else base)
+    env[STORAGE_ENV] = opts.storage
+    env.pop(SWEEP_TRACKING_ENV, None)
+    # --tracking-uri wins over --set tracking.tracking_uri=..., as in runner.plan_sweep
+    set_uri = [o.split("=", 1)[1] for o in opts.overrides if o.startswith(f"{_URI_KEY}=")]
+    uri = opts.tracking_uri or (set_uri[-1] if set_uri else None)
+    if uri:  # the worker's explicit URI; MLFLOW_TRACKING_URI for anything that reads only it
+        env[SWEEP_TRACKING_ENV] = env[TRACKING_URI_ENV] = uri
+    return env
+
+
+def with_checkout(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on PYTHONPATH: a worker imports this very ``cmcr``,
+    installed or not (both launchers call it)."""
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env

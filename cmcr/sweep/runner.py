@@ -21,8 +21,8 @@ from typing import Any
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError
 from cmcr.names import Attr, Kind, Metric, Tag, is_local_key
-from cmcr.sweep import recovery, seeds
-from cmcr.sweep.options import OBJECTIVES, PRUNERS, SweepOptions
+from cmcr.sweep import recovery, seeds, space
+from cmcr.sweep.options import OBJECTIVES, SweepOptions
 from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.storage import open_storage, study_lock
 from cmcr.sweep.trials import enqueue_slots
@@ -75,8 +75,7 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         )
     if opts.retry_failed and not opts.resume:
         raise StudyError("--retry-failed: re-opens a stored study's failed slots; add --resume")
-    if opts.pruner is not None and opts.pruner not in PRUNERS:
-        raise StudyError(f"--pruner: expected one of {PRUNERS}, got {opts.pruner!r}")
+    space.check_pruner(opts.pruner, "--pruner")
     if opts.objective not in OBJECTIVES:
         raise StudyError(f"--objective: expected one of {OBJECTIVES}, got {opts.objective!r}")
     spec = load_study(opts.study)

@@ -10,8 +10,8 @@ and needs nothing but ``sbatch`` on the login node.
 The submitting process (a login node) checks the options (``sbatch --test-only`` names a bad
 partition or account before anything is stored), sets the study up (study, parent run, trial
 queue) and submits one array of ``--workers`` tasks. Each task runs the worker loop against the
-study's shared storage; the store URLs travel in the job's environment (``sbatch --export``),
-never in the script or on a command line. A task with ``--gpus-per-worker`` K > 1 runs one
+study's shared storage (its launcher: cmcr.sweep.slurm_job); the store URLs travel in the job's
+environment (``sbatch --export``), never in the script or on a command line. A task with ``--gpus-per-worker`` K > 1 runs one
 ``torchrun`` launch of K processes (one launch is one worker, cmcr.sweep.group).
 
 Preemption and time limits: ``--signal SIG@S`` asks SLURM to send SIG to the worker S seconds
@@ -41,6 +41,8 @@ from typing import Any
 
 from cmcr.errors import CMCRError
 from cmcr.names import Attr
+from cmcr.sweep import recovery, runner
+from cmcr.sweep.options import PROG, with_checkout, worker_args, worker_env
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
@@ -246,18 +248,14 @@ def _tool(name: str) -> str:
 
 def submit(plan: Any, s: SlurmSettings) -> int:
     """Check with ``sbatch --test-only``, set the study up, submit the array; returns 0."""
-    from cmcr.sweep import cli, runner
-
     sbatch = _tool("sbatch")
     name = job_name(plan.study_name)
     log_dir = (Path(plan.base.tracking.output_dir) / "slurm" / plan.study_name).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     opts = dataclasses.replace(plan.opts, signal=s.signal)
     script = log_dir / f"workers-{time.strftime('%Y%m%dT%H%M%S')}.sbatch"
-    script.write_text(job_script(s, plan.opts.workers, name, log_dir, cli.worker_args(opts)))
-    env = cli.worker_env(opts)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    script.write_text(job_script(s, plan.opts.workers, name, log_dir, worker_args(opts)))
+    env = with_checkout(worker_env(opts))
     _sbatch(sbatch, ["--test-only"], script, env)  # a bad partition/account: before any store write
     storage = runner.connect(plan)
     study, parent = runner.setup(plan, storage)
@@ -267,8 +265,8 @@ def submit(plan: Any, s: SlurmSettings) -> int:
         f"study '{plan.study_name}' in {redact(plan.opts.storage)}: {runner.n_slots(plan, study)} "
         f"trial(s); MLflow parent run {parent}\nsubmitted SLURM job array {job}: "
         f"{plan.opts.workers} worker(s) ({script}; logs {log_dir}/{job}_<task>.log)\n"
-        f"watch: {cli.PROG} --study {plan.opts.study} --status   (add the same --storage)\n"
-        f"stop:  {cli.PROG} --study {plan.opts.study} --cancel",
+        f"watch: {PROG} --study {plan.opts.study} --status   (add the same --storage)\n"
+        f"stop:  {PROG} --study {plan.opts.study} --cancel",
         flush=True,
     )
     return 0
@@ -312,8 +310,6 @@ def queue(array_ids: list[str]) -> dict[str, str] | None:
 def cancel(plan: Any, wait_s: float = 120.0) -> int:
     """``--cancel``: scancel the study's arrays, wait until none is queued, fail the trials
     their workers held (retries queued, no retry spent); 0, or 1 if jobs remain."""
-    from cmcr.sweep import runner
-
     study = runner.load(plan, runner.connect(plan, create=False))
     arrays = list(study.user_attrs.get(Attr.SLURM_JOBS, []))
     if not arrays:
@@ -341,7 +337,7 @@ def cancel(plan: Any, wait_s: float = 120.0) -> int:
     return 0
 
 
-# ---- inside a worker job -----------------------------------------------------------------------
+# ---- a worker job's view of the queue (the rest of a worker job: cmcr.sweep.slurm_job) ----------
 def current_job() -> str | None:
     """This process's array task (``<array id>_<task>``), its plain job id, or None."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -350,47 +346,10 @@ def current_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def install_warning(spec: str | None) -> int:
-    """Turn the scheduler's warning signal into a stop request (cmcr.engine.stop); a second
-    one interrupts at once (KeyboardInterrupt, as SIGTERM does elsewhere). Returns the signal."""
-    from cmcr.engine import stop
-
-    signum, _ = parse_signal(spec or DEFAULT_SIGNAL)
-    stop.clear()
-
-    def warned(num: int, frame: Any) -> None:
-        if stop.requested() is not None:
-            raise KeyboardInterrupt(f"signal {num} again")
-        stop.request(num)
-        log.warning(f"signal {num}: checkpointing at the next step, then leaving for a requeue")
-
-    signal.signal(signum, warned)
-    return signum
-
-
-class Preempted(SystemExit):
-    """The worker left for a requeue (the scheduler warned it); its trial is re-queued."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(REQUEUE_EXIT)
-        self.why = why
-
-
-def leave_for_requeue(why: str) -> Preempted:
-    """Leave the requeue mark for the job script; the exception the worker exits with."""
-    mark = os.environ.get(MARK_ENV)
-    if mark:
-        Path(mark).touch()
-    log.warning(f"worker {current_job()}: {why}; leaving for a requeue")
-    return Preempted(why)
-
-
 def fail_lost(plan: Any, study: Any) -> list[Any]:
     """Fail RUNNING trials whose SLURM job is no longer running (or is this job: a previous
     run of it, requeued); their retries come from the next heal. Nothing when squeue fails."""
-    from optuna.trial import TrialState
-
-    from cmcr.sweep import recovery, runner
+    from optuna.trial import TrialState  # lazy: optuna is not needed by --help
 
     held = {
         t.number: t.user_attrs[Attr.SLURM_JOB]
@@ -416,16 +375,6 @@ def fail_lost(plan: Any, study: Any) -> list[Any]:
             )
             lost.append(frozen)
     return lost
-
-
-def finish_if_done(plan: Any, study: Any, parent: str) -> None:
-    """The last worker to leave ends the study's parent run (nobody waits on the login node)."""
-    from cmcr.sweep import runner
-
-    runner.heal(plan, study)
-    summary = runner.finish(plan, study, parent)
-    if summary["done"]:
-        log.info(f"study '{plan.study_name}' done: {summary}")
 
 
 # ---- --status ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ STUDY_DIR_ENV = "CMCR_STUDY_DIR"
 DEFAULT_STUDY_DIR = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
 PARAM_TYPES = ("float", "int", "categorical", "grid")
 SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "asha", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
 _STUDY_KEYS = {
     *("name", "direction", "sampler", "n_trials", "preset", "params", "fixed", "seed"),
@@ -237,11 +238,8 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     preset = data.get("preset")
     if preset is not None and not isinstance(preset, str):
         raise StudyError(f"{where}: 'preset' must be a preset name")
-    from cmcr.sweep.options import PRUNERS
-
     pruner = data.get("pruner")
-    if pruner is not None and pruner not in PRUNERS:
-        raise StudyError(f"{where}: 'pruner' must be one of {PRUNERS}, got {pruner!r}")
+    check_pruner(pruner, f"{where}: 'pruner'")
     return StudySpec(
         name=name.strip(),
         params=params,
@@ -254,6 +252,12 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
         source=source,
         pruner=pruner,
     )
+
+
+def check_pruner(pruner: str | None, what: str) -> None:
+    """The one check of a pruner name (a study's ``pruner``, ``--pruner``); None is the default."""
+    if pruner is not None and pruner not in PRUNERS:
+        raise StudyError(f"{what} must be one of {PRUNERS}, got {pruner!r}")
 
 
 def _opt_int(where: str, data: dict[str, Any], key: str, minimum: int) -> int | None:

@@ -75,6 +75,13 @@ def enqueue_slots(study: Any, cells: list[dict[str, Any]] | None, n_trials: int)
     return added
 
 
+def queued(study: Any) -> int:
+    """How many trials of ``study`` wait to be claimed."""
+    from optuna.trial import TrialState  # lazy: optuna takes ~0.3 s, not needed by --help
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def claim_next(study: Any) -> int | None:
     """Atomically move one WAITING trial to RUNNING; retries first, then by number."""
     import optuna

@@ -23,9 +23,11 @@ from typing import Any
 from cmcr.engine import stop
 from cmcr.errors import CMCRError
 from cmcr.names import Attr, Tag
-from cmcr.sweep import recovery
+from cmcr.sweep import recovery, runner
+from cmcr.sweep.group import GroupBroken
+from cmcr.sweep.launcher import Launcher, LocalLauncher
 from cmcr.sweep.objective import TrialContext, TrialFn, run_objective
-from cmcr.sweep.trials import Heartbeat, claim_next, retried_trial, worker_id
+from cmcr.sweep.trials import Heartbeat, claim_next, queued, retried_trial, worker_id
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
@@ -39,64 +41,48 @@ class WorkerStopped(CMCRError):
 
 
 def work(
-    plan: Any, study: Any, parent: str, trial_fn: TrialFn | None = None, group: Any = None
+    plan: Any,
+    study: Any,
+    parent: str,
+    trial_fn: TrialFn | None = None,
+    group: Any = None,
+    launcher: Launcher | None = None,
 ) -> int:
     """The worker loop: claim queued trials until none is left; returns trials finished here.
 
     ``plan``: a ``cmcr.sweep.runner.Plan``. ``group``: rank 0's view of a multi-process launch
     (``cmcr.sweep.group``); the other ranks run each trial with this process and only this one
-    talks to Optuna and MLflow.
+    talks to Optuna and MLflow. ``launcher``: who started this worker (cmcr.sweep.launcher;
+    default local, a SLURM job's is cmcr.sweep.slurm_job.worker_launcher's).
     """
-    import optuna
+    import optuna  # lazy: optuna takes ~0.3 s, not needed by --help
 
-    from cmcr.sweep.runner import heal
-
+    launcher = launcher or LocalLauncher()
     ctx = TrialContext(
         plan.spec, plan.study_name, plan.base, plan.opts.seeds, parent, trial_fn, group
     )
-    job = _slurm_job(plan)
     finished, idle_since = 0, None
     while True:
-        if job is not None:
-            from cmcr.sweep import slurm
-
-            if stop.requested() is not None:  # warned between trials: hold nothing, requeue
-                raise slurm.leave_for_requeue("warned by the scheduler between trials")
-            slurm.fail_lost(plan, study)  # trials of workers whose job ended or was requeued
-        heal(plan, study)  # a dead worker's trial is failed and its retry queued here
+        launcher.before_claim(plan, study)
+        runner.heal(plan, study)  # a dead worker's trial is failed and its retry queued here
         trial_id = claim_next(study)
         if trial_id is None:
             idle_since = idle_since or time.monotonic()
             if not _wait_for_lost(study, plan.opts.heartbeat_s, idle_since):
-                if job is not None:
-                    slurm.finish_if_done(plan, study, parent)
+                launcher.finished(plan, study, parent)
                 return finished
             continue
         idle_since = None
         trial = optuna.Trial(study, trial_id)
         trial.set_user_attr(Attr.WORKER, worker_id())
-        if job is not None:
-            trial.set_user_attr(Attr.SLURM_JOB, job)
+        launcher.claimed(trial)
         retry_of = retried_trial(study, trial_id)
         with Heartbeat(study, trial_id):
-            _run_and_tell(study, trial, ctx, lambda: heal(plan, study), retry_of)
+            _run_and_tell(study, trial, ctx, lambda: runner.heal(plan, study), retry_of, launcher)
         finished += 1
 
 
 _IDLE_POLL_S = 1.0
-
-
-def _slurm_job(plan: Any) -> str | None:
-    """In a ``--launcher slurm`` worker job: its id, with the scheduler's warning signal
-    turned into a stop request (checkpoint at the next step, then requeue); else None."""
-    if plan.opts.launcher != "slurm":
-        return None
-    from cmcr.sweep import slurm
-
-    job = slurm.current_job()
-    if job is not None:
-        slurm.install_warning(plan.opts.signal)
-    return job
 
 
 def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
@@ -105,7 +91,7 @@ def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
 
     Polls every second, not every heartbeat: a trial re-queued by another process (the parent
     of --workers, a --resume) is claimed at once instead of after up to a heartbeat of sleep."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: as in work
 
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
@@ -116,10 +102,15 @@ def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
 
 
 def _run_and_tell(
-    study: Any, trial: Any, ctx: TrialContext, requeue: Any, retry_of: int | None
+    study: Any,
+    trial: Any,
+    ctx: TrialContext,
+    requeue: Any,
+    retry_of: int | None,
+    launcher: Launcher,
 ) -> None:
     """Run one trial and record its outcome with the kind of failure; ``requeue`` heals."""
-    import optuna
+    import optuna  # lazy: as in work
     from optuna.trial import TrialState
 
     try:
@@ -137,9 +128,7 @@ def _run_and_tell(
         if ctx.group is not None:
             ctx.group.broken = True
         _fail(study, trial, ctx, recovery.INTERRUPTED, f"preempted: {exc}", requeue)
-        from cmcr.sweep import slurm
-
-        raise slurm.leave_for_requeue(f"trial {trial.number} {exc}") from None
+        raise launcher.leave(f"trial {trial.number} {exc}") from None
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
         if ctx.group is not None:
             ctx.group.broken = True
@@ -160,8 +149,6 @@ def _run_and_tell(
             ) from None
         if ctx.group is not None and not _is_diverged(exc):
             # the other ranks may be inside a collective: end the launch
-            from cmcr.sweep.group import GroupBroken
-
             ctx.group.broken = True
             raise GroupBroken(
                 f"trial {trial.number} failed on rank 0 ({reason}); its retry is queued. "
@@ -239,26 +226,20 @@ def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, req
     Best effort past the kind: with the disk full or the storage gone, the trial stays
     RUNNING under this (soon dead) process and the next start fails it as lost.
     """
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # lazy: as in work
 
     try:
         trial.set_user_attr(Attr.FAIL_KIND, kind)
         trial.set_user_attr(Attr.FAIL_REASON, redact(reason))
         _mark_runs(trial, ctx, "FAILED", reason, "FAIL")
         study.tell(trial, state=TrialState.FAIL)
-        before = _queued(study)
+        before = queued(study)
         requeue()
-        retried = _queued(study) > before
+        retried = queued(study) > before
     except Exception as exc:
         log.warning(redact(f"trial {trial.number}: could not record the failure: {exc}"))
         return
     log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
-
-
-def _queued(study: Any) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _mark_runs(
@@ -270,6 +251,4 @@ def _mark_runs(
     tags: dict[str, str] | None = None,
 ) -> None:
     """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
-    from cmcr.sweep.runner import mark_runs
-
-    mark_runs(ctx.base, trial, state, status, reason, tags)
+    runner.mark_runs(ctx.base, trial, state, status, reason, tags)

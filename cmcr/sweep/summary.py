@@ -1,0 +1,296 @@
+"""What a sweep says: the start lines, the closing summary, where to look, ``--status`` and ``--list``.
+
+Text only, from the stored study and its plan (``cmcr.sweep.runner.Plan``); the sweep's glue
+(cmcr.sweep.cli) prints it. The report a finished sweep points to is built here, best effort.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+from typing import Any
+
+from cmcr.engine.tracking import client_for, resolve_tracking_uri, ui_urls
+from cmcr.names import Attr
+from cmcr.progress import fmt_duration
+from cmcr.sweep import recovery, runner, seeds
+from cmcr.sweep.progress import clip, running_trial, short_params, trial_seconds
+from cmcr.sweep.slurm import status_notes
+from cmcr.sweep.space import builtin_studies, parse_study_file
+from cmcr.uris import public_url, redact
+
+
+def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> str:
+    """What the sweep will do, said before it starts: preset, trials, workers, time."""
+    slots = runner.n_slots(plan, study)
+    units = runner.n_units(plan, study) - slots
+    trials = study.get_trials(deepcopy=False)
+    todo = sum(1 for t in trials if t.state.name in ("WAITING", "RUNNING"))
+    grown = f", grown from {before}" if before and slots > before else ""
+    adding = f" + {units} adding seeds" if units else ""
+    seeds = f" × {plan.opts.seeds} seeds" if plan.opts.seeds > 1 else ""
+    lines = [
+        f"study '{plan.study_name}': preset {plan.base.preset}, {slots} trial(s){seeds}{grown}"
+        f"{adding}; {todo} to run now on {plan.opts.workers} worker(s) "
+        f"({len(trial_seconds(trials))} finished before)",
+        f"  storage {redact(plan.opts.storage)}; MLflow parent run {parent}",
+    ]
+    if est is not None:
+        total = est.total_s(todo, plan.opts.workers)
+        if total is None:
+            lines.append(f"  time: no estimate yet ({est.source}); the view shows one later")
+        else:
+            lines.append(
+                f"  estimated time: {fmt_duration(total)} ({fmt_duration(est.trial_s)} per "
+                f"trial: {est.source})"
+            )
+    return "\n".join(lines)
+
+
+def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> list[str]:
+    """The best trial, the report's file:// path, ``cmcr ui`` and the MLflow URLs."""
+    lines = [
+        f"best: trial #{summary['best_trial']} val mIoU {summary['best_value']:.4f} "
+        f"({short_params(summary['best_params'], 200)})"
+    ]
+    report = _report(plan, build_report)
+    if report:
+        lines.append(report)
+    urls = _mlflow_urls(plan, summary)
+    if urls and urls[0][1].startswith("http://127.0.0.1:5000/"):
+        lines.append("MLflow: start the UI with `cmcr ui`, then open")
+    elif urls:
+        lines.append("MLflow (the tracking server):")
+    lines += [f"  {label}: {url}" for label, url in urls]
+    return lines
+
+
+def _report(plan: Any, build: bool) -> str | None:
+    """Build the study's report (best effort) and say where it is."""
+    out = report_dir(plan)
+    if not build:
+        page = out / "index.html"
+        if page.is_file():
+            return f"report: {page.resolve().as_uri()}"
+        return f"report: none yet (python dashboards/build.py --study {plan.study_name})"
+    try:
+        # lazy: the report's chain loads torch and optuna (seconds), only after a real sweep
+        from cmcr.results.collect import Selection
+        from cmcr.results.report import build as build_report  # lazy: as above
+
+        sel = Selection(
+            tracking_uri=resolve_tracking_uri(plan.base),
+            study=plan.study_name,
+            storage=plan.opts.storage,
+        )
+        info = build_report(sel, out)
+    except Exception as exc:
+        return f"report: not built ({redact(str(exc)).splitlines()[0]}); try dashboards/build.py"
+    return f"report: {(Path(info['out']) / 'index.html').resolve().as_uri()}"
+
+
+def report_dir(plan: Any) -> Path:
+    """``reports/<study>`` beside the runs folder (``runs`` → ``./reports/<study>``, where
+    ``dashboards/build.py --study`` writes it too)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)  # as cmcr.results.report names it
+    return Path(plan.base.tracking.output_dir).parent / "reports" / slug
+
+
+def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Direct links into ``cmcr ui`` (127.0.0.1:5000, or the tracking server itself): the
+    study's runs table in its saved view, the parent run and the best run."""
+    try:
+        uri = resolve_tracking_uri(plan.base)
+        remote = uri.startswith(("http://", "https://"))
+        base = public_url(uri) if remote else "http://127.0.0.1:5000"
+        parent = summary["parent_run_id"]
+        exp = client_for(uri).get_run(parent).info.experiment_id
+        runs = {"parent run": parent}
+        if summary.get("best_run_id"):
+            runs["best run"] = summary["best_run_id"]
+        urls = ui_urls(base, exp, runs)
+        return [("runs table", urls["runs"])] + [(k, urls[k]) for k in runs]
+    except Exception:
+        return []
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The closing line of a sweep."""
+    parts = [f"study '{summary['study']}':"]
+    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
+        if summary.get(state):
+            parts.append(f"{state.lower()} {summary[state]}")
+    if "best_value" in summary:
+        params = short_params(summary["best_params"], 160)
+        parts.append(
+            f"best val mIoU {summary['best_value']:.4f} (trial {summary['best_trial']}, {params})"
+        )
+    if not summary["done"]:
+        parts.append("(trials still queued or running elsewhere)")
+    return " ".join(parts)
+
+
+def list_studies() -> str:
+    """The built-in studies with their search spaces."""
+    lines = []
+    for name, path in builtin_studies().items():
+        spec = parse_study_file(path)
+        n = spec.default_n_trials()
+        lines.append(
+            f"{name}  ({spec.sampler}, {spec.direction} val mIoU, {n} trials by default; {path})"
+        )
+        for p in spec.params:
+            if p.type in ("float", "int"):
+                lines.append(
+                    f"    {p.name}: {p.type} [{p.low}, {p.high}]" + (" log" if p.log else "")
+                )
+            elif p.choice_overrides is not None:
+                for label, over in p.choice_overrides.items():
+                    lines.append(f"    {p.name} = {label}: {over or '(defaults)'}")
+            else:
+                lines.append(f"    {p.name}: {p.type} {list(p.choices)}")
+        for key, value in spec.fixed.items():
+            lines.append(f"    fixed {key} = {value}")
+    return "\n".join(lines) if lines else "no built-in studies found"
+
+
+def print_status(plan: Any, now: Any = None) -> int:
+    """The stored study as one table: a row per slot (its latest attempt; retries are counted as
+    retries of the slot, not as trials), finished ones sorted by value, parameters rounded,
+    durations, step progress of running trials; then the best trial and where to look."""
+    storage = runner.connect(plan, create=False)
+    study = runner.load(plan, storage)
+    print(status_table(plan, study, now))
+    for line in seeds.status_lines(study, plan.opts.seeds):
+        print(line)
+    best = _best(study)
+    if best is not None:
+        summary = {
+            "best_trial": best.number,
+            "best_value": best.value,
+            "best_params": best.params,
+            "best_run_id": best.user_attrs.get(Attr.RUN_ID),
+            "parent_run_id": study.user_attrs.get(Attr.PARENT_RUN),
+        }
+        for line in where_to_look(plan, summary, build_report=False):
+            print(line)
+    return 0
+
+
+_ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
+
+
+def _best(study: Any) -> Any:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not done:
+        return None
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(done, key=lambda t: (t.value, -t.number))
+
+
+_ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
+_COLUMNS = ("trial", "state", "value", "time", "params", "run", "note")
+
+
+def _best(study: Any) -> Any:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not done:
+        return None
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    return pick(done, key=lambda t: (t.value, -t.number))
+
+
+def status_table(plan: Any, study: Any, now: Any = None) -> str:
+    """``--status``'s table (``now``: the time running trials' durations count to)."""
+    now = now or datetime.datetime.now()
+    trials = study.get_trials(deepcopy=False)
+    jobs = status_notes(trials)  # ``job=<id> (<state>)`` of trials run by SLURM workers
+    slots = recovery.by_slot(trials)
+    latest = {slot: attempts[-1] for slot, attempts in slots.items()}
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+
+    def key(t: Any) -> tuple:
+        value = sign * t.value if t.value is not None else 0.0
+        return (_ORDER.get(t.state.name, 9), value, t.number)
+
+    rows = [_COLUMNS]
+    rows += [
+        _row(t, slots[t.user_attrs[Attr.SLOT]], jobs, now) for t in sorted(latest.values(), key=key)
+    ]
+    return "\n".join(_heading(plan, study, slots) + _aligned(rows))
+
+
+def _heading(plan: Any, study: Any, slots: dict[Any, list[Any]]) -> list[str]:
+    """The table's two lines above the rows: the study, its counts by state, its parent run."""
+    counts: dict[str, int] = {}
+    for attempts in slots.values():
+        state = attempts[-1].state.name
+        counts[state] = counts.get(state, 0) + 1
+    retries = sum(len(a) - 1 for a in slots.values())
+    names = ("COMPLETE", "RUNNING", "WAITING", "PRUNED", "FAIL")
+    labels = {"WAITING": "queued", "FAIL": "failed"}
+    parts = [f"{counts.get(n, 0)} {labels.get(n, n.lower())}" for n in names]
+    retry_text = f"; {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    parent = study.user_attrs.get(Attr.PARENT_RUN)
+    return [
+        f"study '{plan.study_name}' (preset {study.user_attrs.get(Attr.PRESET, '?')}, "
+        f"{study.direction.name.lower()} val mIoU): {runner.n_units(plan, study)} trial(s): "
+        + ", ".join(parts)
+        + retry_text,
+        f"MLflow parent run {parent}",
+    ]
+
+
+def _row(t: Any, attempts: list[Any], jobs: dict[int, str], now: Any) -> tuple[str, ...]:
+    """One slot's row: its latest attempt ``t`` (of ``attempts``) and its notes."""
+    end = t.datetime_complete or (now if t.state.name == "RUNNING" else None)
+    seconds = (end - t.datetime_start).total_seconds() if t.datetime_start and end else None
+    value = "-" if t.value is None else f"{t.value:.4f}"
+    note = [jobs.get(t.number, "").strip()]
+    if t.state.name == "RUNNING":
+        r = running_trial(t, now)
+        if r.phase:
+            note.append(f"{r.progress()}, ETA {'stale' if r.stale else fmt_duration(r.eta_s)}")
+    if len(attempts) > 1:
+        prev = attempts[-2]
+        why = prev.user_attrs.get(Attr.FAIL_REASON) or recovery.STALE_REASON
+        note.append(
+            f"attempt {len(attempts)}, retry of #{prev.number} "
+            f"({recovery.kind_of(prev)}: {redact(why)})"
+        )
+    if t.state.name == "FAIL":
+        reason = t.user_attrs.get(Attr.FAIL_REASON) or recovery.STALE_REASON
+        note.append(f"{recovery.kind_of(t)}: {redact(reason)}")
+    note.append(_adds(t).strip())
+    return (
+        f"#{t.number}",
+        t.state.name,
+        value,
+        fmt_duration(seconds) if seconds is not None else "-",
+        short_params(t.params, 60),
+        str(t.user_attrs.get(Attr.RUN_ID, "-")),
+        "; ".join(n for n in note if n),
+    )
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """The rows as lines, columns padded (numbers to the right), the last one free."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    right = {0, 2, 3}
+    out = []
+    for r in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=False))
+        ]
+        out.append(clip(("  " + "  ".join(cells) + "  " + r[-1]).rstrip()))
+    return out
+
+
+def _adds(trial: Any) -> str:
+    """`` adds seeds 1,2 to #0`` for a trial queued by --add-seeds."""
+    if Attr.SEEDS_OF not in trial.user_attrs:
+        return ""
+    added = ",".join(str(s) for s in trial.user_attrs[Attr.TRIAL_SEEDS])
+    return f" adds seeds {added} to #{trial.user_attrs[Attr.SEEDS_OF]}"
