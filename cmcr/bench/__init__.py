@@ -57,7 +57,7 @@ def meta() -> dict[str, Any]:
     """Where and on what the figures were measured: they only mean something with this."""
     import torch
 
-    from cmcr.engine.tracking import git_commit
+    from cmcr.tracking.inputs import git_commit
 
     return {
         "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),

@@ -29,6 +29,8 @@ import torch
 from cmcr.configs import Config
 from cmcr.errors import CheckpointError, TrackingError
 from cmcr.names import Tag
+from cmcr.tracking.store import make_client, resolve_tracking_uri
+from cmcr.uris import redact
 from cmcr.weights import read_torch_file
 
 BACKBONE_FILE = "backbone.pt"
@@ -297,9 +299,6 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
     """The ``backbone.pt`` artifact of MLflow run ``run_id`` (TrackingError if no such run)."""
     from mlflow.exceptions import MlflowException
 
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
-    from cmcr.uris import redact
-
     uri = resolve_tracking_uri(cfg)
     client = make_client(uri)
     try:
@@ -336,8 +335,6 @@ def pretrained_variant(cfg: Config, pretrained: str | None, source_run: str | No
         return "random"
     if source_run is None:
         return None
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
-
     try:
         tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
     except Exception:  # a local runs/<id>/backbone.pt whose run is in another store

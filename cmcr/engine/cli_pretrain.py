@@ -6,6 +6,8 @@ import argparse
 
 from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
 from cmcr.configs import validate_config as _validate
+from cmcr.tracking.runs import require_run
+from cmcr.tracking.store import make_client, resolve_tracking_uri
 from cmcr.uris import redact_logging
 
 
@@ -35,8 +37,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def _recorded_config(run_id: str, base: Config) -> Config:
     """The config a run was started with (its params); tracking settings stay the caller's."""
     from cmcr.engine.preflight import check_tracking
-    from cmcr.engine.tracking import _require_run as require_run
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
 
     check_tracking(base)  # the lookup below would retry an unanswered server for minutes
     uri = resolve_tracking_uri(base)

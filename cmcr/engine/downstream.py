@@ -35,7 +35,7 @@ from cmcr.configs import (
     validate_config,
 )
 from cmcr.data import check_downstream_data, set_loader_epoch
-from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
+from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, run_dir, save_seg_weights
 from cmcr.engine.downstream_protocol import (
     Protocol,
     describe,
@@ -55,6 +55,8 @@ from cmcr.eval.metrics import SegMetrics, label_space
 from cmcr.losses.lovasz import lovasz_softmax
 from cmcr.models.segmentation import SegModel
 from cmcr.names import Metric, Tag, dataset_key
+from cmcr.tracking.inputs import config_yaml, run_spec
+from cmcr.tracking.runs import RunLogger
 
 __all__ = ["DownstreamResult", "SegModel", "build_loaders", "run_downstream"]
 
@@ -276,8 +278,6 @@ def run_downstream(
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     if logger is not None:
         return _run_evaluations(cfg, pretrained, logger, tags, report, export_dir, announce)
-    from cmcr.engine.tracking import RunLogger
-
     cfg = evaluation_config(cfg, cfg.downstream.dataset, cfg.downstream.mode)
     model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
     loaders = build_loaders(cfg, cfg.downstream.mode)
@@ -287,13 +287,12 @@ def run_downstream(
     device = _device()
     with (
         RunLogger.start(
-            cfg,
-            kind=cfg.downstream.mode,
+            run_spec(
+                cfg, kind=cfg.downstream.mode, parent=parent_run_id, tags={**extra, **(tags or {})}
+            ),
             run_id=run_id,
-            parent_run_id=parent_run_id,
-            tags={**extra, **(tags or {})},
         ) as own,
-        runlog.attached(own, Path(cfg.tracking.output_dir) / str(own.run_id)),
+        runlog.attached(own, run_dir(cfg, str(own.run_id))),
     ):
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir, announce)
 
@@ -358,7 +357,7 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
         batches = live_logits(model, loaders[1], device)
         space = label_space(dataset)
         export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), space)
-    out = Path(cfg.tracking.output_dir) / str(logger.run_id)
+    out = run_dir(cfg, str(logger.run_id))
     save_outputs(model, cfg, out if dataset == "nuscenes" else out / dataset)
     log_artifacts(logger, tr.metrics, dataset)
     seconds = dataset_key(dataset, Metric.DOWNSTREAM_SECONDS)
@@ -369,8 +368,6 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
 
 def save_outputs(model: SegModel, cfg: Config, out: Path) -> None:
     """``seg_backbone.pt``, ``seg_head.pt`` (checkpoint module) and ``config.yaml``."""
-    from cmcr.engine.tracking import config_yaml
-
     out.mkdir(parents=True, exist_ok=True)
     save_seg_weights(model, out)
     (out / "config.yaml").write_text(config_yaml(cfg))

@@ -30,9 +30,10 @@ from cmcr.engine.checkpoint import (
 )
 from cmcr.engine.probe import RepresentationProbe
 from cmcr.engine.probe import enabled as probe_enabled
-from cmcr.engine.tracking import RunLogger, config_yaml
 from cmcr.errors import DataError
 from cmcr.names import Metric, Tag
+from cmcr.tracking.inputs import config_yaml, run_spec
+from cmcr.tracking.runs import RunLogger
 
 log = logging.getLogger("cmcr")
 
@@ -103,9 +104,7 @@ def _broadcast(value: Any) -> Any:
 def _start_logger(cfg: Config, kind: str, run_id: str | None, **kw: Any) -> RunLogger:
     """Create/resume the run on main; every process learns its id."""
     is_main = _is_main()
-    logger = (
-        RunLogger.start(cfg, kind=kind, run_id=run_id, is_main=is_main, **kw) if is_main else None
-    )
+    logger = RunLogger.start(run_spec(cfg, kind=kind, **kw), run_id=run_id) if is_main else None
     rid = _broadcast(logger.run_id if logger else None)
     if is_main:
         log.info(f"cmcr {kind}: run {rid} (outputs in {run_dir(cfg, rid)})")
@@ -222,7 +221,7 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
     cfg, loaders = _prepare(cfg)
-    logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
+    logger = _start_logger(cfg, "pretrain", run_id, parent=parent_run_id, tags=tags)
     with logger, runlog.attached(logger, run_dir(cfg, logger.run_id)):
         steps = _pretrain(cfg, logger, loaders, resume=run_id is not None)
     return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
@@ -249,7 +248,7 @@ def run_trial(
     runs on the main process only, and the other processes return None once pre-training ends.
     """
     cfg, loaders = _prepare(cfg, downstream=True)
-    logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
+    logger = _start_logger(cfg, "trial", run_id, parent=parent_run_id, tags=tags)
     # the pruner sees the representation probe during pre-training when it is on, else the
     # downstream epochs (never both: their steps would not be comparable)
     early = report if probe_enabled(cfg) else None

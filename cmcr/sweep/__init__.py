@@ -6,6 +6,7 @@ sets up and summarises the study, and ``cmcr.sweep.worker`` runs the queued tria
 ``cmcr.sweep.slurm`` hands the workers to SLURM (``--launcher slurm``).
 """
 
-from cmcr.sweep.space import StudyError, StudySpec, builtin_studies, load_study, parse_study
+from cmcr.errors import StudyError
+from cmcr.sweep.space import StudySpec, builtin_studies, load_study, parse_study
 
 __all__ = ["StudyError", "StudySpec", "builtin_studies", "load_study", "parse_study"]

@@ -248,7 +248,7 @@ def _interrupted(plan: Any, study: Any, parent: str) -> None:
     """After Ctrl-C / SIGTERM: heal (the interrupted trials keep their retry budget: the worker
     failed them as ``interrupted``), then end the parent run KILLED with the reason, unless
     another machine still runs trials of the study (its sweep finishes the parent run)."""
-    from cmcr.engine.tracking import end_run, resolve_tracking_uri
+    from cmcr.sweep import parent as parent_runs
     from cmcr.sweep import runner
 
     try:
@@ -257,11 +257,8 @@ def _interrupted(plan: Any, study: Any, parent: str) -> None:
             return
         done = runner.finished_size(plan)
         left = "" if done is not None else "; resume with --resume"
-        end_run(
-            resolve_tracking_uri(plan.base),
-            parent,
-            "KILLED",
-            f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}",
+        parent_runs.end_interrupted(
+            plan.base, parent, f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}"
         )
     except Exception as exc:  # the stores may be what broke: the next start fixes the records
         print(f"{PROG}: could not end the parent run: {redact(str(exc))}", file=sys.stderr)
@@ -342,9 +339,9 @@ def _report(plan: Any, build: bool) -> str | None:
             return f"report: {page.resolve().as_uri()}"
         return f"report: none yet (python dashboards/build.py --study {plan.study_name})"
     try:
-        from cmcr.engine.tracking import resolve_tracking_uri
         from cmcr.results.collect import Selection
         from cmcr.results.report import build as build_report
+        from cmcr.tracking.store import resolve_tracking_uri
 
         sel = Selection(
             tracking_uri=resolve_tracking_uri(plan.base),
@@ -382,7 +379,8 @@ def _public_base(uri: str) -> str:
 def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Direct links into ``cmcr ui`` (127.0.0.1:5000, or the tracking server itself): the
     study's runs table in its saved view, the parent run and the best run."""
-    from cmcr.engine.tracking import client_for, resolve_tracking_uri, ui_urls
+    from cmcr.tracking.store import client_for, resolve_tracking_uri
+    from cmcr.tracking.study import ui_urls
 
     try:
         uri = resolve_tracking_uri(plan.base)
