@@ -35,8 +35,7 @@ def make_store(folder: Path, study: str = STUDY, n_runs: int = 12) -> dict:
     from cmcr.configs import load_config
     from cmcr.names import Kind, Metric
     from cmcr.results import fake_runs
-    from cmcr.tracking.inputs import dataset_inputs
-    from cmcr.tracking.runs import mlflow_inputs
+    from cmcr.tracking.inputs import dataset_inputs, mlflow_inputs
     from cmcr.tracking.store import resolve_tracking_uri
     from cmcr.tracking.study import describe_study, prepare_study_experiment, study_note
 

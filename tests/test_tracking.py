@@ -208,7 +208,7 @@ def test_log_inputs_tries_again_after_a_concurrent_create_and_never_fails_the_ru
     of them fail its trial with a unique-key violation; the second try finds the row."""
     from mlflow.exceptions import MlflowException
 
-    from cmcr.tracking.runs import _log_inputs
+    from cmcr.tracking.inputs import log_inputs as _log_inputs
 
     class Client:
         def __init__(self, failures: int) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from cmcr.names import Kind, Tag
 from cmcr.tracking.store import param_text, resolve_tracking_uri, tag_text
 from cmcr.uris import redact
 
+_log = logging.getLogger("cmcr.tracking")
 # Files above this size enter the dataset fingerprint by size and mtime instead of contents.
 _FINGERPRINT_CONTENT_MAX = 8 << 20
 
@@ -116,6 +119,38 @@ def dataset_inputs(cfg: Config, kind: str, fingerprint: str) -> tuple[DatasetRef
         splits.append(("validation", cfg.data.val_split))
     return tuple(DatasetRef(f"{world}/{split}", fingerprint, source, context)
                  for context, split in splits)  # fmt: skip
+
+
+def log_inputs(client: Any, run_id: str, inputs: tuple[DatasetRef, ...], tries: int = 3) -> None:
+    """``log_inputs``, tried again when another process created the same dataset meanwhile:
+    MLflow's server finds-or-creates the dataset row without a lock, so two workers starting
+    runs on one world at once can hit its unique key (seen with PostgreSQL behind a server);
+    the second try finds the row. The Dataset column is a convenience: a store that still
+    refuses is logged as a warning, not a failed run."""
+    from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
+
+    datasets = mlflow_inputs(inputs)
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as exc:
+            if attempt == tries - 1:
+                first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+                _log.warning(redact(f"run {run_id}: datasets not logged ({first})"))
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+
+def mlflow_inputs(inputs: tuple[DatasetRef, ...]) -> list[Any]:
+    """The run's dataset inputs as MLflow ``DatasetInput`` entities (context as input tag)."""
+    # lazy: mlflow takes seconds to import
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="local",
+                                 source=d.source), tags=[InputTag(MLFLOW_DATASET_CONTEXT, d.context)])
+            for d in inputs]  # fmt: skip
 
 
 def git_commit() -> str:

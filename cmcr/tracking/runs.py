@@ -21,7 +21,6 @@ on a run. ``find_child_run`` and
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 from cmcr.errors import TrackingError
 from cmcr.names import Kind, Tag, is_local_key
-from cmcr.tracking.inputs import DatasetRef, RunSpec
+from cmcr.tracking.inputs import RunSpec, log_inputs
 from cmcr.tracking.store import (
     TAG_MAX,
     client_for,
@@ -44,7 +43,6 @@ from cmcr.tracking.store import (
 )
 from cmcr.uris import redact, tracking_uri
 
-_log = logging.getLogger("cmcr.tracking")
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -80,7 +78,7 @@ class RunLogger:
         if run_id is None:
             # tags in the same request: a run killed right after creation can still be found
             # by them (a sweep's child run by study, slot and seed), never an untagged orphan
-            run_id = client.create_run(exp_id, run_name=spec.name, tags=spec.tags).info.run_id
+            run_id = create_run(client, exp_id, name=spec.name, tags=spec.tags)
             params = spec.params
         else:
             require_run(client, run_id, spec.uri)
@@ -91,7 +89,7 @@ class RunLogger:
         try:
             logger.set_tags(spec.tags)
             if not resumed and spec.inputs:
-                _log_inputs(client, run_id, spec.inputs)
+                log_inputs(client, run_id, spec.inputs)
             if params:
                 logger.log_params(params)
             if spec.system_metrics:
@@ -206,6 +204,14 @@ class RunLogger:
             self.end("FAILED", reason=f"{type(exc).__name__}: {exc}")
 
 
+def create_run(
+    client: Any, experiment_id: str, *, name: str | None, tags: Mapping[str, str]
+) -> str:
+    """Create a run with its tags in the creating request; its id. ``RunLogger.start`` (and
+    ``cmcr.results.fake_runs``, which logs in bulk through its own client) create runs here."""
+    return client.create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+
+
 def _is_pruned(exc: BaseException) -> bool:
     """An ``optuna.TrialPruned`` (optuna is imported whenever one can have been raised)."""
     optuna = sys.modules.get("optuna")
@@ -214,38 +220,6 @@ def _is_pruned(exc: BaseException) -> bool:
 
 def _is_plotly(fig: Any) -> bool:
     return type(fig).__module__.startswith("plotly")
-
-
-def _log_inputs(client: Any, run_id: str, inputs: tuple[DatasetRef, ...], tries: int = 3) -> None:
-    """``log_inputs``, tried again when another process created the same dataset meanwhile:
-    MLflow's server finds-or-creates the dataset row without a lock, so two workers starting
-    runs on one world at once can hit its unique key (seen with PostgreSQL behind a server);
-    the second try finds the row. The Dataset column is a convenience: a store that still
-    refuses is logged as a warning, not a failed run."""
-    from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
-
-    datasets = mlflow_inputs(inputs)
-    for attempt in range(tries):
-        try:
-            client.log_inputs(run_id, datasets=datasets)
-            return
-        except MlflowException as exc:
-            if attempt == tries - 1:
-                first = (str(exc).strip().splitlines() or ["(no message)"])[0]
-                _log.warning(redact(f"run {run_id}: datasets not logged ({first})"))
-                return
-            time.sleep(0.2 * (attempt + 1))
-
-
-def mlflow_inputs(inputs: tuple[DatasetRef, ...]) -> list[Any]:
-    """The run's dataset inputs as MLflow ``DatasetInput`` entities (context as input tag)."""
-    # lazy: mlflow takes seconds to import
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    return [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="local",
-                                 source=d.source), tags=[InputTag(MLFLOW_DATASET_CONTEXT, d.context)])
-            for d in inputs]  # fmt: skip
 
 
 def require_run(client: Any, run_id: str, uri: str) -> None:
@@ -291,30 +265,30 @@ def end_run(
     client.set_terminated(run_id, status=status)
 
 
-def end_complete(uri: str, run_id: str, reason: str | None = None) -> None:
+def end_complete(uri: str, run_id: str, reason: str | None = None, *, client: Any = None) -> None:
     """End ``run_id`` as done (FINISHED)."""
-    end_run(uri, run_id, "FINISHED", reason)
+    end_run(uri, run_id, "FINISHED", reason, client=client)
 
 
-def end_killed(uri: str, run_id: str, reason: str) -> None:
+def end_killed(uri: str, run_id: str, reason: str | None = None, *, client: Any = None) -> None:
     """End ``run_id`` as stopped before its end, not by its own fault (KILLED): interrupted,
     pruned, or a run no trial holds any more."""
-    end_run(uri, run_id, "KILLED", reason)
+    end_run(uri, run_id, "KILLED", reason, client=client)
 
 
-def end_failed(uri: str, run_id: str, reason: str) -> None:
+def end_failed(uri: str, run_id: str, reason: str | None = None, *, client: Any = None) -> None:
     """End ``run_id`` as failed (FAILED) with ``reason``."""
-    end_run(uri, run_id, "FAILED", reason)
+    end_run(uri, run_id, "FAILED", reason, client=client)
 
 
-def end_study(uri: str, parent_run_id: str, failures: list[str]) -> None:
+def end_study(uri: str, parent_run_id: str, failures: list[str], *, client: Any = None) -> None:
     """End a study's parent run: FINISHED, or FAILED naming ``failures`` (one text per slot
     failed for good)."""
     if failures:
         reason = f"{len(failures)} slot(s) failed: {'; '.join(failures)}"
-        end_run(uri, parent_run_id, "FAILED", reason)
+        end_run(uri, parent_run_id, "FAILED", reason, client=client)
     else:
-        end_run(uri, parent_run_id, "FINISHED")
+        end_run(uri, parent_run_id, "FINISHED", client=client)
 
 
 def reopen(
