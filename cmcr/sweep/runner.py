@@ -7,7 +7,8 @@ at once (on one machine with SQLite, or several with PostgreSQL) create one stud
 run and exactly ``n_trials`` queued trials. Every start (and every worker, after each trial)
 also heals the study (``heal``): trials of dead workers are failed without spending a retry
 and every slot gets the retry it is owed (cmcr.sweep.recovery). The workers' loop is
-cmcr.sweep.worker; the options are declared in cmcr.sweep.options.
+cmcr.sweep.worker; the options are declared in cmcr.sweep.options; the study's MLflow
+parent run and the end of its trials' runs are cmcr.sweep.parent.
 """
 
 from __future__ import annotations
