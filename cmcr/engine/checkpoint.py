@@ -349,7 +349,7 @@ SEG_HEAD_FILE = "seg_head.pt"
 
 def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[Any, str | None]:
     """A SegModel with pre-trained backbone weights loaded (or random, explicitly); + source run."""
-    from cmcr.models.segmentation import SegModel
+    from cmcr.models.segmentation import SegModel  # lazy: spconv loads only for a seg model
 
     torch.manual_seed(cfg.train.seed)
     model = SegModel(cfg)
@@ -366,6 +366,7 @@ def backbone_keys(state: dict[str, torch.Tensor], path: str | Path) -> dict[str,
     network is the backbone and a new layer (METHOD.md). Any other key means the file is not
     a backbone file: CheckpointError.
     """
+    # lazy: the model modules load spconv, which reading a checkpoint's counters never needs
     from cmcr.models.cmcr import BACKBONE_PARTS
     from cmcr.models.segmentation import BACKBONE_PREFIX
 
