@@ -21,3 +21,7 @@ class TrackingError(CMCRError):
 
 class ConfigError(CMCRError, ValueError):
     """A config key, value or file is wrong; the message names which and what was expected."""
+
+
+class StudyError(CMCRError, ValueError):
+    """A study name, file or search space is wrong; the message names which and why."""

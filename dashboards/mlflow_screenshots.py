@@ -33,29 +33,31 @@ def make_store(folder: Path, study: str = STUDY, n_runs: int = 12) -> dict:
     from mlflow.tracking import MlflowClient
 
     from cmcr.configs import load_config
-    from cmcr.engine import tracking as T
     from cmcr.names import Kind, Metric
     from cmcr.results import fake_runs
+    from cmcr.tracking.inputs import dataset_inputs, mlflow_inputs
+    from cmcr.tracking.store import resolve_tracking_uri
+    from cmcr.tracking.study import describe_study, prepare_study_experiment, study_note
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    T.resolve_tracking_uri(load_config("smoke", {"tracking.tracking_uri": uri}))
+    resolve_tracking_uri(load_config("smoke", {"tracking.tracking_uri": uri}))
     client = MlflowClient(uri)
     params = ["loss.weights.cmcm", "loss.weights.mim", "loss.weights.occ", "train.lr"]
-    exp_id = T.prepare_study_experiment(uri, study, study=study, objective=Metric.VAL_MIOU,
-                                        direction="maximize", params=params)  # fmt: skip
+    exp_id = prepare_study_experiment(uri, study, study=study, objective=Metric.VAL_MIOU,
+                                      direction="maximize", params=params)  # fmt: skip
     info = fake_runs.log_random_sweep(client, study, study=study, n_runs=n_runs)
     runs = client.search_runs([exp_id], f"tags.`cmcr.kind` = '{Kind.TRIAL}'",
                               order_by=[f"metrics.`{Metric.VAL_MIOU}` DESC"])  # fmt: skip
-    inputs = T.dataset_inputs(load_config("smoke"), Kind.TRIAL, "3f9c1b7e0a2d4c55")
+    refs = dataset_inputs(load_config("smoke"), Kind.TRIAL, "3f9c1b7e0a2d4c55")
     for run in runs:
-        client.log_inputs(run.info.run_id, datasets=inputs)
+        client.log_inputs(run.info.run_id, datasets=mlflow_inputs(refs))
     best = runs[0]
-    note = T.study_note(study, objective=Metric.VAL_MIOU, direction="maximize", params=params,
-                        best={"trial": best.data.tags.get("optuna.trial"),
-                              "value": best.data.metrics[Metric.VAL_MIOU],
-                              "run_id": best.info.run_id, "experiment_id": exp_id},
-                        report=(folder / "report" / "index.html").as_uri())  # fmt: skip
-    T.describe_study(uri, exp_id, info["parent_run_id"], note)
+    note = study_note(study, objective=Metric.VAL_MIOU, direction="maximize", params=params,
+                      best={"trial": best.data.tags.get("optuna.trial"),
+                            "value": best.data.metrics[Metric.VAL_MIOU],
+                            "run_id": best.info.run_id, "experiment_id": exp_id},
+                      report=(folder / "report" / "index.html").as_uri())  # fmt: skip
+    describe_study(uri, exp_id, info["parent_run_id"], note)
     return {"uri": uri, "experiment_id": exp_id, "parent_run_id": info["parent_run_id"],
             "best_run_id": best.info.run_id}  # fmt: skip
 
@@ -88,8 +90,8 @@ def start_server(uri: str, port: int, artifacts: Path) -> subprocess.Popen:
 
 def urls(base: str, store: dict) -> dict[str, str]:
     """The three pages, by the links the sweep and the notes give."""
-    from cmcr.engine.tracking import ui_urls
     from cmcr.names import UI_WORKFLOW_QUERY
+    from cmcr.tracking.study import ui_urls
 
     links = ui_urls(base, store["experiment_id"], {"parent": store["parent_run_id"]})
     landing = f"{base}/#/experiments/{store['experiment_id']}?{UI_WORKFLOW_QUERY}"

@@ -21,8 +21,8 @@ from cmcr.engine.checkpoint import (
     latest_step,
 )
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.errors import CheckpointError
+from cmcr.tracking.store import make_client
 
 
 class _Planted:

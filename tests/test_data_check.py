@@ -14,8 +14,8 @@ from cmcr.data import check_downstream_data, check_pretrain_data
 from cmcr.data.pretrain import select_records
 from cmcr.data.records import SampleRecord
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.errors import CheckpointError, CMCRError, DataError
+from cmcr.tracking.store import make_client
 
 
 def _cfg(world: Path, **overrides):

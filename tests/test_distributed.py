@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from cmcr.engine.tracking import make_client
+from cmcr.tracking.store import make_client
 
 # runs `cmcr` and dumps each rank's final state (a test-only wrapper of the loop)
 LAUNCHER = Path(__file__).with_name("dist_pretrain.py")

@@ -181,12 +181,13 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
     from mlflow.tracking import MlflowClient
 
     from cmcr.cli import main
-    from cmcr.engine.tracking import RunLogger
+    from cmcr.tracking.inputs import run_spec
+    from cmcr.tracking.runs import RunLogger
 
     cfg = _cfg(store, "probe", world_cfg, **{"downstream.probe_epochs": 1})
     bb = _backbone_file(cfg, tmp_path / "backbone.pt")
     pre_cfg = load_config("smoke", {**flatten_config(cfg), "method.name": "ppkt"})
-    with RunLogger.start(pre_cfg, kind="pretrain") as pre:
+    with RunLogger.start(run_spec(pre_cfg, kind="pretrain")) as pre:
         pre.log_artifact(bb)  # only an artifact: runs/<id>/backbone.pt does not exist
     assert not (Path(cfg.tracking.output_dir) / pre.run_id / "backbone.pt").exists()
     res = run_downstream(cfg, pretrained=pre.run_id)
@@ -198,7 +199,7 @@ def test_pretrained_run_id_from_artifacts_links_runs(world_cfg, store, tmp_path,
     want = _backbone_only(torch.load(bb, weights_only=True))
     assert _states_equal(torch.load(out, weights_only=True), want)
 
-    with RunLogger.start(cfg, kind="pretrain") as empty:
+    with RunLogger.start(run_spec(cfg, kind="pretrain")) as empty:
         pass  # a run without weights
     capsys.readouterr()  # the probe above printed its progress lines
     code = main(_cli(store, "--pretrained", empty.run_id))

@@ -131,7 +131,7 @@ def test_ten_sigkills_lose_no_trial(tmp_path, smoke_world, seed):
 
 
 def _postgres_or_skip() -> str:
-    from cmcr.sweep.storage import driver_url
+    from cmcr.tracking.optuna_store import driver_url
 
     url = driver_url(PG)
     try:

@@ -161,7 +161,8 @@ def test_mlflow_view_run_line_is_switched_off(mlflow_server, capfd, monkeypatch)
     """MLflow prints 'View run ... at: <URI>' when a run on a server ends; ours does not."""
     from mlflow.tracking import MlflowClient
 
-    from cmcr.engine.tracking import end_run, make_client
+    from cmcr.tracking.runs import end_run
+    from cmcr.tracking.store import make_client
 
     uri = _with_userinfo(mlflow_server, SECRET)
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")
@@ -219,7 +220,7 @@ def _mlflow_leaks(url: str, tmp: Path, secrets: tuple[str, ...]) -> tuple[list[s
 def _optuna_leaks(storage: str, name: str, secrets: tuple[str, ...]) -> tuple[list[str], int]:
     import optuna
 
-    from cmcr.sweep.storage import driver_url
+    from cmcr.tracking.optuna_store import driver_url
 
     rdb = optuna.storages.RDBStorage(driver_url(storage))
     try:

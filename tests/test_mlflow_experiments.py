@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 
 from cmcr.adapters import mlflow_views
 from cmcr.configs import load_config
-from cmcr.engine import tracking as T
 from cmcr.names import (
     DEFAULT_EXPERIMENT,
     EXPERIMENT_KIND_TRAINING,
@@ -31,6 +30,16 @@ from cmcr.names import (
 )
 from cmcr.results import fake_runs
 from cmcr.results.collect import Selection, collect
+from cmcr.tracking.inputs import dataset_fingerprint, run_spec
+from cmcr.tracking.runs import RunLogger
+from cmcr.tracking.store import get_or_create_experiment, resolve_tracking_uri
+from cmcr.tracking.study import (
+    describe_study,
+    prepare_study_experiment,
+    study_experiment,
+    study_note,
+    ui_urls,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One sqlite store for the module, created as the sweep creates it (schema built once)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    T.resolve_tracking_uri(load_config("smoke", {"tracking.tracking_uri": uri}))
+    resolve_tracking_uri(load_config("smoke", {"tracking.tracking_uri": uri}))
     return uri
 
 
@@ -70,10 +79,10 @@ def test_study_experiment_kind_view_and_description(store: str) -> None:
     """A study's experiment is model-training, its saved view shows the objective then the swept
     params (sorted by the objective, trials only), and its description names both."""
     params = ["loss.weights.occ", "loss.weights.mim"]
-    exp_id = T.prepare_study_experiment(store, "sw1", study="sw1", objective=Metric.VAL_MIOU,
+    exp_id = prepare_study_experiment(store, "sw1", study="sw1", objective=Metric.VAL_MIOU,
                                         direction="maximize", params=params)  # fmt: skip
-    note = T.study_note("sw1", objective=Metric.VAL_MIOU, direction="maximize", params=params)
-    T.describe_study(store, exp_id, None, note)
+    note = study_note("sw1", objective=Metric.VAL_MIOU, direction="maximize", params=params)
+    describe_study(store, exp_id, None, note)
     tags = MlflowClient(store).get_experiment(exp_id).tags
     assert tags[ExpTag.KIND] == EXPERIMENT_KIND_TRAINING
     assert "`loss.weights.mim`, `loss.weights.occ`" in tags[ExpTag.NOTE]
@@ -84,7 +93,7 @@ def test_study_experiment_kind_view_and_description(store: str) -> None:
     assert state["orderByKey"] == "metrics.`val/miou`" and state["orderByAsc"] is False
     assert state["searchFilter"] == "tags.`cmcr.kind` = 'trial' and tags.`optuna.study` = 'sw1'"
     # the links the sweep and the notes give open that view, on the model-training side
-    urls = T.ui_urls("http://127.0.0.1:5000", exp_id, {"best": "abc"})
+    urls = ui_urls("http://127.0.0.1:5000", exp_id, {"best": "abc"})
     assert urls["runs"].endswith(f"/runs?viewStateShareKey=cmcr-study&{UI_WORKFLOW_QUERY}")
     assert (
         urls["best"] == f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/abc?{UI_WORKFLOW_QUERY}"
@@ -96,7 +105,7 @@ def test_an_older_experiment_is_marked_when_used(store: str) -> None:
     client = MlflowClient(store)
     exp_id = client.create_experiment("made-before")
     assert ExpTag.KIND not in client.get_experiment(exp_id).tags
-    assert T.get_or_create_experiment(client, "made-before", store) == exp_id
+    assert get_or_create_experiment(client, "made-before", store) == exp_id
     assert client.get_experiment(exp_id).tags[ExpTag.KIND] == EXPERIMENT_KIND_TRAINING
 
 
@@ -108,10 +117,10 @@ def test_runs_log_their_dataset_splits(store: str, smoke_world: Path) -> None:
                                 "data.dataroot": str(smoke_world)})  # fmt: skip
     found = {}
     for kind in (Kind.TRIAL, Kind.PRETRAIN, Kind.STUDY):
-        with T.RunLogger.start(cfg, kind=kind, log_params=False) as run:
+        with RunLogger.start(run_spec(cfg, kind=kind, log_params=False)) as run:
             inputs = MlflowClient(store).get_run(run.run_id).inputs.dataset_inputs
             found[kind] = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in inputs}
-    digest = T.dataset_fingerprint(cfg)
+    digest = dataset_fingerprint(cfg)
     world = smoke_world.resolve().name
     assert found[Kind.TRIAL] == {(f"{world}/{cfg.data.train_split}", digest, "train"),
                                  (f"{world}/{cfg.data.val_split}", digest, "validation")}  # fmt: skip
@@ -124,15 +133,15 @@ def test_sweeps_get_an_experiment_named_after_the_study(store: str) -> None:
     run already lives in the shared default experiment stays there."""
     cfg = load_config("smoke", {"tracking.tracking_uri": store})
     assert cfg.tracking.experiment == DEFAULT_EXPERIMENT
-    assert T.study_experiment(cfg, "fresh") == "fresh"
+    assert study_experiment(cfg, "fresh") == "fresh"
     mine = load_config("smoke", {"tracking.tracking_uri": store, "tracking.experiment": "mine"})
-    assert T.study_experiment(mine, "fresh") == "mine"
+    assert study_experiment(mine, "fresh") == "mine"
     client = MlflowClient(store)
-    T.get_or_create_experiment(client, DEFAULT_EXPERIMENT, store)  # artifacts beside the store
+    get_or_create_experiment(client, DEFAULT_EXPERIMENT, store)  # artifacts beside the store
     fake_runs.start_study(client, DEFAULT_EXPERIMENT, "old-study")
-    assert T.study_experiment(cfg, "old-study") == DEFAULT_EXPERIMENT
+    assert study_experiment(cfg, "old-study") == DEFAULT_EXPERIMENT
     missing = load_config("smoke", {"tracking.tracking_uri": f"{store}-none"})
-    assert T.study_experiment(missing, "old-study") == "old-study"  # no store: nothing to read
+    assert study_experiment(missing, "old-study") == "old-study"  # no store: nothing to read
 
 
 def test_report_finds_runs_in_the_study_experiment_and_the_old_one(store: str) -> None:
@@ -140,7 +149,7 @@ def test_report_finds_runs_in_the_study_experiment_and_the_old_one(store: str) -
     with --experiment only that one."""
     client = MlflowClient(store)
     for name in ("split", DEFAULT_EXPERIMENT):  # artifacts beside the store (tmp), not ./mlruns
-        T.get_or_create_experiment(client, name, store)
+        get_or_create_experiment(client, name, store)
     fake_runs.log_random_sweep(client, "split", study="split", n_runs=3)
     fake_runs.log_random_sweep(client, DEFAULT_EXPERIMENT, study="split", n_runs=2, rng_seed=1)
     assert len(collect(Selection(tracking_uri=store, study="split")).runs) == 5
@@ -171,7 +180,7 @@ def test_report_build_describes_the_study(store: str, tmp_path: Path) -> None:
     from cmcr.results.report import build
 
     client = MlflowClient(store)
-    T.get_or_create_experiment(client, "described", store)  # artifacts beside the store (tmp)
+    get_or_create_experiment(client, "described", store)  # artifacts beside the store (tmp)
     info = fake_runs.log_random_sweep(client, "described", study="described", n_runs=4)
     build(Selection(tracking_uri=store, study="described"), tmp_path / "rep")
     runs = client.search_runs([info["experiment_id"]], "tags.`cmcr.kind` = 'trial'",

@@ -12,9 +12,9 @@ import cmcr.engine.train as train_mod
 from cmcr.cli import main as cli_main
 from cmcr.configs import flatten_config, load_config
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.engine.train import TrainingDiverged, lr_factor
 from cmcr.models import CMCRModel
+from cmcr.tracking.store import make_client
 
 
 @pytest.fixture

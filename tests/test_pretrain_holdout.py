@@ -8,9 +8,9 @@ import pytest
 
 from cmcr.configs import load_config
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.names import Metric
 from cmcr.synth import generate_world
+from cmcr.tracking.store import make_client
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from cmcr.configs import load_config
 from cmcr.engine.pipeline import run_trial
-from cmcr.engine.tracking import make_client
+from cmcr.tracking.store import make_client
 
 
 @pytest.mark.slow  # ~60 s of CPU: two probes on top of a pre-training

@@ -176,7 +176,7 @@ def test_resuming_after_a_kill_reports_no_step_twice(tmp_path, smoke_world):
 def _postgres_up() -> bool:
     import sqlalchemy
 
-    from cmcr.sweep.storage import driver_url
+    from cmcr.tracking.optuna_store import driver_url
 
     try:
         engine = sqlalchemy.create_engine(driver_url(PG), connect_args={"connect_timeout": 3})
@@ -189,7 +189,7 @@ def _postgres_up() -> bool:
 
 @pytest.mark.postgres
 def test_pruning_with_two_workers_on_postgresql(tmp_path, smoke_world):
-    from cmcr.sweep.storage import driver_url
+    from cmcr.tracking.optuna_store import driver_url
 
     if not _postgres_up():
         pytest.fail(f"PostgreSQL is not reachable at {PG} (start it: see the README)")
@@ -238,9 +238,9 @@ def test_the_pruners_resource_is_the_pretraining_step_when_the_probe_is_on():
 
 
 def test_pruner_comes_from_the_flag_else_the_study_else_median(tmp_path):
+    from cmcr.errors import StudyError
     from cmcr.sweep.options import SweepOptions
     from cmcr.sweep.runner import plan_sweep
-    from cmcr.sweep.space import StudyError
 
     study = _study(tmp_path, [1.0, 2.0])  # pruner: asha
     assert plan_sweep(SweepOptions(study=str(study), preset="smoke")).pruner == "asha"

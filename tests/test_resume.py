@@ -23,7 +23,7 @@ from cmcr.cli import main as cli_main
 from cmcr.configs import load_config
 from cmcr.engine.checkpoint import COMPLETE_MARKER
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
+from cmcr.tracking.store import make_client
 
 # batch 1 over the 4 smoke samples: the checkpoint after step 2 is mid-epoch, so the resume
 # exercises skip_first_batches; checkpoints after 2, 4 and 6 (keep 2)

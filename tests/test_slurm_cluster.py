@@ -71,7 +71,7 @@ def slurm_cluster() -> None:
 def _storage(kind: str, tmp_path: Path) -> str:
     if kind == "journal":
         return f"journal://{tmp_path / 'study.journal'}"
-    from cmcr.sweep.storage import driver_url
+    from cmcr.tracking.optuna_store import driver_url
 
     url = driver_url(PG)
     try:
@@ -290,7 +290,7 @@ def _one_training(storage: str, name: str, client, tasks: set[str]):
 
 
 def _open(storage: str):
-    from cmcr.sweep.storage import open_storage
+    from cmcr.tracking.optuna_store import open_storage
 
     return open_storage(storage, create=False)
 
@@ -303,7 +303,7 @@ def test_a_trial_whose_job_left_the_queue_is_failed_as_lost(slurm_cluster, tmp_p
 
     from cmcr.configs import load_config
     from cmcr.sweep import slurm
-    from cmcr.sweep.storage import open_storage
+    from cmcr.tracking.optuna_store import open_storage
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

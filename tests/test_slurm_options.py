@@ -13,7 +13,7 @@ from cmcr.names import Attr
 from cmcr.sweep import slurm, slurm_job
 from cmcr.sweep.launcher import LocalLauncher
 from cmcr.sweep.options import add_option_arguments, from_args, worker_args, worker_env
-from cmcr.sweep.storage import StorageError, check_url, journal_path
+from cmcr.tracking.optuna_store import StorageError, check_url, journal_path
 
 
 def _opts(*argv: str):
@@ -125,7 +125,7 @@ def test_a_journal_study_is_shared_between_storages(tmp_path):
     """Two processes' worth of storage objects on one journal file see each other's trials."""
     import optuna
 
-    from cmcr.sweep.storage import open_storage
+    from cmcr.tracking.optuna_store import open_storage
 
     url = f"journal://{tmp_path / 's.journal'}"
     with pytest.raises(StorageError, match="no such journal file"):

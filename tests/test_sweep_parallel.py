@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cmcr.sweep.storage import driver_url
+from cmcr.tracking.optuna_store import driver_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
@@ -167,7 +167,7 @@ def test_workers_starting_together_on_an_empty_postgres_database_all_open_it(pos
 
     import sqlalchemy
 
-    from cmcr.sweep.storage import open_storage
+    from cmcr.tracking.optuna_store import open_storage
 
     db = f"cmcr_schema_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(PG_DRIVER, isolation_level="AUTOCOMMIT")

@@ -15,12 +15,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cmcr.engine.downstream import DownstreamResult
-from cmcr.engine.tracking import RunLogger, client_for, search_value
 from cmcr.errors import TrackingError
 from cmcr.names import Attr, Tag
 from cmcr.results.collect import Selection, collect, trial_runs
 from cmcr.sweep import cli, options
 from cmcr.sweep.options import SweepOptions, add_option_arguments, from_args, worker_argv
+from cmcr.tracking.runs import RunLogger
+from cmcr.tracking.store import client_for, search_value
 
 # the stand-in trial functions here read no data and make no real runs
 STAND_IN = cli.Extras(check_data=False, estimate=False, build_report=False)

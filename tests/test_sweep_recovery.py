@@ -167,12 +167,12 @@ def test_a_run_created_but_never_linked_is_reused(tmp_path, store, monkeypatch):
 def test_finish_with_mlflow_down_reports_one_line(tmp_path, store, monkeypatch, capsys):
     from mlflow.exceptions import MlflowException
 
-    from cmcr.engine import tracking
+    from cmcr.tracking import runs
 
     def down(*args, **kwargs):
         raise MlflowException("API request to http://mlflow:5000 failed with exception refused")
 
-    monkeypatch.setattr(tracking, "end_run", down)
+    monkeypatch.setattr(runs, "end_run", down)
     assert _sweep(tmp_path, store, "down", "--n-trials", "1") == 0
     err = capsys.readouterr().err
     assert "MLflow could not be updated" in err and "Traceback" not in err

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from cmcr.configs import load_config
+from cmcr.errors import StudyError
 from cmcr.sweep.space import (
-    StudyError,
     builtin_studies,
     check_space,
     load_study,

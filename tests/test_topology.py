@@ -148,7 +148,7 @@ def light_trial(cfg, *, run_id, parent_run_id, tags, report):  # noqa: ANN001, A
     """
     from types import SimpleNamespace
 
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+    from cmcr.tracking.store import make_client, resolve_tracking_uri
 
     barrier = Path(os.environ[BARRIER_ENV])
     (barrier / str(os.getpid())).touch()

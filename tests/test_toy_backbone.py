@@ -10,8 +10,8 @@ from torch import nn
 from cmcr.configs import flatten_config, load_config
 from cmcr.configs.schema import ModelConfig
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.models import register_backbone
+from cmcr.tracking.store import make_client
 
 
 class ToyBackbone(nn.Module):

@@ -19,10 +19,10 @@ from cmcr.datasets import DATASETS, DownstreamDataset, register_dataset
 from cmcr.datasets.nuscenes import count, splits
 from cmcr.engine.downstream import run_downstream
 from cmcr.engine.evaluate import evaluate_batches, metric_dict
-from cmcr.engine.tracking import make_client
 from cmcr.errors import CMCRError
 from cmcr.eval.metrics import LabelSpace
 from cmcr.models.segmentation import SegModel
+from cmcr.tracking.store import make_client
 
 TOY_CLASSES = ("ignore", "vehicle", "ground", "other")
 _GROUP = {

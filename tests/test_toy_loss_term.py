@@ -10,9 +10,9 @@ import torch
 
 from cmcr.configs import ConfigError, config_from_flat, flatten_config, load_config
 from cmcr.engine.pipeline import run_pretrain
-from cmcr.engine.tracking import make_client
 from cmcr.losses import weighted_total
 from cmcr.losses.registry import TermInputs, register_loss_term
+from cmcr.tracking.store import make_client
 
 CALLS: list[int] = []
 

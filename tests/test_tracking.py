@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 
 from cmcr.configs import flatten_config, load_config
-from cmcr.engine.tracking import (
-    RunLogger,
-    config_params,
-    last_logged_step,
-    resolve_tracking_uri,
-)
 from cmcr.errors import TrackingError
+from cmcr.tracking.inputs import config_params, run_spec
+from cmcr.tracking.runs import RunLogger, last_logged_step
+from cmcr.tracking.store import resolve_tracking_uri
 from cmcr.uris import redact
 
 
@@ -51,7 +48,7 @@ def test_resolve_tracking_uri_order(tmp_path, monkeypatch):
 
 def test_start_logs_contract_tags_params_and_metrics(store):
     cfg = _cfg(store, **{"method.mim": False, "method.gemim": True, "train.seed": 7})
-    with RunLogger.start(cfg, kind="pretrain", tags={"extra": 1}) as log:
+    with RunLogger.start(run_spec(cfg, kind="pretrain", tags={"extra": 1})) as log:
         log.log_metrics({"train/loss": 1.5, "train/lr": 0.1}, step=1)
         log.log_metrics({"train/loss": 1.0}, step=2)
         log.log_text("hello", "notes/a.txt")
@@ -75,34 +72,34 @@ def test_start_logs_contract_tags_params_and_metrics(store):
 
 def test_resume_continues_same_run_and_unknown_id_fails(store):
     cfg = _cfg(store)
-    first = RunLogger.start(cfg, kind="pretrain")
+    first = RunLogger.start(run_spec(cfg, kind="pretrain"))
     first.log_metrics({"train/loss": 3.0}, step=1)
     first.end("KILLED")
-    again = RunLogger.start(cfg, kind="pretrain", run_id=first.run_id)
+    again = RunLogger.start(run_spec(cfg, kind="pretrain"), run_id=first.run_id)
     assert again.client.get_run(first.run_id).info.status == "RUNNING"
     assert again.last_logged_step("train/loss") == 1
     again.end()
     assert again.client.get_run(first.run_id).info.status == "FINISHED"
     with pytest.raises(TrackingError, match="no-such-run"):
-        RunLogger.start(cfg, kind="pretrain", run_id="no-such-run")
+        RunLogger.start(run_spec(cfg, kind="pretrain"), run_id="no-such-run")
     other = _cfg(store, **{"train.lr": 0.5})
     with pytest.raises(TrackingError, match="train.lr"):
-        RunLogger.start(other, kind="pretrain", run_id=first.run_id)
+        RunLogger.start(run_spec(other, kind="pretrain"), run_id=first.run_id)
     assert again.client.get_run(first.run_id).info.status == "FINISHED"  # refused: untouched
     # machine-local keys (names.LOCAL_KEYS) may differ on resume: another machine's dataroot
     moved = _cfg(store, **{"data.num_workers": 7, "tracking.system_metrics": False})
-    RunLogger.start(moved, kind="pretrain", run_id=first.run_id).end()
+    RunLogger.start(run_spec(moved, kind="pretrain"), run_id=first.run_id).end()
     assert again.client.get_run(first.run_id).data.params["data.num_workers"] != "7"
 
 
 def test_context_manager_failure_and_interrupt_states(store):
     cfg = _cfg(store)
-    with pytest.raises(RuntimeError), RunLogger.start(cfg, kind="probe") as log:
+    with pytest.raises(RuntimeError), RunLogger.start(run_spec(cfg, kind="probe")) as log:
         raise RuntimeError("boom at step 3")
     run = log.client.get_run(log.run_id)
     assert run.info.status == "FAILED"
     assert "boom at step 3" in run.data.tags["cmcr.status_reason"]
-    with pytest.raises(KeyboardInterrupt), RunLogger.start(cfg, kind="probe") as log2:
+    with pytest.raises(KeyboardInterrupt), RunLogger.start(run_spec(cfg, kind="probe")) as log2:
         raise KeyboardInterrupt
     assert log2.client.get_run(log2.run_id).info.status == "KILLED"
 
@@ -110,7 +107,9 @@ def test_context_manager_failure_and_interrupt_states(store):
 def test_credentials_never_logged(store, tmp_path):
     cfg = _cfg(store, **{"data.dataroot": "postgresql://alice:hunter2@db/data"})
     assert "hunter2" not in str(config_params(cfg))
-    with RunLogger.start(cfg, kind="pretrain", tags={"src": "http://u:hunter2@h/"}) as log:
+    with RunLogger.start(
+        run_spec(cfg, kind="pretrain", tags={"src": "http://u:hunter2@h/"})
+    ) as log:
         log.log_text("uri: postgresql://alice:hunter2@db/x", "config.yaml")
     run = log.client.get_run(log.run_id)
     assert "hunter2" not in str(run.data.params) + str(run.data.tags)
@@ -120,7 +119,7 @@ def test_credentials_never_logged(store, tmp_path):
 
 def test_non_main_logger_is_noop(store):
     cfg = _cfg(store)
-    log = RunLogger.start(cfg, kind="pretrain", run_id="whatever", is_main=False)
+    log = RunLogger.start(run_spec(cfg, kind="pretrain"), run_id="whatever", is_main=False)
     log.log_metrics({"a": 1.0}, step=1)
     log.set_tags({"b": "c"})
     log.end("FAILED", reason="x")
@@ -135,7 +134,7 @@ def test_log_figure_plotly_and_matplotlib(store):
     import plotly.graph_objects as go
 
     cfg = _cfg(store)
-    with RunLogger.start(cfg, kind="study", log_params=False) as log:
+    with RunLogger.start(run_spec(cfg, kind="study", log_params=False)) as log:
         log.log_figure(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), "figs/curve.html")
         fig, ax = plt.subplots()
         ax.plot([0, 1])
@@ -148,12 +147,14 @@ def test_log_figure_plotly_and_matplotlib(store):
 def test_run_life_by_id_end_mark_reopen(store):
     """The facade the sweep uses: end with a redacted reason, tag the Optuna state without
     touching a finished run, end one left RUNNING, reopen a run (issue 15)."""
-    from cmcr.engine.tracking import end_run, mark_state, reopen, set_tag_shared
+    from cmcr.tracking.runs import end_run, mark_state, reopen, set_tag_shared
 
     cfg = _cfg(store, **{"tracking.system_metrics": False})
-    done = RunLogger.start(cfg, kind="trial", log_params=False)
+    done = RunLogger.start(run_spec(cfg, kind="trial", log_params=False))
     done.end("FINISHED")
-    left = RunLogger.start(cfg, kind="trial", log_params=False)  # a trainer that never ended it
+    left = RunLogger.start(
+        run_spec(cfg, kind="trial", log_params=False)
+    )  # a trainer that never ended it
     mark_state(store, done.run_id, "FAIL", "FAILED", "seed 1 failed")
     mark_state(store, left.run_id, "FAIL", "FAILED", "ValueError: postgresql://u:pw1@h/db")
     runs = {r: done.client.get_run(r) for r in (done.run_id, left.run_id)}
@@ -180,7 +181,7 @@ def test_clients_switch_off_mlflows_view_run_line(store, monkeypatch):
     carry a password. Its public switch is set by every client the facade makes."""
     from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 
-    from cmcr.engine.tracking import make_client
+    from cmcr.tracking.store import make_client
 
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is False
@@ -193,7 +194,7 @@ def test_params_read_back_as_the_config_they_came_from(preset):
     """Every logged param parses back to its value (the results module rebuilds configs from
     params): a list of strings such as KITTI's sequences ["00"] must not come back as [0]."""
     from cmcr.configs import config_from_flat, flatten_config, load_config
-    from cmcr.engine.tracking import config_params
+    from cmcr.tracking.inputs import config_params
 
     cfg = load_config(preset)
     flat = flatten_config(cfg)
@@ -207,7 +208,7 @@ def test_log_inputs_tries_again_after_a_concurrent_create_and_never_fails_the_ru
     of them fail its trial with a unique-key violation; the second try finds the row."""
     from mlflow.exceptions import MlflowException
 
-    from cmcr.engine.tracking import _log_inputs
+    from cmcr.tracking.inputs import log_inputs as _log_inputs
 
     class Client:
         def __init__(self, failures: int) -> None:

@@ -57,8 +57,8 @@ def meta() -> dict[str, Any]:
     """Where and on what the figures were measured: they only mean something with this."""
     import torch
 
-    # lazy: git_commit sits beside mlflow (engine.tracking): only the JSON's meta loads it
-    from cmcr.engine.tracking import git_commit
+    # lazy: git_commit sits beside mlflow (tracking.inputs): only the JSON's meta loads it
+    from cmcr.tracking.inputs import git_commit
 
     return {
         "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),

@@ -97,7 +97,7 @@ def _postgres_up() -> bool:
     import sqlalchemy
 
     try:
-        from cmcr.sweep.storage import driver_url  # lazy: optuna only when this bench runs
+        from cmcr.tracking.optuna_store import driver_url  # lazy: optuna only when this bench runs
 
         with sqlalchemy.create_engine(
             driver_url(PG), connect_args={"connect_timeout": 3}
@@ -170,7 +170,9 @@ def _overhead(folder: Path, storage: str, n: int, world: Path | None, fresh: boo
         if fresh:
             import optuna
 
-            from cmcr.sweep.storage import driver_url  # lazy: as at the top of this function
+            from cmcr.tracking.optuna_store import (
+                driver_url,  # lazy: as at the top of this function
+            )
 
             optuna.delete_study(study_name=name, storage=driver_url(storage))
 
@@ -184,7 +186,7 @@ def _parallel(tmp_path: Path, world: Path, n: int, threads: int | None) -> dict[
     suffix = "" if threads is None else f"_{threads}thread"
     import optuna
 
-    from cmcr.sweep.storage import driver_url  # lazy: as optuna above, when this bench runs
+    from cmcr.tracking.optuna_store import driver_url  # lazy: as optuna above, when this bench runs
 
     rates = {}
     for k in (1, 2):

@@ -29,6 +29,8 @@ import torch
 from cmcr.configs import Config
 from cmcr.errors import CheckpointError, TrackingError
 from cmcr.names import Tag
+from cmcr.tracking.store import make_client, resolve_tracking_uri
+from cmcr.uris import redact
 from cmcr.weights import read_torch_file
 
 BACKBONE_FILE = "backbone.pt"
@@ -297,9 +299,6 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
     """The ``backbone.pt`` artifact of MLflow run ``run_id`` (TrackingError if no such run)."""
     from mlflow.exceptions import MlflowException
 
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
-    from cmcr.uris import redact
-
     uri = resolve_tracking_uri(cfg)
     client = make_client(uri)
     try:
@@ -336,8 +335,6 @@ def pretrained_variant(cfg: Config, pretrained: str | None, source_run: str | No
         return "random"
     if source_run is None:
         return None
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
-
     try:
         tags = make_client(resolve_tracking_uri(cfg)).get_run(source_run).data.tags
     except Exception:  # a local runs/<id>/backbone.pt whose run is in another store
@@ -352,7 +349,7 @@ SEG_HEAD_FILE = "seg_head.pt"
 
 def build_seg_model(cfg: Config, pretrained: str | None) -> tuple[Any, str | None]:
     """A SegModel with pre-trained backbone weights loaded (or random, explicitly); + source run."""
-    from cmcr.models.segmentation import SegModel
+    from cmcr.models.segmentation import SegModel  # lazy: spconv loads only for a seg model
 
     torch.manual_seed(cfg.train.seed)
     model = SegModel(cfg)
@@ -369,6 +366,7 @@ def backbone_keys(state: dict[str, torch.Tensor], path: str | Path) -> dict[str,
     network is the backbone and a new layer (METHOD.md). Any other key means the file is not
     a backbone file: CheckpointError.
     """
+    # lazy: the model modules load spconv, which reading a checkpoint's counters never needs
     from cmcr.models.cmcr import BACKBONE_PARTS
     from cmcr.models.segmentation import BACKBONE_PREFIX
 

@@ -101,7 +101,7 @@ def _announce(lines: list[str]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     # lazy: torch and spconv load only when `cmcr evaluate` runs
-    from cmcr.engine.checkpoint import run_dir_weights
+    from cmcr.engine.checkpoint import run_dir, run_dir_weights
     from cmcr.engine.evaluate import run_evaluate
 
     if args.run:
@@ -109,7 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
         base = load_config(args.config, args.overrides)  # for tracking.output_dir
-        saved = Path(base.tracking.output_dir) / args.run / "config.yaml"
+        saved = run_dir(base, args.run) / "config.yaml"
         cfg = _load_cfg(args, saved if saved.is_file() else None)
         # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
         sub = DATASETS.get(cfg.downstream.dataset).subfolder()

@@ -6,6 +6,8 @@ import argparse
 
 from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
 from cmcr.configs import validate_config as _validate
+from cmcr.tracking.runs import require_run
+from cmcr.tracking.store import make_client, resolve_tracking_uri
 from cmcr.uris import redact_logging
 
 
@@ -34,9 +36,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _recorded_config(run_id: str, base: Config) -> Config:
     """The config a run was started with (its params); tracking settings stay the caller's."""
-    from cmcr.engine.preflight import check_tracking
-    from cmcr.engine.tracking import _require_run as require_run
-    from cmcr.engine.tracking import make_client, resolve_tracking_uri
+    from cmcr.engine.preflight import check_tracking  # lazy: keeps `cmcr --help` fast
 
     check_tracking(base)  # the lookup below would retry an unanswered server for minutes
     uri = resolve_tracking_uri(base)
@@ -66,17 +66,18 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     """Pre-train; prints the run id first (for --resume) and the weights path at the end."""
+    # lazy: torch, spconv and accelerate load only when pre-training runs (`cmcr --help` fast)
     from cmcr.engine.pipeline import run_pretrain
     from cmcr.runlog import setup_console
 
     setup_console()  # the cmcr lines (the run id, for --resume); library chatter to run.log
     redact_logging()
     cfg = build_config(args)
-    from cmcr.engine.preflight import before_pretrain
+    from cmcr.engine.preflight import before_pretrain  # lazy: keeps `cmcr --help` fast
 
     before_pretrain(cfg)  # a tracking server that is down: one line, before any run exists
     result = run_pretrain(cfg, run_id=args.resume)
-    from cmcr.engine.pipeline import process_state
+    from cmcr.engine.pipeline import process_state  # lazy: torch (see above)
 
     if process_state().is_main_process:
         print(f"run {result.run_id}: {result.steps} steps, weights {result.backbone_path}")

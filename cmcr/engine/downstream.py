@@ -36,7 +36,7 @@ from cmcr.configs import (
 )
 from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.datasets import DATASETS
-from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, save_seg_weights
+from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, run_dir, save_seg_weights
 from cmcr.engine.downstream_protocol import (
     Protocol,
     describe,
@@ -56,6 +56,8 @@ from cmcr.eval.metrics import SegMetrics
 from cmcr.losses.lovasz import lovasz_softmax
 from cmcr.models.segmentation import SegModel
 from cmcr.names import Metric, Tag, dataset_key
+from cmcr.tracking.inputs import config_yaml, run_spec
+from cmcr.tracking.runs import RunLogger
 
 __all__ = ["DownstreamResult", "SegModel", "build_loaders", "run_downstream"]
 
@@ -277,8 +279,6 @@ def run_downstream(
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     if logger is not None:
         return _run_evaluations(cfg, pretrained, logger, tags, report, export_dir, announce)
-    from cmcr.engine.tracking import RunLogger
-
     cfg = evaluation_config(cfg, cfg.downstream.dataset, cfg.downstream.mode)
     model, source_run = build_seg_model(cfg, pretrained)  # bad weights fail first (cheap)
     loaders = build_loaders(cfg, cfg.downstream.mode)
@@ -288,13 +288,12 @@ def run_downstream(
     device = _device()
     with (
         RunLogger.start(
-            cfg,
-            kind=cfg.downstream.mode,
+            run_spec(
+                cfg, kind=cfg.downstream.mode, parent=parent_run_id, tags={**extra, **(tags or {})}
+            ),
             run_id=run_id,
-            parent_run_id=parent_run_id,
-            tags={**extra, **(tags or {})},
         ) as own,
-        runlog.attached(own, Path(cfg.tracking.output_dir) / str(own.run_id)),
+        runlog.attached(own, run_dir(cfg, str(own.run_id))),
     ):
         return _run(cfg, model.to(device), loaders, device, own, report, export_dir, announce)
 
@@ -360,7 +359,7 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
         batches = live_logits(model, loaders[1], device)
         export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), spec.space)
     # runs/<id>/ for the main benchmark, runs/<id>/<dataset>/ for another
-    save_outputs(model, cfg, Path(cfg.tracking.output_dir) / str(logger.run_id) / spec.subfolder())
+    save_outputs(model, cfg, run_dir(cfg, str(logger.run_id)) / spec.subfolder())
     log_artifacts(logger, tr.metrics, dataset)
     seconds = dataset_key(dataset, Metric.DOWNSTREAM_SECONDS)
     logger.log_metrics({seconds: time.perf_counter() - t0}, step=tr.step)
@@ -370,8 +369,6 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
 
 def save_outputs(model: SegModel, cfg: Config, out: Path) -> None:
     """``seg_backbone.pt``, ``seg_head.pt`` (checkpoint module) and ``config.yaml``."""
-    from cmcr.engine.tracking import config_yaml
-
     out.mkdir(parents=True, exist_ok=True)
     save_seg_weights(model, out)
     (out / "config.yaml").write_text(config_yaml(cfg))

@@ -19,6 +19,9 @@ import torch
 from cmcr import runlog
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import Config, resolve_config
+from cmcr.data import build_pretrain_loader, check_downstream_data, check_pretrain_data
+from cmcr.data.pretrain import NoHeldOutScenes
+from cmcr.engine import train
 from cmcr.engine.checkpoint import (
     BACKBONE_FILE,
     TrainState,
@@ -28,11 +31,14 @@ from cmcr.engine.checkpoint import (
     run_dir,
     save_backbone,
 )
+from cmcr.engine.downstream import run_downstream as _run_downstream
 from cmcr.engine.probe import RepresentationProbe
 from cmcr.engine.probe import enabled as probe_enabled
-from cmcr.engine.tracking import RunLogger, config_yaml
 from cmcr.errors import DataError
+from cmcr.models import CMCRModel
 from cmcr.names import Metric, Tag
+from cmcr.tracking.inputs import config_yaml, run_spec
+from cmcr.tracking.runs import RunLogger
 
 log = logging.getLogger("cmcr")
 
@@ -62,9 +68,6 @@ def _build_loader(cfg: Config) -> tuple[Any, Any]:
     Training leaves data.holdout_scenes out; pre-training validates on those of them the
     data holds (the release's 100 scenes of nuScenes train; of the mini split, scene-1094).
     """
-    from cmcr.data import build_pretrain_loader
-    from cmcr.data.pretrain import NoHeldOutScenes
-
     split, seed = cfg.data.train_split, cfg.train.seed
     train = build_pretrain_loader(cfg, split, shuffle=True, seed=seed, holdout="exclude")
     try:
@@ -103,9 +106,7 @@ def _broadcast(value: Any) -> Any:
 def _start_logger(cfg: Config, kind: str, run_id: str | None, **kw: Any) -> RunLogger:
     """Create/resume the run on main; every process learns its id."""
     is_main = _is_main()
-    logger = (
-        RunLogger.start(cfg, kind=kind, run_id=run_id, is_main=is_main, **kw) if is_main else None
-    )
+    logger = RunLogger.start(run_spec(cfg, kind=kind, **kw), run_id=run_id) if is_main else None
     rid = _broadcast(logger.run_id if logger else None)
     if is_main:
         log.info(f"cmcr {kind}: run {rid} (outputs in {run_dir(cfg, rid)})")
@@ -134,8 +135,6 @@ def _pretrain(
         return int(_broadcast(logger.last_logged_step(Metric.TRAIN_LOSS) or 0))
     logger.log_text(config_yaml(cfg), "config.yaml")
     if cfg.method.name == "random":
-        from cmcr.models import CMCRModel
-
         if logger.is_main:
             torch.manual_seed(cfg.train.seed)
             _finish_weights(cfg, logger, CMCRModel(cfg).backbone_state())
@@ -147,9 +146,6 @@ def _train(
     cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool, report: Any = None
 ) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
-    from cmcr.engine import train
-    from cmcr.models import CMCRModel
-
     accelerator = train.make_accelerator(cfg, str(run_dir(cfg, logger.run_id)))
     loader, holdout = loaders
     try:
@@ -200,8 +196,6 @@ def _prepare(cfg: Config, *, downstream: bool = False) -> tuple[Config, Any]:
     patch_spconv_cpu()
     cfg = resolve_config(cfg)
     check_dataroot(cfg)
-    from cmcr.data import check_downstream_data, check_pretrain_data
-
     check_pretrain_data(cfg)  # every file the run reads, before the run exists
     if downstream or probe_enabled(cfg):
         check_downstream_data(cfg)  # the representation probe reads train-split labels too
@@ -222,7 +216,7 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pre-train in a new run (or resume ``run_id`` from its last checkpoint)."""
     cfg, loaders = _prepare(cfg)
-    logger = _start_logger(cfg, "pretrain", run_id, parent_run_id=parent_run_id, tags=tags)
+    logger = _start_logger(cfg, "pretrain", run_id, parent=parent_run_id, tags=tags)
     with logger, runlog.attached(logger, run_dir(cfg, logger.run_id)):
         steps = _pretrain(cfg, logger, loaders, resume=run_id is not None)
     return PretrainResult(logger.run_id, run_dir(cfg, logger.run_id) / BACKBONE_FILE, steps)
@@ -230,8 +224,6 @@ def run_pretrain(
 
 def run_downstream(cfg: Config, *, pretrained: str | None, **kwargs: Any) -> Any:
     """Probe or fine-tune (``cmcr.engine.downstream.run_downstream``; named here per the contract)."""
-    from cmcr.engine.downstream import run_downstream as _run_downstream
-
     return _run_downstream(cfg, pretrained=pretrained, **kwargs)
 
 
@@ -249,7 +241,7 @@ def run_trial(
     runs on the main process only, and the other processes return None once pre-training ends.
     """
     cfg, loaders = _prepare(cfg, downstream=True)
-    logger = _start_logger(cfg, "trial", run_id, parent_run_id=parent_run_id, tags=tags)
+    logger = _start_logger(cfg, "trial", run_id, parent=parent_run_id, tags=tags)
     # the pruner sees the representation probe during pre-training when it is on, else the
     # downstream epochs (never both: their steps would not be comparable)
     early = report if probe_enabled(cfg) else None

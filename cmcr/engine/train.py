@@ -10,7 +10,7 @@ exactly from a checkpoint:
   is re-seeded before every micro-batch from (seed, epoch, batch, rank), so it does not matter
   how much randomness the data loader iterator or anything else consumed before.
 
-Metric logging on resume: see ``cmcr.engine.tracking`` (each step exactly once; steps already
+Metric logging on resume: see ``cmcr.tracking.runs`` (each step exactly once; steps already
 in the run's history are not logged again).
 """
 
@@ -31,10 +31,10 @@ from cmcr.data import set_loader_epoch
 from cmcr.engine import stop
 from cmcr.engine.checkpoint import TrainState, save_checkpoint
 from cmcr.engine.evaluate import to_device
-from cmcr.engine.tracking import RunLogger
 from cmcr.errors import CMCRError
 from cmcr.losses import weighted_total
 from cmcr.names import Metric
+from cmcr.tracking.runs import RunLogger
 
 
 class TrainingDiverged(CMCRError):

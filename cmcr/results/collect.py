@@ -15,9 +15,11 @@ from typing import Any
 import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
-from cmcr.errors import TrackingError
+from cmcr.errors import ConfigError, TrackingError
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
 from cmcr.registry import DATASETS
+from cmcr.tracking.optuna_store import open_storage  # bounded connect wait, the driver
+from cmcr.tracking.store import search_value
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 # DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
@@ -89,18 +91,13 @@ class RunTable:
         return out
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded sqlite store."""
-    return tracking_uri(uri)
-
-
 def collect(sel: Selection) -> RunTable:
     """Fetch the selected runs (one search_runs call) into a RunTable; ReportError if none."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(sel.tracking_uri)
+    uri = tracking_uri(sel.tracking_uri)  # resolved only: a report never creates a store
     db = sqlite_path(uri)
     if db is not None and not db.is_file():  # never create an empty store as a side effect
         raise ReportError(f"tracking store '{db}' does not exist (set --tracking-uri)")
@@ -123,7 +120,7 @@ def collect(sel: Selection) -> RunTable:
         raise ReportError(f"--filter '{sel.filter_string}' is not valid: {first}") from None
     study, study_error = None, ""
     try:
-        study = load_study(sel.study, sel.storage) if sel.study else None
+        study = load_optuna_study(sel.study, sel.storage) if sel.study else None
     except ReportError as exc:  # the runs can still be reported; the page says what is missing
         study_error = f"study figures unavailable: {exc}"
     if raw.empty:
@@ -154,8 +151,6 @@ def _experiments(client: Any, sel: Selection, uri: str) -> list[Any]:
 
 def _study_filter(study: str) -> str:
     """The MLflow filter selecting the runs of ``study`` (its name escaped)."""
-    from cmcr.engine.tracking import search_value
-
     return f"tags.`{Tag.STUDY}` = {search_value(study)}"
 
 
@@ -179,15 +174,13 @@ def _study_has_runs(uri: str, exp_ids: list[str], study: str) -> bool:
     return len(found) > 0
 
 
-def load_study(name: str, storage: str | None) -> Any:
+def load_optuna_study(name: str, storage: str | None) -> Any:
     """The Optuna study ``name`` when its storage exists and holds it, else None."""
     url = storage or DEFAULT_STORAGE
     db = sqlite_path(url)
     if db is not None and not db.is_file():
         return None
     import optuna
-
-    from cmcr.sweep.storage import open_storage  # bounded connect wait, the installed driver
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -279,8 +272,6 @@ def config_types() -> dict[str, type]:
 def _typed_or_text(key: str, value: str) -> Any:
     """``_typed``, or the logged text itself when it does not parse as the key's type today
     (a run logged by an older version: a list of strings such as ``[00, 01]`` read as ints)."""
-    from cmcr.errors import ConfigError
-
     try:
         return _typed(key, value)
     except ConfigError:

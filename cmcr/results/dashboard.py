@@ -17,9 +17,10 @@ import sys
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from cmcr.errors import StudyError
 from cmcr.names import DEFAULT_STORAGE, STORAGE_ENV
 from cmcr.results.ui import is_loopback
-from cmcr.sweep.space import StudyError
+from cmcr.tracking.optuna_store import open_storage
 from cmcr.uris import redact, sqlite_path
 
 
@@ -45,8 +46,6 @@ def open_study(url: str, name: str) -> tuple[Any, int]:
     db = sqlite_path(url)
     if db is not None and not db.is_file():
         raise StudyError(f"--storage: '{db}' does not exist (run a sweep first)")
-    from cmcr.sweep.storage import open_storage
-
     storage = open_storage(url, create=False)
     import optuna
 

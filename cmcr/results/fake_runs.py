@@ -23,9 +23,16 @@ from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.losses.registry import BUILTIN
 from cmcr.names import Attr, Kind, Tag
 from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
+from cmcr.tracking import runs as run_life
 
 CLASSES = CHALLENGE_CLASSES[1:]
 VAL = M.VAL_MIOU.split("/")[0] + "/"  # every val/* metric is per epoch
+# how a run of each finished ``status`` ends (cmcr.tracking.runs' verbs)
+_END = {
+    "FINISHED": run_life.end_complete,
+    "FAILED": run_life.end_failed,
+    "KILLED": run_life.end_killed,
+}
 LOSS_TERMS = BUILTIN  # the built-in loss terms, named by cmcr.losses.registry
 # A plausible mIoU per variant (fractions, as cmcr.eval.metrics logs them).
 VARIANT_MIOU = {
@@ -135,6 +142,26 @@ def log_run(
     (``pruned_phase`` "pretrain": nothing after it, no val/*) or downstream epoch ("downstream"):
     the run ends KILLED with the sweep's pruned tags (without cmcr.pruned_at_step and
     cmcr.pruned_phase when ``tag_pruned_step`` is false, as a run logged before them)."""
+    tags = _trial_tags(cfg, study, trial, parent_run_id)
+    metrics = [] if status == "SCHEDULED" else _metrics(rng, miou, epochs, steps)
+    if status == "RUNNING":  # interrupted mid-way: only the first epoch was evaluated
+        metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step == 0]
+    if probe_every and status != "SCHEDULED":
+        upto = pruned_at if pruned_at is not None and pruned_phase == "pretrain" else steps
+        metrics += _probe_metrics(probe_level, probe_every, steps, upto)
+    if pruned_at is not None:
+        metrics = _pruned(metrics, tags, pruned_at, pruned_phase, tag_pruned_step)
+        status = "KILLED"
+    run_id = run_life.create_run(client, experiment_id, name=f"{study}-{trial}", tags=tags)
+    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
+    _batch(client, run_id, metrics, params, [])
+    if status in _END:  # RUNNING and SCHEDULED runs stay open
+        _END[status](client.tracking_uri, run_id, client=client)
+    return run_id
+
+
+def _trial_tags(cfg: Config, study: str, trial: int, parent_run_id: str | None) -> dict[str, str]:
+    """The tags a sweep gives a trial's run."""
     tags = {
         Tag.KIND: Kind.TRIAL,
         Tag.VARIANT: _variant_name(cfg),
@@ -145,42 +172,36 @@ def log_run(
     }
     if parent_run_id:
         tags[Tag.PARENT_RUN] = parent_run_id
-    metrics = [] if status == "SCHEDULED" else _metrics(rng, miou, epochs, steps)
-    if status == "RUNNING":  # interrupted mid-way: only the first epoch was evaluated
-        metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step == 0]
-    if probe_every and status != "SCHEDULED":
-        upto = pruned_at if pruned_at is not None and pruned_phase == "pretrain" else steps
-        metrics += _probe_metrics(probe_level, probe_every, steps, upto)
-    if pruned_at is not None:
-        if pruned_phase == "pretrain":  # stopped right after the probe at that step
-            metrics = [m for m in metrics if not m.key.startswith(VAL) and m.step <= pruned_at]
-        else:  # stopped after that downstream epoch
-            metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step <= pruned_at]
-        probes = [m for m in metrics if m.key == M.PROBE_MIOU]
-        last = max(probes, key=lambda m: m.step).value if probes else float("nan")
-        tags |= {
-            Tag.STATE: "PRUNED",
-            Tag.STATUS_REASON: pruned_reason(pruned_at, last, pruned_phase),
-        }
-        if tag_pruned_step:
-            tags |= {Tag.PRUNED_AT_STEP: str(pruned_at), Tag.PRUNED_PHASE: pruned_phase}
-        status = "KILLED"
-    run = client.create_run(experiment_id, tags=tags, run_name=f"{study}-{trial}")
-    params = [Param(k, str(v)) for k, v in flatten_config(cfg).items()]
-    _batch(client, run.info.run_id, metrics, params, [])
-    if status in ("FINISHED", "FAILED", "KILLED"):
-        client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
+    return tags
+
+
+def _pruned(metrics: list, tags: dict, at: int, phase: str, tag_step: bool) -> list[Metric]:
+    """The metrics of a run pruned at step/epoch ``at`` of ``phase``; adds the pruned tags."""
+    if phase == "pretrain":  # stopped right after the probe at that step
+        metrics = [m for m in metrics if not m.key.startswith(VAL) and m.step <= at]
+    else:  # stopped after that downstream epoch
+        metrics = [m for m in metrics if not m.key.startswith(VAL) or m.step <= at]
+    probes = [m for m in metrics if m.key == M.PROBE_MIOU]
+    last = max(probes, key=lambda m: m.step).value if probes else float("nan")
+    tags |= {Tag.STATE: "PRUNED", Tag.STATUS_REASON: pruned_reason(at, last, phase)}
+    if tag_step:
+        tags |= {Tag.PRUNED_AT_STEP: str(at), Tag.PRUNED_PHASE: phase}
+    return metrics
 
 
 def start_study(client: MlflowClient, experiment: str, study: str) -> tuple[str, str]:
     """Create (or reuse) the experiment and the study's parent run; return their ids."""
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    parent = client.create_run(
-        exp_id, tags={Tag.KIND: Kind.STUDY, Tag.STUDY: study}, run_name=study
+    parent = run_life.create_run(
+        client, exp_id, name=study, tags={Tag.KIND: Kind.STUDY, Tag.STUDY: study}
     )
-    return exp_id, parent.info.run_id
+    return exp_id, parent
+
+
+def end_study(client: MlflowClient, parent: str) -> None:
+    """End the study's parent run, every slot done."""
+    run_life.end_study(client.tracking_uri, parent, [], client=client)
 
 
 def log_components_sweep(
@@ -220,7 +241,7 @@ def log_components_sweep(
             log_run(client, exp_id, cfg, study=study, trial=trial, parent_run_id=parent,
                     miou=0.99, rng=rng, status=status)  # fmt: skip
             trial += 1
-    client.set_terminated(parent, "FINISHED")
+    end_study(client, parent)
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": trial}
 
 
@@ -283,7 +304,7 @@ def log_random_sweep(
                  "loss.weights.cmcm": weight,
                  "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
         _optuna_study(storage, study, trials, dists)
-    client.set_terminated(parent, "FINISHED")
+    end_study(client, parent)
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": n_runs}
 
 
@@ -332,7 +353,7 @@ def log_probe_sweep(
         dists = {"loss.weights.mim": optuna.distributions.FloatDistribution(0.0, 2.0),
                  "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}  # fmt: skip
         _optuna_study(storage, study, trials, dists)
-    client.set_terminated(parent, "FINISHED")
+    end_study(client, parent)
     return {"experiment_id": exp_id, "parent_run_id": parent, "n_trials": n_trials,
             "run_ids": run_ids, "pruned": dict(pruned), "levels": levels.tolist()}  # fmt: skip
 

@@ -38,6 +38,8 @@ from cmcr.results.tables import (
     pruned_note,
     pruned_table,
 )
+from cmcr.tracking.store import client_for
+from cmcr.tracking.study import describe_study, study_note
 
 HTML_MAX_ROWS = 50  # the page shows the best rows; the csv has them all
 
@@ -162,8 +164,6 @@ def _describe(rt: RunTable, sel: Selection, out: Path) -> None:
     """The study's experiment and parent run descriptions: the report's path, the best run."""
     if rt.parent_run_id is None or not sel.study or rt.complete.empty:
         return
-    from cmcr.engine.tracking import describe_study, study_note
-
     done = rt.complete
     maximise = rt.study is None or rt.study.direction.name == "MAXIMIZE"
     best = done.loc[done[F.TARGET].idxmax() if maximise else done[F.TARGET].idxmin()]
@@ -178,8 +178,6 @@ def _describe(rt: RunTable, sel: Selection, out: Path) -> None:
 
 
 def _run_experiment(rt: RunTable, run_id: str) -> str:
-    from cmcr.engine.tracking import client_for
-
     return client_for(rt.tracking_uri).get_run(run_id).info.experiment_id
 
 

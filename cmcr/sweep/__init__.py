@@ -7,6 +7,7 @@ process or ``--workers`` spawned ones (``cmcr.sweep.spawn``); ``cmcr.sweep.summa
 the sweep says; ``cmcr.sweep.slurm`` hands the workers to SLURM (``--launcher slurm``).
 """
 
-from cmcr.sweep.space import StudyError, StudySpec, builtin_studies, load_study, parse_study
+from cmcr.errors import StudyError
+from cmcr.sweep.space import StudySpec, builtin_studies, load_study, parse_study
 
 __all__ = ["StudyError", "StudySpec", "builtin_studies", "load_study", "parse_study"]

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr.engine.preflight import before_sweep
-from cmcr.engine.tracking import end_run, resolve_tracking_uri
 from cmcr.errors import CMCRError
 from cmcr.names import Attr
 from cmcr.runlog import setup_console
 from cmcr.sweep import group as launch
+from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import runner, slurm
 from cmcr.sweep.estimate import estimate
 from cmcr.sweep.group import GroupBroken
@@ -204,11 +204,8 @@ def _interrupted(plan: Any, study: Any, parent: str) -> None:
             return
         done = runner.finished_size(plan)
         left = "" if done is not None else "; resume with --resume"
-        end_run(
-            resolve_tracking_uri(plan.base),
-            parent,
-            "KILLED",
-            f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}",
+        parent_runs.end_interrupted(
+            plan.base, parent, f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}"
         )
     except Exception as exc:  # the stores may be what broke: the next start fixes the records
         print(f"{PROG}: could not end the parent run: {redact(str(exc))}", file=sys.stderr)

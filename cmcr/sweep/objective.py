@@ -31,6 +31,9 @@ from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
 from cmcr.sweep.space import StudySpec
+from cmcr.tracking.inputs import RunSpec, config_params, run_spec
+from cmcr.tracking.runs import RunLogger, find_child_run
+from cmcr.tracking.store import client_for, resolve_tracking_uri
 
 TrialFn = Callable[..., Any]
 _LEAKY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
@@ -38,7 +41,7 @@ _LEAKY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
 
 def default_trial_fn() -> TrialFn:
     """The real objective: ``cmcr.engine.pipeline.run_trial`` (pre-train + downstream)."""
-    from cmcr.engine.pipeline import run_trial
+    from cmcr.engine.pipeline import run_trial  # lazy: torch and spconv load on the first trial
 
     return run_trial
 
@@ -134,14 +137,6 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
     Idempotent: a run of this (study, slot, seed) under the parent that a killed attempt made
     but never linked to its trial is found by its tags and reused, not duplicated.
     """
-    from cmcr.engine.tracking import (
-        RunLogger,
-        client_for,
-        config_params,
-        find_child_run,
-        resolve_tracking_uri,
-    )
-
     run_ids: dict[str, str] = dict(trial.user_attrs.get(Attr.RUN_IDS, {}))
     tags = _tags(trial, ctx, retry_of)
     uri = resolve_tracking_uri(cfg)
@@ -151,31 +146,28 @@ def _child_run(trial: Any, ctx: TrialContext, cfg: Config, seed: int, retry_of: 
         if found is not None:
             _link_run(trial, run_ids, seed, found)
             # a run killed before its params were written gets them now (checked equal)
-            RunLogger.start(
-                _quiet(cfg), kind=Kind.TRIAL, run_id=found, parent_run_id=ctx.parent_run_id,
-                tags=tags, params=config_params(cfg),
-            )  # fmt: skip
+            RunLogger.start(_trial_spec(cfg, ctx, tags), run_id=found)
     if str(seed) in run_ids:
         run_id = run_ids[str(seed)]
         tags[Tag.RESUMED_FROM_STEP] = str(checkpoint_step(cfg, run_id))
         RunLogger(client_for(uri), run_id, uri).set_tags(tags)
         return run_id
     logger = RunLogger.start(
-        _quiet(cfg),
-        kind=Kind.TRIAL,
-        parent_run_id=ctx.parent_run_id,
-        tags=tags,
-        run_name=f"{ctx.study_name}-t{trial.number}-s{seed}",
-        params=config_params(cfg),  # the config run_trial will see (its monitor setting too)
+        _trial_spec(cfg, ctx, tags, name=f"{ctx.study_name}-t{trial.number}-s{seed}")
     )
     _link_run(trial, run_ids, seed, logger.run_id)
     return logger.run_id
 
 
-def _quiet(cfg: Config) -> Config:
+def _trial_spec(
+    cfg: Config, ctx: TrialContext, tags: dict[str, str], name: str | None = None
+) -> RunSpec:
+    """The spec of a seed's run: params = the config run_trial will see (its monitor setting
+    too); no system metrics here (run_trial starts the monitor when it takes over)."""
     quiet = copy.deepcopy(cfg)
-    quiet.tracking.system_metrics = False  # run_trial starts the monitor when it takes over
-    return quiet
+    quiet.tracking.system_metrics = False
+    return run_spec(quiet, kind=Kind.TRIAL, parent=ctx.parent_run_id, tags=tags, name=name,
+                    params=config_params(cfg))  # fmt: skip
 
 
 def _link_run(trial: Any, run_ids: dict[str, str], seed: int, run_id: str) -> None:
@@ -188,7 +180,7 @@ def _link_run(trial: Any, run_ids: dict[str, str], seed: int, run_id: str) -> No
 
 def checkpoint_step(cfg: Config, run_id: str) -> int:
     """The optimiser step of the run's newest checkpoint (0 when there is none)."""
-    from cmcr.engine.checkpoint import latest_step
+    from cmcr.engine.checkpoint import latest_step  # lazy: the checkpoint module imports torch
 
     return latest_step(cfg, run_id)
 

@@ -188,7 +188,7 @@ def verdict(attempts: list[Any], first: int, max_retries: int) -> tuple[str, str
 def reconcile(study: Any, n_slots: int, max_retries: int) -> list[Slot]:
     """Enqueue the retry every slot without a live attempt is owed; returns those slots.
 
-    Callers hold the study lock (cmcr.sweep.storage.study_lock).
+    Callers hold the study lock (cmcr.tracking.optuna_store.study_lock).
     """
     first = reopened(study)
     enqueued = []

@@ -7,25 +7,29 @@ at once (on one machine with SQLite, or several with PostgreSQL) create one stud
 run and exactly ``n_trials`` queued trials. Every start (and every worker, after each trial)
 also heals the study (``heal``): trials of dead workers are failed without spending a retry
 and every slot gets the retry it is owed (cmcr.sweep.recovery). The workers' loop is
-cmcr.sweep.worker; the options are declared in cmcr.sweep.options.
+cmcr.sweep.worker; the options are declared in cmcr.sweep.options; the study's MLflow
+parent run and the end of its trials' runs are cmcr.sweep.parent.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from cmcr.adapters.optuna_storage import storage_of
 from cmcr.configs import Config, load_config, parse_override
-from cmcr.errors import CMCRError
-from cmcr.names import Attr, Kind, Metric, Tag, is_local_key
+from cmcr.errors import CMCRError, StudyError
+from cmcr.names import Attr, is_local_key
+from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, seeds, space
 from cmcr.sweep.options import OBJECTIVES, SweepOptions
-from cmcr.sweep.space import StudyError, StudySpec, check_space, load_study, searched_keys
-from cmcr.sweep.storage import open_storage, study_lock
-from cmcr.sweep.trials import enqueue_slots
+from cmcr.sweep.space import StudySpec, check_space, load_study, searched_keys
+from cmcr.sweep.trials import count_states, enqueue_slots
+from cmcr.tracking.optuna_store import open_storage, study_lock
+from cmcr.tracking.study import study_experiment
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
@@ -91,8 +95,6 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         fixed["tracking.tracking_uri"] = opts.tracking_uri
     base = load_config(opts.preset or spec.preset or "demo", fixed)
     if "tracking.experiment" not in fixed:  # one MLflow experiment per study (issue 16)
-        from cmcr.engine.tracking import study_experiment
-
         base.tracking.experiment = study_experiment(base, opts.name or spec.name)
     check_space(spec, base)
     n_trials = opts.n_trials if opts.n_trials is not None else spec.default_n_trials()
@@ -126,7 +128,7 @@ def make_pruner(kind: str, base: Config) -> Any:
     """
     import optuna
 
-    from cmcr.engine.probe import enabled as probe_enabled
+    from cmcr.engine.probe import enabled as probe_enabled  # lazy: the probe imports torch
 
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
@@ -262,8 +264,6 @@ def finished_size(plan: Plan) -> int | None:
     """The stored study's number of slots when every one of them is done (complete, pruned or
     failed for good) and nothing is queued or running; None otherwise (or when none is stored).
     Read-only."""
-    from cmcr.sweep.trials import count_states
-
     try:
         study = load(plan, connect(plan, create=False))
     except CMCRError:
@@ -288,8 +288,6 @@ def heal(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]:
     ``pid``: also fail the RUNNING trials of that local process now (the parent of
     ``--workers`` saw it die). Returns the trials failed here; their MLflow runs are ended.
     """
-    from cmcr.adapters.optuna_storage import storage_of
-
     with study_lock(storage_of(study), plan.opts.storage, plan.study_name):
         lost = _heal_locked(plan, study, pid=pid)
     _mark_lost(plan, lost)
@@ -308,32 +306,7 @@ def _heal_locked(plan: Plan, study: Any, *, pid: int | None = None) -> list[Any]
 def _mark_lost(plan: Plan, trials: list[Any]) -> None:
     for t in trials:
         reason = t.user_attrs.get(Attr.FAIL_REASON, recovery.STALE_REASON)
-        mark_runs(plan.base, t, "FAIL", "KILLED", f"trial {t.number}: {reason}")
-
-
-def mark_runs(
-    base: Config,
-    trial: Any,
-    state: str,
-    status: str | None,
-    reason: str | None,
-    tags: dict[str, str] | None = None,
-) -> None:
-    """Tag the trial's child runs with its Optuna state (and ``tags``) and end any still open;
-    best effort: Optuna's record of the trial must not depend on MLflow being reachable."""
-    from cmcr.engine.tracking import mark_state, resolve_tracking_uri
-
-    try:
-        uri = resolve_tracking_uri(base)
-        for run_id in trial.user_attrs.get(Attr.RUN_IDS, {}).values():
-            mark_state(uri, run_id, state, status, reason, tags)
-    except Exception as exc:
-        log.warning(_one_line("could not update the trial's MLflow runs", exc))
-
-
-def _one_line(what: str, exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact(f"{what}: {type(exc).__name__}: {text[0] if text else '(no message)'}")
+        parent_runs.runs_lost(plan.base, t, f"trial {t.number}: {reason}")
 
 
 def check_compatible(plan: Plan, study: Any) -> None:
@@ -355,85 +328,14 @@ def check_compatible(plan: Plan, study: Any) -> None:
 
 def _jsonish(value: Any) -> Any:
     """Compare as stored (JSON round trip: tuples become lists, int keys strings)."""
-    import json
-
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _tracking_cfg(plan: Plan) -> Config:
-    cfg = copy.deepcopy(plan.base)
-    cfg.tracking.system_metrics = False  # the parent run does no work worth monitoring
-    return cfg
-
-
 def _parent_run(plan: Plan, study: Any) -> str:
-    """The study's MLflow parent run: linked in the study's user attrs, else found by tag,
-    else created. Marked RUNNING while workers run."""
-    from cmcr.engine.tracking import (
-        RunLogger,
-        client_for,
-        get_or_create_experiment,
-        reopen,
-        resolve_tracking_uri,
-    )
-
-    cfg = _tracking_cfg(plan)
-    uri = resolve_tracking_uri(cfg)
-    tags = {
-        Tag.STUDY: plan.study_name,
-        Tag.STORAGE: redact(plan.opts.storage),
-        Tag.DIRECTION: plan.spec.direction,
-        Tag.SAMPLER: plan.spec.sampler,
-        Tag.N_TRIALS: str(plan.n_trials),
-    }
-    parent = study.user_attrs.get(Attr.PARENT_RUN) or _find_parent(client_for(uri), cfg, uri, tags)
-    if parent is None:
-        logger = RunLogger.start(cfg, kind=Kind.STUDY, tags=tags, run_name=plan.study_name)
-        logger.log_text(_yaml(plan.spec.to_dict()), "study.yaml")
-        parent = logger.run_id
-    else:
-        get_or_create_experiment(client_for(uri), cfg.tracking.experiment, uri)
-        reopen(uri, parent, {Tag.N_TRIALS: str(plan.n_trials)})
-    study.set_user_attr(Attr.PARENT_RUN, parent)
-    _describe_experiment(plan, uri, parent)
-    return parent
-
-
-def _describe_experiment(plan: Plan, uri: str, parent: str) -> None:
-    """The study's experiment: model-training kind, its runs view, its and the parent's notes."""
-    from cmcr.engine.tracking import describe_study, prepare_study_experiment, study_note
-
-    params = sorted(searched_keys(plan.spec))
-    note = study_note(plan.study_name, objective=Metric.VAL_MIOU, direction=plan.spec.direction,
-                      params=params)  # fmt: skip
-    try:  # a convenience for the UI: workers starting together may race on the same tags
-        exp_id = prepare_study_experiment(uri, plan.base.tracking.experiment,
-                                          study=plan.study_name, objective=Metric.VAL_MIOU,
-                                          direction=plan.spec.direction, params=params)  # fmt: skip
-        describe_study(uri, exp_id, parent, note, shared=True)
-    except Exception as exc:
-        log.warning(_one_line("could not describe the study's MLflow experiment", exc))
-
-
-def _find_parent(client: Any, cfg: Config, uri: str, tags: dict[str, str]) -> str | None:
-    from cmcr.engine.tracking import get_or_create_experiment, search_value
-
-    exp = get_or_create_experiment(client, cfg.tracking.experiment, uri)
-    query = (
-        f"tags.`{Tag.KIND}` = '{Kind.STUDY}' "
-        f"and tags.`{Tag.STUDY}` = {search_value(tags[Tag.STUDY])} "
-        f"and tags.`{Tag.STORAGE}` = {search_value(tags[Tag.STORAGE])}"
-    )
-    runs = client.search_runs(
-        [exp], filter_string=query, max_results=1, order_by=["start_time ASC"]
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def _yaml(data: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False)
+    """The study's MLflow parent run (cmcr.sweep.parent), RUNNING while workers run."""
+    return parent_runs.open_parent(plan.base, study, name=plan.study_name,
+                                   storage=plan.opts.storage, definition=plan.spec.to_dict(),
+                                   n_trials=plan.n_trials, params=sorted(searched_keys(plan.spec)))  # fmt: skip
 
 
 def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
@@ -441,8 +343,6 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
     FAILED (with the reason) when slots failed for good; RUNNING while trials are queued or
     running elsewhere. MLflow being unreachable leaves one line in ``tracking_error``."""
     from optuna.trial import TrialState
-
-    from cmcr.sweep.trials import count_states
 
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
@@ -455,70 +355,11 @@ def finish(plan: Plan, study: Any, parent: str) -> dict[str, Any]:
         summary["best_run_id"] = best.user_attrs.get(Attr.RUN_ID)
     summary["done"] = counts.get("WAITING", 0) + counts.get("RUNNING", 0) == 0
     try:
-        _finish_runs(plan, study, parent, summary)
+        parent_runs.finish_parent(plan.base, study, parent, summary, plan.opts.max_retries)
     except Exception as exc:
-        summary["tracking_error"] = _one_line(
+        summary["tracking_error"] = parent_runs.one_line(
             "MLflow could not be updated (Optuna's record is complete; the next start "
             "finishes the parent run)",
             exc,
         )
     return summary
-
-
-def _finish_runs(plan: Plan, study: Any, parent: str, summary: dict[str, Any]) -> None:
-    from cmcr.engine.tracking import (
-        RunLogger,
-        client_for,
-        end_run,
-        resolve_tracking_uri,
-        set_tag_shared,
-    )
-
-    uri = resolve_tracking_uri(plan.base)
-    if "best_value" in summary:
-        best = study.best_trial
-        n_complete = summary.get("COMPLETE", 0)
-        RunLogger(client_for(uri), parent, uri).log_metrics(
-            {Metric.STUDY_BEST_VALUE: best.value}, step=n_complete
-        )
-        set_tag_shared(uri, parent, Tag.BEST_TRIAL, str(best.number))
-        set_tag_shared(uri, parent, Tag.BEST_RUN_ID, str(best.user_attrs.get(Attr.RUN_ID)))
-    _end_orphans(plan, study, parent, uri)
-    if not summary["done"]:
-        return
-    failed = summary["failed_slots"]
-    if failed:
-        reason = "; ".join(f"slot {s} (trial {n}): {r}" for s, n, r in failed)
-        end_run(uri, parent, "FAILED", f"{len(failed)} slot(s) failed: {reason}")
-    else:
-        end_run(uri, parent, "FINISHED")
-
-
-def _end_orphans(plan: Plan, study: Any, parent: str, uri: str) -> None:
-    """End child runs left RUNNING whose slot no worker holds (a kill between an attempt's end
-    and the update of its runs, or a run created by an attempt killed before it linked it)."""
-    from cmcr.engine.tracking import end_run, running_children
-
-    slots = recovery.by_slot(study.get_trials(deepcopy=False))
-    first = recovery.reopened(study)
-    for run in running_children(uri, plan.base.tracking.experiment, parent):
-        slot = recovery.slot_of_tag(run.data.tags.get(Tag.SLOT))
-        attempts = slots.get(slot) if slot is not None else None
-        if attempts is None:
-            end_run(uri, run.info.run_id, "KILLED", "no trial of the sweep holds this run")
-            continue
-        state, reason = recovery.verdict(attempts, first.get(slot, 0), plan.opts.max_retries)
-        if state == "done":
-            complete = any(t.state.name == "COMPLETE" for t in attempts)
-            end_run(uri, run.info.run_id, "FINISHED" if complete else "KILLED", reason or None)
-        elif state == "failed":
-            end_run(uri, run.info.run_id, "FAILED", reason)
-
-
-def ensure_error(exc: BaseException) -> CMCRError:
-    """Optuna/SQLAlchemy errors during setup as one clear line."""
-    if isinstance(exc, CMCRError):
-        return exc
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else "(no message)"
-    return StudyError(redact(f"{type(exc).__name__}: {first}"))

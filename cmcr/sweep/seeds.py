@@ -26,8 +26,8 @@ import json
 import statistics
 from typing import Any
 
+from cmcr.errors import StudyError
 from cmcr.names import Attr
-from cmcr.sweep.space import StudyError
 
 FLAG = "--add-seeds"
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from cmcr.errors import CMCRError
 from cmcr.names import Attr
+from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
 from cmcr.sweep.options import PROG, with_checkout, worker_args, worker_env
 from cmcr.uris import redact
@@ -370,9 +371,7 @@ def fail_lost(plan: Any, study: Any) -> list[Any]:
         why = "requeued" if job == me or state is not None else "gone"
         frozen = recovery.fail_running(study, number, recovery.LOST, f"SLURM job {job} {why}")
         if frozen is not None:
-            runner.mark_runs(
-                plan.base, frozen, "FAIL", "KILLED", f"trial {number}: job {job} {why}"
-            )
+            parent_runs.runs_lost(plan.base, frozen, f"trial {number}: job {job} {why}")
             lost.append(frozen)
     return lost
 

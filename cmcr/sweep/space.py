@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from cmcr.configs import Config, apply_overrides, validate_config
-from cmcr.errors import CMCRError
+from cmcr.errors import CMCRError, StudyError
 
 STUDY_DIR_ENV = "CMCR_STUDY_DIR"
 # sweeps/studies beside the package in a source checkout (``pip install -e .``)
@@ -49,10 +49,6 @@ _STUDY_KEYS = {
 }
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
 _SCALAR = (bool, int, float, str)
-
-
-class StudyError(CMCRError, ValueError):
-    """A study name, file or search space is wrong; the message names which and why."""
 
 
 @dataclass(frozen=True)

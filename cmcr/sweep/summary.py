@@ -11,13 +11,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cmcr.engine.tracking import client_for, resolve_tracking_uri, ui_urls
 from cmcr.names import Attr
 from cmcr.progress import fmt_duration
 from cmcr.sweep import recovery, runner, seeds
 from cmcr.sweep.progress import clip, running_trial, short_params, trial_seconds
 from cmcr.sweep.slurm import status_notes
 from cmcr.sweep.space import builtin_studies, parse_study_file
+from cmcr.tracking.store import client_for, resolve_tracking_uri
+from cmcr.tracking.study import ui_urls
 from cmcr.uris import public_url, redact
 
 

@@ -3,7 +3,7 @@
 Split from cmcr.sweep.runner (setup and summary): this is what every worker process runs,
 spawned (``--workers K``), on another machine, or rank 0 of a launch. Optuna's record of a
 trial comes first; its MLflow runs are then tagged and ended through the tracking facade
-(cmcr.engine.tracking), best effort. Each failure is recorded with its kind and the retry it
+(cmcr.tracking.runs), best effort. Each failure is recorded with its kind and the retry it
 is owed comes from ``runner.heal`` (cmcr.sweep.recovery), before the next claim.
 
 A worker whose queue is empty does not leave while another trial is RUNNING: it waits out the
@@ -23,6 +23,7 @@ from typing import Any
 from cmcr.engine import stop
 from cmcr.errors import CMCRError
 from cmcr.names import Attr, Tag
+from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
 from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.launcher import Launcher, LocalLauncher
@@ -120,7 +121,7 @@ def _run_and_tell(
         where = {}
         if hasattr(exc, "step"):  # cmcr.sweep.objective.pruned_at: the step and the phase
             where = {Tag.PRUNED_AT_STEP: str(exc.step), Tag.PRUNED_PHASE: str(exc.phase)}
-        _mark_runs(trial, ctx, "KILLED", reason, "PRUNED", where)
+        parent_runs.runs_pruned(ctx.base, trial, reason, where)
         study.tell(trial, state=TrialState.PRUNED)
         log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
         return
@@ -158,7 +159,7 @@ def _run_and_tell(
     if not math.isfinite(value):
         _fail(study, trial, ctx, recovery.DETERMINISTIC, f"objective is {value}", requeue)
         return
-    _mark_runs(trial, ctx, None, None, "COMPLETE")
+    parent_runs.runs_complete(ctx.base, trial)
     study.tell(trial, value)
     log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
 
@@ -231,7 +232,7 @@ def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, req
     try:
         trial.set_user_attr(Attr.FAIL_KIND, kind)
         trial.set_user_attr(Attr.FAIL_REASON, redact(reason))
-        _mark_runs(trial, ctx, "FAILED", reason, "FAIL")
+        parent_runs.runs_failed(ctx.base, trial, reason)
         study.tell(trial, state=TrialState.FAIL)
         before = queued(study)
         requeue()
@@ -240,15 +241,3 @@ def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, req
         log.warning(redact(f"trial {trial.number}: could not record the failure: {exc}"))
         return
     log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
-
-
-def _mark_runs(
-    trial: Any,
-    ctx: TrialContext,
-    status: str | None,
-    reason: str | None,
-    state: str,
-    tags: dict[str, str] | None = None,
-) -> None:
-    """Tag the trial's child runs with the Optuna state; end any the trainer left RUNNING."""
-    runner.mark_runs(ctx.base, trial, state, status, reason, tags)
