@@ -22,6 +22,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cmcr.configs import load_config
+from cmcr.names import UI_WORKFLOW_QUERY, Kind, Metric
+from cmcr.results import fake_runs, ui
+from cmcr.tracking.inputs import dataset_inputs, mlflow_inputs
+from cmcr.tracking.store import resolve_tracking_uri
+from cmcr.tracking.study import describe_study, prepare_study_experiment, study_note, ui_urls
+
 CHROMIUM = Path("/usr/bin/chromium")
 STUDY = "loss_weights"
 PAGES = ("landing", "runs", "parent")
@@ -31,13 +38,6 @@ WINDOW = (1500, 1000)
 def make_store(folder: Path, study: str = STUDY, n_runs: int = 12) -> dict:
     """A store holding one finished study recorded as a sweep records it; its ids and links."""
     from mlflow.tracking import MlflowClient
-
-    from cmcr.configs import load_config
-    from cmcr.names import Kind, Metric
-    from cmcr.results import fake_runs
-    from cmcr.tracking.inputs import dataset_inputs, mlflow_inputs
-    from cmcr.tracking.store import resolve_tracking_uri
-    from cmcr.tracking.study import describe_study, prepare_study_experiment, study_note
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     resolve_tracking_uri(load_config("smoke", {"tracking.tracking_uri": uri}))
@@ -70,7 +70,6 @@ def free_port() -> int:
 
 def start_server(uri: str, port: int, artifacts: Path) -> subprocess.Popen:
     """``mlflow server`` as ``cmcr ui`` starts it; returns once it answers."""
-    from cmcr.results import ui
 
     cmd = ui.server_command("127.0.0.1", port, str(artifacts), workers=1)
     proc = subprocess.Popen(cmd, env=ui.server_env(uri), start_new_session=True,
@@ -90,8 +89,6 @@ def start_server(uri: str, port: int, artifacts: Path) -> subprocess.Popen:
 
 def urls(base: str, store: dict) -> dict[str, str]:
     """The three pages, by the links the sweep and the notes give."""
-    from cmcr.names import UI_WORKFLOW_QUERY
-    from cmcr.tracking.study import ui_urls
 
     links = ui_urls(base, store["experiment_id"], {"parent": store["parent_run_id"]})
     landing = f"{base}/#/experiments/{store['experiment_id']}?{UI_WORKFLOW_QUERY}"

@@ -88,6 +88,8 @@ def before_sweep(cfg: Config, *, data: bool = True) -> None:
     """A sweep, before its study exists: the tracking server and (``data``) every file a trial
     reads, for pre-training and the downstream evaluation."""
     if data:
+        # lazy: the data checks and the pipeline load torch and spconv; the tracking check and
+        # `sweeps/run.py --status` need neither
         from cmcr.data import check_downstream_data, check_pretrain_data
         from cmcr.engine.pipeline import check_dataroot
 
