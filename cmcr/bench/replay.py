@@ -21,8 +21,14 @@ to the end (ties: the earlier trial in the order wins).
 
 Figures per signal and method (``summarise``): pre-training steps used (mean over orders, and
 the ratio of no pruning's to it); expected best kept (mean over orders) with a bootstrap 95 %
-interval of that mean and the 2.5-97.5 % spread over orders; the paired difference to the random
-signal on the same orders with its bootstrap 95 % interval; whether the expected best kept is
+interval of that mean and the 2.5-97.5 % spread over orders; the paired differences, on the
+same orders, with their bootstrap 95 % intervals, to two nulls: ``random`` (the random signal
+with the same method) and ``shuffled`` (the same pruning decisions with the final values dealt
+to the trials at random: the signal's own budget, curve shapes and ties, without its
+information; ``shuffled_best``). The two differ: an i.i.d. random curve is re-drawn at every
+rung, so ASHA prunes more at later rungs than with any curve that is steady across steps, and
+"beats random" can be "spends more steps". ``minus shuffled`` asks only whether the signal
+knows which trial is better; whether the expected best kept is
 within one seed SD of no pruning's best. Per signal and probe step: Spearman's rho against the
 final objective with a two-sided permutation p-value (``spearman_by_step``). The intervals are
 over trial orders for THESE trials: they say how sure the replay is, not how another draw of
@@ -52,7 +58,7 @@ from cmcr.sweep.runner import make_pruner
 
 PRUNERS = ("asha", "hyperband", "median")
 FRACTIONS = (1 / 6, 1 / 3, 1 / 2)
-RANDOM, ORACLE = "random", "oracle"
+RANDOM, ORACLE, SHUFFLED = "random", "oracle", "shuffled"
 STUDY_NAME = pruning.STUDY  # Hyperband's brackets hash the study name with the trial number
 
 
@@ -178,8 +184,7 @@ def fraction_step(curves: Curves, fraction: float) -> tuple[int, int]:
 
 def best_kept(stopped: np.ndarray, final: np.ndarray) -> np.ndarray:
     """(R,): the best final value among the trials that ran to the end (NaN if none did)."""
-    kept = np.where(stopped == 0, final[None, :], -np.inf).max(axis=1)
-    return np.where(np.isfinite(kept), kept, np.nan)
+    return best_kept_of(stopped, np.broadcast_to(final, stopped.shape))
 
 
 def steps_used(stopped: np.ndarray, budget: np.ndarray) -> np.ndarray:
@@ -194,29 +199,46 @@ def mean_ci(x: np.ndarray, rng: np.random.Generator, n_boot: int = 2000) -> list
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def shuffled_best(stopped: np.ndarray, final: np.ndarray, rng: Any) -> np.ndarray:
+    """(R,): best kept of the SAME pruning decisions with the final values dealt to the trials
+    at random in each order: the signal's curves, its budget and its ties, without its
+    information. (Dealing a signal's curves to the trials at random and replaying is the same
+    as replaying the signal in another random order, so this costs no replay.)"""
+    deal = rng.permuted(np.tile(np.arange(len(final)), (len(stopped), 1)), axis=1)
+    return best_kept_of(stopped, final[deal])
+
+
+def best_kept_of(stopped: np.ndarray, finals: np.ndarray) -> np.ndarray:
+    """``best_kept`` with a final value per order and trial (R, N)."""
+    kept = np.where(stopped == 0, finals, -np.inf).max(axis=1)
+    return np.where(np.isfinite(kept), kept, np.nan)
+
+
 def summarise(
-    stopped: np.ndarray, curves: Curves, random_best: np.ndarray, ref: dict, rng: Any
+    stopped: np.ndarray, curves: Curves, nulls: dict[str, np.ndarray], ref: dict, rng: Any
 ) -> dict[str, Any]:
-    """The figures of one (signal, method): see the module docstring. ``ref``: the unpruned
+    """The figures of one (signal, method): see the module docstring. ``nulls``: the best kept
+    per order of each baseline compared with (``random``, ``shuffled``); ``ref``: the unpruned
     study's ``best`` and ``steps`` and the ``seed_sd``."""
     best = best_kept(stopped, curves.final)
     steps = steps_used(stopped, curves.budget)
-    diff = best - random_best
     expected = float(np.nanmean(best))
     sd = ref.get("seed_sd")
-    return {
+    out = {
         "steps_mean": float(steps.mean()),
         "step_ratio": float(ref["steps"] / steps.mean()),
         "best_kept": expected,
         "best_kept_ci": mean_ci(best, rng),
         "best_kept_spread": [float(np.nanpercentile(best, q)) for q in (2.5, 97.5)],
         "p_best_trial_kept": float(np.mean(best >= ref["best"])),
-        "diff_random": float(np.nanmean(diff)),
-        "diff_random_ci": mean_ci(diff, rng),
         "within_one_sd": None if sd is None else bool(expected >= ref["best"] - sd),
         "p_within_one_sd": None if sd is None else float(np.mean(best >= ref["best"] - sd)),
         "pruned_mean": float((stopped > 0).sum(axis=1).mean()),
     }
+    for name, null in nulls.items():  # paired: the same orders
+        out[f"diff_{name}"] = float(np.nanmean(best - null))
+        out[f"diff_{name}_ci"] = mean_ci(best - null, rng)
+    return out
 
 
 def spearman_by_step(
@@ -287,10 +309,13 @@ def audit(
     ref = {"best": float(curves.final.max()), "steps": int(curves.budget.sum()), "seed_sd": seed_sd}
     results: dict[str, Any] = {}
     for name, methods in stopped.items():
-        results[name] = {
-            method: summarise(s, curves, best_kept(stopped[RANDOM][method], curves.final), ref, rng)
-            for method, s in methods.items()
-        }
+        results[name] = {}
+        for method, s in methods.items():
+            nulls = {
+                RANDOM: best_kept(stopped[RANDOM][method], curves.final),
+                SHUFFLED: shuffled_best(s, curves.final, rng),
+            }
+            results[name][method] = summarise(s, curves, nulls, ref, rng)
     oracle = np.repeat(curves.final[:, None], len(curves.steps), axis=1)
     rho = {
         n: spearman_by_step(c, curves.final, curves.steps, rng) for n, c in curves.signals.items()

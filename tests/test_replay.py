@@ -1,0 +1,144 @@
+"""The replay audit of pruning (``cmcr.bench.replay``, issue 27).
+
+The proof that the replay is the live pruner: replaying the shipped benchmark's unpruned curves
+in trial-number order prunes the same trials at the same steps as the live pruned studies did.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from cmcr.bench import replay as R
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "docs" / "bench" / "pruning_2026-12-02_trials.json"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return json.loads(SHIPPED.read_text())
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+@pytest.mark.parametrize("variant", ["asha", "asha_raw"])
+def test_replay_reproduces_the_live_pruned_studies(shipped, variant):
+    curves = R.curves_from_rows(shipped["none"])
+    kind, signal = R.live_variants(shipped)[variant]
+    check = R.live_check(curves, shipped[variant], signal, kind)
+    live = {t["number"]: (t["steps"] if t["state"] == "PRUNED" else 0) for t in shipped[variant]}
+    replayed = {t["number"]: t["replay"] for t in check["trials"]}
+    assert replayed == live  # trial for trial: pruned or not, and at which step
+    assert check["same"]
+    assert sum(1 for v in live.values() if v) == shipped[f"{variant}_pruned_trials"]
+
+
+def test_oracle_never_prunes_the_best_trial_and_beats_random(shipped):
+    """With the final value as the signal the best trial tops every rung and every median:
+    no pruner may stop it, in any order; so the oracle keeps the best, random cannot do more."""
+    curves = R.curves_from_rows(shipped["none"])
+    out = R.audit(curves, shipped["seed_sd"], n_orders=60, seed=1)
+    oracle, random = out["results"][R.ORACLE], out["results"][R.RANDOM]
+    for method in oracle:
+        assert oracle[method]["p_best_trial_kept"] == 1.0
+        assert oracle[method]["best_kept"] == pytest.approx(curves.final.max())
+        assert oracle[method]["best_kept"] >= random[method]["best_kept"]
+        assert oracle[method]["diff_random"] >= 0
+    rng = np.random.default_rng(0)
+    orders = R.random_orders(curves.n, 30, rng)
+    oracle_curve = np.repeat(curves.final[:, None], len(curves.steps), axis=1)
+    best = int(np.argmax(curves.final))
+    for kind in R.PRUNERS:
+        stopped = R.replay_pruner(curves, lambda r: oracle_curve, orders, kind)
+        assert (stopped[:, best] == 0).all(), kind
+
+
+def _synthetic(signal: np.ndarray, final: np.ndarray) -> R.Curves:
+    steps = np.array([5, 10, 15, 20])
+    return R.Curves(
+        numbers=list(range(len(final))),
+        steps=steps,
+        final=final,
+        budget=np.full(len(final), 20),
+        signals={"s": np.repeat(signal[:, None], len(steps), axis=1)},
+    )
+
+
+def test_spearman_of_a_perfect_and_of_a_shuffled_signal():
+    rng = np.random.default_rng(3)
+    final = rng.random(12)
+    perfect = R.spearman_by_step(np.repeat(final[:, None], 2, axis=1), final, np.array([1, 2]), rng)
+    assert all(c["rho"] == pytest.approx(1.0) and c["p"] < 0.001 for c in perfect)
+    # a signal dealt to the trials afresh in each order carries no information: the difference
+    # to the shuffled null has a 95 % interval around 0 (seeded, so it is stable). Not so against
+    # the i.i.d. random signal: a steady curve survives ASHA's later rungs more often, so it
+    # spends more steps and keeps more (why the report has both nulls).
+    curves = _synthetic(final, final)
+    n_orders = 300
+    orders = R.random_orders(curves.n, n_orders, rng)
+    dealt = np.stack([rng.permutation(curves.signals["s"]) for _ in range(n_orders)])
+    ref = {"best": float(final.max()), "steps": int(curves.budget.sum()), "seed_sd": None}
+    for kind in ("asha", "median"):
+        stopped = R.replay_pruner(curves, lambda r: dealt[r], orders, kind)
+        null = {"shuffled": R.shuffled_best(stopped, final, rng)}
+        lo, hi = R.summarise(stopped, curves, null, ref, rng)["diff_shuffled_ci"]
+        assert lo < 0 < hi, (kind, lo, hi)
+    # the same set with the signal equal to the final value: rho 1, kept best every time
+    exact = R.audit(_synthetic(final, final), None, n_orders=50, seed=0)
+    assert exact["spearman"]["s"][0]["rho"] == pytest.approx(1.0)
+    assert exact["results"]["s"]["asha"]["p_best_trial_kept"] == 1.0
+
+
+def test_top_third_keeps_the_top_third_and_breaks_ties_by_order():
+    orders = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+    values = np.array([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]] * 2)
+    stopped = R.top_third(values, orders, 7, 2)
+    assert (stopped[0] == [0, 0, 7, 7, 7, 7]).all()
+    assert (stopped[1] == [7, 0, 0, 7, 7, 7]).all()  # 2 and 1 came before 0 in that order
+    curves = _synthetic(np.zeros(6), np.arange(6.0))
+    assert R.steps_used(stopped, curves.budget).tolist() == [2 * 20 + 4 * 7] * 2
+    assert R.best_kept(stopped, curves.final).tolist() == [1.0, 2.0]
+
+
+def _command(tmp_path: Path, orders: int) -> tuple[str, float]:
+    cmd = [
+        sys.executable, "-m", "cmcr.bench", "replay", "--trials-json", str(SHIPPED),
+        "--replay-orders", str(orders), "--replay-out", str(tmp_path / "replay"),
+        "--json", str(tmp_path / "bench.json"),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, time.perf_counter() - t0
+
+
+def test_the_command_prints_the_table_and_writes_every_figure(tmp_path):
+    stdout, _ = _command(tmp_path, 40)
+    assert "| standardised | asha |" in stdout and "| raw | top_third@21 |" in stdout
+    assert "| oracle | step 7 |" not in stdout and "| oracle | +1.00" in stdout
+    assert stdout.count("same trials pruned at the same steps") == 2
+    out = json.loads((tmp_path / "replay" / "replay.json").read_text())
+    assert set(out["results"]) == {"random", "standardised", "raw", "oracle"}
+    assert out["live"]["asha"]["same"] and out["live"]["asha_raw"]["same"]
+    assert (tmp_path / "replay" / "replay.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_command_at_1000_orders_runs_in_under_a_minute(tmp_path):
+    stdout, wall = _command(tmp_path, 1000)
+    assert "1000 random orders" in stdout
+    assert wall < 60, wall
