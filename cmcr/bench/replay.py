@@ -52,14 +52,14 @@ import optuna
 from scipy.stats import rankdata
 
 from cmcr.bench import pruning
-from cmcr.bench.replay_report import markdown_table, write_outputs
+from cmcr.bench.replay_report import headline, markdown_table, write_outputs
 from cmcr.configs import Config
 from cmcr.sweep.runner import make_pruner
 
 PRUNERS = ("asha", "hyperband", "median")
 FRACTIONS = (1 / 6, 1 / 3, 1 / 2)
 RANDOM, ORACLE, SHUFFLED = "random", "oracle", "shuffled"
-STUDY_NAME = pruning.STUDY  # Hyperband's brackets hash the study name with the trial number
+STUDY_NAME = pruning.STUDY  # the shipped benchmark's study
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Curves:
     budget: np.ndarray  # (N,) pre-training steps of each trial run to the end
     signals: dict[str, np.ndarray]  # name -> (N, S), NaN where a step was not logged
     params: list[dict] = field(default_factory=list)
+    study: str = STUDY_NAME  # Hyperband's brackets hash it with the trial number
 
     @property
     def n(self) -> int:
@@ -123,15 +124,22 @@ def _probe_config(first_step: int) -> Config:
 
 
 def replay_order(
-    curve: np.ndarray, final: np.ndarray, steps: np.ndarray, order: np.ndarray, pruner: Any
+    curve: np.ndarray,
+    final: np.ndarray,
+    steps: np.ndarray,
+    order: np.ndarray,
+    pruner: Any,
+    sampler: Any = None,
+    study_name: str = STUDY_NAME,
 ) -> np.ndarray:
     """(N,): the step at which each trial was pruned (0: completed), adding the trials in
-    ``order`` to a fresh in-memory study that uses ``pruner``."""
+    ``order`` to a fresh in-memory study that uses ``pruner``. ``sampler``: never asked (no
+    search space); pass one to share, as a new one seeds its generator (ms per study)."""
     study = optuna.create_study(
         direction="maximize",
         pruner=pruner,
-        study_name=STUDY_NAME,
-        sampler=optuna.samplers.RandomSampler(seed=0),  # never asked: no search space
+        study_name=study_name,
+        sampler=sampler or optuna.samplers.RandomSampler(seed=0),
     )
     stopped = np.zeros(len(final), dtype=int)
     for i in order:
@@ -155,9 +163,11 @@ def replay_pruner(curves: Curves, curve_of: Any, orders: np.ndarray, kind: str) 
     (N, S) signal (a fixed array for a logged signal, a fresh one for the random signal)."""
     first = int(curves.steps[0])
     out = np.zeros(orders.shape, dtype=int)
+    sampler = optuna.samplers.RandomSampler(seed=0)
     for r, order in enumerate(orders):
+        pruner, curve = new_pruner(kind, first), curve_of(r)
         out[r] = replay_order(
-            curve_of(r), curves.final, curves.steps, order, new_pruner(kind, first)
+            curve, curves.final, curves.steps, order, pruner, sampler, curves.study
         )
     return out
 
@@ -341,7 +351,8 @@ def live_check(curves: Curves, rows: list[dict], signal: str, kind: str) -> dict
     rows = sorted(rows, key=lambda r: r["number"])
     order = np.asarray([index[r["number"]] for r in rows])
     pruner = new_pruner(kind, int(curves.steps[0]))
-    replayed = replay_order(curves.signals[signal], curves.final, curves.steps, order, pruner)
+    curve = curves.signals[signal]
+    replayed = replay_order(curve, curves.final, curves.steps, order, pruner, None, curves.study)
     trials = []
     for r in rows:
         i = index[r["number"]]
@@ -391,6 +402,7 @@ def load_input(args: argparse.Namespace) -> tuple[Curves, float | None, dict[str
         raise SystemExit("replay: give --trials-json FILE, or --study NAME --storage URL")
     uri = args.tracking_uri or None
     curves = curves_from_rows(pruning.collect_trials(args.storage, uri, args.study, None))
+    curves.study = args.live_study or args.study  # the live study's brackets, if one is checked
     live = {}
     if args.live_study:
         rows = pruning.collect_trials(args.storage, uri, args.live_study, None)
@@ -419,18 +431,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(markdown_table(out), flush=True)
     paths = write_outputs(out, Path(getattr(args, "replay_out", "bench_results/replay")))
     return headline(out, paths)
-
-
-def headline(out: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
-    """Flat figures for the bench table: per signal, ASHA's best kept, CI of its difference
-    to random, step ratio; the live checks; where the rest went."""
-    flat: dict[str, Any] = {"orders": out["orders"], "replay_wall_s": out["replay_wall_s"]}
-    for name, methods in out["results"].items():
-        a = methods.get("asha")
-        if a:
-            flat[f"{name}_asha_best_kept"] = round(a["best_kept"], 4)
-            flat[f"{name}_asha_diff_random_ci"] = [round(x, 4) for x in a["diff_random_ci"]]
-            flat[f"{name}_asha_step_ratio"] = round(a["step_ratio"], 2)
-    for variant, check in out["live"].items():
-        flat[f"live_{variant}_same"] = check["same"]
-    return {**flat, **paths}
