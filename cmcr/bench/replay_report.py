@@ -19,6 +19,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def _ci(ci: list[float]) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
 
@@ -54,7 +58,7 @@ def spearman_rows(out: dict[str, Any]) -> list[str]:
     ]
     for name, by_step in out["spearman"].items():
         cells = [
-            "ties" if c["rho"] is None else f"{c['rho']:+.2f} (p {c['p']:.3f})" for c in by_step
+            "ties" if c["rho"] is None else f"{c['rho']:+.2f} (p {_p(c['p'])})" for c in by_step
         ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
