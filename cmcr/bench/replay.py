@@ -28,11 +28,13 @@ to the trials at random: the signal's own budget, curve shapes and ties, without
 information; ``shuffled_best``). The two differ: an i.i.d. random curve is re-drawn at every
 rung, so ASHA prunes more at later rungs than with any curve that is steady across steps, and
 "beats random" can be "spends more steps". ``minus shuffled`` asks only whether the signal
-knows which trial is better; whether the expected best kept is
-within one seed SD of no pruning's best. Per signal and probe step: Spearman's rho against the
-final objective with a two-sided permutation p-value (``spearman_by_step``). The intervals are
-over trial orders for THESE trials: they say how sure the replay is, not how another draw of
-configurations would fare.
+knows which trial is better. Those intervals are over trial orders for THESE trials: they say
+how sure the replay is, not how another draw of configurations would fare. ``p_deal``
+(``deal_p``) is a trial-level permutation p-value of the expected best kept: would the final
+values dealt to the trials at random have done as well with the same decisions? Also: whether
+the expected best kept is within one seed SD of no pruning's best. Per signal and probe step:
+Spearman's rho against the final objective with a two-sided permutation p-value
+(``spearman_by_step``).
 """
 
 from __future__ import annotations
@@ -218,6 +220,23 @@ def shuffled_best(stopped: np.ndarray, final: np.ndarray, rng: Any) -> np.ndarra
     return best_kept_of(stopped, final[deal])
 
 
+def deal_p(stopped: np.ndarray, final: np.ndarray, rng: Any, n_deals: int = 1000) -> float:
+    """Trial-level permutation p-value of the expected best kept: the share of random deals of
+    the final values to the trials (one deal for all orders, the decisions kept) whose mean best
+    kept over the orders is at least the signal's. The order intervals are conditional on these
+    trials; this asks whether an uninformative signal with the same pruning pattern would have
+    done as well on them, which is what a handful of trials can and cannot show."""
+    observed = float(np.nanmean(best_kept(stopped, final)))
+    kept = stopped == 0  # (R, N)
+    hits = 0
+    for start in range(0, n_deals, 100):  # chunks: (100, R, N) at most
+        deals = rng.permuted(np.tile(final, (min(100, n_deals - start), 1)), axis=1)  # (D, N)
+        best = np.where(kept[None], deals[:, None, :], -np.inf).max(axis=2)  # (D, R)
+        best = np.where(np.isfinite(best), best, np.nan)
+        hits += int(np.sum(np.nanmean(best, axis=1) >= observed - 1e-12))
+    return (hits + 1) / (n_deals + 1)
+
+
 def best_kept_of(stopped: np.ndarray, finals: np.ndarray) -> np.ndarray:
     """``best_kept`` with a final value per order and trial (R, N)."""
     kept = np.where(stopped == 0, finals, -np.inf).max(axis=1)
@@ -244,6 +263,7 @@ def summarise(
         "within_one_sd": None if sd is None else bool(expected >= ref["best"] - sd),
         "p_within_one_sd": None if sd is None else float(np.mean(best >= ref["best"] - sd)),
         "pruned_mean": float((stopped > 0).sum(axis=1).mean()),
+        "p_deal": deal_p(stopped, curves.final, rng),
     }
     for name, null in nulls.items():  # paired: the same orders
         out[f"diff_{name}"] = float(np.nanmean(best - null))
@@ -392,7 +412,7 @@ def add_arguments(parser: Any) -> None:
 def load_input(args: argparse.Namespace) -> tuple[Curves, float | None, dict[str, Any]]:
     """The curves, the seed SD and the live checks of ``--trials-json`` or ``--study``."""
     if getattr(args, "trials_json", ""):
-        data = pruning_json(Path(args.trials_json))
+        data = json.loads(Path(args.trials_json).read_text())
         curves = curves_from_rows(data["none"])
         live = {v: live_check(curves, data[v], sig, kind)
                 for v, (kind, sig) in live_variants(data).items()}  # fmt: skip
@@ -408,11 +428,6 @@ def load_input(args: argparse.Namespace) -> tuple[Curves, float | None, dict[str
         rows = pruning.collect_trials(args.storage, uri, args.live_study, None)
         live[args.live_study] = live_check(curves, rows, "miou", args.live_pruner)
     return curves, None, live
-
-
-def pruning_json(path: Path) -> dict[str, Any]:
-    """The pruning benchmark's JSON (``pruning.json`` / docs/bench/*_trials.json)."""
-    return json.loads(path.read_text())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -32,9 +32,10 @@ def result_rows(out: dict[str, Any]) -> list[str]:
     ref = out["unpruned"]
     rows = [
         "| signal | method | steps (ratio) | pruned | E[best kept] % [95 % CI] | spread over "
-        "orders | minus random [95 % CI] | minus shuffled [95 % CI] | within 1 SD | P(best kept) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| (none) | no pruning | {ref['steps']} (1.00x) | 0 | {_pct(ref['best'])} | | | | yes | 1 |",
+        "orders | minus random [95 % CI] | minus shuffled [95 % CI] | p (deal) | within 1 SD | P(best kept) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| (none) | no pruning | {ref['steps']} (1.00x) | 0 | {_pct(ref['best'])} | | | | | yes "
+        "| 1 |",
     ]
     for name, methods in out["results"].items():
         for method, r in methods.items():
@@ -44,7 +45,7 @@ def result_rows(out: dict[str, Any]) -> list[str]:
                 f"{r['pruned_mean']:.1f} | {_pct(r['best_kept'])} {_ci(r['best_kept_ci'])} | "
                 f"{_ci(r['best_kept_spread'])} | {_pct(r['diff_random'])} "
                 f"{_ci(r['diff_random_ci'])} | {_pct(r['diff_shuffled'])} "
-                f"{_ci(r['diff_shuffled_ci'])} | {within} | {r['p_best_trial_kept']:.2f} |"
+                f"{_ci(r['diff_shuffled_ci'])} | {_p(r['p_deal'])} | {within} | {r['p_best_trial_kept']:.2f} |"
             )
     return rows
 
