@@ -151,14 +151,17 @@ def write_outputs(out: dict[str, Any], folder: Path) -> dict[str, str]:
 
 
 def headline(out: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
-    """Flat figures for the bench table: per signal, ASHA's best kept, CI of its difference
-    to random, step ratio; the live checks; where the rest went."""
+    """Flat figures for the bench table: per signal, ASHA's best kept, the intervals of its
+    differences to the two nulls, its p (deal), step ratio; the live checks; where the rest
+    went."""
     flat: dict[str, Any] = {"orders": out["orders"], "replay_wall_s": out["replay_wall_s"]}
     for name, methods in out["results"].items():
         a = methods.get("asha")
         if a:
             flat[f"{name}_asha_best_kept"] = round(a["best_kept"], 4)
             flat[f"{name}_asha_diff_random_ci"] = [round(x, 4) for x in a["diff_random_ci"]]
+            flat[f"{name}_asha_diff_shuffled_ci"] = [round(x, 4) for x in a["diff_shuffled_ci"]]
+            flat[f"{name}_asha_p_deal"] = round(a["p_deal"], 3)
             flat[f"{name}_asha_step_ratio"] = round(a["step_ratio"], 2)
     for variant, check in out["live"].items():
         flat[f"live_{variant}_same"] = check["same"]
