@@ -19,6 +19,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cmcr.bench import pruning
 from cmcr.bench import replay as R
 from cmcr.names import Attr, Metric
 
@@ -158,6 +159,13 @@ def test_replay_of_a_study_in_storage_reads_every_logged_curve(shipped, tmp_path
     np.testing.assert_allclose(curves.signals["miou"], curves.signals["standardised"])
     assert curves.final.tolist() == [t["value"] for t in shipped["none"]]
     assert live["live"]["same"], live["live"]
+    # the pruning benchmark's own collection (its default fits) reads back what it wrote
+    rows = pruning.collect_trials(storage, uri, "unpruned")
+    assert [r["probe"] for r in rows] == [
+        {f: {int(k): v for k, v in t["probe"][f].items()} for f in ("standardised", "raw")}
+        for t in shipped["none"]
+    ]
+    assert [r["steps"] for r in rows] == [t["steps"] for t in shipped["none"]]
 
 
 def _command(tmp_path: Path, orders: int) -> tuple[str, float, float]:
