@@ -20,6 +20,7 @@ from typing import Any
 
 BENCHES = ("synth", "data", "step", "sweep", "report")
 LONG = ("pruning",)  # tens of minutes: run by name only (python -m cmcr.bench pruning)
+OFFLINE = ("replay",)  # reads a finished study's logs (--trials-json or --study): by name only
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="NAME",
         help=f"benchmarks to run (default: all of {', '.join(BENCHES)}; by name only: "
-        f"{', '.join(LONG)})",
+        f"{', '.join(LONG + OFFLINE)})",
     )
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write figures")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a quick look)")
-    for name in BENCHES + LONG:  # each benchmark may add its own options
+    for name in BENCHES + LONG + OFFLINE:  # each benchmark may add its own options
         try:
             module = importlib.import_module(f"cmcr.bench.{name}")
         except ModuleNotFoundError:

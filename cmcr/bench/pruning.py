@@ -142,23 +142,43 @@ def _study_dir(tmp: Path) -> Path:
 
 
 def _trials(out: Path) -> list[dict[str, Any]]:
-    """Each trial: number, state, params, value, last pre-training step, probe curve."""
+    """Each trial of the study in ``out``: see ``collect_trials``."""
+    optuna_db, mlflow_db = f"sqlite:///{out / 'optuna.db'}", f"sqlite:///{out / 'mlflow.db'}"
+    return collect_trials(optuna_db, mlflow_db, STUDY)
+
+
+def collect_trials(
+    storage: str, tracking_uri: str | None, study_name: str,
+    fits: tuple[str, ...] | None = ("standardised", "raw"),
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each trial: number, state, params, value, last pre-training step, probe curves.
+
+    ``fits``: the ``probe/miou_<fit>`` curves to read; None: every ``probe/miou*`` metric the
+    run logged (``probe/miou`` itself as ``miou``), as the replay audit reads them.
+    """
+    # lazy: mlflow takes seconds to import and only the collection needs it
     import optuna
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'optuna.db'}")
+    client = MlflowClient(tracking_uri)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     rows = []
     for t in study.get_trials(deepcopy=False):
         run_id = t.user_attrs.get(Attr.RUN_ID)
         hist = client.get_metric_history(run_id, Metric.TRAIN_LOSS) if run_id else []
+        logged = client.get_run(run_id).data.metrics if run_id else {}
+        keys = (
+            {f"{Metric.PROBE_MIOU}_{f}": f for f in fits}
+            if fits is not None
+            else {k: k.removeprefix(f"{Metric.PROBE_MIOU}_") if k != Metric.PROBE_MIOU else "miou"
+                  for k in logged if k.startswith(Metric.PROBE_MIOU)}
+        )  # fmt: skip
         curves = {
-            f: {int(m.step): m.value for m in client.get_metric_history(run_id, f"{key}_{f}")}
-            for f in ("standardised", "raw")
-            for key in [Metric.PROBE_MIOU]
+            name: {int(m.step): m.value for m in client.get_metric_history(run_id, key)}
+            for key, name in keys.items()
             if run_id
         }
-        share = client.get_run(run_id).data.metrics.get(Metric.PROBE_TIME_SHARE) if run_id else None
+        share = logged.get(Metric.PROBE_TIME_SHARE)
         rows.append(
             {
                 "number": t.number,
