@@ -67,7 +67,7 @@ def test_markdown_carries_interval_p_marker_and_caption() -> None:
     md = to_markdown(summary(ablation(_components())))
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0] == ("| configuration | runs | mIoU | Δ mIoU | vs CMCR [95 % CI] | p (Holm) "
-                       "| seeds needed | fwIoU |")  # fmt: skip
+                       "| seeds needed | ≈ best | fwIoU |")  # fmt: skip
     cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in rows[1:]}
     assert cells["PPKT"][3].startswith("-5.00 [") and cells["PPKT"][3].endswith("]†")
     assert cells["random init"][3].endswith("† unpaired")

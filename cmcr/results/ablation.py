@@ -1,6 +1,7 @@
 """Ablation tables: one row per configuration, mean ± std over seeds, Δ to the baseline, and
 what the seeds support against a reference row (``stats.py``: paired t-interval, Holm, seeds
-needed).
+needed), and the objective's seed noise: the rows indistinguishable from the best at these seeds
+(``stats.seed_noise``, issue 27).
 
 The csv keeps raw values (IoU as the fractions MLflow stores); ``ablation_formats.py`` writes
 the same table as markdown, LaTeX and HTML.
@@ -27,11 +28,13 @@ TARGET = Metric.VAL_MIOU
 IOU = Metric.VAL_IOU_PREFIX
 SUMMARY = (TARGET, Metric.VAL_FWIOU)
 MARK = "†"  # a difference to the reference that holds after the Holm correction
+TIED_MARK = "≈"  # a row indistinguishable from the best at these seeds (stats.NOISE_RULE)
 # csv columns of the comparison with the reference row (TARGET only; differences as fractions)
 DIFF, LO, HI = f"diff_{TARGET}", f"diff_lo_{TARGET}", f"diff_hi_{TARGET}"
 P, P_HOLM, HOLDS = f"p_{TARGET}", f"p_holm_{TARGET}", "holds"
 TEST, N_PAIRED, SEEDS_NEEDED = "test", "n_paired", "seeds_needed"
 CI = f"{TARGET}_ci95"  # half-width of the 95 % t-interval of the row's mean
+TIED, IS_BEST = "within_noise_of_best", "best"  # csv columns of the seed-noise mark
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Ablation:
     ranked: bool = False  # a continuous study: rows ranked by mIoU, labelled by trial, Δ to best
     pruned_trials: int = 0  # trials Optuna's pruner stopped: listed apart, not in the means
     pruned_runs: int = 0
+    noise: S.Noise | None = None  # the seed SD beside the spread; which rows tie with the best
+    study: str = ""  # the study the runs belong to, when they name one
 
 
 def variant_label(variant: str) -> str:
@@ -98,13 +103,22 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
     out = out.reset_index(drop=True)
     ref = reference_index(out, keys, reference)
     out = _with_comparisons(out, per_seed, ref)
+    noise = S.seed_noise(per_seed, maximise=_maximise(rt))
+    out[IS_BEST] = [i == noise.best for i in range(len(out))]
+    out[TIED] = list(noise.tied)
     for k in keys:  # tuples (list params) read badly in a csv
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
                     reference=str(out["config"].iloc[ref]),
                     picked_best=reference is None and _is_best_pick(out, keys),
                     ranked=ranked, pruned_trials=n_trials(rt.pruned),
-                    pruned_runs=len(rt.pruned))  # fmt: skip
+                    pruned_runs=len(rt.pruned), noise=noise, study=_study(done))  # fmt: skip
+
+
+def _study(done: pd.DataFrame) -> str:
+    """The one study the runs are tagged with; empty when none or several."""
+    names = done["study"].dropna().unique() if "study" in done else []
+    return str(names[0]) if len(names) == 1 else ""
 
 
 def n_trials(runs: pd.DataFrame) -> int:

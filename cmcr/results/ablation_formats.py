@@ -1,8 +1,10 @@
 """The ablation table as a reader sees it: markdown, LaTeX and HTML with its caption and a
 one-sentence verdict on what the seeds support.
 
-IoU in percent with the best value of each column in bold and † on the differences to the
-reference that hold after the Holm correction (the csv keeps the raw fractions).
+IoU in percent with the best value of each column in bold, † on the differences to the
+reference that hold after the Holm correction and ≈ on the rows indistinguishable from the best
+at these seeds, with a sentence on the seed noise beside the spread between configurations (the
+csv keeps the raw fractions).
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from cmcr.results.ablation import (
     HI,
     HOLDS,
     IOU,
+    IS_BEST,
     LO,
     MARK,
     P_HOLM,
     SEEDS_NEEDED,
     TARGET,
     TEST,
+    TIED,
+    TIED_MARK,
     Ablation,
     P,
 )
+
+MAX_NAMED = 8  # rows the noise sentence names before "and N more"
 
 
 def _headers(ab: Ablation) -> list[tuple[str, str]]:
@@ -39,17 +46,18 @@ def _headers(ab: Ablation) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class _Style:
-    """How one output format writes bold, ±, a dash and the marker, and escapes our text."""
+    """How one output format writes bold, ±, a dash and the markers, and escapes our text."""
 
     bold: callable
     pm: str
     dash: str
     mark: str
     esc: callable = str  # HTML: "<0.001" and ">100" must not reach the page as markup
+    tied: str = TIED_MARK
 
 
 MD = _Style(lambda s: f"**{s}**", " ± ", "—", MARK)
-TEX = _Style(lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "--", "$^\\dagger$")
+TEX = _Style(lambda s: f"\\textbf{{{s}}}", " $\\pm$ ", "--", "$^\\dagger$", tied="$\\approx$")
 HTML = _Style(lambda s: f"<b>{s}</b>", " ± ", "—", MARK, html.escape)
 
 
@@ -74,6 +82,7 @@ def _cells(ab: Ablation, st: _Style) -> list[list[str]]:
                 [st.dash if b else f"{d:+.2f}" for d, b in zip(delta, is_base, strict=True)]
             )
             columns += _comparison_cells(t, st)
+            columns.append(_tied_cells(ab, st))
     return [list(row) for row in zip(*columns, strict=True)]
 
 
@@ -97,6 +106,16 @@ def _comparison_cells(t: pd.DataFrame, st: _Style) -> list[list[str]]:
     return [[st.esc(c) for c in col] for col in (diff, p, needed)]
 
 
+def _tied_cells(ab: Ablation, st: _Style) -> list[str]:
+    """'best', ≈ (indistinguishable from it at these seeds) or blank; a dash while the seed
+    noise is unknown."""
+    known = ab.noise is not None and ab.noise.known
+    out = []
+    for best, tied in zip(ab.table[IS_BEST], ab.table[TIED], strict=True):
+        out.append("best" if best else st.tied if tied else "" if known else st.dash)
+    return out
+
+
 def _fmt_p(p: float, dash: str) -> str:
     if p != p:
         return dash
@@ -118,7 +137,8 @@ def _header_row(ab: Ablation) -> list[str]:
     for m, h in _headers(ab):
         cols.append(h)
         if m == TARGET:
-            cols += ["Δ mIoU", f"vs {ab.reference} [95 % CI]", "p (Holm)", "seeds needed"]
+            cols += ["Δ mIoU", f"vs {ab.reference} [95 % CI]", "p (Holm)", "seeds needed",
+                     f"{TIED_MARK} best"]  # fmt: skip
     return cols
 
 
@@ -150,6 +170,7 @@ def caption(ab: Ablation) -> str:
         f"Seeds needed: seeds per row for a paired t-test to detect the observed difference with "
         f"the observed spread at power {S.POWER} and α = {S.ALPHA}/{max(n_tests, 1)} (Holm's "
         f"strictest step, so the marker follows); >{S.MAX_SEEDS}: a tie in practice. "
+        f"{TIED_MARK} best: {S.NOISE_RULE}. "
         + (f"One row per trial of a continuous search over {', '.join(ab.group_by)}."
            if ab.ranked else
            f"Grouped by {', '.join(ab.group_by) or 'nothing (one configuration)'}.")
@@ -204,6 +225,33 @@ def verdict(ab: Ablation) -> str:
     return "; ".join(parts) + "."
 
 
+def noise_verdict(ab: Ablation) -> str:
+    """One sentence on the seed noise beside the spread between configurations, and which rows
+    it cannot tell from the best; empty with fewer than two configurations."""
+    noise = ab.noise
+    if noise is None or noise.n_configs < 2 or noise.best < 0:
+        return ""
+    t = ab.table
+    best = t["config"].iloc[noise.best]
+    if not noise.known:
+        where = f"the sweep of study '{ab.study}'" if ab.study else "the sweep (sweeps/run.py)"
+        return (f"Seed noise unknown: no configuration has ≥ 2 seeds, so no row can be told "
+                f"apart from the best '{best}' or not; measure it by running {where} again "
+                f"with {S.ADD_SEEDS_HINT}.")  # fmt: skip
+    text = f"Seed noise: {S.noise_sentence(noise)}"
+    if noise.cannot_rank:
+        text += ": the configurations are within the seed noise: this study cannot rank them"
+    tied = list(t["config"][t[TIED].to_numpy(dtype=bool)])
+    if tied:
+        named = ", ".join(f"'{c}'" for c in tied[:MAX_NAMED])
+        more = f" and {len(tied) - MAX_NAMED} more" if len(tied) > MAX_NAMED else ""
+        text += (f". {len(tied)} row(s) are indistinguishable from the best '{best}' at these "
+                 f"seeds ({TIED_MARK}): {named}{more}")  # fmt: skip
+    else:
+        text += f". No row is within the seed noise of the best '{best}'"
+    return text + "."
+
+
 def to_markdown(ab: Ablation) -> str:
     """GitHub markdown table; IoU in %, mean ± std over seeds, best in bold."""
     head = ["configuration"] + _header_row(ab)
@@ -211,13 +259,16 @@ def to_markdown(ab: Ablation) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in zip(ab.table["config"], cells, strict=True):
         lines.append("| " + " | ".join([label.replace("|", "\\|")] + row) + " |")
-    return "\n".join(lines) + "\n\n" + verdict(ab) + "\n\n" + caption(ab) + "\n"
+    noise = noise_verdict(ab)
+    noise = f"\n\n{noise}" if noise else ""
+    return "\n".join(lines) + "\n\n" + verdict(ab) + noise + "\n\n" + caption(ab) + "\n"
 
 
 def _tex(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"),
                  ("#", "\\#"), ("$", "\\$"), ("−", "$-$"), ("Δ", "$\\Delta$"),
-                 ("α", "$\\alpha$"), ("±", "$\\pm$"), ("–", "--"), ("<", "$<$"), (">", "$>$"),
+                 ("α", "$\\alpha$"), ("≈", "$\\approx$"), ("≥", "$\\geq$"), ("≤", "$\\leq$"),
+                 ("√", "$\\surd$"), ("·", "$\\cdot$"), ("±", "$\\pm$"), ("–", "--"), ("<", "$<$"), (">", "$>$"),
                  (MARK, TEX.mark)):  # fmt: skip
         text = text.replace(a, b)
     return text
@@ -237,7 +288,7 @@ def to_latex(ab: Ablation) -> str:
         lines.append(" & ".join([_tex(label)] + [_tex_cell(c) for c in row]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}",
               "\\par\\smallskip{\\footnotesize " + _tex(caption(ab)) + " " + _tex(verdict(ab))
-              + "}"]  # fmt: skip
+              + " " + _tex(noise_verdict(ab)) + "}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

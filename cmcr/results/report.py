@@ -4,7 +4,8 @@
 incomplete.csv (running, failed, killed runs), pruned.{csv,md} (trials Optuna's pruner stopped,
 with the step each reached; when there are some) and index.html (plotly.js inlined once: the page works offline). Every table
 tests each row against a reference row (``--reference``; ``stats.py``: paired t-interval, Holm,
-seeds needed) and says in words what the seeds support. The files are
+seeds needed), says in words what the seeds support, and sets the objective's seed SD beside
+the spread between configurations, marking the rows indistinguishable from the best. The files are
 also logged as artifacts (``report/``) on the study's parent run when there is one. The page is
 rendered from ``templates/report.html.j2`` (Jinja2, autoescaped); figures come from
 ``figures.py``.
@@ -27,7 +28,14 @@ from cmcr.errors import CMCRError
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Metric
 from cmcr.results import figures as F
 from cmcr.results.ablation import Ablation, ablation, summary
-from cmcr.results.ablation_formats import caption, to_html, to_latex, to_markdown, verdict
+from cmcr.results.ablation_formats import (
+    caption,
+    noise_verdict,
+    to_html,
+    to_latex,
+    to_markdown,
+    verdict,
+)
 from cmcr.results.collect import ReportError, RunTable, Selection, collect, redact
 from cmcr.results.tables import (
     evaluations_markdown,
@@ -237,7 +245,8 @@ def render_page(
     if ab is not None:
         table = {"table": Markup(to_html(ab, HTML_MAX_ROWS)), "baseline": ab.baseline,
                  "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table),
-                 "verdict": verdict(ab), "caption": caption(ab)}  # fmt: skip
+                 "verdict": verdict(ab), "noise": noise_verdict(ab),
+                 "caption": caption(ab)}  # fmt: skip
     return _template().render(
         name=sel.study or sel.experiment or DEFAULT_EXPERIMENT, study=sel.study,
         experiment=sel.experiment or DEFAULT_EXPERIMENT,

@@ -14,6 +14,11 @@ Choices (issue 18):
   ``POWER`` against the observed mean difference with the observed spread, from the
   noncentral t distribution (exact for normal noise; the normal-approximation closed form
   ``seeds_needed_normal`` is a little optimistic at small n).
+- **Seed noise** (issue 27): the objective's seed SD is the pooled within-configuration SD
+  over every configuration run with ≥ 2 seeds, set beside the spread between configurations
+  (the SD of their means). A configuration is *indistinguishable from the best at these seeds*
+  by ``NOISE_RULE``: the interval of ``compare`` where both have ≥ 2 seeds, else a t-interval
+  of the difference of means built on the pooled SD. No seed SD, no mark: the noise is unknown.
 """
 
 from __future__ import annotations
@@ -140,3 +145,101 @@ def mean_halfwidth(values: Sequence[float]) -> float:
     if len(v) < 2:
         return math.nan
     return float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+NOISE_RULE = (
+    "indistinguishable from the best at these seeds: where both have ≥ 2 seeds, the 95 % "
+    "interval of the difference to the best (paired t over shared seeds, else Welch) contains "
+    "0; otherwise |Δ| ≤ t(0.975, df) · s · √(1/n + 1/n_best), s the pooled seed SD with its df "
+    "(no mark while no configuration has ≥ 2 seeds)"
+)
+# how to measure the noise when it is unknown: 2 more seeds for the 3 best configurations
+# (sweeps/run.py; cmcr.sweep.seeds)
+ADD_SEEDS_HINT = "--add-seeds 2 --top 3"
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The objective's seed noise beside the spread between configurations (metric units)."""
+
+    seed_sd: float  # pooled within-configuration SD; NaN when no configuration has ≥ 2 seeds
+    df: int  # its degrees of freedom, Σ (n_i − 1)
+    n_repeated: int  # configurations with ≥ 2 seeds
+    spread: float  # SD (ddof 1) of the configuration means; NaN with < 2 configurations
+    n_configs: int
+    best: int  # index of the best configuration (-1: none)
+    tied: tuple[bool, ...] = ()  # per configuration: NOISE_RULE holds (best: False)
+
+    @property
+    def known(self) -> bool:
+        """Whether some configuration ran ≥ 2 seeds, so the seed SD has been measured."""
+        return self.df >= 1
+
+    @property
+    def cannot_rank(self) -> bool:
+        """The spread between configurations is smaller than one seed's noise."""
+        return self.known and math.isfinite(self.spread) and self.spread < self.seed_sd
+
+
+def pooled_sd(configs: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """(√(Σ (n_i − 1) s_i² / Σ (n_i − 1)), Σ (n_i − 1)) over groups of ≥ 2 values; (NaN, 0)
+    when there are none."""
+    ss, df = 0.0, 0
+    for values in configs:
+        v = _finite(values)
+        if len(v) >= 2:
+            ss += float(((v - v.mean()) ** 2).sum())
+            df += len(v) - 1
+    return (math.sqrt(ss / df), df) if df else (math.nan, 0)
+
+
+def indistinguishable(
+    row: Mapping[int, float], best: Mapping[int, float], sd: float, df: int
+) -> bool:
+    """Whether ``row`` is within the seed noise of ``best`` by ``NOISE_RULE``."""
+    c = compare(row, best)
+    if c.test in (PAIRED, WELCH):
+        return bool(c.lo <= 0.0 <= c.hi)
+    a, b = _finite(list(row.values())), _finite(list(best.values()))
+    if df < 1 or not math.isfinite(sd) or not (len(a) and len(b)):
+        return False
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, df) * sd * math.sqrt(1 / len(a) + 1 / len(b))
+    return bool(abs(a.mean() - b.mean()) <= half)
+
+
+def seed_noise(
+    configs: Sequence[Mapping[int, float]], maximise: bool = True, best: int | None = None
+) -> Noise:
+    """The seed noise of configurations given as {seed: value}, and which of them are
+    indistinguishable from the best mean at these seeds (``best``: the index of the one the
+    caller crowned instead, e.g. Optuna's best trial)."""
+    values = [_finite(list(c.values())) for c in configs]
+    sd, df = pooled_sd(values)
+    means = np.array([v.mean() if v.size else np.nan for v in values])
+    finite = means[np.isfinite(means)]
+    spread = float(finite.std(ddof=1)) if finite.size >= 2 else math.nan
+    if not finite.size:
+        return Noise(sd, df, 0, spread, len(configs), -1, (False,) * len(configs))
+    if best is None:
+        best = int(np.nanargmax(means) if maximise else np.nanargmin(means))
+    tied = tuple(i != best and indistinguishable(c, configs[best], sd, df)
+                 for i, c in enumerate(configs))  # fmt: skip
+    repeated = sum(v.size >= 2 for v in values)
+    return Noise(sd, df, repeated, spread, len(configs), best, tied)
+
+
+def noise_sentence(noise: Noise, scale: float = 100.0, unit: str = "points") -> str:
+    """``seed SD 1.61 points (pooled over 1 configuration with ≥ 2 seeds, df 2) beside a spread
+    of 0.70 points between 10 configurations``; the values times ``scale``."""
+    spread = (f"a spread of {noise.spread * scale:.2f} {unit} between {noise.n_configs} "
+              "configurations (SD of their means)" if math.isfinite(noise.spread)
+              else "one configuration (no spread between configurations)")  # fmt: skip
+    if not noise.known:
+        return f"seed SD unknown (no configuration has ≥ 2 seeds) beside {spread}"
+    return (f"seed SD {noise.seed_sd * scale:.2f} {unit} (pooled over {noise.n_repeated} "
+            f"configuration(s) with ≥ 2 seeds, df {noise.df}) beside {spread}")  # fmt: skip
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    return v[np.isfinite(v)]

@@ -39,7 +39,14 @@ from cmcr.sweep.options import PROG, add_arguments, sweep_options
 from cmcr.sweep.progress import ProgressView
 from cmcr.sweep.slurm_job import worker_launcher
 from cmcr.sweep.spawn import WORKER_CMD, run_here
-from cmcr.sweep.summary import list_studies, print_status, start_lines, summary_line, where_to_look
+from cmcr.sweep.summary import (
+    list_studies,
+    print_status,
+    start_lines,
+    summary_line,
+    where_to_look,
+    with_noise,
+)
 from cmcr.sweep.worker import WorkerStopped, work
 from cmcr.uris import print_traceback, redact, redact_logging
 
@@ -181,7 +188,7 @@ def sweep(
         _interrupted(plan, study, parent)
         raise
     runner.heal(plan, study)
-    summary = runner.finish(plan, study, parent)
+    summary = with_noise(runner.finish(plan, study, parent), study)
     print(summary_line(summary), flush=True)
     if summary.get("tracking_error"):
         print(f"{PROG}: {summary['tracking_error']}", file=sys.stderr)

@@ -61,10 +61,19 @@ class SweepOptions:
     add_seeds: int | None = _opt(
         None,
         "--add-seeds",
-        "add K seeds (S..S+K-1) to every configuration the stored study has finished, as new "
-        "trials under the same parent run; nothing finished runs again",
+        "add K seeds (S..S+K-1) to every configuration the stored study has finished (--top N: "
+        "the N best), as new trials under the same parent run; nothing finished runs again",
         worker=False,
         metavar="K",
+    )
+    top: int | None = _opt(
+        None,
+        "--top",
+        "with --add-seeds: add the seeds to the N best configurations only (by their mean val "
+        "mIoU over every finished seed), e.g. --add-seeds 2 --top 3 to measure the seed noise "
+        "where it decides the best",
+        worker=False,
+        metavar="N",
     )
     resume: bool = _opt(
         False,

@@ -77,6 +77,7 @@ def plan_sweep(opts: SweepOptions) -> Plan:
             "--add-seeds: adds seeds to the trials a study has; grow it with --n-trials in a "
             "run of its own"
         )
+    seeds.check_top(opts.top, opts.add_seeds)
     if opts.retry_failed and not opts.resume:
         raise StudyError("--retry-failed: re-opens a stored study's failed slots; add --resume")
     space.check_pruner(opts.pruner, "--pruner")
@@ -197,7 +198,7 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
         added = enqueue_slots(study, cells, plan.n_trials)
         study.set_user_attr(Attr.N_TRIALS, n_slots(plan, study))
         if plan.opts.add_seeds:
-            seeds.request(study, plan.opts.add_seeds, plan.opts.seeds)
+            seeds.request(study, plan.opts.add_seeds, plan.opts.seeds, plan.opts.top)
         added_seeds = seeds.enqueue_added(study)  # also what a killed --add-seeds left owed
         if plan.opts.retry_failed:
             reopened = recovery.reopen_failed(study, n_slots(plan, study), plan.opts.max_retries)
@@ -232,21 +233,26 @@ def n_units(plan: Plan, study: Any) -> int:
 
 
 def check_add_seeds(plan: Plan) -> Plan:
-    """``--add-seeds K``: the study must exist, match and have finished trials; read-only.
+    """``--add-seeds K [--top N]``: the study must exist, match and have finished trials;
+    read-only (``--top``'s own value was checked by ``plan_sweep``).
 
     Returns the plan sized to the stored study (no new slots are queued with new seeds).
     """
-    k = plan.opts.add_seeds
+    k, top = plan.opts.add_seeds, plan.opts.top
     try:
         storage = connect(plan, create=False)
         study = load(plan, storage)
         check_compatible(plan, study)
     except CMCRError as exc:
         raise StudyError(f"--add-seeds {k}: {exc}") from None
-    seeds.check_request(study, k, plan.study_name)
+    n = seeds.check_request(study, k, plan.study_name)
     pending = seeds.unfinished(study)
     if pending:
         log.warning(f"--add-seeds: trial(s) {pending} are not finished; they get no added seeds")
+    if top is not None:
+        best = [f"#{first.number}" for _, first, _ in seeds.ranked(study)[:top]]
+        log.info(f"--add-seeds {k} --top {top}: the {len(best)} best of {n} "
+                    f"configuration(s) by mean val mIoU: {', '.join(best)}")  # fmt: skip
     return _stored_size(plan, study)
 
 

@@ -1,7 +1,8 @@
-"""``--add-seeds K``: more seeds for a study's finished configurations, nothing run again.
+"""``--add-seeds K [--top N]``: more seeds for a study's finished configurations, nothing run again.
 
 Finished Optuna trials are immutable, so the new seeds run in new trials: for every distinct
-configuration (params) among the study's COMPLETE trials, one trial is enqueued with the same
+configuration (params) among the study's COMPLETE trials (with ``--top N``: the N best by their
+mean over every finished seed, ``ranked``), one trial is enqueued with the same
 params and user attrs naming the trial it extends (``cmcr.seeds_of``) and the seeds it runs
 (``cmcr.trial_seeds``: S..S+K-1, S = one past the highest seed the configuration has or has
 queued). Its runs are children of the study's parent run like every other, tagged with their
@@ -30,6 +31,7 @@ from cmcr.errors import StudyError
 from cmcr.names import Attr
 
 FLAG = "--add-seeds"
+TOP = "--top"
 
 
 def unit_key(slot: int, seeds: list[int]) -> str:
@@ -78,6 +80,41 @@ def requested(study: Any) -> dict[str, dict[str, Any]]:
     return dict(study.user_attrs.get(Attr.ADDED_SEEDS) or {})
 
 
+def check_top(top: int | None, add_seeds: int | None) -> None:
+    """Raise StudyError unless ``--top N`` is an integer >= 1 given with ``--add-seeds``."""
+    if top is None:
+        return
+    if add_seeds is None:
+        raise StudyError(
+            f"{TOP} {top}: picks the configurations {FLAG} K adds seeds to; add {FLAG}"
+        )
+    if top < 1:
+        raise StudyError(f"{TOP}: expected an integer >= 1, got {top}")
+
+
+def seed_values(study: Any) -> dict[str, tuple[Any, dict[int, float]]]:
+    """{params key: (its first COMPLETE ordinary trial, {seed: val mIoU} of every finished
+    seed of the configuration)}; a trial that stored no per-seed results counts as one seed
+    of its own (a negative key: it pairs with nothing)."""
+    out = {}
+    for key, first in configurations(study).items():
+        results = config_results(study, first.params)
+        by_seed = {int(k.split("/")[1]): v for k, v in results.items()}
+        out[key] = (first, by_seed or {-1 - first.number: float(first.value)})
+    return out
+
+
+def ranked(study: Any) -> list[tuple[str, Any, float]]:
+    """(params key, first trial, mean over every finished seed) per configuration, best first
+    (the study's direction; ties: the earlier trial)."""
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    rows = [
+        (key, first, statistics.fmean(values.values()))
+        for key, (first, values) in seed_values(study).items()
+    ]
+    return sorted(rows, key=lambda r: (sign * r[2], r[1].number))
+
+
 def check_request(study: Any, k: int, name: str) -> int:
     """Raise StudyError unless seeds can be added to ``study``; returns its configurations."""
     n = len(configurations(study))
@@ -89,8 +126,9 @@ def check_request(study: Any, k: int, name: str) -> int:
     return n
 
 
-def request(study: Any, k: int, n_seeds: int) -> dict[str, dict[str, Any]]:
-    """Plan ``k`` more seeds for every configuration and record the plan; returns the new units.
+def request(study: Any, k: int, n_seeds: int, top: int | None = None) -> dict[str, dict[str, Any]]:
+    """Plan ``k`` more seeds for every configuration (``top``: the ``top`` best, ``ranked``)
+    and record the plan; returns the new units.
 
     Callers hold the study lock. Nothing is enqueued here (``enqueue_added`` does that), so the
     plan is one write: a kill leaves it either whole or absent.
@@ -102,7 +140,8 @@ def request(study: Any, k: int, n_seeds: int) -> dict[str, dict[str, Any]]:
         key = params_key(numbers[unit["trial"]].params)
         planned.setdefault(key, set()).update(unit["seeds"])
     new: dict[str, dict[str, Any]] = {}
-    for key, trial in configurations(study).items():
+    chosen = [(key, first) for key, first, _ in ranked(study)[:top]]  # top None: every one
+    for key, trial in sorted(chosen, key=lambda kt: kt[1].number):
         first = max(planned.get(key, set()) | set(range(n_seeds))) + 1
         seeds = list(range(first, first + k))
         new[unit_key(trial.user_attrs[Attr.SLOT], seeds)] = {"trial": trial.number, "seeds": seeds}

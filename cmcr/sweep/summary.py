@@ -21,6 +21,8 @@ from cmcr.tracking.store import client_for, resolve_tracking_uri
 from cmcr.tracking.study import ui_urls
 from cmcr.uris import public_url, redact
 
+MAX_NAMED = 8  # trials the closing line names before "and N more"
+
 
 def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> str:
     """What the sweep will do, said before it starts: preset, trials, workers, time."""
@@ -29,7 +31,7 @@ def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> st
     trials = study.get_trials(deepcopy=False)
     todo = sum(1 for t in trials if t.state.name in ("WAITING", "RUNNING"))
     grown = f", grown from {before}" if before and slots > before else ""
-    adding = f" + {units} adding seeds" if units else ""
+    adding = f" + {units} adding seeds{_owed(study)}" if units else ""
     seeds = f" × {plan.opts.seeds} seeds" if plan.opts.seeds > 1 else ""
     lines = [
         f"study '{plan.study_name}': preset {plan.base.preset}, {slots} trial(s){seeds}{grown}"
@@ -49,11 +51,82 @@ def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> st
     return "\n".join(lines)
 
 
+def _owed(study: Any) -> str:
+    """`` (to #3, #0)``: the trials whose configurations get seeds still to run."""
+    done = {t.user_attrs.get(Attr.SLOT) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"}  # fmt: skip
+    owed = [f"#{u['trial']}" for slot, u in seeds.requested(study).items() if slot not in done]
+    return f" (to {', '.join(owed)})" if owed else ""
+
+
+def with_noise(summary: dict[str, Any], study: Any) -> dict[str, Any]:
+    """``summary`` (a finished sweep's, or ``--status``'s) with the seed noise of the study's
+    finished configurations around its best trial: ``noise`` (cmcr.results.stats.Noise, the
+    configurations in ``seeds.seed_values`` order), ``noise_trials`` (each one's first trial),
+    ``noise_text`` (the seed SD beside the spread, in words), ``noise_hint`` (how to measure it)."""
+    if "best_trial" not in summary:
+        return summary
+    # lazy: scipy's statistics cost about a second; only a sweep with finished trials needs them
+    from cmcr.results import stats
+
+    configs = seeds.seed_values(study)
+    keys = list(configs)
+    best = seeds.params_key(summary["best_params"])
+    if best not in keys:  # trials no sweep queued (no slot): nothing to group by
+        return summary
+    noise = stats.seed_noise(
+        [values for _, values in configs.values()],
+        maximise=study.direction.name == "MAXIMIZE",
+        best=keys.index(best),
+    )
+    return {**summary, "noise": noise, "noise_trials": [first.number for first, _ in configs.values()],
+            "noise_text": stats.noise_sentence(noise), "noise_hint": stats.ADD_SEEDS_HINT}  # fmt: skip
+
+
+def noise_clause(summary: dict[str, Any], short: bool = False) -> str:
+    """What the seed noise says about the best trial: the configurations indistinguishable
+    from it at these seeds with the seed SD and the spread, or how to measure the noise;
+    empty with one configuration (``short``: without the figures)."""
+    noise = summary.get("noise")
+    if noise is None or noise.n_configs < 2:
+        return ""
+    if not noise.known:
+        return f"no seed noise measured yet: {summary['noise_hint']}"
+    tied = [f"#{n}" for n, t in zip(summary["noise_trials"], noise.tied, strict=True) if t]
+    if short:
+        return f"{len(tied)} other configuration(s) within the seed noise of it"
+    figures = (f"seed SD {noise.seed_sd * 100:.2f} points "
+               f"{'>' if noise.cannot_rank else 'vs'} spread {noise.spread * 100:.2f}")  # fmt: skip
+    if not tied:
+        return f"no other configuration is within the seed noise of it ({figures})"
+    named = ", ".join(tied[:MAX_NAMED]) + (f" and {len(tied) - MAX_NAMED} more"
+                                           if len(tied) > MAX_NAMED else "")  # fmt: skip
+    verb = "are" if len(tied) > 1 else "is"
+    return (f"trial{'s' if len(tied) > 1 else ''} {named} {verb} indistinguishable from it at "
+            f"these seeds ({figures})")  # fmt: skip
+
+
+def noise_line(summary: dict[str, Any]) -> str | None:
+    """``--status``'s line on the seed SD beside the spread between configurations."""
+    noise = summary.get("noise")
+    if noise is None:
+        return None
+    if not noise.known:
+        return (f"seed noise: unknown (no configuration has ≥ 2 finished seeds); measure it "
+                f"with {summary['noise_hint']}")  # fmt: skip
+    line = f"seed noise: {summary['noise_text']}"
+    if noise.cannot_rank:
+        line += ": the configurations are within the seed noise: this study cannot rank them"
+    return line
+
+
 def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> list[str]:
-    """The best trial, the report's file:// path, ``cmcr ui`` and the MLflow URLs."""
+    """The best trial (and what the seed noise says of it: ``with_noise``), the report's
+    file:// path, ``cmcr ui`` and the MLflow URLs."""
+    clause = noise_clause(summary)
     lines = [
-        f"best: trial #{summary['best_trial']} val mIoU {summary['best_value']:.4f} "
-        f"({short_params(summary['best_params'], 200)})"
+        f"best: trial #{summary['best_trial']} val mIoU {summary['best_value'] * 100:.2f} % "
+        f"({short_params(summary['best_params'], 200)})" + (f"; {clause}" if clause else "")
     ]
     report = _report(plan, build_report)
     if report:
@@ -124,8 +197,10 @@ def summary_line(summary: dict[str, Any]) -> str:
             parts.append(f"{state.lower()} {summary[state]}")
     if "best_value" in summary:
         params = short_params(summary["best_params"], 160)
+        clause = noise_clause(summary, short=True)
         parts.append(
-            f"best val mIoU {summary['best_value']:.4f} (trial {summary['best_trial']}, {params})"
+            f"best val mIoU {summary['best_value'] * 100:.2f} % (trial {summary['best_trial']}, "
+            f"{params})" + (f"; {clause}" if clause else "")
         )
     if not summary["done"]:
         parts.append("(trials still queued or running elsewhere)")
@@ -174,20 +249,13 @@ def print_status(plan: Any, now: Any = None) -> int:
             "best_run_id": best.user_attrs.get(Attr.RUN_ID),
             "parent_run_id": study.user_attrs.get(Attr.PARENT_RUN),
         }
+        summary = with_noise(summary, study)
+        line = noise_line(summary)
+        if line:
+            print(line)
         for line in where_to_look(plan, summary, build_report=False):
             print(line)
     return 0
-
-
-_ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
-
-
-def _best(study: Any) -> Any:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not done:
-        return None
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(done, key=lambda t: (t.value, -t.number))
 
 
 _ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
