@@ -210,7 +210,7 @@ def test_readme_block_regenerated_from_the_runs(store: dict, tmp_path: Path, cap
     assert text.endswith("<!-- /cmcr-report:components -->\nafter\n") and "stale" not in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
     assert rows[0] == ("| configuration | runs | mIoU | Δ mIoU | vs CMCR [95 % CI] | p (Holm) "
-                       "| seeds needed | fwIoU |")  # fmt: skip
+                       "| seeds needed | ≈ best | fwIoU |")  # fmt: skip
     csv = pd.read_csv(out / "ablation.csv")
     assert len(rows) == 1 + len(csv)
     m, s = csv.at[0, "val/miou_mean"] * 100, csv.at[0, "val/miou_std"] * 100

@@ -126,7 +126,9 @@ def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> 
     clause = noise_clause(summary)
     lines = [
         f"best: trial #{summary['best_trial']} val mIoU {summary['best_value'] * 100:.2f} % "
-        f"({short_params(summary['best_params'], 200)})" + (f"; {clause}" if clause else "")
+        # the params give way to the clause: a piped line stays under 300 characters
+        f"({short_params(summary['best_params'], max(60, 200 - len(clause)))})"
+        + (f"; {clause}" if clause else "")
     ]
     report = _report(plan, build_report)
     if report:
