@@ -86,6 +86,9 @@ def one_thread():
 
 
 # ---- xdist groups --------------------------------------------------------------------------
+SERVICE_GROUPS = ("slurm", "postgres")
+
+
 def _group(item: pytest.Item) -> str | None:
     """One group per shared service; else the module, when a module-scoped fixture is used."""
     if item.get_closest_marker("slurm"):
@@ -100,9 +103,15 @@ def _group(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for xdist, and the long groups first: the scheduler hands work out in collection
+    order, so a service group that came last would leave the other worker idle at the end."""
+    rank = {}
     for item in items:
-        if not list(item.iter_markers("xdist_group")) and (group := _group(item)):
+        group = _group(item) if not list(item.iter_markers("xdist_group")) else None
+        if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        rank[item.nodeid] = 0 if group in SERVICE_GROUPS else 1 if group else 2
+    items.sort(key=lambda item: rank[item.nodeid])  # stable: a module's order is kept
 
 
 # ---- session-end checks --------------------------------------------------------------------
