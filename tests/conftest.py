@@ -232,6 +232,7 @@ def _is_default_run(session: pytest.Session, exitstatus: int) -> bool:
     return (
         exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
         and not session.shouldstop
+        and not config.option.collectonly
         and not config.option.keyword
         and config.option.markexpr == default_mark
         and config.args in ([], ["tests"], [str(ROOT / "tests")], config.getini("testpaths"))
@@ -251,7 +252,7 @@ def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -
         "tests": session.testscollected,
         "workers": getattr(config.option, "numprocesses", None) or 0,
         "load_per_core": round(os.getloadavg()[0] / (os.cpu_count() or 1), 2),
-        "slowest": [[k, round(v, 1)] for k, v in slowest[:30]],
+        "slowest": {k: round(v, 1) for k, v in slowest[:30]},
     }
     RECORD_FILE.parent.mkdir(exist_ok=True)
     previous = json.loads(RECORD_FILE.read_text()) if RECORD_FILE.exists() else None
