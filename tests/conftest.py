@@ -66,6 +66,7 @@ def smoke_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = shared / "world" / "smoke"
     with FileLock(str(shared / "world.lock")):
         if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
             generate_world(out, preset="smoke", seed=0)  # atomic: temp dir, then rename
     before = _fingerprint(out)
     yield out
