@@ -103,6 +103,7 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the markers into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for xdist, and the long groups first: the scheduler hands work out in collection
     order, so a service group that came last would leave the other worker idle at the end."""
