@@ -112,8 +112,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _group(item) if not list(item.iter_markers("xdist_group")) else None
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        if getattr(config.option, "loadgroup", False) and group:
+            _mark_group_in_nodeid(item, group)
         rank[item.nodeid] = 0 if group in SERVICE_GROUPS else 1 if group else 2
     items.sort(key=lambda item: rank[item.nodeid])  # stable: a module's order is kept
+
+
+def _mark_group_in_nodeid(item: pytest.Item, group: str) -> None:
+    """What xdist's loadgroup does (``nodeid@group``: its scheduler splits on the ``@``), done
+    here because xdist 3.8 writes ``item._nodeid``, which pytest 9 no longer reads (its node ids
+    live in ``_id``): without this every group is split across the workers. On pytest < 9 xdist
+    appends the suffix again (``@g@g``), which names the same group."""
+    nodeid = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # lazy: pytest >= 9 only
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid
 
 
 # ---- session-end checks --------------------------------------------------------------------
