@@ -269,7 +269,8 @@ def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -
         "cpu_s": round(state["cpu_s"], 1),
         "tests": session.testscollected,
         "workers": getattr(config.option, "numprocesses", None) or 0,
-        "load_per_core": round(os.getloadavg()[0] / (os.cpu_count() or 1), 2),
+        # the 15-minute load average per core at the end: the run's own load and its neighbours'
+        "load_per_core": round(os.getloadavg()[2] / (os.cpu_count() or 1), 2),
         "slowest": {k: round(v, 1) for k, v in slowest[:30]},
     }
     RECORD_FILE.parent.mkdir(exist_ok=True)
@@ -278,10 +279,15 @@ def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -
     over = []
     if record["cpu_s"] > budget["suite_cpu_s"]:
         over.append(f"CPU time {record['cpu_s']:.0f} s > budget {budget['suite_cpu_s']} s")
-    if wall > budget["suite_wall_s"]:
-        over.append(f"wall time {wall:.0f} s > budget {budget['suite_wall_s']} s")
+    # wall-clock ceilings stretch with a load beyond the machine's cores (CPU seconds do not):
+    # a busy neighbour does not fail the run, a slower suite does
+    stretch = max(1.0, record["load_per_core"])
+    if wall > budget["suite_wall_s"] * stretch:
+        over.append(f"wall time {wall:.0f} s > budget {budget['suite_wall_s']} s x {stretch:.1f}")
     over += [
-        f"{k}: {v:.0f} s > cap {budget['test_s']} s" for k, v in slowest if v > budget["test_s"]
+        f"{k}: {v:.0f} s > cap {budget['test_s']} s x {stretch:.1f}"
+        for k, v in slowest
+        if v > budget["test_s"] * stretch
     ]
     if previous:
         tr = config.pluginmanager.get_plugin("terminalreporter")
