@@ -48,8 +48,11 @@ format: $(STAMP)
 browser:
 	@bash dashboards/ensure_chromium.sh
 
+# two workers (xdist); shared services stay in one group each (tests/conftest.py); the 15
+# slowest tests are printed, and the run fails past tests/budget.json
+TEST_WORKERS ?= 2
 test: lint browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(PY) -m cmcr.bench

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from waiting import free_port, stop_process
 
 from cmcr.names import STORAGE_ENV
 from cmcr.results import dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def test_serves_the_study_on_loopback(storage: str) -> None:
     """Started as a user would (`python -m cmcr.cli dashboard --study live`), it prints the
     study's page, which answers, and its API lists the study's trials; the storage URL is in
     the environment only."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "cmcr.cli", "dashboard", "--study", "live", "--port", str(port)]
     env = {**os.environ, STORAGE_ENV: storage, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -56,8 +50,9 @@ def test_serves_the_study_on_loopback(storage: str) -> None:
             studies = json.loads(r.read())["study_summaries"]
         assert [s["study_name"] for s in studies] == ["live"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        # SIGTERM, then SIGKILL after the bound: the server never outlives the test
+        graceful = stop_process(proc, signal.SIGTERM, grace=60)
+    assert graceful, "the dashboard did not exit on SIGTERM (killed)"
     assert proc.returncode == 0
 
 

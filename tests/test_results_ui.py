@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from waiting import stop_process
 
 from cmcr.errors import TrackingError
 from cmcr.results import fake_runs, ui
@@ -115,12 +115,9 @@ def test_server_lists_study_runs(tmp_path: Path) -> None:
         }
         assert "cmcr-mim" in variants and "random" in variants
     finally:
-        proc.send_signal(signal.SIGTERM)  # cmcr ui stops its server's process group
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        # cmcr ui stops its server's process group; SIGKILL to the group after the bound
+        graceful = stop_process(proc, signal.SIGTERM, grace=60, group=False)
+    assert graceful, "cmcr ui did not exit on SIGTERM (killed)"
     out = proc.stdout.read()
     assert f"MLflow UI: http://127.0.0.1:{port}" in out
     with pytest.raises((urllib.error.URLError, ConnectionError)):

@@ -295,3 +295,32 @@ def test_two_independent_processes_recover_a_killed_ones_trial(tmp_path):
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG_DRIVER)
+
+
+def test_a_retried_slot_counts_once_at_each_rung_of_asha():
+    from cmcr.configs import load_config
+    from cmcr.sweep.recovery import enqueue_retry
+    from cmcr.sweep.runner import make_pruner
+
+    pruner = make_pruner("asha", load_config("demo"))  # first rung: step 7, a third goes on
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    def at_step_7(value: float) -> bool:
+        trial = study.ask()
+        trial.set_user_attr(Attr.SLOT, len(study.trials))
+        trial.report(value, 7)
+        return trial.should_prune()
+
+    assert not at_step_7(0.9)  # slot 0 passes the first rung, then fails
+    study.tell(0, state=TrialState.FAIL)
+    enqueue_retry(study, study.trials[0], "flaky")
+    retry = study.ask()  # the WAITING retry, resumed past step 7 (it does not report 7 again)
+    assert retry.number == 1 and "completed_rung_0" in study.trials[1].system_attrs
+    for value in (0.1, 0.2, 0.3, 0.4):
+        at_step_7(value)
+    # seven marks at rung 0 if slot 0 counts twice (0.9, 0.9, ...): the second best is 0.9 and
+    # 0.85 is pruned; six if it counts once: 0.85 is second and goes on
+    assert not at_step_7(0.85)
+    # the retry resumes at rung 1 (step 21): its step-14 value is not judged at rung 0
+    retry.report(0.05, 14)
+    assert not retry.should_prune()

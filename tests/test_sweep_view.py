@@ -27,6 +27,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from test_sweep_runner import Recorder, load, run_sweep
+from waiting import communicate_or_kill, scaled, wait_or_kill
 
 from cmcr.names import Attr, Tag
 from cmcr.sweep import options, runner, summary
@@ -75,14 +76,14 @@ def test_live_view_under_a_pseudo_terminal_shows_every_field(tmp_path):
     # the slave stays open here until the output is drained: Linux drops what the master has
     # not read yet once the last slave descriptor closes
     chunks = []
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + scaled(150)
     while time.monotonic() < deadline:
         ready, _, _ = select.select([master], [], [], 0.5)
         if ready:
             chunks.append(os.read(master, 65536))
         elif proc.poll() is not None:
             break
-    proc.wait(timeout=30)
+    wait_or_kill(proc, 30)
     os.close(slave)
     os.close(master)
     text = ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))
@@ -160,7 +161,7 @@ def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
         proc.kill()
         pytest.fail("the trial never started")
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = communicate_or_kill(proc, 60)
     assert proc.returncode == 130, out[-2000:]
     study = optuna.load_study(study_name="mask_ratio", storage=storage)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]

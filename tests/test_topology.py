@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
@@ -100,13 +101,7 @@ def _post(port: int, path: str, body: dict) -> dict:
 
 def stop_group(proc: subprocess.Popen) -> None:
     """End a process group this test started (the server forks its own workers)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process(proc, signal.SIGTERM, grace=20)  # then SIGKILL: nothing outlives the test
 
 
 @pytest.fixture

@@ -19,12 +19,20 @@ lock at every start of a sweep or worker and after every trial: for each slot wi
 attempt (COMPLETE, PRUNED, RUNNING or WAITING) it decides from the recorded kinds, so a kill
 between "trial failed" and "retry enqueued" is healed by the next start, and two processes
 cannot both enqueue the same retry.
+
+A retry carries the failed attempt's system attrs, Optuna's successive-halving marks
+``completed_rung_*`` among them, so it resumes at the rung its configuration reached (its
+resumed run does not report the steps it already logged). Optuna's pruner counts those marks on
+every trial, FAIL included, and a finished trial's attrs cannot be removed, so
+``successive_halving`` hides an attempt that a retry superseded from the pruner: each slot
+counts once at each rung.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -252,3 +260,40 @@ def enqueue_retry(study: Any, trial: Any, reason: str) -> None:
             system_attrs=system_attrs,
         )
     )
+
+
+class _RetriesSupersede:
+    """The study as a pruner should see it: attempts named in a retry's history left out."""
+
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, *args: Any, **kwargs: Any) -> list[Any]:
+        trials = self._study.get_trials(*args, **kwargs)
+        gone = {n for t in trials for n in t.system_attrs.get(Attr.RETRY_HISTORY, ())}
+        return [t for t in trials if t.number not in gone] if gone else trials
+
+
+@functools.cache
+def _retry_aware_halving() -> type:
+    import optuna
+
+    class RetryAwareSuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
+        """Optuna's ASHA, with an attempt that a retry superseded not counted at any rung."""
+
+        def prune(self, study: Any, trial: Any) -> bool:
+            return super().prune(_RetriesSupersede(study), trial)
+
+    return RetryAwareSuccessiveHalving
+
+
+def successive_halving(min_resource: int, reduction_factor: int) -> Any:
+    """Optuna's ``SuccessiveHalvingPruner`` that counts each slot once at each rung.
+
+    The retry holds the failed attempt's ``completed_rung_*`` marks (see the module's
+    docstring); the failed attempt's own copy would count the configuration a second time.
+    """
+    return _retry_aware_halving()(min_resource=min_resource, reduction_factor=reduction_factor)

@@ -139,7 +139,7 @@ def make_pruner(kind: str, base: Config) -> Any:
         d = base.downstream
         first, largest = 1, max(d.probe_epochs if d.mode == "probe" else d.finetune_epochs, 1)
     if kind == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
+        return recovery.successive_halving(min_resource=first, reduction_factor=3)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=first, max_resource=largest, reduction_factor=3
