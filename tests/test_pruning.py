@@ -86,6 +86,7 @@ def _check_pruned(client, trial, tmp_path: Path, max_steps: int = 4) -> int:
     history = client.get_metric_history(run.info.run_id, Metric.PROBE_MIOU)
     assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
     assert Metric.VAL_MIOU not in run.data.metrics  # the downstream evaluation never started
+    assert 0 < run.data.metrics[Metric.PROBE_TIME_SHARE] < 1  # the probe's cost is recorded
     cfg = load_config("smoke", [f"tracking.output_dir={tmp_path / 'runs'}"])
     assert latest_step(cfg, run.info.run_id) == at  # its last checkpoint is kept: that step
     return at
@@ -119,6 +120,10 @@ def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, 
     assert run.info.status == "KILLED" and "pruned" in run.data.tags[Tag.STATUS_REASON]
     assert latest_step(cfg, run.info.run_id) == 2  # checkpointed where it stopped (not at 3)
     assert run.data.metrics[Metric.PROBE_SECONDS] > 0
+    assert 0 < run.data.metrics[Metric.PROBE_TIME_SHARE] < 1  # a pruned run records its share
+    for key in (Metric.PROBE_RANKME, Metric.PROBE_ALPHA_REQ):  # label-free scores, same steps
+        assert _steps(client, run.info.run_id, key) == [1, 2], key
+    assert run.data.metrics[Metric.PROBE_RANKME] >= 1  # an effective rank
 
 
 def test_a_trial_with_poor_intermediate_values_is_pruned_in_pretraining(tmp_path, smoke_world):
@@ -144,12 +149,12 @@ def test_a_trial_with_poor_intermediate_values_is_pruned_in_pretraining(tmp_path
     assert "complete 2 pruned 1" in out.stdout + out.stderr  # the sweep's summary says so
 
 
-def test_resuming_after_a_kill_reports_no_step_twice(tmp_path, smoke_world):
-    """Killed right after the probe of step 3 was reported (checkpoint at 2): the retry resumes
-    at step 2, re-runs step 3 without measuring, logging or reporting it again, then step 4."""
+def _killed_then_resumed(tmp_path: Path, smoke_world: Path, trial_fn: str) -> tuple:
+    """A one-trial study whose first attempt kills itself (``trial_fn``), resumed: (killed
+    trial, retry, MLflow client, run id)."""
     study_file = _study(tmp_path, [2.0])
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    cmd = _cmd(tmp_path, smoke_world, "killed_after_step_3", "--study", str(study_file),
+    cmd = _cmd(tmp_path, smoke_world, trial_fn, "--study", str(study_file),
                "--storage", storage)  # fmt: skip
     first = subprocess.run(
         cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=900
@@ -163,14 +168,37 @@ def test_resuming_after_a_kill_reports_no_step_twice(tmp_path, smoke_world):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     killed, retry = trials
     assert killed.user_attrs[Attr.FAIL_KIND] == "lost"
-    assert sorted(killed.intermediate_values) == [1, 2, 3]
-    assert sorted(retry.intermediate_values) == [4]  # step 3 was not reported again
     run_id = retry.user_attrs[Attr.RUN_ID]
     assert run_id == killed.user_attrs[Attr.RUN_ID]  # the same run continued
-    client = _client(tmp_path)
+    return killed, retry, _client(tmp_path), run_id
+
+
+def test_resuming_after_a_kill_measures_and_logs_no_step_twice(tmp_path, smoke_world):
+    """Killed right after the probe of step 3 was reported (checkpoint at 2): the retry resumes
+    at step 2, re-runs step 3 without measuring or logging it again, then step 4; its trial
+    (a new one) holds every probe step once, the logged ones reported from the history."""
+    killed, retry, client, run_id = _killed_then_resumed(
+        tmp_path, smoke_world, "killed_after_step_3"
+    )
+    assert sorted(killed.intermediate_values) == [1, 2, 3]
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    assert retry.intermediate_values == pytest.approx(killed.intermediate_values | {4: 0.2})
     assert client.get_run(run_id).data.tags[Tag.RESUMED_FROM_STEP] == "2"
     for key in (Metric.PROBE_MIOU, Metric.PROBE_SECONDS, Metric.TRAIN_LOSS):
         assert _steps(client, run_id, key) == [1, 2, 3, 4], key  # each step exactly once
+
+
+def test_a_step_logged_but_never_reported_is_reported_on_resume(tmp_path, smoke_world):
+    """Killed between the probe's MLflow log of step 3 and its Optuna report: the retry reports
+    step 3 from the run's history (before it was skipped for good), at step 3, not at 4."""
+    killed, retry, client, run_id = _killed_then_resumed(
+        tmp_path, smoke_world, "killed_between_log_and_report"
+    )
+    assert sorted(killed.intermediate_values) == [1, 2]
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    history = {m.step: m.value for m in client.get_metric_history(run_id, Metric.PROBE_MIOU)}
+    assert retry.intermediate_values == pytest.approx(history)
+    assert _steps(client, run_id, Metric.PROBE_MIOU) == [1, 2, 3, 4]  # logged once each
 
 
 def _postgres_up() -> bool:

@@ -303,9 +303,12 @@ class SweepConfig:
     eval_every: int = setting(0, **OPTIONAL_COUNT)
     # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
     probe_scans: int = setting(6, ge=2)
-    # which fit is probe/miou (both are logged, probe/miou_standardised and probe/miou_raw):
-    # standardised features (scale-free) or raw ones fitted as the downstream probe fits them
-    probe_features: str = setting("standardised", choices=("standardised", "raw"))
+    # which signal is probe/miou, the pruner's value (every one is logged: probe/miou_standardised,
+    # probe/miou_raw, probe/rankme, probe/alpha_req): the linear fit on standardised features
+    # (scale-free), on raw ones as the downstream probe fits them, or the label-free RankMe
+    # (effective rank of the features; higher is better). alpha-ReQ is logged, not offered: its
+    # best is near 1, not at either end, and the pruners keep the higher values.
+    probe_features: str = setting("standardised", choices=("standardised", "raw", "rankme"))
 
 
 @dataclass

@@ -188,14 +188,25 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
 def _pruning_report(trial: Any) -> Callable[..., None]:
     """``report(step, value, phase=...)`` → ``trial.report``; raise ``pruned_at(...)`` (a
     ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
-    value = probe/miou) or "downstream" (step = epoch, value = val mIoU)."""
+    value = probe/miou) or "downstream" (step = epoch, value = val mIoU). ``report.reported()``:
+    the steps the trial holds, so a resumed probe reports the logged steps it lacks."""
 
     def report(step: int, value: float, phase: str = "downstream") -> None:
         trial.report(float(value), int(step))
         if trial.should_prune():
             raise pruned_at(step, value, phase)
 
+    report.reported = lambda: set(_intermediate_values(trial))  # type: ignore[attr-defined]
     return report
+
+
+def _intermediate_values(trial: Any) -> dict[int, float]:
+    """The values ``trial`` has reported (a live ``Trial`` has no public getter: its record)."""
+    values = getattr(trial, "intermediate_values", None)  # a FrozenTrial has them
+    if values is not None:
+        return dict(values)
+    mine = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+    return dict(mine[0].intermediate_values) if mine else {}
 
 
 def pruned_at(step: int, value: float, phase: str) -> BaseException:
