@@ -62,11 +62,11 @@ def killed_between_log_and_report(cfg: Any, **kwargs: Any) -> Any:
     report = kwargs.get("report")
     if report is not None:
 
-        def killing(step: int, value: float, phase: str = "downstream") -> None:
+        def killing(step: int, value: float, phase: str = "downstream", **kw: Any) -> None:
             if phase == "pretrain" and step == 3 and not os.path.exists(marker):
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
-            report(step, value, phase)
+            report(step, value, phase, **kw)
 
         if hasattr(report, "reported"):
             killing.reported = report.reported  # type: ignore[attr-defined]

@@ -66,3 +66,89 @@ def test_scores_read_a_capped_subsample_and_handle_degenerate_input():
     assert torch.equal(spectrum.subsample(x[:10]), x[:10])
     assert spectrum.scores(torch.zeros(0, 4)) == {"rankme": 0.0, "alpha_req": 0.0}
     assert spectrum.alpha_req(torch.ones(10, 3)) == 0.0  # no spread: no spectrum to fit
+
+
+# ---- rungs as fractions of each trial's budget (sweep.first_rung) --------------------------------
+class _Logger:
+    """The probe's logger interface, no store: records the steps it logged."""
+
+    client, run_id = None, None
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log_metrics(self, metrics, step) -> None:
+        self.steps.append(step)
+
+
+class _Accelerator:
+    num_processes, device = 1, "cpu"
+
+    def unwrap_model(self, model):
+        return model
+
+
+def _reports(epochs: int, first_rung: float, batches: int = 7) -> tuple[list, list]:
+    """(resource, step) reported, and the steps logged, by a probe every 2 steps through a
+    pre-training of ``epochs`` x ``batches`` steps (the measurement stubbed)."""
+    from cmcr.configs import load_config
+    from cmcr.engine import train
+    from cmcr.engine.probe import RepresentationProbe
+
+    cfg = load_config("smoke", [f"train.epochs={epochs}", "train.max_steps=0", "sweep.eval_every=2",
+                                f"sweep.first_rung={first_rung}"])  # fmt: skip
+    total = train.total_steps(cfg, batches)
+    got: list[tuple[int, int]] = []
+
+    def report(step, value, phase="downstream", resource=None):
+        got.append((resource, step))
+
+    logger = _Logger()
+    probe = RepresentationProbe(cfg, logger, report, total=total)
+    probe.measure = lambda backbone, device: dict.fromkeys(
+        ("standardised", "raw", "rankme", "alpha_req"), 0.5
+    )
+    model = type("M", (), {"backbone": None})()
+    for step in range(1, total + 1):
+        if probe.due(step):
+            probe.step(_Accelerator(), model, step, save=lambda: None)
+    return got, logger.steps
+
+
+def test_two_trials_of_different_lengths_report_at_the_same_fractions():
+    short, short_logged = _reports(epochs=2, first_rung=0.1)  # 14 steps
+    long, long_logged = _reports(epochs=6, first_rung=0.1)  # 42 steps
+    assert [r for r, _ in short] == [r for r, _ in long] == [100, 300, 900]  # permille rungs
+    for total, got in ((14, short), (42, long)):
+        for r, step in got:  # each at the first step at or past its fraction of the budget
+            assert step / total >= r / 1000 > (step - 1) / total
+    assert [s for _, s in long] == [5, 13, 38]
+    assert set(range(2, 43, 2)) <= set(long_logged)  # the learning curve: every 2 steps too
+    assert {5, 13, 38} <= set(long_logged)  # and the rung steps
+
+
+def test_rungs_and_the_pruners_resource_follow_first_rung():
+    from optuna.pruners import HyperbandPruner, SuccessiveHalvingPruner
+
+    from cmcr.configs import load_config
+    from cmcr.engine.probe import rungs
+    from cmcr.sweep.runner import make_pruner
+
+    assert rungs(0.25, 4) == [(250, 1), (750, 3)]
+    assert rungs(0.5, 3) == [(500, 2)]
+    assert rungs(0.001, 2) == [(1, 1), (3, 1), (9, 1), (27, 1), (81, 1), (243, 1), (729, 2)]
+    cfg = load_config("demo", ["sweep.first_rung=0.2"])  # demo: the probe is on
+    asha = make_pruner("asha", cfg)
+    assert isinstance(asha, SuccessiveHalvingPruner)
+    assert asha._min_resource == 200  # no public getter
+    hb = make_pruner("hyperband", cfg)
+    assert isinstance(hb, HyperbandPruner) and hb._max_resource == 1000
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "1.5", "-0.1"])
+def test_first_rung_outside_0_1_is_refused(bad):
+    from cmcr.configs import load_config
+    from cmcr.errors import CMCRError
+
+    with pytest.raises(CMCRError, match="sweep.first_rung"):
+        load_config("smoke", [f"sweep.first_rung={bad}"])

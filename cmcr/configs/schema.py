@@ -309,6 +309,14 @@ class SweepConfig:
     # (effective rank of the features; higher is better). alpha-ReQ is logged, not offered: its
     # best is near 1, not at either end, and the pruners keep the higher values.
     probe_features: str = setting("standardised", choices=("standardised", "raw", "rankme"))
+    # the pruners' first rung as a fraction of each trial's own pre-training steps, in (0, 1):
+    # rungs at first_rung * 3^k of the budget (reported in permille, cmcr.engine.probe), so
+    # trials of different lengths, batches or process counts compare at equal fractions.
+    # Default 2/3: in the replay of the last audited study (docs/bench/replay_2026-12-02.json)
+    # no logged signal ranked the trials before two thirds of pre-training (Spearman p >= 0.44
+    # up to step 21 of 42); at 28 of 42 the raw fit does (rho 0.81, p 0.008). An earlier rung
+    # decides on noise there; pruning is off by default anyway (cmcr.sweep.runner).
+    first_rung: float = setting(2 / 3, gt=0.0, lt=1.0)
 
 
 @dataclass

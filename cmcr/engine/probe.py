@@ -59,10 +59,23 @@ FIT_ITERS = 150  # full-batch steps of the linear layer (demo CPU: 0.06 s per fi
 STD_LR = 0.2  # Adam on standardised features: within 0.003 mIoU of 1000 steps on demo
 MAX_POINTS_PER_SCAN = 4000  # fit points per scan (a fixed draw); the score uses every point
 FITS = ("standardised", "raw")  # the linear fits, logged as probe/miou_<fit>
+RESOURCE = 1000  # the pruners' resource: permille of the trial's pre-training steps
+REDUCTION = 3  # the pruners' reduction factor: rungs at first_rung * 3^k
 
 
 class PrunedElsewhere(CMCRError):
     """Raised on a rank > 0 when the main process's pruner stopped the trial at a probe step."""
+
+
+def rungs(first_rung: float, total: int) -> list[tuple[int, int]]:
+    """(permille, step) of every rung of a ``total``-step pre-training: the rungs are
+    ``round(first_rung * RESOURCE) * REDUCTION^k`` permille (below ``RESOURCE``), each measured
+    at the first optimiser step at or past its fraction of ``total`` (at least 1)."""
+    out, r = [], max(1, round(first_rung * RESOURCE))
+    while r < RESOURCE:
+        out.append((r, min(total, max(1, -(-r * total // RESOURCE)))))
+        r *= REDUCTION
+    return out
 
 
 def enabled(cfg: Config) -> bool:
@@ -73,9 +86,16 @@ def enabled(cfg: Config) -> bool:
 class RepresentationProbe:
     """The probe of one pre-training run (built on every rank; only main measures)."""
 
-    def __init__(self, cfg: Config, logger: Any, report: Any = None, *, is_main: bool = True):
+    def __init__(
+        self, cfg: Config, logger: Any, report: Any = None, *, is_main: bool = True, total: int = 0
+    ):
         self.cfg, self.logger, self.report = cfg, logger, report
         self.every = cfg.sweep.eval_every
+        # {step: permille} of the rungs, where the pruner's values are reported (total: the
+        # run's pre-training steps; 0 = unknown, no rung and no report)
+        self.rungs: dict[int, list[int]] = {}
+        for r, s in rungs(cfg.sweep.first_rung, total) if total > 0 else []:
+            self.rungs.setdefault(s, []).append(r)
         self.is_main = is_main
         self.seconds = 0.0
         self.t0 = time.perf_counter()
@@ -87,7 +107,8 @@ class RepresentationProbe:
             self.seconds = _latest(logger, Metric.PROBE_SECONDS)
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        """Every ``sweep.eval_every`` steps (the learning curve) and at every rung's step."""
+        return step % self.every == 0 or step in self.rungs
 
     # -- data -------------------------------------------------------------------------------
     def batches(self) -> list[tuple[dict[str, Any], bool]]:
@@ -169,14 +190,18 @@ class RepresentationProbe:
         )
         return out
 
-    def _report(self, step: int, value: float) -> BaseException | None:
-        """Report ``value`` at ``step``; the exception when the pruner stops the trial."""
+    def _report(self, step: int, value: float, done: set[int] | None = None) -> Any:
+        """Report ``value`` at each rung of ``step`` (resource: permille of the budget) not in
+        ``done``; the exception when the pruner stops the trial."""
         if self.report is None:
             return None
-        try:
-            self.report(step, value, phase="pretrain")
-        except Exception as exc:  # optuna.TrialPruned; anything else too, after saving
-            return exc
+        for r in self.rungs.get(step, []):
+            if done is not None and r in done:
+                continue
+            try:
+                self.report(step, value, phase="pretrain", resource=r)
+            except Exception as exc:  # optuna.TrialPruned; anything else too, after saving
+                return exc
         return None
 
     def _report_backlog(self, step: int) -> BaseException | None:
@@ -188,8 +213,8 @@ class RepresentationProbe:
         if reported is None:
             return None
         done = set(reported())
-        for s in sorted(k for k in self.history if k <= step and k not in done):
-            pruned = self._report(s, self.history[s])
+        for s in sorted(k for k in self.history if k <= step and k in self.rungs):
+            pruned = self._report(s, self.history[s], done)
             if pruned is not None:
                 return pruned
         return None

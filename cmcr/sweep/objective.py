@@ -188,11 +188,14 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
 def _pruning_report(trial: Any) -> Callable[..., None]:
     """``report(step, value, phase=...)`` → ``trial.report``; raise ``pruned_at(...)`` (a
     ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
-    value = probe/miou) or "downstream" (step = epoch, value = val mIoU). ``report.reported()``:
-    the steps the trial holds, so a resumed probe reports the logged steps it lacks."""
+    value = probe/miou) or "downstream" (step = epoch, value = val mIoU). ``resource``: what
+    Optuna is told instead of ``step`` (the probe's rungs: permille of the trial's pre-training,
+    so trials of different lengths compare at equal fractions); ``step`` still names where the
+    run stopped. ``report.reported()``: the resources the trial holds, so a resumed probe
+    reports the logged rungs it lacks."""
 
-    def report(step: int, value: float, phase: str = "downstream") -> None:
-        trial.report(float(value), int(step))
+    def report(step: int, value: float, phase: str = "downstream", resource: int | None = None):
+        trial.report(float(value), int(step if resource is None else resource))
         if trial.should_prune():
             raise pruned_at(step, value, phase)
 
