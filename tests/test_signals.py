@@ -152,3 +152,28 @@ def test_first_rung_outside_0_1_is_refused(bad):
 
     with pytest.raises(CMCRError, match="sweep.first_rung"):
         load_config("smoke", [f"sweep.first_rung={bad}"])
+
+
+def test_the_replays_collection_reads_the_label_free_signals(tmp_path):
+    """``collect_trials(fits=None)`` (what the replay reads) sees probe/rankme as ``rankme`` and
+    probe/alpha_req as ``alpha_req_near_1`` = -|alpha - 1| (higher = better, as the pruners)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from cmcr.bench.pruning import collect_trials
+    from cmcr.names import Attr, Metric
+
+    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("x")).info.run_id
+    for step, (miou, rank, alpha) in {7: (0.2, 12.5, 0.6), 14: (0.3, 20.0, 1.3)}.items():
+        client.log_metric(run, Metric.PROBE_MIOU, miou, step=step)
+        client.log_metric(run, Metric.PROBE_RANKME, rank, step=step)
+        client.log_metric(run, Metric.PROBE_ALPHA_REQ, alpha, step=step)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, value=0.3, user_attrs={Attr.RUN_ID: run}))  # fmt: skip
+    (row,) = collect_trials(storage, uri, "s", None)
+    assert row["probe"]["miou"] == {7: 0.2, 14: 0.3}
+    assert row["probe"]["rankme"] == {7: 12.5, 14: 20.0}
+    assert row["probe"]["alpha_req_near_1"] == pytest.approx({7: -0.4, 14: -0.3})
