@@ -22,11 +22,21 @@ it cannot rank trials early. The standardised fit is scale-free (random 0.18, pr
 0.16-0.22) and ranks from the first step. ``python -m cmcr.bench pruning`` measures both fits'
 rank correlation with the final probe and the pruning each gives.
 
-Resume: a step already in the run's ``probe/miou`` history is neither measured, logged nor
-reported again (a retry continues the run; the steps its earlier attempt reported stay in that
-attempt's record). Pruning: ``report(step, value)`` may raise ``optuna.TrialPruned`` on the main
-process; the decision is shared with the other ranks (one broadcast at each probe step), every
-rank checkpoints the step (``save_state`` is collective) and stops: the main process raises the
+Label-free scores of the same frozen features, with no fit: ``probe/rankme`` and
+``probe/alpha_req`` (``cmcr.engine.spectrum``), logged at every probe step beside the fits.
+
+Rungs (issue 27): the pruner's values are reported only at the rungs, fractions of this run's
+own pre-training (``rungs``: ``sweep.first_rung`` * 3^k, the resource in permille, measured at
+the first step at or past each), so trials of different lengths compare at equal fractions;
+the other probe steps are the learning curve in MLflow.
+
+Resume: a step already in the run's ``probe/miou`` history is neither measured nor logged
+again; a rung logged but absent from the trial's reported values (killed between the log and
+the report, or a retry's new trial) is reported from the history at the next probe step, in
+order (``_report_backlog``). Pruning: ``report(step, value)`` may raise
+``optuna.TrialPruned`` on the main process; the decision is shared with the other ranks (one
+broadcast at each probe step), every rank checkpoints the step (``save_state`` is collective),
+the main process logs ``probe/time_share`` and every rank stops: the main process raises the
 ``TrialPruned``, the others ``PrunedElsewhere``, which ``cmcr.sweep.group`` lets a follower
 survive.
 """

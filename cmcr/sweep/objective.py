@@ -12,7 +12,8 @@ seed to the other ranks just before calling the trial function (``cmcr.sweep.gro
 
 Pruning: ``report(step, value)`` of the first seed becomes ``trial.report`` /
 ``should_prune`` → ``TrialPruned``. With ``sweep.eval_every`` > 0 the values are the
-representation probe's during pre-training (step = optimiser step, cmcr.engine.probe), else the
+representation probe's at its rungs during pre-training (resource = permille of the trial's
+pre-training steps, cmcr.engine.probe), else the
 downstream evaluation's epochs. Later seeds do not report: they follow the first seed's decision
 (a pruned first seed ends the trial; their steps would repeat the first's, which the pruners
 compare across trials).
