@@ -113,6 +113,7 @@ class RepresentationProbe:
         # a resumed run's logged probe values {step: probe/miou} and cost so far
         self.history = _history(logger, Metric.PROBE_MIOU) if is_main else {}
         self.logged = max(self.history, default=0)
+        self._caught_up = not self.history  # no logged step the trial may lack
         if is_main:
             self.seconds = _latest(logger, Metric.PROBE_SECONDS)
 
@@ -171,8 +172,9 @@ class RepresentationProbe:
         (``_report_backlog``). ``save``: checkpoints this step on every rank (only when pruned).
         """
         pruned: BaseException | None = None
-        if self.is_main:
+        if self.is_main and not self._caught_up:  # a resumed run's logged rungs, once each
             pruned = self._report_backlog(step)
+            self._caught_up = step >= self.logged
         if self.is_main and pruned is None and step > self.logged:
             t = time.perf_counter()
             net = accelerator.unwrap_model(model)
