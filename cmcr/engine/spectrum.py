@@ -2,8 +2,8 @@
 
 Both read the spectrum of the frozen features the representation probe already computes
 (``cmcr.engine.probe``): one (D, D) Gram matrix and ``eigvalsh`` each (float64; an SVD of the
-(n, D) matrix took 2.5x as long on one CPU thread) on at most ``MAX_ROWS`` rows (a fixed strided draw), no
-labels and no fit:
+(n, D) matrix took 2.5x as long on one CPU thread) on at most ``MAX_ROWS`` rows (a fixed
+strided draw), no labels and no fit:
 
 - **RankMe** (Garrido et al., ICML 2023): ``exp(-sum p_k log p_k)`` with ``p_k = s_k / sum(s) +
   eps`` over the singular values ``s`` of the (n, D) feature matrix: the effective rank, in
