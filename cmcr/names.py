@@ -123,6 +123,9 @@ class Metric:
     PROBE_MIOU = "probe/miou"
     PROBE_SECONDS = "probe/seconds"  # its cumulative cost so far
     PROBE_TIME_SHARE = "probe/time_share"  # its cost as a share of pre-training time
+    # label-free scores of the probe's frozen features (cmcr/engine/spectrum.py), same steps
+    PROBE_RANKME = "probe/rankme"  # effective rank (Garrido et al. 2023): higher is better
+    PROBE_ALPHA_REQ = "probe/alpha_req"  # eigenspectrum decay (Agrawal et al. 2022): best near 1
     STUDY_BEST_VALUE = "study/best_value"
 
 

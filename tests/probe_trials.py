@@ -18,7 +18,8 @@ def _patch() -> None:
     from cmcr.engine import probe
 
     def measure(self: Any, backbone: Any, device: Any) -> dict[str, float]:
-        return {"standardised": _value(self.cfg), "raw": _value(self.cfg)}
+        v = _value(self.cfg)
+        return {"standardised": v, "raw": v, "rankme": v, "alpha_req": v}
 
     probe.RepresentationProbe.measure = measure
 
@@ -48,4 +49,26 @@ def killed_after_step_3(cfg: Any, **kwargs: Any) -> Any:
             os.kill(os.getpid(), signal.SIGKILL)
 
     probe.RepresentationProbe.step = step
+    return run_trial(cfg, **kwargs)
+
+
+def killed_between_log_and_report(cfg: Any, **kwargs: Any) -> Any:
+    """As ``by_mim``, but the first attempt SIGKILLs its own process at step 3 after the probe
+    logged it to MLflow and before it reported it to Optuna (issue 27's wiring defect)."""
+    from cmcr.engine.pipeline import run_trial
+
+    _patch()
+    marker = os.path.join(cfg.tracking.output_dir, "killed-once")
+    report = kwargs.get("report")
+    if report is not None:
+
+        def killing(step: int, value: float, phase: str = "downstream", **kw: Any) -> None:
+            if phase == "pretrain" and step == 3 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            report(step, value, phase, **kw)
+
+        if hasattr(report, "reported"):
+            killing.reported = report.reported  # type: ignore[attr-defined]
+        kwargs["report"] = killing
     return run_trial(cfg, **kwargs)

@@ -192,13 +192,14 @@ fixed:
   data.cameras: [CAM_FRONT]
   downstream.probe_epochs: 1
   sweep.eval_every: 1
+  sweep.first_rung: 0.25
 """
 
 
 def test_two_rank_launch_prunes_in_pretraining_and_goes_on(smoke_world, tmp_path):
-    """Rank 0's pruner stops the poor middle trial at its first probe step: both ranks
-    checkpoint that step and stop it (rank 1 learns it by broadcast), and the group goes on to
-    the next trial. The probe's measurement is the stand-in of tests/probe_trials.py (mim / 10)."""
+    """Rank 0's pruner stops the poor middle trial at its first rung (1/4 of 3 steps: step 1):
+    both ranks checkpoint that step and stop it (rank 1 learns it by broadcast), and the group
+    goes on to the next trial. The probe's measurement is the stand-in of tests/probe_trials.py (mim / 10)."""
     from cmcr.configs import load_config
     from cmcr.engine.checkpoint import latest_step
 

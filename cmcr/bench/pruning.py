@@ -153,8 +153,10 @@ def collect_trials(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each trial: number, state, params, value, last pre-training step, probe curves.
 
-    ``fits``: the ``probe/miou_<fit>`` curves to read; None: every ``probe/miou*`` metric the
-    run logged (``probe/miou`` itself as ``miou``), as the replay audit reads them.
+    ``fits``: the ``probe/miou_<fit>`` curves to read; None: every early signal the run logged,
+    as the replay audit reads them (higher = better): every ``probe/miou*`` metric
+    (``probe/miou`` itself as ``miou``), ``probe/rankme`` as ``rankme`` and ``probe/alpha_req``
+    as ``alpha_req_near_1`` = -|alpha - 1| (Agrawal et al. find the best representations near 1).
     """
     # lazy: mlflow takes seconds to import and only the collection needs it
     import optuna
@@ -167,15 +169,9 @@ def collect_trials(
         run_id = t.user_attrs.get(Attr.RUN_ID)
         hist = client.get_metric_history(run_id, Metric.TRAIN_LOSS) if run_id else []
         logged = client.get_run(run_id).data.metrics if run_id else {}
-        keys = (
-            {f"{Metric.PROBE_MIOU}_{f}": f for f in fits}
-            if fits is not None
-            else {k: k.removeprefix(f"{Metric.PROBE_MIOU}_") if k != Metric.PROBE_MIOU else "miou"
-                  for k in logged if k.startswith(Metric.PROBE_MIOU)}
-        )  # fmt: skip
         curves = {
-            name: {int(m.step): m.value for m in client.get_metric_history(run_id, key)}
-            for key, name in keys.items()
+            name: {int(m.step): how(m.value) for m in client.get_metric_history(run_id, key)}
+            for key, (name, how) in _signal_keys(logged, fits).items()
             if run_id
         }
         share = logged.get(Metric.PROBE_TIME_SHARE)
@@ -191,6 +187,23 @@ def collect_trials(
             }
         )
     return rows
+
+
+def _signal_keys(logged: dict[str, float], fits: tuple[str, ...] | None) -> dict[str, Any]:
+    """{metric key: (signal name, value transform)} of the curves ``collect_trials`` reads."""
+    same = float
+    if fits is not None:
+        return {f"{Metric.PROBE_MIOU}_{f}": (f, same) for f in fits}
+    out: dict[str, Any] = {
+        k: (k.removeprefix(f"{Metric.PROBE_MIOU}_") if k != Metric.PROBE_MIOU else "miou", same)
+        for k in logged
+        if k.startswith(Metric.PROBE_MIOU)
+    }
+    if Metric.PROBE_RANKME in logged:
+        out[Metric.PROBE_RANKME] = ("rankme", same)
+    if Metric.PROBE_ALPHA_REQ in logged:
+        out[Metric.PROBE_ALPHA_REQ] = ("alpha_req_near_1", lambda v: -abs(float(v) - 1.0))
+    return out
 
 
 def _seed_values(tmp, world, preset, best, n_seeds, extra, studies) -> list[float]:

@@ -9,7 +9,7 @@ its final objective. Replaying a pruner needs nothing else: for each of ``--repl
 random trial orders, a fresh in-memory Optuna study receives the trials one at a time in that
 order (one sequential worker), each reporting its logged curve step by step through
 ``trial.report`` / ``should_prune`` as the live worker did, with the project's own pruners
-(``cmcr.sweep.runner.make_pruner``: ASHA and Hyperband from the first probe step, reduction
+(``cmcr.sweep.runner.pruner_for``: ASHA and Hyperband from the first probe step, reduction
 factor 3; median). Optuna's code decides; this module only feeds it and counts. The live pruned
 studies, replayed in their trial-number order, must come out the same trial for trial
 (``live_check``): that is the replay's proof.
@@ -40,8 +40,6 @@ Spearman's rho against the final objective with a two-sided permutation p-value
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import math
 import time
@@ -55,8 +53,7 @@ from scipy.stats import rankdata
 
 from cmcr.bench import pruning
 from cmcr.bench.replay_report import headline, markdown_table, write_outputs
-from cmcr.configs import Config
-from cmcr.sweep.runner import make_pruner
+from cmcr.sweep.runner import pruner_for
 
 PRUNERS = ("asha", "hyperband", "median")
 FRACTIONS = (1 / 6, 1 / 3, 1 / 2)
@@ -113,16 +110,9 @@ def random_orders(n: int, n_orders: int, rng: np.random.Generator) -> np.ndarray
 
 def new_pruner(kind: str, first_step: int) -> Any:
     """The sweep's own pruner ``kind`` for probe steps every ``first_step`` (fresh: Hyperband
-    keeps state per study)."""
-    return make_pruner(kind, _probe_config(int(first_step)))
-
-
-@functools.lru_cache(maxsize=8)
-def _probe_config(first_step: int) -> Config:
-    """The default config with the probe every ``first_step`` steps. Not ``load_config``: its
-    validation imports torch and the backbones (seconds), and make_pruner reads two fields."""
-    cfg = Config()
-    return dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, eval_every=first_step))
+    keeps state per study): the step rungs the audited studies ran with (before rungs became
+    fractions of the budget, sweep.first_rung)."""
+    return pruner_for(kind, int(first_step), "auto")
 
 
 def replay_order(

@@ -303,9 +303,20 @@ class SweepConfig:
     eval_every: int = setting(0, **OPTIONAL_COUNT)
     # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
     probe_scans: int = setting(6, ge=2)
-    # which fit is probe/miou (both are logged, probe/miou_standardised and probe/miou_raw):
-    # standardised features (scale-free) or raw ones fitted as the downstream probe fits them
-    probe_features: str = setting("standardised", choices=("standardised", "raw"))
+    # which signal is probe/miou, the pruner's value (every one is logged: probe/miou_standardised,
+    # probe/miou_raw, probe/rankme, probe/alpha_req): the linear fit on standardised features
+    # (scale-free), on raw ones as the downstream probe fits them, or the label-free RankMe
+    # (effective rank of the features; higher is better). alpha-ReQ is logged, not offered: its
+    # best is near 1, not at either end, and the pruners keep the higher values.
+    probe_features: str = setting("standardised", choices=("standardised", "raw", "rankme"))
+    # the pruners' first rung as a fraction of each trial's own pre-training steps, in (0, 1):
+    # rungs at first_rung * 3^k of the budget (reported in permille, cmcr.engine.probe), so
+    # trials of different lengths, batches or process counts compare at equal fractions.
+    # Default 2/3: in the replay of the last audited study (docs/bench/replay_2026-12-02.json)
+    # no logged signal ranked the trials before two thirds of pre-training (Spearman p >= 0.44
+    # up to step 21 of 42); at 28 of 42 the raw fit does (rho 0.81, p 0.008). An earlier rung
+    # decides on noise there; pruning is off by default anyway (cmcr.sweep.runner).
+    first_rung: float = setting(2 / 3, gt=0.0, lt=1.0)
 
 
 @dataclass

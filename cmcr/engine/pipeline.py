@@ -164,7 +164,7 @@ def _train(
         probe = None
         if probe_enabled(cfg):
             main = accelerator.is_main_process
-            probe = RepresentationProbe(cfg, logger, report, is_main=main)
+            probe = RepresentationProbe(cfg, logger, report, is_main=main, total=total)
         steps = train.pretrain_loop(
             cfg, accelerator, model, optimizer, scheduler, loader, state, logger, total, holdout,
             probe,

@@ -22,11 +22,21 @@ it cannot rank trials early. The standardised fit is scale-free (random 0.18, pr
 0.16-0.22) and ranks from the first step. ``python -m cmcr.bench pruning`` measures both fits'
 rank correlation with the final probe and the pruning each gives.
 
-Resume: a step already in the run's ``probe/miou`` history is neither measured, logged nor
-reported again (a retry continues the run; the steps its earlier attempt reported stay in that
-attempt's record). Pruning: ``report(step, value)`` may raise ``optuna.TrialPruned`` on the main
-process; the decision is shared with the other ranks (one broadcast at each probe step), every
-rank checkpoints the step (``save_state`` is collective) and stops: the main process raises the
+Label-free scores of the same frozen features, with no fit: ``probe/rankme`` and
+``probe/alpha_req`` (``cmcr.engine.spectrum``), logged at every probe step beside the fits.
+
+Rungs (issue 27): the pruner's values are reported only at the rungs, fractions of this run's
+own pre-training (``rungs``: ``sweep.first_rung`` * 3^k, the resource in permille, measured at
+the first step at or past each), so trials of different lengths compare at equal fractions;
+the other probe steps are the learning curve in MLflow.
+
+Resume: a step already in the run's ``probe/miou`` history is neither measured nor logged
+again; a rung logged but absent from the trial's reported values (killed between the log and
+the report, or a retry's new trial) is reported from the history at the next probe step, in
+order (``_report_backlog``). Pruning: ``report(step, value)`` may raise
+``optuna.TrialPruned`` on the main process; the decision is shared with the other ranks (one
+broadcast at each probe step), every rank checkpoints the step (``save_state`` is collective),
+the main process logs ``probe/time_share`` and every rank stops: the main process raises the
 ``TrialPruned``, the others ``PrunedElsewhere``, which ``cmcr.sweep.group`` lets a follower
 survive.
 """
@@ -44,6 +54,7 @@ import torch
 from cmcr.configs import Config
 from cmcr.data import build_seg_loader
 from cmcr.data.collate import collate_seg
+from cmcr.engine import spectrum
 from cmcr.engine.evaluate import to_device
 from cmcr.errors import CMCRError, DataError
 from cmcr.eval.metrics import ConfusionAccumulator
@@ -57,10 +68,24 @@ log = logging.getLogger("cmcr")
 FIT_ITERS = 150  # full-batch steps of the linear layer (demo CPU: 0.06 s per fit on 16k points)
 STD_LR = 0.2  # Adam on standardised features: within 0.003 mIoU of 1000 steps on demo
 MAX_POINTS_PER_SCAN = 4000  # fit points per scan (a fixed draw); the score uses every point
+FITS = ("standardised", "raw")  # the linear fits, logged as probe/miou_<fit>
+RESOURCE = 1000  # the pruners' resource: permille of the trial's pre-training steps
+REDUCTION = 3  # the pruners' reduction factor: rungs at first_rung * 3^k
 
 
 class PrunedElsewhere(CMCRError):
     """Raised on a rank > 0 when the main process's pruner stopped the trial at a probe step."""
+
+
+def rungs(first_rung: float, total: int) -> list[tuple[int, int]]:
+    """(permille, step) of every rung of a ``total``-step pre-training: the rungs are
+    ``round(first_rung * RESOURCE) * REDUCTION^k`` permille (below ``RESOURCE``), each measured
+    at the first optimiser step at or past its fraction of ``total`` (at least 1)."""
+    out, r = [], max(1, round(first_rung * RESOURCE))
+    while r < RESOURCE:
+        out.append((r, min(total, max(1, -(-r * total // RESOURCE)))))
+        r *= REDUCTION
+    return out
 
 
 def enabled(cfg: Config) -> bool:
@@ -71,19 +96,30 @@ def enabled(cfg: Config) -> bool:
 class RepresentationProbe:
     """The probe of one pre-training run (built on every rank; only main measures)."""
 
-    def __init__(self, cfg: Config, logger: Any, report: Any = None, *, is_main: bool = True):
+    def __init__(
+        self, cfg: Config, logger: Any, report: Any = None, *, is_main: bool = True, total: int = 0
+    ):
         self.cfg, self.logger, self.report = cfg, logger, report
         self.every = cfg.sweep.eval_every
+        # {step: permille} of the rungs, where the pruner's values are reported (total: the
+        # run's pre-training steps; 0 = unknown, no rung and no report)
+        self.rungs: dict[int, list[int]] = {}
+        for r, s in rungs(cfg.sweep.first_rung, total) if total > 0 else []:
+            self.rungs.setdefault(s, []).append(r)
         self.is_main = is_main
         self.seconds = 0.0
         self.t0 = time.perf_counter()
         self._batches: list[tuple[dict[str, Any], bool]] | None = None
-        self.logged = (logger.last_logged_step(Metric.PROBE_MIOU) or 0) if is_main else 0
+        # a resumed run's logged probe values {step: probe/miou} and cost so far
+        self.history = _history(logger, Metric.PROBE_MIOU) if is_main else {}
+        self.logged = max(self.history, default=0)
+        self._caught_up = not self.history  # no logged step the trial may lack
         if is_main:
-            self.seconds = _latest(logger, Metric.PROBE_SECONDS)  # a resumed run's cost so far
+            self.seconds = _latest(logger, Metric.PROBE_SECONDS)
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        """Every ``sweep.eval_every`` steps (the learning curve) and at every rung's step."""
+        return step % self.every == 0 or step in self.rungs
 
     # -- data -------------------------------------------------------------------------------
     def batches(self) -> list[tuple[dict[str, Any], bool]]:
@@ -113,45 +149,87 @@ class RepresentationProbe:
         return fit, score
 
     def measure(self, backbone: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        """Both probe figures of ``backbone`` (fit on half the subset, scored on the other
-        half): ``standardised`` and ``raw`` (see ``fit_and_score``)."""
+        """Every probe figure of ``backbone``: both fits (on half the subset, scored on the
+        other half), ``standardised`` and ``raw`` (see ``fit_and_score``), and the label-free
+        ``rankme`` and ``alpha_req`` of every subset point's features (``cmcr.engine.spectrum``)."""
         fit, score = self.features(backbone, device)
         ds = self.cfg.downstream
-        return {
+        out = {
             "standardised": fit_and_score(fit, score, standardise=True),
             "raw": fit_and_score(
                 fit, score, standardise=False, lr=ds.probe_lr, momentum=ds.momentum
             ),
         }
+        feats = [f for f, _ in fit + score]
+        out.update(spectrum.scores(torch.cat(feats) if feats else torch.zeros(0, 1)))  # (n, D)
+        return out
 
     # -- the loop's hook --------------------------------------------------------------------
     def step(self, accelerator: Any, model: Any, step: int, save: Any) -> None:
         """At a probe step: measure, log and report (main); stop every rank if pruned.
 
-        ``save``: checkpoints this step on every rank (called only when pruned).
+        A resumed run first reports the logged steps up to ``step`` that its trial has not
+        (``_report_backlog``). ``save``: checkpoints this step on every rank (only when pruned).
         """
         pruned: BaseException | None = None
-        if self.is_main and step > self.logged:
+        if self.is_main and not self._caught_up:  # a resumed run's logged rungs, once each
+            pruned = self._report_backlog(step)
+            self._caught_up = step >= self.logged
+        if self.is_main and pruned is None and step > self.logged:
             t = time.perf_counter()
             net = accelerator.unwrap_model(model)
-            both = self.measure(net.backbone, accelerator.device)
-            value = both[self.cfg.sweep.probe_features]
+            every = self.measure(net.backbone, accelerator.device)
+            value = every[self.cfg.sweep.probe_features]
             self.seconds += time.perf_counter() - t
-            metrics = {Metric.PROBE_MIOU: value, Metric.PROBE_SECONDS: self.seconds}
-            metrics.update({f"{Metric.PROBE_MIOU}_{k}": v for k, v in both.items()})
-            self.logger.log_metrics(metrics, step)
+            self.logger.log_metrics(self._metrics(value, every), step)
             self.logged = step
-            log.info(f"probe at step {step}: mIoU {value:.4f} ({self.seconds:.1f} s so far)")
-            if self.report is not None:
-                try:
-                    self.report(step, value, phase="pretrain")
-                except Exception as exc:  # optuna.TrialPruned; anything else too, after saving
-                    pruned = exc
+            self.history[step] = value
+            log.info(f"probe at step {step}: {value:.4f} ({self.seconds:.1f} s so far)")
+            pruned = self._report(step, value)
         if _agree(accelerator, pruned is not None):
             save()
+            self.finish(step)  # a pruned run records the probe's share too
             if pruned is not None:
                 raise pruned
             raise PrunedElsewhere(f"pruned by the main process at pre-training step {step}")
+
+    def _metrics(self, value: float, every: dict[str, float]) -> dict[str, float]:
+        """The MLflow metrics of one measurement (``probe/miou``: the pruner's value)."""
+        out = {Metric.PROBE_MIOU: value, Metric.PROBE_SECONDS: self.seconds}
+        out.update({f"{Metric.PROBE_MIOU}_{k}": every[k] for k in FITS})
+        out.update(
+            {Metric.PROBE_RANKME: every["rankme"], Metric.PROBE_ALPHA_REQ: every["alpha_req"]}
+        )
+        return out
+
+    def _report(self, step: int, value: float, done: set[int] | None = None) -> Any:
+        """Report ``value`` at each rung of ``step`` (resource: permille of the budget) not in
+        ``done``; the exception when the pruner stops the trial."""
+        if self.report is None:
+            return None
+        for r in self.rungs.get(step, []):
+            if done is not None and r in done:
+                continue
+            try:
+                self.report(step, value, phase="pretrain", resource=r)
+            except Exception as exc:  # optuna.TrialPruned; anything else too, after saving
+                return exc
+        return None
+
+    def _report_backlog(self, step: int) -> BaseException | None:
+        """Report, in order, every step up to ``step`` that this run logged to MLflow but its
+        trial never reported (killed between the log and the report, or a retry's new trial),
+        so the pruner compares each value at its own step. A report callable without
+        ``reported`` (the steps its trial holds) has no backlog."""
+        reported = getattr(self.report, "reported", None)
+        if reported is None:
+            return None
+        done = set(reported())
+        for s in sorted(k for k in self.history if k <= step and k in self.rungs):
+            pruned = self._report(s, self.history[s], done)
+            if pruned is not None:
+                return pruned
+        return None
 
     def finish(self, step: int) -> None:
         """Log ``probe/time_share``: the probe's share of this process's pre-training time."""
@@ -161,6 +239,13 @@ class RepresentationProbe:
         share = self.seconds / max(total, 1e-9)
         self.logger.log_metrics({Metric.PROBE_TIME_SHARE: share}, step)
         log.info(f"probe: {self.seconds:.1f} s of {total:.1f} s pre-training ({share:.1%})")
+
+
+def _history(logger: Any, key: str) -> dict[int, float]:
+    """{step: value} of metric ``key`` in the logger's run (empty without a store)."""
+    if logger.client is None or logger.run_id is None:
+        return {}
+    return {int(m.step): m.value for m in logger.client.get_metric_history(logger.run_id, key)}
 
 
 def _latest(logger: Any, key: str) -> float:

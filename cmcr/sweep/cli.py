@@ -170,6 +170,9 @@ def sweep(
     total = runner.n_units(plan, study)
     est = estimate(plan.base, study, plan.opts.seeds) if extras.estimate else None
     print(start_lines(plan, study, parent, before, est), flush=True)
+    notice = plan.pruning_notice()
+    if notice is not None:
+        print(notice, flush=True)
     if lost:
         numbers = [t.number for t in lost]
         print(f"trial(s) {numbers} had lost their worker; queued again (no retry spent)")

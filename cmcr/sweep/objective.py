@@ -12,7 +12,8 @@ seed to the other ranks just before calling the trial function (``cmcr.sweep.gro
 
 Pruning: ``report(step, value)`` of the first seed becomes ``trial.report`` /
 ``should_prune`` → ``TrialPruned``. With ``sweep.eval_every`` > 0 the values are the
-representation probe's during pre-training (step = optimiser step, cmcr.engine.probe), else the
+representation probe's at its rungs during pre-training (resource = permille of the trial's
+pre-training steps, cmcr.engine.probe), else the
 downstream evaluation's epochs. Later seeds do not report: they follow the first seed's decision
 (a pruned first seed ends the trial; their steps would repeat the first's, which the pruners
 compare across trials).
@@ -188,14 +189,28 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
 def _pruning_report(trial: Any) -> Callable[..., None]:
     """``report(step, value, phase=...)`` → ``trial.report``; raise ``pruned_at(...)`` (a
     ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
-    value = probe/miou) or "downstream" (step = epoch, value = val mIoU)."""
+    value = probe/miou) or "downstream" (step = epoch, value = val mIoU). ``resource``: what
+    Optuna is told instead of ``step`` (the probe's rungs: permille of the trial's pre-training,
+    so trials of different lengths compare at equal fractions); ``step`` still names where the
+    run stopped. ``report.reported()``: the resources the trial holds, so a resumed probe
+    reports the logged rungs it lacks."""
 
-    def report(step: int, value: float, phase: str = "downstream") -> None:
-        trial.report(float(value), int(step))
+    def report(step: int, value: float, phase: str = "downstream", resource: int | None = None):
+        trial.report(float(value), int(step if resource is None else resource))
         if trial.should_prune():
             raise pruned_at(step, value, phase)
 
+    report.reported = lambda: set(_intermediate_values(trial))  # type: ignore[attr-defined]
     return report
+
+
+def _intermediate_values(trial: Any) -> dict[int, float]:
+    """The values ``trial`` has reported (a live ``Trial`` has no public getter: its record)."""
+    values = getattr(trial, "intermediate_values", None)  # a FrozenTrial has them
+    if values is not None:
+        return dict(values)
+    mine = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+    return dict(mine[0].intermediate_values) if mine else {}
 
 
 def pruned_at(step: int, value: float, phase: str) -> BaseException:

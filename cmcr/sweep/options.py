@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +98,11 @@ class SweepOptions:
     pruner: str | None = _opt(
         None,
         "--pruner",
-        "what stops poor trials early (default: the study's 'pruner', else median): median, "
-        "asha (successive halving), hyperband or none; with sweep.eval_every > 0 it sees the "
-        "representation probe during pre-training (step = optimiser step), else the "
-        "downstream epochs",
+        "what stops poor trials early (default: the study's 'pruner', else none when "
+        "sweep.eval_every > 0, else median): median, asha (successive halving), hyperband or "
+        "none; with sweep.eval_every > 0 it sees the representation probe during pre-training "
+        "(rungs at fractions of each trial's budget, sweep.first_rung), else the downstream "
+        "epochs",
         choices=PRUNERS,
     )
     objective: str = _opt(
@@ -257,3 +259,38 @@ def with_checkout(env: dict[str, str]) -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+# the pruning audit the notice quotes (python -m cmcr.bench replay ..., its replay.json)
+LAST_AUDIT = Path(__file__).resolve().parents[2] / "docs" / "bench" / "replay_2026-12-02.json"
+ALPHA = 0.05  # a signal beats chance when its interval vs the shuffled null is above 0 and p < this
+
+
+def audit_notice(pruner: str, signal: str, audit: Path = LAST_AUDIT) -> str | None:
+    """The one line a sweep prints when it prunes in pre-training: how the last audited study's
+    replay (``audit``) rated ``pruner`` on ``signal``, with its figures. None when it does not
+    prune; a line saying so when the audit is missing or did not replay that pair."""
+    if pruner == "none":
+        return None
+    where = f"{audit.parent.parent.name}/{audit.parent.name}/{audit.name}"
+    try:
+        data = json.loads(audit.read_text())
+    except (OSError, ValueError):
+        return f"note: pruner {pruner} in pre-training is unaudited ({where} is missing)"
+    row = data.get("results", {}).get(signal, {}).get(pruner)
+    trials = data.get("trials")
+    if row is None:
+        return (
+            f"note: pruner {pruner} on the probe's '{signal}' was not replayed by the last "
+            f"audit ({where}, {trials} trials); check it: python -m cmcr.bench replay"
+        )
+    low, high = row["diff_shuffled_ci"]
+    beat = low > 0 and row["p_deal"] < ALPHA
+    verdict = "better than chance" if beat else "no better than chance"
+    return (
+        f"note: on the last audited study ({where}, {trials} trials) pruner {pruner} on the "
+        f"probe's '{signal}' was {verdict}: expected best kept {100 * row['best_kept']:.2f} % "
+        f"vs the shuffled null {100 * (row['best_kept'] - row['diff_shuffled']):.2f} % "
+        f"(difference 95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] points, p {row['p_deal']:.2f})"
+        f", at {row['step_ratio']:.2f}x fewer pre-training steps"
+    )

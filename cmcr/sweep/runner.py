@@ -25,7 +25,7 @@ from cmcr.errors import CMCRError, StudyError
 from cmcr.names import Attr, is_local_key
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, seeds, space
-from cmcr.sweep.options import OBJECTIVES, SweepOptions
+from cmcr.sweep.options import OBJECTIVES, SweepOptions, audit_notice
 from cmcr.sweep.space import StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.trials import count_states, enqueue_slots
 from cmcr.tracking.optuna_store import open_storage, study_lock
@@ -48,8 +48,18 @@ class Plan:
 
     @property
     def pruner(self) -> str:
-        """--pruner, else the study's ``pruner``, else median."""
-        return self.opts.pruner or self.spec.pruner or "median"
+        """--pruner, else the study's ``pruner``, else the default: none when the probe is on
+        (on the last audited study no pre-training signal beat chance: docs/bench/), else
+        median (the downstream epochs)."""
+        return self.opts.pruner or self.spec.pruner or default_pruner(self.base)
+
+    def pruning_notice(self) -> str | None:
+        """The one line on the pruner's audited record, when it prunes in pre-training."""
+        from cmcr.engine.probe import enabled as probe_enabled  # lazy: the probe imports torch
+
+        if not probe_enabled(self.base):
+            return None
+        return audit_notice(self.pruner, self.base.sweep.probe_features)
 
     def compat_attrs(self) -> dict[str, Any]:
         """What a re-run (or another worker) must agree on to share the stored study."""
@@ -119,25 +129,43 @@ def make_sampler(spec: StudySpec) -> Any:
     return optuna.samplers.TPESampler(seed=spec.seed, constant_liar=True)
 
 
+def default_pruner(base: Config) -> str:
+    """The pruner when neither --pruner nor the study names one: none in pre-training (the
+    representation probe on; the audit in docs/bench/ found no signal better than chance),
+    median on the downstream epochs."""
+    from cmcr.engine.probe import enabled as probe_enabled  # lazy: the probe imports torch
+
+    return "none" if probe_enabled(base) else "median"
+
+
 def make_pruner(kind: str, base: Config) -> Any:
     """median, asha (successive halving), hyperband or none.
 
-    The resource is what the trials report (``cmcr.sweep.objective``): pre-training optimiser
-    steps when the representation probe is on (``sweep.eval_every`` > 0; the first rung is the
-    first probe step, Hyperband's largest the last step a finished trial reported), else the
-    downstream epochs. Reduction factor 3 (ASHA's and Hyperband's default: a third goes on).
+    The resource is what the trials report (``cmcr.sweep.objective``): with the representation
+    probe on (``sweep.eval_every`` > 0), permille of each trial's own pre-training steps, the
+    first rung at ``sweep.first_rung`` of it and Hyperband's largest the whole budget
+    (``cmcr.engine.probe.rungs``); else the downstream epochs. Reduction factor 3 (ASHA's and
+    Hyperband's default: a third goes on).
     """
-    import optuna
+    # lazy: the probe imports torch
+    from cmcr.engine.probe import RESOURCE
+    from cmcr.engine.probe import enabled as probe_enabled
 
-    from cmcr.engine.probe import enabled as probe_enabled  # lazy: the probe imports torch
-
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if probe_enabled(base):
-        first, largest = base.sweep.eval_every, "auto"
+        first, largest = max(1, round(base.sweep.first_rung * RESOURCE)), RESOURCE
     else:
         d = base.downstream
         first, largest = 1, max(d.probe_epochs if d.mode == "probe" else d.finetune_epochs, 1)
+    return pruner_for(kind, first, largest)
+
+
+def pruner_for(kind: str, first: int, largest: int | str) -> Any:
+    """Pruner ``kind`` with its first rung at resource ``first`` and Hyperband's largest at
+    ``largest`` ("auto": the last a finished trial reported); reduction factor 3."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if kind == "asha":
         return recovery.successive_halving(min_resource=first, reduction_factor=3)
     if kind == "hyperband":
