@@ -298,11 +298,11 @@ def test_two_independent_processes_recover_a_killed_ones_trial(tmp_path):
 
 
 def test_a_retried_slot_counts_once_at_each_rung_of_asha():
-    from cmcr.configs import load_config
     from cmcr.sweep.recovery import enqueue_retry
-    from cmcr.sweep.runner import make_pruner
+    from cmcr.sweep.runner import pruner_for
 
-    pruner = make_pruner("asha", load_config("demo"))  # first rung: step 7, a third goes on
+    # the sweep's ASHA with its first rung at resource 7 (a third goes on at each rung)
+    pruner = pruner_for("asha", 7, "auto")
     study = optuna.create_study(direction="maximize", pruner=pruner)
 
     def at_step_7(value: float) -> bool:
@@ -314,8 +314,11 @@ def test_a_retried_slot_counts_once_at_each_rung_of_asha():
     assert not at_step_7(0.9)  # slot 0 passes the first rung, then fails
     study.tell(0, state=TrialState.FAIL)
     enqueue_retry(study, study.trials[0], "flaky")
-    retry = study.ask()  # the WAITING retry, resumed past step 7 (it does not report 7 again)
+    retry = study.ask()  # the WAITING retry, resumed past step 7
     assert retry.number == 1 and "completed_rung_0" in study.trials[1].system_attrs
+    # re-reporting its logged step 7 on resume (cmcr.engine.probe) adds no second mark
+    retry.report(0.9, 7)
+    assert not retry.should_prune()
     for value in (0.1, 0.2, 0.3, 0.4):
         at_step_7(value)
     # seven marks at rung 0 if slot 0 counts twice (0.9, 0.9, ...): the second best is 0.9 and
