@@ -89,3 +89,22 @@ def test_status_of_a_missing_study_fails_cleanly(tmp_path):
     out = _run(tmp_path, "--study", "loss_weights", "--status")
     assert out.returncode == 2 and "no such database file" in out.stderr
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_main_gives_the_callers_sigterm_handler_back() -> None:
+    """The sweep turns SIGTERM into Ctrl-C while it runs, then restores the caller's handler: a
+    caller in the same process (a test, a notebook) must not inherit it (a fork pool started
+    later once inherited it and hung at its exit)."""
+    import signal
+
+    from cmcr.sweep import cli
+
+    def mine(signum, frame):  # pragma: no cover - never called
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["--list"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -310,3 +310,27 @@ def test_synth_does_not_import_torch() -> None:
 
     code = "import sys, cmcr.synth, cmcr.synth.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_fork_pool_workers_take_sigterms_default_action() -> None:
+    """Both synthetic worlds render in ``fork_pool``: its workers never keep a SIGTERM handler
+    inherited from the parent (the pool's exit terminates them with SIGTERM)."""
+    import signal
+
+    from cmcr.synth.generate import fork_pool
+
+    def raising(signum, frame):  # pragma: no cover - the parent is never signalled here
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, raising)
+    try:
+        with fork_pool(2) as pool:
+            assert pool.map(_sigterm_is_default, range(4)) == [True] * 4
+    finally:
+        signal.signal(signal.SIGTERM, before)

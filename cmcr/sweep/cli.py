@@ -260,22 +260,32 @@ def main(
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a stop request takes the Ctrl-C path
+    # a stop request takes the Ctrl-C path while the sweep runs; the caller's handler comes back
+    # after (a caller in the same process, e.g. a test, must not inherit ours)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = run(args, trial_fn, worker_cmd, extras)
+        code = _run_reporting(args, trial_fn, worker_cmd, extras)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _leave_launch(code)
+
+
+def _run_reporting(args: argparse.Namespace, trial_fn: Any, worker_cmd: Any, extras: Extras) -> int:
+    """``run``, its errors as one line (a traceback for a bug) and their exit codes."""
+    try:
+        return run(args, trial_fn, worker_cmd, extras)
     except (GroupBroken, WorkerStopped) as exc:  # not a usage error: start again once fixed
         print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
-        code = 1
+        return 1
     except CMCRError as exc:
         print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
-        code = 2
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run it again to continue", file=sys.stderr)
-        code = 130
+        return 130
     except Exception:  # a bug or a library error: its traceback, without credentials
         print_traceback(PROG)
-        code = 1
-    return _leave_launch(code)
+        return 1
 
 
 def _leave_launch(code: int) -> int:

@@ -9,9 +9,11 @@ handling (checked first, written beside it, swapped in) is ``target.py``, shared
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import resource
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,12 +103,8 @@ def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
             for job in jobs:
                 scenes.append(_render_scene(*job))
                 bar.update(1)
-        else:  # fork: workers inherit imports; results come back in scene order
-            # SIGTERM's default action in the workers: the pool's exit terminates them with it,
-            # and a handler inherited from the parent (the sweep CLI turns SIGTERM into
-            # KeyboardInterrupt) once left a worker alive and the exit waiting forever (CI)
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(n_proc, initializer=_default_sigterm) as pool:
+        else:  # results come back in scene order
+            with fork_pool(n_proc) as pool:
                 scenes = []
                 for scene in pool.imap(_render_scene_job, jobs):
                     scenes.append(scene)
@@ -419,8 +417,14 @@ def _annotations(spec, name, sample_token, frame, objects, category_of) -> list[
     return anns
 
 
+def fork_pool(n_proc: int) -> multiprocessing.pool.Pool:
+    """A fork pool (workers inherit imports) whose workers take SIGTERM's default action: the
+    pool's exit terminates them with it, and a handler inherited from the parent (the sweep CLI
+    turns SIGTERM into KeyboardInterrupt) once left a worker alive and the exit waiting forever
+    (CI). Both synthetic worlds (nuScenes and SemanticKITTI layouts) render through it."""
+    return multiprocessing.get_context("fork").Pool(n_proc, initializer=_default_sigterm)
+
+
 def _default_sigterm() -> None:
     """Pool worker initialiser: SIGTERM kills the worker (no inherited handler)."""
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -18,7 +18,6 @@ other-object (99), which the learning map ignores.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import time
@@ -30,7 +29,7 @@ import yaml
 
 from cmcr.errors import CMCRError
 from cmcr.synth.classes import RAW_CLASSES, RAW_INDEX, load_data_module
-from cmcr.synth.generate import MARGIN, _ego_local
+from cmcr.synth.generate import MARGIN, _ego_local, fork_pool
 from cmcr.synth.raycast import lane_paint
 from cmcr.synth.sensors import LidarReturns, Pose, lidar_returns
 from cmcr.synth.spec import parse_int
@@ -205,7 +204,7 @@ def generate_kitti_world(
         if n_proc == 1:
             points = [_render_sequence(*job) for job in jobs]
         else:
-            with multiprocessing.get_context("fork").Pool(n_proc) as pool:
+            with fork_pool(n_proc) as pool:
                 points = pool.starmap(_render_sequence, jobs)
         (tmp / "semantic-kitti.yaml").write_text(label_yaml())
         swap_in(tmp, out)
