@@ -83,13 +83,17 @@ def test_imports_of_our_package_inside_functions_say_why():
     )
 
 
+def _checked_tree(root):
+    """The three folders the checkers read (cmcr/, sweeps/, dashboards/) under ``root``; cmcr/."""
+    for name in ("cmcr", "sweeps", "dashboards"):
+        (root / name).mkdir()
+    return root / "cmcr"
+
+
 def test_the_lazy_rule_reads_comments_not_strings(tmp_path):
     """The checker itself: a covered run of imports passes, a string is not a comment, an
     import of another package or at module level is not its business."""
-    pkg = tmp_path / "cmcr"
-    pkg.mkdir()
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "dashboards").mkdir()
+    pkg = _checked_tree(tmp_path)
     (pkg / "m.py").write_text(
         textwrap.dedent("""
             from cmcr import names
@@ -137,10 +141,7 @@ def test_modules_and_functions_stay_under_the_limits():
 
 
 def test_a_size_comment_excuses_and_nothing_else_does(tmp_path):
-    pkg = tmp_path / "cmcr"
-    pkg.mkdir()
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "dashboards").mkdir()
+    pkg = _checked_tree(tmp_path)
     body = "".join(f"    x{i} = {i}\n" for i in range(60))
     (pkg / "long.py").write_text(
         '"""Doc."""\n\n\ndef excused():\n    """Doc."""\n    # size: one table, row by row\n'
