@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -84,17 +85,26 @@ def run(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"optuna-dashboard: http://{host}:{server.server_port}/dashboard/studies/{study_id}  "
           f"(study {args.study}, storage {redact(url)}; Ctrl-C stops)", flush=True)  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.server_close()
+    serve(server)
     return 0
 
 
-def _interrupt(*_: object) -> None:
-    """SIGTERM → the same path as Ctrl-C."""
-    raise KeyboardInterrupt
+def serve(server: Any) -> None:
+    """``server.serve_forever()`` until SIGINT or SIGTERM, then close the socket.
+
+    The handlers ask the server to stop (its loop checks between requests) instead of raising
+    KeyboardInterrupt: a signal landing while a request is served would raise inside wsgiref's
+    handler, whose bare ``except`` turns it into a 500 page and keeps the server running (a CI
+    run saw the dashboard outlive SIGTERM by a minute that way). ``shutdown()`` waits for the
+    loop to notice, so it runs on a thread, never inside the handler on the serving thread."""
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        server.server_close()
