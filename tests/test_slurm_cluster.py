@@ -7,12 +7,19 @@ gives the scheduler: SLURM holds a requeued job for about two minutes (its Begin
 test shortens with ``scontrol update StartTime=now`` (what an operator may do), to stay within
 the CI budget.
 
-Per storage (Optuna's journal file, PostgreSQL), one study of 4 trials and 2 workers:
+One study of 4 trials and 2 workers, the study on PostgreSQL and the MLflow store on a fresh
+PostgreSQL database (the multi-machine set-up; CI runs this heavy case once: set
+``CMCR_SLURM_STORAGES=postgresql,journal`` to run it on Optuna's journal file too):
 - all 4 slots COMPLETE once, one FINISHED MLflow run each, the parent run FINISHED;
 - the warned worker checkpointed at the next step, its trial was re-queued (``interrupted``,
   no retry spent) and its retry resumed that checkpoint in the same MLflow run, with no metric
   step logged twice; the warned job ran again (requeued);
 - ``--status`` shows the SLURM job ids; ``--cancel`` of a second submission leaves no job queued.
+
+MLflow is not on SQLite here: the test suspends a worker (SIGSTOP, as gang scheduling does), and
+a worker suspended inside a SQLite write transaction holds the whole file's lock, so the warned
+worker's next metric write failed with "database is locked" (seen once locally, 2026-12-06). A
+PostgreSQL store locks rows, not the store.
 
 The cluster comes from ``.ci/slurm-setup.sh`` (installs slurm-wlm and munge when missing).
 """
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -95,10 +103,11 @@ def _env() -> dict[str, str]:
 
 
 def _cmd(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> list[str]:
+    tracking = (tmp_path / "tracking-uri").read_text()  # the test's MLflow database
     return [
         sys.executable, RUN, "--study", "loss_weights", "--name", name, "--preset", "smoke",
         "--n-trials", str(N_TRIALS), "--pruner", "none", "--storage", storage,
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--heartbeat", "30",
+        "--tracking-uri", tracking, "--heartbeat", "30",
         "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
         *FAST, *extra,
     ]  # fmt: skip
@@ -128,11 +137,44 @@ def _wait(what: str, check, deadline: float, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture
+def mlflow_db(tmp_path: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database for the MLflow store (dropped afterwards); its URI is also
+    written to ``tmp_path/tracking-uri`` for the commands."""
+    import sqlalchemy
+
+    from cmcr.tracking.optuna_store import driver_url
+
+    db = f"mlflow_slurm_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(driver_url(PG), isolation_level="AUTOCOMMIT",
+                                     connect_args={"connect_timeout": 3})  # fmt: skip
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{db}"'))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is unreachable at {PG} and CI is set: {exc}")
+        pytest.skip(f"PostgreSQL is unreachable at {PG} (set CI to make this a failure)")
+    uri = driver_url(PG.rsplit("/", 1)[0] + f"/{db}")  # MLflow's SQLAlchemy needs the driver
+    (tmp_path / "tracking-uri").write_text(uri)
+    try:
+        yield uri
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# the study's storage: PostgreSQL in CI (once); CMCR_SLURM_STORAGES=postgresql,journal adds more
+STORAGES = os.environ.get("CMCR_SLURM_STORAGES", "postgresql").split(",")
+
+
 @pytest.mark.slurm
-@pytest.mark.parametrize(
-    "kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, tmp_path, kind):
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", [k.strip() for k in STORAGES if k.strip()])
+def test_a_study_on_slurm_survives_a_warned_worker(
+    slurm_cluster, smoke_world, tmp_path, kind, mlflow_db
+):
     from mlflow.tracking import MlflowClient
 
     storage = _storage(kind, tmp_path)
@@ -143,7 +185,7 @@ def test_a_study_on_slurm_survives_a_warned_worker(slurm_cluster, smoke_world, t
                  "--workers", str(WORKERS), "--cpus-per-worker", "1", "--mem", "2G")  # fmt: skip
     array = re.search(r"submitted SLURM job array (\d+)", out).group(1)
     tasks = {f"{array}_{k}" for k in range(WORKERS)}
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_db)
     t_submit = time.monotonic() - t0
     status, status_out = None, None
     try:
