@@ -29,10 +29,14 @@ from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
-# long enough (about a minute of work) that 10 kills land inside the sweep, not after it
-FAST = ["--set", "train.max_steps=40", "--set", "downstream.probe_epochs=1"]
+# about half a minute of work (0.45 s a step on an idle core): 10 kills land inside the sweep,
+# since each restart spends most of its 1..8 s on start-up; at 40 steps the test took 128 s
+FAST = ["--set", "train.max_steps=12", "--set", "downstream.probe_epochs=1"]
 N_TRIALS = 4
 KILLS = 10
+# each kill lands 1..8 s after a (re)start: the startup (imports, stores), the first trial's
+# pre-training and checkpoints, and, as resumed progress accumulates, the later trials
+KILL_WITHIN_S = 8.0
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -119,7 +123,7 @@ def test_ten_sigkills_lose_no_trial(tmp_path, smoke_world, seed):
             cwd=tmp_path, env=_env(), start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        if attempt < KILLS and _kill_group_after(proc, rng.uniform(1.0, 12.0)):
+        if attempt < KILLS and _kill_group_after(proc, rng.uniform(1.0, KILL_WITHIN_S)):
             kills += 1
             continue
         _, err = proc.communicate(timeout=600)
