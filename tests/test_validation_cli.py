@@ -2,6 +2,12 @@
 with ONE line on stderr naming the key or file, no traceback, and the MLflow and Optuna stores
 left as they were (here: never created). An unreachable tracking server or storage is the same
 kind of line, after a bounded wait it states, before any run, study or trial exists.
+
+Each entry point is run once as a user runs it (a new Python process: ``real=True``); the rest
+of the matrix calls the same ``main`` in this process, on the same arguments, environment and
+working folder, with stdout and stderr read at the file-descriptor level (a process start costs
+about 3 s of imports, which the refusal itself does not need: the matrix took 130 s of the
+suite's CPU as processes).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +40,56 @@ def _env() -> dict[str, str]:
     return env
 
 
+_HARNESS: dict = {}  # monkeypatch and capfd of the running test (the autouse fixture below)
+
+
+@pytest.fixture(autouse=True)
+def _harness(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> Iterator[None]:
+    _HARNESS.update(monkeypatch=monkeypatch, capfd=capfd)
+    yield
+    _HARNESS.clear()
+
+
+def _run(cmd: list[str], tmp: Path, timeout: float, real: bool) -> subprocess.CompletedProcess:
+    """``cmd`` (``python -m cmcr.cli ...`` or ``python sweeps/run.py ...``) as a process when
+    ``real``, else its ``main`` in this process with the same environment and folder."""
+    if real:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_env(),
+                              timeout=timeout)  # fmt: skip
+    from cmcr.cli import main as cmcr_main
+    from cmcr.sweep.cli import main as sweep_main
+
+    monkeypatch, capfd = _HARNESS["monkeypatch"], _HARNESS["capfd"]
+    monkeypatch.chdir(tmp)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_env())
+    main, argv = (cmcr_main, cmd[3:]) if cmd[1] == "-m" else (sweep_main, cmd[2:])
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(cmd, code, out, err)
+
+
 def _sets(tmp: Path, world: Path, sets: list[str]) -> list[str]:
     base = [f"data.dataroot={world}", f"tracking.output_dir={tmp / 'runs'}", *FAST]
     return [*base, *sets]
 
 
 def _cmcr(
-    tmp: Path, world: Path, command: str, *sets: str, extra: tuple = (), config: str = "smoke"
+    tmp: Path,
+    world: Path,
+    command: str,
+    *sets: str,
+    extra: tuple = (),
+    config: str = "smoke",
+    real: bool = False,
 ) -> tuple:
     """``cmcr COMMAND --config smoke`` on the tmp stores; (completed process, seconds)."""
     all_sets = _sets(tmp, world, [f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", *sets])
@@ -48,11 +98,13 @@ def _cmcr(
     for item in all_sets:
         cmd += ["--set", item]
     start = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_env(), timeout=300)
+    out = _run(cmd, tmp, 300, real)
     return out, time.monotonic() - start
 
 
-def _sweep(tmp: Path, world: Path, *argv: str, sets: tuple = (), tracking: str = "") -> tuple:
+def _sweep(
+    tmp: Path, world: Path, *argv: str, sets: tuple = (), tracking: str = "", real: bool = False
+) -> tuple:
     """``sweeps/run.py`` with one smoke trial on the tmp stores."""
     cmd = [sys.executable, RUN, "--preset", "smoke", "--n-trials", "1", "--pruner", "none",
            "--storage", f"sqlite:///{tmp / 'optuna.db'}",
@@ -60,7 +112,7 @@ def _sweep(tmp: Path, world: Path, *argv: str, sets: tuple = (), tracking: str =
     for item in _sets(tmp, world, list(sets)):
         cmd += ["--set", item]
     start = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_env(), timeout=600)
+    out = _run(cmd, tmp, 600, real)
     return out, time.monotonic() - start
 
 
@@ -98,10 +150,11 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("override", "key", "expected"), BAD_VALUES)
 @pytest.mark.parametrize("entry", ["pretrain", "sweep"])
 def test_bad_value_is_refused(tmp_path, smoke_world, entry, override, key, expected) -> None:
+    real = override == BAD_VALUES[0][0]  # each entry point once as a process
     if entry == "pretrain":
-        out, _ = _cmcr(tmp_path, smoke_world, "pretrain", override)
+        out, _ = _cmcr(tmp_path, smoke_world, "pretrain", override, real=real)
     else:
-        out, _ = _sweep(tmp_path, smoke_world, "--study", "mask_ratio", sets=(override,))
+        out, _ = _sweep(tmp_path, smoke_world, "--study", "mask_ratio", sets=(override,), real=real)
     _assert_refused(out, tmp_path, key, expected)
 
 
@@ -157,13 +210,21 @@ def test_missing_image_weights_are_refused(tmp_path, smoke_world, entry) -> None
 @pytest.mark.parametrize("entry", ["pretrain", "probe", "resume", "sweep"])
 def test_unreachable_tracking_server_is_one_line(tmp_path, smoke_world, entry) -> None:
     server = f"tracking.tracking_uri={DOWN}"
+    real = entry in ("probe", "resume")  # their one run as a process (pretrain, sweep: above)
     if entry == "sweep":
         out, seconds = _sweep(tmp_path, smoke_world, "--study", "mask_ratio", tracking=DOWN)
     elif entry == "probe":
-        out, seconds = _cmcr(tmp_path, smoke_world, "probe", server, extra=("--pretrained", "none"))
+        out, seconds = _cmcr(tmp_path, smoke_world, "probe", server, extra=("--pretrained", "none"),
+                             real=real)  # fmt: skip
     elif entry == "resume":
         out, seconds = _cmcr(
-            tmp_path, smoke_world, "pretrain", server, extra=("--resume", "ab12"), config=""
+            tmp_path,
+            smoke_world,
+            "pretrain",
+            server,
+            extra=("--resume", "ab12"),
+            config="",
+            real=real,
         )  # the recorded config is looked up on the server first
     else:
         out, seconds = _cmcr(tmp_path, smoke_world, "pretrain", server)
@@ -191,7 +252,7 @@ def test_unreachable_storage_states_its_wait(tmp_path, smoke_world) -> None:
 def test_a_study_named_with_a_quote_runs(tmp_path, smoke_world) -> None:
     import optuna
 
-    out, _ = _sweep(tmp_path, smoke_world, "--study", "mask_ratio", "--name", "it's")
+    out, _ = _sweep(tmp_path, smoke_world, "--study", "mask_ratio", "--name", "it's", real=True)
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-3000:]
     assert "study 'it's':" in out.stdout and "complete 1" in out.stdout
     study = optuna.load_study(study_name="it's", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
