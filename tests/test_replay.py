@@ -1,4 +1,4 @@
-"""The replay audit of pruning (``cmcr.bench.replay``, issue 27).
+"""The replay audit of pruning (``cmcr.bench.replay``, ``cmcr.bench.replay_study``, issue 27).
 
 The proof that the replay is the live pruner: replaying the shipped benchmark's unpruned curves
 in trial-number order prunes the same trials at the same steps as the live pruned studies did.
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from cmcr.bench import pruning
 from cmcr.bench import replay as R
+from cmcr.bench import replay_study as RS
 from cmcr.names import Attr, Metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +44,9 @@ def quiet_optuna():
 
 @pytest.mark.parametrize("variant", ["asha", "asha_raw"])
 def test_replay_reproduces_the_live_pruned_studies(shipped, variant):
-    curves = R.curves_from_rows(shipped["none"])
-    kind, signal = R.live_variants(shipped)[variant]
-    check = R.live_check(curves, shipped[variant], signal, kind)
+    curves = RS.curves_from_rows(shipped["none"])
+    kind, signal = RS.live_variants(shipped)[variant]
+    check = RS.live_check(curves, shipped[variant], signal, kind)
     live = {t["number"]: (t["steps"] if t["state"] == "PRUNED" else 0) for t in shipped[variant]}
     replayed = {t["number"]: t["replay"] for t in check["trials"]}
     assert replayed == live  # trial for trial: pruned or not, and at which step
@@ -56,7 +57,7 @@ def test_replay_reproduces_the_live_pruned_studies(shipped, variant):
 def test_oracle_never_prunes_the_best_trial_and_beats_random(shipped, command):
     """With the final value as the signal the best trial tops every rung and every median:
     no pruner may stop it, in any order; so the oracle keeps the best, random cannot do more."""
-    curves = R.curves_from_rows(shipped["none"])
+    curves = RS.curves_from_rows(shipped["none"])
     out = command["json"]  # the command's audit of the shipped study: 60 orders, seed 1
     assert out["orders"] == 60 and out["seed"] == 1
     oracle, random = out["results"][R.ORACLE], out["results"][R.RANDOM]
@@ -74,9 +75,9 @@ def test_oracle_never_prunes_the_best_trial_and_beats_random(shipped, command):
         assert (stopped[:, best] == 0).all(), kind
 
 
-def _synthetic(signal: np.ndarray, final: np.ndarray) -> R.Curves:
+def _synthetic(signal: np.ndarray, final: np.ndarray) -> RS.Curves:
     steps = np.array([5, 10, 15, 20])
-    return R.Curves(
+    return RS.Curves(
         numbers=list(range(len(final))),
         steps=steps,
         final=final,
@@ -159,7 +160,7 @@ def test_replay_of_a_study_in_storage_reads_every_logged_curve(shipped, tmp_path
         trials_json="", study="unpruned", storage=storage, tracking_uri=uri,
         live_study="live", live_pruner="asha",
     )  # fmt: skip
-    curves, seed_sd, live = R.load_input(args)
+    curves, seed_sd, live = RS.load_input(args)
     assert set(curves.signals) == {"miou", "standardised", "raw"} and seed_sd is None
     np.testing.assert_allclose(curves.signals["miou"], curves.signals["standardised"])
     assert curves.final.tolist() == [t["value"] for t in shipped["none"]]
@@ -293,7 +294,7 @@ def test_replay_reproduces_a_live_study_with_permille_rungs(tmp_path, kind):
         trials_json="", study="unpruned", storage=storage, tracking_uri=uri,
         live_study="live", live_pruner=kind,
     )  # fmt: skip
-    curves, _, live = R.load_input(args)
+    curves, _, live = RS.load_input(args)
     assert curves.first_rung == pytest.approx(FIRST_RUNG)
     resources, _, stop = curves.rung_grid()
     assert resources.tolist() == [111, 333, 999] and stop[0].tolist() == [5, 14, 42]
@@ -305,9 +306,9 @@ def test_replay_reproduces_a_live_study_with_permille_rungs(tmp_path, kind):
     rows = {v: pruning.collect_trials(storage, uri, v, None) for v in ("unpruned", "live")}
     path = tmp_path / "trials.json"
     path.write_text(json.dumps({"none": rows["unpruned"], "first_rung": FIRST_RUNG}))
-    from_json = R.curves_from_rows(json.loads(path.read_text())["none"])
+    from_json = RS.curves_from_rows(json.loads(path.read_text())["none"])
     from_json.first_rung, from_json.study = FIRST_RUNG, "live"
-    again = R.live_check(from_json, rows["live"], "raw", kind)
+    again = RS.live_check(from_json, rows["live"], "raw", kind)
     assert again["same"] and again["trials"] == check["trials"]
 
 
@@ -316,7 +317,7 @@ def test_hyperband_counts_each_trial_once_in_the_steps_used(tmp_path):
     bracket, so a trial never counts in two (checked against the live study's own trials)."""
     storage, uri = _permille_studies(tmp_path, "hyperband", n=15)
     live = pruning.collect_trials(storage, uri, "live", None)
-    curves = R.curves_from_rows(pruning.collect_trials(storage, uri, "unpruned", None))
+    curves = RS.curves_from_rows(pruning.collect_trials(storage, uri, "unpruned", None))
     curves.first_rung, curves.study = FIRST_RUNG, "live"
     order = np.asarray([curves.numbers.index(r["number"]) for r in live])
     stopped = R.replay_pruner(curves, lambda r: curves.signals["raw"], order[None, :], "hyperband")

@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cmcr.configs import load_config, parse_override
 from cmcr.names import Attr, Metric
+from cmcr.sweep.space import load_study
 from cmcr.synth import generate_world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,44 +113,12 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     configs = str(getattr(args, "pruning_configs", "tpe"))
     workers = max(1, int(getattr(args, "pruning_workers", 1)))
     studies = _study_dir(tmp, configs, n_trials)
-    extra = ["--set", "sweep.eval_every=1"] if quick else []
-    for item in getattr(args, "pruning_set", None) or []:
-        extra += ["--set", item]
-    procs = {}
-    t0 = {}
-    wall: dict[str, float] = {}
-    for kind in variants:
-        out = tmp / kind
-        if (out / "wall_s").is_file():  # finished in an earlier run: read back (--pruning-keep)
-            wall[kind] = float((out / "wall_s").read_text())
-            continue
-        if (out / "optuna.db").is_file():
-            raise SystemExit(f"{out}: a study that did not finish; remove the folder to rerun it")
-        out.mkdir(exist_ok=True)
-        cmd = [
-            sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", STUDY,
-            "--preset", preset, "--n-trials", str(n_trials), *VARIANTS[kind],
-            "--workers", str(workers),
-            "--storage", f"sqlite:///{out / 'optuna.db'}",
-            "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
-            "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={out / 'runs'}",
-            *extra,
-        ]  # fmt: skip
-        log = (out / "sweep.log").open("w")
-        t0[kind] = time.perf_counter()
-        procs[kind] = subprocess.Popen(
-            cmd, cwd=out, stdout=log, stderr=subprocess.STDOUT, env=_env(studies)
-        )
-    while len(wall) < len(variants):  # each study's own end time
-        for kind, proc in procs.items():
-            if kind in wall or proc.poll() is None:
-                continue
-            if proc.returncode != 0:
-                tail = (tmp / kind / "sweep.log").read_text()[-3000:]
-                raise RuntimeError(f"the {kind} study failed (exit {proc.returncode}):\n{tail}")
-            wall[kind] = time.perf_counter() - t0[kind]
-            (tmp / kind / "wall_s").write_text(f"{wall[kind]:.1f}")
-        time.sleep(0.5)
+    extra = _overrides(args, quick)
+    commands = {
+        kind: _sweep_command(tmp / kind, kind, preset, n_trials, workers, world, extra)
+        for kind in variants
+    }
+    wall = _run_studies(tmp, commands, studies)
     trials = {kind: _trials(tmp / kind, studies) for kind in variants}
     none = trials["none"]
     best = max((t for t in none if t["state"] == "COMPLETE"), key=lambda t: t["value"])
@@ -162,6 +132,62 @@ def measure(tmp: Path, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     )  # fmt: skip
     (tmp / "pruning.json").write_text(json.dumps({**trials, **out}, indent=1, default=str))
     return out
+
+
+def _overrides(args: argparse.Namespace, quick: bool) -> list[str]:
+    """The ``--set`` arguments every study and seed run gets: ``--pruning-set``'s, after
+    ``sweep.eval_every=1`` with ``--quick``."""
+    extra = ["--set", "sweep.eval_every=1"] if quick else []
+    for item in getattr(args, "pruning_set", None) or []:
+        extra += ["--set", item]
+    return extra
+
+
+def _sweep_command(
+    out: Path, kind: str, preset: str, n_trials: int, workers: int, world: Path, extra: list[str]
+) -> list[str]:
+    """The ``sweeps/run.py`` command of variant ``kind``'s study, its storage in ``out``."""
+    return [
+        sys.executable, str(ROOT / "sweeps" / "run.py"), "--study", STUDY,
+        "--preset", preset, "--n-trials", str(n_trials), *VARIANTS[kind],
+        "--workers", str(workers),
+        "--storage", f"sqlite:///{out / 'optuna.db'}",
+        "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
+        "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={out / 'runs'}",
+        *extra,
+    ]  # fmt: skip
+
+
+def _run_studies(tmp: Path, commands: dict[str, list[str]], studies: Path) -> dict[str, float]:
+    """{variant: wall seconds}: the studies of ``commands`` side by side, each in ``tmp/<variant>``;
+    a study that finished in an earlier run (``--pruning-keep``) is read back, not run again."""
+    procs = {}
+    t0 = {}
+    wall: dict[str, float] = {}
+    for kind, cmd in commands.items():
+        out = tmp / kind
+        if (out / "wall_s").is_file():  # finished in an earlier run: read back (--pruning-keep)
+            wall[kind] = float((out / "wall_s").read_text())
+            continue
+        if (out / "optuna.db").is_file():
+            raise SystemExit(f"{out}: a study that did not finish; remove the folder to rerun it")
+        out.mkdir(exist_ok=True)
+        log = (out / "sweep.log").open("w")
+        t0[kind] = time.perf_counter()
+        procs[kind] = subprocess.Popen(
+            cmd, cwd=out, stdout=log, stderr=subprocess.STDOUT, env=_env(studies)
+        )
+    while len(wall) < len(commands):  # each study's own end time
+        for kind, proc in procs.items():
+            if kind in wall or proc.poll() is None:
+                continue
+            if proc.returncode != 0:
+                tail = (tmp / kind / "sweep.log").read_text()[-3000:]
+                raise RuntimeError(f"the {kind} study failed (exit {proc.returncode}):\n{tail}")
+            wall[kind] = time.perf_counter() - t0[kind]
+            (tmp / kind / "wall_s").write_text(f"{wall[kind]:.1f}")
+        time.sleep(0.5)
+    return wall
 
 
 def parse_variants(text: str) -> list[str]:
@@ -178,8 +204,6 @@ def parse_variants(text: str) -> list[str]:
 
 def _resolved(preset: str, extra: list[str]) -> Any:
     """The config every study's trials share (the preset and the --pruning-set overrides)."""
-    from cmcr.configs import load_config, parse_override
-
     return load_config(preset, dict(parse_override(o) for o in extra[1::2]))
 
 
@@ -241,8 +265,6 @@ def sobol_study(spec: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
 def config_overrides(studies: Path, params: dict[str, Any]) -> dict[str, Any]:
     """The dotted overrides of a trial's ``params`` in the benchmark's study (a sobol cell's
     label maps to its values)."""
-    from cmcr.sweep.space import load_study
-
     return load_study(str(studies / f"{STUDY}.yaml")).overrides_for(params)
 
 
