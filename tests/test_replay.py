@@ -1,4 +1,4 @@
-"""The replay audit of pruning (``cmcr.bench.replay``, issue 27).
+"""The replay audit of pruning (``cmcr.bench.replay``, ``cmcr.bench.replay_study``, issue 27).
 
 The proof that the replay is the live pruner: replaying the shipped benchmark's unpruned curves
 in trial-number order prunes the same trials at the same steps as the live pruned studies did.
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from cmcr.bench import pruning
 from cmcr.bench import replay as R
+from cmcr.bench import replay_study as RS
 from cmcr.names import Attr, Metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +44,9 @@ def quiet_optuna():
 
 @pytest.mark.parametrize("variant", ["asha", "asha_raw"])
 def test_replay_reproduces_the_live_pruned_studies(shipped, variant):
-    curves = R.curves_from_rows(shipped["none"])
-    kind, signal = R.live_variants(shipped)[variant]
-    check = R.live_check(curves, shipped[variant], signal, kind)
+    curves = RS.curves_from_rows(shipped["none"])
+    kind, signal = RS.live_variants(shipped)[variant]
+    check = RS.live_check(curves, shipped[variant], signal, kind)
     live = {t["number"]: (t["steps"] if t["state"] == "PRUNED" else 0) for t in shipped[variant]}
     replayed = {t["number"]: t["replay"] for t in check["trials"]}
     assert replayed == live  # trial for trial: pruned or not, and at which step
@@ -56,7 +57,7 @@ def test_replay_reproduces_the_live_pruned_studies(shipped, variant):
 def test_oracle_never_prunes_the_best_trial_and_beats_random(shipped, command):
     """With the final value as the signal the best trial tops every rung and every median:
     no pruner may stop it, in any order; so the oracle keeps the best, random cannot do more."""
-    curves = R.curves_from_rows(shipped["none"])
+    curves = RS.curves_from_rows(shipped["none"])
     out = command["json"]  # the command's audit of the shipped study: 60 orders, seed 1
     assert out["orders"] == 60 and out["seed"] == 1
     oracle, random = out["results"][R.ORACLE], out["results"][R.RANDOM]
@@ -74,9 +75,9 @@ def test_oracle_never_prunes_the_best_trial_and_beats_random(shipped, command):
         assert (stopped[:, best] == 0).all(), kind
 
 
-def _synthetic(signal: np.ndarray, final: np.ndarray) -> R.Curves:
+def _synthetic(signal: np.ndarray, final: np.ndarray) -> RS.Curves:
     steps = np.array([5, 10, 15, 20])
-    return R.Curves(
+    return RS.Curves(
         numbers=list(range(len(final))),
         steps=steps,
         final=final,
@@ -159,7 +160,7 @@ def test_replay_of_a_study_in_storage_reads_every_logged_curve(shipped, tmp_path
         trials_json="", study="unpruned", storage=storage, tracking_uri=uri,
         live_study="live", live_pruner="asha",
     )  # fmt: skip
-    curves, seed_sd, live = R.load_input(args)
+    curves, seed_sd, live = RS.load_input(args)
     assert set(curves.signals) == {"miou", "standardised", "raw"} and seed_sd is None
     np.testing.assert_allclose(curves.signals["miou"], curves.signals["standardised"])
     assert curves.final.tolist() == [t["value"] for t in shipped["none"]]
@@ -218,3 +219,130 @@ def test_the_command_at_1000_orders_runs_in_under_a_minute(tmp_path):
     stdout, wall, cpu = _command(tmp_path, 1000)
     assert "1000 random orders" in stdout
     assert cpu < 60, (cpu, wall)
+
+
+# -- studies with permille rungs (sweep.first_rung; the sweep since issue 27) -----------------
+FIRST_RUNG, BUDGET, EVERY = 1 / 9, 42, 7  # rungs 111, 333, 999 permille: steps 5, 14, 42
+
+
+def _permille_studies(tmp_path: Path, kind: str, n: int = 12) -> tuple[str, str]:
+    """An unpruned study and a live one pruned by the sweep's own ``make_pruner(kind)``, as the
+    sweep leaves them (stored preset and overrides; MLflow histories of every signal at every
+    probe step and rung step), the live trials reporting through the objective's own
+    ``report`` at the probe's rungs, in permille. No pre-training: the curves are drawn."""
+    from cmcr.configs import load_config
+    from cmcr.engine.probe import rungs
+    from cmcr.sweep.objective import _pruning_report
+    from cmcr.sweep.runner import make_pruner
+
+    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {"sweep.eval_every": EVERY, "sweep.first_rung": FIRST_RUNG,
+                 "sweep.probe_features": "raw", "train.max_steps": BUDGET}  # fmt: skip
+    cfg = load_config("demo", overrides)
+    rung_steps = [s for _, s in rungs(FIRST_RUNG, BUDGET)]
+    steps = sorted(set(range(EVERY, BUDGET + 1, EVERY)) | set(rung_steps))
+    rng = np.random.default_rng(5)
+    final = rng.random(n)
+    # a noisy view of the final value that sharpens with the steps (ties at the first rung)
+    curve = {s: np.round(final + rng.normal(0, 0.6 * (1 - s / BUDGET), n), 1 if s < 7 else 3)
+             for s in steps}  # fmt: skip
+    client = MlflowClient(uri)
+    exp = client.create_experiment("x")
+    for name, pruner in (("unpruned", "none"), ("live", kind)):
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize",
+            pruner=make_pruner(pruner, cfg),
+        )  # fmt: skip
+        study.set_user_attr(Attr.PRESET, "demo")
+        study.set_user_attr(Attr.OVERRIDES, overrides)
+        for i in range(n):
+            trial = study.ask()
+            run = client.create_run(exp).info.run_id
+            trial.set_user_attr(Attr.RUN_ID, run)
+            report = _pruning_report(trial) if name == "live" else None
+            last, pruned = BUDGET, False
+            for s in steps:
+                v = float(curve[s][i])
+                client.log_batch(run, metrics=[
+                    MlflowMetric(Metric.PROBE_MIOU, v, 0, s),
+                    MlflowMetric(f"{Metric.PROBE_MIOU}_raw", v, 0, s),
+                    MlflowMetric(f"{Metric.PROBE_MIOU}_standardised", -v, 0, s),
+                ])  # fmt: skip
+                try:
+                    for r, rs in rungs(FIRST_RUNG, BUDGET) if report else []:
+                        if rs == s:
+                            report(s, v, phase="pretrain", resource=r)
+                except optuna.TrialPruned:
+                    last, pruned = s, True
+                    break
+            client.log_metric(run, Metric.TRAIN_LOSS, 1.0, step=last)
+            if pruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, float(final[i]))
+    return storage, uri
+
+
+@pytest.mark.parametrize("kind", ["asha", "hyperband", "median"])
+def test_replay_reproduces_a_live_study_with_permille_rungs(tmp_path, kind):
+    """``--study --live-study`` on a study of the current sweep: the replay reads its
+    ``sweep.first_rung`` and ``probe_features`` from the stored config, reports each rung in
+    permille at the rung's step, and prunes the same trials at the same steps as the live
+    pruner did; the trials JSON path (``first_rung`` in it) gives the same."""
+    storage, uri = _permille_studies(tmp_path, kind)
+    args = argparse.Namespace(
+        trials_json="", study="unpruned", storage=storage, tracking_uri=uri,
+        live_study="live", live_pruner=kind,
+    )  # fmt: skip
+    curves, _, live = RS.load_input(args)
+    assert curves.first_rung == pytest.approx(FIRST_RUNG)
+    resources, _, stop = curves.rung_grid()
+    assert resources.tolist() == [111, 333, 999] and stop[0].tolist() == [5, 14, 42]
+    check = live["live"]
+    assert check["signal"] == "raw" and check["same"], check
+    if kind != "median":  # ASHA and Hyperband prune here at the rungs (median: maybe not)
+        assert {t["live"] for t in check["trials"]} - {0} <= {5, 14, 42}  # the rung steps
+        assert any(t["live"] for t in check["trials"])
+    rows = {v: pruning.collect_trials(storage, uri, v, None) for v in ("unpruned", "live")}
+    path = tmp_path / "trials.json"
+    path.write_text(json.dumps({"none": rows["unpruned"], "first_rung": FIRST_RUNG}))
+    from_json = RS.curves_from_rows(json.loads(path.read_text())["none"])
+    from_json.first_rung, from_json.study = FIRST_RUNG, "live"
+    again = RS.live_check(from_json, rows["live"], "raw", kind)
+    assert again["same"] and again["trials"] == check["trials"]
+
+
+def test_hyperband_counts_each_trial_once_in_the_steps_used(tmp_path):
+    """Steps used = each trial's stop step (or its budget), once: Hyperband puts a trial in one
+    bracket, so a trial never counts in two (checked against the live study's own trials)."""
+    storage, uri = _permille_studies(tmp_path, "hyperband", n=15)
+    live = pruning.collect_trials(storage, uri, "live", None)
+    curves = RS.curves_from_rows(pruning.collect_trials(storage, uri, "unpruned", None))
+    curves.first_rung, curves.study = FIRST_RUNG, "live"
+    order = np.asarray([curves.numbers.index(r["number"]) for r in live])
+    stopped = R.replay_pruner(curves, lambda r: curves.signals["raw"], order[None, :], "hyperband")
+    assert R.steps_used(stopped, curves.budget).tolist() == [sum(r["steps"] for r in live)]
+    assert R.steps_used(stopped, curves.budget)[0] <= curves.budget.sum()
+
+
+def test_sobol_configurations_are_a_grid_study_of_fixed_cells(tmp_path):
+    """``--pruning-configs sobol``: n fixed configurations in the study's bounds, the same on
+    every draw, as a grid study (slot k = cell k in every study, whatever the workers)."""
+    from cmcr.sweep.space import load_study
+
+    folder = pruning._study_dir(tmp_path, "sobol", 21)
+    spec = load_study(str(folder / f"{pruning.STUDY}.yaml"))
+    cells = spec.grid_cells()
+    assert spec.is_grid and spec.default_n_trials() == 21 and len(cells) == 21
+    values = [pruning.config_overrides(folder, c) for c in cells]
+    assert len({tuple(sorted(v.items())) for v in values}) == 21
+    for v in values:
+        assert set(v) == {"loss.weights.mim", "loss.weights.occ", "loss.weights.orth",
+                          "loss.weights.cmcm"}  # fmt: skip
+        assert 0.01 <= v["loss.weights.orth"] <= 1.0 and 0.1 <= v["loss.weights.mim"] <= 4.0
+    again = pruning._study_dir(tmp_path / "again", "sobol", 21)
+    assert (again / "loss_weights.yaml").read_text() == (folder / "loss_weights.yaml").read_text()
+    assert pruning.parse_variants("none,asha_raw") == ["none", "asha_raw"]
+    for bad in ("asha,none", "none,none", "none,bogus", ""):
+        with pytest.raises(SystemExit):
+            pruning.parse_variants(bad)

@@ -5,14 +5,13 @@ docs/bench/pruning_2026-12-02_trials.json) or ``--study NAME --storage URL --tra
 (a finished, unpruned study; its curves are each run's ``probe/miou*`` histories in MLflow).
 
 The unpruned study logged, for every trial, its early-signal curves (a value per probe step) and
-its final objective. Replaying a pruner needs nothing else: for each of ``--replay-orders``
-random trial orders, a fresh in-memory Optuna study receives the trials one at a time in that
-order (one sequential worker), each reporting its logged curve step by step through
-``trial.report`` / ``should_prune`` as the live worker did, with the project's own pruners
-(``cmcr.sweep.runner.pruner_for``: ASHA and Hyperband from the first probe step, reduction
-factor 3; median). Optuna's code decides; this module only feeds it and counts. The live pruned
-studies, replayed in their trial-number order, must come out the same trial for trial
-(``live_check``): that is the replay's proof.
+its final objective: ``cmcr.bench.replay_study`` reads them (``Curves``, ``load_input``) and
+replays one trial order through Optuna's own pruners (``replay_order``), at the rungs the live
+studies had; its ``live_check`` replays the live pruned studies in their trial-number order,
+which must come out the same trial for trial: that is the replay's proof. Here, for each of
+``--replay-orders`` random trial orders, a fresh in-memory study receives the trials in that
+order (``replay_pruner``; pruners ``PRUNERS``, reduction factor 3; median). Optuna's code
+decides; this module only feeds it and counts.
 
 Baselines, on the same orders: ``random`` (a fresh random curve per order, same steps), ``oracle``
 (the final value at every step), and ``top_third@f`` for every signal: run every trial to the
@@ -40,10 +39,7 @@ Spearman's rho against the final objective with a two-sided permutation p-value
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,56 +47,12 @@ import numpy as np
 import optuna
 from scipy.stats import rankdata
 
-from cmcr.bench import pruning
 from cmcr.bench.replay_report import headline, markdown_table, write_outputs
-from cmcr.sweep.runner import pruner_for
+from cmcr.bench.replay_study import Curves, at_rungs, load_input, pruner_of, replay_order
 
 PRUNERS = ("asha", "hyperband", "median")
 FRACTIONS = (1 / 6, 1 / 3, 1 / 2)
 RANDOM, ORACLE, SHUFFLED = "random", "oracle", "shuffled"
-STUDY_NAME = pruning.STUDY  # the shipped benchmark's study
-
-
-@dataclass
-class Curves:
-    """An unpruned study's logged trials: what a replay needs."""
-
-    numbers: list[int]  # trial numbers (row i of every array)
-    steps: np.ndarray  # (S,) probe steps, ascending
-    final: np.ndarray  # (N,) the objective
-    budget: np.ndarray  # (N,) pre-training steps of each trial run to the end
-    signals: dict[str, np.ndarray]  # name -> (N, S), NaN where a step was not logged
-    params: list[dict] = field(default_factory=list)
-    study: str = STUDY_NAME  # Hyperband's brackets hash it with the trial number
-
-    @property
-    def n(self) -> int:
-        return len(self.numbers)
-
-
-def curves_from_rows(rows: list[dict[str, Any]]) -> Curves:
-    """``Curves`` of the COMPLETE rows of ``pruning.collect_trials`` (or its JSON)."""
-    done = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: r["number"])
-    if len(done) < 3:
-        raise ValueError(f"a replay needs >= 3 finished trials, got {len(done)}")
-    names = sorted({k for r in done for k in r["probe"]})
-    steps = sorted({int(s) for r in done for c in r["probe"].values() for s in c})
-    signals = {}
-    for name in names:
-        grid = np.full((len(done), len(steps)), np.nan)
-        for i, r in enumerate(done):
-            for s, v in r["probe"].get(name, {}).items():
-                grid[i, steps.index(int(s))] = float(v)
-        if not np.isnan(grid).all():
-            signals[name] = grid
-    return Curves(
-        numbers=[int(r["number"]) for r in done],
-        steps=np.asarray(steps, dtype=int),
-        final=np.asarray([float(r["value"]) for r in done]),
-        budget=np.asarray([int(r["steps"]) for r in done]),
-        signals=signals,
-        params=[r.get("params", {}) for r in done],
-    )
 
 
 def random_orders(n: int, n_orders: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,58 +60,16 @@ def random_orders(n: int, n_orders: int, rng: np.random.Generator) -> np.ndarray
     return rng.permuted(np.tile(np.arange(n), (n_orders, 1)), axis=1)
 
 
-def new_pruner(kind: str, first_step: int) -> Any:
-    """The sweep's own pruner ``kind`` for probe steps every ``first_step`` (fresh: Hyperband
-    keeps state per study): the step rungs the audited studies ran with (before rungs became
-    fractions of the budget, sweep.first_rung)."""
-    return pruner_for(kind, int(first_step), "auto")
-
-
-def replay_order(
-    curve: np.ndarray,
-    final: np.ndarray,
-    steps: np.ndarray,
-    order: np.ndarray,
-    pruner: Any,
-    sampler: Any = None,
-    study_name: str = STUDY_NAME,
-) -> np.ndarray:
-    """(N,): the step at which each trial was pruned (0: completed), adding the trials in
-    ``order`` to a fresh in-memory study that uses ``pruner``. ``sampler``: never asked (no
-    search space); pass one to share, as a new one seeds its generator (ms per study)."""
-    study = optuna.create_study(
-        direction="maximize",
-        pruner=pruner,
-        study_name=study_name,
-        sampler=sampler or optuna.samplers.RandomSampler(seed=0),
-    )
-    stopped = np.zeros(len(final), dtype=int)
-    for i in order:
-        trial = study.ask()
-        for step, value in zip(steps, curve[i], strict=True):
-            if np.isnan(value):  # not logged at this step (e.g. a coarser probe)
-                continue
-            trial.report(float(value), int(step))
-            if trial.should_prune():
-                stopped[i] = int(step)
-                break
-        if stopped[i]:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, float(final[i]))
-    return stopped
-
-
 def replay_pruner(curves: Curves, curve_of: Any, orders: np.ndarray, kind: str) -> np.ndarray:
     """(R, N) stop steps of pruner ``kind`` over ``orders``; ``curve_of(r)`` gives order r's
     (N, S) signal (a fixed array for a logged signal, a fresh one for the random signal)."""
-    first = int(curves.steps[0])
+    resources, cols, stop = curves.rung_grid()
     out = np.zeros(orders.shape, dtype=int)
     sampler = optuna.samplers.RandomSampler(seed=0)
     for r, order in enumerate(orders):
-        pruner, curve = new_pruner(kind, first), curve_of(r)
+        pruner, curve = pruner_of(kind, curves), at_rungs(curve_of(r), cols)
         out[r] = replay_order(
-            curve, curves.final, curves.steps, order, pruner, sampler, curves.study
+            curve, curves.final, resources, order, pruner, sampler, curves.study, stop
         )
     return out
 
@@ -354,38 +264,6 @@ def audit(
     }
 
 
-def live_check(curves: Curves, rows: list[dict], signal: str, kind: str) -> dict[str, Any]:
-    """Replay a live pruned study in its trial-number order: the same trials pruned at the
-    same steps? (A live trial is matched to the unpruned one of the same number and params.)"""
-    index = {n: i for i, n in enumerate(curves.numbers)}
-    rows = sorted(rows, key=lambda r: r["number"])
-    order = np.asarray([index[r["number"]] for r in rows])
-    pruner = new_pruner(kind, int(curves.steps[0]))
-    curve = curves.signals[signal]
-    replayed = replay_order(curve, curves.final, curves.steps, order, pruner, None, curves.study)
-    trials = []
-    for r in rows:
-        i = index[r["number"]]
-        live = int(r["steps"]) if r["state"] == "PRUNED" else 0
-        same_params = not r.get("params") or r["params"] == curves.params[i]
-        trials.append({"number": r["number"], "live": live, "replay": int(replayed[i]),
-                       "same_params": same_params})  # fmt: skip
-    same = all(t["live"] == t["replay"] and t["same_params"] for t in trials)
-    return {"signal": signal, "pruner": kind, "same": same, "trials": trials}
-
-
-def live_variants(data: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """{variant: (pruner, signal)} of the pruning benchmark's live pruned studies in ``data``
-    (read from ``pruning.VARIANTS``: ``--pruner KIND --set sweep.probe_features=SIGNAL``)."""
-    out = {}
-    for variant, how in pruning.VARIANTS.items():
-        kind = how[how.index("--pruner") + 1] if "--pruner" in how else "none"
-        feats = [h.split("=", 1)[1] for h in how if h.startswith("sweep.probe_features=")]
-        if kind != "none" and feats and isinstance(data.get(variant), list):
-            out[variant] = (kind, feats[0])
-    return out
-
-
 # -- the command ----------------------------------------------------------------------------
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--trials-json", default="", help="replay: the pruning benchmark's JSON")
@@ -397,27 +275,6 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--replay-orders", type=int, default=1000, help="random trial orders")
     parser.add_argument("--replay-seed", type=int, default=0, help="seed of the orders")
     parser.add_argument("--replay-out", default="bench_results/replay", help="figure folder")
-
-
-def load_input(args: argparse.Namespace) -> tuple[Curves, float | None, dict[str, Any]]:
-    """The curves, the seed SD and the live checks of ``--trials-json`` or ``--study``."""
-    if getattr(args, "trials_json", ""):
-        data = json.loads(Path(args.trials_json).read_text())
-        curves = curves_from_rows(data["none"])
-        live = {v: live_check(curves, data[v], sig, kind)
-                for v, (kind, sig) in live_variants(data).items()}  # fmt: skip
-        sd = data.get("seed_sd")
-        return curves, (None if sd is None or math.isnan(sd) else float(sd)), live
-    if not (getattr(args, "study", "") and getattr(args, "storage", "")):
-        raise SystemExit("replay: give --trials-json FILE, or --study NAME --storage URL")
-    uri = args.tracking_uri or None
-    curves = curves_from_rows(pruning.collect_trials(args.storage, uri, args.study, None))
-    curves.study = args.live_study or args.study  # the live study's brackets, if one is checked
-    live = {}
-    if args.live_study:
-        rows = pruning.collect_trials(args.storage, uri, args.live_study, None)
-        live[args.live_study] = live_check(curves, rows, "miou", args.live_pruner)
-    return curves, None, live
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
