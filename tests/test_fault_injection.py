@@ -52,7 +52,7 @@ def _cmd(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> l
         "--n-trials", str(N_TRIALS), "--preset", "smoke", "--storage", storage,
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
         "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
-        "--heartbeat", "2", *FAST, *extra,
+        "--heartbeat", "2", "--no-report", *FAST, *extra,
     ]  # fmt: skip
 
 

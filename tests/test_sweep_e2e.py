@@ -50,9 +50,13 @@ def child_runs(tmp_path: Path, parent: str) -> list:
 
 
 def test_fresh_sweep_three_trials_three_child_runs(tmp_path, smoke_world):
-    cmd = sweep_cmd(tmp_path, smoke_world, "--study", "loss_weights", "--n-trials", "3", *FAST)
+    cmd = sweep_cmd(tmp_path, smoke_world, "--study", "loss_weights", "--n-trials", "3", *FAST,
+                    "--no-report")  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # --no-report: the closing lines say how to build it, and nothing was built
+    assert "report: none yet (python dashboards/build.py --study loss_weights)" in out.stdout
+    assert not (tmp_path / "reports").exists()
     study = optuna.load_study(
         study_name="loss_weights", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
     )
@@ -86,7 +90,8 @@ def _wait_for_checkpoint(runs_dir: Path, proc: subprocess.Popen, timeout: float 
 
 def test_sigkill_mid_trial_then_resume_continues_the_same_run(tmp_path, smoke_world):
     argv = ["--study", "mask_ratio", "--n-trials", "1", "--set", "train.max_steps=6",
-            "--set", "train.checkpoint_every=2", "--set", "downstream.probe_epochs=1"]  # fmt: skip
+            "--set", "train.checkpoint_every=2", "--set", "downstream.probe_epochs=1",
+            "--no-report"]  # fmt: skip
     cmd = sweep_cmd(tmp_path, smoke_world, *argv)
     log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 - the process is killed, not closed
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env())
@@ -158,7 +163,7 @@ def test_add_seeds_grows_a_two_configuration_smoke_study_to_three_seeds(tmp_path
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     sel = Selection(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", study="mask_ratio",
                     storage=storage)  # fmt: skip
-    base = sweep_cmd(tmp_path, smoke_world, "--study", "mask_ratio", *FAST)
+    base = sweep_cmd(tmp_path, smoke_world, "--study", "mask_ratio", *FAST, "--no-report")
     out = subprocess.run([*base, "--n-trials", "2"], capture_output=True, text=True,
                          cwd=tmp_path, env=env(), timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

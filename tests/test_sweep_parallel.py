@@ -23,7 +23,7 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DRIVER = driver_url(PG)  # what optuna/SQLAlchemy are given in this file
 # trust auth ignores the password: it is there to prove it never reaches MLflow
 PG_WITH_PASSWORD = "postgresql://postgres:s3cret@127.0.0.1:5432/test"
-FAST = ["--set", "train.max_steps=2", "--set", "downstream.probe_epochs=1"]
+FAST = ["--set", "train.max_steps=2", "--set", "downstream.probe_epochs=1", "--no-report"]
 
 
 def _postgres_up() -> bool:

@@ -17,6 +17,7 @@ running the same command on each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -74,6 +75,8 @@ def run(
     ``Extras``.
     """
     _quiet_libraries()
+    if args.no_report:
+        extras = dataclasses.replace(extras, build_report=False)
     if args.list:
         print(list_studies())
         return 0

@@ -222,6 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the study's trials by state with their MLflow runs",
     )
     a("--cancel", action="store_true", help="cancel the study's SLURM worker jobs")
+    a("--no-report", action="store_true",
+      help="do not build the study's report at the end (scripted sweeps; build it later with "
+           "python dashboards/build.py --study NAME)")  # fmt: skip
     a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
 
 
