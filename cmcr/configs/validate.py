@@ -161,12 +161,21 @@ def one_evaluation_per_dataset(cfg: Any) -> None:
         )
 
 
+def output_dir_text(cfg: Any) -> None:
+    """The runs folder is a path that goes into logs and job scripts: no control characters
+    (a newline would end an ``#SBATCH`` line and start a shell command)."""
+    value = cfg.tracking.output_dir
+    ok = bool(value) and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    _check(ok, "tracking.output_dir", "a non-empty folder path without control characters", value)
+
+
 RULES = (
     image_size_stride,
     crop_scale_order,
     crop_aspect_order,
     some_training,
     one_evaluation_per_dataset,
+    output_dir_text,
 )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from cmcr.errors import CMCRError
+from cmcr.guard import OUT_MARKER, check_out_dir, path_slug
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Metric
 from cmcr.results import figures as F
 from cmcr.results.ablation import Ablation, ablation, summary
@@ -68,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the row every other row is tested against, by label or variant "
                              "(e.g. CMCR, ppkt); default: the cmcr variant when present, else "
                              "the row with the best mean mIoU")  # fmt: skip
-    parser.add_argument("--out", default=None, help="output folder (default: reports/<name>/)")
+    parser.add_argument("--out", default=None, help="output folder (default: reports/<name>/); "
+                        "a non-empty folder a report was not built in is refused")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out folder a report was not built in")  # fmt: skip
     parser.add_argument("--no-log", action="store_true",
                         help="do not log the report as artifacts on the study's parent run")  # fmt: skip
     parser.add_argument("--readme", default=None, metavar="FILE",
@@ -89,6 +92,7 @@ def build(
     pruned = pruned_table(rt)
     page = render_page(rt, ab, sel, pruned)
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUT_MARKER).write_text("a cmcr report folder: dashboards/build.py rewrites it\n")
     if ab is not None:
         (out / "ablation.md").write_text(to_markdown(ab))
         (out / "ablation_summary.md").write_text(to_markdown(summary(ab)))
@@ -155,7 +159,7 @@ def _slug(sel: Selection) -> str:
     name = sel.study or sel.experiment or DEFAULT_EXPERIMENT
     if sel.filter_string:
         name += "-filtered"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return path_slug(name)
 
 
 def _log_artifacts(rt: RunTable, out: Path) -> str | None:
@@ -274,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                     study=args.study, filter_string=args.filter_string, storage=args.storage)  # fmt: skip
     name = args.study or args.experiment or DEFAULT_EXPERIMENT
     try:
+        if args.out:  # before anything is read or written (issue 28)
+            check_out_dir(Path(args.out), "--out", args.overwrite)
         if args.readme:
             check_readme(args.readme, name)  # a wrong file fails before the report is built
         info = build(sel, args.out, log=not args.no_log, reference=args.reference)

@@ -22,6 +22,7 @@ from typing import Any
 from cmcr.adapters.optuna_storage import storage_of
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError, StudyError
+from cmcr.guard import check_name
 from cmcr.names import Attr, is_local_key
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, seeds, space
@@ -75,6 +76,8 @@ class Plan:
 
 def plan_sweep(opts: SweepOptions) -> Plan:
     """Check every input without touching storage; raises CMCRError with one clear line."""
+    if opts.name is not None:
+        check_name(opts.name, "--name")  # before any store, folder or script is made
     for name, value, low in (("--seeds", opts.seeds, 1), ("--workers", opts.workers, 1)):
         if value < low:
             raise StudyError(f"{name}: expected an integer >= {low}, got {value}")

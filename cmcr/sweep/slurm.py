@@ -56,6 +56,8 @@ ALIVE = ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED")
 _NAME = re.compile(r"^[A-Za-z0-9_.,-]+$")
 _TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^\d+-\d+$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLAIN = re.compile(r"[A-Za-z0-9_.,:/%+=@-]+")  # needs no quoting for sbatch nor bash
 _FIELDS = ("partition", "account", "time", "gpus_per_worker", "cpus_per_worker", "mem", "signal")
 
 
@@ -180,12 +182,27 @@ def job_name(study_name: str) -> str:
     return JOB_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
 
 
+def directive_value(what: str, value: str) -> str:
+    """``value`` as one ``#SBATCH`` argument. bash reads the line as a comment up to its
+    newline, so a control character is refused (a newline would start a shell line); sbatch
+    splits at blanks and honours double quotes and backslashes (not single quotes), so a value
+    with any of those is double-quoted, its backslashes, quotes and '#' escaped."""
+    if _CONTROL.search(value):
+        raise SlurmError(
+            f"{what} {value[:60]!r}: expected no control characters (newline, tab, ...)"
+        )
+    if not _PLAIN.fullmatch(value):
+        value = '"' + re.sub(r'(["\\#])', r"\\\1", value) + '"'
+    return value
+
+
 def directives(s: SlurmSettings, workers: int, name: str, log_dir: Path) -> list[str]:
-    """The ``#SBATCH`` lines: an array of ``workers`` requeueable tasks, one task each."""
+    """The ``#SBATCH`` lines: an array of ``workers`` requeueable tasks, one task each; every
+    interpolated value through ``directive_value``."""
     lines = [
-        f"--job-name={name}",
+        f"--job-name={directive_value('job name', name)}",
         f"--array=0-{workers - 1}",
-        f"--output={log_dir}/%A_%a.log",
+        f"--output={directive_value('tracking.output_dir', f'{log_dir}/%A_%a.log')}",
         "--open-mode=append",  # a requeued task appends to its log
         "--requeue",
         "--ntasks=1",
@@ -194,9 +211,9 @@ def directives(s: SlurmSettings, workers: int, name: str, log_dir: Path) -> list
     ]
     for flag, value in (("partition", s.partition), ("account", s.account), ("time", s.time)):
         if value is not None:
-            lines.append(f"--{flag}={value}")
+            lines.append(f"--{flag}={directive_value(f'--{flag}', value)}")
     if s.mem is not None:
-        lines.append(f"--mem={s.mem}")
+        lines.append(f"--mem={directive_value('--mem', s.mem)}")
     if s.gpus_per_worker:
         lines.append(f"--gpus-per-task={s.gpus_per_worker}")
     return [f"#SBATCH {line}" for line in lines]
@@ -252,10 +269,11 @@ def submit(plan: Any, s: SlurmSettings) -> int:
     sbatch = _tool("sbatch")
     name = job_name(plan.study_name)
     log_dir = (Path(plan.base.tracking.output_dir) / "slurm" / plan.study_name).resolve()
-    log_dir.mkdir(parents=True, exist_ok=True)
     opts = dataclasses.replace(plan.opts, signal=s.signal)
+    text = job_script(s, plan.opts.workers, name, log_dir, worker_args(opts))  # checks, first
+    log_dir.mkdir(parents=True, exist_ok=True)
     script = log_dir / f"workers-{time.strftime('%Y%m%dT%H%M%S')}.sbatch"
-    script.write_text(job_script(s, plan.opts.workers, name, log_dir, worker_args(opts)))
+    script.write_text(text)
     env = with_checkout(worker_env(opts))
     _sbatch(sbatch, ["--test-only"], script, env)  # a bad partition/account: before any store write
     storage = runner.connect(plan)

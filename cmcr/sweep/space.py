@@ -35,6 +35,7 @@ import yaml
 
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.errors import CMCRError, StudyError
+from cmcr.guard import check_name
 
 STUDY_DIR_ENV = "CMCR_STUDY_DIR"
 # sweeps/studies beside the package in a source checkout (``pip install -e .``)
@@ -210,6 +211,7 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise StudyError(f"{where}: 'name' must be a non-empty string")
+    check_name(name.strip(), f"{where}: 'name'")  # it becomes folders, filters, a job name
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise StudyError(f"{where}: 'params' must be a non-empty mapping of dotted keys")

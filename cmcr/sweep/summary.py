@@ -7,10 +7,10 @@ Text only, from the stored study and its plan (``cmcr.sweep.runner.Plan``); the 
 from __future__ import annotations
 
 import datetime
-import re
 from pathlib import Path
 from typing import Any
 
+from cmcr.guard import path_slug
 from cmcr.names import Attr
 from cmcr.progress import fmt_duration
 from cmcr.sweep import recovery, runner, seeds
@@ -169,8 +169,7 @@ def _report(plan: Any, build: bool) -> str | None:
 def report_dir(plan: Any) -> Path:
     """``reports/<study>`` beside the runs folder (``runs`` → ``./reports/<study>``, where
     ``dashboards/build.py --study`` writes it too)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)  # as cmcr.results.report names it
-    return Path(plan.base.tracking.output_dir).parent / "reports" / slug
+    return Path(plan.base.tracking.output_dir).parent / "reports" / path_slug(plan.study_name)
 
 
 def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
