@@ -26,6 +26,7 @@ The cluster comes from ``.ci/slurm-setup.sh`` (installs slurm-wlm and munge when
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -107,7 +108,7 @@ def _cmd(tmp_path: Path, world: Path, storage: str, name: str, *extra: str) -> l
     return [
         sys.executable, RUN, "--study", "loss_weights", "--name", name, "--preset", "smoke",
         "--n-trials", str(N_TRIALS), "--pruner", "none", "--storage", storage,
-        "--tracking-uri", tracking, "--heartbeat", "30",
+        "--tracking-uri", tracking, "--heartbeat", "60",
         "--set", f"data.dataroot={world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
         *FAST, *extra,
     ]  # fmt: skip
@@ -192,8 +193,14 @@ def test_a_study_on_slurm_survives_a_warned_worker(
         _wait("both workers to hold a trial", lambda: _held(storage, name) == tasks, deadline)
         # --status while both hold a trial (it takes seconds to start: waited for here, as it
         # read the study after the warning otherwise)
-        status = _start(tmp_path, smoke_world, storage, name, "--status")
-        status_out = status.communicate(timeout=120)[0]
+        # both tasks are suspended meanwhile: on a loaded machine the status took long enough
+        # that both trials had left pre-training before the warning could land (2026-12-06)
+        subprocess.run(["scontrol", "suspend", array], capture_output=True)
+        try:
+            status = _start(tmp_path, smoke_world, storage, name, "--status")
+            status_out = status.communicate(timeout=120)[0]
+        finally:
+            subprocess.run(["scontrol", "resume", array], capture_output=True)
         # one worker pre-training is warned; the other is suspended (SIGSTOP, as SLURM's gang
         # scheduling does) so that the retry is claimed by the requeued task, not by it (a task
         # that has already ended cannot be suspended, nor claim anything)
@@ -229,7 +236,9 @@ def test_a_study_on_slurm_survives_a_warned_worker(
     # --status named the workers' jobs next to their trials (it ran while both held one)
     assert status is not None and status.returncode == 0, status_out[-2000:]
     for task in tasks:
-        assert re.search(rf"#\d+ .*job={task} \((RUNNING|PENDING|ended)\)", status_out), status_out
+        assert re.search(rf"#\d+ .*job={task} \((RUNNING|SUSPENDED|PENDING|ended)\)", status_out), (
+            status_out
+        )
     victim_log = _log(tmp_path, name, victim)
     assert "preempted, requeueing" in victim_log and "restart 1" in victim_log, victim_log[-3000:]
     study = optuna.load_study(study_name=name, storage=_open(storage))
@@ -331,7 +340,11 @@ def _one_training(storage: str, name: str, client, tasks: set[str]):
     return trial, step, next(iter(tasks - {holder}))
 
 
+@functools.lru_cache(maxsize=4)
 def _open(storage: str):
+    """One storage per URL for the test's polls: a new one each poll (twice a second) kept a
+    PostgreSQL connection pool per call until garbage collection, and a loaded CI run reached
+    the server's 100 connections ("too many clients already", 2026-12-06)."""
     from cmcr.tracking.optuna_store import open_storage
 
     return open_storage(storage, create=False)

@@ -140,15 +140,16 @@ def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_worl
 
 
 def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
-    # a 96 s trial (SIGINT ends it early): with 24 s, a loaded machine (2026-12-02 18:30, a
-    # benchmark beside the suite) saw it RUNNING only as it finished, and the sweep ended 0
-    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=12.0))
+    # an 8 min trial that only the SIGINT ends: with 24 s, then 96 s, a loaded machine
+    # (2026-12-02 18:30; 2026-12-06, load 7 on 2 cores) saw it RUNNING only as it finished,
+    # and the sweep ended 0
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=60.0))
     cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "1", "--max-retries", "0")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
     )
     storage = f"sqlite:///{tmp_path / 'o.db'}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + scaled(90)
     while time.monotonic() < deadline:
         try:
             study = optuna.load_study(study_name="mask_ratio", storage=storage)
