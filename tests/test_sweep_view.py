@@ -42,8 +42,8 @@ STEPPING = (
     "from cmcr import progress\n"
     "from cmcr.engine.downstream import DownstreamResult\n"
     "def run(cfg, *, run_id=None, parent_run_id=None, tags=None, report=None):\n"
-    "    with progress.task(progress.PRETRAIN, 8) as bar:\n"
-    "        for _ in range(8):\n"
+    "    with progress.task(progress.PRETRAIN, {steps}) as bar:\n"
+    "        for _ in range({steps}):\n"
     "            time.sleep({sleep})\n"
     "            bar.update(1)\n"
     "    return DownstreamResult(run_id, cfg.data.mask_ratio, 0.0, {{}})\n"
@@ -69,7 +69,7 @@ def _cmd(tmp_path: Path, hook: str, *argv: str) -> tuple[list[str], dict[str, st
 
 
 def test_live_view_under_a_pseudo_terminal_shows_every_field(tmp_path):
-    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.6))
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.6, steps=8))
     cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "2")
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, stdin=slave, cwd=tmp_path, env=env)
@@ -142,8 +142,9 @@ def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_worl
 def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
     # an 8 min trial that only the SIGINT ends: with 24 s, then 96 s, a loaded machine
     # (2026-12-02 18:30; 2026-12-06, load 7 on 2 cores) saw it RUNNING only as it finished,
-    # and the sweep ended 0
-    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=60.0))
+    # and the sweep ended 0. Short steps: with 60 s steps the sweep outlived the bound after
+    # the SIGINT (a fresh-clone CI run, 2026-12-06)
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=2.0, steps=240))
     cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "1", "--max-retries", "0")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
@@ -179,7 +180,7 @@ def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
     child = client.get_run(failed[0].user_attrs[Attr.RUN_ID])
     assert child.info.status != "RUNNING"
     # --max-retries 0 and yet the slot runs again: the interrupt spent no retry
-    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.0))
+    (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=0.0, steps=8))
     cmd, env = _cmd(tmp_path, "stepping:run", "--resume", "--max-retries", "0")
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
