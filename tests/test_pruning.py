@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from cmcr.configs import load_config
 from cmcr.names import Attr, Metric, Tag
+from cmcr.sweep.options import audit_notice
 
 ROOT = Path(__file__).resolve().parents[1]
 WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
@@ -161,8 +162,8 @@ def test_a_trial_with_poor_intermediate_values_is_pruned_in_pretraining(tmp_path
     assert "complete 2 pruned 1" in out.stdout + out.stderr  # the sweep's summary says so
     # pruning in pre-training: one line quoting the last audit of this pruner and signal
     notes = [line for line in out.stdout.splitlines() if "last audited study" in line]
-    assert len(notes) == 1 and "pruner asha on the probe's 'standardised'" in notes[0]
-    assert "no better than chance" in notes[0] and " % vs the shuffled null " in notes[0]
+    assert len(notes) == 1 and "pruner asha on the probe's 'raw'" in notes[0]  # the default
+    assert notes[0] == audit_notice("asha", "raw") and " % vs the shuffled null " in notes[0]
 
 
 def _killed_then_resumed(tmp_path: Path, smoke_world: Path, trial_fn: str) -> tuple:

@@ -308,15 +308,19 @@ class SweepConfig:
     # (scale-free), on raw ones as the downstream probe fits them, or the label-free RankMe
     # (effective rank of the features; higher is better). alpha-ReQ is logged, not offered: its
     # best is near 1, not at either end, and the pruners keep the higher values.
-    probe_features: str = setting("standardised", choices=("standardised", "raw", "rankme"))
+    # Default raw: in the replay of the 20-trial, 105-step benchmark (docs/bench/
+    # replay_2026-12-06.json) ASHA on the raw fit was the only signal above both nulls (expected
+    # best kept +0.43 [0.39, 0.47] points over the shuffled null, p 0.045); the standardised fit
+    # was below them (-0.22), RankMe and alpha-ReQ not distinguishable from chance.
+    probe_features: str = setting("raw", choices=("standardised", "raw", "rankme"))
     # the pruners' first rung as a fraction of each trial's own pre-training steps, in (0, 1):
     # rungs at first_rung * 3^k of the budget (reported in permille, cmcr.engine.probe), so
     # trials of different lengths, batches or process counts compare at equal fractions.
-    # Default 2/3: in the replay of the last audited study (docs/bench/replay_2026-12-02.json)
-    # no logged signal ranked the trials before two thirds of pre-training (Spearman p >= 0.44
-    # up to step 21 of 42); at 28 of 42 the raw fit does (rho 0.81, p 0.008). An earlier rung
-    # decides on noise there; pruning is off by default anyway (cmcr.sweep.runner).
-    first_rung: float = setting(2 / 3, gt=0.0, lt=1.0)
+    # Default 1/3: the rung of that benchmark (step 35 of 105), where the raw fit no longer ties
+    # (it ties at steps 7 and 14). Pruning stays off by default (cmcr.sweep.runner): with a
+    # reduction factor of 3 a first rung at 1/3 saves at most ~1.8x, short of the 2.5x the
+    # platform asks before pruning by default.
+    first_rung: float = setting(1 / 3, gt=0.0, lt=1.0)
 
 
 @dataclass

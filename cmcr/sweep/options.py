@@ -265,7 +265,7 @@ def with_checkout(env: dict[str, str]) -> dict[str, str]:
 
 
 # the pruning audit the notice quotes (python -m cmcr.bench replay ..., its replay.json)
-LAST_AUDIT = Path(__file__).resolve().parents[2] / "docs" / "bench" / "replay_2026-12-02.json"
+LAST_AUDIT = Path(__file__).resolve().parents[2] / "docs" / "bench" / "replay_2026-12-06.json"
 ALPHA = 0.05  # a signal beats chance when its interval vs the shuffled null is above 0 and p < this
 
 

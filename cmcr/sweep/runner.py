@@ -50,8 +50,8 @@ class Plan:
     @property
     def pruner(self) -> str:
         """--pruner, else the study's ``pruner``, else the default: none when the probe is on
-        (on the last audited study no pre-training signal beat chance: docs/bench/), else
-        median (the downstream epochs)."""
+        (``default_pruner``: the last audit's best signal saved too little), else median (the
+        downstream epochs)."""
         return self.opts.pruner or self.spec.pruner or default_pruner(self.base)
 
     def pruning_notice(self) -> str | None:
@@ -134,7 +134,8 @@ def make_sampler(spec: StudySpec) -> Any:
 
 def default_pruner(base: Config) -> str:
     """The pruner when neither --pruner nor the study names one: none in pre-training (the
-    representation probe on; the audit in docs/bench/ found no signal better than chance),
+    representation probe on: in the last audit, docs/bench/replay_2026-12-06.json, ASHA on the
+    raw fit beat chance but saved 1.78x, short of the 2.5x asked before pruning by default),
     median on the downstream epochs."""
     from cmcr.engine.probe import enabled as probe_enabled  # lazy: the probe imports torch
 
