@@ -139,16 +139,23 @@ def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_worl
     assert "[RANK 0]" in Path(local).read_text()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
     # an 8 min trial that only the SIGINT ends: with 24 s, then 96 s, a loaded machine
     # (2026-12-02 18:30; 2026-12-06, load 7 on 2 cores) saw it RUNNING only as it finished,
-    # and the sweep ended 0. Short steps: with 60 s steps the sweep outlived the bound after
-    # the SIGINT (a fresh-clone CI run, 2026-12-06)
+    # and the sweep ended 0
     (tmp_path / "stepping.py").write_text(STEPPING.format(sleep=2.0, steps=240))
     cmd, env = _cmd(tmp_path, "stepping:run", "--n-trials", "1", "--max-retries", "0")
+    # SIGINT at its default in the sweep, as a terminal gives it: a suite started in the
+    # background (`make test &`) ignores SIGINT, which its children inherit, and the sweep then
+    # never saw the signal (three fresh-clone runs started with `&`, 2026-12-06)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env
-    )
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     deadline = time.monotonic() + scaled(90)
     while time.monotonic() < deadline:
