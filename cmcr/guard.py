@@ -23,6 +23,8 @@ from cmcr.errors import CMCRError
 NAME_MAX = 100  # an MLflow experiment, an Optuna study, a folder and a SLURM job name
 NAME_RULE = f"1 to {NAME_MAX} characters of A-Z a-z 0-9 _ . - ', starting with a letter or digit"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.'-]*")
+# C0 controls and DEL: a newline in a path or value would end a script's line and start another
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 OUT_MARKER = ".cmcr-report"  # written into every folder a report was built in
 SYSTEM_DIRS = frozenset(
     Path(p)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cmcr.configs.schema import DOWNSTREAM_MODES
 from cmcr.errors import ConfigError
+from cmcr.guard import CONTROL
 from cmcr.registry import BACKBONES, DATASETS, IMAGE_ENCODERS, LOSS_TERMS
 
 log = logging.getLogger("cmcr")
@@ -165,7 +166,7 @@ def output_dir_text(cfg: Any) -> None:
     """The runs folder is a path that goes into logs and job scripts: no control characters
     (a newline would end an ``#SBATCH`` line and start a shell command)."""
     value = cfg.tracking.output_dir
-    ok = bool(value) and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ok = bool(value) and not CONTROL.search(value)
     _check(ok, "tracking.output_dir", "a non-empty folder path without control characters", value)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
+from cmcr.guard import CONTROL
 from cmcr.names import Attr
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
@@ -56,7 +57,6 @@ ALIVE = ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED")
 _NAME = re.compile(r"^[A-Za-z0-9_.,-]+$")
 _TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^\d+-\d+$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:/%+=@-]+")  # needs no quoting for sbatch nor bash
 _FIELDS = ("partition", "account", "time", "gpus_per_worker", "cpus_per_worker", "mem", "signal")
 
@@ -187,7 +187,7 @@ def directive_value(what: str, value: str) -> str:
     newline, so a control character is refused (a newline would start a shell line); sbatch
     splits at blanks and honours double quotes and backslashes (not single quotes), so a value
     with any of those is double-quoted, its backslashes, quotes and '#' escaped."""
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise SlurmError(
             f"{what} {value[:60]!r}: expected no control characters (newline, tab, ...)"
         )
