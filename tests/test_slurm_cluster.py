@@ -72,7 +72,10 @@ def slurm_cluster() -> None:
     if os.geteuid() != 0 and shutil.which("sinfo") is None:
         _unavailable("not root (the set-up installs packages and starts daemons) and no sinfo")
     cmd = ["bash", str(SETUP)] if os.geteuid() == 0 else ["sinfo", "-h"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # the daemons it may start are the machine's services, not this session's processes: they
+    # go without the session mark, so the session-end check does not kill them as survivors
+    env = {k: v for k, v in os.environ.items() if k != "CMCR_TEST_SESSION"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if out.returncode != 0:
         _unavailable(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr.strip()[-1500:]}")
 
