@@ -5,7 +5,7 @@ A study lives in YAML (``sweeps/studies/<name>.yaml`` for the built-ins, or any 
     name: loss_weights
     direction: maximize            # maximize | minimize (the objective is val mIoU)
     sampler: tpe                   # tpe | random | grid (default: grid if every param is grid)
-    n_trials: 12                   # default for --n-trials (grid studies: the grid size)
+    n_trials: 12                   # default for --n-trials (grid: its size); 1 to 10000
     pruner: asha                   # default for --pruner (median | asha | hyperband | none)
     preset: demo                   # default for --preset
     params:
