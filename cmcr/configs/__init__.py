@@ -9,8 +9,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cmcr.configs.schema import (
     NUSCENES_CAMERAS,
     Config,
@@ -26,6 +24,7 @@ from cmcr.configs.schema import (
     TrainConfig,
 )
 from cmcr.configs.validate import registry_names, resolve_config, validate_config
+from cmcr.configs.yaml_io import load_yaml_text, read_yaml_file
 from cmcr.errors import ConfigError
 from cmcr.names import ROOT_ENVS
 from cmcr.registry import DATASETS
@@ -163,10 +162,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}': empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    value = load_yaml_text(raw, f"override '{key}': value") if raw.strip() else ""
     if value is None:
         value = ""
     return key, value
@@ -198,13 +194,42 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    data = read_yaml_file(path, f"config file '{path}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': expected a mapping at the top level")
     return data
+
+
+def _preset_path(text: str) -> Path:
+    """A shipped preset's YAML by name, else a YAML file by path."""
+    path = PRESET_DIR / f"{text}.yaml"
+    if path.is_file():
+        return path
+    if Path(text).is_file():
+        return Path(text)
+    raise ConfigError(
+        f"config '{text}': neither a preset ({', '.join(list_presets())}) nor an existing YAML file"
+    )
+
+
+def _from_file(text: str, chain: tuple[tuple[str, Path], ...] = ()) -> Config:
+    """The config a preset or YAML file describes, after the presets it starts from
+    (``preset: <name or path>``); a chain that comes back to a file is refused, named."""
+    path = _preset_path(text)
+    seen = [name for name, _ in chain]
+    if path.resolve() in {p for _, p in chain}:
+        names = " -> ".join([*seen, text])
+        raise ConfigError(f"config file '{path}': preset chain {names} is a cycle; expected a "
+                          "chain that ends at a file without 'preset:'")  # fmt: skip
+    data = load_yaml_file(path)
+    base = data.pop("preset", None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"config file '{path}': preset: expected a preset name or a YAML "
+                          f"path, got {base!r}")  # fmt: skip
+    cfg = Config() if base is None else _from_file(base, (*chain, (text, path.resolve())))
+    apply_overrides(cfg, _flatten_dict(data))
+    cfg.preset = path.stem if path.parent == PRESET_DIR else str(base or path.stem)
+    return cfg
 
 
 def load_config(
@@ -213,27 +238,9 @@ def load_config(
     """Build a Config from defaults, a preset name or YAML path, then dotted overrides.
 
     A YAML file (a shipped preset too: ``demo`` starts from ``official``) may name
-    ``preset: <name>`` to start from a shipped preset.
+    ``preset: <name>`` to start from a shipped preset (or another YAML file, without cycles).
     """
-    cfg = Config()
-    if preset:
-        text = str(preset)
-        path = PRESET_DIR / f"{text}.yaml"
-        if not path.is_file():
-            path = Path(text)
-            if not path.is_file():
-                raise ConfigError(
-                    f"config '{text}': neither a preset ({', '.join(list_presets())}) "
-                    "nor an existing YAML file"
-                )
-        data = load_yaml_file(path)
-        base = data.pop("preset", None)
-        if base is not None:
-            if str(base) == path.stem and path.parent == PRESET_DIR:
-                raise ConfigError(f"preset '{base}': starts from itself ({path})")
-            cfg = load_config(base)
-        apply_overrides(cfg, _flatten_dict(data))
-        cfg.preset = path.stem if path.parent == PRESET_DIR else str(base or path.stem)
+    cfg = _from_file(str(preset)) if preset else Config()
     # the environment names where *this machine* keeps the data: it beats presets, not --set
     for key, env in ROOT_ENVS.items():
         if os.environ.get(env):
@@ -260,7 +267,7 @@ def config_from_flat(flat: dict[str, Any]) -> Config:
         if isinstance(value, str) and key != "preset":
             typ = _lookup_type(cfg, key)
             if typ is not str:
-                value = yaml.safe_load(value)
+                value = load_yaml_text(value, f"param '{key}'")
         _set(cfg, key, value)
     return cfg
 

@@ -60,6 +60,7 @@ def setting(
     lt: float | None = None,
     length: int | None = None,
     min_length: int | None = None,
+    max_length: int | None = None,
     finite: bool = True,
 ) -> Any:
     """A dataclass field that declares its allowed values; ``validate_config`` checks them.
@@ -68,10 +69,10 @@ def setting(
     (``cmcr.configs.validate.REGISTRIES``) whose registered names are the choices, besides any
     ``choices`` (looked up when validating, so registering is enough);
     ``ge``/``gt``/``le``/``lt``: bounds of a number (of each item of a list); ``finite``: floats
-    reject inf and nan; ``length``/``min_length``: of a list.
+    reject inf and nan; ``length``/``min_length``/``max_length``: of a list.
     """
     given = dict(choices=choices, registry=registry, ge=ge, gt=gt, le=le, lt=lt)
-    given.update(length=length, min_length=min_length)
+    given.update(length=length, min_length=min_length, max_length=max_length)
     meta = {k: v for k, v in given.items() if v is not None}
     meta["finite"] = finite
     if factory is not None:
@@ -81,8 +82,25 @@ def setting(
 
 PROB = {"ge": 0.0, "le": 1.0}  # a probability or a fraction that may be 0 or 1
 POSITIVE = {"gt": 0}
-COUNT = {"ge": 1}  # a count that must be at least one
-OPTIONAL_COUNT = {"ge": 0}  # 0 means "off" or "all", as the field's comment says
+
+# Every size, count, step count and seed has a ceiling (issue 28): far above any real run (the
+# paper's and every shipped study's values are well inside), low enough that a typo such as
+# model.feat_dim=1000000000 is one line before any run exists, not an allocation failure in one.
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes < 2^64; a trial's seeds add small offsets
+STEPS_MAX = 10**8  # optimiser steps (and step intervals)
+EPOCHS_MAX = 10_000
+BATCH_MAX = 4096  # scans per batch, per loss group, accumulation steps
+CHANNELS_MAX = 4096  # feature widths
+IMAGE_SIDE_MAX = 2048  # pixels: nuScenes' full 1600 x 900 rounds to 1600 x 896
+POINTS_MAX = 10**7  # points, pairs, queries, samples
+LAYERS_MAX = 16  # items of a list of layer widths
+METRES_MAX = 100.0  # a length in metres
+
+
+def up_to(high: int, low: int = 1) -> dict[str, int]:
+    """An integer in [low, high]: by default a count of at least one; low 0 where 0 means
+    "off" or "all", as the field's comment says."""
+    return {"ge": low, "le": high}
 
 
 @dataclass
@@ -100,41 +118,41 @@ class DataConfig:
         factory=lambda: list(NUSCENES_CAMERAS), choices=NUSCENES_CAMERAS, min_length=1
     )
     # (H, W) after crop; multiples of 32 (a rule in cmcr/configs/validate.py)
-    image_size: list[int] = setting(factory=lambda: [224, 416], length=2, **POSITIVE)
+    image_size: list[int] = setting(factory=lambda: [224, 416], length=2, **up_to(IMAGE_SIDE_MAX))
     # random resized crop: area fraction [min, max] of the source image (min <= max: validate.py)
     crop_scale: list[float] = setting(factory=lambda: [0.3, 1.0], length=2, gt=0.0, le=1.0)
     # ... and aspect (width / height) range [min, max] of the crop box before the resize
-    crop_aspect: list[float] = setting(factory=lambda: [14 / 9, 17 / 9], length=2, gt=0.0)
+    crop_aspect: list[float] = setting(factory=lambda: [14 / 9, 17 / 9], length=2, gt=0.0, le=100.0)
     # a crop is redrawn until more than crop_min_pairs of the image's pairings survive it, or
     # more than crop_min_pair_fraction of them; at most crop_tries draws (then the best one)
-    crop_min_pairs: int = setting(1024, ge=0)
+    crop_min_pairs: int = setting(1024, **up_to(POINTS_MAX, 0))
     crop_min_pair_fraction: float = setting(0.75, **PROB)
-    crop_tries: int = setting(20, **COUNT)
+    crop_tries: int = setting(20, **up_to(1000))
     hflip_prob: float = setting(0.5, **PROB)
     rotate: bool = True  # random rotation of the cloud about z
     flip_prob: float = setting(0.5, **PROB)  # probability of flipping each of the x and y axes
-    min_depth: float = setting(1.0, ge=0.0)
-    voxel_size: float = setting(0.1, **POSITIVE)
+    min_depth: float = setting(1.0, ge=0.0, le=1000.0)
+    voxel_size: float = setting(0.1, gt=0.0, le=METRES_MAX)
     # the voxel's input feature: the intensity of its first point (release) or the mean
     voxel_feature: str = setting("first", choices=("first", "mean"))
     # 0 = keep every point; else random subsample (CPU presets)
-    max_points: int = setting(0, **OPTIONAL_COUNT)
+    max_points: int = setting(0, **up_to(POINTS_MAX, 0))
     mask_image_prob: float = setting(0.5, **PROB)
     mask_ratio: float = setting(0.5, **PROB)
     # patch side in pixels of the image where masking happens (mask_stage)
-    mask_patch: int = setting(16, **COUNT)
+    mask_patch: int = setting(16, **up_to(IMAGE_SIDE_MAX))
     # source: mask the full-resolution image before the crop (release); output: after the crop
     mask_stage: str = setting("source", choices=("source", "output"))
     # black: masked pixels are 0 before ImageNet normalisation (release); mean: 0 after it
     mask_fill: str = setting("black", choices=("black", "mean"))
-    n_queries: int = setting(2048, **OPTIONAL_COUNT)
+    n_queries: int = setting(2048, **up_to(POINTS_MAX, 0))
     # inside / near-outside queries move U(0, query_offset) m
-    query_offset: float = setting(0.1, ge=0.0)
-    query_radius: float = setting(1.0, **POSITIVE)
-    max_neighbours: int = setting(32, **COUNT)
-    num_workers: int = setting(2, **OPTIONAL_COUNT)
+    query_offset: float = setting(0.1, ge=0.0, le=METRES_MAX)
+    query_radius: float = setting(1.0, gt=0.0, le=METRES_MAX)
+    max_neighbours: int = setting(32, **up_to(1024))
+    num_workers: int = setting(2, **up_to(256, 0))
     # 0 = all keyframes of the split; else the first N (smoke runs)
-    max_samples: int = setting(0, **OPTIONAL_COUNT)
+    max_samples: int = setting(0, **up_to(POINTS_MAX, 0))
 
 
 @dataclass
@@ -143,21 +161,25 @@ class ModelConfig:
 
     # the names registered with @register_backbone (cmcr/models/backbone.py)
     backbone: str = setting("unet34c", registry="backbone")
-    feat_dim: int = setting(64, **COUNT)
+    feat_dim: int = setting(64, **up_to(CHANNELS_MAX))
     # the names registered with @register_image_encoder (cmcr/models/resnet.py)
     image_encoder: str = setting("resnet50", registry="image_encoder")
     image_weights: str = ""  # path to MoCo-v2 / torchvision weights, or "random"; "" is an error
-    image_upsample: int = setting(32, **COUNT)
+    image_upsample: int = setting(32, **up_to(256))
     image_head_align_corners: bool = True  # the heads' bilinear upsampling (release: True)
-    stem_kernel: int = setting(3, **COUNT)  # the backbone's first convolution
+    stem_kernel: int = setting(3, **up_to(15))  # the backbone's first convolution
     bn_momentum: float = setting(0.05, gt=0.0, le=1.0)  # every BatchNorm in pre-training
-    codebook_size: int = setting(400, **COUNT)
+    codebook_size: int = setting(400, **up_to(65536))
     # uniform: U(-1, 1) then L2-normalised (release); normal: N(0, 1) then L2-normalised
     codebook_init: str = setting("uniform", choices=("uniform", "normal"))
     codebook_decay: float = setting(0.999, gt=0.0, lt=1.0)
     codebook_eps: float = setting(1e-5, **POSITIVE)
-    mim_channels: list[int] = setting(factory=lambda: [32, 16], **COUNT)
-    occ_hidden: list[int] = setting(factory=lambda: [128, 128, 128], **COUNT)
+    mim_channels: list[int] = setting(
+        factory=lambda: [32, 16], max_length=LAYERS_MAX, **up_to(CHANNELS_MAX)
+    )
+    occ_hidden: list[int] = setting(
+        factory=lambda: [128, 128, 128], max_length=LAYERS_MAX, **up_to(CHANNELS_MAX)
+    )
     # ReLU after the last hidden layer of the occupancy MLP (the release has none)
     occ_last_relu: bool = False
 
@@ -186,8 +208,8 @@ class LossConfig:
     temperature: float = setting(0.07, **POSITIVE)
     # scans per loss group: every per-step loss is computed per group of group_size scans (one
     # release GPU's batch) and averaged over the groups
-    group_size: int = setting(2, **COUNT)
-    num_matches: int = setting(2048, **COUNT)  # sampled unmasked pairs per loss group
+    group_size: int = setting(2, **up_to(BATCH_MAX))
+    num_matches: int = setting(2048, **up_to(POINTS_MAX))  # sampled unmasked pairs per loss group
     commit_beta: float = setting(0.25, ge=0.0)
     mim_on: str = setting("all", choices=("all", "masked"))
     # occupancy BCE / L1 averaged over (query, neighbour) pairs (release) or over queries
@@ -212,22 +234,22 @@ class MethodConfig:
 class TrainConfig:
     """Pre-training loop."""
 
-    seed: int = setting(0, ge=0)  # numpy's SeedSequence takes non-negative entropy only
-    epochs: int = setting(10, ge=0)  # ignored when max_steps > 0
+    seed: int = setting(0, **up_to(SEED_MAX, 0))  # numpy's SeedSequence: non-negative only
+    epochs: int = setting(10, **up_to(EPOCHS_MAX, 0))  # ignored when max_steps > 0
     # 0 = epochs decide; else stop after this many optimiser steps
-    max_steps: int = setting(0, **OPTIONAL_COUNT)
-    batch_size: int = setting(12, **COUNT)
+    max_steps: int = setting(0, **up_to(STEPS_MAX, 0))
+    batch_size: int = setting(12, **up_to(BATCH_MAX))
     lr: float = setting(1e-3, **POSITIVE)
     weight_decay: float = setting(0.01, ge=0.0)  # AdamW's default, as the release
     scheduler: str = setting("constant", choices=("cosine", "constant"))
-    warmup_steps: int = setting(0, ge=0)
-    grad_accum: int = setting(1, **COUNT)
+    warmup_steps: int = setting(0, **up_to(STEPS_MAX, 0))
+    grad_accum: int = setting(1, **up_to(BATCH_MAX))
     grad_clip: float = setting(0.0, ge=0.0)  # 0 = no clipping
     # GPU only: cmcr.configs.resolve_config turns it to "no" on a machine without CUDA
     mixed_precision: str = setting("no", choices=("no", "fp16", "bf16"))
-    checkpoint_every: int = setting(50, **COUNT)
-    keep_checkpoints: int = setting(2, **COUNT)
-    log_every: int = setting(1, **COUNT)
+    checkpoint_every: int = setting(50, **up_to(STEPS_MAX))
+    keep_checkpoints: int = setting(2, **up_to(1000))
+    log_every: int = setting(1, **up_to(STEPS_MAX))
 
 
 @dataclass
@@ -252,19 +274,21 @@ class DownstreamConfig:
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
     finetune_label_fraction: float = setting(0.01, gt=0.0, le=1.0)
     label_fraction_unit: str = setting("scene", choices=("scene", "scan"))
-    batch_size: int = setting(16, **COUNT)
+    batch_size: int = setting(16, **up_to(BATCH_MAX))
     lovasz: bool = True  # loss = cross-entropy + Lovász-softmax (else cross-entropy only)
     momentum: float = setting(0.9, ge=0.0, lt=1.0)  # SGD
     dampening: float = setting(0.1, ge=0.0, lt=1.0)
     weight_decay: float = setting(1e-4, ge=0.0)
     bn_momentum: float = setting(0.02, gt=0.0, le=1.0)  # the backbone's BatchNorm downstream
     probe_lr: float = setting(0.05, **POSITIVE)
-    probe_epochs: int = setting(50, **COUNT)  # at least one, so that one evaluation runs
+    probe_epochs: int = setting(
+        50, **up_to(EPOCHS_MAX)
+    )  # at least one, so that one evaluation runs
     finetune_lr: float = setting(0.02, **POSITIVE)  # the backbone
     finetune_head_lr: float = setting(2.0, **POSITIVE)  # the new layer
-    finetune_epochs: int = setting(100, **COUNT)
-    max_steps: int = setting(0, **OPTIONAL_COUNT)  # 0 = epochs decide
-    eval_every: int = setting(1, **COUNT)  # epochs
+    finetune_epochs: int = setting(100, **up_to(EPOCHS_MAX))
+    max_steps: int = setting(0, **up_to(STEPS_MAX, 0))  # 0 = epochs decide
+    eval_every: int = setting(1, **up_to(EPOCHS_MAX))  # epochs
 
     @property
     def label_fraction(self) -> float:
@@ -288,8 +312,10 @@ class SemanticKittiConfig:
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
     # cylindrical voxels (release) or Cartesian ones of data.voxel_size
     coords: str = setting("cylindrical", choices=("cylindrical", "cartesian"))
-    cylinder_size: list[float] = setting(factory=lambda: [0.1, 1.0, 0.1], length=3, gt=0.0)
-    batch_size: int = setting(10, **COUNT)
+    cylinder_size: list[float] = setting(
+        factory=lambda: [0.1, 1.0, 0.1], length=3, gt=0.0, le=METRES_MAX
+    )
+    batch_size: int = setting(10, **up_to(BATCH_MAX))
     finetune_lr: float = setting(0.05, **POSITIVE)  # the backbone
     finetune_head_lr: float = setting(2.0, **POSITIVE)  # the new layer
 
@@ -300,9 +326,9 @@ class SweepConfig:
     value a sweep's pruner sees, and a learning curve of representation quality in any run."""
 
     # measure the backbone every this many optimiser steps (probe/miou); 0 = off
-    eval_every: int = setting(0, **OPTIONAL_COUNT)
+    eval_every: int = setting(0, **up_to(STEPS_MAX, 0))
     # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
-    probe_scans: int = setting(6, ge=2)
+    probe_scans: int = setting(6, **up_to(100_000, 2))
     # which signal is probe/miou, the pruner's value (every one is logged: probe/miou_standardised,
     # probe/miou_raw, probe/rankme, probe/alpha_req): the linear fit on standardised features
     # (scale-free), on raw ones as the downstream probe fits them, or the label-free RankMe

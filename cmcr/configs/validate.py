@@ -15,7 +15,7 @@ from typing import Any
 
 from cmcr.configs.schema import DOWNSTREAM_MODES
 from cmcr.errors import ConfigError
-from cmcr.guard import CONTROL
+from cmcr.guard import CONTROL, shown
 from cmcr.registry import BACKBONES, DATASETS, IMAGE_ENCODERS, LOSS_TERMS
 
 log = logging.getLogger("cmcr")
@@ -28,6 +28,7 @@ REGISTRIES = {
     "loss_term": LOSS_TERMS,
     "dataset": DATASETS,
 }
+EXPERIMENT_MAX = 256  # MLflow's experiment name column
 IMAGE_STRIDE = 32  # the image encoder's output stride: image sides must be multiples of it
 
 
@@ -41,11 +42,11 @@ def registry_names(registry: str) -> list[str]:
 
 def _check(cond: bool, key: str, expected: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {shown(value, 80)}")
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def describe_bounds(meta: dict[str, Any], integer: bool) -> str | None:
@@ -54,7 +55,8 @@ def describe_bounds(meta: dict[str, Any], integer: bool) -> str | None:
     high = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
     kind = "integer" if integer else "number"
     if low and high:
-        return f"a value in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        what = "an integer" if integer and isinstance(high[1], int) else "a value"
+        return f"{what} in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
     if low == ("(", 0):
         return f"a positive {kind}"
     if low == ("[", 0):
@@ -64,6 +66,10 @@ def describe_bounds(meta: dict[str, Any], integer: bool) -> str | None:
     if high:
         return f"a {kind} {'<=' if high[0] == ']' else '<'} {_num(high[1])}"
     return None
+
+
+def _low(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k in ("ge", "gt")}
 
 
 def _in_bounds(x: float, meta: dict[str, Any]) -> bool:
@@ -91,6 +97,9 @@ def check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
         if "min_length" in meta:
             n = meta["min_length"]
             _check(len(value) >= n, key, f"a list of at least {n} item(s)", value)
+        if "max_length" in meta:
+            n = meta["max_length"]
+            _check(len(value) <= n, key, f"a list of at most {n} items", value)
     allowed = meta.get("choices")
     if "registry" in meta:  # fixed choices (e.g. "" for none) and the registered names
         allowed = [*(allowed or ()), *registry_names(meta["registry"])]
@@ -101,7 +110,12 @@ def check_value(key: str, value: Any, meta: dict[str, Any]) -> None:
             continue
         if meta.get("finite", True):
             _check(math.isfinite(v), key, f"{each}a finite number", value)
-        bounds = describe_bounds(meta, isinstance(v, int))
+        integer = isinstance(v, int)
+        # an integer under its floor gets the floor's words ("an integer >= 1"); over its
+        # ceiling (every size, count and seed has one), the whole range
+        low_only = integer and isinstance(meta.get("le", meta.get("lt")), int)
+        shown_meta = _low(meta) if low_only and not _in_bounds(v, _low(meta)) else meta
+        bounds = describe_bounds(shown_meta, integer)
         if bounds:
             _check(_in_bounds(v, meta), key, f"{each}{bounds}", value)
 
@@ -170,6 +184,16 @@ def output_dir_text(cfg: Any) -> None:
     _check(ok, "tracking.output_dir", "a non-empty folder path without control characters", value)
 
 
+def experiment_name(cfg: Any) -> None:
+    """The MLflow experiment is named: MLflow refuses an empty name only once a run starts.
+    Not ``check_name``'s identifier rule: MLflow's own names may hold spaces and slashes
+    (``/Users/me/cmcr`` on Databricks); a study's experiment is its checked name already."""
+    value = cfg.tracking.experiment
+    ok = bool(value.strip()) and len(value) <= EXPERIMENT_MAX and not CONTROL.search(value)
+    expected = f"a non-blank name of at most {EXPERIMENT_MAX} characters, no control characters"
+    _check(ok, "tracking.experiment", expected, value)
+
+
 RULES = (
     image_size_stride,
     crop_scale_order,
@@ -177,6 +201,7 @@ RULES = (
     some_training,
     one_evaluation_per_dataset,
     output_dir_text,
+    experiment_name,
 )
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from torch.utils.data import Dataset
 
 from cmcr.configs import Config
+from cmcr.configs.yaml_io import read_yaml_file
 from cmcr.data.augment import augment_cloud
 from cmcr.data.kitti_classes import (
     LEARNING_MAP,
@@ -81,11 +81,11 @@ def label_maps(root: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         return learning_table(LEARNING_MAP), inverse_table(LEARNING_MAP_INV)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml_file(path, str(path), DataError)  # bounded: a billion laughs is refused
         fwd = {int(k): int(v) for k, v in data["learning_map"].items()}
         inv = {int(k): int(v) for k, v in data["learning_map_inv"].items()}
         table, inverse = learning_table(fwd), inverse_table(inv)
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{path}: not a SemanticKITTI label map ({err})") from None
     if table.max() > NUM_KITTI or sorted(inv) != list(range(NUM_KITTI + 1)):
         raise DataError(f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them")

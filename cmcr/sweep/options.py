@@ -26,7 +26,7 @@ from cmcr.names import (
     SWEEP_TRACKING_ENV,
     TRACKING_URI_ENV,
 )
-from cmcr.sweep.space import PRUNERS
+from cmcr.sweep.space import MAX_TRIALS, PRUNERS
 
 PROG = "sweeps/run.py"
 LAUNCHERS = ("local", "slurm")
@@ -52,7 +52,9 @@ class SweepOptions:
         DEFAULT_STORAGE, "--storage", f"Optuna storage URL (default {DEFAULT_STORAGE})"
     )
     n_trials: int | None = _opt(
-        None, "--n-trials", "trials the study should have (default: the study's; grid: its size)"
+        None,
+        "--n-trials",
+        f"trials the study should have, 1 to {MAX_TRIALS} (default: the study's; grid: its size)",
     )
     workers: int = _opt(
         1, "--workers", "worker processes on this machine (default 1)", worker=False

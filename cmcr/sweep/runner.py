@@ -112,8 +112,9 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         base.tracking.experiment = study_experiment(base, opts.name or spec.name)
     check_space(spec, base)
     n_trials = opts.n_trials if opts.n_trials is not None else spec.default_n_trials()
-    if n_trials < 1:
-        raise StudyError(f"--n-trials: expected an integer >= 1, got {n_trials}")
+    if not 1 <= n_trials <= space.MAX_TRIALS:  # before a store exists or a trial is queued
+        top = space.MAX_TRIALS
+        raise StudyError(f"--n-trials: expected an integer in [1, {top}], got {n_trials}")
     if spec.is_grid and n_trials > len(spec.grid_cells()):
         raise StudyError(
             f"--n-trials {n_trials}: study '{spec.name}' is a grid of {len(spec.grid_cells())} cells"

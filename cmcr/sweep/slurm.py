@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cmcr.configs.yaml_io import read_yaml_file
 from cmcr.errors import CMCRError
 from cmcr.guard import CONTROL
 from cmcr.names import Attr
@@ -118,12 +119,7 @@ def _at_least(flag: str, value: Any, low: int) -> None:
 
 
 def _read_config(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SlurmError(f"--slurm-config {path}: cannot be read ({exc})") from None
+    data = read_yaml_file(path, f"--slurm-config {path}", SlurmError)
     section = data.get("slurm") if isinstance(data, dict) else None
     if not isinstance(section, dict):
         raise SlurmError(f"--slurm-config {path}: expected a `slurm:` section of options")

@@ -5,7 +5,7 @@ A study lives in YAML (``sweeps/studies/<name>.yaml`` for the built-ins, or any 
     name: loss_weights
     direction: maximize            # maximize | minimize (the objective is val mIoU)
     sampler: tpe                   # tpe | random | grid (default: grid if every param is grid)
-    n_trials: 12                   # default for --n-trials (grid studies: the grid size)
+    n_trials: 12                   # default for --n-trials (grid: its size); 1 to 10000
     pruner: asha                   # default for --pruner (median | asha | hyperband | none)
     preset: demo                   # default for --preset
     params:
@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cmcr.configs import Config, apply_overrides, validate_config
+from cmcr.configs.yaml_io import read_yaml_file
 from cmcr.errors import CMCRError, StudyError
 from cmcr.guard import check_name
 
@@ -44,6 +43,10 @@ PARAM_TYPES = ("float", "int", "categorical", "grid")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "asha", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
+# a study's trials (its n_trials, its grid's size, --n-trials): far above any real study, so a
+# typo (--n-trials 100000000) is refused before a single trial is queued
+MAX_TRIALS = 10_000
+SAMPLER_SEED_MAX = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed
 _STUDY_KEYS = {
     *("name", "direction", "sampler", "n_trials", "preset", "params", "fixed", "seed"),
     "pruner",
@@ -192,11 +195,7 @@ def load_study(name_or_path: str) -> StudySpec:
 
 def parse_study_file(path: Path) -> StudySpec:
     """Read and check one study YAML; every error names the file and the key."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise StudyError(f"study file '{path}' is not valid YAML: {first}") from None
+    data = read_yaml_file(path, f"study file '{path}'", StudyError)
     if not isinstance(data, dict):
         raise StudyError(f"study file '{path}': expected a mapping at the top level")
     return parse_study(data, source=str(path))
@@ -231,8 +230,12 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise StudyError(f"{where}: 'fixed' must be a mapping of dotted keys to values")
-    n_trials = _opt_int(where, data, "n_trials", minimum=1)
-    seed = _opt_int(where, data, "seed", minimum=0)
+    cells = math.prod(len(p.choices) for p in params)
+    if all_grid and cells > MAX_TRIALS:
+        raise StudyError(f"{where}: 'params' is a grid of {cells} cells; expected at most "
+                         f"{MAX_TRIALS} (split the study)")  # fmt: skip
+    n_trials = _opt_int(where, data, "n_trials", 1, MAX_TRIALS)
+    seed = _opt_int(where, data, "seed", 0, SAMPLER_SEED_MAX)
     preset = data.get("preset")
     if preset is not None and not isinstance(preset, str):
         raise StudyError(f"{where}: 'preset' must be a preset name")
@@ -258,12 +261,12 @@ def check_pruner(pruner: str | None, what: str) -> None:
         raise StudyError(f"{what} must be one of {PRUNERS}, got {pruner!r}")
 
 
-def _opt_int(where: str, data: dict[str, Any], key: str, minimum: int) -> int | None:
+def _opt_int(where: str, data: dict[str, Any], key: str, low: int, high: int) -> int | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StudyError(f"{where}: '{key}' must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise StudyError(f"{where}: '{key}' must be an integer in [{low}, {high}], got {value!r}")
     return value
 
 
