@@ -132,6 +132,8 @@ def open_storage(
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         raise _open_error(url, db, exc) from None
+    except optuna.exceptions.StorageInternalError as exc:  # its first query, wrapped by Optuna
+        raise _open_error(url, db, exc.__cause__ or exc) from None
     if db is not None and not read_only:
         _immediate_transactions(storage.engine)
     return storage
