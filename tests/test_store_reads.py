@@ -226,3 +226,41 @@ def test_a_database_refusing_the_user_says_refused() -> None:
         pytest.skip("PostgreSQL on 127.0.0.1:5432 unreachable")
     assert "refused the connection" in line and "unreachable" not in line, line
     assert ":pw@" not in line
+
+
+READ_ON_RO_MOUNT = """
+from cmcr.results.collect import load_optuna_study
+print(len(load_optuna_study("s", "sqlite:///runs/optuna.db").trials))
+"""
+
+
+def test_the_report_reads_a_study_on_a_read_only_mount(tmp_path: Path) -> None:
+    """A study database on a read-only mount (no ``-shm`` beside it, none can be made): the
+    report reads it (SQLite ``mode=ro``, ``immutable``) instead of "unable to open"; checked in
+    a private mount namespace, skipped where this machine gives none (not root)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import optuna
+
+    from cmcr.tracking.optuna_store import open_storage
+
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode
+    ):
+        pytest.skip("no private mount namespace here (unshare -m)")
+    runs = tmp_path / "runs"
+    storage = open_storage(f"sqlite:///{runs / 'optuna.db'}")
+    optuna.create_study(study_name="s", storage=storage).enqueue_trial({})
+    storage.engine.dispose()
+    before = (runs / "optuna.db").read_bytes()
+    root = Path(__file__).resolve().parents[1]
+    script = (f"mount --bind runs runs && mount -o remount,ro,bind runs && "
+              f"{sys.executable} -c '{READ_ON_RO_MOUNT}'")  # fmt: skip
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(root)},
+                         timeout=60, check=False)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
+    assert (runs / "optuna.db").read_bytes() == before

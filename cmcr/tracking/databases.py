@@ -11,6 +11,7 @@ schema into it, or fail with a page of traceback).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +32,16 @@ def driver_url(url: str) -> str:
 
 
 def _ro_target(db: Path) -> str:
-    """SQLite's URI filename opening ``db`` read-only (``?``, ``#``, ``%`` in the path quoted)."""
-    return f"file:{quote(str(db.resolve()))}?mode=ro"
+    """SQLite's URI filename opening ``db`` read-only (``?``, ``#``, ``%`` in the path quoted).
+
+    A database in WAL mode needs its ``-shm`` file, which SQLite creates beside it; where it
+    cannot (a read-only mount or folder) and none is there, the file is opened ``immutable``:
+    no lock and no WAL, right for media nobody here can write (else "unable to open")."""
+    target = f"file:{quote(str(db.resolve()))}?mode=ro"
+    shm = db.with_name(db.name + "-shm")
+    if not shm.exists() and not os.access(db.resolve().parent, os.W_OK):
+        target += "&immutable=1"
+    return target
 
 
 def read_only_connect(db: Path, timeout_s: float) -> Callable[[], sqlite3.Connection]:

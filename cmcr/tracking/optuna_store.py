@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,11 @@ def _engine_kwargs(url: str, db: Path | None, read_only: bool) -> dict[str, Any]
     return kwargs
 
 
+def _writable(db: Path) -> bool:
+    """SQLite writes the file and its journal beside it: both must be writable."""
+    return os.access(db, os.W_OK) and os.access(db.resolve().parent, os.W_OK)
+
+
 def _open_error(url: str, db: Path | None, exc: Exception) -> StorageError:
     """The one line for a storage SQLAlchemy could not open: refused (credentials), unreachable
     (a server that does not answer, an SQLite file that cannot be opened) or unusable."""
@@ -168,6 +174,8 @@ def _open_error(url: str, db: Path | None, exc: Exception) -> StorageError:
     first = detail[0] if detail else type(exc).__name__
     if any(r in first.lower() for r in _REFUSALS):
         what = "refused the connection (check the user name and password)"
+    elif db is not None and db.is_file() and not _writable(db):
+        what = "cannot be written here (a read-only file, folder or mount)"
     elif isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)):
         what = "is unreachable" if db is not None else f"is unreachable after {REACH_WAIT_S} s"
     else:
