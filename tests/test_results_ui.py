@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -57,7 +58,7 @@ def test_server_gets_the_store_in_its_environment_not_argv() -> None:
 def test_non_loopback_host_warns(capsys, tmp_path: Path) -> None:
     """Binding beyond loopback prints a warning; loopback does not."""
     db = tmp_path / "m.db"
-    db.touch()
+    sqlite3.connect(db).execute("CREATE TABLE experiments (id INTEGER)").connection.close()
     args = _args(tracking_uri=f"sqlite:///{db}", host="0.0.0.0")
     args.print_command = True
     ui.run(args)

@@ -37,10 +37,27 @@ def check_tracking_reachable(uri: str, wait_s: int = REACH_WAIT_S) -> None:
     try:
         with _bounded_http(wait_s):
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except (MlflowException, OSError) as exc:
-        raise TrackingError(
-            redact(f"MLflow tracking server {uri} unreachable after {wait_s} s ({_first(exc)})")
-        ) from None
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        if status in _REFUSED:  # it answered: up, but these credentials are turned away
+            raise TrackingError(redact(
+                f"MLflow tracking server {uri} refused the request (HTTP {status} "
+                f"{_REFUSED[status]}): check the credentials ({_CREDENTIALS}) ({_first(exc)})"
+            )) from None  # fmt: skip
+        raise _unreachable(uri, wait_s, exc) from None
+    except OSError as exc:
+        raise _unreachable(uri, wait_s, exc) from None
+
+
+_REFUSED = {401: "Unauthorized", 403: "Forbidden"}
+# MLflow's public settings for a server's HTTP authentication
+_CREDENTIALS = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
+
+
+def _unreachable(uri: str, wait_s: int, exc: BaseException) -> TrackingError:
+    return TrackingError(
+        redact(f"MLflow tracking server {uri} unreachable after {wait_s} s ({_first(exc)})")
+    )
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ from cmcr.configs import Config, config_from_flat
 from cmcr.errors import ConfigError, TrackingError
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
 from cmcr.registry import DATASETS
+from cmcr.tracking.databases import driver_url
 from cmcr.tracking.optuna_store import open_storage  # bounded connect wait, the driver
-from cmcr.tracking.store import search_value
+from cmcr.tracking.store import check_readable, make_client, search_value
 from cmcr.uris import redact, sqlite_path, tracking_uri
 
 # DEFAULT_STORAGE, redact and sqlite_path are imported from here by results/report.py and ui.py
@@ -95,19 +96,17 @@ def collect(sel: Selection) -> RunTable:
     """Fetch the selected runs (one search_runs call) into a RunTable; ReportError if none."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(sel.tracking_uri)  # resolved only: a report never creates a store
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():  # never create an empty store as a side effect
-        raise ReportError(f"tracking store '{db}' does not exist (set --tracking-uri)")
-    client = MlflowClient(uri)
+    # resolved only, and refused in one line when missing, empty or not MLflow's: a report
+    # never creates a store, nor lets MLflow build its schema into a file that is not one
+    uri = check_readable(tracking_uri(sel.tracking_uri))
+    client = make_client(uri)
     exps = _experiments(client, sel, uri)
     exp = exps[0]
     filters = [f for f in (sel.filter_string.strip(),) if f]
     if sel.study:
         filters.append(_study_filter(sel.study))
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(driver_url(uri))  # psycopg2 for a plain postgresql:// store
     try:
         raw = mlflow.search_runs(
             experiment_ids=[e.experiment_id for e in exps],
@@ -168,9 +167,7 @@ def _nothing_matched(sel: Selection, uri: str, study: Any, exp_ids: list[str]) -
 
 
 def _study_has_runs(uri: str, exp_ids: list[str], study: str) -> bool:
-    from mlflow.tracking import MlflowClient
-
-    found = MlflowClient(uri).search_runs(exp_ids, _study_filter(study), max_results=1)
+    found = make_client(uri).search_runs(exp_ids, _study_filter(study), max_results=1)
     return len(found) > 0
 
 
@@ -184,7 +181,7 @@ def load_optuna_study(name: str, storage: str | None) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+        return optuna.load_study(study_name=name, storage=open_storage(url, read_only=True))
     except KeyError:
         return None
     except Exception as exc:  # a bad URL must not hide the MLflow side; say it on the page
@@ -325,9 +322,7 @@ def _merge_optuna(rt: RunTable) -> None:
 
 def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     """Long table (run_id, key, step, value) for a few runs only: one request per run and key."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = make_client(tracking_uri)
     rows = [
         (run_id, key, m.step, m.value)
         for run_id in run_ids

@@ -166,9 +166,7 @@ def _log_artifacts(rt: RunTable, out: Path) -> str | None:
     """Log the report on the study's parent run (artifact path ``report``)."""
     if rt.parent_run_id is None:
         return None
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(rt.tracking_uri).log_artifacts(rt.parent_run_id, str(out), artifact_path="report")
+    client_for(rt.tracking_uri).log_artifacts(rt.parent_run_id, str(out), artifact_path="report")
     return rt.parent_run_id
 
 

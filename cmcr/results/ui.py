@@ -18,7 +18,9 @@ from pathlib import Path
 
 from cmcr.errors import TrackingError
 from cmcr.names import BACKEND_STORE_ENV, DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TRACKING_URI_ENV
-from cmcr.uris import redact, sqlite_path, tracking_uri
+from cmcr.tracking.databases import driver_url
+from cmcr.tracking.store import check_readable
+from cmcr.uris import redact, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,12 +62,9 @@ def server_env(uri: str) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Start ``mlflow server`` in the foreground; Ctrl-C or SIGTERM stops it and its workers."""
-    uri = tracking_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(
-            f"tracking store '{db}' does not exist yet: run a sweep or pretrain first"
-        )
+    # a missing, empty or foreign SQLite file is one line here, not a server that builds
+    # MLflow's schema into it or dies with a traceback
+    uri = check_readable(tracking_uri(args.tracking_uri))
     if not 0 < args.port < 65536:
         raise TrackingError(f"--port: expected 1..65535, got {args.port}")
     if not is_loopback(args.host):
@@ -82,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"MLflow UI: http://{host}:{args.port}  (store {redact(uri)}; Ctrl-C stops)", flush=True)
     # Own process group: stopping it ends mlflow's uvicorn workers too, and only them.
-    proc = subprocess.Popen(cmd, start_new_session=True, env=server_env(uri))
+    # a plain postgresql:// store with the installed driver (MLflow's default is psycopg 3)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=server_env(driver_url(uri)))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return proc.wait()

@@ -32,12 +32,14 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cmcr.errors import CMCRError
 from cmcr.names import DEFAULT_STORAGE, REACH_WAIT_S
+from cmcr.tracking.databases import driver_url, read_only_connect, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path
 
 SQLITE_TIMEOUT_S = 60
@@ -85,30 +87,23 @@ def check_url(url: str) -> None:
         raise StorageError(f"--storage '{redact(url)}': in-memory SQLite cannot be shared")
 
 
-def driver_url(url: str) -> str:
-    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
-    while the project depends on psycopg2; an explicit ``+driver`` is kept as given."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return "postgresql+psycopg2://" + url[len("postgresql://") :]
-    return url
-
-
 def open_storage(
     url: str,
     *,
     heartbeat_s: int | None = None,
     create: bool = True,
+    read_only: bool = False,
 ) -> Any:
     """An ``RDBStorage`` on ``url``; unreachable or unusable storage raises StorageError.
 
-    ``create=False`` refuses to create a missing SQLite file (for ``--status``). Trials whose
+    ``create=False``: the store must already be an Optuna database; a missing, empty or foreign
+    SQLite file is refused in one line before it is opened, and no table is created (``--add-
+    seeds``, ``--cancel``). ``read_only``: that, and SQLite is opened read-only, so a read
+    (``--status``, the report) changes nothing, not even the journal mode. Trials whose
     heartbeat goes stale are failed and retried by cmcr.sweep.recovery, not by a callback.
     """
     check_url(url)
+    create = create and not read_only
     journal = journal_path(url)
     if journal is not None:
         return open_journal(journal, create=create)
@@ -116,43 +111,76 @@ def open_storage(
     import sqlalchemy.exc
 
     db = sqlite_path(url)
-    kwargs: dict[str, Any] = {}
-    if db is not None:
-        if not create and not db.is_file():
+    if db is not None and not create:
+        if not db.is_file():
             raise StorageError(f"--storage '{redact(url)}': no such database file")
-        db.parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-    else:
-        kwargs["pool_pre_ping"] = True
-        if url.startswith("postgresql"):
-            kwargs["connect_args"] = {"connect_timeout": REACH_WAIT_S}
-    hb = {}
-    if heartbeat_s:
-        hb = {
-            "heartbeat_interval": heartbeat_s,
-            "grace_period": 3 * heartbeat_s,
-        }
+        problem = sqlite_problem(db, "an Optuna study database", _OPTUNA_TABLE)
+        if problem:
+            raise StorageError(redact(f"--storage '{url}': {problem}"))
+    kwargs = _engine_kwargs(url, db, read_only)
+    hb = {"heartbeat_interval": heartbeat_s, "grace_period": 3 * heartbeat_s} if heartbeat_s else {}
     try:
-        if db is not None and not db.is_file():
+        if db is not None and create and not db.is_file():
             create_sqlite_atomically(db, _build_optuna_schema)
-        with quiet_experimental(), _schema_lock(url, kwargs):
-            storage = optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs, **hb)
+        lock = _schema_lock(url, kwargs) if create else contextlib.nullcontext()
+        with quiet_experimental(), lock:
+            storage = optuna.storages.RDBStorage(
+                driver_url(url), engine_kwargs=kwargs, skip_table_creation=not create, **hb
+            )
     except ImportError as exc:
         raise StorageError(
             redact(f"--storage '{url}': its database driver is not installed ({exc})")
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        what = (
-            ("is unreachable" if db is not None else f"is unreachable after {REACH_WAIT_S} s")
-            if isinstance(exc, (sqlalchemy.exc.OperationalError, OSError))
-            else "cannot be used"
-        )
-        first = detail[0] if detail else type(exc).__name__
-        raise StorageError(redact(f"--storage '{url}' {what}: {first}")) from None
-    if db is not None:
+        raise _open_error(url, db, exc) from None
+    except optuna.exceptions.StorageInternalError as exc:  # its first query, wrapped by Optuna
+        raise _open_error(url, db, exc.__cause__ or exc) from None
+    if db is not None and not read_only:
         _immediate_transactions(storage.engine)
     return storage
+
+
+_OPTUNA_TABLE = "studies"  # Optuna's table of studies: an SQLite file without it is not Optuna's
+# what a database server says when it is up but turns these credentials away (libpq, MySQL)
+_REFUSALS = ("authentication failed", "no password supplied", "access denied",
+             "permission denied", "not authorized", "pg_hba.conf", "role \"")  # fmt: skip
+
+
+def _engine_kwargs(url: str, db: Path | None, read_only: bool) -> dict[str, Any]:
+    """SQLAlchemy's engine arguments: SQLite's busy timeout (its read-only connection when
+    ``read_only``), else a bounded connect wait and a liveness check for a server."""
+    if db is not None:
+        if read_only:
+            return {"creator": read_only_connect(db, SQLITE_TIMEOUT_S)}
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": REACH_WAIT_S}
+    return kwargs
+
+
+def _writable(db: Path) -> bool:
+    """SQLite writes the file and its journal beside it: both must be writable."""
+    return os.access(db, os.W_OK) and os.access(db.resolve().parent, os.W_OK)
+
+
+def _open_error(url: str, db: Path | None, exc: Exception) -> StorageError:
+    """The one line for a storage SQLAlchemy could not open: refused (credentials), unreachable
+    (a server that does not answer, an SQLite file that cannot be opened) or unusable."""
+    import sqlalchemy.exc
+
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = detail[0] if detail else type(exc).__name__
+    if any(r in first.lower() for r in _REFUSALS):
+        what = "refused the connection (check the user name and password)"
+    elif db is not None and db.is_file() and not _writable(db):
+        what = "cannot be written here (a read-only file, folder or mount)"
+    elif isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)):
+        what = "is unreachable" if db is not None else f"is unreachable after {REACH_WAIT_S} s"
+    else:
+        what = "cannot be used"
+    return StorageError(redact(f"--storage '{url}' {what}: {first}"))
 
 
 def open_journal(path: Path, *, create: bool = True) -> Any:
@@ -163,8 +191,9 @@ def open_journal(path: Path, *, create: bool = True) -> Any:
     if not create and not path.is_file():
         raise StorageError(f"--storage '{path}': no such journal file")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
+        if create:  # a read leaves the file alone (touch would change its time)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except OSError as exc:
         raise StorageError(f"--storage '{path}' is unusable: {exc.strerror or exc}") from None

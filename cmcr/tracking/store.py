@@ -23,6 +23,7 @@ import yaml
 from cmcr.configs import Config
 from cmcr.errors import TrackingError
 from cmcr.names import DEFAULT_ARTIFACTS, EXPERIMENT_KIND_TRAINING, ExpTag
+from cmcr.tracking.databases import driver_url, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
 
 # MLflow prints "View run <name> at: <tracking URI>/..." when a run on a server ends: the URI
@@ -38,12 +39,35 @@ def resolve_tracking_uri(cfg: Config) -> str:
 
     A missing embedded store is created here, atomically: a kill during MLflow's schema
     migrations must not leave half a schema ("table logged_models already exists" next time).
+    An existing file that is empty or not SQLite is refused (TrackingError), never written.
     Only resolving, never creating: ``cmcr.uris.tracking_uri``.
     """
     uri = tracking_uri(cfg.tracking.tracking_uri)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         create_sqlite_atomically(db, functools.partial(_build_mlflow_schema, artifacts=uri))
+    elif db is not None and (problem := sqlite_problem(db, _MLFLOW_DB, None)):
+        raise TrackingError(f"tracking store {problem}")
+    return uri
+
+
+_MLFLOW_DB = "an MLflow tracking database"
+_MLFLOW_TABLE = "experiments"  # MLflow's table of experiments: a store without it is not MLflow's
+
+
+def check_readable(uri: str) -> str:
+    """``uri`` when a read can open it: an embedded SQLite store must exist and be MLflow's
+    (TrackingError in one line naming the file otherwise, before MLflow opens it and builds its
+    schema into it or fails with a traceback). Other stores are MLflow's to open."""
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    if not db.is_file() and not db.is_dir():
+        raise TrackingError(f"tracking store '{db}' does not exist (run a sweep or pretrain "
+                            "first, or set --tracking-uri)")  # fmt: skip
+    problem = sqlite_problem(db, _MLFLOW_DB, _MLFLOW_TABLE)
+    if problem:
+        raise TrackingError(f"tracking store {problem}")
     return uri
 
 
@@ -63,14 +87,17 @@ def artifact_location(uri: str) -> str | None:
 
 
 def make_client(uri: str) -> Any:
-    """An ``MlflowClient`` bound to ``uri`` (imported lazily: mlflow is slow to import)."""
+    """An ``MlflowClient`` bound to ``uri`` (imported lazily: mlflow is slow to import).
+
+    A plain ``postgresql://`` store goes to MLflow with the installed driver (``driver_url``);
+    ``uri`` itself, as the user wrote it, is what params and tags record (redacted)."""
     from mlflow.tracking import MlflowClient  # lazy: mlflow takes seconds to import
 
     if redact(uri) != uri:  # the URL MLflow would print carries a secret: never print it
         os.environ[_QUIET_URL_ENV] = "true"
     else:
         os.environ.setdefault(_QUIET_URL_ENV, "true")
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=driver_url(uri))
 
 
 @functools.lru_cache(maxsize=8)
