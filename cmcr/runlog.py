@@ -9,6 +9,9 @@ run carries as the MLflow artifact ``logs/run.log``; the terminal keeps the plat
 ``console_filter`` is what the terminal's handler lets through; ``capture(path)`` routes the
 libraries' loggers (several of which have handlers of their own and do not propagate: torch,
 mlflow) and Python warnings to the file while a run is open, and restores them after.
+
+The run folder is ours (``cmcr.guard``): ``run.log`` is opened with ``O_NOFOLLOW`` and must be
+a plain file with no other hard link, and it is uploaded only while no link leads to it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cmcr.guard import RunFolderError, no_links, open_nofollow
 from cmcr.uris import RedactingFilter
 
 # loggers whose INFO/WARNING lines are chatter for a researcher watching a run
@@ -98,7 +102,8 @@ def capture(path: Path | str) -> Iterator[Path]:
     block runs; the terminal's handlers do not see the libraries' chatter meanwhile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    stream = open_nofollow(path, "a")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.setLevel(logging.INFO)
     handler.addFilter(RedactingFilter())  # an artifact: no credentials, whoever logged them
@@ -122,6 +127,7 @@ def capture(path: Path | str) -> Iterator[Path]:
             lg.handlers, lg.propagate = handlers, propagate
             lg.setLevel(level)
         handler.close()
+        stream.close()
 
 
 @contextlib.contextmanager
@@ -129,17 +135,31 @@ def attached(logger: Any, directory: Path | str) -> Iterator[Path | None]:
     """``capture`` into ``directory/run.log`` while the block runs, then upload it as the run's
     ``logs/run.log`` artifact (a resumed run appends and re-uploads); main process only.
 
-    Enter it inside the run's ``with logger:`` so the upload happens before the run ends."""
+    Enter it inside the run's ``with logger:`` so the upload happens before the run ends.
+    A link at or inside the run folder is a RunFolderError before anything is written."""
     if not logger.is_main:
         yield None
         return
-    path = Path(directory) / LOG_FILE
+    path = no_links(directory, Path(directory) / LOG_FILE)
+    opened = False
     try:
         with capture(path):
+            opened = True
             yield path
     finally:
-        with contextlib.suppress(Exception):  # the log is a convenience: never fail a run for it
-            logger.log_artifact(path, ARTIFACT_DIR)
+        if opened:
+            _upload(logger, Path(directory), path)
+
+
+def _upload(logger: Any, directory: Path, path: Path) -> None:
+    """Upload the run's log unless a link now leads to it (planted while the run ran)."""
+    try:
+        no_links(directory, path)
+    except RunFolderError as exc:
+        logging.getLogger("cmcr").warning(f"cmcr: run log not uploaded: {exc}")
+        return
+    with contextlib.suppress(Exception):  # the log is a convenience: never fail a run for it
+        logger.log_artifact(path, ARTIFACT_DIR)
 
 
 def _chatter_loggers() -> list[logging.Logger]:

@@ -10,6 +10,11 @@ are read with ``weights_only=True``; our counters and RNG states are JSON. Accel
 its RNG states as ``random_states_<rank>.pkl``; we delete that file right after the save and
 keep our own JSON copy, so a checkpoint folder never holds a ``.pkl``, and one that does (a
 planted ``custom_checkpoint_0.pkl``) is refused before anything is loaded.
+
+The run folder is ours (``cmcr.guard``, issue 28): before a save, a clean-up or a resume the
+whole folder is checked for symbolic links (``check_run_folder``; Accelerate's rotation deletes
+whatever ``checkpoints/`` lists), every path written, deleted or uploaded is checked again
+(``no_links``) and our files are opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 
 from cmcr.configs import Config
 from cmcr.errors import CheckpointError, TrackingError
+from cmcr.guard import RunFolderError, check_run_folder, no_links, open_nofollow, shown
 from cmcr.names import Tag
 from cmcr.tracking.store import make_client, resolve_tracking_uri
 from cmcr.uris import redact
@@ -74,6 +80,14 @@ def run_dir(cfg: Config, run_id: str) -> Path:
     return Path(cfg.tracking.output_dir) / run_id
 
 
+def own_run_dir(cfg: Config, run_id: str) -> Path:
+    """``run_dir``, checked before a resume touches the run: ``run_id`` is one folder name and
+    neither the folder nor anything in it is a symbolic link (RunFolderError)."""
+    if not run_id or run_id in (".", "..") or Path(run_id).name != run_id:
+        raise RunFolderError(f"run id {shown(run_id)}: expected one folder name (an MLflow run id)")
+    return check_run_folder(run_dir(cfg, run_id))
+
+
 def checkpoint_dir(cfg: Config, run_id: str) -> Path:
     """Where Accelerate's automatic naming writes ``checkpoint_<i>`` folders."""
     return run_dir(cfg, run_id) / "checkpoints"
@@ -116,22 +130,24 @@ def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
     finished, so a run killed in the middle of a save leaves a folder without the marker,
     which ``drop_partial_checkpoints`` recognises.
     """
+    project = check_run_folder(accelerator.project_dir)  # save_state's rotation deletes
     state.saves += 1  # counted before saving so the saved counter names the next index
-    where = Path(accelerator.save_state())
+    where = no_links(project, accelerator.save_state())
     rank = accelerator.process_index
     (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
     _write_json(where / f"rng_state_{rank}.json", _rng_state())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(where / STATE_FILE, asdict(state))
-        (where / COMPLETE_MARKER).touch()
+        open_nofollow(where / COMPLETE_MARKER).close()
     return where
 
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    with open_nofollow(tmp) as fh:
+        fh.write(json.dumps(data))
+    tmp.replace(path)  # replaces a link at ``path`` itself, never what it points to
 
 
 def _rng_state() -> dict[str, Any]:
@@ -165,14 +181,15 @@ def _set_rng_state(path: Path) -> None:
 # ---- resume ---------------------------------------------------------------------------------
 def drop_partial_checkpoints(accelerator: Any) -> list[Path]:
     """Delete checkpoint folders without the ``COMPLETE`` marker (a kill during a save)."""
-    folder = Path(accelerator.project_dir) / "checkpoints"
+    project = check_run_folder(accelerator.project_dir)  # on every rank, before the barrier
+    folder = project / "checkpoints"
     partial = []
     if folder.is_dir():
         partial = [p for p in folder.glob("checkpoint_*") if not (p / COMPLETE_MARKER).exists()]
     accelerator.wait_for_everyone()  # every rank listed before main deletes
     if accelerator.is_main_process:
         for p in partial:
-            shutil.rmtree(p)
+            shutil.rmtree(no_links(project, p))
     accelerator.wait_for_everyone()
     return partial
 
@@ -194,7 +211,8 @@ def load_latest(accelerator: Any, state: TrainState) -> Path:
     Folders newer than the one used are moved to ``<run>/rejected/`` (their index is reused
     by the next save). CheckpointError when none loads or any holds a pickle.
     """
-    folders = complete_checkpoints(Path(accelerator.project_dir) / "checkpoints")
+    project = check_run_folder(accelerator.project_dir)  # _reject moves and deletes in it
+    folders = complete_checkpoints(project / "checkpoints")
     refuse_pickles(folders)  # before anything is loaded
     errors = []
     for i, folder in enumerate(folders):
@@ -234,22 +252,26 @@ def _agree(accelerator: Any, ok: bool) -> bool:
 def _reject(accelerator: Any, bad: list[Path]) -> None:
     """Move unloadable newer checkpoints out of Accelerate's folder (kept for inspection)."""
     if bad and accelerator.is_main_process:
-        aside = Path(accelerator.project_dir) / "rejected"
+        project = Path(accelerator.project_dir)
+        aside = no_links(project, project / "rejected")
         aside.mkdir(exist_ok=True)
         for folder in bad:
-            shutil.rmtree(aside / folder.name, ignore_errors=True)
-            folder.rename(aside / folder.name)
+            dest = no_links(project, aside / folder.name)
+            shutil.rmtree(dest, ignore_errors=True)
+            no_links(project, folder).rename(dest)
             log.warning(f"cmcr: moved unloadable {folder.name} to {aside}")
     accelerator.wait_for_everyone()
 
 
 # ---- weights --------------------------------------------------------------------------------
-def save_backbone(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """Write a state dict atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_backbone(state: dict[str, torch.Tensor], path: Path, run: Path) -> Path:
+    """Write a state dict atomically (a killed run never leaves half a file) into the run
+    folder ``run``, never through a link (RunFolderError)."""
+    no_links(run, path).parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    tmp.replace(path)
+    with open_nofollow(tmp, "wb") as fh:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, fh)
+    tmp.replace(path)  # replaces a link at ``path`` itself, never what it points to
     return path
 
 
@@ -308,6 +330,7 @@ def _download_backbone(cfg: Config, run_id: str) -> Path:
             f"--pretrained '{run_id}': neither a file nor a run id in {redact(uri)}"
         ) from None
     dst = run_dir(cfg, run_id)
+    no_links(dst, dst / BACKBONE_FILE)  # the download writes there
     # MLflow draws progress bars on stderr; the CLI's error contract is one line there
     quiet = os.environ.get(_PROGRESS_ENV)
     os.environ[_PROGRESS_ENV] = "false"
@@ -386,10 +409,11 @@ def load_seg_backbone(model: Any, path: str | Path) -> None:
     _load_strict(model.backbone, state, path, "backbone")
 
 
-def save_seg_weights(model: Any, out: Path) -> None:
-    """``seg_backbone.pt`` (backbone.pt's layout, no heads) and ``seg_head.pt`` (the new layer)."""
-    save_backbone(model.backbone_state(), out / SEG_BACKBONE_FILE)
-    save_backbone(model.classifier.state_dict(), out / SEG_HEAD_FILE)
+def save_seg_weights(model: Any, out: Path, run: Path) -> None:
+    """``seg_backbone.pt`` (backbone.pt's layout, no heads) and ``seg_head.pt`` (the new layer)
+    in ``out``, inside the run folder ``run``."""
+    save_backbone(model.backbone_state(), out / SEG_BACKBONE_FILE, run)
+    save_backbone(model.classifier.state_dict(), out / SEG_HEAD_FILE, run)
 
 
 def run_dir_weights(cfg: Config, run_id: str) -> tuple[Path, Path]:

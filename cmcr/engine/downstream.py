@@ -36,7 +36,13 @@ from cmcr.configs import (
 )
 from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.datasets import DATASETS
-from cmcr.engine.checkpoint import build_seg_model, pretrained_variant, run_dir, save_seg_weights
+from cmcr.engine.checkpoint import (
+    build_seg_model,
+    own_run_dir,
+    pretrained_variant,
+    run_dir,
+    save_seg_weights,
+)
 from cmcr.engine.downstream_protocol import (
     Protocol,
     describe,
@@ -53,6 +59,7 @@ from cmcr.engine.evaluate import (
     to_device,
 )
 from cmcr.eval.metrics import SegMetrics
+from cmcr.guard import no_links, open_nofollow
 from cmcr.losses.lovasz import lovasz_softmax
 from cmcr.models.segmentation import SegModel
 from cmcr.names import Metric, Tag, dataset_key
@@ -285,6 +292,8 @@ def run_downstream(
     extra, parent_run_id = _source_tags(cfg, pretrained, source_run, parent_run_id, own=True)
     # every file the run reads, before the run exists (a trial's run_trial checked them already)
     check_downstream_data(cfg)
+    if run_id is not None:  # a resume: its folder holds no link (before the run is touched)
+        own_run_dir(cfg, run_id)
     device = _device()
     with (
         RunLogger.start(
@@ -359,7 +368,8 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
         batches = live_logits(model, loaders[1], device)
         export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), spec.space)
     # runs/<id>/ for the main benchmark, runs/<id>/<dataset>/ for another
-    save_outputs(model, cfg, run_dir(cfg, str(logger.run_id)) / spec.subfolder())
+    run = run_dir(cfg, str(logger.run_id))
+    save_outputs(model, cfg, run / spec.subfolder(), run)
     log_artifacts(logger, tr.metrics, dataset)
     seconds = dataset_key(dataset, Metric.DOWNSTREAM_SECONDS)
     logger.log_metrics({seconds: time.perf_counter() - t0}, step=tr.step)
@@ -367,8 +377,10 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
     return DownstreamResult(logger.run_id, m.miou, m.fwiou, dict(m.per_class))
 
 
-def save_outputs(model: SegModel, cfg: Config, out: Path) -> None:
-    """``seg_backbone.pt``, ``seg_head.pt`` (checkpoint module) and ``config.yaml``."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_seg_weights(model, out)
-    (out / "config.yaml").write_text(config_yaml(cfg))
+def save_outputs(model: SegModel, cfg: Config, out: Path, run: Path) -> None:
+    """``seg_backbone.pt``, ``seg_head.pt`` (checkpoint module) and ``config.yaml`` in ``out``,
+    inside the run folder ``run`` and never through a link (``cmcr.guard``)."""
+    no_links(run, out).mkdir(parents=True, exist_ok=True)
+    save_seg_weights(model, out, run)
+    with open_nofollow(no_links(run, out / "config.yaml")) as fh:
+        fh.write(config_yaml(cfg))

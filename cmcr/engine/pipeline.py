@@ -28,6 +28,7 @@ from cmcr.engine.checkpoint import (
     drop_partial_checkpoints,
     has_checkpoints,
     load_latest,
+    own_run_dir,
     run_dir,
     save_backbone,
 )
@@ -35,6 +36,7 @@ from cmcr.engine.downstream import run_downstream as _run_downstream
 from cmcr.engine.probe import RepresentationProbe
 from cmcr.engine.probe import enabled as probe_enabled
 from cmcr.errors import DataError
+from cmcr.guard import no_links
 from cmcr.models import CMCRModel
 from cmcr.names import Metric, Tag
 from cmcr.tracking.inputs import config_yaml, run_spec
@@ -104,7 +106,12 @@ def _broadcast(value: Any) -> Any:
 
 
 def _start_logger(cfg: Config, kind: str, run_id: str | None, **kw: Any) -> RunLogger:
-    """Create/resume the run on main; every process learns its id."""
+    """Create/resume the run on main; every process learns its id.
+
+    A resumed run's folder is checked first (``own_run_dir``: no symbolic link in it), so a
+    refused resume leaves the MLflow run and the file system as they were."""
+    if run_id is not None:
+        own_run_dir(cfg, run_id)
     is_main = _is_main()
     logger = RunLogger.start(run_spec(cfg, kind=kind, **kw), run_id=run_id) if is_main else None
     rid = _broadcast(logger.run_id if logger else None)
@@ -179,8 +186,9 @@ def _train(
 
 def _finish_weights(cfg: Config, logger: RunLogger, state: dict[str, torch.Tensor]) -> Path:
     """Save backbone.pt, log it, and mark pre-training done (main process only)."""
-    path = save_backbone(state, run_dir(cfg, logger.run_id) / BACKBONE_FILE)
-    logger.log_artifact(path)
+    run = run_dir(cfg, logger.run_id)
+    path = save_backbone(state, run / BACKBONE_FILE, run)
+    logger.log_artifact(no_links(run, path))
     logger.set_tags({Tag.PRETRAIN_DONE: "true"})
     return path
 
