@@ -91,8 +91,10 @@ def test_text_without_secrets_is_unchanged(text: str) -> None:
         ("http://u:pw@h:1/", "http://***@h:1/"),
         # the '@' itself encoded, a URL encoded inside another, a fragment's token
         ("postgresql://u%3Apw%40h/db", "postgresql://***%40h/db"),
-        ("http://h/cb?next=postgresql%3A%2F%2Fu%3Apw%40h%2Fdb&x=1",
-         "http://h/cb?next=postgresql%3A%2F%2Fu%3A***%40h%2Fdb&x=1"),  # fmt: skip
+        (
+            "http://h/cb?next=postgresql%3A%2F%2Fu%3Apw%40h%2Fdb&x=1",
+            "http://h/cb?next=postgresql%3A%2F%2Fu%3A***%40h%2Fdb&x=1",
+        ),
         ("http://h/#access_token=abc&x=1", "http://h/#access_token=***&x=1"),
         ("http://h/?Client-Secret=abc&sig=d", "http://h/?Client-Secret=***&sig=***"),
         # outside a URL: libpq's key=value form
