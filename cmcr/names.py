@@ -18,8 +18,11 @@ DEFAULT_ARTIFACTS = f"{OUTPUT_DIR}/mlartifacts"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 # credentials travel to child processes in the environment (private to the user), never on
 # the command line (``ps`` shows every process's argv to every local user)
-STORAGE_ENV = "CMCR_SWEEP_STORAGE"  # a spawned sweep worker's Optuna storage URL
-SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # its --tracking-uri (only when one was given)
+# the sweep's Optuna storage URL: --storage's default, and how a spawned worker receives it
+STORAGE_ENV = "CMCR_SWEEP_STORAGE"
+SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # a worker's --tracking-uri (when one was given)
+# a worker's --set overrides (a JSON list) when one of them holds a secret or a tracking URI
+SWEEP_SETS_ENV = "CMCR_SWEEP_SETS"
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by ``mlflow server`` (``cmcr ui``)
 # where *this machine* keeps the data: ``cmcr.configs.load_config`` reads these (only there)
 # into the config key each names; they beat presets, not --set

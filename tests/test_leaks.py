@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_redact import FORMS
 from test_topology import stop_group
 
 from cmcr.sweep import options as sweep_options
@@ -35,6 +36,7 @@ PG_USERINFO = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/test"
 PG_QUERY = f"postgresql://postgres@127.0.0.1:5432/test?password={SECRET2}"
 FAST = ["train.max_steps=2", "downstream.probe_epochs=1", "tracking.system_metrics=false"]
 SERVER_START_S = 90
+FIVE = {form: f"{form.split('-')[0].upper()}x28" for form in FORMS}  # a secret per form
 
 
 # ---- units: argv / env of spawned workers, logging, tracebacks ------------------------------
@@ -67,7 +69,8 @@ def test_a_worker_reads_the_urls_back_from_its_env(monkeypatch) -> None:
     sweep_options.add_arguments(parser)
     back = sweep_options.sweep_options(parser.parse_args(sweep_options.worker_args(opts)))
     assert back.storage == opts.storage and back.tracking_uri == opts.tracking_uri
-    assert back.overrides == ["train.max_steps=2"] and back.study == "mask_ratio"
+    # the --set holding a URI left the argv; the environment brings every override back
+    assert back.overrides == opts.overrides and back.study == "mask_ratio"
 
 
 def test_set_tracking_uri_moves_to_the_env_when_no_flag_names_one() -> None:
@@ -187,11 +190,11 @@ def _env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def _grep_tree(folder: Path, secrets: tuple[str, ...]) -> list[str]:
-    """Files under ``folder`` whose bytes contain a secret."""
+def _grep_tree(folder: Path, secrets: tuple[str, ...], skip: str = "") -> list[str]:
+    """Files under ``folder`` (but its subfolder ``skip``) whose bytes contain a secret."""
     hits = []
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not (skip and path.is_relative_to(folder / skip)):
             data = path.read_bytes()
             hits += [f"{path}: {s}" for s in secrets if s.encode() in data]
     return hits
@@ -254,36 +257,66 @@ def _run_sampling_ps(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[st
     return stdout, stderr, samples
 
 
+def _five_forms(server: str, folder: Path) -> tuple[list[str], dict[str, str], str, str]:
+    """Issue 28: the five URL forms that got past the regex redaction, planted in one sweep
+    through every channel a URL comes in. Returns (argv, env, storage, the URI it logs to).
+
+    The storage (a password with '/') comes from $CMCR_SWEEP_STORAGE, no --storage; the
+    tracking URI the runs use is the token-as-user one, given as a ``tracking={...}`` mapping
+    (workers must receive it through their environment); an empty-user URI comes earlier with a
+    key spelled with spaces; the study file's ``fixed:`` holds a secret query parameter and a
+    percent-encoded one (stored in ``cmcr.definition``). Every one is looked for everywhere.
+    """
+    host = server.split("://", 1)[1]
+    storage = f"postgresql://postgres:{FIVE['slash-password']}/x@127.0.0.1:5432/test"
+    tracking = f"http://{FIVE['token-as-user']}@{host}"
+    fixed = f"http://{host}/?auth_token={FIVE['query-param']}&pass%77ord={FIVE['percent-encoded']}"
+    study = folder / "five.yaml"
+    study.write_text((ROOT / "sweeps" / "studies" / "mask_ratio.yaml").read_text()
+                     + f"fixed:\n  tracking.tracking_uri: '{fixed}'\n")  # fmt: skip
+    argv = ["--study", str(study), "--set", f" tracking.tracking_uri =http://:{FIVE['empty-user']}@{host}",
+            "--set", f"tracking={{tracking_uri: '{tracking}', system_metrics: false}}"]  # fmt: skip
+    return argv, {"CMCR_SWEEP_STORAGE": storage}, storage, tracking
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
-    ("storage", "secret", "workers", "n_trials"),
-    [(PG_USERINFO, SECRET, 2, 2), (PG_QUERY, SECRET2, 1, 1)],
-    ids=["userinfo-workers2", "query-password"],
+    ("case", "workers", "n_trials"),
+    [("five-forms", 2, 2), ("query-password", 1, 1)],
+    ids=["five-forms-workers2", "query-password"],
 )
 def test_a_sweep_leaks_no_password(
-    tmp_path, smoke_world, mlflow_server, storage, secret, workers, n_trials
+    tmp_path, smoke_world, mlflow_server, case, workers, n_trials
 ) -> None:
     name = f"leaks-{uuid.uuid4().hex[:8]}"
-    tracking = _with_userinfo(mlflow_server, secret)
     sets = [f"data.dataroot={smoke_world}", f"tracking.output_dir={tmp_path / 'runs'}", *FAST]
-    cmd = [sys.executable, RUN, "--study", "mask_ratio", "--name", name, "--preset", "smoke",
-           "--n-trials", str(n_trials), "--workers", str(workers), "--storage", storage,
-           "--pruner", "none", "--tracking-uri", tracking]  # fmt: skip
+    cmd = [sys.executable, RUN, "--name", name, "--preset", "smoke", "--n-trials",
+           str(n_trials), "--workers", str(workers), "--pruner", "none"]  # fmt: skip
     for item in sets:
         cmd += ["--set", item]
-    stdout, stderr, samples = _run_sampling_ps(cmd, _env(tracking), tmp_path)
-    secrets = (secret,)
-    assert secret not in stdout + stderr, (stdout + stderr)[-3000:]
+    if case == "five-forms":
+        (tmp_path / "in").mkdir()  # the study file holds a secret by design: not searched
+        argv, extra, storage, tracking = _five_forms(mlflow_server, tmp_path / "in")
+        secrets = tuple(FIVE.values())
+    else:  # a percent-encoded parameter name: SQLAlchemy decodes it to 'password'
+        storage, secret = f"{PG_QUERY.split('?')[0]}?pass%77ord={SECRET2}", SECRET2
+        tracking, extra, secrets = _with_userinfo(mlflow_server, secret), {}, (secret,)
+        argv = ["--study", "mask_ratio", "--storage", storage, "--tracking-uri", tracking]
+    stdout, stderr, samples = _run_sampling_ps(cmd + argv, {**_env(tracking), **extra}, tmp_path)
+    leaked = [s for s in secrets if s in stdout + stderr]
+    assert not leaked, (leaked, (stdout + stderr)[-3000:])
     assert "***" in stdout  # the study line names the storage, redacted
     children = [s for s in samples if "cmcr.sweep" in s or "--worker" in s]
     if workers > 1:
         assert children, "no worker process was sampled"
-    assert not [s for s in samples if secret in s], [s for s in samples if secret in s][:3]
+    in_ps = [s for s in samples if any(x in s for x in secrets)]
+    assert not in_ps, in_ps[:3]
     hits, n_trials_stored = _optuna_leaks(storage, name, secrets)
     assert n_trials_stored == n_trials and not hits, hits
     mlflow_hits, n_runs = _mlflow_leaks(mlflow_server, tmp_path, secrets)
     assert n_runs >= n_trials + 1 and not mlflow_hits, mlflow_hits
-    assert not _grep_tree(tmp_path / "runs", secrets)  # checkpoints, configs, worker logs
+    # checkpoints, configs, worker logs, the report (HTML, CSV), the downloaded artifacts
+    assert (tmp_path / "reports").is_dir() and not _grep_tree(tmp_path, secrets, skip="in")
 
 
 @pytest.mark.postgres
@@ -303,7 +336,7 @@ def test_cmcr_pretrain_leaks_no_password(tmp_path, smoke_world, mlflow_server) -
 
     run = MlflowClient(mlflow_server).get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["tracking.tracking_uri"] == _with_userinfo(mlflow_server, "***")
+    assert run.data.params["tracking.tracking_uri"] == mlflow_server.replace("//", "//***@")
     hits, n_runs = _mlflow_leaks(mlflow_server, tmp_path, (SECRET,))
     assert n_runs >= 1 and not hits, hits
     assert not _grep_tree(tmp_path / "runs", (SECRET,))

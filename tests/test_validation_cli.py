@@ -235,7 +235,7 @@ def test_unreachable_tracking_server_is_one_line(tmp_path, smoke_world, entry) -
 def test_unreachable_server_line_hides_the_password(tmp_path, smoke_world) -> None:
     uri = "http://user:pw14secret@127.0.0.1:9"
     out, _ = _cmcr(tmp_path, smoke_world, "pretrain", f"tracking.tracking_uri={uri}")
-    line = _assert_refused(out, tmp_path, "http://user:***@127.0.0.1:9 unreachable after 10 s")
+    line = _assert_refused(out, tmp_path, "http://***@127.0.0.1:9 unreachable after 10 s")
     assert "pw14secret" not in line
 
 

@@ -5,7 +5,9 @@ Each field of ``SweepOptions`` carries its command-line flag and help in its met
 spawned worker, so a new option is one field here (mark ``worker=False`` when a spawned worker
 must not inherit it). ``worker_args`` and ``worker_env`` are what every launcher hands a worker
 (local processes, cmcr.sweep.spawn; SLURM jobs, cmcr.sweep.slurm): the argv without the store
-URLs, which travel in the environment.
+URLs and without any ``--set`` that holds a secret or a tracking URI, in whatever spelling
+(``tracking.tracking_uri=...``, `` tracking.tracking_uri =...``, ``tracking={tracking_uri: ...}``,
+a YAML-escaped value): those travel in the environment, which only the user can read.
 """
 
 from __future__ import annotations
@@ -18,26 +20,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmcr.configs import parse_override
 from cmcr.configs.schema import DOWNSTREAM_MODES
+from cmcr.errors import ConfigError
 from cmcr.names import (
     DEFAULT_STORAGE,
     DEFAULT_TRACKING_URI,
     STORAGE_ENV,
+    SWEEP_SETS_ENV,
     SWEEP_TRACKING_ENV,
     TRACKING_URI_ENV,
 )
 from cmcr.sweep.space import MAX_TRIALS, PRUNERS
+from cmcr.uris import redact
 
 PROG = "sweeps/run.py"
 LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
 OBJECTIVES = DOWNSTREAM_MODES  # what --objective may score: the schema's downstream modes
 _URI_KEY = "tracking.tracking_uri"  # an override that may hold credentials: sent in the env
+_URI_SECTION, _URI_FIELD = _URI_KEY.split(".")
 
 
-def _opt(default: Any, flag: str, help: str, *, worker: bool = True, **argparse_kw: Any) -> Any:
-    """A dataclass field with its CLI flag (``worker``: passed on to spawned workers)."""
-    meta = {"flag": flag, "help": help, "worker": worker, "argparse": argparse_kw}
+def _opt(
+    default: Any,
+    flag: str,
+    help: str,
+    *,
+    worker: bool = True,
+    env: str | None = None,
+    **argparse_kw: Any,
+) -> Any:
+    """A dataclass field with its CLI flag (``worker``: passed on to spawned workers; ``env``:
+    the variable that stands in for an absent flag, the way to give a URL with a password)."""
+    meta = {"flag": flag, "help": help, "worker": worker, "env": env, "argparse": argparse_kw}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -49,7 +65,11 @@ class SweepOptions:
 
     study: str = _opt(None, "--study", "built-in study name (see --list) or a study .yaml file")
     storage: str = _opt(
-        DEFAULT_STORAGE, "--storage", f"Optuna storage URL (default {DEFAULT_STORAGE})"
+        DEFAULT_STORAGE,
+        "--storage",
+        f"Optuna storage URL (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}); a URL with a "
+        f"password belongs in ${STORAGE_ENV}, not on a command line (ps shows it to all users)",
+        env=STORAGE_ENV,
     )
     n_trials: int | None = _opt(
         None,
@@ -114,7 +134,8 @@ class SweepOptions:
     tracking_uri: str | None = _opt(
         None,
         "--tracking-uri",
-        f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI})",
+        f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, else {DEFAULT_TRACKING_URI}); a "
+        f"URI with a password belongs in ${TRACKING_URI_ENV}, not on a command line",
     )
     name: str | None = _opt(None, "--name", "study name in the storage (default: the study's name)")
     launcher: str = _opt(
@@ -180,8 +201,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             kw.update(action="store_true", default=default)
         elif isinstance(default, list):
             kw.update(action="append", default=[])
-        else:
-            kw.update(default=default, type=_scalar_type(f))
+        else:  # a flag with an env stand-in defaults to None: from_args tells them apart
+            kw.update(default=None if meta["env"] else default, type=_scalar_type(f))
         parser.add_argument(meta["flag"], **kw)
 
 
@@ -193,6 +214,9 @@ def from_args(args: argparse.Namespace) -> SweepOptions:
     """SweepOptions from arguments parsed by a parser built with ``add_option_arguments``."""
     values = {f.name: getattr(args, f.name) for f in _fields()}
     values["overrides"] = list(values["overrides"])
+    for f in _fields():
+        if f.metadata["env"] and values[f.name] is None:  # the flag, else its env, else default
+            values[f.name] = os.environ.get(f.metadata["env"]) or f.default
     return SweepOptions(**values)
 
 
@@ -231,27 +255,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sweep_options(args: argparse.Namespace) -> SweepOptions:
-    """SweepOptions from parsed arguments; a spawned worker takes its URLs from the environment."""
+    """SweepOptions from parsed arguments; a spawned worker takes its URLs (and, when one was
+    private, its overrides) from the environment."""
     opts = from_args(args)
     if args.worker:
-        opts.storage = os.environ.get(STORAGE_ENV) or opts.storage
         opts.tracking_uri = os.environ.get(SWEEP_TRACKING_ENV) or opts.tracking_uri
+        if os.environ.get(SWEEP_SETS_ENV):
+            opts.overrides = [str(o) for o in json.loads(os.environ[SWEEP_SETS_ENV])]
     return opts
 
 
+def _parsed(override: str) -> tuple[str, Any]:
+    """``override`` as (key stripped, YAML value), as the config reads it; ("", text) if bad."""
+    try:
+        return parse_override(override)
+    except ConfigError:
+        return "", override
+
+
+def _set_uri(override: str) -> str | None:
+    """The tracking URI ``override`` sets, in either spelling: ``tracking.tracking_uri=URI`` or
+    ``tracking={tracking_uri: URI, ...}`` (keys stripped, the value read as YAML)."""
+    key, value = _parsed(override)
+    if key == _URI_KEY:
+        return str(value)
+    if key == _URI_SECTION and isinstance(value, dict) and _URI_FIELD in value:
+        return str(value[_URI_FIELD])
+    return None
+
+
+def _private(override: str) -> bool:
+    """Whether ``override`` must stay off a command line: it sets the tracking URI, or holds a
+    secret in its text or in its value once read as YAML (``"http\\x3a//u:pw@h"``)."""
+    texts = (override, str(_parsed(override)[1]))
+    return _set_uri(override) is not None or any(redact(t) != t for t in texts)
+
+
 def worker_args(opts: SweepOptions) -> list[str]:
-    """A spawned worker's argv: ``worker_argv`` without the URLs, which may hold passwords."""
-    kept = [o for o in opts.overrides if not o.startswith(f"{_URI_KEY}=")]
+    """A spawned worker's argv: ``worker_argv`` without the URLs and the private overrides."""
+    kept = [o for o in opts.overrides if not _private(o)]
     return worker_argv(dataclasses.replace(opts, storage=None, tracking_uri=None, overrides=kept))
 
 
 def worker_env(opts: SweepOptions, base: dict[str, str] | None = None) -> dict[str, str]:
-    """A spawned worker's environment: ``base`` (default os.environ) plus both store URLs."""
+    """A spawned worker's environment: ``base`` (default os.environ) plus both store URLs and,
+    when one is private, every override in order (``worker_args`` leaves those out)."""
     env = dict(os.environ if base is None else base)
     env[STORAGE_ENV] = opts.storage
-    env.pop(SWEEP_TRACKING_ENV, None)
+    for key in (SWEEP_TRACKING_ENV, SWEEP_SETS_ENV):
+        env.pop(key, None)
+    if any(map(_private, opts.overrides)):
+        env[SWEEP_SETS_ENV] = json.dumps(list(opts.overrides))
     # --tracking-uri wins over --set tracking.tracking_uri=..., as in runner.plan_sweep
-    set_uri = [o.split("=", 1)[1] for o in opts.overrides if o.startswith(f"{_URI_KEY}=")]
+    set_uri = [uri for uri in map(_set_uri, opts.overrides) if uri is not None]
     uri = opts.tracking_uri or (set_uri[-1] if set_uri else None)
     if uri:  # the worker's explicit URI; MLFLOW_TRACKING_URI for anything that reads only it
         env[SWEEP_TRACKING_ENV] = env[TRACKING_URI_ENV] = uri

@@ -31,7 +31,7 @@ from cmcr.sweep.space import StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.trials import count_states, enqueue_slots
 from cmcr.tracking.optuna_store import open_storage, study_lock
 from cmcr.tracking.study import study_experiment
-from cmcr.uris import redact
+from cmcr.uris import redact, redact_tree
 
 log = logging.getLogger("cmcr.sweep")
 
@@ -65,12 +65,12 @@ class Plan:
     def compat_attrs(self) -> dict[str, Any]:
         """What a re-run (or another worker) must agree on to share the stored study."""
         fixed = {k: v for k, v in self.fixed.items() if not is_local_key(k)}
-        return {
-            Attr.DEFINITION: self.spec.to_dict(),
+        return {  # redacted as stored (issue 28): a `fixed:` URI or a `--set tracking={...}`
+            Attr.DEFINITION: redact_tree(self.spec.to_dict()),
             Attr.PRESET: self.base.preset,
             Attr.OBJECTIVE: self.opts.objective,
             Attr.SEEDS: self.opts.seeds,
-            Attr.OVERRIDES: {k: fixed[k] for k in sorted(fixed)},
+            Attr.OVERRIDES: redact_tree({k: fixed[k] for k in sorted(fixed)}),
         }
 
 

@@ -229,7 +229,7 @@ def list_studies() -> str:
                 lines.append(f"    {p.name}: {p.type} {list(p.choices)}")
         for key, value in spec.fixed.items():
             lines.append(f"    fixed {key} = {value}")
-    return "\n".join(lines) if lines else "no built-in studies found"
+    return redact("\n".join(lines)) if lines else "no built-in studies found"
 
 
 def print_status(plan: Any, now: Any = None) -> int:
