@@ -264,3 +264,41 @@ def test_the_report_reads_a_study_on_a_read_only_mount(tmp_path: Path) -> None:
                          timeout=60, check=False)  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
     assert (runs / "optuna.db").read_bytes() == before
+
+
+def _stand_in(cfg, *, run_id=None, parent_run_id=None, tags=None, report=None):  # noqa: ANN001, ANN202
+    """A trial that reads no data: its value is the mim weight (a real MLflow parent run)."""
+    from cmcr.engine.downstream import DownstreamResult
+
+    value = cfg.loss.weights.mim / 10
+    return DownstreamResult(run_id, value, value, {})
+
+
+def test_status_of_a_finished_study_creates_and_changes_no_store(
+    tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """--status of a study whose MLflow store is gone: the table, no links, and no new
+    ``mlflow.db`` (the links' lookup used the creating resolver); ``optuna.db`` unchanged."""
+    import argparse
+
+    from cmcr.sweep import cli, options
+
+    optuna_db, mlflow_db = tmp_path / "optuna.db", tmp_path / "mlflow.db"
+    argv = ["--study", "loss_weights", "--preset", "smoke", "--storage", f"sqlite:///{optuna_db}",
+            "--tracking-uri", f"sqlite:///{mlflow_db}", "--set",
+            f"tracking.output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    stand_in = cli.Extras(check_data=False, estimate=False, build_report=False)
+    monkeypatch.chdir(tmp_path)
+    ran = cli.run(
+        parser.parse_args([*argv, "--n-trials", "1"]), trial_fn=_stand_in, extras=stand_in
+    )
+    assert ran == 0
+    mlflow_db.unlink()
+    before = optuna_db.read_bytes()
+    code, out, err = _run(_sweep_main, [*argv, "--status"], tmp_path, monkeypatch, capfd)
+    assert code == 0, err
+    assert "COMPLETE" in out.upper() or "complete" in out
+    assert not mlflow_db.exists()  # no store made by a read
+    assert optuna_db.read_bytes() == before

@@ -180,9 +180,12 @@ def pruner_for(kind: str, first: int, largest: int | str) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def connect(plan: Plan, *, create: bool = True) -> Any:
-    """The storage with heartbeat (StorageError if unreachable)."""
-    return open_storage(plan.opts.storage, heartbeat_s=plan.opts.heartbeat_s, create=create)
+def connect(plan: Plan, *, create: bool = True, read_only: bool = False) -> Any:
+    """The storage with heartbeat (StorageError if unreachable); ``read_only`` for a reader
+    (``--status``): never creates, migrates or writes the store."""
+    return open_storage(
+        plan.opts.storage, heartbeat_s=plan.opts.heartbeat_s, create=create, read_only=read_only
+    )
 
 
 def load(plan: Plan, storage: Any) -> Any:

@@ -17,9 +17,9 @@ from cmcr.sweep import recovery, runner, seeds
 from cmcr.sweep.progress import clip, running_trial, short_params, trial_seconds
 from cmcr.sweep.slurm import status_notes
 from cmcr.sweep.space import builtin_studies, parse_study_file
-from cmcr.tracking.store import client_for, resolve_tracking_uri
+from cmcr.tracking.store import check_readable, client_for, resolve_tracking_uri
 from cmcr.tracking.study import ui_urls
-from cmcr.uris import public_url, redact
+from cmcr.uris import public_url, redact, tracking_uri
 
 MAX_NAMED = 8  # trials the closing line names before "and N more"
 
@@ -176,7 +176,8 @@ def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Direct links into ``cmcr ui`` (127.0.0.1:5000, or the tracking server itself): the
     study's runs table in its saved view, the parent run and the best run."""
     try:
-        uri = resolve_tracking_uri(plan.base)
+        # a read: a missing or foreign store means no links, never a new store (--status)
+        uri = check_readable(tracking_uri(plan.base.tracking.tracking_uri))
         remote = uri.startswith(("http://", "https://"))
         base = public_url(uri) if remote else "http://127.0.0.1:5000"
         parent = summary["parent_run_id"]
@@ -236,7 +237,7 @@ def print_status(plan: Any, now: Any = None) -> int:
     """The stored study as one table: a row per slot (its latest attempt; retries are counted as
     retries of the slot, not as trials), finished ones sorted by value, parameters rounded,
     durations, step progress of running trials; then the best trial and where to look."""
-    storage = runner.connect(plan, create=False)
+    storage = runner.connect(plan, create=False, read_only=True)
     study = runner.load(plan, storage)
     print(status_table(plan, study, now))
     for line in seeds.status_lines(study, plan.opts.seeds):
