@@ -5,13 +5,22 @@ and race (PostgreSQL answers one of them with "duplicate key value violates uniq
 pg_type_typname_nsp_index"). docker/compose.yaml runs this as the one-shot `optuna-init`
 service that the workers wait for; on a database that has the tables it only checks them.
 
-    python docker/init_optuna.py postgresql+psycopg2://user:password@host:5432/optuna
+The URL comes from $CMCR_SWEEP_STORAGE (the sweep's own --storage default), not from the command
+line: it holds the password, and `ps` shows every command line to every local user.
+
+    CMCR_SWEEP_STORAGE=postgresql+psycopg2://user:password@host:5432/optuna \
+        python docker/init_optuna.py
+
+A URL without a password may still be given as the one argument (it beats the variable).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+STORAGE_ENV = "CMCR_SWEEP_STORAGE"  # = cmcr.names.STORAGE_ENV (tests/test_docker.py checks)
 
 
 def init_storage(url: str, attempts: int = 10, wait_s: float = 3.0) -> None:
@@ -30,12 +39,18 @@ def init_storage(url: str, attempts: int = 10, wait_s: float = 3.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one argument, the storage URL (never printed: it holds the password)."""
+    """Entry point: the storage URL, the one argument if given (a URL without a password), else
+    $CMCR_SWEEP_STORAGE (never printed: it holds the password)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python docker/init_optuna.py STORAGE_URL", file=sys.stderr)
+    url = args[0] if len(args) == 1 else os.environ.get(STORAGE_ENV, "")
+    if len(args) > 1 or not url:
+        print(
+            f"usage: {STORAGE_ENV}=URL python docker/init_optuna.py  (or one argument: a URL "
+            "without a password)",
+            file=sys.stderr,
+        )
         return 2
-    init_storage(args[0])
+    init_storage(url)
     print("optuna storage ready")
     return 0
 

