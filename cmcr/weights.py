@@ -24,14 +24,17 @@ def read_torch_file(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first.split(". ")[0][:200]  # torch's first sentence; the rest is advice
         raise CheckpointError(
             f"{what} file '{path}' is corrupt or not a torch state dict ({first})"
         ) from None
 
 
-def check_image_weights(weights: str) -> None:
-    """``model.image_weights`` is ``random`` or an existing file (its content: load_resnet)."""
+def check_image_weights(weights: str, *, read: bool = False) -> None:
+    """``model.image_weights`` is ``random`` or an existing file; ``read``: one that torch also
+    reads (the pre-flight check: a corrupt file is one line before any run; its fit to the
+    encoder: load_resnet)."""
     if weights == "random":
         return
     if not weights:
@@ -41,3 +44,5 @@ def check_image_weights(weights: str) -> None:
         )
     if not Path(weights).is_file():
         raise CheckpointError(f"model.image_weights '{weights}': no such file")
+    if read:
+        read_torch_file(weights, "model.image_weights")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,31 @@ from cmcr.configs import DataConfig
 from cmcr.data.geometry import rigid_inverse, transform_matrix
 from cmcr.errors import DataError
 from cmcr.names import DATA_ROOT_ENV
+
+# the keys of each table that the devkit's index and ``_record`` read (lidarseg: when present)
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "category": ("token", "name"),
+    "instance": ("token", "category_token"),
+    "sensor": ("token", "channel", "modality"),
+    "calibrated_sensor": ("token", "sensor_token", "translation", "rotation", "camera_intrinsic"),
+    "ego_pose": ("token", "translation", "rotation"),
+    "log": ("token",),
+    "scene": ("token", "name", "first_sample_token"),
+    "sample": ("token", "next"),
+    "sample_data": (
+        "token",
+        "sample_token",
+        "calibrated_sensor_token",
+        "ego_pose_token",
+        "filename",
+        "is_key_frame",
+        "height",
+        "width",
+    ),
+    "sample_annotation": ("token", "sample_token", "instance_token"),
+    "map": ("token", "log_tokens"),
+    "lidarseg": ("token", "sample_data_token", "filename"),
+}
 
 
 @dataclass
@@ -76,19 +102,60 @@ def load_records(cfg: DataConfig, split: str) -> list[SampleRecord]:
 
 
 def _open_devkit(root: Path, version: str):
-    """NuScenes(version, root), its failures turned into a DataError naming the folder."""
+    """NuScenes(version, root), its failures turned into a DataError naming the folder, or the
+    table at fault: a table that is not a list of records with ``TABLE_KEYS`` names its file.
+
+    The tables the devkit loaded are checked in memory (no second parse of a table set that is
+    gigabytes for nuScenes trainval); a failure inside the devkit re-reads them to name the file.
+    """
     from nuscenes.nuscenes import NuScenes
 
+    tables = root / version
     try:
-        return NuScenes(version=version, dataroot=str(root), verbose=False)
-    except (AssertionError, FileNotFoundError, KeyError, ValueError) as err:
-        raise DataError(f"{root / version}: not a readable nuScenes table set ({err})") from err
+        nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (AssertionError, OSError, KeyError, ValueError, TypeError, AttributeError) as err:
+        for name in TABLE_KEYS:  # a malformed table trips the devkit's index: name which
+            if (tables / f"{name}.json").is_file():
+                check_table(tables / f"{name}.json", _read_json(tables / f"{name}.json"))
+        raise DataError(f"{tables}: not a readable nuScenes table set ({err})") from None
+    for name in TABLE_KEYS:
+        if hasattr(nusc, name):
+            check_table(tables / f"{name}.json", getattr(nusc, name))
+    return nusc
+
+
+def _read_json(path: Path) -> object:
+    """A table file's JSON; DataError naming it when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{path}: not a JSON table ({err})") from None
+
+
+def check_table(path: Path, rows: object) -> None:
+    """``rows`` (the table ``path``) is a list of objects holding the keys the devkit and
+    ``_record`` read (TABLE_KEYS); DataError naming the file, the record and the key."""
+    keys = TABLE_KEYS[path.stem]
+    expected = f"expected a JSON list of objects with keys {', '.join(keys)}"
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: a JSON {_json_type(rows)}, {expected}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {i} is a JSON {_json_type(row)}, {expected}")
+        if not row.keys() >= set(keys):
+            missing = [k for k in keys if k not in row]
+            raise DataError(f"{path}: record {i} lacks {', '.join(missing)}, {expected}")
 
 
 def _record(
     nusc, root: Path, sample: dict, scene: str, cameras: list[str], lidarseg: dict
 ) -> SampleRecord:
     """One keyframe's paths and transforms (the devkit's map_pointcloud_to_image chain)."""
+    if "LIDAR_TOP" not in sample["data"]:
+        raise DataError(
+            f"sample {sample['token']}: no LIDAR_TOP key frame "
+            f"({Path(nusc.table_root) / 'sample_data.json'})"
+        )
     lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
     lidar_cs = nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])
     lidar_pose = nusc.get("ego_pose", lidar["ego_pose_token"])
@@ -102,7 +169,7 @@ def _record(
         cams.append(cam)
         g2e.append(rigid_inverse(transform_matrix(pose["rotation"], pose["translation"])))
         e2c.append(rigid_inverse(transform_matrix(cs["rotation"], cs["translation"])))
-        intr.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
+        intr.append(_intrinsic(nusc, cs, channel))
         hw.append((cam["height"], cam["width"]))
     seg = lidarseg.get(lidar["token"])
     return SampleRecord(
@@ -120,3 +187,25 @@ def _record(
         intrinsics=np.stack(intr),
         image_hw=np.asarray(hw, dtype=np.int64),
     )
+
+
+def _json_type(value: object) -> str:
+    """JSON's name for a parsed value's type (a JSON number, not a Python int)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _intrinsic(nusc, cs: dict, channel: str) -> np.ndarray:
+    """(3, 3) float64 camera matrix of a calibrated_sensor record; DataError naming the table
+    when it is not 3x3 finite numbers with positive focal lengths."""
+    try:
+        k = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
+    except (TypeError, ValueError):  # ragged or non-numeric lists
+        k = np.empty(0)
+    if k.shape != (3, 3) or not np.isfinite(k).all() or k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise DataError(
+            f"{Path(nusc.table_root) / 'calibrated_sensor.json'}: record {cs['token']} "
+            f"({channel}): camera_intrinsic {str(cs['camera_intrinsic'])[:80]}, expected 3x3 "
+            "finite numbers with positive focal lengths"
+        )
+    return k
