@@ -138,3 +138,36 @@ def test_study_counts_are_bounded(extra, fragment) -> None:
     with pytest.raises(StudyError) as info:
         parse_study({**study, **extra})
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("train.max_steps", "[1, 2"),
+        ("model.feat_dim", "abc"),
+        ("model.feat_dim", "1000000000"),
+        ("no.such_key", "1"),
+        ("train.seed", "18446744073709551616"),
+    ],  # fmt: skip
+)
+def test_resuming_a_run_whose_params_cannot_be_read_is_one_line(tmp_path, key, value) -> None:
+    """``cmcr pretrain --resume RUN`` rebuilds the config from the run's MLflow params: a param
+    that does not parse, has the wrong type, is out of range or names no key is one line naming
+    the key, exit 2, and the run is left as it was (no resume starts)."""
+    from mlflow.tracking import MlflowClient
+
+    from cmcr.tracking.store import resolve_tracking_uri
+
+    cfg = load_config("smoke", [f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    client = MlflowClient(resolve_tracking_uri(cfg))
+    run = client.create_run(client.create_experiment("cmcr"))
+    run_id = run.info.run_id
+    client.log_param(run_id, key, value)
+    client.set_terminated(run_id, "FAILED")
+    out, _ = _cmcr(tmp_path, _world(tmp_path), "pretrain", extra=("--resume", run_id), config="")
+    assert out.returncode == 2, out.stdout[-1500:] + out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+    assert key in lines[0], lines[0]  # the param at fault (parse errors name the run too)
+    after = client.get_run(run_id)
+    assert after.info.status == "FAILED"
