@@ -216,7 +216,7 @@ def _one_error(capsys: pytest.CaptureFixture[str], expected: str) -> None:
 
 def test_bad_k_and_a_missing_study_fail_before_any_store_exists(tmp_path, capsys):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for k, expected in (("0", "expected an integer >= 1, got 0"), ("-1", "got -1")):
+    for k, expected in (("0", "expected an integer in [1, 100], got 0"), ("-1", "got -1")):
         assert _main(tmp_path, store, "--add-seeds", k) == 2
         _one_error(capsys, expected)
     assert _main(tmp_path, store, "--add-seeds", "2") == 2

@@ -71,6 +71,10 @@ BAD = [  # (sweep argv, --set values, fragments of the one line)
     ((), ("model.feat_dim=1000000000",), ("model.feat_dim", "[1, 4096]")),
     ((), ("data.image_size=[96000,128000]",), ("data.image_size", "[1, 2048]")),
     (("--n-trials", "100000000"), (), ("--n-trials", "[1, 10000]", "100000000")),
+    (("--seeds", "1000000"), (), ("--seeds", "[1, 100]", "1000000")),
+    (("--workers", "100000"), (), ("--workers", "[1, 1024]", "100000")),
+    (("--max-retries", "100000"), (), ("--max-retries", "[0, 100]")),
+    (("--add-seeds", "1000000"), (), ("--add-seeds", "[1, 100]")),
 ]
 
 

@@ -74,17 +74,23 @@ class Plan:
         }
 
 
+def _count_bounds(opts: SweepOptions) -> tuple[tuple[str, int | None, int, int], ...]:
+    """The count flags with their ranges (issue 28: every count bounded, before any store)."""
+    return (
+        ("--seeds", opts.seeds, 1, 100),
+        ("--workers", opts.workers, 1, 1024),  # a SLURM job array of up to 1024 tasks
+        ("--max-retries", opts.max_retries, 0, 100),
+        ("--add-seeds", opts.add_seeds, 1, 100),
+    )
+
+
 def plan_sweep(opts: SweepOptions) -> Plan:
     """Check every input without touching storage; raises CMCRError with one clear line."""
     if opts.name is not None:
         check_name(opts.name, "--name")  # before any store, folder or script is made
-    for name, value, low in (("--seeds", opts.seeds, 1), ("--workers", opts.workers, 1)):
-        if value < low:
-            raise StudyError(f"{name}: expected an integer >= {low}, got {value}")
-    if opts.max_retries < 0:
-        raise StudyError(f"--max-retries: expected an integer >= 0, got {opts.max_retries}")
-    if opts.add_seeds is not None and opts.add_seeds < 1:
-        raise StudyError(f"--add-seeds: expected an integer >= 1, got {opts.add_seeds}")
+    for name, value, low, high in _count_bounds(opts):
+        if value is not None and not low <= value <= high:
+            raise StudyError(f"{name}: expected an integer in [{low}, {high}], got {value}")
     if opts.add_seeds is not None and opts.n_trials is not None:
         raise StudyError(
             "--add-seeds: adds seeds to the trials a study has; grow it with --n-trials in a "
