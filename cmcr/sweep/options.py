@@ -37,6 +37,8 @@ from cmcr.uris import redact
 PROG = "sweeps/run.py"
 LAUNCHERS = ("local", "slurm")
 MAX_INTERRUPTIONS = 50  # cmcr.sweep.recovery's cap on re-queues that spend no retry
+# ceilings of the count flags (issue 28), checked by runner.plan_sweep before any store exists
+MAX_SEEDS, MAX_WORKERS, MAX_RETRIES = 100, 1024, 100  # workers: a SLURM array of 1024 tasks
 OBJECTIVES = DOWNSTREAM_MODES  # what --objective may score: the schema's downstream modes
 _URI_KEY = "tracking.tracking_uri"  # an override that may hold credentials: sent in the env
 _URI_SECTION, _URI_FIELD = _URI_KEY.split(".")
@@ -77,14 +79,19 @@ class SweepOptions:
         f"trials the study should have, 1 to {MAX_TRIALS} (default: the study's; grid: its size)",
     )
     workers: int = _opt(
-        1, "--workers", "worker processes on this machine (default 1)", worker=False
+        1,
+        "--workers",
+        f"worker processes on this machine, 1 to {MAX_WORKERS} (default 1)",
+        worker=False,
     )
     preset: str | None = _opt(None, "--preset", "config preset (default: the study's, else demo)")
-    seeds: int = _opt(1, "--seeds", "seeds per trial: 0..S-1, objective = mean val mIoU")
+    seeds: int = _opt(
+        1, "--seeds", f"seeds per trial, 1 to {MAX_SEEDS}: 0..S-1, objective = mean val mIoU"
+    )
     add_seeds: int | None = _opt(
         None,
         "--add-seeds",
-        "add K seeds (S..S+K-1) to every configuration the stored study has finished (--top N: "
+        f"add K seeds (1 to {MAX_SEEDS}: S..S+K-1) to every configuration the stored study has finished (--top N: "
         "the N best), as new trials under the same parent run; nothing finished runs again",
         worker=False,
         metavar="K",
@@ -113,7 +120,7 @@ class SweepOptions:
     max_retries: int = _opt(
         2,
         "--max-retries",
-        "retries of a trial that failed by itself (default 2); divergence and bad input are "
+        f"retries of a trial that failed by itself, 0 to {MAX_RETRIES} (default 2); divergence and bad input are "
         "not retried; a trial interrupted (Ctrl-C, SIGTERM, a lost worker, disk full, MLflow "
         f"down) is re-queued without spending one, at most {MAX_INTERRUPTIONS} times",
     )

@@ -26,7 +26,14 @@ from cmcr.guard import check_name
 from cmcr.names import Attr, is_local_key
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, seeds, space
-from cmcr.sweep.options import OBJECTIVES, SweepOptions, audit_notice
+from cmcr.sweep.options import (
+    MAX_RETRIES,
+    MAX_SEEDS,
+    MAX_WORKERS,
+    OBJECTIVES,
+    SweepOptions,
+    audit_notice,
+)
 from cmcr.sweep.space import StudySpec, check_space, load_study, searched_keys
 from cmcr.sweep.trials import count_states, enqueue_slots
 from cmcr.tracking.optuna_store import open_storage, study_lock
@@ -77,10 +84,10 @@ class Plan:
 def _count_bounds(opts: SweepOptions) -> tuple[tuple[str, int | None, int, int], ...]:
     """The count flags with their ranges (issue 28: every count bounded, before any store)."""
     return (
-        ("--seeds", opts.seeds, 1, 100),
-        ("--workers", opts.workers, 1, 1024),  # a SLURM job array of up to 1024 tasks
-        ("--max-retries", opts.max_retries, 0, 100),
-        ("--add-seeds", opts.add_seeds, 1, 100),
+        ("--seeds", opts.seeds, 1, MAX_SEEDS),
+        ("--workers", opts.workers, 1, MAX_WORKERS),
+        ("--max-retries", opts.max_retries, 0, MAX_RETRIES),
+        ("--add-seeds", opts.add_seeds, 1, MAX_SEEDS),
     )
 
 
