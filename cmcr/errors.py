@@ -25,3 +25,11 @@ class ConfigError(CMCRError, ValueError):
 
 class StudyError(CMCRError, ValueError):
     """A study name, file or search space is wrong; the message names which and why."""
+
+
+def first_line(exc: BaseException, *, empty: str | None = None, limit: int | None = None) -> str:
+    """The first line of ``exc``'s message (libraries' messages run over many lines), cut at
+    ``limit`` characters; ``empty`` (default: the exception's class name) when it has none."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else (empty or type(exc).__name__)
+    return line[:limit] if limit is not None else line

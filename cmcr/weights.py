@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cmcr.errors import CheckpointError
+from cmcr.errors import CheckpointError, first_line
 
 
 def read_torch_file(path: str | Path, what: str) -> Any:
@@ -24,8 +24,7 @@ def read_torch_file(path: str | Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        first = first.split(". ")[0][:200]  # torch's first sentence; the rest is advice
+        first = first_line(exc).split(". ")[0][:200]  # torch's first sentence; then advice
         raise CheckpointError(
             f"{what} file '{path}' is corrupt or not a torch state dict ({first})"
         ) from None

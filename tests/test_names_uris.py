@@ -48,3 +48,12 @@ def test_local_keys():
     assert names.is_local_key("tracking.tracking_uri")
     assert names.is_local_key("data.dataroot")
     assert not names.is_local_key("loss.weights.mim")
+
+
+def test_first_line_of_an_error() -> None:
+    from cmcr.errors import first_line
+
+    assert first_line(ValueError("  one\ntwo\n")) == "one"
+    assert first_line(ValueError("")) == "ValueError"  # no message: the class
+    assert first_line(KeyError(), empty="(no message)") == "(no message)"
+    assert first_line(OSError("x" * 300), limit=200) == "x" * 200

@@ -20,7 +20,7 @@ from cmcr.data.classes import RAW_CLASSES
 from cmcr.data.io import read_lidarseg, read_points
 from cmcr.data.pretrain import select_records
 from cmcr.data.records import SampleRecord
-from cmcr.errors import DataError
+from cmcr.errors import DataError, first_line
 from cmcr.registry import DATASETS
 from cmcr.weights import check_image_weights
 
@@ -62,7 +62,7 @@ def check_image(path: str, height: int, width: int, *, decode: bool = False) -> 
             if decode:
                 img.load()  # the entropy-coded body: corrupt data raises here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: not a decodable camera image ({_first(err)})") from None
+        raise DataError(f"{path}: not a decodable camera image ({first_line(err, limit=200)})") from None
     if (h, w) != (height, width):
         raise DataError(f"{path}: camera image {h}x{w}, expected {height}x{width} (table)")
 
@@ -77,12 +77,6 @@ def check_lidarseg(record: SampleRecord, n_points: int) -> None:
             f"{record.lidarseg_path}: {int(bad.sum())} of {labels.size} labels outside the "
             f"nuScenes-lidarseg classes 0..{len(RAW_CLASSES) - 1} (e.g. {int(labels[bad][0])})"
         )
-
-
-def _first(err: BaseException) -> str:
-    """The error's first line (PIL's messages are short, libjpeg's may run over lines)."""
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def check_data(

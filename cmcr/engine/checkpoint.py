@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cmcr.configs import Config
-from cmcr.errors import CheckpointError, TrackingError
+from cmcr.errors import CheckpointError, TrackingError, first_line
 from cmcr.guard import RunFolderError, check_run_folder, no_links, open_nofollow, shown
 from cmcr.names import Tag
 from cmcr.tracking.store import make_client, resolve_tracking_uri
@@ -238,7 +238,7 @@ def _try_load(accelerator: Any, folder: Path, state: TrainState) -> str | None:
         accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
         _set_rng_state(folder / f"rng_state_{accelerator.process_index}.json")
     except Exception as exc:  # torch, safetensors and our JSON raise many types for bad files
-        detail = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+        detail = first_line(exc, empty="no detail", limit=200)
         return f"checkpoint '{folder}' cannot be loaded ({type(exc).__name__}: {detail})"
     return None
 

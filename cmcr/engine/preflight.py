@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from cmcr.configs import Config, validate_config
-from cmcr.errors import TrackingError
+from cmcr.errors import TrackingError, first_line
 from cmcr.names import REACH_WAIT_S
 from cmcr.uris import redact, tracking_uri
 
@@ -77,8 +77,7 @@ def _bounded_http(wait_s: int) -> Iterator[None]:
 
 def _first(exc: BaseException) -> str:
     """The exception's class and first line: MLflow's messages run over many lines."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+    return f"{type(exc).__name__}: {first_line(exc, empty='(no message)')}"
 
 
 def check_tracking(cfg: Config) -> None:

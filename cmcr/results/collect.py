@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
-from cmcr.errors import ConfigError, TrackingError
+from cmcr.errors import ConfigError, TrackingError, first_line
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
 from cmcr.registry import DATASETS
 from cmcr.tracking.databases import driver_url
@@ -185,8 +185,9 @@ def load_optuna_study(name: str, storage: str | None) -> Any:
     except KeyError:
         return None
     except Exception as exc:  # a bad URL must not hide the MLflow side; say it on the page
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ReportError(redact(f"Optuna storage {url} cannot be read: {first}")) from None
+        raise ReportError(
+            redact(f"Optuna storage {url} cannot be read: {first_line(exc)}")
+        ) from None
 
 
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:

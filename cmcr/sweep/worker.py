@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from cmcr.engine import stop
-from cmcr.errors import CMCRError
+from cmcr.errors import CMCRError, first_line
 from cmcr.names import Attr, Tag
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
@@ -217,8 +217,7 @@ def _is_diverged(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     """The exception's first line, redacted: it becomes a stored reason, a tag and a log line."""
-    text = str(exc).strip()
-    return redact(text.splitlines()[0]) if text else "(no message)"
+    return redact(first_line(exc, empty="(no message)"))
 
 
 def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, requeue: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
+from cmcr.errors import first_line
 from cmcr.names import Kind, Tag
 from cmcr.tracking.store import param_text, resolve_tracking_uri, tag_text
 from cmcr.uris import redact
@@ -136,7 +137,7 @@ def log_inputs(client: Any, run_id: str, inputs: tuple[DatasetRef, ...], tries: 
             return
         except MlflowException as exc:
             if attempt == tries - 1:
-                first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+                first = first_line(exc, empty="(no message)")
                 _log.warning(redact(f"run {run_id}: datasets not logged ({first})"))
                 return
             time.sleep(0.2 * (attempt + 1))

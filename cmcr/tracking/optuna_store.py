@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cmcr.errors import CMCRError
+from cmcr.errors import CMCRError, first_line
 from cmcr.names import DEFAULT_STORAGE, REACH_WAIT_S
 from cmcr.tracking.databases import driver_url, read_only_connect, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path
@@ -170,8 +170,7 @@ def _open_error(url: str, db: Path | None, exc: Exception) -> StorageError:
     (a server that does not answer, an SQLite file that cannot be opened) or unusable."""
     import sqlalchemy.exc
 
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = detail[0] if detail else type(exc).__name__
+    first = first_line(getattr(exc, "orig", None) or exc, empty=type(exc).__name__)
     if any(r in first.lower() for r in _REFUSALS):
         what = "refused the connection (check the user name and password)"
     elif db is not None and db.is_file() and not _writable(db):
