@@ -62,7 +62,8 @@ def check_image(path: str, height: int, width: int, *, decode: bool = False) -> 
             if decode:
                 img.load()  # the entropy-coded body: corrupt data raises here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: not a decodable camera image ({first_line(err, limit=200)})") from None
+        detail = first_line(err, limit=200)  # libjpeg's messages may run over lines
+        raise DataError(f"{path}: not a decodable camera image ({detail})") from None
     if (h, w) != (height, width):
         raise DataError(f"{path}: camera image {h}x{w}, expected {height}x{width} (table)")
 

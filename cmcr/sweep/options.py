@@ -91,8 +91,8 @@ class SweepOptions:
     add_seeds: int | None = _opt(
         None,
         "--add-seeds",
-        f"add K seeds (1 to {MAX_SEEDS}: S..S+K-1) to every configuration the stored study has finished (--top N: "
-        "the N best), as new trials under the same parent run; nothing finished runs again",
+        f"add K seeds (1 to {MAX_SEEDS}: S..S+K-1) to every configuration the stored study has "
+        "finished (--top N: the N best), as new trials under the same parent run; nothing finished runs again",
         worker=False,
         metavar="K",
     )
@@ -120,8 +120,8 @@ class SweepOptions:
     max_retries: int = _opt(
         2,
         "--max-retries",
-        f"retries of a trial that failed by itself, 0 to {MAX_RETRIES} (default 2); divergence and bad input are "
-        "not retried; a trial interrupted (Ctrl-C, SIGTERM, a lost worker, disk full, MLflow "
+        f"retries of a trial that failed by itself, 0 to {MAX_RETRIES} (default 2); divergence "
+        "and bad input are not retried; a trial interrupted (Ctrl-C, SIGTERM, a lost worker, disk full, MLflow "
         f"down) is re-queued without spending one, at most {MAX_INTERRUPTIONS} times",
     )
     pruner: str | None = _opt(

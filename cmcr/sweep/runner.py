@@ -91,13 +91,18 @@ def _count_bounds(opts: SweepOptions) -> tuple[tuple[str, int | None, int, int],
     )
 
 
+def _in_range(flag: str, value: int | None, low: int, high: int) -> None:
+    """StudyError naming ``flag`` unless ``value`` (None: not given) is in [low, high]."""
+    if value is not None and not low <= value <= high:
+        raise StudyError(f"{flag}: expected an integer in [{low}, {high}], got {value}")
+
+
 def plan_sweep(opts: SweepOptions) -> Plan:
     """Check every input without touching storage; raises CMCRError with one clear line."""
     if opts.name is not None:
         check_name(opts.name, "--name")  # before any store, folder or script is made
     for name, value, low, high in _count_bounds(opts):
-        if value is not None and not low <= value <= high:
-            raise StudyError(f"{name}: expected an integer in [{low}, {high}], got {value}")
+        _in_range(name, value, low, high)
     if opts.add_seeds is not None and opts.n_trials is not None:
         raise StudyError(
             "--add-seeds: adds seeds to the trials a study has; grow it with --n-trials in a "
@@ -125,9 +130,7 @@ def plan_sweep(opts: SweepOptions) -> Plan:
         base.tracking.experiment = study_experiment(base, opts.name or spec.name)
     check_space(spec, base)
     n_trials = opts.n_trials if opts.n_trials is not None else spec.default_n_trials()
-    if not 1 <= n_trials <= space.MAX_TRIALS:  # before a store exists or a trial is queued
-        top = space.MAX_TRIALS
-        raise StudyError(f"--n-trials: expected an integer in [1, {top}], got {n_trials}")
+    _in_range("--n-trials", n_trials, 1, space.MAX_TRIALS)  # before a trial is queued
     if spec.is_grid and n_trials > len(spec.grid_cells()):
         raise StudyError(
             f"--n-trials {n_trials}: study '{spec.name}' is a grid of {len(spec.grid_cells())} cells"
