@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import time
 import uuid
@@ -81,6 +82,15 @@ def smoke_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert _fingerprint(out) == before, (
         f"a test changed the shared smoke world {out}: copy it (shutil.copytree) before changing it"
     )
+
+
+@pytest.fixture
+def world(smoke_world: Path, tmp_path: Path) -> Path:
+    """A private copy of the smoke world that a test may break (5 MB: ~20 ms). A module may
+    define a ``world`` of its own (tests/test_downstream_devkit.py does)."""
+    copy = tmp_path / "world"
+    shutil.copytree(smoke_world, copy)
+    return copy
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,6 @@ from cmcr.tracking.store import make_client
 
 def _cfg(world: Path, **overrides):
     return load_config("smoke", {"data.dataroot": str(world), **overrides})
-
-
-@pytest.fixture
-def world(smoke_world: Path, tmp_path: Path) -> Path:
-    """A private copy of the smoke world that a test may break."""
-    copy = tmp_path / "world"
-    shutil.copytree(smoke_world, copy)
-    return copy
 
 
 def _truncate_lidar(rec: SampleRecord, tmp: Path) -> tuple[str, str]:

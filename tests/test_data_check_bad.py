@@ -6,7 +6,6 @@ body, a corrupt image-weights file), and the check says so in one line naming th
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,14 +84,6 @@ CASES = {
     "corrupt jpeg body": (_corrupt_jpeg, "pretrain", DataError, "not a decodable camera image"),
     "corrupt image weights": (_corrupt_weights, "pretrain", CheckpointError, "is corrupt"),
 }
-
-
-@pytest.fixture
-def world(smoke_world: Path, tmp_path: Path) -> Path:
-    """A private copy of the smoke world that a test may break (5 MB: ~20 ms)."""
-    copy = tmp_path / "world"
-    shutil.copytree(smoke_world, copy)
-    return copy
 
 
 def _break(world: Path, case: str) -> tuple[str, dict]:

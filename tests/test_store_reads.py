@@ -94,38 +94,26 @@ def _refused_in_one_line(code: int, err: str, name: str, expect: str) -> None:
     assert f"'runs/{name}'" in lines[0] and expect in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("kind", list(BAD_FILES))
-@pytest.mark.parametrize("command", list(OPTUNA_READS))
-def test_a_bad_optuna_db_is_one_line_and_left_as_it_was(
-    command: str, kind: str, tmp_path: Path, monkeypatch, capfd
-) -> None:
-    make, expect = BAD_FILES[kind]
-    (tmp_path / "runs").mkdir()
-    db = tmp_path / "runs" / "optuna.db"
-    make(db)
-    before = db.read_bytes()
-    main, argv = OPTUNA_READS[command]
-    code, _, err = _run(main, argv, tmp_path, monkeypatch, capfd)
-    _refused_in_one_line(code, err, "optuna.db", expect)
-    assert db.read_bytes() == before  # before the fix: a 0-byte file got Optuna's schema
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["optuna.db"]
+# (the store file, the command that reads it): Optuna's for --status and the dashboard, MLflow's
+# for the report and the UI
+READS = [("optuna.db", c) for c in OPTUNA_READS] + [("mlflow.db", c) for c in MLFLOW_READS]
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
-@pytest.mark.parametrize("command", list(MLFLOW_READS))
-def test_a_bad_mlflow_db_is_one_line_naming_the_file(
-    command: str, kind: str, tmp_path: Path, monkeypatch, capfd
+@pytest.mark.parametrize(("store", "command"), READS)
+def test_a_bad_store_is_one_line_naming_the_file_and_left_as_it_was(
+    store: str, command: str, kind: str, tmp_path: Path, monkeypatch, capfd
 ) -> None:
     make, expect = BAD_FILES[kind]
     (tmp_path / "runs").mkdir()
-    db = tmp_path / "runs" / "mlflow.db"
+    db = tmp_path / "runs" / store
     make(db)
     before = db.read_bytes()
-    main, argv = MLFLOW_READS[command]
+    main, argv = {**OPTUNA_READS, **MLFLOW_READS}[command]
     code, _, err = _run(main, argv, tmp_path, monkeypatch, capfd)
-    _refused_in_one_line(code, err, "mlflow.db", expect)
-    assert db.read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mlflow.db"]
+    _refused_in_one_line(code, err, store, expect)
+    assert db.read_bytes() == before  # before the fix: a 0-byte optuna.db got Optuna's schema
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [store]
 
 
 def test_list_creates_no_store(tmp_path: Path, monkeypatch, capfd) -> None:

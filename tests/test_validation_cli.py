@@ -13,7 +13,6 @@ suite's CPU as processes).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -127,14 +126,6 @@ def _assert_refused(out: subprocess.CompletedProcess, tmp: Path, *fragments: str
     assert not (tmp / "mlflow.db").exists(), "an MLflow store was created"
     assert not (tmp / "optuna.db").exists(), "an Optuna store was created"
     return lines[0]
-
-
-@pytest.fixture
-def world(smoke_world: Path, tmp_path: Path) -> Path:
-    """A private copy of the smoke world that a test may break."""
-    copy = tmp_path / "world"
-    shutil.copytree(smoke_world, copy)
-    return copy
 
 
 # ---- config values ------------------------------------------------------------------------------
