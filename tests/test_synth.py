@@ -312,25 +312,34 @@ def test_synth_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def _sigterm_is_default(_: int) -> bool:
-    import signal
+# run in a fresh interpreter: forking the suite's worker, which holds other tests' threads
+# (MLflow, SQLAlchemy), once left a pool child waiting forever on a lock one of them held
+# (a 250 s hang, 2026-12-06); a fresh process has no such threads, as `cmcr synth` has none
+_FORK_POOL_CHECK = """
+import signal
+from cmcr.synth.generate import fork_pool
 
+def sigterm_is_default(_):
     return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+def raising(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, raising)
+with fork_pool(2) as pool:
+    assert pool.map(sigterm_is_default, range(4)) == [True] * 4
+"""
 
 
 def test_fork_pool_workers_take_sigterms_default_action() -> None:
     """Both synthetic worlds render in ``fork_pool``: its workers never keep a SIGTERM handler
     inherited from the parent (the pool's exit terminates them with SIGTERM)."""
-    import signal
+    import os
+    import subprocess
+    import sys
 
-    from cmcr.synth.generate import fork_pool
-
-    def raising(signum, frame):  # pragma: no cover - the parent is never signalled here
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, raising)
-    try:
-        with fork_pool(2) as pool:
-            assert pool.map(_sigterm_is_default, range(4)) == [True] * 4
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _FORK_POOL_CHECK], capture_output=True,
+                         text=True, timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
