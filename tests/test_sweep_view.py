@@ -139,8 +139,13 @@ def test_piped_output_is_short_lines_and_no_library_chatter(tmp_path, smoke_worl
     assert "[RANK 0]" in Path(local).read_text()
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# a launcher that sets SIGINT to its default, then execs the command: no Python runs between the
+# fork and the exec in this (threaded) process, as it would with preexec_fn, whose child hung on
+# a lock another thread held (a 4-minute hang in the suite, 2026-12-06)
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
@@ -153,8 +158,8 @@ def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
     # background (`make test &`) ignores SIGINT, which its children inherit, and the sweep then
     # never saw the signal (three fresh-clone runs started with `&`, 2026-12-06)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
-        preexec_fn=_default_sigint,
+        [sys.executable, "-c", _DEFAULT_SIGINT, *cmd], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
     )  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     deadline = time.monotonic() + scaled(90)
