@@ -323,3 +323,24 @@ def test_the_estimate_comes_from_finished_trials_else_the_presets_measured_cost(
     assert by_study.total_s(trials=4, workers=2) == 100
     unknown = load_config("official")
     assert estimate(unknown).trial_s is None
+
+
+def test_the_estimate_is_said_before_a_trial_is_queued(tmp_path, capsys, monkeypatch):
+    """``--n-trials 10000`` must show its cost before 10,000 trials sit in the store."""
+    from cmcr.sweep import cli
+    from cmcr.sweep.estimate import Estimate
+
+    plan = _plan(tmp_path)  # 4 trials of loss_weights
+    storage = runner.connect(plan)
+    monkeypatch.setattr(cli, "estimate", lambda *a, **k: Estimate(90.0, "measured", True))
+    seen: list[str] = []
+
+    def setup(*args, **kwargs):  # what the user had read when the queueing began
+        seen.append(capsys.readouterr().out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "setup", setup)
+    with pytest.raises(KeyboardInterrupt):
+        cli.sweep(plan, storage)
+    assert seen == ["study 'loss_weights': queueing 4 new trial(s), about 6m00s on 1 worker(s)\n"]
+    assert optuna.get_all_study_summaries(storage) == []  # nothing was queued before it

@@ -43,6 +43,7 @@ from cmcr.sweep.spawn import WORKER_CMD, run_here
 from cmcr.sweep.summary import (
     list_studies,
     print_status,
+    queue_line,
     start_lines,
     summary_line,
     where_to_look,
@@ -168,10 +169,14 @@ def sweep(
     view, summarise with where to look. Ctrl-C / SIGTERM: the interrupted trials are failed
     as interrupted (no retry spent) and the parent run ends KILLED with the reason."""
     lost: list[Any] = []
-    before = _stored_trials(plan, storage)
+    stored = _stored(plan, storage)
+    before = int(stored.user_attrs.get(Attr.N_TRIALS, 0)) if stored is not None else 0
+    est = estimate(plan.base, stored, plan.opts.seeds) if extras.estimate else None
+    line = queue_line(plan, before, est)  # said before a single trial is queued
+    if line is not None:
+        print(line, flush=True)
     study, parent = runner.setup(plan, storage, lost)
     total = runner.n_units(plan, study)
-    est = estimate(plan.base, study, plan.opts.seeds) if extras.estimate else None
     print(start_lines(plan, study, parent, before, est), flush=True)
     notice = plan.pruning_notice()
     if notice is not None:
@@ -228,13 +233,12 @@ def _count(study: Any, state: str) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == state)
 
 
-def _stored_trials(plan: Any, storage: Any) -> int:
-    """Slots the stored study had before this start (0 for a new study)."""
+def _stored(plan: Any, storage: Any) -> Any:
+    """The stored study as it was before this start (None for a new study)."""
     try:
-        study = runner.load(plan, storage)
+        return runner.load(plan, storage)
     except CMCRError:
-        return 0
-    return int(study.user_attrs.get(Attr.N_TRIALS, 0))
+        return None
 
 
 def _quiet_libraries() -> None:

@@ -51,6 +51,20 @@ def start_lines(plan: Any, study: Any, parent: str, before: int, est: Any) -> st
     return "\n".join(lines)
 
 
+def queue_line(plan: Any, before: int, est: Any) -> str | None:
+    """Said before anything is queued: the trials this start adds and their estimated time
+    (None when it adds none)."""
+    new = max(0, plan.n_trials - before)
+    if not new:
+        return None
+    seeds = f" × {plan.opts.seeds} seeds" if plan.opts.seeds > 1 else ""
+    text = f"study '{plan.study_name}': queueing {new} new trial(s){seeds}"
+    total = est.total_s(new, plan.opts.workers) if est is not None else None
+    if total is not None:
+        text += f", about {fmt_duration(total)} on {plan.opts.workers} worker(s)"
+    return text
+
+
 def _owed(study: Any) -> str:
     """`` (to #3, #0)``: the trials whose configurations get seeds still to run."""
     done = {t.user_attrs.get(Attr.SLOT) for t in study.get_trials(deepcopy=False)
