@@ -138,6 +138,9 @@ def test_data_root_env_beats_preset_but_not_overrides(monkeypatch) -> None:
         ("train.seed=-1", "train.seed: expected a non-negative integer, got -1"),
         ("data.voxel_size=inf", "data.voxel_size: expected a finite number, got inf"),
         ("data.voxel_size=.nan", "data.voxel_size: expected a finite number, got nan"),
+        # 1e-9 m voxels overflow the grid in the first batch of a run that already exists
+        ("data.voxel_size=1e-9", "data.voxel_size: expected a value in [0.01, 100], got 1e-09"),
+        ("semantickitti.cylinder_size=[0.1,1,0]", "semantickitti.cylinder_size"),
         ("loss.temperature=-.inf", "loss.temperature: expected a finite number"),
         ("downstream.batch_size=0", "downstream.batch_size: expected an integer >= 1, got 0"),
         ("data.max_samples=-1", "data.max_samples: expected a non-negative integer, got -1"),

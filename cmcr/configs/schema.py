@@ -95,6 +95,9 @@ IMAGE_SIDE_MAX = 2048  # pixels: nuScenes' full 1600 x 900 rounds to 1600 x 896
 POINTS_MAX = 10**7  # points, pairs, queries, samples
 LAYERS_MAX = 16  # items of a list of layer widths
 METRES_MAX = 100.0  # a length in metres
+# a voxel side: points lie within 10 km (the data check), so 1 cm keeps every axis under 2^20
+# voxels (cmcr/data/voxel.py); smaller is refused before a run, not in its first batch
+VOXEL_MIN = 0.01
 
 
 def up_to(high: int, low: int = 1) -> dict[str, int]:
@@ -132,7 +135,7 @@ class DataConfig:
     rotate: bool = True  # random rotation of the cloud about z
     flip_prob: float = setting(0.5, **PROB)  # probability of flipping each of the x and y axes
     min_depth: float = setting(1.0, ge=0.0, le=1000.0)
-    voxel_size: float = setting(0.1, gt=0.0, le=METRES_MAX)
+    voxel_size: float = setting(0.1, ge=VOXEL_MIN, le=METRES_MAX)
     # the voxel's input feature: the intensity of its first point (release) or the mean
     voxel_feature: str = setting("first", choices=("first", "mean"))
     # 0 = keep every point; else random subsample (CPU presets)
@@ -313,7 +316,7 @@ class SemanticKittiConfig:
     # cylindrical voxels (release) or Cartesian ones of data.voxel_size
     coords: str = setting("cylindrical", choices=("cylindrical", "cartesian"))
     cylinder_size: list[float] = setting(
-        factory=lambda: [0.1, 1.0, 0.1], length=3, gt=0.0, le=METRES_MAX
+        factory=lambda: [0.1, 1.0, 0.1], length=3, ge=VOXEL_MIN, le=METRES_MAX
     )
     batch_size: int = setting(10, **up_to(BATCH_MAX))
     finetune_lr: float = setting(0.05, **POSITIVE)  # the backbone
