@@ -207,3 +207,26 @@ def test_list_prints_no_secret(tmp_path, url, monkeypatch) -> None:
     monkeypatch.setattr(summary, "builtin_studies", lambda: {"leaky": path})
     text = summary.list_studies()
     assert "fixed tracking.tracking_uri = " in text and S not in text, text
+
+
+def test_a_study_stored_before_redaction_still_resumes_and_its_error_hides_the_secret(
+    tmp_path, url, monkeypatch
+) -> None:
+    """A study written by an older version holds its `fixed:` URI in the clear: a resume with
+    the same file matches it, and a mismatch's error line shows it redacted."""
+    monkeypatch.delenv("CMCR_SWEEP_STORAGE", raising=False)
+    argv = ["--study", str(_study_file(tmp_path, url)), "--storage", f"sqlite:///{tmp_path}/o.db",
+            "--set", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db"]  # fmt: skip
+    plan = runner.plan_sweep(_parse([*argv, "--preset", "smoke"]))
+
+    class Old:  # the attributes as the older version stored them
+        user_attrs = {**plan.compat_attrs(), Attr.DEFINITION: plan.spec.to_dict()}
+
+    assert S in json.dumps(Old.user_attrs, default=str)
+    runner.check_compatible(plan, Old)  # same definition: no error
+    other = runner.plan_sweep(_parse([*argv, "--preset", "demo"]))
+    Old.user_attrs[Attr.PRESET] = "demo"
+    Old.user_attrs[Attr.DEFINITION] = {**plan.spec.to_dict(), "n_trials": 3}
+    with pytest.raises(Exception, match="different definition") as err:
+        runner.check_compatible(other, Old)
+    assert S not in str(err.value)

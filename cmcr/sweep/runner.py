@@ -376,10 +376,13 @@ def check_compatible(plan: Plan, study: Any) -> None:
             "sweeps/run.py; choose another --name"
         )
     for key, value in plan.compat_attrs().items():
-        if _jsonish(stored.get(key)) != _jsonish(value):
+        # redacted as compared: a study stored before redaction parsed URLs (issue 28) holds a
+        # secret in its definition, and its error line must not print it
+        was = redact_tree(stored.get(key))
+        if _jsonish(was) != _jsonish(value):
             raise StudyError(
                 f"study '{plan.study_name}' in {redact(plan.opts.storage)} was created with a "
-                f"different {key.split('.')[-1]} ({stored.get(key)!r}, now {value!r}); "
+                f"different {key.split('.')[-1]} ({was!r}, now {value!r}); "
                 "re-run with the same settings or choose another --name"
             )
 
