@@ -1,0 +1,43 @@
+"""`cmcr --help` lists the commands without importing them (it took 8 s on a loaded machine,
+issue 32): torch, MLflow and Optuna load only for the command that is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cmcr.cli import COMMANDS
+
+HEAVY = ("torch", "mlflow", "optuna", "pandas", "scipy", "spconv")
+
+
+def _modules_after(*argv: str) -> tuple[str, list[str]]:
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from cmcr.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        f"    main({list(argv)!r})\n"
+        f"print(json.dumps([out.getvalue(), [m for m in {HEAVY!r} if m in sys.modules]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return tuple(json.loads(done.stdout.splitlines()[-1]))  # type: ignore[return-value]
+
+
+def test_top_level_help_lists_every_command_and_imports_no_heavy_library() -> None:
+    text, loaded = _modules_after("--help")
+    assert loaded == []
+    for name, (_, help_text) in COMMANDS.items():
+        assert name in text and help_text in text
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"), [("pretrain", "--resume"), ("probe", "--pretrained"), ("ui", "--port")]
+)
+def test_a_named_command_still_shows_its_own_arguments(command: str, flag: str) -> None:
+    text, _ = _modules_after(command, "--help")
+    assert f"usage: cmcr {command}" in text and flag in text, text
