@@ -153,6 +153,11 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def fmt_pct(fraction: float | None) -> str:
+    """A stored mIoU (a fraction) as a person reads it: ``7.62`` (percent, 2 decimals)."""
+    return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
 def fmt_rate(rate: float | None, unit: str = "step") -> str:
     """``2.31 step/s`` or ``14.2 s/step``."""
     if not rate:

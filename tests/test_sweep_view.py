@@ -278,9 +278,9 @@ def test_status_of_a_constructed_study_is_sorted_and_rounded(tmp_path):
         "study 'loss_weights' (preset smoke, maximize val mIoU): 4 trial(s): 2 complete, "
         "1 running, 1 queued, 0 pruned, 0 failed; 1 retry",
         "MLflow parent run p0",
-        "  trial  state      value   time  params                                   run  note",
-        "     #1  COMPLETE  0.3100  1m30s  mim=3.33 occ=0.5 orth=0.1 cmcm=1         r1",
-        "     #0  COMPLETE  0.2512  2m06s  mim=0.123 occ=1.99 orth=0.0123 cmcm=2.5  r0",
+        "  trial  state     mIoU %   time  params                                   run  note",
+        "     #1  COMPLETE   31.00  1m30s  mim=3.33 occ=0.5 orth=0.1 cmcm=1         r1",
+        "     #0  COMPLETE   25.12  2m06s  mim=0.123 occ=1.99 orth=0.0123 cmcm=2.5  r0",
         "     #3  RUNNING        -  7m00s  mim=0.123 occ=1.99 orth=0.0123 cmcm=2.5  r2   "
         "pre-training 40/150 (26 %), ETA 3m40s; attempt 2, retry of #2 (own: RuntimeError: flaky)",
         "     #4  WAITING        -      -  mim=1 occ=1 orth=1 cmcm=1                -",
@@ -333,6 +333,7 @@ def test_the_estimate_is_said_before_a_trial_is_queued(tmp_path, capsys, monkeyp
     plan = _plan(tmp_path)  # 4 trials of loss_weights
     storage = runner.connect(plan)
     monkeypatch.setattr(cli, "estimate", lambda *a, **k: Estimate(90.0, "measured", True))
+    monkeypatch.setattr(cli, "under_load", lambda est: (est, None))  # not this machine's load
     seen: list[str] = []
 
     def setup(*args, **kwargs):  # what the user had read when the queueing began

@@ -33,7 +33,7 @@ from cmcr.runlog import setup_console
 from cmcr.sweep import group as launch
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import runner, slurm
-from cmcr.sweep.estimate import estimate
+from cmcr.sweep.estimate import estimate, under_load
 from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.objective import default_trial_fn
 from cmcr.sweep.options import PROG, add_arguments, sweep_options
@@ -171,10 +171,12 @@ def sweep(
     lost: list[Any] = []
     stored = _stored(plan, storage)
     before = int(stored.user_attrs.get(Attr.N_TRIALS, 0)) if stored is not None else 0
-    est = estimate(plan.base, stored, plan.opts.seeds) if extras.estimate else None
-    line = queue_line(plan, before, est)  # said before a single trial is queued
-    if line is not None:
-        print(line, flush=True)
+    est, busy = None, None
+    if extras.estimate:
+        est, busy = under_load(estimate(plan.base, stored, plan.opts.seeds))
+    for line in (busy, queue_line(plan, before, est)):  # said before a single trial is queued
+        if line is not None:
+            print(line, flush=True)
     study, parent = runner.setup(plan, storage, lost)
     total = runner.n_units(plan, study)
     print(start_lines(plan, study, parent, before, est), flush=True)

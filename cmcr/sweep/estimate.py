@@ -9,12 +9,15 @@ the labelled training scans and the validation scans).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config, evaluation_config, evaluation_list
 from cmcr.data.pretrain import select_records
+from cmcr.progress import FINETUNE, PRETRAIN, PROBE
 from cmcr.registry import DATASETS
 from cmcr.sweep.progress import trial_seconds
 
@@ -120,3 +123,112 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
         f"preset {cfg.preset}'s measured cost on {cost.machine}: {' + '.join(parts)}{per_seed}",
         whole_machine=True,
     )
+
+
+def under_load(
+    est: Estimate, load: float | None = None, cores: int | None = None
+) -> tuple[Estimate, str | None]:
+    """``est`` (a preset's idle-machine cost) scaled for the processes that already share the
+    cores: with a load of L on C cores a trial gets about C / (L + C) of them. Returns the
+    scaled estimate and, when the load reaches the core count, the line that says so. The
+    live view recalibrates from the measured rates once the first steps ran."""
+    load = os.getloadavg()[0] if load is None else load
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if est.trial_s is None or not est.whole_machine or load < 1.0:
+        return est, None
+    k = (load + cores) / cores
+    scaled = dataclasses.replace(
+        est, trial_s=est.trial_s * k, source=f"{est.source}; × {k:.1f} for the machine's load"
+    )
+    if load < cores:
+        return scaled, None
+    return (
+        scaled,
+        f"  {load:.0f} other processes share the {cores} cores: estimates are {k:.1f}x slower",
+    )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a seed as the trainers report it (``cmcr.progress``): its name, its units
+    (steps or epochs) and the preset's measured seconds per unit on an idle machine."""
+
+    name: str
+    units: int
+    unit_s: float
+
+
+def phase_plan(cfg: Config) -> list[Phase] | None:
+    """The phases one seed of a trial with ``cfg`` runs, in order (pre-training, then each
+    evaluation's probe / fine-tune epochs); None without a measured cost for its preset."""
+    cost = MEASURED.get(str(cfg.preset))
+    if cost is None:
+        return None
+    steps, work = planned_work(cfg)
+    phases = [Phase(PRETRAIN, steps, cost.step_s)] if steps else []
+    measured = cost.scan_epoch_s
+    for dataset, mode in evaluation_list(cfg):
+        name = f"{dataset}/{mode}"
+        d = evaluation_config(cfg, dataset, mode).downstream
+        epochs = d.probe_epochs if mode == "probe" else d.finetune_epochs
+        per_epoch = work[name] / epochs * measured.get(name, max(measured.values()))
+        phases.append(Phase(PROBE if mode == "probe" else FINETUNE, epochs, per_epoch))
+    return phases
+
+
+_PLANS: dict[str, list[Phase] | None] = {}
+
+
+class TrialClock:
+    """The time a running trial has left, from its live rate: each progress record of the
+    trainers gets ``trial_eta_s`` (the current phase's ETA, plus every later phase and seed
+    at the preset's cost times the measured ``slowdown``: the live seconds per unit over the
+    preset's), ``slowdown`` itself, which the sweep view also applies to the queue, and
+    ``unit_s``, the seconds one unit of the current phase should take (a slow epoch is not a
+    stale worker)."""
+
+    def __init__(self, phases: list[Phase] | None, seeds_left: int, start_s: float = 0.0):
+        self.phases, self.seeds_left, self.start_s = phases, seeds_left, start_s
+        self.pos = 0  # the phase the trainers report now
+        self.slowdown: float | None = None
+
+    def annotate(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with ``trial_eta_s`` and ``slowdown`` (when the plan is known)."""
+        if not self.phases:
+            return record
+        names = [p.name for p in self.phases]
+        if names[self.pos] != record.get("phase") and record.get("phase") in names[self.pos :]:
+            self.pos = names.index(record["phase"], self.pos)
+        now = self.phases[self.pos]
+        rate = record.get("rate")
+        if rate and now.unit_s > 0 and now.name == record.get("phase"):
+            self.slowdown = 1.0 / (rate * now.unit_s)
+        k = self.slowdown or 1.0
+        current = record.get("eta_s")
+        if current is None:
+            left = max(int(record.get("total", now.units)) - int(record.get("step", 0)), 0)
+            current = left * now.unit_s * k
+        later = sum(p.units * p.unit_s for p in self.phases[self.pos + 1 :])
+        seed_s = self.start_s + sum(p.units * p.unit_s for p in self.phases)
+        eta = current + k * (later + (self.seeds_left - 1) * seed_s)
+        return {**record, "trial_eta_s": eta, "slowdown": self.slowdown, "unit_s": now.unit_s * k}
+
+    def next_seed(self) -> None:
+        """A seed finished: the plan starts over for the next one."""
+        self.seeds_left, self.pos = max(self.seeds_left - 1, 1), 0
+
+
+def trial_clock(cfg: Config, seeds_left: int) -> TrialClock:
+    """A ``TrialClock`` for a trial with ``cfg`` and ``seeds_left`` seeds to run; one that
+    adds nothing when the preset has no measured cost or the data cannot be read."""
+    t = cfg.train  # what sizes the phases (trials of a study differ in other keys)
+    key = repr((cfg.preset, cfg.method.name, cfg.data, cfg.downstream, cfg.semantickitti,
+                t.max_steps, t.epochs, t.batch_size, t.grad_accum))  # fmt: skip
+    if key not in _PLANS:  # reading a full dataset's tables takes seconds: once per worker
+        try:
+            _PLANS[key] = phase_plan(cfg)
+        except Exception:  # the data check reports unreadable data; the clock is only a view
+            _PLANS[key] = None
+    phases = _PLANS[key]
+    cost = MEASURED.get(str(cfg.preset))
+    return TrialClock(phases, seeds_left, cost.start_s if cost else 0.0)

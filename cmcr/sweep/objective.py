@@ -31,6 +31,7 @@ from cmcr import progress
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
+from cmcr.sweep.estimate import TrialClock, trial_clock
 from cmcr.sweep.space import StudySpec
 from cmcr.tracking.inputs import RunSpec, config_params, run_spec
 from cmcr.tracking.runs import RunLogger, find_child_run
@@ -90,6 +91,8 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
     results: dict[str, float] = dict(trial.user_attrs.get(Attr.SEED_RESULTS, {}))
     # seeds added to a finished configuration (--add-seeds) are never pruned: it is complete
     prunable = not seeds.is_added(trial)
+    todo = [s for s in seeds.trial_seeds(trial, ctx.seeds) if str(s) not in results]
+    clock = trial_clock(cfg, len(todo))  # the trial's ETA over every phase and seed left
     for index, seed in enumerate(seeds.trial_seeds(trial, ctx.seeds)):
         if str(seed) in results:
             continue  # finished by an earlier attempt of this trial
@@ -103,17 +106,23 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         kwargs["tags"] = _tags(trial, ctx, retry_of)
         if ctx.group is not None:  # the other ranks of the launch run this seed with us
             ctx.group.announce(seed_cfg, kwargs)
-        with _isolated_env(), progress.listen(_progress_sink(trial, seed)):
+        with _isolated_env(), progress.listen(_progress_sink(trial, seed, clock)):
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
+        clock.next_seed()
         results[str(seed)] = float(out.miou)
         trial.set_user_attr(Attr.SEED_RESULTS, results)
     return seeds.objective_value(trial, results)
 
 
-def _progress_sink(trial: Any, seed: int) -> Callable[[dict[str, Any]], None]:
-    """The trial's progress record in the storage, where every machine's sweep view reads it."""
+def _progress_sink(
+    trial: Any, seed: int, clock: TrialClock | None = None
+) -> Callable[[dict[str, Any]], None]:
+    """The trial's progress record in the storage, where every machine's sweep view reads it
+    (with the whole trial's ETA from ``clock``)."""
 
     def sink(record: dict[str, Any]) -> None:
+        if clock is not None:
+            record = clock.annotate(record)
         trial.set_user_attr(Attr.PROGRESS, {**record, "seed": seed})
 
     return sink

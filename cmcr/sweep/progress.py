@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmcr.names import Attr
-from cmcr.progress import fmt_duration, fmt_rate
+from cmcr.progress import fmt_duration, fmt_pct, fmt_rate
 from cmcr.sweep.trials import count_states
 
 LINE_EVERY_S = 30.0
@@ -46,6 +46,13 @@ class Running:
     eta_s: float | None
     elapsed_s: float
     stale: bool = False
+    trial_eta_s: float | None = None  # every phase and seed left (cmcr.sweep.estimate)
+    slowdown: float | None = None  # live seconds per unit over the preset's measured ones
+
+    @property
+    def left_s(self) -> float | None:
+        """The trial's time left: over every phase when known, else the current phase's."""
+        return self.trial_eta_s if self.trial_eta_s is not None else self.eta_s
 
     def progress(self) -> str:
         if not self.phase:
@@ -57,7 +64,7 @@ class Running:
         head = f"  #{self.number} {self.params} | {self.progress()}"
         if not self.phase:
             return clip(head)
-        eta = "stale" if self.stale else f"ETA {fmt_duration(self.eta_s)}"
+        eta = "stale" if self.stale else f"ETA {fmt_duration(self.left_s)}"
         return clip(f"{head} {self.rate}, {eta}")
 
 
@@ -87,7 +94,7 @@ class Snapshot:
 
     def line(self, name: str) -> str:
         """The study's plain-text progress line."""
-        best = "-" if self.best is None else f"{self.best:.4f} (#{self.best_trial})"
+        best = "-" if self.best is None else f"{fmt_pct(self.best)} % (#{self.best_trial})"
         failed = f"failed {self.failed}" + (f" ({self.retried} retried)" if self.retried else "")
         return clip(
             f"[sweep {name}] {self.done}/{self.total} done | running {self.running} | "
@@ -132,7 +139,9 @@ def trial_seconds(trials: list[Any]) -> list[float]:
 def running_trial(t: Any, now: datetime.datetime) -> Running:
     rec = t.user_attrs.get(Attr.PROGRESS) or {}
     elapsed = _seconds(t.datetime_start, now) or 0.0
-    stale = bool(rec) and time.time() - float(rec.get("t", 0)) > STALE_S
+    # stale: no record for 3 units' expected time (a 3-minute epoch is slow, not a dead worker)
+    unit = 1.0 / rec["rate"] if rec.get("rate") else float(rec.get("unit_s") or 0.0)
+    stale = bool(rec) and time.time() - float(rec.get("t", 0)) > max(STALE_S, 3 * unit)
     return Running(
         number=t.number,
         params=short_params(t.params),
@@ -143,18 +152,39 @@ def running_trial(t: Any, now: datetime.datetime) -> Running:
         eta_s=rec.get("eta_s"),
         elapsed_s=elapsed,
         stale=stale,
+        trial_eta_s=rec.get("trial_eta_s"),
+        slowdown=rec.get("slowdown"),
     )
 
 
 def study_eta(
-    per_trial_s: float | None, running: tuple[Running, ...], waiting: int, workers: int
+    per_trial_s: float | None,
+    running: tuple[Running, ...],
+    waiting: int,
+    workers: int,
+    *,
+    measured: bool = True,
 ) -> float | None:
-    """Seconds until the queue is empty: the running trials' remaining time plus the queued
-    trials at ``per_trial_s`` each, shared by ``workers``."""
-    if per_trial_s is None:
-        return None if (waiting or running) else 0.0
-    left = sum(max(per_trial_s - r.elapsed_s, 0.0) for r in running) + waiting * per_trial_s
-    return left / max(workers, len(running), 1) if (workers or running) else left
+    """Seconds until the queue is empty, shared by ``workers``: each running trial's time left
+    from its live rate (``Running.left_s``; else ``per_trial_s`` less its elapsed time) plus the
+    queued trials at ``per_trial_s`` each. ``measured`` False: ``per_trial_s`` is the preset's
+    estimate, scaled by the running trials' median measured slowdown (the machine's load)."""
+    slow = sorted(r.slowdown for r in running if r.slowdown)
+    if per_trial_s is not None and not measured and slow:
+        per_trial_s *= slow[len(slow) // 2]
+    left = 0.0
+    for r in running:
+        if r.left_s is not None and (r.trial_eta_s is not None or per_trial_s is None):
+            left += r.left_s
+        elif per_trial_s is not None:
+            left += max(per_trial_s - r.elapsed_s, r.eta_s or 0.0)
+        else:
+            return None
+    if waiting:
+        if per_trial_s is None:
+            return None
+        left += waiting * per_trial_s
+    return left / max(workers, len(running), 1)
 
 
 def snapshot(
@@ -173,6 +203,7 @@ def snapshot(
     running = tuple(running_trial(t, now) for t in trials if t.state.name == "RUNNING")
     times = trial_seconds(trials)
     per_trial = statistics.median(times) if times else estimate_s
+    waiting = c.get("WAITING", 0)
     return Snapshot(
         total=total,
         complete=c.get("COMPLETE", 0),
@@ -183,7 +214,7 @@ def snapshot(
         waiting=c.get("WAITING", 0),
         best=best,
         best_trial=best_trial,
-        eta_s=study_eta(per_trial, running, c.get("WAITING", 0), workers),
+        eta_s=study_eta(per_trial, running, waiting, workers, measured=bool(times)),
         trials=running,
     )
 
@@ -280,7 +311,7 @@ class ProgressView:
 
         if snap is None:
             return Table(title=f"sweep {self.name}: reading the study…")
-        best = "-" if snap.best is None else f"{snap.best:.4f} (trial #{snap.best_trial})"
+        best = "-" if snap.best is None else f"{fmt_pct(snap.best)} % (trial #{snap.best_trial})"
         failed = f"{snap.failed}" + (f" ({snap.retried} retried)" if snap.retried else "")
         title = (
             f"sweep {self.name}: {snap.done}/{snap.total} done · running {snap.running} · "
@@ -309,7 +340,7 @@ class ProgressView:
                 r.phase or "starting",
                 step,
                 r.rate,
-                "stale" if r.stale else fmt_duration(r.eta_s),
+                "stale" if r.stale else fmt_duration(r.left_s),
                 fmt_duration(r.elapsed_s),
             )
         return table

@@ -12,7 +12,7 @@ from typing import Any
 
 from cmcr.guard import path_slug
 from cmcr.names import Attr
-from cmcr.progress import fmt_duration
+from cmcr.progress import fmt_duration, fmt_pct
 from cmcr.sweep import recovery, runner, seeds
 from cmcr.sweep.progress import clip, running_trial, short_params, trial_seconds
 from cmcr.sweep.slurm import status_notes
@@ -275,7 +275,7 @@ def print_status(plan: Any, now: Any = None) -> int:
 
 
 _ORDER = {"COMPLETE": 0, "RUNNING": 1, "WAITING": 2, "PRUNED": 3, "FAIL": 4}
-_COLUMNS = ("trial", "state", "value", "time", "params", "run", "note")
+_COLUMNS = ("trial", "state", "mIoU %", "time", "params", "run", "note")
 
 
 def _best(study: Any) -> Any:
@@ -331,12 +331,12 @@ def _row(t: Any, attempts: list[Any], jobs: dict[int, str], now: Any) -> tuple[s
     """One slot's row: its latest attempt ``t`` (of ``attempts``) and its notes."""
     end = t.datetime_complete or (now if t.state.name == "RUNNING" else None)
     seconds = (end - t.datetime_start).total_seconds() if t.datetime_start and end else None
-    value = "-" if t.value is None else f"{t.value:.4f}"
+    value = fmt_pct(t.value)
     note = [jobs.get(t.number, "").strip()]
     if t.state.name == "RUNNING":
         r = running_trial(t, now)
         if r.phase:
-            note.append(f"{r.progress()}, ETA {'stale' if r.stale else fmt_duration(r.eta_s)}")
+            note.append(f"{r.progress()}, ETA {'stale' if r.stale else fmt_duration(r.left_s)}")
     if len(attempts) > 1:
         prev = attempts[-2]
         why = prev.user_attrs.get(Attr.FAIL_REASON) or recovery.STALE_REASON

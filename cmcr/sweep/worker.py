@@ -23,6 +23,7 @@ from typing import Any
 from cmcr.engine import stop
 from cmcr.errors import CMCRError, first_line
 from cmcr.names import Attr, Tag
+from cmcr.progress import fmt_pct
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
 from cmcr.sweep.group import GroupBroken
@@ -161,7 +162,7 @@ def _run_and_tell(
         return
     parent_runs.runs_complete(ctx.base, trial)
     study.tell(trial, value)
-    log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
+    log.info(f"trial {trial.number} complete: val mIoU {fmt_pct(value)} %")
 
 
 def fault_kind(exc: BaseException) -> str:
