@@ -149,3 +149,33 @@ def test_unknown_resume_id_fails_without_a_run(with_config, smoke_world, shared_
     assert cli_main(args) == 2
     assert "run id '0123456789abcdef' does not exist" in _error_line(capsys)
     assert _all_runs(shared_store) == []
+
+
+def test_resume_reuses_the_recorded_config_and_refuses_another_preset(smoke_world, tmp_path):
+    """The README's pair: `--set loss.weights.mim=0.5`, then `--config <preset> --resume RUN`
+    (without the --set) resumes with mim 0.5 (it failed: 'mim: 0.5 -> 1.0'); another preset
+    is one line naming the recorded one."""
+    import argparse
+
+    from cmcr.engine.cli_pretrain import build_config, resume_line
+    from cmcr.tracking.inputs import config_params
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    over = [f"tracking.tracking_uri={store}", f"data.dataroot={smoke_world}"]
+    recorded = load_config("smoke", [*over, "loss.weights.mim=0.5"])
+    client = make_client(store)
+    run_id = client.create_run(client.create_experiment("cmcr")).info.run_id
+    for key, value in config_params(recorded).items():
+        client.log_param(run_id, key, value)
+
+    def args(config: str | None) -> argparse.Namespace:
+        return argparse.Namespace(config=config, resume=run_id, overrides=[over])
+
+    for config in ("smoke", None):
+        cfg = build_config(args(config))
+        assert cfg.loss.weights.mim == 0.5 and cfg.preset == "smoke"
+    assert resume_line(run_id, cfg, []) == (
+        f"resuming run {run_id} with its recorded config (preset smoke)"
+    )
+    with pytest.raises(Exception, match="recorded with preset 'smoke'.*drop --config"):
+        build_config(args("demo"))

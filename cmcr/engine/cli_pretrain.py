@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cmcr.configs import Config, ConfigError, apply_overrides, config_from_flat, load_config
+from cmcr.configs import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_flat,
+    list_presets,
+    load_config,
+)
 from cmcr.configs import validate_config as _validate
 from cmcr.tracking.runs import require_run
 from cmcr.tracking.store import make_client, resolve_tracking_uri
@@ -15,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config PRESET_OR_YAML [--set key=value ...] [--resume RUN_ID]``."""
     parser.add_argument(
         "--config",
-        help="preset name (smoke, demo, paper) or YAML file; with --resume, defaults to the "
-        "run's recorded config",
+        help=f"preset name ({', '.join(list_presets())}) or YAML file; with --resume the run's "
+        "recorded config is used (its preset and overrides; --config may only repeat its preset)",
     )
     parser.add_argument(
         "--set",
@@ -54,14 +61,29 @@ def _recorded_config(run_id: str, base: Config) -> Config:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """Config from --config/--set, or from the resumed run's params when --config is absent."""
-    if args.config:
-        return load_config(args.config, _overrides(args))
+    """Config from --config/--set; with --resume, the run's recorded config (its preset and
+    the overrides it was started with) plus this call's --set. A --config naming another
+    preset than the recorded one is refused, naming the stored preset."""
     if not args.resume:
-        raise ConfigError("--config: required (a preset name or a YAML file) unless --resume")
+        if not args.config:
+            raise ConfigError("--config: required (a preset name or a YAML file) unless --resume")
+        return load_config(args.config, _overrides(args))
     # the overrides may name the store (tracking.*), so they apply before the lookup too
     cfg = _recorded_config(args.resume, load_config(None, _overrides(args)))
+    if args.config:
+        asked = load_config(args.config, _overrides(args)).preset
+        if asked != cfg.preset:
+            raise ConfigError(
+                f"--config {args.config}: run {args.resume} was recorded with preset "
+                f"{cfg.preset!r}; --resume continues it with its recorded config (drop --config)"
+            )
     return _validate(apply_overrides(cfg, _overrides(args)))
+
+
+def resume_line(run_id: str, cfg: Config, overrides: list[str]) -> str:
+    """What a resume reused, said before it starts."""
+    extra = f"; with --set {' '.join(overrides)}" if overrides else ""
+    return f"resuming run {run_id} with its recorded config (preset {cfg.preset}){extra}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     setup_console()  # the cmcr lines (the run id, for --resume); library chatter to run.log
     redact_logging()
     cfg = build_config(args)
+    if args.resume:
+        print(resume_line(args.resume, cfg, _overrides(args)), flush=True)
     from cmcr.engine.preflight import before_pretrain  # lazy: keeps `cmcr --help` fast
 
     before_pretrain(cfg)  # a tracking server that is down: one line, before any run exists
