@@ -71,6 +71,19 @@ class StderrHandler(logging.StreamHandler):
     def stream(self, value: Any) -> None:  # logging's __init__ sets it; sys.stderr wins
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """A line above a live tqdm bar, not inside it (``cmcr pretrain`` printed
+        ``...17.23s/step]p`` / ``robe at step 7``): tqdm.write clears the bars, prints,
+        redraws them. Without tqdm loaded (no bar can be open) the plain stream write."""
+        tq = sys.modules.get("tqdm")
+        if tq is None:
+            super().emit(record)
+            return
+        try:
+            tq.tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
 
 def setup_console(level: int = logging.INFO) -> None:
     """The process's terminal logging: the platform's lines at ``level``, libraries quiet."""
