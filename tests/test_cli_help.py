@@ -41,3 +41,32 @@ def test_top_level_help_lists_every_command_and_imports_no_heavy_library() -> No
 def test_a_named_command_still_shows_its_own_arguments(command: str, flag: str) -> None:
     text, _ = _modules_after(command, "--help")
     assert f"usage: cmcr {command}" in text and flag in text, text
+
+
+def test_sweep_help_groups_slurm_apart() -> None:
+    import argparse
+
+    from cmcr.sweep.options import add_arguments
+
+    parser = argparse.ArgumentParser(prog="sweeps/run.py")
+    add_arguments(parser)
+    text = parser.format_help()
+    head, _, slurm = text.partition("SLURM (with --launcher slurm")
+    assert slurm and "--study" in head and "--resume" in head and "--storage" in head
+    for flag in ("--partition", "--account", "--gpus-per-worker", "--signal", "--cancel"):
+        assert flag in slurm and f"  {flag}" not in head, flag
+    assert parser.format_usage().count("\n") <= 2  # a short usage line, not 14 lines of flags
+
+
+def test_list_shows_each_studys_pruner_and_cost_here(smoke_world) -> None:
+    from cmcr.sweep import summary
+
+    text = summary.list_studies("smoke", [f"data.dataroot={smoke_world}"])
+    heads = [i for i, line in enumerate(text.splitlines()) if not line.startswith(" ")]
+    lines = text.splitlines()
+    assert len(heads) >= 5
+    for i in heads:
+        assert lines[i + 1].startswith("    pruner "), lines[i + 1]
+    assert "cost here about" in lines[heads[0] + 1] or "cost here about" in text
+    nowhere = summary.list_studies("smoke", ["data.dataroot=/no/such/world"])
+    assert "the data at /no/such/world could not be read" in nowhere

@@ -109,7 +109,7 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     try:
         steps, work = planned_work(cfg)
     except Exception:  # the data is checked (and its error reported) by the preflight
-        return Estimate(None, "the data could not be read")
+        return Estimate(None, f"the data at {cfg.data.dataroot} could not be read")
     seconds = cost.start_s + steps * cost.step_s
     parts = [f"{steps} steps × {cost.step_s:g} s"]
     measured = cost.scan_epoch_s

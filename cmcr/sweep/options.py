@@ -196,9 +196,27 @@ def _fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(SweepOptions))
 
 
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """One argparse argument per SweepOptions field (dest = the field name)."""
+# --help's groups, in this order (fields not named: the first); SLURM's options stand apart, so
+# a local user reads the first screen only
+HELP_GROUPS = {
+    "what to run": (),
+    "continue or grow a stored study": ("resume", "retry_failed", "max_retries", "add_seeds", "top"),
+    "stores": ("storage", "tracking_uri"),
+    "workers": ("workers", "heartbeat_s", "launcher"),
+    "SLURM (with --launcher slurm; docs/scaling.md)": (
+        "slurm_config", "partition", "account", "time", "gpus_per_worker", "cpus_per_worker",
+        "mem", "signal",
+    ),
+}  # fmt: skip
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """One argparse argument per SweepOptions field (dest = the field name), in --help's
+    groups (``HELP_GROUPS``); returns the groups by title."""
+    made = {title: parser.add_argument_group(title) for title in HELP_GROUPS}
+    first = next(iter(made.values()))
     for f in _fields():
+        group = next((made[t] for t, names in HELP_GROUPS.items() if f.name in names), first)
         meta = f.metadata
         kw: dict[str, Any] = {"dest": f.name, **meta["argparse"]}
         if meta["help"]:
@@ -210,7 +228,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             kw.update(action="append", default=[])
         else:  # a flag with an env stand-in defaults to None: from_args tells them apart
             kw.update(default=None if meta["env"] else default, type=_scalar_type(f))
-        parser.add_argument(meta["flag"], **kw)
+        group.add_argument(meta["flag"], **kw)
+    return made
 
 
 def _scalar_type(f: dataclasses.Field) -> type:
@@ -246,19 +265,21 @@ def worker_argv(opts: SweepOptions) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep CLI's arguments: the SweepOptions fields, then the actions."""
-    add_option_arguments(parser)
-    a = parser.add_argument
-    a("--list", action="store_true", help="list the built-in studies and their search spaces")
+    parser.usage = f"{PROG} --study STUDY [options]  |  --list  |  --study STUDY --status"
+    groups = add_option_arguments(parser)
+    a = parser.add_argument_group("instead of a sweep").add_argument
+    a("--list", action="store_true", help="list the built-in studies: space, pruner, cost here")
     a(
         "--status",
         action="store_true",
         help="print the study's trials by state with their MLflow runs",
     )
-    a("--cancel", action="store_true", help="cancel the study's SLURM worker jobs")
+    slurm = list(groups.values())[-1]
+    slurm.add_argument("--cancel", action="store_true", help="cancel the study's SLURM jobs")
     a("--no-report", action="store_true",
       help="do not build the study's report at the end (scripted sweeps; build it later with "
            "python dashboards/build.py --study NAME)")  # fmt: skip
-    a("--worker", action="store_true", help=argparse.SUPPRESS)  # set on spawned workers
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # spawned workers
 
 
 def sweep_options(args: argparse.Namespace) -> SweepOptions:
