@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from cmcr.configs import Config, config_to_dict, flatten_config, variant_name
+from cmcr.configs import Config, config_to_dict, flatten_config, load_config, variant_name
 from cmcr.errors import first_line
-from cmcr.names import Kind, Tag
+from cmcr.names import Kind, Tag, is_local_key
 from cmcr.tracking.store import param_text, resolve_tracking_uri, tag_text
 from cmcr.uris import redact
 
@@ -56,6 +56,28 @@ class RunSpec:
     system_metrics: bool = False
 
 
+NAMED_CHANGES = 3  # a run name lists at most this many settings that differ from its preset
+
+
+def run_name(cfg: Config, kind: str) -> str:
+    """A run's name from what it is: ``pretrain demo mim=0.5``: the kind, the preset and the
+    settings that differ from the preset (machine-local keys aside; the first few, short keys),
+    instead of MLflow's random ``loud-duck-578``."""
+    head = f"{kind} {cfg.preset}"
+    try:
+        preset = flatten_config(load_config(cfg.preset))
+    except Exception:  # a preset file that moved since: the name is only a label
+        return head
+    changed = [(k, v) for k, v in flatten_config(cfg).items()
+               if not is_local_key(k) and k != "preset" and preset.get(k) != v]  # fmt: skip
+    if kind in (Kind.PROBE, Kind.FINETUNE):
+        changed = [(k, v) for k, v in changed if k != "downstream.mode"]
+    parts = [f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else
+             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changed[:NAMED_CHANGES]]  # fmt: skip
+    more = f" +{len(changed) - NAMED_CHANGES}" if len(changed) > NAMED_CHANGES else ""
+    return " ".join([head, *parts]) + more
+
+
 def run_spec(
     cfg: Config,
     *,
@@ -87,7 +109,7 @@ def run_spec(
         kind=kind,
         tags={k: tag_text(v) for k, v in all_tags.items()},
         params=recorded,
-        name=name,
+        name=name or run_name(cfg, kind),
         parent=parent,
         inputs=inputs,
         system_metrics=cfg.tracking.system_metrics,
