@@ -138,6 +138,8 @@ def test_sweep_links_trials_and_runs_both_ways(tmp_path, store):
 
     prun = MlflowClient(store).get_run(parent)
     assert prun.data.tags["cmcr.kind"] == "study" and prun.data.tags["optuna.study"] == "links"
+    # only what holds for the whole study: no seed; the variant, which loss_weights never searches
+    assert "cmcr.seed" not in prun.data.tags and prun.data.tags["cmcr.variant"] == "cmcr-gemim"
     assert prun.info.status == "FINISHED"
     assert prun.data.tags["optuna.best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
 
@@ -270,6 +272,8 @@ def test_retries_stop_at_max_and_divergence_is_not_retried(tmp_path, store, caps
 
 
 def test_grid_retry_neither_skips_nor_doubles_a_cell(tmp_path, store):
+    from mlflow.tracking import MlflowClient
+
     rec = Recorder(fail_on={3: RuntimeError("boom")}, value=lambda cfg, n: 0.5)
     assert run_sweep(tmp_path, store, "--study", "components", "--name", "grid", trial_fn=rec) == 0
     study = load(tmp_path, "grid")
@@ -278,6 +282,8 @@ def test_grid_retry_neither_skips_nor_doubles_a_cell(tmp_path, store):
     assert len(complete) == 8 and len(set(variants)) == 8  # --n-trials defaulted to the grid
     assert sum(t.state == TrialState.FAIL for t in study.trials) == 1
     assert len(children(store, study.user_attrs["mlflow_parent_run_id"])) == 8
+    parent = MlflowClient(store).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert "cmcr.variant" not in parent.data.tags  # the grid searches it: no single variant
     methods = {(c["cfg"].method.name, c["cfg"].method.mim) for c in rec.calls}
     assert ("random", True) in methods and ("cmcr", False) in methods
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cmcr.configs import Config
+from cmcr.configs import Config, variant_name
 from cmcr.names import Attr, Kind, Metric, Tag
 from cmcr.sweep import recovery
 from cmcr.tracking import runs
@@ -56,6 +56,8 @@ def open_parent(
         Tag.SAMPLER: definition["sampler"],
         Tag.N_TRIALS: str(n_trials),
     }
+    if not any(key.startswith("method.") for key in params):  # every trial has this variant
+        tags[Tag.VARIANT] = variant_name(cfg)
     parent = study.user_attrs.get(Attr.PARENT_RUN) or runs.find_study_run(
         uri, cfg.tracking.experiment, name, tags[Tag.STORAGE]
     )

@@ -117,7 +117,9 @@ def run_spec(
 
 
 def standard_tags(cfg: Config, kind: str, parent_run_id: str | None) -> dict[str, str]:
-    """The contract tags every run carries (docs/architecture.md, MLflow names)."""
+    """The contract tags every run carries (docs/architecture.md, MLflow names). A study's
+    parent run carries only what holds for the whole study: no seed (its trials run their own),
+    and its variant only when the parent says the study does not search it (cmcr.sweep.parent)."""
     tags = {
         Tag.KIND: kind,
         Tag.VARIANT: variant_name(cfg),
@@ -126,6 +128,8 @@ def standard_tags(cfg: Config, kind: str, parent_run_id: str | None) -> dict[str
         Tag.GIT_COMMIT: git_commit(),
         Tag.DATASET_FINGERPRINT: dataset_fingerprint(cfg),
     }
+    if kind == Kind.STUDY:
+        del tags[Tag.SEED], tags[Tag.VARIANT]
     if parent_run_id:
         tags[Tag.PARENT_RUN] = parent_run_id
     return tags
