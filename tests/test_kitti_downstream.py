@@ -21,10 +21,9 @@ KITTI_NAMES = (
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory) -> dict:
-    """One smoke fine-tuning through the CLI, with its export (run once for every test)."""
+    """One smoke fine-tuning through the CLI, Cartesian voxels, validation capped at 2 of the 3
+    scans, with its export into a stale export (--overwrite) (run once for every test)."""
     from mlflow.tracking import MlflowClient
-
-    from cmcr.cli import main
 
     tmp = tmp_path_factory.mktemp("kitti_ft")
     world = tmp / "world"
@@ -35,21 +34,33 @@ def finetuned(tmp_path_factory) -> dict:
         "semantickitti.root": str(world),
         "semantickitti.finetune_label_fraction": 0.5,  # 2 of the 4 training scans
         "downstream.finetune_epochs": 2,
+        "semantickitti.coords": "cartesian",
+        "data.max_samples": 2,  # caps validation, never the export
         "tracking.tracking_uri": uri,
         "tracking.output_dir": str(tmp / "runs"),
     }
     argv = ["finetune", "--config", "smoke", "--dataset", "semantickitti", "--pretrained", "none"]
     argv += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     export = tmp / "export"
+    stale = export / "sequences" / "08" / "predictions"
+    stale.mkdir(parents=True)
+    np.zeros(5, np.uint32).tofile(stale / "000007.label")  # a previous export's scan
+    line = _cli([*argv, "--export", str(export), "--overwrite"])
+    run = MlflowClient(uri).get_run(line["run_id"])
+    return {"line": line, "run": run, "world": world, "export": export, "tmp": tmp}
+
+
+def _cli(argv: list[str]) -> dict:
+    """``cmcr`` in-process; its last stdout line (the metrics JSON)."""
     import contextlib
     import io
 
+    from cmcr.cli import main
+
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main([*argv, "--export", str(export)]) == 0
-    line = json.loads(out.getvalue().strip().splitlines()[-1])
-    run = MlflowClient(uri).get_run(line["run_id"])
-    return {"line": line, "run": run, "world": world, "export": export, "tmp": tmp}
+        assert main(argv) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 def test_finetune_logs_per_class_iou_for_the_19_classes(finetuned) -> None:
@@ -70,19 +81,19 @@ def test_finetune_logs_per_class_iou_for_the_19_classes(finetuned) -> None:
     assert tags["cmcr.protocol.labels.semantickitti"].startswith("50 % of the labels: 1 scan")
     params = finetuned["run"].data.params
     assert params["downstream.dataset"] == "semantickitti"
-    assert params["semantickitti.coords"] == "cylindrical"
+    assert params["semantickitti.coords"] == "cartesian"
     weights = Path(finetuned["tmp"] / "runs" / finetuned["line"]["run_id"] / "semantickitti")
     assert (weights / "seg_head.pt").is_file()
 
 
-def _independent_miou(world: Path, export: Path) -> float:
+def _independent_miou(world: Path, export: Path, n: int) -> float:
     """mIoU of exported predictions by semantic-kitti-api's rules, written from scratch here:
     both files through the dataset's learning_map, ground-truth 0 ignored, IoU = TP / (TP + FP
     + FN) over the 19 classes, a class absent from both counting 0."""
     lmap = yaml.safe_load((world / "semantic-kitti.yaml").read_text())["learning_map"]
     to_class = np.vectorize(lambda raw: lmap[int(raw) & 0xFFFF])
     conf = np.zeros((20, 20), dtype=np.int64)  # [prediction, truth] as in the API
-    files = sorted((world / "sequences" / "08" / "labels").glob("*.label"))
+    files = sorted((world / "sequences" / "08" / "labels").glob("*.label"))[:n]
     for gt_file in files:
         pred_file = export / "sequences" / "08" / "predictions" / gt_file.name
         gt = to_class(np.fromfile(gt_file, dtype=np.uint32))
@@ -99,12 +110,32 @@ def _independent_miou(world: Path, export: Path) -> float:
 def test_exported_predictions_score_the_same_miou_by_the_datasets_own_rules(finetuned) -> None:
     world, export = finetuned["world"], finetuned["export"]
     preds = sorted((export / "sequences" / "08" / "predictions").glob("*.label"))
+    # every scan of 08 (data.max_samples=2 capped validation only); the stale 000007 cleared
     assert [p.name for p in preds] == ["000000.label", "000001.label", "000002.label"]
     inv = yaml.safe_load((world / "semantic-kitti.yaml").read_text())["learning_map_inv"]
     raw_ids = set(np.concatenate([np.fromfile(p, dtype=np.uint32) for p in preds]).tolist())
     assert raw_ids <= {v for k, v in inv.items() if k != 0}  # raw ids, never "unlabeled"
-    expected = _independent_miou(world, export)
+    expected = _independent_miou(world, export, 2)  # the logged values: the first 2 scans
     assert finetuned["line"]["miou"] == pytest.approx(expected, abs=1e-6)
     assert finetuned["run"].data.metrics["val/semantickitti/miou"] == pytest.approx(
         expected, abs=1e-12
     )
+
+
+def test_evaluate_run_rescores_with_the_runs_own_saved_config(finetuned, tmp_path) -> None:
+    """`cmcr evaluate --run` of a KITTI run, no --config or --dataset: its config is
+    runs/<id>/semantickitti/config.yaml (Cartesian voxels), so the scores are the logged ones,
+    and its export (every scan) is byte for byte the fine-tuning's."""
+    run_id, runs = finetuned["line"]["run_id"], finetuned["tmp"] / "runs"
+    sets = ["--set", f"tracking.output_dir={runs}"]
+    line = _cli(["evaluate", "--run", run_id, *sets])
+    metrics = finetuned["run"].data.metrics
+    assert line["miou"] == pytest.approx(metrics["val/semantickitti/miou"], abs=1e-6)
+    for name, v in line["per_class"].items():
+        assert v == pytest.approx(metrics[f"val/semantickitti/iou_{name}"], abs=1e-6)
+    export = tmp_path / "again"
+    _cli(["evaluate", "--run", run_id, *sets, "--export", str(export)])
+    ours = sorted((finetuned["export"] / "sequences" / "08" / "predictions").iterdir())
+    again = sorted((export / "sequences" / "08" / "predictions").iterdir())
+    assert [p.name for p in again] == [p.name for p in ours] and len(ours) == 3
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, again, strict=True))

@@ -15,6 +15,7 @@ sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,23 @@ def label_maps(root: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a SemanticKITTI label map ({err})") from None
     if table.max() > NUM_KITTI or sorted(inv) != list(range(NUM_KITTI + 1)):
         raise DataError(f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them")
+    check_inverse(table, inverse, path)
     return table, inverse
+
+
+def check_inverse(table: np.ndarray, inverse: np.ndarray, path: Path) -> None:
+    """DataError unless learning_map_inv inverts learning_map on the 19 classes: every class c
+    goes to a raw id that learning_map sends back to c (else the export holds other classes)."""
+    classes = np.arange(1, NUM_KITTI + 1)
+    raw = inverse[classes]  # (19,)
+    back = np.where((raw >= 0) & (raw < MAX_RAW), table[np.clip(raw, 0, MAX_RAW - 1)], -1)
+    wrong = classes[back != classes]
+    if wrong.size:
+        c = int(wrong[0])
+        raise DataError(
+            f"{path}: learning_map_inv does not invert learning_map: class {c} -> raw id "
+            f"{int(raw[c - 1])} -> class {int(back[c - 1])} ({wrong.size} of {NUM_KITTI} classes)"
+        )
 
 
 def split_sequences(cfg: Config, split: str) -> list[str]:
@@ -130,17 +147,27 @@ def select_kitti_records(cfg: Config, split: str, fraction: float = 1.0) -> list
     return records
 
 
+def read_sized(path: str, dtype: type, item: int, what: str) -> np.ndarray:
+    """The file as a flat ``dtype`` array; DataError when missing, empty, or when its size in
+    bytes is not a whole number of ``item``-byte records (np.fromfile would drop the tail)."""
+    try:
+        size = os.path.getsize(path)
+        raw = np.fromfile(path, dtype=dtype)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        raise DataError(f"{path}: {what} not found") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    if size == 0 or size % item or raw.nbytes != size:
+        raise DataError(
+            f"{path}: {size} bytes is not a non-empty whole number of {item}-byte records "
+            f"({what})"
+        )
+    return raw
+
+
 def read_kitti_points(path: str) -> np.ndarray:
     """(N, 4) float32 of a velodyne .bin; DataError when missing, truncated, empty or not finite."""
-    try:
-        raw = np.fromfile(path, dtype=np.float32)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise DataError(f"{path}: velodyne scan not found") from err
-    if raw.size == 0 or raw.size % POINT_DIMS:
-        raise DataError(
-            f"{path}: {raw.size * 4} bytes is not a non-empty whole number of "
-            f"{POINT_DIMS}-float points"
-        )
+    raw = read_sized(path, np.float32, 4 * POINT_DIMS, "velodyne scan")
     points = raw.reshape(-1, POINT_DIMS)
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
@@ -150,10 +177,7 @@ def read_kitti_points(path: str) -> np.ndarray:
 
 def read_kitti_labels(path: str, n_points: int) -> np.ndarray:
     """(N,) uint32 labels of a .label file; DataError when missing or of the wrong length."""
-    try:
-        labels = np.fromfile(path, dtype=np.uint32)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise DataError(f"{path}: SemanticKITTI label file not found") from err
+    labels = read_sized(path, np.uint32, 4, "SemanticKITTI label file")
     if labels.size != n_points:
         raise DataError(f"{path}: {labels.size} labels for {n_points} points")
     return labels

@@ -41,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         default=None,
         metavar="DIR",
         help="write predictions in the dataset's submission layout under DIR (nuScenes: "
-        "lidarseg/<split>/*.bin; SemanticKITTI: sequences/NN/predictions/*.label)",
+        "lidarseg/<split>/*.bin; SemanticKITTI: sequences/NN/predictions/*.label), every scan "
+        "of the split; DIR must be empty or absent (checked before training)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --export: clear DIR first when it holds a previous export",
     )
     if name == "evaluate":
         src = parser.add_mutually_exclusive_group(required=True)
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         parent_run_id=args.parent_run_id,
         export_dir=args.export_lidarseg,
         announce=_announce,
+        overwrite=args.overwrite,
     )
     _print(args.command, res.miou, res.fwiou, res.per_class, run_id=res.run_id)
     return 0
@@ -109,10 +116,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
         base = load_config(args.config, args.overrides)  # for tracking.output_dir
-        saved = run_dir(base, args.run) / "config.yaml"
-        cfg = _load_cfg(args, saved if saved.is_file() else None)
-        # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
-        sub = DATASETS.get(cfg.downstream.dataset).subfolder()
+        sub = _run_subfolder(run_dir(base, args.run), args.dataset)
+        # the run's own config (voxel coordinates, root, ...) unless --config names another
+        cfg = _load_cfg(args, run_dir(base, args.run) / sub / "config.yaml")
         backbone, head = run_dir_weights(cfg, str(Path(args.run) / sub) if sub else args.run)
         pretrained: str | None = str(backbone)
     else:
@@ -120,10 +126,39 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CMCRError("--head needs --pretrained RUN_ID|PATH|none (the encoder weights)")
         cfg, head, pretrained = _load_cfg(args), Path(args.head), args.pretrained
     m = run_evaluate(
-        cfg, pretrained=pretrained, head=head, split=args.split, export_dir=args.export_lidarseg
+        cfg,
+        pretrained=pretrained,
+        head=head,
+        split=args.split,
+        export_dir=args.export_lidarseg,
+        overwrite=args.overwrite,
     )
     _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
     return 0
+
+
+def _run_subfolder(folder: Path, dataset: str | None) -> str:
+    """Where ``folder`` (runs/<id>) keeps the evaluation's weights and config.yaml: its
+    dataset's subfolder ("" for nuScenes, "semantickitti" for SemanticKITTI); ``dataset``
+    (--dataset) chooses among several, else the plain one, else the only one saved."""
+    names = [dataset] if dataset else list(DATASETS.names())
+    saved = {
+        sub: name
+        for name in names
+        if (folder / (sub := DATASETS.get(name).subfolder()) / "config.yaml").is_file()
+    }
+    if not saved:
+        which = f"the {dataset} evaluation's " if dataset else "a "
+        raise CMCRError(
+            f"--run '{folder.name}': no config.yaml of {which}probe / finetune run in {folder} "
+            "(expected the output folder of a cmcr probe or finetune run)"
+        )
+    if "" in saved or len(saved) == 1:
+        return "" if "" in saved else next(iter(saved))
+    raise CMCRError(
+        f"--run '{folder.name}': evaluations of {', '.join(sorted(saved.values()))} are saved; "
+        "choose one with --dataset"
+    )
 
 
 def _print(kind: str, miou: float, fwiou: float, per_class: dict, run_id: str | None) -> None:
