@@ -139,3 +139,45 @@ def test_evaluate_run_rescores_with_the_runs_own_saved_config(finetuned, tmp_pat
     again = sorted((export / "sequences" / "08" / "predictions").iterdir())
     assert [p.name for p in again] == [p.name for p in ours] and len(ours) == 3
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, again, strict=True))
+
+
+def _validate_kitti_zip(archive: Path, dataset: Path) -> None:
+    """The checks of semantic-kitti-api's validate_submission.py (segmentation task), written
+    here: a .zip; directories sequences/, sequences/NN/ and sequences/NN/predictions/ for 11-21;
+    for every velodyne scan of the dataset's test sequences a .label of one uint32 per point."""
+    import zipfile
+
+    assert archive.name.endswith(".zip")
+    with zipfile.ZipFile(archive) as bundle:
+        infos = bundle.infolist()
+        directories = {i.filename for i in infos if i.filename.endswith("/")}
+        files = {i.filename: i for i in infos if not i.filename.endswith("/")}
+        assert "sequences/" in directories
+        for seq in range(11, 22):
+            assert {f"sequences/{seq}/", f"sequences/{seq}/predictions/"} <= directories
+            velodyne = dataset / "sequences" / f"{seq}" / "velodyne"
+            for scan in sorted(velodyne.iterdir()):
+                label = f"sequences/{seq}/predictions/{scan.stem}.label"
+                assert label in files, label
+                assert files[label].file_size / 4 == scan.stat().st_size / 16
+                data = np.frombuffer(bundle.read(label), dtype=np.uint32)  # uint32 raw ids
+                assert set(np.unique(data).tolist()) <= {
+                    10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81
+                }  # fmt: skip
+
+
+def test_test_split_export_passes_the_submission_checks(finetuned, tmp_path) -> None:
+    """`cmcr evaluate --split test --export DIR --zip`: sequences 11-21 have no labels, so it
+    runs inference only (no metrics) and writes the bundle the benchmark's server takes."""
+    run_id, runs = finetuned["line"]["run_id"], finetuned["tmp"] / "runs"
+    export = tmp_path / "submission"
+    argv = ["evaluate", "--run", run_id, "--set", f"tracking.output_dir={runs}", "--split", "test"]
+    from cmcr.cli import main
+
+    assert main(argv) == 2  # no labels and no --export: nothing to do, said in one line
+    line = _cli([*argv, "--export", str(export), "--zip"])
+    assert line["miou"] is None and line["per_class"] == {}
+    _validate_kitti_zip(tmp_path / "submission.zip", finetuned["world"])
+    assert sorted(p.name for p in (export / "sequences").iterdir()) == [
+        f"{i:02d}" for i in range(11, 22)
+    ]

@@ -7,7 +7,8 @@ Standard layout under ``semantickitti.root`` (or ``CMCR_KITTI_ROOT``)::
     semantic-kitti.yaml                 optional: its learning_map / learning_map_inv are used
 
 Training sequences ``semantickitti.train_sequences`` (00-10 but 08), validation
-``semantickitti.val_sequences`` (08); label fractions keep every k-th *scan* of the training
+``semantickitti.val_sequences`` (08), test 11-21 (the benchmark's, without ``labels/``: read
+for inference only, every label 0); label fractions keep every k-th *scan* of the training
 sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release's
 ``dataset_skip_step``). The samples follow the segmentation batch contract of
 ``cmcr.data.collate_seg`` with labels in 0..19 (0 ignored).
@@ -40,7 +41,8 @@ from cmcr.names import KITTI_ROOT_ENV
 
 KITTI_YAML = "semantic-kitti.yaml"
 POINT_DIMS = 4  # x, y, z, remission
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+TEST_SEQUENCES = tuple(f"{i:02d}" for i in range(11, 22))  # the benchmark's, without labels
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class KittiRecord:
     sequence: str  # "00"
     frame: str  # "000000"
     velodyne_path: str
-    label_path: str
+    label_path: str | None  # None: a sequence without labels/ (the test split)
 
     @property
     def token(self) -> str:
@@ -110,10 +112,13 @@ def check_inverse(table: np.ndarray, inverse: np.ndarray, path: Path) -> None:
 
 
 def split_sequences(cfg: Config, split: str) -> list[str]:
-    """The sequences of ``train`` or ``val`` (config keys semantickitti.*_sequences)."""
+    """The sequences of ``train`` or ``val`` (config keys semantickitti.*_sequences), or
+    ``test`` (11-21)."""
     if split not in SPLITS:
         raise DataError(f"SemanticKITTI split '{split}': expected one of {', '.join(SPLITS)}")
     kc = cfg.semantickitti
+    if split == "test":
+        return list(TEST_SEQUENCES)
     return list(kc.train_sequences if split == "train" else kc.val_sequences)
 
 
@@ -129,11 +134,19 @@ def load_kitti_records(cfg: Config, split: str) -> list[KittiRecord]:
                 f"semantickitti.{split}_sequences: sequence '{seq}' has no scans in "
                 f"{folder / 'velodyne'}"
             )
+        labels = folder / "labels"
         records += [
-            KittiRecord(seq, p.stem, str(p), str(folder / "labels" / f"{p.stem}.label"))
+            KittiRecord(
+                seq, p.stem, str(p), str(labels / f"{p.stem}.label") if labels.is_dir() else None
+            )
             for p in scans
         ]
     return records
+
+
+def is_labelled(records: list[KittiRecord]) -> bool:
+    """Whether any scan has a labels/ folder (a split without any: inference only)."""
+    return any(r.label_path is not None for r in records)
 
 
 def select_kitti_records(cfg: Config, split: str, fraction: float = 1.0) -> list[KittiRecord]:
@@ -175,8 +188,10 @@ def read_kitti_points(path: str) -> np.ndarray:
     return points
 
 
-def read_kitti_labels(path: str, n_points: int) -> np.ndarray:
+def read_kitti_labels(path: str | None, n_points: int) -> np.ndarray:
     """(N,) uint32 labels of a .label file; DataError when missing or of the wrong length."""
+    if path is None:
+        raise DataError("a SemanticKITTI sequence without labels/ where labels are needed")
     labels = read_sized(path, np.uint32, 4, "SemanticKITTI label file")
     if labels.size != n_points:
         raise DataError(f"{path}: {labels.size} labels for {n_points} points")
@@ -221,6 +236,7 @@ class KittiSegDataset(Dataset):
         self.seed = cfg.train.seed if seed is None else seed
         self.records = select_kitti_records(cfg, split, fraction)
         self.table, self.inverse = label_maps(kitti_root(cfg))
+        self.labelled = train or is_labelled(self.records)  # the test split: labels all 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -232,15 +248,20 @@ class KittiSegDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         epoch, i = split_index(index, self.epoch)
         rng = sample_rng(self.seed, epoch, i) if self.train else None
-        return build_kitti_sample(self.records[i], self.cfg, self.table, rng)
+        table = self.table if self.labelled else None
+        return build_kitti_sample(self.records[i], self.cfg, table, rng)
 
 
 def build_kitti_sample(
-    rec: KittiRecord, cfg: Config, table: np.ndarray, rng: np.random.Generator | None
+    rec: KittiRecord, cfg: Config, table: np.ndarray | None, rng: np.random.Generator | None
 ) -> dict:
-    """One scan as a segmentation sample; rng None = evaluation (every point, no augmentation)."""
+    """One scan as a segmentation sample; rng None = evaluation (every point, no augmentation);
+    ``table`` None: an unlabelled split, every label 0."""
     points = read_kitti_points(rec.velodyne_path)
-    labels = to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+    if table is None:
+        labels = np.zeros(len(points), dtype=np.int64)
+    else:
+        labels = to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
     xyz, remission = points[:, :3], np.clip(points[:, 3], 0.0, 1.0)
     if rng is not None:
         max_points = cfg.data.max_points
@@ -267,6 +288,11 @@ def check_kitti_data(cfg: Config) -> int:
     n = 0
     for split, fraction in (("train", cfg.downstream.label_fraction), ("val", 1.0)):
         for rec in select_kitti_records(cfg, split, fraction):
+            if rec.label_path is None:
+                raise DataError(
+                    f"semantickitti.{split}_sequences: sequence '{rec.sequence}' has no labels/ "
+                    "folder (a test sequence: export it with cmcr evaluate --split test)"
+                )
             points = read_kitti_points(rec.velodyne_path)
             to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
             n += 1

@@ -50,15 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="with --export: clear DIR first when it holds a previous export",
     )
     if name == "evaluate":
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--run", default=None, help="a probe/finetune run id (its saved weights)")
-        src.add_argument("--head", default=None, help="linear head file (seg_head.pt)")
-        parser.add_argument(
-            "--pretrained",
-            default=None,
-            help="with --head: RUN_ID | PATH to backbone weights | none",
-        )
-        parser.add_argument("--split", default=None, help="split to score (default data.val_split)")
+        _evaluate_arguments(parser)
     else:
         parser.add_argument(
             "--pretrained",
@@ -67,6 +59,28 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--run-id", default=None, help="log into this existing MLflow run")
         parser.add_argument("--parent-run-id", default=None, help="nest under this MLflow run")
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """What only `cmcr evaluate` takes: the weights (--run or --head), the split, --zip."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", default=None, help="a probe/finetune run id (its saved weights)")
+    src.add_argument("--head", default=None, help="linear head file (seg_head.pt)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="with --head: RUN_ID | PATH to backbone weights | none",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to score (default: the dataset's validation split); a split without "
+        "labels (nuScenes v1.0-test's test, SemanticKITTI's test: 11-21) runs inference "
+        "only and needs --export",
+    )
+    parser.add_argument(
+        "--zip", action="store_true", help="with --export DIR: also write DIR.zip (upload)"
+    )
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
@@ -111,6 +125,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cmcr.engine.checkpoint import run_dir, run_dir_weights
     from cmcr.engine.evaluate import run_evaluate
 
+    if args.zip and args.export_lidarseg is None:
+        raise CMCRError("--zip needs --export DIR (it zips DIR)")
     if args.run:
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
@@ -132,8 +148,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         export_dir=args.export_lidarseg,
         overwrite=args.overwrite,
+        zipped=args.zip,
     )
-    _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
+    if m is None:  # an unlabelled split: predictions written, nothing scored
+        _print("evaluate", math.nan, math.nan, {}, run_id=args.run)
+    else:
+        _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
     return 0
 
 

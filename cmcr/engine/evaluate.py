@@ -17,7 +17,8 @@ from cmcr.configs import Config
 from cmcr.datasets import spec_of
 from cmcr.engine.checkpoint import build_seg_model, load_into
 from cmcr.engine.downstream_protocol import seg_loader, seg_splits
-from cmcr.eval.export import prepare_export
+from cmcr.errors import CMCRError
+from cmcr.eval.export import prepare_export, zip_export
 from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
 from cmcr.names import Metric, dataset_key
 
@@ -139,21 +140,33 @@ def run_evaluate(
     split: str | None = None,
     export_dir: str | Path | None = None,
     overwrite: bool = False,
-) -> SegMetrics:
+    zipped: bool = False,
+) -> SegMetrics | None:
     """Score encoder weights (run id, file, none) + a linear head on ``split`` (default: the
     dataset's validation split); optionally export (every scan: data.max_samples is lifted,
-    ``uncapped``; the folder checked first, ``prepare_export``)."""
+    ``uncapped``; the folder checked first, ``prepare_export``) and zip it. A split without
+    labels (a benchmark's test split) runs inference only: it needs ``export_dir``, and the
+    result is None."""
     spec = spec_of(cfg)
+    split = split or spec.splits(cfg)[1]
     if export_dir is not None:
         cfg = uncapped(cfg)
-        prepare_export(export_dir, overwrite)
+    scored = spec.labelled(cfg, split)
+    if not scored and export_dir is None:
+        raise CMCRError(
+            f"--split {split}: its scans have no labels, so there is nothing to score; add "
+            "--export DIR to write the predictions for the benchmark's server"
+        )
+    if export_dir is not None:
+        prepare_export(export_dir, overwrite, zipped)
     model, _ = build_seg_model(cfg, pretrained)
     load_into(model.classifier, head, "head")
-    split = split or spec.splits(cfg)[1]
     loader = seg_loader(cfg, split, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     writer = make_writer(cfg, export_dir, split) if export_dir is not None else None
     metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer, spec.space)
     if writer is not None:
         writer.finish()
-    return metrics
+        if zipped:
+            zip_export(export_dir)
+    return metrics if scored else None

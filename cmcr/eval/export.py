@@ -49,11 +49,14 @@ class ExportError(CMCRError):
 EXPORT_SUFFIXES = (".label", "_lidarseg.bin", "submission.json", ".zip")
 
 
-def prepare_export(out_dir: str | Path, overwrite: bool = False) -> Path:
+def prepare_export(out_dir: str | Path, overwrite: bool = False, zipped: bool = False) -> Path:
     """Check the export folder before any training: created if absent, refused when it is not a
     writable folder or is not empty (``overwrite``: cleared first, if it holds only files of a
-    previous export); ExportError naming ``--export``."""
+    previous export); ``zipped``: ``DIR.zip`` (``zip_export``) is refused if present, unless
+    ``overwrite``; ExportError naming ``--export``."""
     root = Path(out_dir)
+    if zipped and zip_path(root).exists() and not (overwrite and zip_path(root).is_file()):
+        raise ExportError(f"--zip: '{zip_path(root)}' exists (pass --overwrite to replace it)")
     try:
         if root.exists() and not root.is_dir():
             raise ExportError(f"--export '{root}': exists and is not a folder")
@@ -70,6 +73,21 @@ def prepare_export(out_dir: str | Path, overwrite: bool = False) -> Path:
     except OSError as exc:
         raise ExportError(f"--export '{root}': {exc.strerror or exc}") from None
     return root
+
+
+def zip_path(root: Path) -> Path:
+    """``DIR.zip`` beside the export folder ``DIR``."""
+    return root.with_name(root.name + ".zip")
+
+
+def zip_export(out_dir: str | Path) -> Path:
+    """Zip the export folder's contents (its top entries at the archive's root, directory
+    entries included, as the benchmarks' validators expect) into ``DIR.zip``; its path."""
+    root = Path(out_dir)
+    try:
+        return Path(shutil.make_archive(str(root), "zip", root_dir=root))
+    except OSError as exc:
+        raise ExportError(f"--zip '{zip_path(root)}': {exc.strerror or exc}") from None
 
 
 def _clear_export(root: Path) -> None:
