@@ -141,3 +141,28 @@ def _runs(store: str) -> list:
     client = make_client(store)
     exp = client.get_experiment_by_name("cmcr")
     return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_a_second_start_reads_no_lidar_file_and_a_changed_one_is_read_again(
+    world, tmp_path, monkeypatch
+) -> None:
+    import cmcr.data.check as check_module
+
+    reads: list[str] = []
+    real = check_module.read_points
+    monkeypatch.setattr(check_module, "read_points", lambda p: reads.append(p) or real(p))
+    cfg = _cfg(world, **{"tracking.output_dir": str(tmp_path / "runs")})
+    n = check_pretrain_data(cfg)
+    assert len(reads) == n > 0  # the first start reads every LiDAR file once
+    reads.clear()
+    assert check_pretrain_data(cfg) == n and reads == []  # the second start reads none
+    assert check_downstream_data(cfg) > 0  # the val split's files: read once, then never
+    reads.clear()
+    check_downstream_data(cfg)
+    assert reads == []
+    rec = select_records(cfg, cfg.data.train_split)[1]
+    path, expected = _nan_points(rec, tmp_path)  # same size, a new mtime
+    with pytest.raises(DataError, match=expected):
+        check_pretrain_data(cfg)
+    assert reads == [path]  # only the changed file
+    assert (tmp_path / "runs" / ".data_check" / "lidar.json").is_file()

@@ -119,3 +119,18 @@ def test_an_export_folder_that_cannot_hold_the_submission_is_refused_before_trai
     target = make(tmp_path / "export")
     extra = ["--export", str(target), *(["--overwrite"] if overwrite else [])]
     _refused(tmp_path, _finetune(tmp_path, kitti_small, *extra), capsys, "--export", expected)
+
+
+def test_a_second_kitti_check_reads_no_velodyne_file(kitti_small, tmp_path, monkeypatch):
+    import cmcr.data.kitti as kitti_module
+    from cmcr.configs import evaluation_config, load_config
+
+    reads: list[str] = []
+    real = kitti_module.read_kitti_points
+    monkeypatch.setattr(kitti_module, "read_kitti_points", lambda p: reads.append(p) or real(p))
+    sets = {"semantickitti.root": str(kitti_small), "tracking.output_dir": str(tmp_path / "r")}
+    cfg = evaluation_config(load_config("smoke", sets), "semantickitti", "finetune")
+    n = kitti_module.check_kitti_data(cfg)
+    assert len(reads) == n > 0
+    reads.clear()
+    assert kitti_module.check_kitti_data(cfg) == n and reads == []

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from cmcr.configs import Config
 from cmcr.configs.yaml_io import read_yaml_file
 from cmcr.data.augment import augment_cloud
+from cmcr.data.check_cache import LidarCheckCache
 from cmcr.data.kitti_classes import (
     LEARNING_MAP,
     LEARNING_MAP_INV,
@@ -283,8 +284,21 @@ def build_kitti_sample(
 
 def check_kitti_data(cfg: Config) -> int:
     """Before a SemanticKITTI run: every scan and label file of the training subset and the
-    validation split is readable and aligned (one label per point); the number checked."""
+    validation split is readable and aligned (one label per point); the number checked. A
+    velodyne file that passed is not read again while its size and mtime hold (check_cache)."""
     table, _ = label_maps(kitti_root(cfg))
+    cache = LidarCheckCache(cfg.tracking.output_dir)
+    try:
+        return _check_kitti_splits(cfg, table, cache)
+    finally:
+        cache.save()
+
+
+def _count_points(path: str) -> int:
+    return len(read_kitti_points(path))
+
+
+def _check_kitti_splits(cfg: Config, table: np.ndarray, cache: LidarCheckCache) -> int:
     n = 0
     for split, fraction in (("train", cfg.downstream.label_fraction), ("val", 1.0)):
         for rec in select_kitti_records(cfg, split, fraction):
@@ -293,7 +307,7 @@ def check_kitti_data(cfg: Config) -> int:
                     f"semantickitti.{split}_sequences: sequence '{rec.sequence}' has no labels/ "
                     "folder (a test sequence: export it with cmcr evaluate --split test)"
                 )
-            points = read_kitti_points(rec.velodyne_path)
-            to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+            n_points = cache.points(rec.velodyne_path, _count_points)
+            to_classes(read_kitti_labels(rec.label_path, n_points), table, rec.label_path)
             n += 1
     return n
