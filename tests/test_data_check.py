@@ -27,6 +27,13 @@ def _truncate_lidar(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
     return rec.lidar_path, "truncated"
 
 
+def _tail_bytes(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
+    """Two bytes past the last point: np.fromfile drops them (the old check counted floats)."""
+    with Path(rec.lidar_path).open("ab") as fh:
+        fh.write(b"\0\0")
+    return rec.lidar_path, "truncated"
+
+
 def _nan_points(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
     points = np.fromfile(rec.lidar_path, dtype=np.float32).reshape(-1, 5)
     points[3, 1] = np.nan
@@ -74,6 +81,7 @@ def _missing_lidarseg(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
 CASES = {
     "truncated lidar": (_truncate_lidar, "pretrain", DataError),
     "truncated lidar (seg)": (_truncate_lidar, "downstream", DataError),
+    "lidar with 2 trailing bytes": (_tail_bytes, "downstream", DataError),
     "nan points": (_nan_points, "pretrain", DataError),
     "empty lidar": (_empty_lidar, "downstream", DataError),
     "missing image": (_missing_image, "pretrain", DataError),
