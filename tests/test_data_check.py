@@ -27,6 +27,13 @@ def _truncate_lidar(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
     return rec.lidar_path, "truncated"
 
 
+def _tail_bytes(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
+    """Two bytes past the last point: np.fromfile drops them (the old check counted floats)."""
+    with Path(rec.lidar_path).open("ab") as fh:
+        fh.write(b"\0\0")
+    return rec.lidar_path, "truncated"
+
+
 def _nan_points(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
     points = np.fromfile(rec.lidar_path, dtype=np.float32).reshape(-1, 5)
     points[3, 1] = np.nan
@@ -74,6 +81,7 @@ def _missing_lidarseg(rec: SampleRecord, tmp: Path) -> tuple[str, str]:
 CASES = {
     "truncated lidar": (_truncate_lidar, "pretrain", DataError),
     "truncated lidar (seg)": (_truncate_lidar, "downstream", DataError),
+    "lidar with 2 trailing bytes": (_tail_bytes, "downstream", DataError),
     "nan points": (_nan_points, "pretrain", DataError),
     "empty lidar": (_empty_lidar, "downstream", DataError),
     "missing image": (_missing_image, "pretrain", DataError),
@@ -141,3 +149,28 @@ def _runs(store: str) -> list:
     client = make_client(store)
     exp = client.get_experiment_by_name("cmcr")
     return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_a_second_start_reads_no_lidar_file_and_a_changed_one_is_read_again(
+    world, tmp_path, monkeypatch
+) -> None:
+    import cmcr.data.check as check_module
+
+    reads: list[str] = []
+    real = check_module.read_points
+    monkeypatch.setattr(check_module, "read_points", lambda p: reads.append(p) or real(p))
+    cfg = _cfg(world, **{"tracking.output_dir": str(tmp_path / "runs")})
+    n = check_pretrain_data(cfg)
+    assert len(reads) == n > 0  # the first start reads every LiDAR file once
+    reads.clear()
+    assert check_pretrain_data(cfg) == n and reads == []  # the second start reads none
+    assert check_downstream_data(cfg) > 0  # the val split's files: read once, then never
+    reads.clear()
+    check_downstream_data(cfg)
+    assert reads == []
+    rec = select_records(cfg, cfg.data.train_split)[1]
+    path, expected = _nan_points(rec, tmp_path)  # same size, a new mtime
+    with pytest.raises(DataError, match=expected):
+        check_pretrain_data(cfg)
+    assert reads == [path]  # only the changed file
+    assert (tmp_path / "runs" / ".data_check" / "lidar.json").is_file()

@@ -102,3 +102,40 @@ def test_probe_miou_matches_devkit_evaluator(world, tmp_path, capsys) -> None:
     for name in files:
         a = (export / "lidarseg" / "mini_val" / name).read_bytes()
         assert a == (export2 / "lidarseg" / "mini_val" / name).read_bytes()
+
+
+def test_test_split_export_passes_the_devkits_submission_checks(tmp_path, capsys) -> None:
+    """A world with the devkit's whole test split (150 scenes, as v1.0-test: no lidarseg
+    labels): `cmcr evaluate --split test --export DIR --zip` runs inference only and the
+    devkit's validate_submission accepts DIR for eval_set "test". ~20 s: the devkit's check
+    walks every one of the 150 test scenes, so the world must hold them all (1 keyframe each,
+    128 firings per beam, the smallest cameras)."""
+    from nuscenes import NuScenes
+    from nuscenes.eval.lidarseg.validate_submission import validate_submission
+
+    from cmcr.synth import generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, preset="smoke", samples_per_scene=2, test_scenes=150, workers=2,
+                   n_azimuth=128, test_samples=1)  # fmt: skip
+    over = {**_overrides(world, tmp_path), "downstream.probe_epochs": 1}
+    probe = _run_cli(["probe", "--config", "smoke", "--pretrained", "none", *_sets(over)], capsys)
+    export = tmp_path / "submission"
+    test = [*_sets({**over, "data.version": "v1.0-test"}), "--split", "test"]
+    assert main(["evaluate", "--run", probe["run_id"], *test]) == 2  # no labels, no --export
+    assert "no labels" in capsys.readouterr().err
+    line = _run_cli(
+        ["evaluate", "--run", probe["run_id"], *test, "--export", str(export), "--zip"], capsys
+    )
+    assert line["miou"] is None
+    nusc = NuScenes(version="v1.0-test", dataroot=str(world), verbose=False)
+    assert len(nusc.scene) == 150 and len(nusc.lidarseg) == 0
+    validate_submission(nusc, str(export), "test")  # raises AssertionError on a bad folder
+    meta = json.loads((export / "test" / "submission.json").read_text())["meta"]
+    assert set(meta) == {"use_camera", "use_lidar", "use_radar", "use_map", "use_external"}
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "submission.zip") as bundle:
+        names = set(bundle.namelist())
+    assert "test/submission.json" in names
+    assert len([n for n in names if n.startswith("lidarseg/test/")]) == 150 + 1  # + its folder

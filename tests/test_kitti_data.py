@@ -136,7 +136,73 @@ def test_synth_cli_writes_the_kitti_layout(tmp_path, capsys) -> None:
 
     out = tmp_path / "w"
     code = main(["synth", "--format", "semantickitti", "--preset", "smoke", "--out", str(out)])
-    assert code == 0 and "2 sequences, 7 scans" in capsys.readouterr().out
+    # 00 (4 scans), 08 (3) and the test sequences 11-21 (1 scan each, no labels/)
+    assert code == 0 and "13 sequences, 18 scans" in capsys.readouterr().out
     assert (out / "semantic-kitti.yaml").is_file()
+    for seq in [f"{i:02d}" for i in range(11, 22)]:
+        folder = out / "sequences" / seq
+        assert [p.name for p in (folder / "velodyne").iterdir()] == ["000000.bin"]
+        assert not (folder / "labels").exists()
+        assert {"calib.txt", "poses.txt", "times.txt"} <= {p.name for p in folder.iterdir()}
     assert main(["synth", "--format", "semantickitti", "--out", str(tmp_path / "x"),
                  "--sequences", "8:3"]) == 2  # fmt: skip
+
+
+def test_every_class_occurs_moving_ids_map_to_their_class_instances_only_on_things(
+    kitti_world,
+) -> None:
+    lmap = _learning_map(kitti_world)  # the dataset's own yaml
+    raw = np.concatenate(
+        [np.fromfile(p, np.uint32) for p in sorted(kitti_world.glob("sequences/*/labels/*.label"))]
+    )
+    sem, inst = raw & 0xFFFF, raw >> 16
+    classes = np.array([lmap[int(r)] for r in np.unique(sem)])
+    assert set(range(1, 20)) <= set(classes.tolist())  # all 19, traffic-sign and riders too
+    assert {31, 32, 81} <= set(np.unique(sem).tolist())
+    moving = {int(r) for r in np.unique(sem) if r >= 252}
+    assert {252, 254} <= moving  # moving-car, moving-person: through the map to car, person
+    assert all(lmap[r] == lmap[{252: 10, 253: 31, 254: 30, 255: 32, 256: 16, 257: 13, 258: 18,
+                                259: 20}[r]] for r in moving)  # fmt: skip
+    things = np.isin(np.array([lmap[int(r)] for r in sem]), np.arange(1, 9))  # car..motorcyclist
+    assert inst[~things].max() == 0 and (inst[things] > 0).all()
+
+
+def _parse_matrix_lines(lines: list[str]) -> list[np.ndarray]:
+    """4x4 matrices of KITTI's 12-number lines, as generate_sequential.py reads them."""
+    out = []
+    for line in lines:
+        values = [float(v) for v in line.strip().split()]
+        pose = np.zeros((4, 4))
+        pose[0, :4], pose[1, :4], pose[2, :4], pose[3, 3] = values[:4], values[4:8], values[8:12], 1
+        out.append(pose)
+    return out
+
+
+def test_calib_and_poses_move_one_scans_static_points_onto_anothers(tmp_path) -> None:
+    from scipy.spatial import cKDTree
+
+    # 360 firings per beam: dense enough for nearest neighbours to find the same surfaces
+    generate_kitti_world(tmp_path / "w", preset="smoke", sequences="00:11", n_azimuth=360)
+    folder = tmp_path / "w" / "sequences" / "00"
+    calib = {}
+    for line in (folder / "calib.txt").read_text().splitlines():
+        key, content = line.strip().split(":")
+        calib[key] = _parse_matrix_lines([content])[0]
+    assert set(calib) == {"P0", "P1", "P2", "P3", "Tr"}
+    tr = calib["Tr"]
+    poses = _parse_matrix_lines((folder / "poses.txt").read_text().splitlines())
+    assert len(poses) == 11
+    np.testing.assert_allclose(poses[0], np.eye(4), atol=1e-9)
+
+    def static(k: int) -> np.ndarray:  # building, trunk, pole points of scan k (velodyne frame)
+        pts = np.fromfile(folder / f"velodyne/{k:06d}.bin", np.float32).reshape(-1, 4)
+        sem = np.fromfile(folder / f"labels/{k:06d}.label", np.uint32) & 0xFFFF
+        return pts[np.isin(sem, [50, 71, 80]), :3].astype(np.float64)
+
+    first, later = static(0), static(10)
+    motion = np.linalg.inv(tr) @ poses[10] @ tr  # generate_sequential.py's velodyne motion
+    moved = later @ motion[:3, :3].T + motion[:3, 3]
+    tree = cKDTree(first)
+    assert np.linalg.norm(motion[:3, 3]) > 2.0  # the ego drove 3..7 m in the second
+    # moved: within the firings' spacing (~0.1 m); unmoved: the second's drive apart
+    assert np.median(tree.query(moved)[0]) < 0.2 < 2 * 0.2 < np.median(tree.query(later)[0])

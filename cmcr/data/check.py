@@ -3,7 +3,8 @@
 The datasets read files lazily, in workers, after the MLflow run is created; a bad file found
 there ends the run FAILED. These checks look at the same samples first, so bad input fails with
 one line and leaves no run behind. Every sample: the tables' shapes and each camera's 3x3
-intrinsics (``load_records``), the LiDAR file's size, finiteness and magnitude, the lidarseg
+intrinsics (``load_records``), the LiDAR file's size, finiteness and magnitude (read once: a
+file that passed is not read again while its size and mtime hold, ``check_cache``), the lidarseg
 labels' count and range, each JPEG's header, end marker and size. The first and last sample of
 each split (bounded cost): every camera JPEG fully decoded. The image-weights file: read once.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cmcr.configs import Config, evaluation_config, evaluation_list
+from cmcr.data.check_cache import LidarCheckCache
 from cmcr.data.classes import RAW_CLASSES
 from cmcr.data.io import read_lidarseg, read_points
 from cmcr.data.pretrain import select_records
@@ -97,13 +99,17 @@ def check_data(
     """
     records = select_records(cfg, split, fraction, holdout=holdout)
     decoded = {0, len(records) - 1}  # a full decode of every image would cost a run's epoch
-    for i, rec in enumerate(records):
-        n_points = check_points(rec.lidar_path)
-        if images:
-            for path, (h, w) in zip(rec.cam_paths, rec.image_hw, strict=True):
-                check_image(path, int(h), int(w), decode=i in decoded)
-        if labels:
-            check_lidarseg(rec, n_points)
+    cache = LidarCheckCache(cfg.tracking.output_dir)
+    try:
+        for i, rec in enumerate(records):
+            n_points = cache.points(rec.lidar_path, check_points)
+            if images:
+                for path, (h, w) in zip(rec.cam_paths, rec.image_hw, strict=True):
+                    check_image(path, int(h), int(w), decode=i in decoded)
+            if labels:
+                check_lidarseg(rec, n_points)
+    finally:
+        cache.save()  # what passed so far, also when a later file fails
     return len(records)
 
 

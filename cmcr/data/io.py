@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 
@@ -23,9 +25,10 @@ def read_points(path: str) -> np.ndarray:
         raw = np.fromfile(path, dtype=np.float32)
     except (FileNotFoundError, IsADirectoryError) as err:
         raise DataError(f"{path}: LiDAR file not found") from err
-    if raw.size % POINT_DIMS:
+    size = os.path.getsize(path)  # np.fromfile drops a tail shorter than one float
+    if raw.size % POINT_DIMS or raw.nbytes != size:
         raise DataError(
-            f"{path}: truncated LiDAR file ({raw.size * 4} bytes is not a whole number of "
+            f"{path}: truncated LiDAR file ({size} bytes is not a whole number of "
             f"{POINT_DIMS}-float points)"
         )
     points = raw.reshape(-1, POINT_DIMS)

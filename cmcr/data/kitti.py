@@ -7,7 +7,8 @@ Standard layout under ``semantickitti.root`` (or ``CMCR_KITTI_ROOT``)::
     semantic-kitti.yaml                 optional: its learning_map / learning_map_inv are used
 
 Training sequences ``semantickitti.train_sequences`` (00-10 but 08), validation
-``semantickitti.val_sequences`` (08); label fractions keep every k-th *scan* of the training
+``semantickitti.val_sequences`` (08), test 11-21 (the benchmark's, without ``labels/``: read
+for inference only, every label 0); label fractions keep every k-th *scan* of the training
 sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release's
 ``dataset_skip_step``). The samples follow the segmentation batch contract of
 ``cmcr.data.collate_seg`` with labels in 0..19 (0 ignored).
@@ -15,6 +16,7 @@ sequences in order (k = round(1 / fraction): 1 % = every 100th scan, the release
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from torch.utils.data import Dataset
 from cmcr.configs import Config
 from cmcr.configs.yaml_io import read_yaml_file
 from cmcr.data.augment import augment_cloud
+from cmcr.data.check_cache import LidarCheckCache
 from cmcr.data.kitti_classes import (
     LEARNING_MAP,
     LEARNING_MAP_INV,
@@ -39,7 +42,8 @@ from cmcr.names import KITTI_ROOT_ENV
 
 KITTI_YAML = "semantic-kitti.yaml"
 POINT_DIMS = 4  # x, y, z, remission
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+TEST_SEQUENCES = tuple(f"{i:02d}" for i in range(11, 22))  # the benchmark's, without labels
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class KittiRecord:
     sequence: str  # "00"
     frame: str  # "000000"
     velodyne_path: str
-    label_path: str
+    label_path: str | None  # None: a sequence without labels/ (the test split)
 
     @property
     def token(self) -> str:
@@ -89,14 +93,33 @@ def label_maps(root: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a SemanticKITTI label map ({err})") from None
     if table.max() > NUM_KITTI or sorted(inv) != list(range(NUM_KITTI + 1)):
         raise DataError(f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them")
+    check_inverse(table, inverse, path)
     return table, inverse
 
 
+def check_inverse(table: np.ndarray, inverse: np.ndarray, path: Path) -> None:
+    """DataError unless learning_map_inv inverts learning_map on the 19 classes: every class c
+    goes to a raw id that learning_map sends back to c (else the export holds other classes)."""
+    classes = np.arange(1, NUM_KITTI + 1)
+    raw = inverse[classes]  # (19,)
+    back = np.where((raw >= 0) & (raw < MAX_RAW), table[np.clip(raw, 0, MAX_RAW - 1)], -1)
+    wrong = classes[back != classes]
+    if wrong.size:
+        c = int(wrong[0])
+        raise DataError(
+            f"{path}: learning_map_inv does not invert learning_map: class {c} -> raw id "
+            f"{int(raw[c - 1])} -> class {int(back[c - 1])} ({wrong.size} of {NUM_KITTI} classes)"
+        )
+
+
 def split_sequences(cfg: Config, split: str) -> list[str]:
-    """The sequences of ``train`` or ``val`` (config keys semantickitti.*_sequences)."""
+    """The sequences of ``train`` or ``val`` (config keys semantickitti.*_sequences), or
+    ``test`` (11-21)."""
     if split not in SPLITS:
         raise DataError(f"SemanticKITTI split '{split}': expected one of {', '.join(SPLITS)}")
     kc = cfg.semantickitti
+    if split == "test":
+        return list(TEST_SEQUENCES)
     return list(kc.train_sequences if split == "train" else kc.val_sequences)
 
 
@@ -112,11 +135,19 @@ def load_kitti_records(cfg: Config, split: str) -> list[KittiRecord]:
                 f"semantickitti.{split}_sequences: sequence '{seq}' has no scans in "
                 f"{folder / 'velodyne'}"
             )
+        labels = folder / "labels"
         records += [
-            KittiRecord(seq, p.stem, str(p), str(folder / "labels" / f"{p.stem}.label"))
+            KittiRecord(
+                seq, p.stem, str(p), str(labels / f"{p.stem}.label") if labels.is_dir() else None
+            )
             for p in scans
         ]
     return records
+
+
+def is_labelled(records: list[KittiRecord]) -> bool:
+    """Whether any scan has a labels/ folder (a split without any: inference only)."""
+    return any(r.label_path is not None for r in records)
 
 
 def select_kitti_records(cfg: Config, split: str, fraction: float = 1.0) -> list[KittiRecord]:
@@ -130,17 +161,27 @@ def select_kitti_records(cfg: Config, split: str, fraction: float = 1.0) -> list
     return records
 
 
+def read_sized(path: str, dtype: type, item: int, what: str) -> np.ndarray:
+    """The file as a flat ``dtype`` array; DataError when missing, empty, or when its size in
+    bytes is not a whole number of ``item``-byte records (np.fromfile would drop the tail)."""
+    try:
+        size = os.path.getsize(path)
+        raw = np.fromfile(path, dtype=dtype)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        raise DataError(f"{path}: {what} not found") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    if size == 0 or size % item or raw.nbytes != size:
+        raise DataError(
+            f"{path}: {size} bytes is not a non-empty whole number of {item}-byte records "
+            f"({what})"
+        )
+    return raw
+
+
 def read_kitti_points(path: str) -> np.ndarray:
     """(N, 4) float32 of a velodyne .bin; DataError when missing, truncated, empty or not finite."""
-    try:
-        raw = np.fromfile(path, dtype=np.float32)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise DataError(f"{path}: velodyne scan not found") from err
-    if raw.size == 0 or raw.size % POINT_DIMS:
-        raise DataError(
-            f"{path}: {raw.size * 4} bytes is not a non-empty whole number of "
-            f"{POINT_DIMS}-float points"
-        )
+    raw = read_sized(path, np.float32, 4 * POINT_DIMS, "velodyne scan")
     points = raw.reshape(-1, POINT_DIMS)
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
@@ -148,12 +189,11 @@ def read_kitti_points(path: str) -> np.ndarray:
     return points
 
 
-def read_kitti_labels(path: str, n_points: int) -> np.ndarray:
+def read_kitti_labels(path: str | None, n_points: int) -> np.ndarray:
     """(N,) uint32 labels of a .label file; DataError when missing or of the wrong length."""
-    try:
-        labels = np.fromfile(path, dtype=np.uint32)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        raise DataError(f"{path}: SemanticKITTI label file not found") from err
+    if path is None:
+        raise DataError("a SemanticKITTI sequence without labels/ where labels are needed")
+    labels = read_sized(path, np.uint32, 4, "SemanticKITTI label file")
     if labels.size != n_points:
         raise DataError(f"{path}: {labels.size} labels for {n_points} points")
     return labels
@@ -197,6 +237,7 @@ class KittiSegDataset(Dataset):
         self.seed = cfg.train.seed if seed is None else seed
         self.records = select_kitti_records(cfg, split, fraction)
         self.table, self.inverse = label_maps(kitti_root(cfg))
+        self.labelled = train or is_labelled(self.records)  # the test split: labels all 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -208,15 +249,20 @@ class KittiSegDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         epoch, i = split_index(index, self.epoch)
         rng = sample_rng(self.seed, epoch, i) if self.train else None
-        return build_kitti_sample(self.records[i], self.cfg, self.table, rng)
+        table = self.table if self.labelled else None
+        return build_kitti_sample(self.records[i], self.cfg, table, rng)
 
 
 def build_kitti_sample(
-    rec: KittiRecord, cfg: Config, table: np.ndarray, rng: np.random.Generator | None
+    rec: KittiRecord, cfg: Config, table: np.ndarray | None, rng: np.random.Generator | None
 ) -> dict:
-    """One scan as a segmentation sample; rng None = evaluation (every point, no augmentation)."""
+    """One scan as a segmentation sample; rng None = evaluation (every point, no augmentation);
+    ``table`` None: an unlabelled split, every label 0."""
     points = read_kitti_points(rec.velodyne_path)
-    labels = to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+    if table is None:
+        labels = np.zeros(len(points), dtype=np.int64)
+    else:
+        labels = to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
     xyz, remission = points[:, :3], np.clip(points[:, 3], 0.0, 1.0)
     if rng is not None:
         max_points = cfg.data.max_points
@@ -238,12 +284,30 @@ def build_kitti_sample(
 
 def check_kitti_data(cfg: Config) -> int:
     """Before a SemanticKITTI run: every scan and label file of the training subset and the
-    validation split is readable and aligned (one label per point); the number checked."""
+    validation split is readable and aligned (one label per point); the number checked. A
+    velodyne file that passed is not read again while its size and mtime hold (check_cache)."""
     table, _ = label_maps(kitti_root(cfg))
+    cache = LidarCheckCache(cfg.tracking.output_dir)
+    try:
+        return _check_kitti_splits(cfg, table, cache)
+    finally:
+        cache.save()
+
+
+def _count_points(path: str) -> int:
+    return len(read_kitti_points(path))
+
+
+def _check_kitti_splits(cfg: Config, table: np.ndarray, cache: LidarCheckCache) -> int:
     n = 0
     for split, fraction in (("train", cfg.downstream.label_fraction), ("val", 1.0)):
         for rec in select_kitti_records(cfg, split, fraction):
-            points = read_kitti_points(rec.velodyne_path)
-            to_classes(read_kitti_labels(rec.label_path, len(points)), table, rec.label_path)
+            if rec.label_path is None:
+                raise DataError(
+                    f"semantickitti.{split}_sequences: sequence '{rec.sequence}' has no labels/ "
+                    "folder (a test sequence: export it with cmcr evaluate --split test)"
+                )
+            n_points = cache.points(rec.velodyne_path, _count_points)
+            to_classes(read_kitti_labels(rec.label_path, n_points), table, rec.label_path)
             n += 1
     return n

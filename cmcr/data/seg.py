@@ -25,16 +25,24 @@ class SegDataset(KeyframeDataset):
         fraction = cfg.downstream.label_fraction if train else 1.0
         super().__init__(cfg, split, seed=seed, fraction=fraction)
         self.train = train
+        # a split without lidarseg labels (v1.0-test): inference only, every label 0 (ignored)
+        self.labelled = train or any(r.lidarseg_path for r in self.records)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         record, rng = self._resolve(index)
-        return build_seg_sample(record, self.cfg, rng if self.train else None)
+        return build_seg_sample(record, self.cfg, rng if self.train else None, self.labelled)
 
 
-def build_seg_sample(rec: SampleRecord, cfg, rng: np.random.Generator | None) -> dict:
-    """One sample; rng None = evaluation (every point, no augmentation)."""
+def build_seg_sample(
+    rec: SampleRecord, cfg, rng: np.random.Generator | None, labelled: bool = True
+) -> dict:
+    """One sample; rng None = evaluation (every point, no augmentation); ``labelled`` False:
+    labels all 0 (a test split)."""
     points = read_points(rec.lidar_path)
-    labels = RAW_TO_CHALLENGE[read_lidarseg(rec.lidarseg_path, len(points), rec.lidar_token)]
+    if labelled:
+        labels = RAW_TO_CHALLENGE[read_lidarseg(rec.lidarseg_path, len(points), rec.lidar_token)]
+    else:
+        labels = np.zeros(len(points), dtype=np.int64)
     if len(points) == 0:
         raise DataError(f"sample {rec.lidar_token}: no LiDAR points in {rec.lidar_path}")
     xyz = points[:, :3]

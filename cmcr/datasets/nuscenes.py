@@ -29,6 +29,11 @@ def count(cfg: Config, split: str, fraction: float = 1.0) -> int:
     return len(select_records(cfg, split, fraction))
 
 
+def labelled(cfg: Config, split: str) -> bool:
+    """Whether the split's keyframes have lidarseg labels (v1.0-test: none)."""
+    return any(r.lidarseg_path for r in select_records(cfg, split))
+
+
 def writer(cfg: Config, export_dir: str | Path, split: str) -> LidarsegWriter:
     """lidarseg/<split>/<token>_lidarseg.bin and submission.json (the devkit's layout)."""
     return LidarsegWriter(export_dir, split)
@@ -45,6 +50,7 @@ NUSCENES = register_dataset(
         count=count,
         check=check_nuscenes_labels,
         writer=writer,
+        labelled=labelled,
         plain_keys=True,
         # measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02
         scan_epoch_s={

@@ -2,7 +2,7 @@
 
 Its 19 classes scored by semantic-kitti-api's rule (all classes in the mean, an absent one
 counting 0), the sequences ``semantickitti.train_sequences`` / ``val_sequences`` under
-``semantickitti.root``, its own section ``semantickitti.*`` (batch, learning rates, label
+``semantickitti.root`` (and the test split 11-21, unlabelled: export only), its own section ``semantickitti.*`` (batch, learning rates, label
 fractions counted in scans), cylindrical voxels, predictions in the
 ``sequences/NN/predictions/*.label`` layout; its metric names carry ``semantickitti``.
 """
@@ -15,8 +15,10 @@ from cmcr.configs import Config
 from cmcr.data.kitti import (
     KittiSegDataset,
     check_kitti_data,
+    is_labelled,
     kitti_root,
     label_maps,
+    load_kitti_records,
     select_kitti_records,
 )
 from cmcr.data.kitti_classes import KITTI_CLASSES
@@ -40,6 +42,11 @@ def count(cfg: Config, split: str, fraction: float = 1.0) -> int:
 def writer(cfg: Config, export_dir: str | Path, split: str) -> KittiWriter:
     """sequences/NN/predictions/NNNNNN.label, raw label ids by the root's learning map."""
     return KittiWriter(export_dir, label_maps(kitti_root(cfg))[1])
+
+
+def labelled(cfg: Config, split: str) -> bool:
+    """Whether the split's sequences have labels/ (test, 11-21: none)."""
+    return is_labelled(load_kitti_records(cfg, split))
 
 
 def configure(cfg: Config) -> None:
@@ -73,6 +80,7 @@ SEMANTICKITTI = register_dataset(
         writer=writer,
         configure=configure,
         voxels=voxels,
+        labelled=labelled,
         # the benchmark_kitti study's downstream/semantickitti/seconds, halved for the 2
         # workers that shared the 2 cores (idle 2-core CPU machine, 2026-12-02)
         scan_epoch_s={

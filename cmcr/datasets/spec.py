@@ -17,6 +17,11 @@ def _unchanged(cfg: Config) -> None:
     """A dataset whose values are ``downstream.*`` as they are (no section of its own)."""
 
 
+def _labelled(cfg: Config, split: str) -> bool:
+    """Every split of a dataset that says nothing else has labels."""
+    return True
+
+
 def cartesian_voxels(cfg: Config) -> str:
     """Cubic voxels of ``data.voxel_size``, in words."""
     return f"Cartesian: {cfg.data.voxel_size:g} m"
@@ -48,6 +53,8 @@ class DownstreamDataset:
     # copies its config section into ``downstream.*`` (in place)
     configure: Callable[[Config], None] = _unchanged
     voxels: Callable[[Config], str] = cartesian_voxels  # the protocol's voxel phrase
+    # (cfg, split) -> whether the split has labels (a test split: inference and export only)
+    labelled: Callable[[Config, str], bool] = _labelled
     # the release's main benchmark keeps the plain metric, artifact and weight names
     # (val/miou, runs/<id>/); any other dataset adds its name (val/<name>/miou, runs/<id>/<name>/)
     plain_keys: bool = False

@@ -41,18 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         default=None,
         metavar="DIR",
         help="write predictions in the dataset's submission layout under DIR (nuScenes: "
-        "lidarseg/<split>/*.bin; SemanticKITTI: sequences/NN/predictions/*.label)",
+        "lidarseg/<split>/*.bin; SemanticKITTI: sequences/NN/predictions/*.label), every scan "
+        "of the split; DIR must be empty or absent (checked before training)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --export: clear DIR first when it holds a previous export",
     )
     if name == "evaluate":
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--run", default=None, help="a probe/finetune run id (its saved weights)")
-        src.add_argument("--head", default=None, help="linear head file (seg_head.pt)")
-        parser.add_argument(
-            "--pretrained",
-            default=None,
-            help="with --head: RUN_ID | PATH to backbone weights | none",
-        )
-        parser.add_argument("--split", default=None, help="split to score (default data.val_split)")
+        _evaluate_arguments(parser)
     else:
         parser.add_argument(
             "--pretrained",
@@ -61,6 +59,28 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--run-id", default=None, help="log into this existing MLflow run")
         parser.add_argument("--parent-run-id", default=None, help="nest under this MLflow run")
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """What only `cmcr evaluate` takes: the weights (--run or --head), the split, --zip."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", default=None, help="a probe/finetune run id (its saved weights)")
+    src.add_argument("--head", default=None, help="linear head file (seg_head.pt)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="with --head: RUN_ID | PATH to backbone weights | none",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to score (default: the dataset's validation split); a split without "
+        "labels (nuScenes v1.0-test's test, SemanticKITTI's test: 11-21) runs inference "
+        "only and needs --export",
+    )
+    parser.add_argument(
+        "--zip", action="store_true", help="with --export DIR: also write DIR.zip (upload)"
+    )
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
@@ -89,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         parent_run_id=args.parent_run_id,
         export_dir=args.export_lidarseg,
         announce=_announce,
+        overwrite=args.overwrite,
     )
     _print(args.command, res.miou, res.fwiou, res.per_class, run_id=res.run_id)
     return 0
@@ -104,15 +125,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cmcr.engine.checkpoint import run_dir, run_dir_weights
     from cmcr.engine.evaluate import run_evaluate
 
+    if args.zip and args.export_lidarseg is None:
+        raise CMCRError("--zip needs --export DIR (it zips DIR)")
     if args.run:
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
         base = load_config(args.config, args.overrides)  # for tracking.output_dir
-        saved = run_dir(base, args.run) / "config.yaml"
-        cfg = _load_cfg(args, saved if saved.is_file() else None)
-        # a SemanticKITTI evaluation keeps its weights in runs/<id>/semantickitti/
-        sub = DATASETS.get(cfg.downstream.dataset).subfolder()
+        sub = _run_subfolder(run_dir(base, args.run), args.dataset)
+        # the run's own config (voxel coordinates, root, ...) unless --config names another
+        cfg = _load_cfg(args, run_dir(base, args.run) / sub / "config.yaml")
         backbone, head = run_dir_weights(cfg, str(Path(args.run) / sub) if sub else args.run)
         pretrained: str | None = str(backbone)
     else:
@@ -120,10 +142,43 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CMCRError("--head needs --pretrained RUN_ID|PATH|none (the encoder weights)")
         cfg, head, pretrained = _load_cfg(args), Path(args.head), args.pretrained
     m = run_evaluate(
-        cfg, pretrained=pretrained, head=head, split=args.split, export_dir=args.export_lidarseg
+        cfg,
+        pretrained=pretrained,
+        head=head,
+        split=args.split,
+        export_dir=args.export_lidarseg,
+        overwrite=args.overwrite,
+        zipped=args.zip,
     )
-    _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
+    if m is None:  # an unlabelled split: predictions written, nothing scored
+        _print("evaluate", math.nan, math.nan, {}, run_id=args.run)
+    else:
+        _print("evaluate", m.miou, m.fwiou, m.per_class, run_id=args.run)
     return 0
+
+
+def _run_subfolder(folder: Path, dataset: str | None) -> str:
+    """Where ``folder`` (runs/<id>) keeps the evaluation's weights and config.yaml: its
+    dataset's subfolder ("" for nuScenes, "semantickitti" for SemanticKITTI); ``dataset``
+    (--dataset) chooses among several, else the plain one, else the only one saved."""
+    names = [dataset] if dataset else list(DATASETS.names())
+    saved = {
+        sub: name
+        for name in names
+        if (folder / (sub := DATASETS.get(name).subfolder()) / "config.yaml").is_file()
+    }
+    if not saved:
+        which = f"the {dataset} evaluation's " if dataset else "a "
+        raise CMCRError(
+            f"--run '{folder.name}': no config.yaml of {which}probe / finetune run in {folder} "
+            "(expected the output folder of a cmcr probe or finetune run)"
+        )
+    if "" in saved or len(saved) == 1:
+        return "" if "" in saved else next(iter(saved))
+    raise CMCRError(
+        f"--run '{folder.name}': evaluations of {', '.join(sorted(saved.values()))} are saved; "
+        "choose one with --dataset"
+    )
 
 
 def _print(kind: str, miou: float, fwiou: float, per_class: dict, run_id: str | None) -> None:

@@ -58,6 +58,7 @@ from cmcr.engine.evaluate import (
     metric_dict,
     to_device,
 )
+from cmcr.eval.export import prepare_export
 from cmcr.eval.metrics import SegMetrics
 from cmcr.guard import no_links, open_nofollow
 from cmcr.losses.lovasz import lovasz_softmax
@@ -271,6 +272,7 @@ def run_downstream(
     logger: Any = None,
     export_dir: str | Path | None = None,
     announce: Announce | None = None,
+    overwrite: bool = False,
 ) -> DownstreamResult:
     """Probe or fine-tune (cfg.downstream.mode on cfg.downstream.dataset) from ``pretrained``
     (run id, backbone.pt, none).
@@ -281,8 +283,11 @@ def run_downstream(
     probe|finetune is started here and ended FINISHED or FAILED.
     Bad pre-trained input fails before any MLflow run starts. ``announce`` receives the
     protocol's lines before training (the CLI prints them); the run records them either way.
+    ``export_dir`` is checked (and with ``overwrite`` cleared) before anything trains.
     """
     validate_config(cfg)  # epochs >= 1, eval_every >= 1, ... (declared on the schema)
+    if export_dir is not None:
+        prepare_export(export_dir, overwrite)
     patch_spconv_cpu()  # fine-tuning runs spconv backward; a no-op with CUDA
     if logger is not None:
         return _run_evaluations(cfg, pretrained, logger, tags, report, export_dir, announce)
@@ -365,8 +370,7 @@ def _run(cfg, model, loaders, device, logger, report, export_dir, announce) -> D
     spec = DATASETS.get(cfg.downstream.dataset)
     dataset = spec.name
     if export_dir is not None:
-        batches = live_logits(model, loaders[1], device)
-        export_predictions(cfg, batches, export_dir, len(loaders[1].dataset), spec.space)
+        export_predictions(cfg, model, device, export_dir)
     # runs/<id>/ for the main benchmark, runs/<id>/<dataset>/ for another
     run = run_dir(cfg, str(logger.run_id))
     save_outputs(model, cfg, run / spec.subfolder(), run)

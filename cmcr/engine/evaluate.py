@@ -3,6 +3,7 @@ the confusion figure, and ``run_evaluate`` for saved weights (``cmcr evaluate``)
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,9 @@ import torch
 from cmcr.configs import Config
 from cmcr.datasets import spec_of
 from cmcr.engine.checkpoint import build_seg_model, load_into
-from cmcr.engine.downstream_protocol import seg_loader
+from cmcr.engine.downstream_protocol import seg_loader, seg_splits
+from cmcr.errors import CMCRError
+from cmcr.eval.export import prepare_export, zip_export
 from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
 from cmcr.names import Metric, dataset_key
 
@@ -62,21 +65,26 @@ def make_writer(cfg: Config, export_dir: str | Path, split: str) -> Any:
     return spec_of(cfg).writer(cfg, export_dir, split)
 
 
+def uncapped(cfg: Config) -> Config:
+    """A copy of ``cfg`` with data.max_samples=0: an export holds every scan of its split (the
+    benchmarks' evaluators expect all of them; the cap is for fast runs)."""
+    out = copy.deepcopy(cfg)
+    out.data.max_samples = 0
+    return out
+
+
 def export_predictions(
-    cfg: Config, batches: Pairs, export_dir: str | Path, n_val: int, space: LabelSpace
-) -> None:
-    """Write the submission folder of the validation split (the dataset's layout)."""
-    if 0 < cfg.data.max_samples <= n_val:
-        log.warning(
-            "data.max_samples=%d may cut the %s scans exported; the devkit's evaluator "
-            "expects every scan of the split (set data.max_samples=0)",
-            cfg.data.max_samples,
-            cfg.data.val_split,
-        )
-    with torch.no_grad():
-        writer = make_writer(cfg, export_dir, cfg.data.val_split)
-        evaluate_batches(batches, writer, space)
-        writer.finish()
+    cfg: Config, model: Any, device: torch.device, export_dir: str | Path
+) -> SegMetrics:
+    """Write the submission folder of the validation split (the dataset's layout), every scan
+    of it whatever data.max_samples (``uncapped``); the metrics over those scans."""
+    full = uncapped(cfg)
+    split = seg_splits(full)[1]
+    loader = seg_loader(full, split, train=False)
+    writer = make_writer(full, export_dir, split)
+    metrics = evaluate_batches(live_logits(model, loader, device), writer, spec_of(cfg).space)
+    writer.finish()
+    return metrics
 
 
 def metric_dict(m: SegMetrics, dataset: str = "nuscenes") -> dict[str, float]:
@@ -131,17 +139,34 @@ def run_evaluate(
     head: str | Path,
     split: str | None = None,
     export_dir: str | Path | None = None,
-) -> SegMetrics:
+    overwrite: bool = False,
+    zipped: bool = False,
+) -> SegMetrics | None:
     """Score encoder weights (run id, file, none) + a linear head on ``split`` (default: the
-    dataset's validation split); optionally export."""
+    dataset's validation split); optionally export (every scan: data.max_samples is lifted,
+    ``uncapped``; the folder checked first, ``prepare_export``) and zip it. A split without
+    labels (a benchmark's test split) runs inference only: it needs ``export_dir``, and the
+    result is None."""
     spec = spec_of(cfg)
+    split = split or spec.splits(cfg)[1]
+    if export_dir is not None:
+        cfg = uncapped(cfg)
+    scored = spec.labelled(cfg, split)
+    if not scored and export_dir is None:
+        raise CMCRError(
+            f"--split {split}: its scans have no labels, so there is nothing to score; add "
+            "--export DIR to write the predictions for the benchmark's server"
+        )
+    if export_dir is not None:
+        prepare_export(export_dir, overwrite, zipped)
     model, _ = build_seg_model(cfg, pretrained)
     load_into(model.classifier, head, "head")
-    split = split or spec.splits(cfg)[1]
     loader = seg_loader(cfg, split, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     writer = make_writer(cfg, export_dir, split) if export_dir is not None else None
     metrics = evaluate_batches(live_logits(model.to(device), loader, device), writer, spec.space)
     if writer is not None:
         writer.finish()
-    return metrics
+        if zipped:
+            zip_export(export_dir)
+    return metrics if scored else None

@@ -14,6 +14,8 @@ label id per point of the scan in file order, through the learning map's inverse
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,77 @@ class _BatchWriter:
 
 class ExportError(CMCRError):
     """A lidarseg export cannot be written as asked."""
+
+
+# what a submission folder may hold: --overwrite clears only a folder of these (a stale export),
+# never one holding anything else (a mistyped --export pointing at someone's data)
+EXPORT_SUFFIXES = (".label", "_lidarseg.bin", "submission.json", ".zip")
+
+
+def prepare_export(out_dir: str | Path, overwrite: bool = False, zipped: bool = False) -> Path:
+    """Check the export folder before any training: created if absent, refused when it is not a
+    writable folder or is not empty (``overwrite``: cleared first, if it holds only files of a
+    previous export); ``zipped``: ``DIR.zip`` (``zip_export``) is refused if present, unless
+    ``overwrite``; ExportError naming ``--export``."""
+    root = Path(out_dir)
+    if zipped and zip_path(root).exists() and not (overwrite and zip_path(root).is_file()):
+        raise ExportError(f"--zip: '{zip_path(root)}' exists (pass --overwrite to replace it)")
+    try:
+        if root.exists() and not root.is_dir():
+            raise ExportError(f"--export '{root}': exists and is not a folder")
+        if root.is_dir() and any(root.iterdir()):
+            if not overwrite:
+                raise ExportError(
+                    f"--export '{root}': folder is not empty (stale predictions would mix with "
+                    "new ones; pass --overwrite to clear it, or choose an empty folder)"
+                )
+            _clear_export(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ExportError(f"--export '{root}': folder is not writable")
+    except OSError as exc:
+        raise ExportError(f"--export '{root}': {exc.strerror or exc}") from None
+    return root
+
+
+def zip_path(root: Path) -> Path:
+    """``DIR.zip`` beside the export folder ``DIR``."""
+    return root.with_name(root.name + ".zip")
+
+
+def zip_export(out_dir: str | Path) -> Path:
+    """Zip the export folder's contents (its top entries at the archive's root, directory
+    entries included, as the benchmarks' validators expect) into ``DIR.zip``; its path."""
+    root = Path(out_dir)
+    try:
+        return Path(shutil.make_archive(str(root), "zip", root_dir=root))
+    except OSError as exc:
+        raise ExportError(f"--zip '{zip_path(root)}': {exc.strerror or exc}") from None
+
+
+def _clear_export(root: Path) -> None:
+    """Empty ``root`` if every file under it is one a submission holds (EXPORT_SUFFIXES)."""
+    for path in root.rglob("*"):
+        if path.is_symlink() or (not path.is_dir() and not path.name.endswith(EXPORT_SUFFIXES)):
+            raise ExportError(
+                f"--export '{root}': --overwrite clears only a previous export, and "
+                f"'{path.relative_to(root)}' is not a submission file; remove it or choose "
+                "another folder"
+            )
+    for child in root.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _save(path: Path, data: np.ndarray | str) -> None:
+    """Write one export file (its folder created); every filesystem error an ExportError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            path.write_text(data)
+        else:
+            data.tofile(path)
+    except OSError as exc:
+        raise ExportError(f"export file '{path}': {exc.strerror or exc}") from None
 
 
 DEFAULT_META = {
@@ -75,16 +148,14 @@ class LidarsegWriter(_BatchWriter):
         if arr.size == 0 or arr.min() < 1 or arr.max() > NUM_CHALLENGE:
             raise ExportError(f"scan {token}: predictions must lie in 1..{NUM_CHALLENGE}")
         path = self.bin_dir / f"{token}_lidarseg.bin"
-        arr.astype(np.uint8).tofile(path)
+        _save(path, arr.astype(np.uint8))
         self.written.append(token)
         return path
 
     def finish(self) -> Path:
         """Write ``DIR/<split>/submission.json``; returns its path."""
-        meta_dir = self.root / self.split
-        meta_dir.mkdir(parents=True, exist_ok=True)
-        path = meta_dir / "submission.json"
-        path.write_text(json.dumps({"meta": self.meta}, indent=2) + "\n")
+        path = self.root / self.split / "submission.json"
+        _save(path, json.dumps({"meta": self.meta}, indent=2) + "\n")
         return path
 
 
@@ -107,10 +178,8 @@ class KittiWriter(_BatchWriter):
         if arr.size == 0 or arr.min() < 1 or arr.max() > top:
             raise ExportError(f"scan {token}: predictions must lie in 1..{top}")
         seq, _, frame = token.partition("/")
-        folder = self.root / "sequences" / seq / "predictions"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{frame}.label"
-        self.inverse[arr].astype(np.uint32).tofile(path)
+        path = self.root / "sequences" / seq / "predictions" / f"{frame}.label"
+        _save(path, self.inverse[arr].astype(np.uint32))
         self.written.append(token)
         return path
 

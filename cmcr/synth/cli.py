@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples-per-scene", default=None, metavar="N", help="keyframes per scene"
     )
     parser.add_argument(
+        "--test-scenes",
+        default=None,
+        metavar="N",
+        help="also the devkit's first N test scenes (150: all) in v1.0-test, without lidarseg "
+        "labels, like the benchmark's test split (default 0)",
+    )
+    parser.add_argument(
         "--image-scale", default=None, metavar="S", help="camera size as a fraction of 1600x900"
     )
     parser.add_argument("--seed", default="0", metavar="K", help="world seed (default 0)")
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         scenes_per_split=args.scenes_per_split,
         samples_per_scene=args.samples_per_scene,
         image_scale=args.image_scale,
+        test_scenes=args.test_scenes,
         overwrite=args.overwrite,
         workers=workers,
     )
@@ -66,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {summary['scenes']} scenes, {summary['samples']} samples, {summary['images']} "
         f"images ({width}x{height}), {summary['points_per_sweep_mean']:.0f} points/sweep "
-        f"to {summary['path']} in {summary['seconds']:.1f} s"
+        + (
+            f"and {summary['test_scenes']} test scenes (v1.0-test) "
+            if summary["test_scenes"]
+            else ""
+        )
+        + f"to {summary['path']} in {summary['seconds']:.1f} s"
     )
     return 0
 

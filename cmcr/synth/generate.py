@@ -15,7 +15,7 @@ import resource
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from cmcr.synth.sensors import (
     rot_z,
     scaled_intrinsics,
 )
-from cmcr.synth.spec import WorldSpec, resolve_spec
+from cmcr.synth.spec import TEST_VERSION, WorldSpec, resolve_spec, test_scene_names
 from cmcr.synth.target import prepare_target, swap_in
 from cmcr.synth.world import EGO_LANE_Y, World, build_world
 
@@ -52,17 +52,23 @@ def generate_world(
     scenes_per_split: str | tuple[int, int] | None = None,
     samples_per_scene: int | str | None = None,
     image_scale: float | str | None = None,
+    test_scenes: int | str | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    **sizes: int,
 ) -> dict:
-    """Write a world to `out` atomically (temp dir beside it, then rename); returns a summary."""
+    """Write a world to `out` atomically (temp dir beside it, then rename); returns a summary.
+    ``test_scenes``: also the devkit's first test scenes under v1.0-test, without labels.
+    ``sizes`` (from Python, for tests): WorldSpec fields such as n_azimuth, test_samples."""
     spec = resolve_spec(
         preset,
         seed=seed,
         scenes_per_split=scenes_per_split,
         samples_per_scene=samples_per_scene,
         image_scale=image_scale,
+        test_scenes=test_scenes,
     )
+    spec = replace(spec, **sizes)
     out = Path(out).absolute()
     tmp = prepare_target(out, overwrite)
     t_start, cpu_start = time.perf_counter(), _cpu_seconds()
@@ -91,11 +97,13 @@ def _cpu_seconds() -> float:
 
 def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
     """Render every scene (in parallel), then write the tables and the map."""
-    for sub in ("samples/LIDAR_TOP", f"lidarseg/{VERSION}", "synthetic_gt", "maps", "sweeps"):
+    subs = ("samples/LIDAR_TOP", f"lidarseg/{VERSION}", f"lidarseg/{TEST_VERSION}", "synthetic_gt")
+    for sub in (*subs, "maps", "sweeps"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for channel in CAMERAS:
         (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
-    jobs = [(root, spec, i, name) for i, name in enumerate(spec.scene_names)]
+    names = spec.scene_names + test_scene_names(spec.test_scenes)
+    jobs = [(root, spec, i, name) for i, name in enumerate(names)]
     n_proc = max(1, min(workers or os.cpu_count() or 1, len(jobs), 2 * (os.cpu_count() or 1)))
     with progress.task(progress.WORLD, len(jobs), unit="scene") as bar:
         if n_proc == 1:
@@ -109,14 +117,19 @@ def _generate_into(root: Path, spec: WorldSpec, workers: int | None) -> dict:
                 for scene in pool.imap(_render_scene_job, jobs):
                     scenes.append(scene)
                     bar.update(1)
-    tables = _assemble(spec, scenes)
+    tables = _assemble(spec, scenes[: len(spec.scene_names)])
     tb.write_tables(root, VERSION, tables)
+    if spec.test_scenes:  # v1.0-test: no boxes, an empty lidarseg table (the devkit reads it)
+        test = _assemble(spec, scenes[len(spec.scene_names) :])
+        test.update(lidarseg=[], sample_annotation=[], instance=[])
+        tb.write_tables(root, TEST_VERSION, test)
     Image.fromarray(np.full((100, 100), 255, np.uint8)).save(root / tables["map"][0]["filename"])
     points = [n for s in scenes for n in s["points_per_sweep"]]
     return {
         "spec": asdict(spec),
+        "test_scenes": spec.test_scenes,
         "scenes": len(scenes),
-        "samples": len(tables["sample"]),
+        "samples": len(tables["sample"]),  # of v1.0-mini
         "images": 6 * len(tables["sample"]),
         "points_per_sweep_mean": float(np.mean(points)),
         "points_per_sweep_min": int(np.min(points)),
@@ -153,13 +166,16 @@ class _Scene:
 def _render_scene(root: Path, spec: WorldSpec, idx: int, name: str) -> dict:
     """Build one scene's world, record every keyframe's sensors; return table-ready records."""
     rng = np.random.default_rng([spec.seed, idx])
+    n_frames = spec.samples_per_scene
+    if idx >= len(spec.scene_names) and spec.test_samples:  # a test scene
+        n_frames = spec.test_samples
     speed = rng.uniform(3.0, 7.0)
-    travel = speed * KEYFRAME_DT * (spec.samples_per_scene - 1)
+    travel = speed * KEYFRAME_DT * max(n_frames - 1, 1)
     world = build_world(rng, -MARGIN, travel + MARGIN, travel / 2)
     yaw = rng.uniform(-np.pi, np.pi)
     offset = np.array([rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0])
     scene = _Scene(root, spec, idx, name, world, speed, Pose(rot_z(yaw), offset), yaw)
-    frames = [_record_frame(scene, k) for k in range(spec.samples_per_scene)]
+    frames = [_record_frame(scene, k) for k in range(n_frames)]
     return {
         "name": name,
         "frames": frames,
@@ -197,8 +213,10 @@ def _record_frame(scene: _Scene, k: int) -> dict:
     sd_lidar = tb.token(scene.spec.seed, scene.name, k, "LIDAR_TOP")
     lidar_file = f"samples/LIDAR_TOP/{scene.name}__LIDAR_TOP__{ts}.pcd.bin"
     pts.tofile(scene.root / lidar_file)
-    # nuScenes-lidarseg keys its records (and label files) by the lidar sample_data token
-    labels.astype(np.uint8).tofile(scene.root / f"lidarseg/{VERSION}/{sd_lidar}_lidarseg.bin")
+    # nuScenes-lidarseg keys its records (and label files) by the lidar sample_data token; a
+    # test scene (after the mini ones) has none
+    if scene.idx < len(scene.spec.scene_names):
+        labels.astype(np.uint8).tofile(scene.root / f"lidarseg/{VERSION}/{sd_lidar}_lidarseg.bin")
     records = [_sd_record(scene, sd_lidar, "LIDAR_TOP", ts, lidar_file, ego)]
     records += [_camera_frame(scene, k, tau, channel) for channel in CAMERAS]
     counts = np.bincount(obj[obj >= 0], minlength=len(scene.world.obj_cls))

@@ -7,13 +7,21 @@ the ego drives. Written::
     sequences/NN/velodyne/NNNNNN.bin   float32 (N, 4): x, y, z (lidar frame: x forward,
                                        y left, z up), remission in [0, 1]
     sequences/NN/labels/NNNNNN.label   uint32 (N,): KITTI raw semantic id | instance << 16
+                                       (none for the test sequences 11-21, as in the dataset)
     sequences/NN/times.txt             seconds of each scan
+    sequences/NN/calib.txt             P0..P3 (3x4 projections) and Tr (velodyne -> camera 0)
+    sequences/NN/poses.txt             camera 0's pose of each scan in the first one's frame
+                                       (3x4, row-major; generate_sequential.py's input)
     semantic-kitti.yaml                the dataset's labels, learning_map and learning_map_inv
 
 The nuScenes classes of the world become KITTI raw ids (car 10, bus 13, truck 18, …); geometry
 adds what KITTI separates: thin manmade boxes are poles (80), tree trunks trunks (71), lane paint
 lane-marking (60, learnt as road), the parking lanes parking (44); traffic cones are
-other-object (99), which the learning map ignores.
+other-object (99), which the learning map ignores. So that every one of the 19 classes occurs:
+ridden bicycles / motorcycles are bicyclists / motorcyclists (31, 32), the tops of every other
+pole traffic signs (81), and every third car, person, rider, bus, truck and other vehicle
+carries a moving id (252..259; the learning map sends them to their static class). Instance
+ids (the upper 16 bits) mark things only (classes car .. motorcyclist).
 """
 
 from __future__ import annotations
@@ -74,11 +82,73 @@ _NUSC_TO_KITTI = {
 NUSC_TO_KITTI = np.array([_NUSC_TO_KITTI.get(n, 0) for n in RAW_CLASSES], dtype=np.uint32)
 
 
+def _remap(pairs: dict[int, int]) -> np.ndarray:
+    """(260,) uint32 raw id -> raw id: ``pairs`` changed, every other id kept."""
+    table = np.arange(260, dtype=np.uint32)
+    table[list(pairs)] = list(pairs.values())
+    return table
+
+
+# every other bicycle / motorcycle carries a rider: SemanticKITTI labels rider and vehicle
+# together as bicyclist (31) / motorcyclist (32)
+RIDDEN = _remap({11: 31, 15: 32})
+# every third car, rider, person, bus, truck, other vehicle is labelled moving (252..259): the
+# world is static, the ids exercise the learning map (moving-car -> car, ...)
+MOVING = _remap({10: 252, 31: 253, 30: 254, 32: 255, 16: 256, 13: 257, 18: 258, 20: 259})
+SIGN_Z = 2.2  # m above the ground: where every other pole carries a traffic sign (81)
+# instance ids only on things: the training classes 1..8 (car .. motorcyclist)
+THINGS = np.isin(_kc.learning_table(), np.arange(1, 9))
+
+
+TEST_FIRST = 11  # sequences 11..21: the test split, scans without labels (the benchmark's)
+TEST_SEQUENCES = tuple(f"{i:02d}" for i in range(TEST_FIRST, 22))
+# KITTI odometry's calibration of sequences 00-02: camera 0's intrinsics, the stereo baseline
+FOCAL, CX, CY, BASELINE = 718.856, 607.1928, 185.2157, 0.5372
+# velodyne (x forward, y left, z up) -> camera 0 (x right, y down, z forward), and its offset
+VELO_TO_CAM = Pose(np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]),
+                   np.array([0.0, -0.08, -0.27]))  # fmt: skip
+
+
+def _test(scans: int) -> dict[str, int]:
+    """The 11 test sequences, ``scans`` each."""
+    return dict.fromkeys(TEST_SEQUENCES, scans)
+
+
+def _matrix(pose: Pose) -> np.ndarray:
+    """(4, 4) homogeneous matrix of a pose."""
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = pose.R, pose.t
+    return out
+
+
+def _rows(matrix: np.ndarray) -> str:
+    """The first 3 rows of a matrix as 12 numbers, KITTI's text format."""
+    return " ".join(f"{v:.12e}" for v in np.asarray(matrix)[:3].reshape(-1))
+
+
+def calib_text() -> str:
+    """calib.txt: P0..P3 (camera i's 3x4 projection, cameras BASELINE apart) and Tr."""
+    lines = []
+    for i, shift in enumerate((0.0, -BASELINE, 0.06, -BASELINE + 0.06)):  # gray, gray, colour
+        proj = np.array([[FOCAL, 0, CX, FOCAL * shift], [0, FOCAL, CY, 0], [0, 0, 1, 0]])
+        lines.append(f"P{i}: {_rows(proj)}")
+    lines.append(f"Tr: {_rows(_matrix(VELO_TO_CAM))}")
+    return "\n".join(lines) + "\n"
+
+
+def poses_text(lidar_poses: list[Pose]) -> str:
+    """poses.txt: camera 0's pose of scan k in scan 0's camera frame, Tr · L0⁻¹ Lk · Tr⁻¹, so
+    that generate_sequential.py's Tr⁻¹ · pose · Tr gives the velodyne motion L0⁻¹ Lk."""
+    tr = _matrix(VELO_TO_CAM)
+    first = np.linalg.inv(_matrix(lidar_poses[0]))
+    return "".join(_rows(tr @ first @ _matrix(p) @ np.linalg.inv(tr)) + "\n" for p in lidar_poses)
+
+
 @dataclass(frozen=True)
 class KittiSpec:
     """Sizes of a synthetic SemanticKITTI world: scans per sequence, firings per beam."""
 
-    sequences: dict[str, int] = field(default_factory=lambda: {"00": 4, "08": 3})
+    sequences: dict[str, int] = field(default_factory=lambda: {"00": 4, "08": 3, **_test(1)})
     n_azimuth: int = 360
     lidar_range: float = 70.0
     seed: int = 0
@@ -87,7 +157,7 @@ class KittiSpec:
 KITTI_PRESETS: dict[str, KittiSpec] = {
     "smoke": KittiSpec(),
     # 1 % of the 202 training scans is 3 scans (00/000000, 00/000100, 01/000099)
-    "demo": KittiSpec(sequences={"00": 101, "01": 101, "08": 12}, n_azimuth=720),
+    "demo": KittiSpec(sequences={"00": 101, "01": 101, "08": 12, **_test(2)}, n_azimuth=720),
 }
 KITTI_PRESETS["default"] = KITTI_PRESETS["demo"]
 
@@ -117,7 +187,10 @@ def kitti_labels(ret: LidarReturns, world: World) -> np.ndarray:
     parking = road & (np.abs(ret.world_xyz[:, 1]) > ROAD_HALF - PARKING_WIDTH)
     sem[parking] = 44
     sem[road & ~parking & lane_paint(ret.world_xyz)] = 60  # lane-marking
-    instance = np.where(ret.obj >= 0, ret.obj + 1, 0).astype(np.uint32)
+    sem[thin & (sem == 80) & (box % 2 == 0) & (ret.world_xyz[:, 2] > SIGN_Z)] = 81  # sign
+    sem = np.where((ret.obj >= 0) & (ret.obj % 2 == 1), RIDDEN[sem], sem)
+    sem = np.where((ret.obj >= 0) & (ret.obj % 3 == 0), MOVING[sem], sem).astype(np.uint32)
+    instance = np.where((ret.obj >= 0) & THINGS[sem], ret.obj + 1, 0).astype(np.uint32)
     return (instance << np.uint32(16)) | sem
 
 
@@ -130,13 +203,14 @@ def _render_sequence(root: Path, spec: KittiSpec, seq: str) -> int:
     world = build_world(rng, -MARGIN, travel + MARGIN, travel / 2)
     calib = Pose(np.eye(3), np.array([0.27, 0.0, LIDAR_HEIGHT]))  # lidar -> ego
     folder = root / "sequences" / seq
-    for sub in ("velodyne", "labels"):
+    labelled = int(seq) < TEST_FIRST
+    for sub in ("velodyne", "labels") if labelled else ("velodyne",):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    total = 0
+    total, poses = 0, [_ego_local(speed, k * SCAN_DT) @ calib for k in range(n_scans)]
     for k in range(n_scans):  # a loop over scans; each scan is vectorised
         ret = lidar_returns(
             world,
-            _ego_local(speed, k * SCAN_DT) @ calib,
+            poses[k],
             BEAM_ELEVATIONS,
             spec.n_azimuth,
             spec.lidar_range,
@@ -145,10 +219,13 @@ def _render_sequence(root: Path, spec: KittiSpec, seq: str) -> int:
         xyz, intensity = ret.points[:, :3], ret.points[:, 3] / np.float32(255.0)
         scan = np.concatenate([xyz, intensity[:, None]], axis=1).astype(np.float32)
         scan.tofile(folder / "velodyne" / f"{k:06d}.bin")
-        kitti_labels(ret, world).tofile(folder / "labels" / f"{k:06d}.label")
+        if labelled:
+            kitti_labels(ret, world).tofile(folder / "labels" / f"{k:06d}.label")
         total += len(scan)
     times = "".join(f"{k * SCAN_DT:.6e}\n" for k in range(n_scans))
     (folder / "times.txt").write_text(times)
+    (folder / "calib.txt").write_text(calib_text())
+    (folder / "poses.txt").write_text(poses_text(poses))
     return total
 
 
@@ -160,7 +237,11 @@ def label_yaml() -> str:
         "learning_map": dict(_kc.LEARNING_MAP),
         "learning_map_inv": dict(_kc.LEARNING_MAP_INV),
         "learning_ignore": {i: i == 0 for i in range(_kc.NUM_KITTI + 1)},
-        "split": {"train": [0, 1, 2, 3, 4, 5, 6, 7, 9, 10], "valid": [8]},
+        "split": {
+            "train": [0, 1, 2, 3, 4, 5, 6, 7, 9, 10],
+            "valid": [8],
+            "test": list(range(TEST_FIRST, 22)),
+        },
     }
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -18,6 +18,19 @@ MINI_TRAIN: tuple[str, ...] = (
     "scene-1100",
 )
 MINI_VAL: tuple[str, ...] = ("scene-0103", "scene-0916")
+TEST_VERSION = "v1.0-test"  # the test split's tables: like nuScenes v1.0-test, no labels
+N_TEST = 150  # scenes of the devkit's "test" split (nuscenes.utils.splits)
+
+
+def test_scene_names(n: int) -> tuple[str, ...]:
+    """The first ``n`` scene names of the devkit's test split (its own list)."""
+    if n == 0:
+        return ()
+    # lazy: the devkit (matplotlib, cv2) loads only for a world with a test split
+    from nuscenes.utils.splits import create_splits_scenes
+
+    return tuple(create_splits_scenes()["test"][:n])
+
 
 FULL_WIDTH, FULL_HEIGHT = 1600, 900  # nuScenes camera resolution
 MIN_WIDTH, MIN_HEIGHT = 96, 64  # smallest image the data pipeline accepts
@@ -34,6 +47,8 @@ class WorldSpec:
     n_azimuth: int = 1090  # LiDAR firings per sweep and beam
     lidar_range: float = 70.0  # metres; farther returns are dropped
     seed: int = 0
+    test_scenes: int = 0  # scenes of the unlabelled test split (v1.0-test; all: N_TEST)
+    test_samples: int = 0  # keyframes per test scene (0: samples_per_scene)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -60,6 +75,7 @@ def resolve_spec(
     scenes_per_split: str | tuple[int, int] | None = None,
     samples_per_scene: int | str | None = None,
     image_scale: float | str | None = None,
+    test_scenes: int | str | None = None,
 ) -> WorldSpec:
     """A preset with overrides applied; every value is checked and named when wrong."""
     if preset not in PRESETS:
@@ -74,6 +90,8 @@ def resolve_spec(
         )
     if image_scale is not None:
         spec = replace(spec, image_scale=_float("--image-scale", image_scale, 0.01, 1.0))
+    if test_scenes is not None:
+        spec = replace(spec, test_scenes=parse_int("--test-scenes", test_scenes, 0, N_TEST))
     width, height = spec.image_size
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         raise CMCRError(
