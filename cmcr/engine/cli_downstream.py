@@ -9,21 +9,37 @@ import math
 import sys
 from pathlib import Path
 
-from cmcr.configs import apply_overrides, load_config
+from cmcr.configs import apply_overrides, list_presets, load_config
 from cmcr.errors import CMCRError
+from cmcr.progress import fmt_pct
 from cmcr.registry import DATASETS
+from cmcr.uris import redact_logging
+
+SET_EXAMPLE = {  # a key each command reads, for its --help
+    "probe": "downstream.probe_epochs=10",
+    "finetune": "downstream.finetune_label_fraction=0.1",
+    "evaluate": "data.val_split=mini_val",
+}
+
+
+def set_values(args: argparse.Namespace) -> list[str]:
+    """``--set`` as one list (each --set takes one or more KEY=VALUE, as in cmcr pretrain)."""
+    return [item for group in args.overrides for item in group]
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Arguments of the three sub-commands (``name`` is the one being built)."""
-    parser.add_argument("--config", default=None, help="preset name or YAML file")
+    parser.add_argument(
+        "--config", default=None, help=f"preset name ({', '.join(list_presets())}) or YAML file"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="dotted config override, repeatable (e.g. downstream.probe_label_fraction=0.1)",
+        help=f"dotted config override(s), repeatable (e.g. {SET_EXAMPLE[name]})",
     )
     # no argparse choices: the registered datasets are known once their modules are imported
     # (torch among them), and `cmcr --help` stays fast; the config check refuses an unknown
@@ -84,7 +100,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
-    overrides = list(args.overrides)
+    overrides = set_values(args)
     if getattr(args, "dataset", None):
         overrides.append(f"downstream.dataset={args.dataset}")
     return load_config(args.config or default, overrides)
@@ -92,6 +108,10 @@ def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch on the sub-command name; prints the metrics as one JSON line."""
+    from cmcr.runlog import setup_console  # lazy: keeps `cmcr --help` fast
+
+    setup_console()  # cmcr's lines on the terminal; MLflow's INFO and torch warnings to run.log
+    redact_logging()
     if args.command == "evaluate":
         return _evaluate(args)
     # lazy: torch and spconv load only when a downstream command runs (`cmcr --help` builds
@@ -131,7 +151,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
-        base = load_config(args.config, args.overrides)  # for tracking.output_dir
+        base = load_config(args.config, set_values(args))  # for tracking.output_dir
         sub = _run_subfolder(run_dir(base, args.run), args.dataset)
         # the run's own config (voxel coordinates, root, ...) unless --config names another
         cfg = _load_cfg(args, run_dir(base, args.run) / sub / "config.yaml")
@@ -192,4 +212,7 @@ def _print(kind: str, miou: float, fwiou: float, per_class: dict, run_id: str | 
         "fwiou": clean(fwiou),
         "per_class": {k: clean(v) for k, v in per_class.items()},
     }
+    # a person reads percent (stderr); stdout's last line stays the JSON, fractions as stored
+    run = f" (run {run_id})" if run_id else ""
+    print(f"{kind}: mIoU {fmt_pct(miou)} %, fwIoU {fmt_pct(fwiou)} %{run}", file=sys.stderr)
     print(json.dumps(line))
