@@ -107,6 +107,17 @@ def setup_console(level: int = logging.INFO) -> None:
         lg = logging.getLogger(name)
         if lg.level < logging.WARNING:
             lg.setLevel(logging.WARNING)
+    quiet_torch()
+
+
+def quiet_torch() -> None:
+    """torch's own handler prints its internal warnings (``is_fx_tracing will return true ...``
+    from spconv's tracing check) outside any run, e.g. in `cmcr evaluate`: errors only there (a
+    run's capture routes its warnings to run.log as before). Importing torch resets its
+    loggers' levels, so a command calls this again once torch is imported."""
+    torch_logger = logging.getLogger("torch")
+    if torch_logger.level < logging.ERROR:
+        torch_logger.setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

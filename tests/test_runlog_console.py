@@ -33,3 +33,18 @@ def test_a_log_line_never_lands_inside_a_progress_bar(monkeypatch) -> None:
         at = text.index(line)
         assert text[at - 1] in "\r\n", repr(text[max(0, at - 40) : at + 20])  # a line of its own
     assert "]probe" not in text and "it/s]p" not in text
+
+
+def test_torchs_internal_warnings_stay_off_the_terminal_after_torch_resets_its_loggers() -> None:
+    from cmcr.runlog import quiet_torch
+
+    torch_logger = logging.getLogger("torch")
+    saved = torch_logger.level
+    try:
+        torch_logger.setLevel(logging.WARNING)  # what importing torch does to its loggers
+        fx = logging.getLogger("torch.fx._symbolic_trace")  # `is_fx_tracing will return ...`
+        assert fx.isEnabledFor(logging.WARNING)
+        quiet_torch()
+        assert not fx.isEnabledFor(logging.WARNING) and fx.isEnabledFor(logging.ERROR)
+    finally:
+        torch_logger.setLevel(saved)

@@ -144,6 +144,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     # lazy: torch and spconv load only when `cmcr evaluate` runs
     from cmcr.engine.checkpoint import run_dir, run_dir_weights
     from cmcr.engine.evaluate import run_evaluate
+    from cmcr.runlog import quiet_torch  # lazy: as above
+
+    quiet_torch()  # torch's import reset its loggers
 
     if args.zip and args.export_lidarseg is None:
         raise CMCRError("--zip needs --export DIR (it zips DIR)")
