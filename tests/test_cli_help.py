@@ -86,3 +86,17 @@ def test_downstream_set_takes_several_values_and_shows_its_own_example(command: 
     assert SET_EXAMPLE[command].split("=")[0] in text and "official" in text
     if command == "finetune":
         assert "probe_label_fraction" not in text  # the old example was a probe key
+
+
+def test_sweep_set_takes_several_values_as_every_command_does() -> None:
+    import argparse
+
+    from cmcr.sweep.options import add_arguments, sweep_options, worker_argv
+
+    parser = argparse.ArgumentParser(prog="sweeps/run.py")
+    add_arguments(parser)
+    args = parser.parse_args(["--study", "s", "--set", "a.b=1", "c.d=2", "--set", "e.f=3"])
+    opts = sweep_options(args)
+    assert opts.overrides == ["a.b=1", "c.d=2", "e.f=3"]
+    argv = worker_argv(opts)  # a spawned worker gets them back one per --set
+    assert sweep_options(parser.parse_args(argv)).overrides == opts.overrides

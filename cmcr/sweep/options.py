@@ -137,7 +137,9 @@ class SweepOptions:
     objective: str = _opt(
         "probe", "--objective", "downstream.mode of the objective", choices=OBJECTIVES
     )
-    overrides: list[str] = _opt([], "--set", "config override (repeatable)", metavar="KEY=VALUE")
+    overrides: list[str] = _opt(
+        [], "--set", "config override(s), repeatable (e.g. train.max_steps=20)", metavar="KEY=VALUE"
+    )
     tracking_uri: str | None = _opt(
         None,
         "--tracking-uri",
@@ -224,8 +226,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> dict[str, Any]:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if isinstance(default, bool):
             kw.update(action="store_true", default=default)
-        elif isinstance(default, list):
-            kw.update(action="append", default=[])
+        elif isinstance(default, list):  # --set K=V [K=V ...], repeatable, as in cmcr's commands
+            kw.update(action="append", nargs="+", default=[])
         else:  # a flag with an env stand-in defaults to None: from_args tells them apart
             kw.update(default=None if meta["env"] else default, type=_scalar_type(f))
         group.add_argument(meta["flag"], **kw)
@@ -239,7 +241,11 @@ def _scalar_type(f: dataclasses.Field) -> type:
 def from_args(args: argparse.Namespace) -> SweepOptions:
     """SweepOptions from arguments parsed by a parser built with ``add_option_arguments``."""
     values = {f.name: getattr(args, f.name) for f in _fields()}
-    values["overrides"] = list(values["overrides"])
+    values["overrides"] = [
+        item
+        for group in values["overrides"]
+        for item in (group if isinstance(group, list) else [group])
+    ]
     for f in _fields():
         if f.metadata["env"] and values[f.name] is None:  # the flag, else its env, else default
             values[f.name] = os.environ.get(f.metadata["env"]) or f.default
