@@ -58,10 +58,19 @@ def test_after_calibration_the_trial_and_study_etas_are_within_30_percent() -> N
     trial_s = end - t0
     running = Running(0, "", first["phase"], 1, 12, "", first["eta_s"], at - t0,
                       trial_eta_s=first["trial_eta_s"], slowdown=first["slowdown"])  # fmt: skip
-    eta = study_eta(2 * PER_SEED_S, (running,), waiting=3, workers=1, measured=False)
+    idle = 2 * PER_SEED_S
+    eta = study_eta(idle, (running,), waiting=3, workers=1, measured=False, idle_s=idle)
     assert eta == pytest.approx(real_left + 3 * trial_s, rel=0.3)
     # without the calibration, the preset's idle figure is 3x too short: the test can fail
-    assert study_eta(2 * PER_SEED_S, (), 3, 1, measured=False) < 0.5 * 3 * trial_s
+    assert study_eta(idle, (), 3, 1, measured=False) < 0.5 * 3 * trial_s
+
+
+def test_the_view_and_the_start_line_agree_on_a_whole_machine_estimate() -> None:
+    """The preset's figure is one trial on the whole machine: 2 local workers do not halve the
+    queue (the start line's total); a measured median (at the sweep's parallelism) does."""
+    est = Estimate(60.0, "preset", whole_machine=True)
+    assert study_eta(est.trial_s, (), 3, 2, measured=False) == est.total_s(3, 2) == 180.0
+    assert study_eta(60.0, (), 3, 2, measured=True) == 90.0  # 3 trials shared by 2 workers
 
 
 class _Trial:

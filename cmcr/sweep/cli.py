@@ -192,6 +192,7 @@ def sweep(
         plan.study_name,
         total,
         estimate_s=est.trial_s if est else None,
+        idle_s=est.idle_s if est and est.whole_machine else None,
         workers=plan.opts.workers,
     )
     try:

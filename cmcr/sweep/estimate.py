@@ -61,6 +61,12 @@ class Estimate:
     # share its cores, so they do not divide the total; a median of the study's own trials was
     # measured at the sweep's parallelism, so they do
     whole_machine: bool = False
+    load_factor: float = 1.0  # how much the machine's load scaled the figure (under_load)
+
+    @property
+    def idle_s(self) -> float | None:
+        """The figure on an idle machine (what the live slowdown is measured against)."""
+        return None if self.trial_s is None else self.trial_s / self.load_factor
 
     def total_s(self, trials: int, workers: int) -> float | None:
         """Wall time of ``trials`` trials run by ``workers`` local workers."""
@@ -138,7 +144,10 @@ def under_load(
         return est, None
     k = (load + cores) / cores
     scaled = dataclasses.replace(
-        est, trial_s=est.trial_s * k, source=f"{est.source}; × {k:.1f} for the machine's load"
+        est,
+        trial_s=est.trial_s * k,
+        source=f"{est.source}; × {k:.1f} for the machine's load",
+        load_factor=k,
     )
     if load < cores:
         return scaled, None

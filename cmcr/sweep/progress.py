@@ -164,14 +164,20 @@ def study_eta(
     workers: int,
     *,
     measured: bool = True,
+    idle_s: float | None = None,
 ) -> float | None:
-    """Seconds until the queue is empty, shared by ``workers``: each running trial's time left
-    from its live rate (``Running.left_s``; else ``per_trial_s`` less its elapsed time) plus the
-    queued trials at ``per_trial_s`` each. ``measured`` False: ``per_trial_s`` is the preset's
-    estimate, scaled by the running trials' median measured slowdown (the machine's load)."""
+    """Seconds until the queue is empty: each running trial's time left from its live rate
+    (``Running.left_s``; else ``per_trial_s`` less its elapsed time) and the queued trials.
+
+    ``measured``: ``per_trial_s`` is the median of finished trials, run at the sweep's
+    parallelism, so the queue is shared by ``workers``. Else it is the preset's estimate for
+    one trial on the whole machine (the local workers share its cores: not divided); once a
+    running trial measured its slowdown, the queue is ``idle_s`` (the preset's idle-machine
+    figure) times the median slowdown, at the sweep's parallelism again."""
     slow = sorted(r.slowdown for r in running if r.slowdown)
-    if per_trial_s is not None and not measured and slow:
-        per_trial_s *= slow[len(slow) // 2]
+    parallel = measured
+    if not measured and slow and idle_s is not None:
+        per_trial_s, parallel = idle_s * slow[len(slow) // 2], True
     left = 0.0
     for r in running:
         if r.left_s is not None and (r.trial_eta_s is not None or per_trial_s is None):
@@ -180,15 +186,20 @@ def study_eta(
             left += max(per_trial_s - r.elapsed_s, r.eta_s or 0.0)
         else:
             return None
-    if waiting:
-        if per_trial_s is None:
-            return None
-        left += waiting * per_trial_s
-    return left / max(workers, len(running), 1)
+    if waiting and per_trial_s is None:
+        return None
+    queue = waiting * per_trial_s if waiting and per_trial_s is not None else 0.0
+    shared = max(workers, len(running), 1)
+    return (left + queue) / shared if parallel else left / shared + queue
 
 
 def snapshot(
-    study: Any, total: int, *, estimate_s: float | None = None, workers: int = 1
+    study: Any,
+    total: int,
+    *,
+    estimate_s: float | None = None,
+    workers: int = 1,
+    idle_s: float | None = None,
 ) -> Snapshot:
     """Poll the storage once."""
     trials = study.get_trials(deepcopy=False)
@@ -214,7 +225,7 @@ def snapshot(
         waiting=c.get("WAITING", 0),
         best=best,
         best_trial=best_trial,
-        eta_s=study_eta(per_trial, running, waiting, workers, measured=bool(times)),
+        eta_s=study_eta(per_trial, running, waiting, workers, measured=bool(times), idle_s=idle_s),
         trials=running,
     )
 
@@ -233,13 +244,14 @@ class ProgressView:
         live: bool | None = None,
         estimate_s: float | None = None,
         workers: int = 1,
+        idle_s: float | None = None,
     ) -> None:
         self.study = study
         self.name = name
         self.total = total
         self.interval = interval
         self.live = sys.stdout.isatty() if live is None else live
-        self.estimate_s = estimate_s
+        self.estimate_s, self.idle_s = estimate_s, idle_s
         self.workers = workers
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -257,7 +269,8 @@ class ProgressView:
             self._thread.join()
 
     def poll(self) -> Snapshot:
-        return snapshot(self.study, self.total, estimate_s=self.estimate_s, workers=self.workers)
+        return snapshot(self.study, self.total, estimate_s=self.estimate_s,
+                        workers=self.workers, idle_s=self.idle_s)  # fmt: skip
 
     def _loop(self) -> None:
         if self.live:
