@@ -18,13 +18,14 @@ from cmcr.data.augment import (
     CropRule,
     choose_crops,
     count_surviving_pairs,
+    count_until_passing,
     draw_crop_candidates,
     mask_through_crop,
     patch_grid,
     sample_crops,
     source_pixel_masked,
 )
-from cmcr.data.io import read_image_crop
+from cmcr.data.io import _keep_pixels, read_image_crop
 from cmcr.data.pretrain import apply_holdout
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
@@ -112,6 +113,33 @@ def test_crop_choice_equals_a_slow_loop(seed: int) -> None:
     totals = rng.integers(1, 8, 40)
     got = choose_crops(counts, fits, totals, 3, 0.5)
     assert got.tolist() == _slow_choice(counts, fits, totals, 3, 0.5)
+
+
+@pytest.mark.parametrize("min_pairs", [0, 150, 10_000])
+def test_counting_until_the_first_pass_chooses_as_counting_all(min_pairs: int) -> None:
+    rng = np.random.default_rng(min_pairs)
+    hw = np.array([[90, 160], [90, 160], [100, 100]])
+    u, v, cam = _random_pairs(rng, hw, 600)
+    rule = CropRule((0.1, 1.0), (1.2, 2.0), 12, min_pairs, 0.75)
+    boxes, fits = draw_crop_candidates(rng, hw, rule.scale, rule.aspect, rule.tries)
+    full = count_surviving_pairs(boxes, u, v, cam)
+    lazy = count_until_passing(boxes, fits, u, v, cam, rule)
+    totals = np.bincount(cam, minlength=3)
+    args = (fits, totals, min_pairs, 0.75)
+    assert choose_crops(lazy, fits, totals, min_pairs, 0.75).tolist() == _slow_choice(full, *args)
+    np.testing.assert_array_equal(lazy[:, 0], full[:, 0])
+    first_fails = lazy[:, 1:].any(1)  # the rest is counted only where the first fails
+    np.testing.assert_array_equal(lazy[first_fails], full[first_fails])
+
+
+@pytest.mark.parametrize(
+    ("k", "rows", "cols"), [(1, (0, 9), (3, 17)), (4, (5, 38), (1, 64)), (8, (0, 57), (9, 100))]
+)
+def test_keep_pixels_is_the_drop_grid_per_decoded_pixel(k, rows, cols) -> None:
+    drop = np.random.default_rng(k).random((60, 110)) < 0.5  # patches of k decoded pixels
+    got = _keep_pixels(drop, k, rows, cols)
+    r, c = np.arange(*rows) // k, np.arange(*cols) // k
+    np.testing.assert_array_equal(got, np.where(drop[r][:, c], 0, 255))
 
 
 def test_chosen_crop_keeps_enough_pairs_whenever_a_candidate_could() -> None:

@@ -35,10 +35,9 @@ def _voxel_part(samples: list[dict]) -> dict:
 
 def _float_images(images: torch.Tensor) -> torch.Tensor:
     """(I, H, W, 3) uint8 -> (I, 3, H, W) float32 in [0, 1]."""
-    n, h, w, c = images.shape
-    out = torch.empty((n, c, h, w), dtype=torch.float32)
-    out.copy_(images.permute(0, 3, 1, 2))  # one strided pass converts and lays out
-    return out.div_(255.0)
+    # lay out as bytes first, then convert contiguously: 1.0 ms against 1.35 ms for one strided
+    # converting copy (6 × 224 × 416, one thread); the same values (x / 255 in float32)
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
 
 
 def collate_pretrain(samples: list[dict]) -> dict:

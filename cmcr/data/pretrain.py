@@ -163,7 +163,9 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     """One sample (numpy, sample-local indices); every random choice comes from rng, in order."""
     points = read_points(rec.lidar_path)
     if cfg.max_points > 0 and len(points) > cfg.max_points:
-        points = points[np.sort(rng.choice(len(points), cfg.max_points, replace=False))]
+        keep = np.zeros(len(points), dtype=bool)  # = points[np.sort(choice)], without a sort
+        keep[rng.choice(len(points), cfg.max_points, replace=False)] = True
+        points = points[keep]
     if len(points) == 0:
         raise DataError(f"sample {rec.lidar_token}: no LiDAR points in {rec.lidar_path}")
     xyz, intensity = points[:, :3], points[:, 3] / np.float32(INTENSITY_SCALE)
