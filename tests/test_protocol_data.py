@@ -269,7 +269,10 @@ def test_world_sample_masks_at_the_source(smoke_world: Path) -> None:
     assert black[mask].mean() > 0.5 and not black[~mask].mean() > 0.05
     batch = collate_pretrain([sample])
     assert batch["image_input"].shape == batch["images"].shape
-    assert batch["image_input"].dtype == torch.float32 and float(batch["image_input"].max()) <= 1
+    assert batch["image_input"].dtype == torch.uint8  # bytes until the model (unit_float)
+    np.testing.assert_array_equal(
+        batch["image_input"][0].permute(1, 2, 0).numpy(), sample["image_input"][0]
+    )
 
 
 def test_output_stage_and_mean_fill_keep_the_old_behaviour(smoke_world: Path) -> None:
