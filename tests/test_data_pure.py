@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pyquaternion import Quaternion
 from scipy.spatial import cKDTree
 
 from cmcr.data.augment import augment_cloud, map_pixels, patch_mask
-from cmcr.data.collate import collate_pretrain, collate_seg
+from cmcr.data.collate import collate_pretrain, collate_seg, unit_float
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
 from cmcr.data.io import read_image_crop, read_points
 from cmcr.data.loader import EpochSampler
@@ -274,15 +275,15 @@ def test_collate_offsets_every_index() -> None:
     np.testing.assert_array_equal(nb[5:], np.where(src >= 0, src + 10, -1))
     assert (nb == -1).any()
     img = batch["images"]
-    assert img.shape == (4, 3, 4, 6) and img.dtype.is_floating_point and float(img.max()) <= 1.0
-    np.testing.assert_allclose(
-        img[3].permute(1, 2, 0).numpy() * 255, samples[1]["images"][1], atol=1e-3
+    assert img.shape == (4, 3, 4, 6) and img.dtype == torch.uint8  # bytes until the model
+    np.testing.assert_array_equal(img[3].permute(1, 2, 0).numpy(), samples[1]["images"][1])
+    np.testing.assert_array_equal(
+        batch["image_input"][2].permute(1, 2, 0).numpy(), samples[1]["image_input"][0]
     )
-    np.testing.assert_allclose(
-        batch["image_input"][2].permute(1, 2, 0).numpy() * 255,
-        samples[1]["image_input"][0],
-        atol=1e-3,
-    )
+    as_float = unit_float(img)  # what the model sees: x / 255 in float32, as collate once gave
+    assert as_float.dtype == torch.float32
+    torch.testing.assert_close(as_float, img.float() / 255.0, rtol=0, atol=0)
+    assert unit_float(as_float) is as_float  # a float batch (the synthetic factory) as it is
     assert batch["image_input"].shape == img.shape
     assert batch["query_batch"].tolist() == [0] * 5 + [1] * 5
     assert batch["point_batch"].tolist() == [0] * 10 + [1] * 20

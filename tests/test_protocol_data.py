@@ -18,13 +18,14 @@ from cmcr.data.augment import (
     CropRule,
     choose_crops,
     count_surviving_pairs,
+    count_until_passing,
     draw_crop_candidates,
     mask_through_crop,
     patch_grid,
     sample_crops,
     source_pixel_masked,
 )
-from cmcr.data.io import read_image_crop
+from cmcr.data.io import _keep_pixels, read_image_crop
 from cmcr.data.pretrain import apply_holdout
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
@@ -112,6 +113,33 @@ def test_crop_choice_equals_a_slow_loop(seed: int) -> None:
     totals = rng.integers(1, 8, 40)
     got = choose_crops(counts, fits, totals, 3, 0.5)
     assert got.tolist() == _slow_choice(counts, fits, totals, 3, 0.5)
+
+
+@pytest.mark.parametrize("min_pairs", [0, 150, 10_000])
+def test_counting_until_the_first_pass_chooses_as_counting_all(min_pairs: int) -> None:
+    rng = np.random.default_rng(min_pairs)
+    hw = np.array([[90, 160], [90, 160], [100, 100]])
+    u, v, cam = _random_pairs(rng, hw, 600)
+    rule = CropRule((0.1, 1.0), (1.2, 2.0), 12, min_pairs, 0.75)
+    boxes, fits = draw_crop_candidates(rng, hw, rule.scale, rule.aspect, rule.tries)
+    full = count_surviving_pairs(boxes, u, v, cam)
+    lazy = count_until_passing(boxes, fits, u, v, cam, rule)
+    totals = np.bincount(cam, minlength=3)
+    args = (fits, totals, min_pairs, 0.75)
+    assert choose_crops(lazy, fits, totals, min_pairs, 0.75).tolist() == _slow_choice(full, *args)
+    np.testing.assert_array_equal(lazy[:, 0], full[:, 0])
+    first_fails = lazy[:, 1:].any(1)  # the rest is counted only where the first fails
+    np.testing.assert_array_equal(lazy[first_fails], full[first_fails])
+
+
+@pytest.mark.parametrize(
+    ("k", "rows", "cols"), [(1, (0, 9), (3, 17)), (4, (5, 38), (1, 64)), (8, (0, 57), (9, 100))]
+)
+def test_keep_pixels_is_the_drop_grid_per_decoded_pixel(k, rows, cols) -> None:
+    drop = np.random.default_rng(k).random((60, 110)) < 0.5  # patches of k decoded pixels
+    got = _keep_pixels(drop, k, rows, cols)
+    r, c = np.arange(*rows) // k, np.arange(*cols) // k
+    np.testing.assert_array_equal(got, np.where(drop[r][:, c], 0, 255))
 
 
 def test_chosen_crop_keeps_enough_pairs_whenever_a_candidate_could() -> None:
@@ -209,6 +237,19 @@ def test_encoder_input_is_black_where_the_output_pixel_is_all_masked(tmp_path, c
     assert out_mask[all_masked].all() and not out_mask[none_masked].any()
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.3])  # nothing dropped / patches dropped
+def test_read_into_slots_equals_the_returned_arrays(tmp_path, ratio) -> None:
+    path, full_hw, out_hw = _jpeg(tmp_path), np.array([900, 1600]), (56, 104)
+    grid = patch_grid(np.random.default_rng(1), 1, (900, 1600), 1.0, ratio, 16)[0]
+    crop = np.array([37, 11, 233, 433])
+    target, net_input = read_image_crop(path, crop, full_hw, out_hw, True, grid, 16)
+    slots = np.zeros((2, *out_hw, 3), np.uint8)
+    got = read_image_crop(path, crop, full_hw, out_hw, True, grid, 16, out=(slots[0], slots[1]))
+    np.testing.assert_array_equal(slots[0], target)
+    np.testing.assert_array_equal(slots[1], net_input)
+    assert got[0] is slots[0] or np.shares_memory(got[0], slots)
+
+
 def test_mask_through_crop_equals_nearest_resize_of_the_source_mask() -> None:
     rng = np.random.default_rng(3)
     hw = np.array([[90, 160], [90, 160]])
@@ -241,7 +282,10 @@ def test_world_sample_masks_at_the_source(smoke_world: Path) -> None:
     assert black[mask].mean() > 0.5 and not black[~mask].mean() > 0.05
     batch = collate_pretrain([sample])
     assert batch["image_input"].shape == batch["images"].shape
-    assert batch["image_input"].dtype == torch.float32 and float(batch["image_input"].max()) <= 1
+    assert batch["image_input"].dtype == torch.uint8  # bytes until the model (unit_float)
+    np.testing.assert_array_equal(
+        batch["image_input"][0].permute(1, 2, 0).numpy(), sample["image_input"][0]
+    )
 
 
 def test_output_stage_and_mean_fill_keep_the_old_behaviour(smoke_world: Path) -> None:

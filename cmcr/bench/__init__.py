@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("synth", "data", "step", "sweep", "report")
+BENCHES = ("synth", "data", "losses", "step", "sweep", "report")
 LONG = ("pruning",)  # tens of minutes: run by name only (python -m cmcr.bench pruning)
 OFFLINE = ("replay",)  # reads a finished study's logs (--trials-json or --study): by name only
 

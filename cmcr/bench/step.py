@@ -1,8 +1,11 @@
-"""Benchmark: one forward+backward of the ``paper`` model on one sample (CPU), and cmcm speed.
+"""Benchmark: one pre-training step on CPU split into data, forward, losses, backward, optimiser.
 
-Sizes follow the paper preset: unet34c, ResNet-50 (random weights, said explicitly), 6 cameras
-at 224×416, ~30k points, 2048 queries, 2048 matches. The batch comes from the synthetic batch
-factory (``cmcr.bench.batch``), so the step can be measured without a dataset.
+Per preset, on a world of its data regime: ``demo`` on the demo world (480×270 images, its own
+sizes), ``paper`` (= ``official`` + GEMIM; the same data settings) on the full-resolution world
+(1600×900 images, every point, 6 cameras at 224×416, 2048 queries; ResNet-50 with random
+weights, said explicitly; batch 1 on CPU). data = one batch from the in-process loader (read,
+decode, crop, voxelise, collate); forward excludes the loss terms, which are timed apart (the
+model's ``profile`` sections); optimiser = the trainer's AdamW step. ``--quick``: demo only.
 """
 
 from __future__ import annotations
@@ -10,31 +13,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cmcr import losses as L
-from cmcr.bench.batch import batch_from_config
+from cmcr.bench.data import _world
 from cmcr.compat import patch_spconv_cpu
 from cmcr.configs import load_config
+from cmcr.data import build_pretrain_loader, set_loader_epoch
+from cmcr.engine.train import build_optimizer
 from cmcr.models import CMCRModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of this benchmark (all optional)."""
     parser.add_argument("--step-repeats", type=int, default=1, help="timed steps after warm-up")
-
-
-def _step(model: CMCRModel, batch: dict) -> dict[str, float]:
-    """One forward+backward; the model's section timings plus totals, in seconds."""
-    model.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    out = model(batch)
-    t1 = time.perf_counter()
-    L.weighted_total(out["losses"], model.cfg.loss.weights).backward()
-    t2 = time.perf_counter()
-    return {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0, **model.timings}
 
 
 def cmcm_loop(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -48,65 +42,92 @@ def cmcm_loop(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor) -> torc
     return total / len(f_p)
 
 
-def _time_cmcm(n: int, m: int, d: int) -> dict[str, float]:
-    g = torch.Generator().manual_seed(0)
-    f_p, f_v = (F.normalize(torch.randn(n, d, generator=g), dim=1) for _ in range(2))
-    codes = F.normalize(torch.randn(m, d, generator=g), dim=1)
+def _step(model: CMCRModel, batch: dict, opt: torch.optim.Optimizer) -> dict[str, float]:
+    """One training step; seconds of forward (losses excluded), losses, backward, optimiser."""
+    opt.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    fast = L.cmcm(f_p, f_v, codes)
+    out = model(batch)
     t1 = time.perf_counter()
-    slow = cmcm_loop(f_p, f_v, codes)
+    L.weighted_total(out["losses"], model.cfg.loss.weights).backward()
     t2 = time.perf_counter()
+    opt.step()
+    t3 = time.perf_counter()
+    losses = model.timings.get("losses", 0.0)
     return {
-        "cmcm_pairs": n,
-        "cmcm_matrix_ms": round((t1 - t0) * 1e3, 2),
-        "cmcm_loop_ms": round((t2 - t1) * 1e3, 1),
-        "cmcm_speedup": round((t2 - t1) / max(t1 - t0, 1e-9), 1),
-        "cmcm_forms_agree": bool(torch.allclose(fast, slow, rtol=1e-4, atol=1e-4)),
+        "forward": t1 - t0 - losses,
+        "losses": losses,
+        "backward": t2 - t1,
+        "optimiser": t3 - t2,
+        **{f"section_{k}": v for k, v in model.timings.items() if k != "losses"},
     }
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Time a paper-preset step on CPU and the cmcm matrix form vs a loop; flat figures."""
-    patch_spconv_cpu()
-    quick = bool(getattr(args, "quick", False))
-    repeats = int(getattr(args, "step_repeats", 1))
+def _data_seconds(loader, repeats: int) -> tuple[dict, float]:
+    """A batch of the loader and the least wall seconds of building one (in-process)."""
+    best, batch = float("inf"), None
+    for epoch in range(repeats):
+        set_loader_epoch(loader, epoch)
+        t0 = time.perf_counter()
+        batch = next(iter(loader))
+        best = min(best, time.perf_counter() - t0)
+    return batch, best
+
+
+def split_step(preset: str, root: Path, overrides: dict, repeats: int) -> dict[str, float]:
+    """Step split of ``preset`` on the world at ``root`` (medians of ``repeats`` steps)."""
     cfg = load_config(
-        "paper",
+        preset,
         {
+            "data.dataroot": str(root),
+            "data.num_workers": 0,
             "model.image_weights": "random",  # explicit: no MoCo file is needed to time a step
-            "train.batch_size": 1,
-            "data.cameras": ["CAM_FRONT"] if quick else list(load_config().data.cameras),
+            **overrides,
         },
     )
     torch.manual_seed(cfg.train.seed)
-    n_points = 8000 if quick else 30000
-    batch = batch_from_config(cfg, n_points=n_points, n_pairs=n_points // 2, extent=25.0)
+    loader = build_pretrain_loader(cfg, cfg.data.train_split, seed=0)
+    batch, data_s = _data_seconds(loader, repeats)
     model = CMCRModel(cfg).train()
     model.profile = True
-    _step(model, batch)  # warm-up: spconv index building, allocator
-    runs = [_step(model, batch) for _ in range(max(repeats, 1))]
+    opt = build_optimizer(cfg, model)
+    _step(model, batch, opt)  # warm-up: spconv index building, allocator, optimiser state
+    runs = [_step(model, batch, opt) for _ in range(max(repeats, 1))]
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
-    figures = {
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
+    parts = {"data": data_s, **{k: med[k] for k in ("forward", "losses", "backward", "optimiser")}}
+    total = sum(parts.values())
+    figures: dict[str, float] = {
+        "batch_size": cfg.train.batch_size,
+        "loss_groups": -(-cfg.train.batch_size // cfg.loss.group_size),
         "points": len(batch["points"]),
-        "voxels": len(batch["coords"]),
-        "images": tuple(batch["images"].shape),
-        "queries": len(batch["queries"]),
-        "matches": int(min(cfg.loss.num_matches, int((~batch["pair_masked"]).sum()))),
-        "step_s": round(med["step"], 3),
-        "forward_s": round(med["forward"], 3),
-        "backward_s": round(med["backward"], 3),
-        "backbone_forward_s": round(med.get("backbone", 0.0), 3),
-        "image_encoder_forward_s": round(med.get("image_encoder", 0.0), 3),
-        "loss_compute_s": round(med.get("losses", 0.0), 3),
-        "loss_share_of_step": round(med.get("losses", 0.0) / med["step"], 4),
-        "loss_share_target": 0.15,
-        # nearest-code search over every point and every pixel (the MIM decoder's quantised
-        # input): model work, not a loss, reported beside it
-        "codebook_assign_s": round(med.get("codebook_assign", 0.0), 3),
-        "codebook_assign_share_of_step": round(med.get("codebook_assign", 0.0) / med["step"], 4),
+        "images": "x".join(str(x) for x in batch["images"].shape),
+        "step_s": round(total, 3),
     }
-    figures.update(_time_cmcm(cfg.loss.num_matches, cfg.model.codebook_size, cfg.model.feat_dim))
+    for name, value in parts.items():
+        figures[f"{name}_s"] = round(value, 3)
+        figures[f"{name}_share"] = round(value / total, 3)
+    # nearest-code search over every point and pixel (the MIM decoder's quantised input):
+    # model work inside forward, reported beside the losses
+    figures["codebook_assign_s"] = round(med.get("section_codebook_assign", 0.0), 3)
+    return figures
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Step splits of the demo preset and (without --quick) the paper preset at full size."""
+    patch_spconv_cpu()
+    quick = bool(getattr(args, "quick", False))
+    repeats = max(int(getattr(args, "step_repeats", 1)), 1)
+    demo_root = Path("data/synthetic")
+    if not (demo_root / "v1.0-mini").is_dir():
+        demo_root = _world(
+            "demo_small", scenes_per_split="1,1", samples_per_scene=3 if quick else 6
+        )
+    figures = {"device": "cpu", "threads": torch.get_num_threads()}
+    demo = split_step("demo", demo_root, {}, max(repeats, 3))
+    figures.update({f"demo_{k}": v for k, v in demo.items()})
+    if not quick:
+        root = _world("fullres", scenes_per_split="1,1", samples_per_scene=2, image_scale=1.0)
+        paper_data = {"data.version": "v1.0-mini", "data.train_split": "mini_train"}
+        paper = split_step("paper", root, {"train.batch_size": 1, **paper_data}, repeats)
+        figures.update({f"paper_{k}": v for k, v in paper.items()})
+        figures["paper_loss_share_target"] = 0.15
     return figures

@@ -60,24 +60,64 @@ def draw_crop_candidates(
     return np.stack([top, left, height, width], axis=-1), fits
 
 
+def _pixel_of(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(col, row) int32 whole pixels of continuous (u, v)."""
+    return np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
+
+
+def _count_in_boxes(boxes: np.ndarray, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """(T,) pixels (col, row) (M,) of one image inside each box (T, 4) [top, left, h, w].
+
+    Box bounds are whole pixels, so u in [left, left + w) iff floor(u) is, and one unsigned
+    compare tests both ends of each axis.
+    """
+    b = boxes.astype(np.int32)[..., None]  # (T, 4, 1)
+    inside = (col - b[:, 1]).view(np.uint32) < b[:, 3].view(np.uint32)  # (T, M)
+    inside &= (row - b[:, 0]).view(np.uint32) < b[:, 2].view(np.uint32)
+    return np.count_nonzero(inside, axis=1)
+
+
 def count_surviving_pairs(
     boxes: np.ndarray, u: np.ndarray, v: np.ndarray, cam: np.ndarray
 ) -> np.ndarray:
     """(C, T) number of pairings (u, v, cam) inside each candidate box (C, T, 4).
 
-    Box bounds are whole pixels, so u in [left, left + w) iff floor(u) is, and one unsigned
-    compare tests both ends. A loop over the C cameras with one (T, M_c) comparison each
-    measured 2.0 ms against 5.5 ms for a single (M, T) gather over all cameras and 12.5 ms for
-    the float (M, T, 4) version (30 000 pairings, 6 cameras, 20 tries).
+    A loop over the C cameras with one (T, M_c) comparison each measured 2.0 ms against 5.5 ms
+    for a single (M, T) gather over all cameras and 12.5 ms for the float (M, T, 4) version
+    (30 000 pairings, 6 cameras, 20 tries).
     """
-    col, row = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
-    b = boxes.astype(np.int32)[..., None]  # (C, T, 4, 1)
+    col, row = _pixel_of(u, v)
     counts = np.zeros(boxes.shape[:2], np.int64)
     for c in range(len(boxes)):  # 6 cameras, not pairings
         sel = cam == c
-        inside = (col[sel] - b[c, :, 1]).view(np.uint32) < b[c, :, 3].view(np.uint32)
-        inside &= (row[sel] - b[c, :, 0]).view(np.uint32) < b[c, :, 2].view(np.uint32)
-        counts[c] = np.count_nonzero(inside, axis=1)  # (T,)
+        counts[c] = _count_in_boxes(boxes[c], col[sel], row[sel])
+    return counts
+
+
+def _passes(counts, fits, totals, min_pairs: int, min_fraction: float) -> np.ndarray:
+    """Whether each candidate keeps enough pairings (the redraw rule's test), same shape."""
+    total = np.asarray(totals)[..., None].astype(np.float64)
+    return fits & ((counts > min_pairs) | (counts > min_fraction * total))
+
+
+def count_until_passing(
+    boxes: np.ndarray, fits: np.ndarray, u: np.ndarray, v: np.ndarray, cam: np.ndarray, rule: CropRule
+) -> np.ndarray:
+    """(C, T) counts as count_surviving_pairs where choose_crops reads them: an image whose
+    first candidate passes gets only that count (the rest 0: choose_crops takes the first).
+
+    The first candidate passes for most images at full resolution (with ~4000 pairings an
+    image, 1024 survive any crop of 30 % of it), so counting it alone saves 19 of 20 counts.
+    """
+    col, row = _pixel_of(u, v)
+    totals = np.bincount(cam, minlength=len(boxes))
+    counts = np.zeros(boxes.shape[:2], np.int64)
+    for c in range(len(boxes)):  # 6 cameras, not pairings
+        sel = cam == c
+        col_c, row_c = col[sel], row[sel]
+        counts[c, :1] = _count_in_boxes(boxes[c, :1], col_c, row_c)
+        if not _passes(counts[c, 0], fits[c, 0], totals[c], rule.min_pairs, rule.min_fraction):
+            counts[c, 1:] = _count_in_boxes(boxes[c, 1:], col_c, row_c)
     return counts
 
 
@@ -92,8 +132,7 @@ def choose_crops(
     candidate with the most survivors (first on ties), else the shrunk one with the most.
     """
     counts = counts.astype(np.int64)
-    total = totals[:, None].astype(np.float64)  # (C, 1)
-    passing = fits & ((counts > min_pairs) | (counts > min_fraction * total))  # (C, T)
+    passing = _passes(counts, fits, totals, min_pairs, min_fraction)  # (C, T)
     best = np.argmax(counts + fits * (int(totals.max(initial=0)) + 1), axis=1)
     return np.where(passing.any(axis=1), np.argmax(passing, axis=1), best)
 
@@ -113,7 +152,7 @@ def sample_crops(
     (choose_crops). The crop is later resized to the output size, so pixels may stretch.
     """
     boxes, fits = draw_crop_candidates(rng, image_hw, rule.scale, rule.aspect, rule.tries)
-    counts = count_surviving_pairs(boxes, u, v, cam)  # (C, T)
+    counts = count_until_passing(boxes, fits, u, v, cam, rule)  # (C, T)
     totals = np.bincount(cam, minlength=len(image_hw))  # (C,) the image's pairings
     pick = choose_crops(counts, fits, totals, rule.min_pairs, rule.min_fraction)
     return boxes[np.arange(len(boxes)), pick]

@@ -33,16 +33,26 @@ def _voxel_part(samples: list[dict]) -> dict:
     }
 
 
-def _float_images(images: torch.Tensor) -> torch.Tensor:
-    """(I, H, W, 3) uint8 -> (I, 3, H, W) float32 in [0, 1]."""
-    n, h, w, c = images.shape
-    out = torch.empty((n, c, h, w), dtype=torch.float32)
-    out.copy_(images.permute(0, 3, 1, 2))  # one strided pass converts and lays out
-    return out.div_(255.0)
+def _chw(images: torch.Tensor) -> torch.Tensor:
+    """(I, H, W, 3) uint8 -> (I, 3, H, W) uint8: the layout of the batch, still bytes."""
+    return images.permute(0, 3, 1, 2).contiguous()
+
+
+def unit_float(images: torch.Tensor) -> torch.Tensor:
+    """A batch image tensor as float in [0, 1]: uint8 / 255 (the batch's bytes, converted at the
+    last moment, on the model's device); a float tensor is taken as already in [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images
 
 
 def collate_pretrain(samples: list[dict]) -> dict:
-    """Pre-training batch (docs/architecture.md): images float in [0, 1], global indices."""
+    """Pre-training batch (docs/architecture.md): images uint8 (I, 3, H, W), global indices.
+
+    The images stay bytes until the model (unit_float): a quarter of the float32 bytes to copy
+    between processes and to the device, and no float conversion in the loader (it was 2 × 1.35
+    ms a sample at 6 × 224 × 416, 5 % of a full-resolution sample).
+    """
     batch = _voxel_part(samples)
     pt_off = _offsets([len(s["inverse"]) for s in samples])
     n_cams = len(samples[0]["images"])
@@ -58,8 +68,8 @@ def collate_pretrain(samples: list[dict]) -> dict:
     )  # fmt: skip  # (Q, K), −1 stays padding
     cat = lambda key: torch.from_numpy(np.concatenate([s[key] for s in samples]))  # noqa: E731
     batch.update(
-        images=_float_images(cat("images")),  # (I, 3, H, W) unmasked: the MIM target
-        image_input=_float_images(cat("image_input")),  # (I, 3, H, W) the encoder's input
+        images=_chw(cat("images")),  # (I, 3, H, W) uint8 unmasked: the MIM target
+        image_input=_chw(cat("image_input")),  # (I, 3, H, W) uint8 the encoder's input
         image_mask=cat("image_mask"),
         pairs=torch.from_numpy(pairs),
         pair_masked=cat("pair_masked"),

@@ -163,7 +163,9 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     """One sample (numpy, sample-local indices); every random choice comes from rng, in order."""
     points = read_points(rec.lidar_path)
     if cfg.max_points > 0 and len(points) > cfg.max_points:
-        points = points[np.sort(rng.choice(len(points), cfg.max_points, replace=False))]
+        keep = np.zeros(len(points), dtype=bool)  # = points[np.sort(choice)], without a sort
+        keep[rng.choice(len(points), cfg.max_points, replace=False)] = True
+        points = points[keep]
     if len(points) == 0:
         raise DataError(f"sample {rec.lidar_token}: no LiDAR points in {rec.lidar_path}")
     xyz, intensity = points[:, :3], points[:, 3] / np.float32(INTENSITY_SCALE)
@@ -177,7 +179,7 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
         "coords": coords,
         "feats": feats,
         "inverse": inverse,
-        "points": aug.astype(np.float32),
+        "points": aug.astype(np.float32, copy=False),  # float32 already: no copy
         **cameras,
         "queries": queries.xyz,
         "query_occ": queries.occ,
@@ -250,11 +252,13 @@ def _output_masks(rec, cfg, rng, crops, flips, pairs) -> dict:
 
 
 def _read_images(rec, crops, flips, out_hw, grid, patch) -> tuple[np.ndarray, np.ndarray]:
-    """(target, input) (C, H, W, 3) uint8 of every camera; input masks grid's patches black."""
-    out = [
-        read_image_crop(p, c, hw, out_hw, f, None if grid is None else grid[i], patch)
-        for i, (p, c, hw, f) in enumerate(
-            zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)
-        )
-    ]
-    return np.stack([t for t, _ in out]), np.stack([x for _, x in out])
+    """(target, input) (C, H, W, 3) uint8 of every camera; input masks grid's patches black.
+
+    Each warp writes straight into its camera's slot (no per-image arrays, no stack).
+    """
+    target = np.empty((len(crops), *out_hw, 3), np.uint8)
+    net_input = np.empty_like(target)
+    for i, (p, c, hw, f) in enumerate(zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)):
+        drop = None if grid is None else grid[i]
+        read_image_crop(p, c, hw, out_hw, f, drop, patch, out=(target[i], net_input[i]))
+    return target, net_input

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from cmcr.configs.schema import LossWeights
 from cmcr.errors import CMCRError
+from cmcr.losses.diagonal import diagonal_ce
 from cmcr.losses.groups import group_mean, pad_by_group, ungrouped
 
 __all__ = [
@@ -28,31 +29,9 @@ def _groups(n: int, group: torch.Tensor | None, ref: torch.Tensor) -> torch.Tens
     return ungrouped(n, ref.device) if group is None else group
 
 
-# nce and cmcm are batched over loss groups (padded (G, n, n) logits), not looped. Measured on
-# CPU (1 thread, forward + backward, D 64, M 400): 2 groups × 1024 matches nce 23 ms batched vs
-# 16 ms looped, cmcm 119 vs 103 ms; 6 × 2048 (the release's step) nce 359 vs 222 ms, cmcm 1495 vs
-# 1074 ms (large temporaries cost page faults on CPU). Kept batched for the GPU runs the
-# protocol targets (one kernel per op, no per-group sync; not measured: no GPU here); with one
-# group (demo, smoke) both forms are the same computation, and the losses are 2-3 % of a demo step.
-def _diagonal_ce(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over groups of the mean CE of rows of ``logits`` (G, n, n), target the diagonal.
-
-    ``valid`` (G, n): real rows / columns. Padded columns get the dtype's lowest value added
-    (not -inf: a fully padded row would give NaN gradients), padded rows are ignored.
-    """
-    g, n, _ = logits.shape
-    if n == 0:  # no row in any group: every group adds 0
-        return logits.sum() * 0.0
-    target = torch.arange(n, device=logits.device).repeat(g)  # (G·n,)
-    if bool(valid.all()):  # equal groups, no padding: one fused cross-entropy
-        return F.cross_entropy(logits.reshape(g * n, n), target)
-    if logits.element_size() < 4:  # half precision: the mask value must not overflow
-        logits = logits.float()
-    low = torch.finfo(logits.dtype).min
-    bias = logits.new_zeros(g, 1, n).masked_fill(~valid[:, None, :], low)  # (G, 1, n)
-    target = target.masked_fill(~valid.reshape(-1), -100)  # cross_entropy's ignore_index
-    rows = F.cross_entropy((logits + bias).reshape(g * n, n), target, reduction="none")
-    return (rows.view(g, n).sum(1) / valid.sum(1).clamp_min(1)).sum() / g
+# nce and cmcm are batched over loss groups: one (G, n_max, n_max) logits buffer, no padding when
+# the groups are equal and already in order (the matches come out of sample_matches so), see
+# cmcr/losses/diagonal.py; measured against a loop over groups by `python -m cmcr.bench losses`.
 
 
 def nce(
@@ -67,10 +46,11 @@ def nce(
     Per loss group (``group`` (n,), None = one group): each group's matches are contrasted
     only with each other, batched as padded (G, n_max, n_max) logits; mean over groups.
     """
-    d = k.shape[1]
-    kq, valid = pad_by_group(torch.cat([k, q], 1), _groups(len(k), group, k), n_groups)
-    kg, qg = kq.split(d, dim=2)  # (G, n_max, D) each
-    return _diagonal_ce(kg @ qg.transpose(1, 2) / temperature, valid)
+    grp = _groups(len(k), group, k)
+    # the temperature on the (n, D) side, not on the (G, n, n) logits
+    kg, valid = pad_by_group(k / temperature, grp, n_groups)  # (G, n_max, D)
+    qg, _ = pad_by_group(q, grp, n_groups)
+    return diagonal_ce((kg,), (qg,), valid)
 
 
 def mim(
@@ -182,16 +162,16 @@ def cmcm(
 
     Per loss group of matches, batched as padded (G, n_max, n_max) products; mean over groups.
     """
-    m = len(codes)
-    p, log_p = code_probs(f_p, codes)  # (n, M)
-    v, log_v = code_probs(f_v, codes)
-    x, valid = pad_by_group(
-        torch.cat([p, log_p, v, log_v], 1), _groups(len(f_p), group, f_p), n_groups
-    )
-    p, log_p, v, log_v = x.split(m, dim=2)  # (G, n_max, M) each
+    grp = _groups(len(f_p), group, f_p)
+    # lay out the (n, D) features per group, not the (n, M) probabilities: padded rows are 0,
+    # weigh 0 and are masked as columns
+    x_p, valid = pad_by_group(f_p, grp, n_groups)  # (G, n_max, D)
+    x_v, _ = pad_by_group(f_v, grp, n_groups)
+    g, n_max = valid.shape
+    p, log_p = (t.view(g, n_max, -1) for t in code_probs(x_p.reshape(g * n_max, -1), codes))
+    v, log_v = (t.view(g, n_max, -1) for t in code_probs(x_v.reshape(g * n_max, -1), codes))
     # S_ij = Σ_m P_i(m) log V_j(m) + V_i(m) log P_j(m), per group: (G, n_max, n_max)
-    s = p @ log_v.transpose(1, 2) + v @ log_p.transpose(1, 2)
-    return _diagonal_ce(s, valid)
+    return diagonal_ce((p, v), (log_v, log_p), valid)
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:

@@ -73,6 +73,11 @@ def rank_in_group(sorted_group: torch.Tensor, n_groups: int) -> tuple[torch.Tens
     return rank, counts
 
 
+def _equal_layout(n_groups: int, per: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_groups · per,) 0…0 1…1 …: the group of each row when groups are equal and in order."""
+    return torch.arange(n_groups, device=like.device).repeat_interleave(per)
+
+
 def pad_by_group(
     x: torch.Tensor, group: torch.Tensor, n_groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +89,12 @@ def pad_by_group(
     """
     if n_groups == 1:
         return x[None], torch.ones(1, len(x), dtype=torch.bool, device=x.device)
+    n, per = len(x), len(x) // n_groups
+    if n == per * n_groups and bool((group == _equal_layout(n_groups, per, group)).all()):
+        # already in order and equal (the matches of sample_matches): a view, no copy
+        return x.view(n_groups, per, *x.shape[1:]), torch.ones(
+            n_groups, per, dtype=torch.bool, device=x.device
+        )
     order = torch.argsort(group, stable=True)
     g = group[order]
     rank, counts = rank_in_group(g, n_groups)

@@ -18,6 +18,7 @@ from torch import nn
 
 from cmcr import losses as L
 from cmcr.configs.schema import Config
+from cmcr.data.collate import unit_float
 from cmcr.errors import CheckpointError, CMCRError
 from cmcr.losses.extra import TermInputs, active_extra_terms
 from cmcr.losses.groups import LossGroups, loss_groups, rank_in_group
@@ -236,7 +237,7 @@ class CMCRModel(nn.Module):
         with self._timed("losses"):
             out["losses"]["mim"] = L.mim(
                 recon,
-                batch["images"],
+                unit_float(batch["images"]),  # the batch's bytes as float, here on the device
                 batch["image_mask"],
                 self.cfg.loss.mim_on,
                 groups.image,

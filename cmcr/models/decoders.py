@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmcr.data.collate import unit_float
 from cmcr.models.resnet import load_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,13 +33,14 @@ class FrozenImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, image_input: torch.Tensor, mask: torch.Tensor, fill: str) -> torch.Tensor:
-        """image_input (I, 3, H, W) in [0, 1], mask (I, H, W) -> features (I, C, H/32, W/32).
+        """image_input (I, 3, H, W) uint8 or float in [0, 1], mask (I, H, W) -> features
+        (I, C, H/32, W/32).
 
         ``fill`` (data.mask_fill): "black" = the dataset already set masked pixels to 0 in
         image_input, before normalisation (release); "mean" = masked pixels are set to 0 here,
         after normalisation (the ImageNet mean colour).
         """
-        x = (image_input - self.mean) / self.std
+        x = (unit_float(image_input) - self.mean) / self.std
         if fill == "mean":
             x = x * (~mask).unsqueeze(1).to(x.dtype)
         elif fill != "black":

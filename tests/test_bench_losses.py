@@ -1,0 +1,15 @@
+"""The grouped-loss benchmark times every grouped term against its loop, and the forms agree."""
+
+from __future__ import annotations
+
+from cmcr.bench.losses import cmcm_vs_pair_loop, grouped_forms
+
+
+def test_every_grouped_form_is_timed_against_its_loop_and_agrees() -> None:
+    out = grouped_forms(n_groups=3, repeats=1, rows=32, hw=(8, 12))
+    for term in ("nce", "cmcm", "orth", "occ", "mim"):
+        assert out[f"{term}_forms_agree"] is True, term
+        assert out[f"{term}_batched_ms"] > 0 and out[f"{term}_loop_ms"] > 0
+        assert out[f"{term}_loop_over_batched"] > 0
+    pair = cmcm_vs_pair_loop(16, 1)
+    assert pair["cmcm_forms_agree"] is True and pair["cmcm_speedup"] > 0
