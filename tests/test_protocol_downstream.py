@@ -236,11 +236,16 @@ def eight_scene_world(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("fraction", "kept_scenes"), [(0.01, [0]), (0.5, [0, 2, 4, 6]),
-                                                       (0.25, [0, 4])])  # fmt: skip
-def test_finetune_fraction_keeps_whole_scenes(eight_scene_world, fraction, kept_scenes) -> None:
+# the release's positions k-1, 2k-1, ... (kth); fewer than k scenes keep the first
+@pytest.mark.parametrize(("fraction", "kept_scenes", "start"),
+                         [(0.01, [0], "kth"), (0.5, [1, 3, 5, 7], "kth"), (0.25, [3, 7], "kth"),
+                          (0.5, [0, 2, 4, 6], "first"), (0.25, [0, 4], "first")])  # fmt: skip
+def test_finetune_fraction_keeps_whole_scenes(
+    eight_scene_world, fraction, kept_scenes, start
+) -> None:
     cfg = _cfg(eight_scene_world, **{"data.max_samples": 0, "downstream.mode": "finetune",
-                                     "downstream.finetune_label_fraction": fraction})  # fmt: skip
+                                     "downstream.finetune_label_fraction": fraction,
+                                     "downstream.label_fraction_start": start})  # fmt: skip
     every = load_records(cfg.data, cfg.data.train_split)
     scenes = list(dict.fromkeys(r.scene_name for r in every))
     assert len(scenes) == 8
@@ -251,6 +256,22 @@ def test_finetune_fraction_keeps_whole_scenes(eight_scene_world, fraction, kept_
     # the probe's own fraction (100 % by default) is not the fine-tune's
     probe = apply_overrides(cfg, {"downstream.mode": "probe"})
     assert len(SegDataset(probe, probe.data.train_split, train=True)) == len(every)
+
+
+def test_finetune_protocol_lists_the_subset_scene_names(eight_scene_world) -> None:
+    from cmcr.engine.downstream_protocol import describe
+
+    cfg = _cfg(eight_scene_world, **{"data.max_samples": 0, "downstream.mode": "finetune",
+                                     "downstream.finetune_label_fraction": 0.25})  # fmt: skip
+    scenes = list(dict.fromkeys(r.scene_name for r in load_records(cfg.data, "mini_train")))
+    model = SegModel(cfg)
+    loaders = D.build_loaders(cfg, "finetune")
+    lines = describe(cfg, D.param_groups(cfg, model), model, loaders, steps=1).lines()
+    # the release's positions k-1, 2k-1 (3 and 7), as cmcr finetune prints them
+    assert f"  train scenes: {scenes[3]}, {scenes[7]}" in lines
+    probe = apply_overrides(cfg, {"downstream.mode": "probe"})  # 100 %: no list
+    lines = describe(probe, D.param_groups(probe, model), model, loaders, steps=1).lines()
+    assert not any("train scenes:" in line for line in lines)
 
 
 # ---- the protocol printed and recorded ---------------------------------------------------------

@@ -277,6 +277,9 @@ class DownstreamConfig:
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
     finetune_label_fraction: float = setting(0.01, gt=0.0, le=1.0)
     label_fraction_unit: str = setting("scene", choices=("scene", "scan"))
+    # which scenes of the scene unit: kth = positions k-1, 2k-1, ... (release: its counter is
+    # incremented before the modulo); first = positions 0, k, 2k, ...
+    label_fraction_start: str = setting("kth", choices=("kth", "first"))
     batch_size: int = setting(16, **up_to(BATCH_MAX))
     lovasz: bool = True  # loss = cross-entropy + Lovász-softmax (else cross-entropy only)
     momentum: float = setting(0.9, ge=0.0, lt=1.0)  # SGD

@@ -59,6 +59,8 @@ class Protocol:
     augment: str
     dataset: str = "nuscenes"
     voxels: str = ""
+    # the scenes of a label-fraction subset, in order ((): the whole split, not listed)
+    scene_names: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """Human-readable lines (the CLI prints them to stderr before training)."""
@@ -66,6 +68,8 @@ class Protocol:
         plain = DATASETS.get(self.dataset).plain_keys  # the main benchmark names no dataset
         where = "" if plain else f" on {self.dataset}"
         extra = [] if plain else [f"  voxels: {self.voxels}"]
+        if self.scene_names:
+            extra.append(f"  train scenes: {', '.join(self.scene_names)}")
         return [
             f"cmcr {self.mode}{where}: protocol",
             f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "
@@ -136,12 +140,13 @@ def describe(
     total = sum(p.numel() for p in model.parameters())
     epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
     layer = model.classifier
+    scenes = tuple(dict.fromkeys(r.scene_name for r in train.dataset.records))  # in order
     return Protocol(
         mode=ds.mode,
         frozen_params=total - trainable,
         trainable_params=trainable,
         labels=label_phrase(ds.label_fraction, ds.label_fraction_unit),
-        train_scenes=len({r.scene_name for r in train.dataset.records}),
+        train_scenes=len(scenes),
         train_scans=len(train.dataset),
         val_scans=len(val.dataset),
         loss="cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy",
@@ -154,6 +159,7 @@ def describe(
         augment=augment_phrase(cfg),
         dataset=ds.dataset,
         voxels=voxel_phrase(cfg),
+        scene_names=scenes if ds.label_fraction < 1.0 else (),
     )
 
 
