@@ -66,7 +66,7 @@ def test_new_layer_sits_on_the_backbone_output(backbone: str, dim: int) -> None:
     model = SegModel(_cfg(**{"model.backbone": backbone}))
     assert type(model.classifier) is nn.Linear  # a plain layer: no BatchNorm standardisation
     assert model.classifier.in_features == model.backbone.out_dim == dim
-    assert model.classifier.out_features == 16
+    assert model.classifier.out_features == 17  # 16 classes + ignore (release: model_n_out 17)
     assert {k.split(".")[0] for k in model.state_dict()} == {"backbone", "classifier"}
 
 
@@ -78,8 +78,8 @@ def test_logits_are_the_layer_on_raw_backbone_features(smoke_world, one_thread) 
         feats = model.backbone(
             batch["coords"], batch["feats"], batch["spatial_shape"], batch["batch_size"]
         )  # (V, out_dim), no normalisation
-        ref = feats @ model.classifier.weight.T + model.classifier.bias
-        assert torch.allclose(model(batch), ref, atol=1e-6)
+        ref = feats @ model.classifier.weight.T + model.classifier.bias  # (V, 17)
+        assert torch.allclose(model(batch), ref[:, 1:], atol=1e-6)  # the ignore column masked
     assert not torch.allclose(feats.norm(dim=1), torch.ones(len(feats)))  # not L2-normalised
 
 
@@ -113,9 +113,15 @@ def test_backbone_keys_load_strictly(tmp_path) -> None:
 
 @pytest.mark.parametrize("momentum", [0.02, 0.3])
 def test_backbone_batchnorm_momentum_downstream(momentum: float) -> None:
-    cfg = _cfg(**{"downstream.bn_momentum": momentum})
+    cfg = _cfg(**{"downstream.bn_momentum": momentum, "model.bn_momentum_scope": "all"})
     bns = [m for m in SegModel(cfg).backbone.modules() if isinstance(m, nn.BatchNorm1d)]
     assert bns and all(m.momentum == momentum for m in bns)
+    # the release's scope: the residual blocks' inner BatchNorms keep 0.1
+    release = SegModel(_cfg(**{"downstream.bn_momentum": momentum})).backbone
+    assert {m.momentum for m in release.modules() if isinstance(m, nn.BatchNorm1d)} == {
+        momentum,
+        0.1,
+    }
     assert load_config("official").downstream.bn_momentum == 0.02
 
 
@@ -303,7 +309,7 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
         f"parameters: {n_layer:,} trainable, {n_all - n_layer:,} frozen",
         "labels: 100 % of the labels (every training scene)",
         f"train: 1 scene, {len(train.dataset)} scans; val: ",
-        "loss: cross-entropy + Lovász-softmax",
+        "loss: cross-entropy + Lovász-softmax over voxels",
         "optimiser: SGD lr 0.05 (the new layer), momentum 0.9, dampening 0.1, weight decay 0.0001",
         f"cosine over {len(train)} steps (1 epoch × {len(train)} batches of 2 scans)",
         "BatchNorm momentum 0.02",
@@ -313,7 +319,7 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
     tags = MlflowClient(f"sqlite:///{store}/mlflow.db").get_run(result["run_id"]).data.tags
     assert tags[Tag.PROTOCOL_TRAINABLE_PARAMS] == str(n_layer)
     assert tags[Tag.PROTOCOL_FROZEN_PARAMS] == str(n_all - n_layer)
-    assert tags[Tag.PROTOCOL_LOSS] == "cross-entropy + Lovász-softmax"
+    assert tags[Tag.PROTOCOL_LOSS].startswith("cross-entropy + Lovász-softmax over voxels")
     assert tags[Tag.PROTOCOL_TRAIN_SCANS] == str(len(train.dataset))
 
 

@@ -109,6 +109,15 @@ def label_phrase(fraction: float, unit: str) -> str:
     return f"{100 * fraction:g} % of the labels: {what}"
 
 
+def loss_phrase(cfg: Config) -> str:
+    """The training loss in words: its terms, its unit, the ignore class's column."""
+    ds = cfg.downstream
+    terms = "cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy"
+    unit = "voxels (each its first point's label)" if ds.loss_unit == "voxel" else "points"
+    head = "; the ignore class in the softmax" if ds.head_includes_ignore else ""
+    return f"{terms} over {unit}{head}"
+
+
 def optimizer_phrase(cfg: Config) -> str:
     """SGD and its settings, with the learning rate of each parameter group."""
     ds = cfg.downstream
@@ -149,7 +158,7 @@ def describe(
         train_scenes=len(scenes),
         train_scans=len(train.dataset),
         val_scans=len(val.dataset),
-        loss="cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy",
+        loss=loss_phrase(cfg),
         optimizer=optimizer_phrase(cfg),
         schedule=(
             f"cosine over {steps} steps ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} of "
