@@ -16,9 +16,10 @@ from torch import nn
 
 import cmcr.engine.downstream as D
 from cmcr.configs import apply_overrides, load_config
-from cmcr.data import SegDataset, build_seg_loader, collate_seg
+from cmcr.data import SegDataset, collate_seg
 from cmcr.data.records import load_records
 from cmcr.engine.checkpoint import build_seg_model, load_seg_backbone
+from cmcr.engine.downstream_protocol import seg_loader
 from cmcr.errors import CheckpointError
 from cmcr.models import CMCRModel
 from cmcr.models.segmentation import SegModel
@@ -303,7 +304,9 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
     model = SegModel(cfg)
     n_layer = sum(p.numel() for p in model.classifier.parameters())
     n_all = sum(p.numel() for p in model.parameters())
-    train = build_seg_loader(cfg, cfg.data.train_split, train=True)
+    train = seg_loader(cfg, cfg.data.train_split, train=True)  # the last partial batch dropped
+    n_steps = f"{len(train)} step" + ("" if len(train) == 1 else "s")
+    n_batches = f"{len(train)} batch" + ("" if len(train) == 1 else "es")
     for line in (
         "cmcr probe: protocol",
         f"parameters: {n_layer:,} trainable, {n_all - n_layer:,} frozen",
@@ -311,7 +314,7 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
         f"train: 1 scene, {len(train.dataset)} scans; val: ",
         "loss: cross-entropy + Lovász-softmax over voxels",
         "optimiser: SGD lr 0.05 (the new layer), momentum 0.9, dampening 0.1, weight decay 0.0001",
-        f"cosine over {len(train)} steps (1 epoch × {len(train)} batches of 2 scans)",
+        f"cosine over 1 epoch, stepped per epoch; {n_steps} (1 epoch × {n_batches} of 2 scans)",
         "BatchNorm momentum 0.02",
         "augmentation: rotation about z",
     ):

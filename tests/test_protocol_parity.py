@@ -7,6 +7,7 @@ momentum outside the residual blocks, the cosine stepped per epoch, drop_last, S
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import cmcr.engine.downstream as D
-from cmcr.configs import load_config
+from cmcr.configs import apply_overrides, load_config
 from cmcr.engine.checkpoint import load_seg_head
 from cmcr.models.segmentation import SegModel
 
@@ -125,3 +126,101 @@ def test_bn_momentum_reaches_only_batchnorms_outside_the_residual_blocks(stage: 
     assert all(m.momentum == (0.1 if id(m) in inner else value) for m in bns)
     every = set_bn_momentum(build_backbone(cfg.model), value, "all")
     assert {m.momentum for m in every.modules() if isinstance(m, nn.BatchNorm1d)} == {value}
+
+
+# ---- smaller points: the cosine per epoch, drop_last ---------------------------------------------
+class _Counting(D._Trainer):
+    """The real update / end-of-epoch schedule steps on a toy loss, no data, no evaluation."""
+
+    def fit(self, epochs, epoch_losses, evaluate) -> None:
+        self.lrs = []
+        for epoch in range(1, epochs + 1):
+            for _ in range(3):  # 3 batches an epoch
+                self.lrs.append(self.opt.param_groups[0]["lr"])
+                self.update((self.w**2).sum())
+            self.end_epoch(epoch, [], False, evaluate)
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_cosine_is_stepped_per_epoch_over_the_epochs(interval: str) -> None:
+    cfg = _cfg(**{"downstream.scheduler_interval": interval, "downstream.probe_epochs": 4,
+                  "downstream.eval_every": 100})  # fmt: skip
+    assert load_config("official").downstream.scheduler_interval == "epoch"
+    tr = _Counting(cfg, None, None, None)
+    tr.w = nn.Parameter(torch.ones(2))
+    tr.make_optimizer([{"params": [tr.w], "lr": 0.05}], 12)
+    tr.fit(4, None, None)
+    if interval == "epoch":  # the release: CosineAnnealingLR(opt, num_epochs), Lightning's epoch
+        want = [0.05 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4) for _ in range(3)]
+    else:
+        want = [0.05 * (1 + math.cos(math.pi * s / 12)) / 2 for s in range(12)]
+    assert tr.lrs == pytest.approx(want)
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_downstream_training_loader_drops_the_last_partial_batch(drop: bool, smoke_world) -> None:
+    from cmcr.engine.downstream_protocol import seg_loader
+
+    cfg = _cfg(**{"data.dataroot": str(smoke_world), "downstream.batch_size": 2,
+                  "downstream.drop_last": drop})  # fmt: skip
+    assert load_config("official").downstream.drop_last is True
+    train = seg_loader(cfg, cfg.data.train_split, train=True)
+    n = len(train.dataset)
+    assert n % 2 != 0  # a partial last batch exists
+    sizes = [len(b["sample_tokens"]) for b in train]
+    assert sizes == ([2] * (n // 2) if drop else [2] * (n // 2) + [n % 2])
+    assert len(train) == len(sizes)
+    val = seg_loader(cfg, cfg.data.val_split, train=False)  # validation keeps every scan
+    assert sum(len(b["sample_tokens"]) for b in val) == len(val.dataset)
+    # a set smaller than one batch keeps its only batch
+    one = seg_loader(
+        apply_overrides(cfg, {"downstream.batch_size": n + 1}), "mini_train", train=True
+    )
+    assert [len(b["sample_tokens"]) for b in one] == [n]
+
+
+# ---- smaller points: SyncBN with several processes ----------------------------------------------
+def test_batchnorms_synchronise_with_several_cuda_processes() -> None:
+    from cmcr.engine.train import sync_batchnorm
+    from cmcr.models import CMCRModel
+
+    def kinds(model: nn.Module) -> set[type]:
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+        return {type(m) for m in model.modules() if isinstance(m, bn)}
+
+    cfg = _cfg()
+    assert load_config("official").train.sync_bn is True
+    # several processes on CUDA (simulated: the conversion needs no process group)
+    synced = sync_batchnorm(cfg, CMCRModel(cfg), 2, "cuda")
+    assert kinds(synced) == {nn.SyncBatchNorm}
+    bns = [m for m in synced.backbone.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert {m.momentum for m in bns} == {cfg.model.bn_momentum, 0.1}  # the scope survives
+    for procs, device, over in (
+        (1, "cuda", {}),
+        (2, "cpu", {}),
+        (2, "cuda", {"train.sync_bn": False}),
+    ):
+        plain = sync_batchnorm(_cfg(**over), CMCRModel(cfg), procs, device)
+        assert nn.SyncBatchNorm not in kinds(plain), (procs, device, over)
+
+
+# ---- the checkpoint check of the Cartesian-voxels row -------------------------------------------
+def test_a_lightning_checkpoint_is_not_taken_for_a_backbone(tmp_path: Path) -> None:
+    """The release's voxel check reads a ``config`` key (downstream/model_builder.py:53-59): a
+    Lightning .ckpt has none and passes it. Ours takes only a flat state dict of backbone
+    tensors: such a file is one CheckpointError, whatever it holds."""
+    from cmcr.engine.checkpoint import build_seg_model
+    from cmcr.errors import CheckpointError
+    from cmcr.models import CMCRModel
+
+    cfg = _cfg()
+    state = CMCRModel(cfg).backbone_state()
+    ckpt = {"epoch": 3, "global_step": 30, "pytorch-lightning_version": "1.6.5",
+            "state_dict": {f"model_points.{k}": v for k, v in state.items()}}  # fmt: skip
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="expected a state dict of tensors"):
+        build_seg_model(cfg, str(path))
+    flat = tmp_path / "backbone.pt"
+    torch.save(state, flat)
+    build_seg_model(cfg, str(flat))  # the layout it does take

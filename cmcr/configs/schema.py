@@ -251,6 +251,9 @@ class TrainConfig:
     warmup_steps: int = setting(0, **up_to(STEPS_MAX, 0))
     grad_accum: int = setting(1, **up_to(BATCH_MAX))
     grad_clip: float = setting(0.0, ge=0.0)  # 0 = no clipping
+    # with several processes on CUDA, BatchNorm statistics are synchronised across them
+    # (release: SyncBatchNorm over its 6 GPUs); a single process is unaffected
+    sync_bn: bool = True
     # GPU only: cmcr.configs.resolve_config turns it to "no" on a machine without CUDA
     mixed_precision: str = setting("no", choices=("no", "fp16", "bf16"))
     checkpoint_every: int = setting(50, **up_to(STEPS_MAX))
@@ -284,6 +287,11 @@ class DownstreamConfig:
     # incremented before the modulo); first = positions 0, k, 2k, ...
     label_fraction_start: str = setting("kth", choices=("kth", "first"))
     batch_size: int = setting(16, **up_to(BATCH_MAX))
+    # the training loader drops its last, partial batch (release), unless it is the only one
+    drop_last: bool = True
+    # the cosine is stepped once per epoch over the epochs (release: Lightning's default
+    # interval) or once per optimiser step over the steps
+    scheduler_interval: str = setting("epoch", choices=("epoch", "step"))
     lovasz: bool = True  # loss = cross-entropy + Lovász-softmax (else cross-entropy only)
     # the loss over voxels, each labelled with its first point's label (release), or points
     loss_unit: str = setting("voxel", choices=("voxel", "point"))

@@ -140,12 +140,15 @@ def param_groups(cfg: Config, model: SegModel) -> list[dict[str, Any]]:
 
 
 def make_optimizer(cfg: Config, groups: list[dict[str, Any]], total_steps: int) -> tuple:
-    """SGD (momentum, dampening, weight decay from downstream.*) and a cosine schedule."""
+    """SGD (momentum, dampening, weight decay from downstream.*) and a cosine schedule over the
+    epochs (downstream.scheduler_interval: epoch, stepped at each epoch's end) or the steps."""
     ds = cfg.downstream
     opt = torch.optim.SGD(
         groups, momentum=ds.momentum, dampening=ds.dampening, weight_decay=ds.weight_decay
     )
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    length = epochs if ds.scheduler_interval == "epoch" else total_steps
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, length))
 
 
 def total_steps(cfg: Config, train_loader: Any) -> int:
@@ -184,7 +187,8 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.sched.step()
+        if self.cfg.downstream.scheduler_interval == "step":
+            self.sched.step()
         self.step += 1
 
     def done(self) -> bool:
@@ -213,7 +217,10 @@ class _Trainer:
                     break
 
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
-        """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
+        """Step an epoch-wise schedule; log the epoch's loss; evaluate every eval_every epochs
+        and at the end."""
+        if self.cfg.downstream.scheduler_interval == "epoch":
+            self.sched.step()
         if losses:
             loss = {dataset_key(self.dataset, Metric.SEG_LOSS): float(np.mean(losses))}
             self._log(loss, epoch, Metric.SEG_LOSS)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from cmcr.configs import Config
 from cmcr.data import build_seg_loader
 from cmcr.datasets import DATASETS, spec_of
@@ -33,8 +35,33 @@ def seg_splits(cfg: Config) -> tuple[str, str]:
 
 
 def seg_loader(cfg: Config, split: str, *, train: bool) -> Any:
-    """The segmentation loader of cfg.downstream.dataset for ``split``."""
-    return build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
+    """The segmentation loader of cfg.downstream.dataset for ``split``; a training loader drops
+    its last, partial batch where downstream.drop_last says so."""
+    loader = build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
+    return without_last_partial_batch(loader) if train and cfg.downstream.drop_last else loader
+
+
+def without_last_partial_batch(loader: DataLoader) -> DataLoader:
+    """The same loader (dataset, sampler, collate, workers) with ``drop_last=True``, as the
+    release's training loaders (downstream/lightning_datamodule.py:62); unchanged when the
+    whole set is less than one batch (the small synthetic worlds), which would leave none."""
+    if len(loader.dataset) < loader.batch_size:
+        return loader
+    # rebuilt here from the loader's public attributes: cmcr.data.build_seg_loader takes no
+    # drop_last yet (its module is being reworked elsewhere); the workers start only on iter
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=loader.sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        drop_last=True,
+    )
 
 
 def voxel_phrase(cfg: Config) -> str:
@@ -161,8 +188,8 @@ def describe(
         loss=loss_phrase(cfg),
         optimizer=optimizer_phrase(cfg),
         schedule=(
-            f"cosine over {steps} steps ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} of "
-            f"{ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
+            f"{cosine_phrase(cfg, steps)} ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} "
+            f"of {ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
             f"new layer Linear({layer.in_features}→{layer.out_features})"
         ),
         augment=augment_phrase(cfg),
@@ -170,6 +197,15 @@ def describe(
         voxels=voxel_phrase(cfg),
         scene_names=scenes if ds.label_fraction < 1.0 else (),
     )
+
+
+def cosine_phrase(cfg: Config, steps: int) -> str:
+    """The cosine schedule's length and interval in words."""
+    ds = cfg.downstream
+    if ds.scheduler_interval == "step":
+        return f"cosine over {_n(steps, 'step')}"
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    return f"cosine over {_n(epochs, 'epoch')}, stepped per epoch; {_n(steps, 'step')}"
 
 
 def _n(count: int, noun: str) -> str:
