@@ -177,6 +177,7 @@ def describe(
     epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
     layer = model.classifier
     scenes = tuple(dict.fromkeys(r.scene_name for r in train.dataset.records))  # in order
+    blocks_keep = cfg.model.bn_momentum_scope == "outside_blocks"
     return Protocol(
         mode=ds.mode,
         frozen_params=total - trainable,
@@ -189,7 +190,8 @@ def describe(
         optimizer=optimizer_phrase(cfg),
         schedule=(
             f"{cosine_phrase(cfg, steps)} ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} "
-            f"of {ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
+            f"of {ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}"
+            f"{' outside the residual blocks (0.1 in them)' if blocks_keep else ''}; "
             f"new layer Linear({layer.in_features}→{layer.out_features})"
         ),
         augment=augment_phrase(cfg),
