@@ -308,25 +308,43 @@ def test_every_kth(fraction: float, expected: int) -> None:
     assert len(picked) == expected and picked[0] == 0
 
 
-def test_every_kth_scene_keeps_whole_scenes_in_scene_order() -> None:
+def _scene_records(n_scenes: int) -> list:
     from types import SimpleNamespace
 
-    # 250 scenes of 3 to 5 scans each, as a split's records come: scene order, then time
-    sizes = [3 + i % 3 for i in range(250)]
-    records = [
+    # n scenes of 3 to 5 scans each, as a split's records come: scene order, then time
+    sizes = [3 + i % 3 for i in range(n_scenes)]
+    return [
         SimpleNamespace(scene_name=f"scene-{i:04d}", t=t)
         for i, n in enumerate(sizes)
         for t in range(n)
     ]
-    kept = every_kth_scene(records, 0.01)  # 1 % = every 100th scene: 0, 100, 200
+
+
+def test_every_kth_scene_keeps_whole_scenes_in_scene_order() -> None:
+    records = _scene_records(250)
+    kept = every_kth_scene(records, 0.01, "first")  # every 100th scene from the first: 0, 100, 200
     assert [r.scene_name for r in kept] == ["scene-0000"] * 3 + ["scene-0100"] * 4 + [
         "scene-0200"
     ] * 5
     assert [r.t for r in kept][:3] == [0, 1, 2]  # all keyframes of a kept scene, in time order
     assert len(every_kth_scene(records, 1.0)) == len(records)
-    assert {r.scene_name for r in every_kth_scene(records, 0.1)} == {
+    assert {r.scene_name for r in every_kth_scene(records, 0.1, "first")} == {
         f"scene-{i:04d}" for i in range(0, 250, 10)
     }
+
+
+def test_every_kth_scene_keeps_the_release_positions_by_default() -> None:
+    # the release counts a scene before the modulo (downstream/dataloader_nuscenes.py:130-131):
+    # 1 % of nuScenes' 700 train scenes is positions 99, 199, ..., 699, none of 0, 100, ..., 600
+    records = _scene_records(700)
+    kept = list(dict.fromkeys(r.scene_name for r in every_kth_scene(records, 0.01)))
+    assert kept == [f"scene-{i:04d}" for i in range(99, 700, 100)]
+    assert {r.scene_name for r in every_kth_scene(records, 0.1)} == {
+        f"scene-{i:04d}" for i in range(9, 700, 10)
+    }
+    assert len(every_kth_scene(records, 1.0)) == len(records)
+    # fewer scenes than k: the first scene, so a small world still has a subset
+    assert {r.scene_name for r in every_kth_scene(_scene_records(8), 0.01)} == {"scene-0000"}
 
 
 def test_read_points_names_a_file_with_non_finite_values(tmp_path) -> None:

@@ -46,7 +46,7 @@ def test_label_fraction_keeps_every_kth_scene(world, tmp_path) -> None:
     every = [r.lidar_token for r in load_records(cfg.data, cfg.data.train_split)]
     assert len(every) == 8  # 4 scenes × 2 keyframes
     kept = [r.lidar_token for r in SegDataset(cfg, cfg.data.train_split, train=True).records]
-    assert kept == [every[0], every[1], every[4], every[5]]  # scenes 1 and 3, whole
+    assert kept == [every[2], every[3], every[6], every[7]]  # scenes 2 and 4, whole (release)
     # the probe's train loader reads exactly that subset, built from the config as given
     before = repr(cfg)
     train, val = build_loaders(cfg, "probe")

@@ -40,6 +40,46 @@ def test_every_point_names_tests_that_exist() -> None:
             assert name in _test_names(path), ref
 
 
+def _test_source(ref: str) -> str:
+    """The source text of a named test ("tests/test_x.py::test_name")."""
+    file, name = ref.split("::")
+    text = (ROOT / file).read_text()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(text, node) or ""
+    return ""
+
+
+# the keys whose row has an alternative value (a choice or a switch): a named test must set or
+# read the key itself, so that flipping it is what the test checks (not only the preset value)
+SWITCHES = sorted(
+    (i, key)
+    for i, p in enumerate(POINTS)
+    for key, value in p.values.items()
+    if isinstance(value, (str, bool))
+)
+
+
+# switches whose named test exercises the component's own argument rather than the key (why)
+THROUGH_THE_COMPONENT = {
+    "data.mask_fill": "FrozenImageEncoder is called with both fills",
+    "model.image_head_align_corners": "the test flips ImageHead.align_corners",
+    "model.occ_last_relu": "the test builds OccupancyDecoder(last_relu=True)",
+    "loss.orth_rows": "the test compares the loss with the points' value by hand",
+    "loss.mim_on": "parametrised over both values of L.mim's argument (its formula: issue 30)",
+}
+
+
+@pytest.mark.parametrize(("row", "key"), SWITCHES, ids=[k for _, k in SWITCHES])
+def test_every_switch_is_exercised_by_a_named_test(row: int, key: str) -> None:
+    point = POINTS[row]
+    if key in THROUGH_THE_COMPONENT:
+        return
+    field = key.rsplit(".", 1)[-1]
+    sources = [_test_source(ref) for ref in point.tests]
+    assert any(field in src for src in sources), f"{key}: no named test of row {row + 1} sets it"
+
+
 def test_fidelity_doc_is_up_to_date() -> None:
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     assert render(doc) == doc, "run: python -m cmcr.configs.protocol"

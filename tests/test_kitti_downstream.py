@@ -77,7 +77,7 @@ def test_finetune_logs_per_class_iou_for_the_19_classes(finetuned) -> None:
     tags = finetuned["run"].data.tags
     assert tags["cmcr.kind"] == "finetune"
     assert "Linear(" in tags["cmcr.protocol.schedule.semantickitti"]
-    assert tags["cmcr.protocol.schedule.semantickitti"].endswith("→19)")  # the 19 classes
+    assert tags["cmcr.protocol.schedule.semantickitti"].endswith("→20)")  # 19 classes + ignore
     assert tags["cmcr.protocol.labels.semantickitti"].startswith("50 % of the labels: 1 scan")
     params = finetuned["run"].data.params
     assert params["downstream.dataset"] == "semantickitti"

@@ -16,9 +16,10 @@ from torch import nn
 
 import cmcr.engine.downstream as D
 from cmcr.configs import apply_overrides, load_config
-from cmcr.data import SegDataset, build_seg_loader, collate_seg
+from cmcr.data import SegDataset, collate_seg
 from cmcr.data.records import load_records
 from cmcr.engine.checkpoint import build_seg_model, load_seg_backbone
+from cmcr.engine.downstream_protocol import seg_loader
 from cmcr.errors import CheckpointError
 from cmcr.models import CMCRModel
 from cmcr.models.segmentation import SegModel
@@ -66,7 +67,7 @@ def test_new_layer_sits_on_the_backbone_output(backbone: str, dim: int) -> None:
     model = SegModel(_cfg(**{"model.backbone": backbone}))
     assert type(model.classifier) is nn.Linear  # a plain layer: no BatchNorm standardisation
     assert model.classifier.in_features == model.backbone.out_dim == dim
-    assert model.classifier.out_features == 16
+    assert model.classifier.out_features == 17  # 16 classes + ignore (release: model_n_out 17)
     assert {k.split(".")[0] for k in model.state_dict()} == {"backbone", "classifier"}
 
 
@@ -78,8 +79,8 @@ def test_logits_are_the_layer_on_raw_backbone_features(smoke_world, one_thread) 
         feats = model.backbone(
             batch["coords"], batch["feats"], batch["spatial_shape"], batch["batch_size"]
         )  # (V, out_dim), no normalisation
-        ref = feats @ model.classifier.weight.T + model.classifier.bias
-        assert torch.allclose(model(batch), ref, atol=1e-6)
+        ref = feats @ model.classifier.weight.T + model.classifier.bias  # (V, 17)
+        assert torch.allclose(model(batch), ref[:, 1:], atol=1e-6)  # the ignore column masked
     assert not torch.allclose(feats.norm(dim=1), torch.ones(len(feats)))  # not L2-normalised
 
 
@@ -113,9 +114,15 @@ def test_backbone_keys_load_strictly(tmp_path) -> None:
 
 @pytest.mark.parametrize("momentum", [0.02, 0.3])
 def test_backbone_batchnorm_momentum_downstream(momentum: float) -> None:
-    cfg = _cfg(**{"downstream.bn_momentum": momentum})
+    cfg = _cfg(**{"downstream.bn_momentum": momentum, "model.bn_momentum_scope": "all"})
     bns = [m for m in SegModel(cfg).backbone.modules() if isinstance(m, nn.BatchNorm1d)]
     assert bns and all(m.momentum == momentum for m in bns)
+    # the release's scope: the residual blocks' inner BatchNorms keep 0.1
+    release = SegModel(_cfg(**{"downstream.bn_momentum": momentum})).backbone
+    assert {m.momentum for m in release.modules() if isinstance(m, nn.BatchNorm1d)} == {
+        momentum,
+        0.1,
+    }
     assert load_config("official").downstream.bn_momentum == 0.02
 
 
@@ -236,11 +243,16 @@ def eight_scene_world(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("fraction", "kept_scenes"), [(0.01, [0]), (0.5, [0, 2, 4, 6]),
-                                                       (0.25, [0, 4])])  # fmt: skip
-def test_finetune_fraction_keeps_whole_scenes(eight_scene_world, fraction, kept_scenes) -> None:
+# the release's positions k-1, 2k-1, ... (kth); fewer than k scenes keep the first
+@pytest.mark.parametrize(("fraction", "kept_scenes", "start"),
+                         [(0.01, [0], "kth"), (0.5, [1, 3, 5, 7], "kth"), (0.25, [3, 7], "kth"),
+                          (0.5, [0, 2, 4, 6], "first"), (0.25, [0, 4], "first")])  # fmt: skip
+def test_finetune_fraction_keeps_whole_scenes(
+    eight_scene_world, fraction, kept_scenes, start
+) -> None:
     cfg = _cfg(eight_scene_world, **{"data.max_samples": 0, "downstream.mode": "finetune",
-                                     "downstream.finetune_label_fraction": fraction})  # fmt: skip
+                                     "downstream.finetune_label_fraction": fraction,
+                                     "downstream.label_fraction_start": start})  # fmt: skip
     every = load_records(cfg.data, cfg.data.train_split)
     scenes = list(dict.fromkeys(r.scene_name for r in every))
     assert len(scenes) == 8
@@ -251,6 +263,22 @@ def test_finetune_fraction_keeps_whole_scenes(eight_scene_world, fraction, kept_
     # the probe's own fraction (100 % by default) is not the fine-tune's
     probe = apply_overrides(cfg, {"downstream.mode": "probe"})
     assert len(SegDataset(probe, probe.data.train_split, train=True)) == len(every)
+
+
+def test_finetune_protocol_lists_the_subset_scene_names(eight_scene_world) -> None:
+    from cmcr.engine.downstream_protocol import describe
+
+    cfg = _cfg(eight_scene_world, **{"data.max_samples": 0, "downstream.mode": "finetune",
+                                     "downstream.finetune_label_fraction": 0.25})  # fmt: skip
+    scenes = list(dict.fromkeys(r.scene_name for r in load_records(cfg.data, "mini_train")))
+    model = SegModel(cfg)
+    loaders = D.build_loaders(cfg, "finetune")
+    lines = describe(cfg, D.param_groups(cfg, model), model, loaders, steps=1).lines()
+    # the release's positions k-1, 2k-1 (3 and 7), as cmcr finetune prints them
+    assert f"  train scenes: {scenes[3]}, {scenes[7]}" in lines
+    probe = apply_overrides(cfg, {"downstream.mode": "probe"})  # 100 %: no list
+    lines = describe(probe, D.param_groups(probe, model), model, loaders, steps=1).lines()
+    assert not any("train scenes:" in line for line in lines)
 
 
 # ---- the protocol printed and recorded ---------------------------------------------------------
@@ -276,15 +304,17 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
     model = SegModel(cfg)
     n_layer = sum(p.numel() for p in model.classifier.parameters())
     n_all = sum(p.numel() for p in model.parameters())
-    train = build_seg_loader(cfg, cfg.data.train_split, train=True)
+    train = seg_loader(cfg, cfg.data.train_split, train=True)  # the last partial batch dropped
+    n_steps = f"{len(train)} step" + ("" if len(train) == 1 else "s")
+    n_batches = f"{len(train)} batch" + ("" if len(train) == 1 else "es")
     for line in (
         "cmcr probe: protocol",
         f"parameters: {n_layer:,} trainable, {n_all - n_layer:,} frozen",
         "labels: 100 % of the labels (every training scene)",
         f"train: 1 scene, {len(train.dataset)} scans; val: ",
-        "loss: cross-entropy + Lovász-softmax",
+        "loss: cross-entropy + Lovász-softmax over voxels",
         "optimiser: SGD lr 0.05 (the new layer), momentum 0.9, dampening 0.1, weight decay 0.0001",
-        f"cosine over {len(train)} steps (1 epoch × {len(train)} batches of 2 scans)",
+        f"cosine over 1 epoch, stepped per epoch; {n_steps} (1 epoch × {n_batches} of 2 scans)",
         "BatchNorm momentum 0.02",
         "augmentation: rotation about z",
     ):
@@ -292,7 +322,7 @@ def test_cli_prints_and_records_the_protocol(smoke_world, tmp_path, capsys) -> N
     tags = MlflowClient(f"sqlite:///{store}/mlflow.db").get_run(result["run_id"]).data.tags
     assert tags[Tag.PROTOCOL_TRAINABLE_PARAMS] == str(n_layer)
     assert tags[Tag.PROTOCOL_FROZEN_PARAMS] == str(n_all - n_layer)
-    assert tags[Tag.PROTOCOL_LOSS] == "cross-entropy + Lovász-softmax"
+    assert tags[Tag.PROTOCOL_LOSS].startswith("cross-entropy + Lovász-softmax over voxels")
     assert tags[Tag.PROTOCOL_TRAIN_SCANS] == str(len(train.dataset))
 
 

@@ -95,7 +95,7 @@ def test_toy_is_a_valid_choice_and_unknown_names_are_refused_with_the_known_ones
 
 def test_toy_network_has_its_own_classes_and_metric_names():
     cfg = load_config("smoke", ["downstream.dataset=toy"])
-    assert SegModel(cfg).classifier.out_features == 3
+    assert SegModel(cfg).classifier.out_features == 3 + 1  # + the ignore class (release)
     pred = torch.tensor([1, 1, 2, 2])
     gt = torch.tensor([1, 1, 2, 0])
     batch = {"inverse": torch.arange(4), "labels": gt}
@@ -127,6 +127,6 @@ def test_toy_probe_runs_end_to_end(smoke_world: Path, tmp_path: Path):
     run = make_client(store).get_run(res.run_id)
     assert run.data.metrics["val/toy/miou"] == pytest.approx(res.miou)
     assert "val/miou" not in run.data.metrics  # nuScenes' names stay nuScenes'
-    assert run.data.tags["cmcr.protocol.schedule.toy"].endswith("→3)")
+    assert run.data.tags["cmcr.protocol.schedule.toy"].endswith("→4)")  # 3 classes + ignore
     assert (tmp_path / "runs" / res.run_id / "toy" / "seg_head.pt").is_file()
     assert (tmp_path / "export" / "tokens.txt").read_text()

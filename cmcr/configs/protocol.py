@@ -11,26 +11,15 @@ exists, and that the document is up to date.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cmcr.configs.protocol_downstream import DOWNSTREAM_POINTS
+from cmcr.configs.protocol_point import Point
 from cmcr.configs.schema import RELEASE_HOLDOUT_SCENES
 
-
-@dataclass(frozen=True)
-class Point:
-    """One protocol point: where it is set and what pins it."""
-
-    area: str  # pre-training data | pre-training model | losses | optimiser | downstream
-    point: str  # what the release does, in words
-    values: dict[str, Any]  # config key -> the official preset's value
-    tests: tuple[str, ...]  # "tests/test_x.py::test_name" that fail if the point regresses
-    note: str = ""  # how we do it, where it is not obvious
-
-
 P = Point
-POINTS: tuple[Point, ...] = (
+PRETRAIN_POINTS: tuple[Point, ...] = (
     # ---- pre-training data -----------------------------------------------------------------
     P(
         "data",
@@ -129,9 +118,26 @@ POINTS: tuple[Point, ...] = (
     ),
     P(
         "model",
-        "BatchNorm momentum 0.05 in pre-training",
-        {"model.bn_momentum": 0.05},
-        ("tests/test_protocol_model.py::test_official_stem_kernel_and_bn_momentum",),
+        "BatchNorm momentum 0.05 in pre-training on the 16 BatchNorms outside the residual "
+        "blocks (stem, stride-2, transposed, shortcut: `model/res16unet.py:55-222`, "
+        "`model/resnet.py:133-138`); the blocks' 46 are built without it and keep 0.1 "
+        "(`model/resnet.py:140-163`, `model/modules/resnet_block.py:25`)",
+        {"model.bn_momentum": 0.05, "model.bn_momentum_scope": "outside_blocks"},
+        (
+            "tests/test_protocol_model.py::test_official_stem_kernel_and_bn_momentum",
+            "tests/test_protocol_parity.py::"
+            "test_bn_momentum_reaches_only_batchnorms_outside_the_residual_blocks",
+        ),
+        "all: every BatchNorm at the value",
+    ),
+    P(
+        "model",
+        "BatchNorm synchronised across the 6 GPUs (`pretrain.py:42-44`; downstream "
+        "`downstream.py:43-44` when it runs on several)",
+        {"train.sync_bn": True},
+        ("tests/test_protocol_parity.py::test_batchnorms_synchronise_with_several_cuda_processes",),
+        "several CUDA processes only (torch has no CPU SyncBatchNorm); one process over the "
+        "batch of 12 already gives the synchronised statistics; downstream runs one process",
     ),
     P(
         "model",
@@ -245,101 +251,8 @@ POINTS: tuple[Point, ...] = (
             "tests/test_pretrain.py::test_pretrain_logs_the_contract",
         ),
     ),
-    # ---- downstream ----------------------------------------------------------------------
-    P(
-        "downstream",
-        "a new 1×1 layer on the backbone's own 96-d output; pre-training heads, "
-        "codebook and decoders not loaded; features not L2-normalised",
-        {},
-        (
-            "tests/test_protocol_downstream.py::test_new_layer_sits_on_the_backbone_output",
-            "tests/test_protocol_downstream.py::test_logits_are_the_layer_on_raw_backbone_features",
-            "tests/test_protocol_downstream.py::test_backbone_file_heads_are_ignored",
-        ),
-    ),
-    P(
-        "downstream",
-        "BatchNorm momentum 0.02 downstream",
-        {"downstream.bn_momentum": 0.02},
-        ("tests/test_protocol_downstream.py::test_backbone_batchnorm_momentum_downstream",),
-    ),
-    P(
-        "downstream",
-        "linear probe: everything frozen but the new layer, 100 % of the labels",
-        {"downstream.probe_label_fraction": 1.0},
-        (
-            "tests/test_protocol_downstream.py::test_probe_trains_only_the_layer_with_a_frozen_eval_backbone",
-            "tests/test_protocol_downstream.py::test_cli_prints_and_records_the_protocol",
-        ),
-    ),
-    P(
-        "downstream",
-        "probe and fine-tuning: cloud augmentation (rotation about z, axis flips), "
-        "drawn every epoch",
-        {"data.rotate": True, "data.flip_prob": 0.5},
-        ("tests/test_protocol_downstream.py::test_probe_augmentation_is_drawn_every_epoch",),
-    ),
-    P(
-        "downstream",
-        "loss = cross-entropy + Lovász-softmax",
-        {"downstream.lovasz": True},
-        (
-            "tests/test_protocol_downstream.py::test_seg_loss_is_cross_entropy_plus_lovasz",
-            "tests/test_protocol_downstream.py::test_probe_trains_only_the_layer_with_a_frozen_eval_backbone",
-        ),
-    ),
-    P(
-        "downstream",
-        "probe: SGD lr 0.05, momentum 0.9, dampening 0.1, weight decay 1e-4, "
-        "cosine over 50 epochs, batch 16",
-        {
-            "downstream.probe_lr": 0.05,
-            "downstream.momentum": 0.9,
-            "downstream.dampening": 0.1,
-            "downstream.weight_decay": 1e-4,
-            "downstream.probe_epochs": 50,
-            "downstream.batch_size": 16,
-        },
-        ("tests/test_protocol_downstream.py::test_optimiser_groups_follow_the_release",),
-    ),
-    P(
-        "downstream",
-        "fine-tuning: everything trains, SGD lr 0.02 (backbone) and 2.0 (new layer), "
-        "cosine over 100 epochs",
-        {
-            "downstream.finetune_lr": 0.02,
-            "downstream.finetune_head_lr": 2.0,
-            "downstream.finetune_epochs": 100,
-        },
-        (
-            "tests/test_protocol_downstream.py::test_optimiser_groups_follow_the_release",
-            "tests/test_protocol_downstream.py::test_finetune_protocol_names_both_lrs_and_the_scene_fraction",
-        ),
-    ),
-    P(
-        "downstream",
-        "1 % = every 100th training *scene* with all its keyframes, in nuScenes order",
-        {"downstream.finetune_label_fraction": 0.01, "downstream.label_fraction_unit": "scene"},
-        (
-            "tests/test_protocol_downstream.py::test_finetune_fraction_keeps_whole_scenes",
-            "tests/test_data_pure.py::test_every_kth_scene_keeps_whole_scenes_in_scene_order",
-        ),
-    ),
-    P(
-        "downstream",
-        "Cartesian voxels of 0.1 m downstream as in pre-training",
-        {"data.voxel_size": 0.1},
-        ("tests/test_downstream_devkit.py::test_probe_miou_matches_devkit_evaluator",),
-        "deliberate: the release's probing config says cylindrical (see below)",
-    ),
-    P(
-        "downstream",
-        "scoring: mIoU over the 16 challenge classes, fwIoU, per-class IoU",
-        {},
-        ("tests/test_downstream_devkit.py::test_probe_miou_matches_devkit_evaluator",),
-        "deliberate: every val point by the devkit's rules (see below)",
-    ),
 )
+POINTS: tuple[Point, ...] = PRETRAIN_POINTS + DOWNSTREAM_POINTS
 
 
 def official_values() -> dict[str, Any]:

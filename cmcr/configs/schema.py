@@ -171,7 +171,10 @@ class ModelConfig:
     image_upsample: int = setting(32, **up_to(256))
     image_head_align_corners: bool = True  # the heads' bilinear upsampling (release: True)
     stem_kernel: int = setting(3, **up_to(15))  # the backbone's first convolution
-    bn_momentum: float = setting(0.05, gt=0.0, le=1.0)  # every BatchNorm in pre-training
+    bn_momentum: float = setting(0.05, gt=0.0, le=1.0)  # the BatchNorms in pre-training
+    # which BatchNorms bn_momentum (and downstream.bn_momentum) reaches: outside_blocks = all
+    # but the residual blocks' inner two, which keep 0.1 (release); all = every one
+    bn_momentum_scope: str = setting("outside_blocks", choices=("outside_blocks", "all"))
     codebook_size: int = setting(400, **up_to(65536))
     # uniform: U(-1, 1) then L2-normalised (release); normal: N(0, 1) then L2-normalised
     codebook_init: str = setting("uniform", choices=("uniform", "normal"))
@@ -248,6 +251,9 @@ class TrainConfig:
     warmup_steps: int = setting(0, **up_to(STEPS_MAX, 0))
     grad_accum: int = setting(1, **up_to(BATCH_MAX))
     grad_clip: float = setting(0.0, ge=0.0)  # 0 = no clipping
+    # with several processes on CUDA, BatchNorm statistics are synchronised across them
+    # (release: SyncBatchNorm over its 6 GPUs); a single process is unaffected
+    sync_bn: bool = True
     # GPU only: cmcr.configs.resolve_config turns it to "no" on a machine without CUDA
     mixed_precision: str = setting("no", choices=("no", "fp16", "bf16"))
     checkpoint_every: int = setting(50, **up_to(STEPS_MAX))
@@ -277,8 +283,21 @@ class DownstreamConfig:
     probe_label_fraction: float = setting(1.0, gt=0.0, le=1.0)
     finetune_label_fraction: float = setting(0.01, gt=0.0, le=1.0)
     label_fraction_unit: str = setting("scene", choices=("scene", "scan"))
+    # which scenes of the scene unit: kth = positions k-1, 2k-1, ... (release: its counter is
+    # incremented before the modulo); first = positions 0, k, 2k, ...
+    label_fraction_start: str = setting("kth", choices=("kth", "first"))
     batch_size: int = setting(16, **up_to(BATCH_MAX))
+    # the training loader drops its last, partial batch (release), unless it is the only one
+    drop_last: bool = True
+    # the cosine is stepped once per epoch over the epochs (release: Lightning's default
+    # interval) or once per optimiser step over the steps
+    scheduler_interval: str = setting("epoch", choices=("epoch", "step"))
     lovasz: bool = True  # loss = cross-entropy + Lovász-softmax (else cross-entropy only)
+    # the loss over voxels, each labelled with its first point's label (release), or points
+    loss_unit: str = setting("voxel", choices=("voxel", "point"))
+    # the new layer has a column for the ignore class (release: 17 outputs on nuScenes), in the
+    # softmax while training and masked at evaluation; else one column per class
+    head_includes_ignore: bool = True
     momentum: float = setting(0.9, ge=0.0, lt=1.0)  # SGD
     dampening: float = setting(0.1, ge=0.0, lt=1.0)
     weight_decay: float = setting(1e-4, ge=0.0)

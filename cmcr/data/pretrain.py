@@ -40,13 +40,21 @@ def every_kth(items: list, fraction: float) -> list:
     return items[:: max(1, round(1.0 / fraction))]
 
 
-def every_kth_scene(records: list[SampleRecord], fraction: float) -> list[SampleRecord]:
+def every_kth_scene(
+    records: list[SampleRecord], fraction: float, start: str = "kth"
+) -> list[SampleRecord]:
     """All keyframes of every k-th scene (k = round(1 / fraction)), in the split's scene order.
 
     The release's label-fraction subsets: 1 % = every 100th training *scene* with all its scans.
+    ``start`` (downstream.label_fraction_start): "kth" keeps scene positions k-1, 2k-1, ... as
+    the release does (its counter is incremented before the modulo,
+    downstream/dataloader_nuscenes.py:130-131); "first" keeps positions 0, k, 2k, ...
+    A split of fewer than k scenes (the small synthetic worlds) keeps its first scene under
+    "kth" (the release falls back to one fixed scene there, scene-0392, lines 134-151).
     """
     scenes = list(dict.fromkeys(r.scene_name for r in records))  # scene order, each once
-    kept = set(every_kth(scenes, fraction))
+    k = max(1, round(1.0 / fraction))
+    kept = set((scenes[k - 1 :: k] or scenes[:1]) if start == "kth" else scenes[::k])
     return [r for r in records if r.scene_name in kept]
 
 
@@ -99,7 +107,9 @@ def select_records(
     if fraction < 1.0:
         unit = unit or cfg.downstream.label_fraction_unit
         records = (
-            every_kth_scene(records, fraction) if unit == "scene" else every_kth(records, fraction)
+            every_kth_scene(records, fraction, cfg.downstream.label_fraction_start)
+            if unit == "scene"
+            else every_kth(records, fraction)
         )
     if cfg.data.max_samples > 0:
         records = records[: cfg.data.max_samples]

@@ -409,6 +409,16 @@ def load_seg_backbone(model: Any, path: str | Path) -> None:
     _load_strict(model.backbone, state, path, "backbone")
 
 
+def load_seg_head(model: Any, path: str | Path) -> None:
+    """Load a ``seg_head.pt`` into ``model.classifier`` strictly, with or without the ignore
+    class's row (downstream.head_includes_ignore when it was trained)."""
+    state = load_weights(path, "head")
+    weight = state.get("weight")
+    if weight is not None and weight.dim() == 2:
+        model.fit_head_rows(int(weight.shape[0]))
+    _load_strict(model.classifier, state, path, "head")
+
+
 def save_seg_weights(model: Any, out: Path, run: Path) -> None:
     """``seg_backbone.pt`` (backbone.pt's layout, no heads) and ``seg_head.pt`` (the new layer)
     in ``out``, inside the run folder ``run``."""

@@ -15,6 +15,7 @@ only the steps not yet in the run's history, comes from ``RunLogger.last_logged_
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ __all__ = ["DownstreamResult", "SegModel", "build_loaders", "run_downstream"]
 
 Report = Callable[[int, float], None]
 Announce = Callable[[list[str]], None]  # receives the protocol's lines before training
-IGNORE = -1  # training target of label 0 ("ignore") after the shift to 0..C-1
+IGNORE = -1  # training target of label 0 ("ignore"): columns 0..C-1, or 1..C with the ignore column
 
 
 @dataclass
@@ -84,17 +85,37 @@ class DownstreamResult:
     per_class: dict[str, float]
 
 
-def _point_targets(batch: dict[str, Any]) -> torch.Tensor:
-    """(N,) training targets 0..C-1, IGNORE where the label is 0."""
-    return batch["labels"].long() - 1
+def first_point_of_voxel(inverse: torch.Tensor, n_voxels: int) -> torch.Tensor:
+    """(V,) index of each voxel's first point (the lowest index mapping to it) from the (N,)
+    point→voxel index."""
+    n = len(inverse)
+    first = torch.full((n_voxels,), n, dtype=torch.long, device=inverse.device)
+    points = torch.arange(n, device=inverse.device)
+    return first.scatter_reduce(0, inverse.long(), points, reduce="amin")
 
 
-def seg_loss(point_logits: torch.Tensor, target: torch.Tensor, lovasz: bool) -> torch.Tensor:
-    """Cross-entropy (+ Lovász-softmax) over points; target IGNORE is left out."""
-    ce = nn.functional.cross_entropy(point_logits, target, ignore_index=IGNORE)
+def seg_targets(batch: dict[str, Any], cfg: Config) -> torch.Tensor:
+    """Training targets, IGNORE where the label is 0: (V,) per voxel, each voxel labelled with
+    its first point's label (downstream.loss_unit: voxel, the release), or (N,) per point.
+
+    The columns of the new layer: 0..C-1 for classes 1..C, or 0..C with the ignore class in
+    column 0 (downstream.head_includes_ignore), never a target but in the softmax.
+    """
+    ds = cfg.downstream
+    labels = batch["labels"].long()  # (N,) 0..C
+    if ds.loss_unit == "voxel":
+        labels = labels[first_point_of_voxel(batch["inverse"], len(batch["coords"]))]  # (V,)
+    if ds.head_includes_ignore:
+        return labels.masked_fill(labels == 0, IGNORE)
+    return labels - 1
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, lovasz: bool) -> torch.Tensor:
+    """Cross-entropy (+ Lovász-softmax) over voxels or points; target IGNORE is left out."""
+    ce = nn.functional.cross_entropy(logits, target, ignore_index=IGNORE)
     if not lovasz:
         return ce
-    return ce + lovasz_softmax(point_logits.softmax(dim=1), target, ignore_index=IGNORE)
+    return ce + lovasz_softmax(logits.softmax(dim=1), target, ignore_index=IGNORE)
 
 
 def _freeze_backbone(model: SegModel) -> None:
@@ -119,12 +140,15 @@ def param_groups(cfg: Config, model: SegModel) -> list[dict[str, Any]]:
 
 
 def make_optimizer(cfg: Config, groups: list[dict[str, Any]], total_steps: int) -> tuple:
-    """SGD (momentum, dampening, weight decay from downstream.*) and a cosine schedule."""
+    """SGD (momentum, dampening, weight decay from downstream.*) and a cosine schedule over the
+    epochs (downstream.scheduler_interval: epoch, stepped at each epoch's end) or the steps."""
     ds = cfg.downstream
     opt = torch.optim.SGD(
         groups, momentum=ds.momentum, dampening=ds.dampening, weight_decay=ds.weight_decay
     )
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    length = epochs if ds.scheduler_interval == "epoch" else total_steps
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, length))
 
 
 def total_steps(cfg: Config, train_loader: Any) -> int:
@@ -163,7 +187,8 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.sched.step()
+        if self.cfg.downstream.scheduler_interval == "step":
+            self.sched.step()
         self.step += 1
 
     def done(self) -> bool:
@@ -192,7 +217,10 @@ class _Trainer:
                     break
 
     def end_epoch(self, epoch: int, losses: list[float], last: bool, evaluate: Callable) -> None:
-        """Log the epoch's loss; evaluate every eval_every epochs and at the end."""
+        """Step an epoch-wise schedule; log the epoch's loss; evaluate every eval_every epochs
+        and at the end."""
+        if self.cfg.downstream.scheduler_interval == "epoch":
+            self.sched.step()
         if losses:
             loss = {dataset_key(self.dataset, Metric.SEG_LOSS): float(np.mean(losses))}
             self._log(loss, epoch, Metric.SEG_LOSS)
@@ -205,14 +233,12 @@ class _Trainer:
 
 
 def train_logits(model: SegModel, batch: dict[str, Any], probe: bool) -> torch.Tensor:
-    """(N, C) point logits of a training batch; the probe's frozen backbone builds no graph."""
-    if probe:
-        with torch.no_grad():  # recomputed every epoch: the augmentation is drawn afresh
-            feats = model.features(batch)  # (V, out_dim)
-        voxel_logits = model.classifier(feats)
-    else:
-        voxel_logits = model(batch)
-    return voxel_logits[batch["inverse"]]  # (N, C)
+    """(V, C') voxel logits of the whole new layer (with the ignore column where it has one);
+    the probe's frozen backbone builds no graph."""
+    # the probe recomputes the features every epoch: the augmentation is drawn afresh
+    with torch.no_grad() if probe else contextlib.nullcontext():
+        feats = model.features(batch)  # (V, out_dim)
+    return model.classifier(feats)
 
 
 def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, tr: _Trainer):
@@ -230,9 +256,12 @@ def _train(cfg: Config, model: SegModel, loaders: tuple, device: torch.device, t
             model.backbone.eval()  # see _freeze_backbone
         for batch in train_loader:
             batch = to_device(batch, device)
-            target = _point_targets(batch)  # (N,)
+            target = seg_targets(batch, cfg)  # (V,) or (N,)
             if bool((target != IGNORE).any()):  # nothing labelled: cross-entropy would be NaN
-                yield seg_loss(train_logits(model, batch, probe), target, lovasz=ds.lovasz)
+                logits = train_logits(model, batch, probe)  # (V, C')
+                if ds.loss_unit == "point":
+                    logits = logits[batch["inverse"]]  # (N, C')
+                yield seg_loss(logits, target, lovasz=ds.lovasz)
 
     # validation runs the backbone live each time rather than caching its features: the cache
     # of the whole nuScenes val split (about 6000 scans × 30k voxels × 96 floats) would need

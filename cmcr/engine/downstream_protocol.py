@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from cmcr.configs import Config
 from cmcr.data import build_seg_loader
 from cmcr.datasets import DATASETS, spec_of
@@ -33,8 +35,33 @@ def seg_splits(cfg: Config) -> tuple[str, str]:
 
 
 def seg_loader(cfg: Config, split: str, *, train: bool) -> Any:
-    """The segmentation loader of cfg.downstream.dataset for ``split``."""
-    return build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
+    """The segmentation loader of cfg.downstream.dataset for ``split``; a training loader drops
+    its last, partial batch where downstream.drop_last says so."""
+    loader = build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
+    return without_last_partial_batch(loader) if train and cfg.downstream.drop_last else loader
+
+
+def without_last_partial_batch(loader: DataLoader) -> DataLoader:
+    """The same loader (dataset, sampler, collate, workers) with ``drop_last=True``, as the
+    release's training loaders (downstream/lightning_datamodule.py:62); unchanged when the
+    whole set is less than one batch (the small synthetic worlds), which would leave none."""
+    if len(loader.dataset) < loader.batch_size:
+        return loader
+    # rebuilt here from the loader's public attributes: cmcr.data.build_seg_loader takes no
+    # drop_last yet (its module is being reworked elsewhere); the workers start only on iter
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=loader.sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        drop_last=True,
+    )
 
 
 def voxel_phrase(cfg: Config) -> str:
@@ -59,6 +86,8 @@ class Protocol:
     augment: str
     dataset: str = "nuscenes"
     voxels: str = ""
+    # the scenes of a label-fraction subset, in order ((): the whole split, not listed)
+    scene_names: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         """Human-readable lines (the CLI prints them to stderr before training)."""
@@ -66,6 +95,8 @@ class Protocol:
         plain = DATASETS.get(self.dataset).plain_keys  # the main benchmark names no dataset
         where = "" if plain else f" on {self.dataset}"
         extra = [] if plain else [f"  voxels: {self.voxels}"]
+        if self.scene_names:
+            extra.append(f"  train scenes: {', '.join(self.scene_names)}")
         return [
             f"cmcr {self.mode}{where}: protocol",
             f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen "
@@ -105,6 +136,15 @@ def label_phrase(fraction: float, unit: str) -> str:
     return f"{100 * fraction:g} % of the labels: {what}"
 
 
+def loss_phrase(cfg: Config) -> str:
+    """The training loss in words: its terms, its unit, the ignore class's column."""
+    ds = cfg.downstream
+    terms = "cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy"
+    unit = "voxels (each its first point's label)" if ds.loss_unit == "voxel" else "points"
+    head = "; the ignore class in the softmax" if ds.head_includes_ignore else ""
+    return f"{terms} over {unit}{head}"
+
+
 def optimizer_phrase(cfg: Config) -> str:
     """SGD and its settings, with the learning rate of each parameter group."""
     ds = cfg.downstream
@@ -136,25 +176,38 @@ def describe(
     total = sum(p.numel() for p in model.parameters())
     epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
     layer = model.classifier
+    scenes = tuple(dict.fromkeys(r.scene_name for r in train.dataset.records))  # in order
+    blocks_keep = cfg.model.bn_momentum_scope == "outside_blocks"
     return Protocol(
         mode=ds.mode,
         frozen_params=total - trainable,
         trainable_params=trainable,
         labels=label_phrase(ds.label_fraction, ds.label_fraction_unit),
-        train_scenes=len({r.scene_name for r in train.dataset.records}),
+        train_scenes=len(scenes),
         train_scans=len(train.dataset),
         val_scans=len(val.dataset),
-        loss="cross-entropy + Lovász-softmax" if ds.lovasz else "cross-entropy",
+        loss=loss_phrase(cfg),
         optimizer=optimizer_phrase(cfg),
         schedule=(
-            f"cosine over {steps} steps ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} of "
-            f"{ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}; "
+            f"{cosine_phrase(cfg, steps)} ({_n(epochs, 'epoch')} × {_n(len(train), 'batch')} "
+            f"of {ds.batch_size} scans); BatchNorm momentum {ds.bn_momentum:g}"
+            f"{' outside the residual blocks (0.1 in them)' if blocks_keep else ''}; "
             f"new layer Linear({layer.in_features}→{layer.out_features})"
         ),
         augment=augment_phrase(cfg),
         dataset=ds.dataset,
         voxels=voxel_phrase(cfg),
+        scene_names=scenes if ds.label_fraction < 1.0 else (),
     )
+
+
+def cosine_phrase(cfg: Config, steps: int) -> str:
+    """The cosine schedule's length and interval in words."""
+    ds = cfg.downstream
+    if ds.scheduler_interval == "step":
+        return f"cosine over {_n(steps, 'step')}"
+    epochs = ds.probe_epochs if ds.mode == "probe" else ds.finetune_epochs
+    return f"cosine over {_n(epochs, 'epoch')}, stepped per epoch; {_n(steps, 'step')}"
 
 
 def _n(count: int, noun: str) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from cmcr.configs import Config
 from cmcr.datasets import spec_of
-from cmcr.engine.checkpoint import build_seg_model, load_into
+from cmcr.engine.checkpoint import build_seg_model, load_seg_head
 from cmcr.engine.downstream_protocol import seg_loader, seg_splits
 from cmcr.errors import CMCRError
 from cmcr.eval.export import prepare_export, zip_export
@@ -160,7 +160,7 @@ def run_evaluate(
     if export_dir is not None:
         prepare_export(export_dir, overwrite, zipped)
     model, _ = build_seg_model(cfg, pretrained)
-    load_into(model.classifier, head, "head")
+    load_seg_head(model, head)  # with or without the ignore class's row
     loader = seg_loader(cfg, split, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     writer = make_writer(cfg, export_dir, split) if export_dir is not None else None

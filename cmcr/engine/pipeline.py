@@ -158,6 +158,7 @@ def _train(
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = CMCRModel(cfg)
+        model = train.sync_batchnorm(cfg, model, accelerator.num_processes, accelerator.device)
         optimizer = train.build_optimizer(cfg, model)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         total = train.total_steps(cfg, len(loader))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from cmcr import progress
 from cmcr.adapters.accelerate_state import reset_accelerate_state
@@ -64,6 +65,18 @@ def make_accelerator(cfg: Config, project_dir: str) -> Any:
         # ablations switch heads off; their parameters get no gradient
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+def sync_batchnorm(cfg: Config, model: nn.Module, num_processes: int, device: Any) -> nn.Module:
+    """The model with its BatchNorms synchronised across processes (train.sync_bn), as the
+    release converts both its models when it runs on several GPUs (pretrain.py:42-44).
+
+    Only with several processes on CUDA: one process has nothing to synchronise, and torch's
+    SyncBatchNorm does not run on CPU (a multi-process CPU run keeps per-process BatchNorm).
+    """
+    if not cfg.train.sync_bn or num_processes <= 1 or torch.device(device).type != "cuda":
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def release_accelerator() -> None:

@@ -143,15 +143,27 @@ def unet_small(in_channels: int, cfg: ModelConfig) -> SparseResUNet:
                          init_dim=16, stem_kernel=cfg.stem_kernel)  # fmt: skip
 
 
-def set_bn_momentum(module: nn.Module, momentum: float) -> nn.Module:
-    """Set the running-statistics momentum of every BatchNorm in ``module`` (in place).
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BLOCK_BN_MOMENTUM = 0.1  # the release's residual blocks keep BatchNorm's default
+
+
+def set_bn_momentum(module: nn.Module, momentum: float, scope: str = "all") -> nn.Module:
+    """Set the running-statistics momentum of the BatchNorms in ``module`` (in place).
 
     The release uses 0.05 in pre-training (model.bn_momentum) and 0.02 downstream
-    (downstream.bn_momentum); walking the modules works for any registered backbone.
+    (downstream.bn_momentum). ``scope`` (model.bn_momentum_scope): "all" sets every BatchNorm;
+    "outside_blocks" is the release's effective rule: its residual blocks are built without
+    the value (model/resnet.py:140-163 passes bn_momentum to the shortcut's BatchNorm only,
+    lines 133-138), so their two inner BatchNorms keep 0.1 and the stem, stride-2, transposed
+    and shortcut BatchNorms take ``momentum`` (16 of unet34c's 62).
     """
+    inner = set()
+    if scope == "outside_blocks":
+        inner = {id(b.bn1) for b in module.modules() if isinstance(b, BasicBlock)}
+        inner |= {id(b.bn2) for b in module.modules() if isinstance(b, BasicBlock)}
     for m in module.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
-            m.momentum = momentum
+        if isinstance(m, BN_TYPES):
+            m.momentum = BLOCK_BN_MOMENTUM if id(m) in inner else momentum
     return module
 
 

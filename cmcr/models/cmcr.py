@@ -79,7 +79,7 @@ class CMCRModel(nn.Module):
                 m.codebook_size, d, m.codebook_decay, m.codebook_eps, m.codebook_init
             )
         # pre-training's momentum (release 0.05); the frozen encoder's BatchNorm stays in eval
-        set_bn_momentum(self, m.bn_momentum)
+        set_bn_momentum(self, m.bn_momentum, m.bn_momentum_scope)
         self.profile = False  # when True, forward records section times in self.timings
         self.timings: dict[str, float] = {}
 
