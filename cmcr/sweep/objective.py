@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cmcr import progress
+from cmcr import fence, progress
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
@@ -106,6 +106,7 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
         with _isolated_env(), progress.listen(_progress_sink(trial, seed)):
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
+        fence.check(f"seed {seed}'s result")
         trial.set_user_attr(Attr.SEED_RESULTS, results)
     return seeds.objective_value(trial, results)
 
@@ -114,6 +115,7 @@ def _progress_sink(trial: Any, seed: int) -> Callable[[dict[str, Any]], None]:
     """The trial's progress record in the storage, where every machine's sweep view reads it."""
 
     def sink(record: dict[str, Any]) -> None:
+        fence.check("progress")
         trial.set_user_attr(Attr.PROGRESS, {**record, "seed": seed})
 
     return sink

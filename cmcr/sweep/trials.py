@@ -101,7 +101,9 @@ def claim_next(study: Any) -> int | None:
 
 
 class Heartbeat:
-    """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does)."""
+    """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does),
+    while the trial is RUNNING: a worker that comes back from a pause after its trial was
+    failed as lost stops beating for it (``owned``, the attempt's fence: cmcr.fence)."""
 
     def __init__(self, study: Any, trial_id: int) -> None:
         storage = storage_of(study)
@@ -119,10 +121,19 @@ class Heartbeat:
             self._thread.start()
         return self
 
+    def owned(self) -> bool:
+        """Whether the trial is still RUNNING, i.e. still this attempt's (a retry is another
+        trial; a failed one never runs again)."""
+        from optuna.trial import TrialState  # lazy: optuna takes ~0.3 s, not needed by --help
+
+        return self.storage.get_trial(self.trial_id).state == TrialState.RUNNING
+
     def _beat(self) -> None:
         while True:
             # a transient storage error must not kill the trial
             with contextlib.suppress(Exception):
+                if not self.owned():
+                    return  # failed as lost (we were paused) or ended: not ours to keep alive
                 self.storage.record_heartbeat(self.trial_id)
             if self._stop.wait(self.interval):
                 return

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from cmcr import fence
 from cmcr.engine import stop
 from cmcr.errors import CMCRError, first_line
 from cmcr.names import Attr, Tag
@@ -78,7 +79,7 @@ def work(
         trial.set_user_attr(Attr.WORKER, worker_id())
         launcher.claimed(trial)
         retry_of = retried_trial(study, trial_id)
-        with Heartbeat(study, trial_id):
+        with Heartbeat(study, trial_id) as beat, fence.hold(trial.number, beat.owned):
             _run_and_tell(study, trial, ctx, lambda: runner.heal(plan, study), retry_of, launcher)
         finished += 1
 
@@ -112,20 +113,18 @@ def _run_and_tell(
 ) -> None:
     """Run one trial and record its outcome with the kind of failure; ``requeue`` heals."""
     import optuna  # lazy: as in work
-    from optuna.trial import TrialState
 
     try:
         value = run_objective(trial, ctx, retry_of)
+    except fence.Fenced as exc:
+        _fenced(trial, ctx, exc)
+        return
     except optuna.TrialPruned as exc:
-        reason = f"pruned by optuna: {_first_line(exc)}"
-        where = {}
-        if hasattr(exc, "step"):  # cmcr.sweep.objective.pruned_at: the step and the phase
-            where = {Tag.PRUNED_AT_STEP: str(exc.step), Tag.PRUNED_PHASE: str(exc.phase)}
-        parent_runs.runs_pruned(ctx.base, trial, reason, where)
-        study.tell(trial, state=TrialState.PRUNED)
-        log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
+        _pruned(study, trial, ctx, exc)
         return
     except stop.Stopped as exc:  # the scheduler's warning: checkpointed, retry, requeue
+        if not _still_owned(trial, ctx):
+            raise launcher.leave(f"trial {trial.number} {exc}") from None
         if ctx.group is not None:
             ctx.group.broken = True
         _fail(study, trial, ctx, recovery.INTERRUPTED, f"preempted: {exc}", requeue)
@@ -136,25 +135,9 @@ def _run_and_tell(
         _fail(study, trial, ctx, recovery.INTERRUPTED, "interrupted (KeyboardInterrupt)", requeue)
         raise
     except Exception as exc:
-        kind = fault_kind(exc)
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        if kind == recovery.DETERMINISTIC and _is_diverged(exc):
-            reason = f"diverged: {_first_line(exc)}"
-        _fail(study, trial, ctx, kind, reason, requeue)
-        if kind == recovery.ENVIRONMENT:
-            if ctx.group is not None:
-                ctx.group.broken = True
-            raise WorkerStopped(
-                f"trial {trial.number} stopped by its environment ({reason}); it is queued "
-                "again without spending a retry: fix the cause and start the sweep again"
-            ) from None
-        if ctx.group is not None and not _is_diverged(exc):
-            # the other ranks may be inside a collective: end the launch
-            ctx.group.broken = True
-            raise GroupBroken(
-                f"trial {trial.number} failed on rank 0 ({reason}); its retry is queued. "
-                "Ending this launch so that no rank waits forever; start it again to resume"
-            ) from exc
+        _raised(study, trial, ctx, exc, requeue)
+        return
+    if not _still_owned(trial, ctx):
         return
     if not math.isfinite(value):
         _fail(study, trial, ctx, recovery.DETERMINISTIC, f"objective is {value}", requeue)
@@ -162,6 +145,66 @@ def _run_and_tell(
     parent_runs.runs_complete(ctx.base, trial)
     study.tell(trial, value)
     log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
+
+
+def _pruned(study: Any, trial: Any, ctx: TrialContext, exc: BaseException) -> None:
+    """The pruner stopped the trial: its runs are tagged with where, the trial PRUNED."""
+    from optuna.trial import TrialState  # lazy: as in work
+
+    if not _still_owned(trial, ctx):
+        return
+    reason = f"pruned by optuna: {_first_line(exc)}"
+    where = {}
+    if hasattr(exc, "step"):  # cmcr.sweep.objective.pruned_at: the step and the phase
+        where = {Tag.PRUNED_AT_STEP: str(exc.step), Tag.PRUNED_PHASE: str(exc.phase)}
+    parent_runs.runs_pruned(ctx.base, trial, reason, where)
+    study.tell(trial, state=TrialState.PRUNED)
+    log.info(f"trial {trial.number} pruned: {_first_line(exc)}")
+
+
+def _raised(study: Any, trial: Any, ctx: TrialContext, exc: Exception, requeue: Any) -> None:
+    """The trial raised: fail it with the kind of the failure (its retry is queued); the
+    environment's failures stop this worker, rank 0's end a multi-process launch."""
+    if not _still_owned(trial, ctx):
+        return  # what broke is an attempt that lost its trial to a retry: not a failure
+    kind = fault_kind(exc)
+    reason = f"{type(exc).__name__}: {_first_line(exc)}"
+    if kind == recovery.DETERMINISTIC and _is_diverged(exc):
+        reason = f"diverged: {_first_line(exc)}"
+    _fail(study, trial, ctx, kind, reason, requeue)
+    if kind == recovery.ENVIRONMENT:
+        if ctx.group is not None:
+            ctx.group.broken = True
+        raise WorkerStopped(
+            f"trial {trial.number} stopped by its environment ({reason}); it is queued "
+            "again without spending a retry: fix the cause and start the sweep again"
+        ) from None
+    if ctx.group is not None and not _is_diverged(exc):
+        # the other ranks may be inside a collective: end the launch
+        ctx.group.broken = True
+        raise GroupBroken(
+            f"trial {trial.number} failed on rank 0 ({reason}); its retry is queued. "
+            "Ending this launch so that no rank waits forever; start it again to resume"
+        ) from exc
+
+
+def _still_owned(trial: Any, ctx: TrialContext) -> bool:
+    """Whether this attempt still owns its trial (cmcr.fence); if not, says so and records
+    nothing: the trial, its runs and its retry belong to the attempt that took over."""
+    try:
+        fence.check(f"the outcome of trial {trial.number}")
+    except fence.Fenced as exc:
+        _fenced(trial, ctx, exc)
+        return False
+    return True
+
+
+def _fenced(trial: Any, ctx: TrialContext, exc: fence.Fenced) -> None:
+    """The attempt lost its trial while it was paused (failed as lost, retried elsewhere)."""
+    log.warning(f"trial {trial.number}: {exc}; its retry carries on, this worker moves on")
+    if ctx.group is not None:  # the other ranks wait in this attempt's collectives
+        ctx.group.broken = True
+        raise GroupBroken(f"trial {trial.number} was taken over by its retry ({exc})")
 
 
 def fault_kind(exc: BaseException) -> str:
@@ -228,6 +271,8 @@ def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, req
     """
     from optuna.trial import TrialState  # lazy: as in work
 
+    if fence.token() == trial.number and not _still_owned(trial, ctx):
+        return  # e.g. Ctrl-C after a pause: the trial and its runs are the retry's
     try:
         trial.set_user_attr(Attr.FAIL_KIND, kind)
         trial.set_user_attr(Attr.FAIL_REASON, redact(reason))
