@@ -36,6 +36,7 @@ import torch
 
 from cmcr import fence
 from cmcr.configs import Config
+from cmcr.engine.disk import check_free, full_disk_named
 from cmcr.engine.rng import rng_state, set_rng_state
 from cmcr.errors import CheckpointError, TrackingError, first_line
 from cmcr.guard import RunFolderError, check_run_folder, no_links, open_nofollow, shown
@@ -161,14 +162,18 @@ def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
     project = check_run_folder(accelerator.project_dir)  # save_state's rotation deletes
     if accelerator.is_main_process:
         fence.check(f"checkpoint of step {state.step}")
+    what = f"the checkpoint of step {state.step}"
+    check_free(project, what)  # a full disk is the environment's failure, not the trial's
     state.saves += 1  # counted before saving so the saved counter names the next index
-    where = no_links(project, accelerator.save_state())
-    rank = accelerator.process_index
-    (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
-    _write_json(where / f"rng_state_{rank}.json", rng_state())
+    with full_disk_named(project, what):
+        where = no_links(project, accelerator.save_state())
+        rank = accelerator.process_index
+        (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
+        _write_json(where / f"rng_state_{rank}.json", rng_state())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(where / STATE_FILE, asdict(state))
+        with full_disk_named(project, what):
+            _write_json(where / STATE_FILE, asdict(state))
         fence.check(f"checkpoint of step {state.step}")  # paused mid-save: never marked
         open_nofollow(where / COMPLETE_MARKER).close()
         _drop_older_attempts(project)
@@ -284,7 +289,7 @@ def save_backbone(state: dict[str, torch.Tensor], path: Path, run: Path) -> Path
     folder ``run``, never through a link (RunFolderError)."""
     no_links(run, path).parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open_nofollow(tmp, "wb") as fh:
+    with full_disk_named(run, f"'{path.name}'"), open_nofollow(tmp, "wb") as fh:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, fh)
     tmp.replace(path)  # replaces a link at ``path`` itself, never what it points to
     return path

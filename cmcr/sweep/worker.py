@@ -35,7 +35,14 @@ from cmcr.uris import redact
 log = logging.getLogger("cmcr.sweep")
 # errors that say the machine, not the trial, is broken: retrying at once would burn retries
 _ENV_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_ENV_TEXT = ("database or disk is full", "no space left on device", "connection refused")
+_ENV_TEXT = (
+    "database or disk is full",
+    "no space left on device",
+    "connection refused",
+    "database is locked",  # SQLite busy past its timeout: another process, not the trial
+    "server closed the connection",
+    "could not connect to server",
+)
 
 
 class WorkerStopped(CMCRError):
@@ -235,12 +242,22 @@ def _is_environment(exc: BaseException) -> bool:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    """requests' ConnectionError/Timeout (what MLflow's REST client raises), or MLflow's
-    wrapper of them ("API request to ... failed with exception"), without importing either."""
+    """requests' ConnectionError/Timeout (what MLflow's REST client raises), SQLAlchemy's
+    OperationalError/DisconnectionError and Optuna's StorageInternalError (the database lost,
+    busy or locked), or MLflow's wrapper of them ("API request to ... failed with exception"),
+    without importing any of them."""
     requests = sys.modules.get("requests")
     if requests is not None and isinstance(
         exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     ):
+        return True
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # a lost, busy or locked database
+    if sqlalchemy_exc is not None and isinstance(
+        exc, (sqlalchemy_exc.OperationalError, sqlalchemy_exc.DisconnectionError)
+    ):
+        return True
+    optuna_exceptions = sys.modules.get("optuna.exceptions")
+    if optuna_exceptions is not None and isinstance(exc, optuna_exceptions.StorageInternalError):
         return True
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     return (

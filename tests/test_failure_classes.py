@@ -1,0 +1,118 @@
+"""Failure classes by cause (issue 29): a full disk, however the writer phrases it, and a busy
+or lost database are the environment's failures: they never spend a trial's retries, and a
+plain ``--resume`` runs the slot again once the cause is gone."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cmcr.engine import disk
+from cmcr.sweep import recovery
+from cmcr.sweep.worker import fault_kind
+
+ROOT = Path(__file__).resolve().parents[1]
+WITH_TRIAL_FN = str(ROOT / "tests" / "sweep_with_trial_fn.py")
+TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 1152 vs 1040"
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4096))
+
+
+def test_torchs_full_disk_error_is_the_environments(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError) as plain, disk.full_disk_named(tmp_path, "a checkpoint"):
+        raise RuntimeError(TORCH_FULL)  # space left: the error is what it says
+    assert fault_kind(plain.value) == recovery.OWN
+    _full_disk(monkeypatch)
+    with pytest.raises(OSError) as full, disk.full_disk_named(tmp_path, "a checkpoint"):
+        raise RuntimeError(TORCH_FULL)
+    assert full.value.errno == errno.ENOSPC and "unexpected pos" in str(full.value)
+    assert fault_kind(full.value) == recovery.ENVIRONMENT
+    with pytest.raises(OSError, match="no space left") as early:
+        disk.check_free(tmp_path / "not" / "made" / "yet", "a checkpoint")
+    assert fault_kind(early.value) == recovery.ENVIRONMENT
+
+
+def test_a_busy_or_lost_database_is_the_environments():
+    import sqlalchemy.exc
+
+    locked = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+    stored = optuna.exceptions.StorageInternalError("An exception is raised during the commit")
+    stored.__cause__ = locked
+    gone = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+    for exc in (locked, stored, gone):
+        assert fault_kind(exc) == recovery.ENVIRONMENT, exc
+
+
+# the stand-in trial: the real pipeline, with torch.save failing as on a full disk (and the
+# disk reporting no space) while the file ``disk_full`` exists in the sweep's folder
+FULL_DISK_TRIAL = f'''
+import shutil
+from pathlib import Path
+
+import torch
+
+from cmcr.engine.pipeline import run_trial
+
+FLAG = Path("disk_full").resolve()
+_save, _usage = torch.save, shutil.disk_usage
+
+
+def _full_save(*args, **kwargs):
+    if FLAG.exists():
+        raise RuntimeError("{TORCH_FULL}")
+    return _save(*args, **kwargs)
+
+
+def _full_usage(path):
+    usage = _usage(path)
+    return usage._replace(free=4096) if FLAG.exists() else usage
+
+
+torch.save, shutil.disk_usage = _full_save, _full_usage
+
+
+def run(cfg, **kwargs):
+    return run_trial(cfg, **kwargs)
+'''
+
+
+def test_a_full_disk_during_a_checkpoint_spends_no_retry(tmp_path, smoke_world):
+    (tmp_path / "full_disk_trial.py").write_text(FULL_DISK_TRIAL)
+    (tmp_path / "disk_full").touch()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+    env.pop("MLFLOW_RUN_ID", None)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = [
+        sys.executable, WITH_TRIAL_FN, "full_disk_trial:run", "--study", "mask_ratio",
+        "--name", "full", "--n-trials", "1", "--preset", "smoke", "--storage", storage,
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-report",
+        "--set", f"data.dataroot={smoke_world}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+        "--set", "downstream.probe_epochs=1", "--max-retries", "1",
+    ]  # fmt: skip
+
+    def sweep(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=300)  # fmt: skip
+
+    full = sweep()
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert "no space left on device" in full.stderr and "without spending a retry" in full.stderr
+    (tmp_path / "disk_full").unlink()  # space freed
+    freed = sweep("--resume")  # no --retry-failed
+    assert freed.returncode == 0, freed.stderr[-2000:]
+    trials = optuna.load_study(study_name="full", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["cmcr.fail_kind"] == recovery.ENVIRONMENT
+    assert trials[1].user_attrs["cmcr.slot"] == 0
