@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.objective import default_trial_fn
 from cmcr.sweep.options import PROG, add_arguments, sweep_options
 from cmcr.sweep.progress import ProgressView
+from cmcr.sweep.shield import shielded
 from cmcr.sweep.slurm_job import worker_launcher
 from cmcr.sweep.spawn import WORKER_CMD, run_here
 from cmcr.sweep.summary import (
@@ -169,7 +169,31 @@ def sweep(
     as interrupted (no retry spent) and the parent run ends KILLED with the reason."""
     lost: list[Any] = []
     before = _stored_trials(plan, storage)
-    study, parent = runner.setup(plan, storage, lost)
+    try:
+        study, parent = runner.setup(plan, storage, lost)
+    except KeyboardInterrupt:  # the parent run may be RUNNING already
+        _interrupted(plan, None, None, storage)
+        raise
+    try:
+        return _run_study(plan, study, parent, lost, before, trial_fn, group, worker_cmd, extras)
+    except KeyboardInterrupt:
+        _interrupted(plan, study, parent)
+        raise
+
+
+def _run_study(
+    plan: Any,
+    study: Any,
+    parent: str,
+    lost: list[Any],
+    before: int,
+    trial_fn: Any,
+    group: Any,
+    worker_cmd: Sequence[str],
+    extras: Extras,
+) -> int:
+    """``sweep`` once the study is set up: say what runs, run it under the live view, and
+    summarise with where to look; returns the exit code."""
     total = runner.n_units(plan, study)
     est = estimate(plan.base, study, plan.opts.seeds) if extras.estimate else None
     print(start_lines(plan, study, parent, before, est), flush=True)
@@ -187,12 +211,8 @@ def sweep(
         estimate_s=est.trial_s if est else None,
         workers=plan.opts.workers,
     )
-    try:
-        with view:
-            rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)
-    except KeyboardInterrupt:
-        _interrupted(plan, study, parent)
-        raise
+    with view:
+        rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)
     runner.heal(plan, study)
     summary = with_noise(runner.finish(plan, study, parent), study)
     print(summary_line(summary), flush=True)
@@ -207,12 +227,19 @@ def sweep(
     return rc
 
 
-def _interrupted(plan: Any, study: Any, parent: str) -> None:
+def _interrupted(plan: Any, study: Any, parent: str | None, storage: Any = None) -> None:
     """After Ctrl-C / SIGTERM: heal (the interrupted trials keep their retry budget: the worker
-    failed them as ``interrupted``), then end the parent run KILLED with the reason, unless
-    another machine still runs trials of the study (its sweep finishes the parent run)."""
+    failed them as ``interrupted``; a trial this process claimed but had not started is failed
+    as lost), then end the parent run KILLED with the reason, unless another machine still runs
+    trials of the study (its sweep finishes the parent run). ``study`` None: interrupted during
+    setup; the stored study's parent run, if it has one by then."""
     try:
-        runner.heal(plan, study)
+        if study is None:
+            study = runner.load(plan, storage)
+            parent = study.user_attrs.get(Attr.PARENT_RUN)
+            if parent is None:
+                return
+        runner.heal(plan, study, pid=os.getpid())
         if _count(study, "RUNNING"):
             return
         done = runner.finished_size(plan)
@@ -220,6 +247,8 @@ def _interrupted(plan: Any, study: Any, parent: str) -> None:
         parent_runs.end_interrupted(
             plan.base, parent, f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}"
         )
+    except CMCRError:
+        return  # interrupted before the study was stored: nothing to end
     except Exception as exc:  # the stores may be what broke: the next start fixes the records
         print(f"{PROG}: could not end the parent run: {redact(str(exc))}", file=sys.stderr)
 
@@ -263,13 +292,10 @@ def main(
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    # a stop request takes the Ctrl-C path while the sweep runs; the caller's handler comes back
-    # after (a caller in the same process, e.g. a test, must not inherit ours)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    # a stop request takes the Ctrl-C path while the sweep runs, a second one waits for the
+    # clean-up (cmcr.sweep.shield); the caller's handlers come back after
+    with shielded(PROG):
         code = _run_reporting(args, trial_fn, worker_cmd, extras)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return _leave_launch(code)
 
 
@@ -308,9 +334,3 @@ def _leave_launch(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM → KeyboardInterrupt: the trial is failed as interrupted (no retry spent) and
-    re-queued, its runs marked, the workers stopped, as with Ctrl-C."""
-    raise KeyboardInterrupt(f"signal {signum}")

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from cmcr import fence
+from cmcr.adapters import optuna_storage
 from cmcr.engine import stop
 from cmcr.errors import CMCRError, first_line
 from cmcr.names import Attr, Tag
@@ -82,16 +83,31 @@ def work(
                 return finished
             continue
         idle_since = None
-        trial = optuna.Trial(study, trial_id)
-        trial.set_user_attr(Attr.WORKER, worker_id())
-        launcher.claimed(trial)
-        retry_of = retried_trial(study, trial_id)
-        with Heartbeat(study, trial_id) as beat, fence.hold(trial.number, beat.owned):
-            _run_and_tell(study, trial, ctx, lambda: runner.heal(plan, study), retry_of, launcher)
+        try:
+            trial = optuna.Trial(study, trial_id)
+            trial.set_user_attr(Attr.WORKER, worker_id())
+            launcher.claimed(trial)
+            retry_of = retried_trial(study, trial_id)
+            with Heartbeat(study, trial_id) as beat, fence.hold(trial.number, beat.owned):
+                heal = lambda: runner.heal(plan, study)  # noqa: E731 - the retry, after a failure
+                _run_and_tell(study, trial, ctx, heal, retry_of, launcher)
+        except KeyboardInterrupt:  # also between the claim and the trial's own handler
+            _release(plan, study, trial_id)
+            raise
         finished += 1
 
 
 _IDLE_POLL_S = 1.0
+
+
+def _release(plan: Any, study: Any, trial_id: int) -> None:
+    """After Ctrl-C/SIGTERM: the claimed trial, if still RUNNING (interrupted before its own
+    handler ran), is failed as interrupted and its retry queued (no retry spent)."""
+    number = optuna_storage.storage_of(study).get_trial(trial_id).number
+    if recovery.fail_running(
+        study, number, recovery.INTERRUPTED, "interrupted (KeyboardInterrupt)"
+    ):
+        runner.heal(plan, study)
 
 
 def _wait_for_lost(study: Any, heartbeat_s: int, idle_since: float) -> bool:
