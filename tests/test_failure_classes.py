@@ -116,3 +116,40 @@ def test_a_full_disk_during_a_checkpoint_spends_no_retry(tmp_path, smoke_world):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[0].user_attrs["cmcr.fail_kind"] == recovery.ENVIRONMENT
     assert trials[1].user_attrs["cmcr.slot"] == 0
+
+
+def test_a_storage_hiccup_at_the_end_of_a_trial_keeps_its_result(tmp_path, monkeypatch):
+    """The storage locked when the trial stores its seed result and when it is told complete:
+    the writes are retried, the evaluation is not run again, no retry is spent."""
+    import sqlalchemy.exc
+    from test_sweep_runner import Recorder, load, run_sweep
+
+    from cmcr.names import Attr
+    from cmcr.sweep import trials
+
+    monkeypatch.setattr(trials, "STORE_RETRY_S", (0.01,) * 3, raising=False)
+    locked = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+    hiccups = {"results": 2, "tell": 2}
+    set_attr, tell = optuna.trial.Trial.set_user_attr, optuna.Study.tell
+
+    def flaky_set(self, key, value):  # noqa: ANN001, ANN202
+        if key == Attr.SEED_RESULTS and hiccups["results"]:
+            hiccups["results"] -= 1
+            raise optuna.exceptions.StorageInternalError("commit failed") from locked
+        return set_attr(self, key, value)
+
+    def flaky_tell(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        if hiccups["tell"]:
+            hiccups["tell"] -= 1
+            raise optuna.exceptions.StorageInternalError("commit failed") from locked
+        return tell(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", flaky_set)
+    monkeypatch.setattr(optuna.Study, "tell", flaky_tell)
+    rec = Recorder()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run_sweep(tmp_path, store, "--study", "mask_ratio", "--name", "hiccup",
+                     "--n-trials", "1", "--pruner", "none", trial_fn=rec) == 0  # fmt: skip
+    assert hiccups == {"results": 0, "tell": 0}
+    assert len(rec.calls) == 1  # evaluated once
+    assert [t.state for t in load(tmp_path, "hiccup").trials] == [TrialState.COMPLETE]

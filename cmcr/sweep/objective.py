@@ -32,6 +32,7 @@ from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
 from cmcr.sweep.space import StudySpec
+from cmcr.sweep.trials import stored
 from cmcr.tracking.inputs import RunSpec, config_params, run_spec
 from cmcr.tracking.runs import RunLogger, find_child_run
 from cmcr.tracking.store import client_for, resolve_tracking_uri
@@ -107,7 +108,8 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         results[str(seed)] = float(out.miou)
         fence.check(f"seed {seed}'s result")
-        trial.set_user_attr(Attr.SEED_RESULTS, results)
+        what = f"trial {trial.number} seed {seed}'s result"
+        stored(lambda: trial.set_user_attr(Attr.SEED_RESULTS, results), what)
     return seeds.objective_value(trial, results)
 
 

@@ -30,7 +30,15 @@ from cmcr.sweep import recovery, runner
 from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.launcher import Launcher, LocalLauncher
 from cmcr.sweep.objective import TrialContext, TrialFn, run_objective
-from cmcr.sweep.trials import Heartbeat, claim_next, queued, retried_trial, worker_id
+from cmcr.sweep.trials import (
+    Heartbeat,
+    claim_next,
+    is_storage_error,
+    queued,
+    retried_trial,
+    stored,
+    worker_id,
+)
 from cmcr.uris import redact
 
 log = logging.getLogger("cmcr.sweep")
@@ -166,8 +174,19 @@ def _run_and_tell(
         _fail(study, trial, ctx, recovery.DETERMINISTIC, f"objective is {value}", requeue)
         return
     parent_runs.runs_complete(ctx.base, trial)
-    study.tell(trial, value)
+    stored(lambda: _tell_complete(study, trial, value), f"trial {trial.number}'s value")
     log.info(f"trial {trial.number} complete: val mIoU {value:.4f}")
+
+
+def _tell_complete(study: Any, trial: Any, value: float) -> None:
+    """Tell Optuna the value, once: a try whose commit went through before it failed has
+    made the trial COMPLETE already."""
+    from optuna.trial import TrialState  # lazy: as in work
+
+    storage = optuna_storage.storage_of(study)
+    if storage.get_trial(optuna_storage.trial_id(study, trial.number)).state == TrialState.COMPLETE:
+        return
+    study.tell(trial, value)
 
 
 def _pruned(study: Any, trial: Any, ctx: TrialContext, exc: BaseException) -> None:
@@ -267,13 +286,7 @@ def _is_connection_error(exc: BaseException) -> bool:
         exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
     ):
         return True
-    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # a lost, busy or locked database
-    if sqlalchemy_exc is not None and isinstance(
-        exc, (sqlalchemy_exc.OperationalError, sqlalchemy_exc.DisconnectionError)
-    ):
-        return True
-    optuna_exceptions = sys.modules.get("optuna.exceptions")
-    if optuna_exceptions is not None and isinstance(exc, optuna_exceptions.StorageInternalError):
+    if is_storage_error(exc):  # a lost, busy or locked database
         return True
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     return (
