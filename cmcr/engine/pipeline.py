@@ -170,6 +170,8 @@ def _train(
             drop_partial_checkpoints(accelerator)
             if has_checkpoints(cfg, logger.run_id):
                 load_latest(accelerator, state, run_dir(cfg, logger.run_id))
+                # the step actually loaded: an unloadable newest checkpoint falls back
+                logger.set_tags({Tag.RESUMED_FROM_STEP: str(state.step)})
         logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
         probe = None
         if probe_enabled(cfg):
