@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cmcr.engine import disk
+from cmcr.errors import UNAVAILABLE_EXIT
 from cmcr.sweep import recovery
 from cmcr.sweep.worker import fault_kind
 
@@ -107,7 +108,7 @@ def test_a_full_disk_during_a_checkpoint_spends_no_retry(tmp_path, smoke_world):
                               env=env, timeout=300)  # fmt: skip
 
     full = sweep()
-    assert full.returncode == 1, full.stderr[-2000:]
+    assert full.returncode == UNAVAILABLE_EXIT, full.stderr[-2000:]
     assert "no space left on device" in full.stderr and "without spending a retry" in full.stderr
     (tmp_path / "disk_full").unlink()  # space freed
     freed = sweep("--resume")  # no --retry-failed
@@ -153,3 +154,19 @@ def test_a_storage_hiccup_at_the_end_of_a_trial_keeps_its_result(tmp_path, monke
     assert hiccups == {"results": 0, "tell": 0}
     assert len(rec.calls) == 1  # evaluated once
     assert [t.state for t in load(tmp_path, "hiccup").trials] == [TrialState.COMPLETE]
+
+
+def test_a_tracking_server_down_at_start_is_not_a_usage_error(tmp_path, capsys):
+    """Exit codes mean one thing each: 2 is bad input; a server that does not answer is
+    UNAVAILABLE_EXIT (69), one line, before any study exists."""
+    from cmcr.sweep import cli
+
+    extras = cli.Extras(check_data=False, estimate=False, build_report=False)
+    argv = ["--study", "mask_ratio", "--preset", "smoke", "--n-trials", "1",
+            "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+            "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
+    assert cli.main(argv, trial_fn=lambda *a, **k: None, extras=extras) == UNAVAILABLE_EXIT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unreachable" in err and "error:" not in err
+    assert not (tmp_path / "optuna.db").exists()
+    assert cli.main([*argv[:-2], "--n-trials", "0"], extras=extras) == 2  # usage stays 2

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr.engine.preflight import before_sweep
-from cmcr.errors import CMCRError
+from cmcr.errors import UNAVAILABLE_EXIT, CMCRError, Unavailable
 from cmcr.names import Attr
 from cmcr.runlog import setup_console
 from cmcr.sweep import group as launch
@@ -48,7 +48,7 @@ from cmcr.sweep.summary import (
     where_to_look,
     with_noise,
 )
-from cmcr.sweep.worker import WorkerStopped, work
+from cmcr.sweep.worker import work
 from cmcr.uris import print_traceback, redact, redact_logging
 
 
@@ -303,9 +303,12 @@ def _run_reporting(args: argparse.Namespace, trial_fn: Any, worker_cmd: Any, ext
     """``run``, its errors as one line (a traceback for a bug) and their exit codes."""
     try:
         return run(args, trial_fn, worker_cmd, extras)
-    except (GroupBroken, WorkerStopped) as exc:  # not a usage error: start again once fixed
+    except GroupBroken as exc:  # not a usage error: start again once fixed
         print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except Unavailable as exc:  # the environment (a server, the database, the disk): not usage
+        print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
+        return UNAVAILABLE_EXIT
     except CMCRError as exc:
         print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from typing import Any
 from cmcr import fence
 from cmcr.adapters import optuna_storage
 from cmcr.engine import stop
-from cmcr.errors import CMCRError, first_line
+from cmcr.errors import CMCRError, Unavailable, first_line
 from cmcr.names import Attr, Tag
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, runner
@@ -54,8 +54,9 @@ _ENV_TEXT = (
 )
 
 
-class WorkerStopped(CMCRError):
-    """The environment broke under a trial (disk full, tracking server down): stop, re-queued."""
+class WorkerStopped(Unavailable):
+    """The environment broke under a trial (disk full, tracking server down): stop, re-queued
+    (exit UNAVAILABLE_EXIT)."""
 
 
 def work(
