@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -52,6 +53,30 @@ def _wait_for(what: str, probe, deadline_s: float):  # noqa: ANN001, ANN202
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _holds_a_write_lock(pid: int) -> bool:
+    """Whether ``pid`` holds a write lock (SQLite's, or the study lock) per /proc/locks."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False  # not Linux: the test then takes its chance
+    return any(line.split()[3:5] == ["WRITE", str(pid)] for line in lines if len(line.split()) > 4)
+
+
+def _stop_outside_a_write(pid: int) -> None:
+    """SIGSTOP ``pid`` at a moment it holds no write lock. A process paused inside an SQLite
+    write transaction blocks every other process of the study until it runs again (SQLite's
+    one writer; PostgreSQL's row locks do not stall the others): no retry could start then,
+    which is not what this test is about (docs/scaling.md says so)."""
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)  # the stop has landed
+        if not _holds_a_write_lock(pid):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"worker {pid} held a write lock at 200 tries to pause it")
+
+
 def _load(storage: str, name: str) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -79,7 +104,7 @@ def test_a_paused_worker_writes_nothing_after_its_retry_took_over(tmp_path, smok
 
         victim = _wait_for("a trial in pre-training", victim, 240)
         victim_pid = int(victim.user_attrs["cmcr.worker"].split(":")[-2])
-        os.kill(victim_pid, signal.SIGSTOP)
+        _stop_outside_a_write(victim_pid)
         paused = time.monotonic()
         _wait_for(
             "the retry of the paused trial in pre-training",

@@ -287,6 +287,7 @@ def _reject(accelerator: Any, project: Path, bad: list[Path]) -> None:
 def save_backbone(state: dict[str, torch.Tensor], path: Path, run: Path) -> Path:
     """Write a state dict atomically (a killed run never leaves half a file) into the run
     folder ``run``, never through a link (RunFolderError)."""
+    fence.check(f"'{path.name}'")  # never over the weights of a run its retry now owns
     no_links(run, path).parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with full_disk_named(run, f"'{path.name}'"), open_nofollow(tmp, "wb") as fh:
