@@ -170,3 +170,13 @@ def test_a_tracking_server_down_at_start_is_not_a_usage_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "unreachable" in err and "error:" not in err
     assert not (tmp_path / "optuna.db").exists()
     assert cli.main([*argv[:-2], "--n-trials", "0"], extras=extras) == 2  # usage stays 2
+
+
+def test_a_storage_folder_that_cannot_be_written_is_one_line(tmp_path):
+    """The study lock beside an SQLite file on a read-only mount (left -wal/-shm files let the
+    database itself open) was a traceback; now one line naming the storage."""
+    from cmcr.tracking.optuna_store import StorageError, study_lock
+
+    url = f"sqlite:///{tmp_path / 'gone' / 'optuna.db'}"  # a folder that cannot hold the lock
+    with pytest.raises(StorageError, match="cannot be written here"), study_lock(None, url, "s"):
+        pass

@@ -297,7 +297,12 @@ def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
     db = sqlite_path(url) or journal_path(url)
     if db is not None:  # journal: Optuna's lock file is <file>.lock, ours another name
         lock_path = db.with_name(db.name + (".lock" if sqlite_path(url) else ".study-lock"))
-        with open(lock_path, "a+") as fh:
+        try:
+            fh = open(lock_path, "a+")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:  # a read-only mount, a folder we may not write (issue 29)
+            raise StorageError(redact(f"--storage '{url}' cannot be written here (a read-only "
+                                      f"file, folder or mount): {exc.strerror}")) from None  # fmt: skip
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
