@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from cmcr.errors import CMCRError
+from cmcr.errors import UNAVAILABLE_EXIT, CMCRError, Unavailable
 from cmcr.uris import print_traceback, redact
 
 # name -> (module, help)
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
+    except Unavailable as exc:  # a server or the disk, not the input: its own code
+        print(f"cmcr {args.command}: {redact(str(exc))}", file=sys.stderr)
+        return UNAVAILABLE_EXIT
     except CMCRError as exc:
         print(f"cmcr {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 2

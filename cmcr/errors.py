@@ -1,4 +1,5 @@
-"""Errors that reach the user as one clear line (the CLI prints them and exits with code 2)."""
+"""Errors that reach the user as one clear line (the CLI prints them and exits with code 2,
+or ``UNAVAILABLE_EXIT`` when what is missing is a service, not the input: ``Unavailable``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ class CheckpointError(CMCRError):
 
 class TrackingError(CMCRError):
     """An MLflow run, experiment or store cannot be used as asked."""
+
+
+class Unavailable(CMCRError):
+    """A service or resource the command needs does not answer now (the tracking server, the
+    study database, disk space): not the input's fault; the same command works once it is back."""
+
+
+UNAVAILABLE_EXIT = 69  # sysexits.h EX_UNAVAILABLE; 2 stays the code of a usage error
 
 
 class ConfigError(CMCRError, ValueError):

@@ -262,3 +262,22 @@ def test_a_trial_still_queued_is_named_and_gets_no_added_seed(tmp_path, store, c
         ("0:s1-1", 1),
         ("1", 0),
     ]
+
+
+def test_add_seeds_interrupted_and_repeated_adds_exactly_one_seed(tmp_path, store):
+    """Issue 29: Ctrl-C says "run it again to continue"; running the same --add-seeds 1 again
+    tops each configuration up to one added seed instead of asking for one more."""
+    assert _sweep(tmp_path, store, "twice", "--n-trials", "2") == 0
+    stopped = Recorder(fail_on={0: KeyboardInterrupt()})  # Ctrl-C in the first added seed
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path, store, "twice", "--add-seeds", "1", rec=stopped)
+    again = Recorder()
+    assert _sweep(tmp_path, store, "twice", "--add-seeds", "1", rec=again) == 0
+    assert sorted(c["seed"] for c in again.calls) == [1, 1]  # the interrupted one and the other
+    study = load(tmp_path, "twice")
+    assert len(seeds.requested(study)) == 2  # one unit per configuration, not two
+    assert all(sorted(by) == [0, 1] for by in _seed_runs(store, study).values())
+    assert _sweep(tmp_path, store, "twice", "--add-seeds", "1", rec=Recorder()) == 0  # done: +1
+    assert all(
+        sorted(by) == [0, 1, 2] for by in _seed_runs(store, load(tmp_path, "twice")).values()
+    )

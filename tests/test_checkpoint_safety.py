@@ -97,6 +97,7 @@ def test_garbage_newest_falls_back_to_previous_and_completes(finished, caplog) -
     assert "checkpoint_1" in caplog.text and "trying an older checkpoint" in caplog.text
     client = make_client(cfg.tracking.tracking_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.tags["cmcr.resumed_from_step"] == "2"  # not 4
     # the garbage one was moved aside and its index reused by the new step-4 save
     assert (checkpoint_dir(cfg, run_id).parent / "rejected" / "checkpoint_1").is_dir()
     assert latest_step(cfg, run_id) == 4

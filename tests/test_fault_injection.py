@@ -67,7 +67,9 @@ def _kill_group_after(proc: subprocess.Popen, delay: float) -> bool:
         return True
 
 
-def _check_invariants(tmp_path: Path, storage: str, name: str) -> dict[str, int]:
+def _check_invariants(
+    tmp_path: Path, storage: str, name: str, n_trials: int = N_TRIALS
+) -> dict[str, int]:
     """The end state every fault sequence must reach; returns counts for the report."""
     from mlflow.tracking import MlflowClient
 
@@ -75,10 +77,10 @@ def _check_invariants(tmp_path: Path, storage: str, name: str) -> dict[str, int]
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     by_slot = collections.Counter(t.user_attrs.get("cmcr.slot") for t in complete)
-    assert sorted(by_slot) == list(range(N_TRIALS)), f"slots complete: {dict(by_slot)}"
+    assert sorted(by_slot) == list(range(n_trials)), f"slots complete: {dict(by_slot)}"
     assert set(by_slot.values()) == {1}, f"a slot completed twice: {dict(by_slot)}"
     params = {tuple(sorted(t.params.items())) for t in complete}
-    assert len(params) == N_TRIALS, "two slots ran with the same parameters"
+    assert len(params) == n_trials, "two slots ran with the same parameters"
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -89,11 +91,11 @@ def _check_invariants(tmp_path: Path, storage: str, name: str) -> dict[str, int]
     parents = [r for r in runs if r.data.tags.get("cmcr.kind") == "study"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == N_TRIALS, f"{len(children)} child runs for {N_TRIALS} trials"
+    assert len(children) == n_trials, f"{len(children)} child runs for {n_trials} trials"
     assert all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
     linked = {t.user_attrs.get("mlflow_run_id") for t in complete}
     assert linked == {r.info.run_id for r in children}
-    for run in children:
+    for run in [*children, *parents]:
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (

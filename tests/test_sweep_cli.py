@@ -70,7 +70,7 @@ def test_unreachable_storage_is_one_line_with_the_password_hidden(tmp_path, smok
         f"data.dataroot={smoke_world}",
         storage="postgresql://postgres:s3cret@127.0.0.1:1/x",
     )
-    assert out.returncode == 2
+    assert out.returncode == 69  # UNAVAILABLE_EXIT: a server down is not a usage error (issue 29)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "unreachable" in lines[0]
     assert "s3cret" not in out.stderr + out.stdout and "postgres:***@" in lines[0]

@@ -5,6 +5,11 @@ Accelerate's ``save_state`` with automatic naming (keeps ``train.keep_checkpoint
 ``train_state.json`` (loop counters), ``rng_state_<rank>.json`` and the ``COMPLETE`` marker;
 ``runs/<run_id>/backbone.pt`` holds the final weights (a plain state dict).
 
+A sweep attempt (``cmcr.fence``, issue 29) saves into ``runs/<run_id>/attempts/t<trial>/``:
+a retry resumes from the newest complete checkpoint of any attempt, and an older attempt that
+was paused, not dead, is fenced at its next write; a save it was in the middle of stays in its
+own folder, unmarked. The retry's first complete checkpoint removes the older folders.
+
 No pickle (issue 14). Models are safetensors; Accelerate's optimizer/scheduler ``.bin`` files
 are read with ``weights_only=True``; our counters and RNG states are JSON. Accelerate writes
 its RNG states as ``random_states_<rank>.pkl``; we delete that file right after the save and
@@ -22,16 +27,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from cmcr import fence
 from cmcr.configs import Config
+from cmcr.engine.disk import check_free, full_disk_named
+from cmcr.engine.rng import rng_state, set_rng_state
 from cmcr.errors import CheckpointError, TrackingError, first_line
 from cmcr.guard import RunFolderError, check_run_folder, no_links, open_nofollow, shown
 from cmcr.names import Tag
@@ -89,30 +95,53 @@ def own_run_dir(cfg: Config, run_id: str) -> Path:
 
 
 def checkpoint_dir(cfg: Config, run_id: str) -> Path:
-    """Where Accelerate's automatic naming writes ``checkpoint_<i>`` folders."""
+    """Where Accelerate's automatic naming writes ``checkpoint_<i>`` folders (outside a sweep)."""
     return run_dir(cfg, run_id) / "checkpoints"
+
+
+ATTEMPTS = "attempts"
+
+
+def attempt_dir(cfg: Config, run_id: str) -> Path:
+    """The Accelerate project folder of this process's writes: the run folder, or in a sweep
+    the attempt's own ``attempts/t<trial>`` inside it (see the module's docstring)."""
+    run, token = run_dir(cfg, run_id), fence.token()
+    return run if token is None else run / ATTEMPTS / f"t{token}"
+
+
+def _attempt_number(project: Path) -> int:
+    """The trial number of an ``attempts/t<n>`` folder; -1 for the run folder itself."""
+    name = project.name
+    return int(name[1:]) if project.parent.name == ATTEMPTS and name[1:].isdigit() else -1
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
     """The ``checkpoint_<i>`` folders with a ``COMPLETE`` marker, newest first."""
     if not folder.is_dir():
         return []
-    found = [
-        p
-        for p in folder.glob("checkpoint_*")
-        if p.name[11:].isdigit() and (p / COMPLETE_MARKER).exists()
-    ]
+    found = [p for p in folder.glob("checkpoint_*") if p.name[11:].isdigit()]
+    found = [p for p in found if (p / COMPLETE_MARKER).exists()]
     return sorted(found, key=lambda p: int(p.name[11:]), reverse=True)
+
+
+def run_checkpoints(run: Path) -> list[Path]:
+    """The complete checkpoints of every attempt of the run in folder ``run``, newest first
+    (by index, which continues across attempts; then the later attempt)."""
+    projects = [run, *sorted((run / ATTEMPTS).glob("t*"))] if (run / ATTEMPTS).is_dir() else [run]
+    found = [p for project in projects for p in complete_checkpoints(project / "checkpoints")]
+    return sorted(
+        found, key=lambda p: (int(p.name[11:]), _attempt_number(p.parent.parent)), reverse=True
+    )
 
 
 def has_checkpoints(cfg: Config, run_id: str) -> bool:
     """Whether the run has at least one saved state to resume from."""
-    return bool(complete_checkpoints(checkpoint_dir(cfg, run_id)))
+    return bool(run_checkpoints(run_dir(cfg, run_id)))
 
 
 def latest_step(cfg: Config, run_id: str) -> int:
     """The optimiser step of the run's newest readable checkpoint (0 when there is none)."""
-    for folder in complete_checkpoints(checkpoint_dir(cfg, run_id)):
+    for folder in run_checkpoints(run_dir(cfg, run_id)):
         state = TrainState()
         try:
             state.load_json(folder / STATE_FILE)
@@ -131,16 +160,35 @@ def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
     which ``drop_partial_checkpoints`` recognises.
     """
     project = check_run_folder(accelerator.project_dir)  # save_state's rotation deletes
+    if accelerator.is_main_process:
+        fence.check(f"checkpoint of step {state.step}")
+    what = f"the checkpoint of step {state.step}"
+    check_free(project, what)  # a full disk is the environment's failure, not the trial's
     state.saves += 1  # counted before saving so the saved counter names the next index
-    where = no_links(project, accelerator.save_state())
-    rank = accelerator.process_index
-    (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
-    _write_json(where / f"rng_state_{rank}.json", _rng_state())
+    with full_disk_named(project, what):
+        where = no_links(project, accelerator.save_state())
+        rank = accelerator.process_index
+        (where / f"random_states_{rank}.pkl").unlink(missing_ok=True)  # see the module docstring
+        _write_json(where / f"rng_state_{rank}.json", rng_state())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(where / STATE_FILE, asdict(state))
+        with full_disk_named(project, what):
+            _write_json(where / STATE_FILE, asdict(state))
+        fence.check(f"checkpoint of step {state.step}")  # paused mid-save: never marked
         open_nofollow(where / COMPLETE_MARKER).close()
+        _drop_older_attempts(project)
     return where
+
+
+def _drop_older_attempts(project: Path) -> None:
+    """With a complete checkpoint of its own, an attempt removes the folders of the run's
+    earlier attempts (they are fenced: their trials are no longer RUNNING)."""
+    mine = _attempt_number(project)
+    if mine < 0:
+        return
+    for other in project.parent.glob("t*"):
+        if 0 <= _attempt_number(other) < mine:
+            shutil.rmtree(no_links(project.parent, other), ignore_errors=True)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -148,34 +196,6 @@ def _write_json(path: Path, data: Any) -> None:
     with open_nofollow(tmp) as fh:
         fh.write(json.dumps(data))
     tmp.replace(path)  # replaces a link at ``path`` itself, never what it points to
-
-
-def _rng_state() -> dict[str, Any]:
-    """This process's Python, NumPy and torch RNG states as plain JSON values."""
-    _, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    out: dict[str, Any] = {
-        "python": [list(mt), gauss],
-        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def _set_rng_state(path: Path) -> None:
-    """Restore what ``_rng_state`` saved (CheckpointError if the file is bad)."""
-    try:
-        s = json.loads(path.read_text())
-        random.setstate((3, tuple(s["python"][0]), s["python"][1]))
-        keys, pos, has_gauss, cached = s["numpy"]
-        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
-        if torch.cuda.is_available() and "cuda" in s:
-            torch.cuda.set_rng_state_all([torch.tensor(c, dtype=torch.uint8) for c in s["cuda"]])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"'{path}' is not an RNG state ({type(exc).__name__})") from None
 
 
 # ---- resume ---------------------------------------------------------------------------------
@@ -205,20 +225,21 @@ def refuse_pickles(folders: list[Path]) -> None:
                 )
 
 
-def load_latest(accelerator: Any, state: TrainState) -> Path:
+def load_latest(accelerator: Any, state: TrainState, run: Path | None = None) -> Path:
     """Restore the newest checkpoint that loads; older ones are tried when a newer one is bad.
 
-    Folders newer than the one used are moved to ``<run>/rejected/`` (their index is reused
-    by the next save). CheckpointError when none loads or any holds a pickle.
+    ``run``: the run folder whose attempts are searched (``run_checkpoints``; default the
+    project folder). Folders newer than the one used are moved to ``<run>/rejected/`` (their
+    index is reused by the next save). CheckpointError when none loads or any holds a pickle.
     """
-    project = check_run_folder(accelerator.project_dir)  # _reject moves and deletes in it
-    folders = complete_checkpoints(project / "checkpoints")
+    project = check_run_folder(run or accelerator.project_dir)  # _reject moves and deletes in it
+    folders = run_checkpoints(project)
     refuse_pickles(folders)  # before anything is loaded
     errors = []
     for i, folder in enumerate(folders):
         error = _try_load(accelerator, folder, state)
         if _agree(accelerator, error is None):  # every rank uses the same checkpoint
-            _reject(accelerator, folders[:i])
+            _reject(accelerator, project, folders[:i])
             # Accelerate does not restore its save counter; without this the next save would
             # collide with an existing checkpoint_<i>.
             accelerator.project_configuration.iteration = state.saves
@@ -227,7 +248,7 @@ def load_latest(accelerator: Any, state: TrainState) -> Path:
         errors.append(error or f"checkpoint '{folder}' failed to load on another process")
         log.warning(f"cmcr: {errors[-1]}; trying an older checkpoint")
     if not errors:
-        raise CheckpointError(f"no complete checkpoint in '{accelerator.project_dir}'")
+        raise CheckpointError(f"no complete checkpoint in '{project}'")
     raise CheckpointError(f"no checkpoint can be loaded; newest: {errors[0]}")
 
 
@@ -236,7 +257,7 @@ def _try_load(accelerator: Any, folder: Path, state: TrainState) -> str | None:
     try:
         state.load_json(folder / STATE_FILE)
         accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
-        _set_rng_state(folder / f"rng_state_{accelerator.process_index}.json")
+        set_rng_state(folder / f"rng_state_{accelerator.process_index}.json")
     except Exception as exc:  # torch, safetensors and our JSON raise many types for bad files
         detail = first_line(exc, empty="no detail", limit=200)
         return f"checkpoint '{folder}' cannot be loaded ({type(exc).__name__}: {detail})"
@@ -249,10 +270,9 @@ def _agree(accelerator: Any, ok: bool) -> bool:
     return float(accelerator.reduce(failed, reduction="sum")) == 0.0
 
 
-def _reject(accelerator: Any, bad: list[Path]) -> None:
+def _reject(accelerator: Any, project: Path, bad: list[Path]) -> None:
     """Move unloadable newer checkpoints out of Accelerate's folder (kept for inspection)."""
     if bad and accelerator.is_main_process:
-        project = Path(accelerator.project_dir)
         aside = no_links(project, project / "rejected")
         aside.mkdir(exist_ok=True)
         for folder in bad:
@@ -267,9 +287,10 @@ def _reject(accelerator: Any, bad: list[Path]) -> None:
 def save_backbone(state: dict[str, torch.Tensor], path: Path, run: Path) -> Path:
     """Write a state dict atomically (a killed run never leaves half a file) into the run
     folder ``run``, never through a link (RunFolderError)."""
+    fence.check(f"'{path.name}'")  # never over the weights of a run its retry now owns
     no_links(run, path).parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open_nofollow(tmp, "wb") as fh:
+    with full_disk_named(run, f"'{path.name}'"), open_nofollow(tmp, "wb") as fh:
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, fh)
     tmp.replace(path)  # replaces a link at ``path`` itself, never what it points to
     return path

@@ -25,6 +25,7 @@ from cmcr.engine import train
 from cmcr.engine.checkpoint import (
     BACKBONE_FILE,
     TrainState,
+    attempt_dir,
     drop_partial_checkpoints,
     has_checkpoints,
     load_latest,
@@ -153,7 +154,9 @@ def _train(
     cfg: Config, logger: RunLogger, loaders: tuple[Any, Any], resume: bool, report: Any = None
 ) -> int:
     """Prepare model/optimiser/scheduler/loader with Accelerate, resume if asked, train, save."""
-    accelerator = train.make_accelerator(cfg, str(run_dir(cfg, logger.run_id)))
+    # a sweep attempt writes into its own folder (cmcr.engine.checkpoint); rank 0 knows which
+    project = _broadcast(str(attempt_dir(cfg, logger.run_id)))
+    accelerator = train.make_accelerator(cfg, project)
     loader, holdout = loaders
     try:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -167,7 +170,9 @@ def _train(
         if resume:
             drop_partial_checkpoints(accelerator)
             if has_checkpoints(cfg, logger.run_id):
-                load_latest(accelerator, state)
+                load_latest(accelerator, state, run_dir(cfg, logger.run_id))
+                # the step actually loaded: an unloadable newest checkpoint falls back
+                logger.set_tags({Tag.RESUMED_FROM_STEP: str(state.step)})
         logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
         probe = None
         if probe_enabled(cfg):

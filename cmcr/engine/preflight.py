@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from cmcr.configs import Config, validate_config
-from cmcr.errors import TrackingError, first_line
+from cmcr.errors import TrackingError, Unavailable, first_line
 from cmcr.names import REACH_WAIT_S
 from cmcr.uris import redact, tracking_uri
 
@@ -54,8 +54,12 @@ _REFUSED = {401: "Unauthorized", 403: "Forbidden"}
 _CREDENTIALS = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
 
 
+class TrackingUnreachable(TrackingError, Unavailable):
+    """The tracking server did not answer (down, restarting, no route): exit UNAVAILABLE_EXIT."""
+
+
 def _unreachable(uri: str, wait_s: int, exc: BaseException) -> TrackingError:
-    return TrackingError(
+    return TrackingUnreachable(
         redact(f"MLflow tracking server {uri} unreachable after {wait_s} s ({_first(exc)})")
     )
 

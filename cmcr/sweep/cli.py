@@ -20,14 +20,13 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cmcr.engine.preflight import before_sweep
-from cmcr.errors import CMCRError
+from cmcr.errors import UNAVAILABLE_EXIT, CMCRError, Unavailable
 from cmcr.names import Attr
 from cmcr.runlog import setup_console
 from cmcr.sweep import group as launch
@@ -38,6 +37,7 @@ from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.objective import default_trial_fn
 from cmcr.sweep.options import PROG, add_arguments, sweep_options
 from cmcr.sweep.progress import ProgressView
+from cmcr.sweep.shield import shielded
 from cmcr.sweep.slurm_job import worker_launcher
 from cmcr.sweep.spawn import WORKER_CMD, run_here
 from cmcr.sweep.summary import (
@@ -49,7 +49,7 @@ from cmcr.sweep.summary import (
     where_to_look,
     with_noise,
 )
-from cmcr.sweep.worker import WorkerStopped, work
+from cmcr.sweep.worker import work
 from cmcr.uris import print_traceback, redact, redact_logging
 
 
@@ -177,7 +177,34 @@ def sweep(
     for line in (busy, queue_line(plan, before, est)):  # said before a single trial is queued
         if line is not None:
             print(line, flush=True)
-    study, parent = runner.setup(plan, storage, lost)
+    try:
+        study, parent = runner.setup(plan, storage, lost)
+    except KeyboardInterrupt:  # the parent run may be RUNNING already
+        _interrupted(plan, None, None, storage)
+        raise
+    try:
+        return _run_study(
+            plan, study, parent, lost, before, est, trial_fn, group, worker_cmd, extras
+        )
+    except KeyboardInterrupt:
+        _interrupted(plan, study, parent)
+        raise
+
+
+def _run_study(
+    plan: Any,
+    study: Any,
+    parent: str,
+    lost: list[Any],
+    before: int,
+    est: Any,
+    trial_fn: Any,
+    group: Any,
+    worker_cmd: Sequence[str],
+    extras: Extras,
+) -> int:
+    """``sweep`` once the study is set up: say what runs, run it under the live view, and
+    summarise with where to look; returns the exit code."""
     total = runner.n_units(plan, study)
     print(start_lines(plan, study, parent, before, est), flush=True)
     notice = plan.pruning_notice()
@@ -195,12 +222,8 @@ def sweep(
         idle_s=est.idle_s if est and est.whole_machine else None,
         workers=plan.opts.workers,
     )
-    try:
-        with view:
-            rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)
-    except KeyboardInterrupt:
-        _interrupted(plan, study, parent)
-        raise
+    with view:
+        rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)
     runner.heal(plan, study)
     summary = with_noise(runner.finish(plan, study, parent), study)
     print(summary_line(summary), flush=True)
@@ -215,12 +238,19 @@ def sweep(
     return rc
 
 
-def _interrupted(plan: Any, study: Any, parent: str) -> None:
+def _interrupted(plan: Any, study: Any, parent: str | None, storage: Any = None) -> None:
     """After Ctrl-C / SIGTERM: heal (the interrupted trials keep their retry budget: the worker
-    failed them as ``interrupted``), then end the parent run KILLED with the reason, unless
-    another machine still runs trials of the study (its sweep finishes the parent run)."""
+    failed them as ``interrupted``; a trial this process claimed but had not started is failed
+    as lost), then end the parent run KILLED with the reason, unless another machine still runs
+    trials of the study (its sweep finishes the parent run). ``study`` None: interrupted during
+    setup; the stored study's parent run, if it has one by then."""
     try:
-        runner.heal(plan, study)
+        if study is None:
+            study = runner.load(plan, storage)
+            parent = study.user_attrs.get(Attr.PARENT_RUN)
+            if parent is None:
+                return
+        runner.heal(plan, study, pid=os.getpid())
         if _count(study, "RUNNING"):
             return
         done = runner.finished_size(plan)
@@ -228,6 +258,8 @@ def _interrupted(plan: Any, study: Any, parent: str) -> None:
         parent_runs.end_interrupted(
             plan.base, parent, f"sweep interrupted by the user (Ctrl-C or SIGTERM){left}"
         )
+    except CMCRError:
+        return  # interrupted before the study was stored: nothing to end
     except Exception as exc:  # the stores may be what broke: the next start fixes the records
         print(f"{PROG}: could not end the parent run: {redact(str(exc))}", file=sys.stderr)
 
@@ -270,13 +302,10 @@ def main(
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    # a stop request takes the Ctrl-C path while the sweep runs; the caller's handler comes back
-    # after (a caller in the same process, e.g. a test, must not inherit ours)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    # a stop request takes the Ctrl-C path while the sweep runs, a second one waits for the
+    # clean-up (cmcr.sweep.shield); the caller's handlers come back after
+    with shielded(PROG):
         code = _run_reporting(args, trial_fn, worker_cmd, extras)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return _leave_launch(code)
 
 
@@ -284,9 +313,12 @@ def _run_reporting(args: argparse.Namespace, trial_fn: Any, worker_cmd: Any, ext
     """``run``, its errors as one line (a traceback for a bug) and their exit codes."""
     try:
         return run(args, trial_fn, worker_cmd, extras)
-    except (GroupBroken, WorkerStopped) as exc:  # not a usage error: start again once fixed
+    except GroupBroken as exc:  # not a usage error: start again once fixed
         print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except Unavailable as exc:  # the environment (a server, the database, the disk): not usage
+        print(f"{PROG}: {redact(str(exc))}", file=sys.stderr)
+        return UNAVAILABLE_EXIT
     except CMCRError as exc:
         print(f"{PROG}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
@@ -315,9 +347,3 @@ def _leave_launch(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM → KeyboardInterrupt: the trial is failed as interrupted (no retry spent) and
-    re-queued, its runs marked, the workers stopped, as with Ctrl-C."""
-    raise KeyboardInterrupt(f"signal {signum}")

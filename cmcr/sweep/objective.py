@@ -27,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cmcr import progress
+from cmcr import fence, progress
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.sweep import seeds
 from cmcr.sweep.estimate import TrialClock, trial_clock
 from cmcr.sweep.space import StudySpec
+from cmcr.sweep.trials import stored
 from cmcr.tracking.inputs import RunSpec, config_params, run_spec
 from cmcr.tracking.runs import RunLogger, find_child_run
 from cmcr.tracking.store import client_for, resolve_tracking_uri
@@ -110,7 +111,9 @@ def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) ->
             out = ctx.trial_fn(seed_cfg, report=report, **kwargs)
         clock.next_seed()
         results[str(seed)] = float(out.miou)
-        trial.set_user_attr(Attr.SEED_RESULTS, results)
+        fence.check(f"seed {seed}'s result")
+        what = f"trial {trial.number} seed {seed}'s result"
+        stored(lambda: trial.set_user_attr(Attr.SEED_RESULTS, results), what)
     return seeds.objective_value(trial, results)
 
 
@@ -121,6 +124,7 @@ def _progress_sink(
     (with the whole trial's ETA from ``clock``)."""
 
     def sink(record: dict[str, Any]) -> None:
+        fence.check("progress")
         if clock is not None:
             record = clock.annotate(record)
         trial.set_user_attr(Attr.PROGRESS, {**record, "seed": seed})

@@ -97,9 +97,11 @@ def finish_parent(
     if "best_value" in summary:
         best = study.best_trial
         n_complete = summary.get("COMPLETE", 0)
-        RunLogger(client_for(uri), parent, uri).log_metrics(
-            {Metric.STUDY_BEST_VALUE: best.value}, step=n_complete
-        )
+        logger = RunLogger(client_for(uri), parent, uri)
+        # once per step: every finish (each --resume, each worker) would log it again
+        last = logger.last_logged_step(Metric.STUDY_BEST_VALUE)
+        if last is None or last < n_complete:
+            logger.log_metrics({Metric.STUDY_BEST_VALUE: best.value}, step=n_complete)
         runs.set_tag_shared(uri, parent, Tag.BEST_TRIAL, str(best.number))
         runs.set_tag_shared(uri, parent, Tag.BEST_RUN_ID, str(best.user_attrs.get(Attr.RUN_ID)))
     _end_orphans(uri, base.tracking.experiment, study, parent, max_retries)

@@ -249,8 +249,10 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
         cells = plan.spec.grid_cells() if plan.spec.is_grid else None
         added = enqueue_slots(study, cells, plan.n_trials)
         study.set_user_attr(Attr.N_TRIALS, n_slots(plan, study))
-        if plan.opts.add_seeds:
-            seeds.request(study, plan.opts.add_seeds, plan.opts.seeds, plan.opts.top)
+        if plan.opts.add_seeds and not seeds.request(
+            study, plan.opts.add_seeds, plan.opts.seeds, plan.opts.top
+        ):
+            log.info(f"--add-seeds {plan.opts.add_seeds}: already asked for; finishing those seeds")
         added_seeds = seeds.enqueue_added(study)  # also what a killed --add-seeds left owed
         if plan.opts.retry_failed:
             reopened = recovery.reopen_failed(study, n_slots(plan, study), plan.opts.max_retries)

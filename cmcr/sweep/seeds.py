@@ -16,6 +16,11 @@ Kill-safety: a request is written to the study in one user attr (``cmcr.added_se
 any of its trials is enqueued, and every start tops the queue up from it under the study lock
 (``enqueue_added``), so a kill between the two loses nothing: ``--resume`` queues the rest.
 
+Idempotent (issue 29): ``--add-seeds K`` sets each configuration's target to K more seeds than
+it has finished, and the seeds it already asks for (``cmcr.added_seeds``, finished or not) count
+towards it; so ``--add-seeds K`` interrupted and run again adds K seeds in all, not 2K, while
+run again after it finished adds K more.
+
 Objective: a finished trial keeps its own value; an added-seeds trial's value is the mean over
 every finished seed of its configuration (the trial it extends, earlier added trials, its own),
 so the study's best trial reflects all seeds.
@@ -145,11 +150,17 @@ def request(study: Any, k: int, n_seeds: int, top: int | None = None) -> dict[st
     for unit in units.values():
         key = params_key(numbers[unit["trial"]].params)
         planned.setdefault(key, set()).update(unit["seeds"])
+    finished = {key: len(values) for key, (_, values) in seed_values(study).items()}
     new: dict[str, dict[str, Any]] = {}
     chosen = [(key, first) for key, first, _ in ranked(study)[:top]]  # top None: every one
     for key, trial in sorted(chosen, key=lambda kt: kt[1].number):
-        first = max(planned.get(key, set()) | set(range(n_seeds))) + 1
-        seeds = list(range(first, first + k))
+        asked = planned.get(key, set()) | set(range(n_seeds))
+        # the target: K more than finished now; seeds asked for but not finished count towards
+        # it, so an interrupted --add-seeds K run again tops up instead of adding K more
+        missing = finished[key] + k - len(asked)
+        if missing <= 0:
+            continue
+        seeds = list(range(max(asked) + 1, max(asked) + 1 + missing))
         new[unit_key(trial.user_attrs[Attr.SLOT], seeds)] = {"trial": trial.number, "seeds": seeds}
     study.set_user_attr(Attr.ADDED_SEEDS, {**units, **new})
     return new

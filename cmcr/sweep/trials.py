@@ -13,14 +13,23 @@ retry, and why, is cmcr.sweep.recovery.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
+import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cmcr.adapters.optuna_storage import storage_of, trial_id
+from cmcr.errors import first_line
 from cmcr.names import Attr
+
+log = logging.getLogger("cmcr.sweep")
+# a finished result is written again after these pauses while the storage is busy, locked or
+# unreachable (about two minutes in all): re-running a finished evaluation is no recovery
+STORE_RETRY_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0)
 
 
 def worker_id() -> str:
@@ -101,7 +110,9 @@ def claim_next(study: Any) -> int | None:
 
 
 class Heartbeat:
-    """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does)."""
+    """Record the trial's heartbeat every ``interval`` s in a thread (what optimize() does),
+    while the trial is RUNNING: a worker that comes back from a pause after its trial was
+    failed as lost stops beating for it (``owned``, the attempt's fence: cmcr.fence)."""
 
     def __init__(self, study: Any, trial_id: int) -> None:
         storage = storage_of(study)
@@ -119,10 +130,19 @@ class Heartbeat:
             self._thread.start()
         return self
 
+    def owned(self) -> bool:
+        """Whether the trial is still RUNNING, i.e. still this attempt's (a retry is another
+        trial; a failed one never runs again)."""
+        from optuna.trial import TrialState  # lazy: optuna takes ~0.3 s, not needed by --help
+
+        return self.storage.get_trial(self.trial_id).state == TrialState.RUNNING
+
     def _beat(self) -> None:
         while True:
             # a transient storage error must not kill the trial
             with contextlib.suppress(Exception):
+                if not self.owned():
+                    return  # failed as lost (we were paused) or ended: not ours to keep alive
                 self.storage.record_heartbeat(self.trial_id)
             if self._stop.wait(self.interval):
                 return
@@ -152,3 +172,32 @@ def count_states(trials: Iterable[Any]) -> dict[str, int]:
 def retried_trial(study: Any, trial_id_: int) -> int | None:
     """The number of the failed trial that the trial with storage id ``trial_id_`` retries."""
     return storage_of(study).get_trial_system_attrs(trial_id_).get(Attr.FAILED_TRIAL)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """A database that is busy, locked or lost: Optuna's StorageInternalError, SQLAlchemy's
+    OperationalError/DisconnectionError (looked up only if imported), SQLite's "locked"."""
+    optuna_exceptions = sys.modules.get("optuna.exceptions")
+    if optuna_exceptions is not None and isinstance(exc, optuna_exceptions.StorageInternalError):
+        return True
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(
+        exc, (sqlalchemy_exc.OperationalError, sqlalchemy_exc.DisconnectionError)
+    ):
+        return True
+    return "database is locked" in str(exc).lower()
+
+
+def stored(write: Callable[[], Any], what: str) -> Any:
+    """``write()`` of a finished result, tried again with backoff (``STORE_RETRY_S``) while the
+    storage fails as busy, locked or lost; any other error, or the last one, is raised."""
+    for delay in (*STORE_RETRY_S, None):
+        try:
+            return write()
+        except Exception as exc:
+            if delay is None or not is_storage_error(exc):
+                raise
+            log.warning(f"{what}: storage unavailable ({first_line(exc, limit=120)}); "
+                        f"writing it again in {delay:.0f} s")  # fmt: skip
+            time.sleep(delay)
+    return None  # not reached: the last try returns or raises

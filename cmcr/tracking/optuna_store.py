@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cmcr.errors import CMCRError, first_line
+from cmcr.errors import CMCRError, Unavailable, first_line
 from cmcr.names import DEFAULT_STORAGE, REACH_WAIT_S
 from cmcr.tracking.databases import driver_url, read_only_connect, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path
@@ -47,6 +47,10 @@ SQLITE_TIMEOUT_S = 60
 
 class StorageError(CMCRError):
     """The Optuna storage cannot be reached or used as asked."""
+
+
+class StorageUnreachable(StorageError, Unavailable):
+    """The storage's server or file does not answer now (exit UNAVAILABLE_EXIT, not 2)."""
 
 
 JOURNAL_SCHEME = "journal:///"
@@ -175,8 +179,11 @@ def _open_error(url: str, db: Path | None, exc: Exception) -> StorageError:
         what = "refused the connection (check the user name and password)"
     elif db is not None and db.is_file() and not _writable(db):
         what = "cannot be written here (a read-only file, folder or mount)"
+    elif isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)) and db is None:
+        what = f"is unreachable after {REACH_WAIT_S} s"  # a server: down, not mistyped
+        return StorageUnreachable(redact(f"--storage '{url}' {what}: {first}"))
     elif isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)):
-        what = "is unreachable" if db is not None else f"is unreachable after {REACH_WAIT_S} s"
+        what = "is unreachable"  # an SQLite file that cannot be opened: the path is wrong
     else:
         what = "cannot be used"
     return StorageError(redact(f"--storage '{url}' {what}: {first}"))
@@ -290,7 +297,12 @@ def study_lock(storage: Any, url: str, study_name: str) -> Iterator[None]:
     db = sqlite_path(url) or journal_path(url)
     if db is not None:  # journal: Optuna's lock file is <file>.lock, ours another name
         lock_path = db.with_name(db.name + (".lock" if sqlite_path(url) else ".study-lock"))
-        with open(lock_path, "a+") as fh:
+        try:
+            fh = open(lock_path, "a+")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:  # a read-only mount, a folder we may not write (issue 29)
+            raise StorageError(redact(f"--storage '{url}' cannot be written here (a read-only "
+                                      f"file, folder or mount): {exc.strerror}")) from None  # fmt: skip
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cmcr import fence
 from cmcr.errors import TrackingError
 from cmcr.names import Kind, Tag, is_local_key
 from cmcr.tracking.inputs import RunSpec, log_inputs
@@ -113,6 +114,7 @@ class RunLogger:
         """Log several metrics at one step in one request."""
         if not self.is_main or not metrics:
             return
+        fence.check(f"metrics at step {step}")
         from mlflow.entities import Metric  # lazy: mlflow takes seconds to import
 
         ts = int(time.time() * 1000)
@@ -125,6 +127,7 @@ class RunLogger:
         """Log params (values as text, credentials redacted), batched."""
         if not self.is_main or not params:
             return
+        fence.check("params")
         from mlflow.entities import Param  # lazy: mlflow takes seconds to import
 
         items = [Param(k, param_text(v)) for k, v in params.items()]
@@ -135,6 +138,7 @@ class RunLogger:
         """Set tags (values as text, credentials redacted)."""
         if not self.is_main or not tags:
             return
+        fence.check("tags")
         from mlflow.entities import RunTag  # lazy: mlflow takes seconds to import
 
         items = [RunTag(k, tag_text(v)) for k, v in tags.items()]
@@ -144,18 +148,21 @@ class RunLogger:
         """Upload a local file or folder into the run's artifacts."""
         if not self.is_main:
             return
+        fence.check("artifact upload")
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, file: str) -> None:
         """Store ``text`` as the artifact ``file`` (credentials redacted)."""
         if not self.is_main:
             return
+        fence.check("artifact upload")
         self.client.log_text(self.run_id, redact(text), file)
 
     def log_figure(self, fig: Any, file: str) -> None:
         """Store a plotly (as .html) or matplotlib figure as the artifact ``file``."""
         if not self.is_main:
             return
+        fence.check("artifact upload")
         if _is_plotly(fig) and not file.endswith(".html"):
             # MLflow writes plotly figures as HTML only; keep the name honest
             with tempfile.TemporaryDirectory() as tmp:
@@ -181,18 +188,26 @@ class RunLogger:
             self.ended = True
             return
         self.ended = True
+        self._stop_monitor()
+        fence.check("end of the run")  # a fenced attempt leaves the run to its retry
+        end_run(self.uri, self.run_id, status, reason, client=self.client)
+
+    def _stop_monitor(self) -> None:
         if self._monitor is not None:
             try:
                 self._monitor.finish()
             finally:
                 self._monitor = None
-        end_run(self.uri, self.run_id, status, reason, client=self.client)
 
     def __enter__(self) -> RunLogger:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self.ended:
+            return
+        if isinstance(exc, fence.Fenced):  # the run is the retry's now: leave it as it is
+            self.ended = True
+            self._stop_monitor()
             return
         if exc is None:
             self.end("FINISHED")
