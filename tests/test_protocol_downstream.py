@@ -18,8 +18,8 @@ import cmcr.engine.downstream as D
 from cmcr.configs import apply_overrides, load_config
 from cmcr.data import SegDataset, collate_seg
 from cmcr.data.records import load_records
-from cmcr.engine.checkpoint import build_seg_model, load_seg_backbone
 from cmcr.engine.downstream_protocol import seg_loader
+from cmcr.engine.seg_weights import build_seg_model, load_seg_backbone
 from cmcr.errors import CheckpointError
 from cmcr.models import CMCRModel
 from cmcr.models.segmentation import SegModel

@@ -16,7 +16,7 @@ from torch import nn
 
 import cmcr.engine.downstream as D
 from cmcr.configs import apply_overrides, load_config
-from cmcr.engine.checkpoint import load_seg_head
+from cmcr.engine.seg_weights import load_seg_head
 from cmcr.models.segmentation import SegModel
 
 
@@ -209,7 +209,7 @@ def test_a_lightning_checkpoint_is_not_taken_for_a_backbone(tmp_path: Path) -> N
     """The release's voxel check reads a ``config`` key (downstream/model_builder.py:53-59): a
     Lightning .ckpt has none and passes it. Ours takes only a flat state dict of backbone
     tensors: such a file is one CheckpointError, whatever it holds."""
-    from cmcr.engine.checkpoint import build_seg_model
+    from cmcr.engine.seg_weights import build_seg_model
     from cmcr.errors import CheckpointError
     from cmcr.models import CMCRModel
 

@@ -142,8 +142,9 @@ def _announce(lines: list[str]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     # lazy: torch and spconv load only when `cmcr evaluate` runs
-    from cmcr.engine.checkpoint import run_dir, run_dir_weights
+    from cmcr.engine.checkpoint import run_dir
     from cmcr.engine.evaluate import run_evaluate
+    from cmcr.engine.seg_weights import run_dir_weights
     from cmcr.runlog import quiet_torch  # lazy: as above
 
     quiet_torch()  # torch's import reset its loggers

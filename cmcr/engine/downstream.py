@@ -37,13 +37,7 @@ from cmcr.configs import (
 )
 from cmcr.data import check_downstream_data, set_loader_epoch
 from cmcr.datasets import DATASETS
-from cmcr.engine.checkpoint import (
-    build_seg_model,
-    own_run_dir,
-    pretrained_variant,
-    run_dir,
-    save_seg_weights,
-)
+from cmcr.engine.checkpoint import own_run_dir, pretrained_variant, run_dir
 from cmcr.engine.downstream_protocol import (
     Protocol,
     describe,
@@ -59,6 +53,7 @@ from cmcr.engine.evaluate import (
     metric_dict,
     to_device,
 )
+from cmcr.engine.seg_weights import build_seg_model, save_seg_weights
 from cmcr.eval.export import prepare_export
 from cmcr.eval.metrics import SegMetrics
 from cmcr.guard import no_links, open_nofollow

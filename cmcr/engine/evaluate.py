@@ -15,8 +15,8 @@ import torch
 
 from cmcr.configs import Config
 from cmcr.datasets import spec_of
-from cmcr.engine.checkpoint import build_seg_model, load_seg_head
 from cmcr.engine.downstream_protocol import seg_loader, seg_splits
+from cmcr.engine.seg_weights import build_seg_model, load_seg_head
 from cmcr.errors import CMCRError
 from cmcr.eval.export import prepare_export, zip_export
 from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
