@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -130,3 +131,43 @@ def test_binds_loopback_by_default(storage: str) -> None:
         assert server.server_address[0] == "127.0.0.1"
     finally:
         server.server_close()
+
+
+def test_dashboard_names_the_objective_and_links_each_trial_to_its_runs(tmp_path: Path) -> None:
+    """Issue 32: optuna-dashboard showed 'Objective 0' and no way to a trial's MLflow run. After
+    ``label_study`` its API gives the objective as val/miou and each finished trial a note
+    linking every seed's run in the MLflow UI, with the seed's mIoU in %; a second start writes
+    nothing, and a trial with a note of its own keeps it."""
+    from optuna_dashboard import get_note, save_note
+
+    from cmcr.names import Attr
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="weights", storage=url, direction="maximize")
+    dist = {"w": optuna.distributions.FloatDistribution(0.0, 2.0)}
+    for n in range(3):
+        study.add_trial(optuna.trial.create_trial(
+            params={"w": 0.5 * n}, distributions=dist, value=0.07 + 0.001 * n,
+            user_attrs={Attr.RUN_IDS: {"0": f"run{n}a", "1": f"run{n}b"},
+                        Attr.SEED_RESULTS: {"0": 0.0762, "1": 0.0751}}))  # fmt: skip
+    storage, study_id = dashboard.open_study(url, "weights")
+    own = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, 2))
+    save_note(own, "my own note")
+    assert dashboard.label_study(storage, "weights", "http://127.0.0.1:5000") == 2
+    assert dashboard.label_study(storage, "weights", "http://127.0.0.1:5000") == 0
+    assert get_note(own) == "my own note"
+    server = dashboard.make_dashboard(storage, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        api = f"http://127.0.0.1:{server.server_port}/api/studies/{study_id}?after=0"
+        with urllib.request.urlopen(api, timeout=30) as r:
+            detail = json.loads(r.read())
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert detail["objective_names"] == ["val/miou"]
+    note = detail["trials"][0]["note"]["body"]
+    assert "[run0a](http://127.0.0.1:5000/#/runs/run0a)" in note and "7.62 %" in note
+    assert "[run0b](http://127.0.0.1:5000/#/runs/run0b)" in note

@@ -123,3 +123,70 @@ def test_server_lists_study_runs(tmp_path: Path) -> None:
     assert f"MLflow UI: http://127.0.0.1:{port}" in out
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         _get(f"{base}/health", timeout=2)
+
+
+# A stand-in for ``mlflow server``: listens only after DELAY_S, answers every GET, then exits.
+FAKE_SERVER = """
+import http.server, sys, threading, time
+time.sleep(float(sys.argv[2]))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"OK")
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+threading.Timer(3.0, srv.shutdown).start()
+srv.serve_forever()
+"""
+
+
+def test_links_are_printed_only_once_the_server_answers(tmp_path: Path, monkeypatch) -> None:
+    """Issue 32: the link was printed ~35 s before MLflow listened. With a server that listens
+    only after 1.5 s, each printed link's host answers at the moment it is printed, and the
+    link opens the study's runs view (its experiment, the saved view, the training side)."""
+    from cmcr.tracking.study import prepare_study_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    exp_id = prepare_study_experiment(uri, "loss_weights", study="loss_weights",
+                                      objective="val/miou", direction="maximize",
+                                      params=["loss.weights.mim"])  # fmt: skip
+    port = _free_port()
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    monkeypatch.setattr(ui, "server_command",
+                        lambda *a, **k: [sys.executable, str(script), str(port), "1.5"])  # fmt: skip
+    printed: list[tuple[str, bool]] = []
+
+    def answers() -> bool:
+        try:
+            return _get(f"http://127.0.0.1:{port}/", timeout=2) == b"OK"
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def record(*args, **kwargs) -> None:
+        text = " ".join(str(a) for a in args)
+        printed.append((text, answers() if "http://" in text else True))
+
+    monkeypatch.setattr(ui, "print", record, raising=False)
+    assert ui.run(_args(tracking_uri=uri, port=port, study="loss_weights",
+                        artifacts=str(tmp_path / "art"))) == 0  # fmt: skip
+    links = [(t, ok) for t, ok in printed if "#/experiments/" in t]
+    assert links, printed
+    assert all(ok for _, ok in printed), printed  # nothing with a URL before the server answered
+    ((text, _),) = links
+    assert "study loss_weights:" in text
+    assert f"#/experiments/{exp_id}/runs?viewStateShareKey=cmcr-study" in text
+    assert "workflowType=machine_learning" in text
+
+
+def test_unknown_study_lists_the_studies_before_any_server(tmp_path: Path) -> None:
+    """--study NAME that the store does not hold: one line naming the studies there are."""
+    from cmcr.tracking.study import prepare_study_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("cmcr", artifact_location=str(tmp_path / "art"))
+    prepare_study_experiment(uri, "components", study="components", objective="val/miou",
+                             direction="maximize", params=[])  # fmt: skip
+    with pytest.raises(TrackingError, match=r"no study 'nope' .*\(studies: components\)"):
+        ui.run(_args(tracking_uri=uri, study="nope", port=_free_port()))

@@ -35,6 +35,9 @@ P, P_HOLM, HOLDS = f"p_{TARGET}", f"p_holm_{TARGET}", "holds"
 TEST, N_PAIRED, SEEDS_NEEDED = "test", "n_paired", "seeds_needed"
 CI = f"{TARGET}_ci95"  # half-width of the 95 % t-interval of the row's mean
 TIED, IS_BEST = "within_noise_of_best", "best"  # csv columns of the seed-noise mark
+# mIoU is shown in % at this many decimals: rows that read the same there tie for the best (all
+# marked best, none picked silently)
+SHOWN_DECIMALS = 2
 
 
 @dataclass
@@ -104,8 +107,8 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
     ref = reference_index(out, keys, reference)
     out = _with_comparisons(out, per_seed, ref)
     noise = S.seed_noise(per_seed, maximise=_maximise(rt))
-    out[IS_BEST] = [i == noise.best for i in range(len(out))]
-    out[TIED] = list(noise.tied)
+    out[IS_BEST] = tied_best(out[f"{TARGET}_mean"].to_numpy(dtype=float), noise.best)
+    out[TIED] = [t and not b for t, b in zip(noise.tied, out[IS_BEST], strict=True)]
     for k in keys:  # tuples (list params) read badly in a csv
         out[k] = out[k].map(lambda v: list(v) if isinstance(v, tuple) else v)
     return Ablation(out, keys, str(out["config"].iloc[base]), metrics,
@@ -113,6 +116,20 @@ def ablation(rt: RunTable, reference: str | None = None) -> Ablation:
                     picked_best=reference is None and _is_best_pick(out, keys),
                     ranked=ranked, pruned_trials=n_trials(rt.pruned),
                     pruned_runs=len(rt.pruned), noise=noise, study=_study(done))  # fmt: skip
+
+
+def tied_best(means: np.ndarray, best: int) -> np.ndarray:
+    """Per row: whether its mean reads the same as the best's in the tables (mIoU in % at
+    ``SHOWN_DECIMALS``): a tie, every tied row is the best; all False when there is no best."""
+    shown = np.round(np.asarray(means, dtype=float) * 100, SHOWN_DECIMALS)
+    if best < 0 or not np.isfinite(shown[best]):
+        return np.zeros(len(shown), dtype=bool)
+    return np.isfinite(shown) & (shown == shown[best])
+
+
+def best_rows(ab: Ablation) -> list[str]:
+    """Labels of the best rows: one, or every row tied with it."""
+    return list(ab.table["config"][ab.table[IS_BEST].to_numpy(dtype=bool)])
 
 
 def _study(done: pd.DataFrame) -> str:

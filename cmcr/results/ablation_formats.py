@@ -1,7 +1,9 @@
 """The ablation table as a reader sees it: markdown, LaTeX and HTML with its caption and a
-one-sentence verdict on what the seeds support.
+one-sentence verdict on what the seeds support, and the per-class IoU in a table of its own
+(classes down, configurations across: the ablation table stays narrow).
 
-IoU in percent with the best value of each column in bold, † on the differences to the
+IoU in percent (the csv and MLflow keep the fractions the metrics are stored as) with the best
+value of each column in bold, † on the differences to the
 reference that hold after the Holm correction and ≈ on the rows indistinguishable from the best
 at these seeds, with a sentence on the seed noise beside the spread between configurations (the
 csv keeps the raw fractions).
@@ -21,18 +23,20 @@ from cmcr.results.ablation import (
     DIFF,
     HI,
     HOLDS,
-    IOU,
     IS_BEST,
     LO,
     MARK,
     P_HOLM,
     SEEDS_NEEDED,
+    SHOWN_DECIMALS,
+    SUMMARY,
     TARGET,
     TEST,
     TIED,
     TIED_MARK,
     Ablation,
     P,
+    best_rows,
 )
 
 MAX_NAMED = 8  # rows the noise sentence names before "and N more"
@@ -41,7 +45,7 @@ MAX_NAMED = 8  # rows the noise sentence names before "and N more"
 def _headers(ab: Ablation) -> list[tuple[str, str]]:
     """(csv metric key, display header) of the displayed metric columns."""
     short = {TARGET: "mIoU", Metric.VAL_FWIOU: "fwIoU"}
-    return [(m, short.get(m, m.removeprefix(IOU))) for m in ab.metrics]
+    return [(m, short[m]) for m in ab.metrics if m in SUMMARY]  # per class: per_class_*
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,7 @@ def _cells(ab: Ablation, st: _Style) -> list[list[str]]:
     is_base = (t["config"] == ab.baseline).to_numpy()
     for m, _ in _headers(ab):
         mean, std = t[f"{m}_mean"].to_numpy() * 100, t[f"{m}_std"].to_numpy() * 100
-        best = np.nanmax(mean) if len(t) > 1 and np.isfinite(mean).any() else np.nan
-        is_best = np.isclose(mean, best, atol=5e-5)
+        is_best = _bold(mean) if len(t) > 1 else np.zeros(len(t), dtype=bool)
         col = []
         for mu, sd, b in zip(mean.tolist(), std.tolist(), is_best.tolist(), strict=True):
             text = st.dash if mu != mu else f"{mu:.2f}"  # NaN != NaN
@@ -84,6 +87,14 @@ def _cells(ab: Ablation, st: _Style) -> list[list[str]]:
             columns += _comparison_cells(t, st)
             columns.append(_tied_cells(ab, st))
     return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _bold(values: np.ndarray) -> np.ndarray:
+    """The cells that read the same as the column's best at the shown decimals (ties too)."""
+    shown = np.round(values, SHOWN_DECIMALS)
+    if not np.isfinite(shown).any():
+        return np.zeros(len(shown), dtype=bool)
+    return shown == np.nanmax(shown)
 
 
 def _comparison_cells(t: pd.DataFrame, st: _Style) -> list[list[str]]:
@@ -110,9 +121,10 @@ def _tied_cells(ab: Ablation, st: _Style) -> list[str]:
     """'best', ≈ (indistinguishable from it at these seeds) or blank; a dash while the seed
     noise is unknown."""
     known = ab.noise is not None and ab.noise.known
+    best_text = "best (tie)" if ab.table[IS_BEST].sum() > 1 else "best"
     out = []
     for best, tied in zip(ab.table[IS_BEST], ab.table[TIED], strict=True):
-        out.append("best" if best else st.tied if tied else "" if known else st.dash)
+        out.append(best_text if best else st.tied if tied else "" if known else st.dash)
     return out
 
 
@@ -196,59 +208,89 @@ def _pick_note(ab: Ablation) -> str:
 
 
 def verdict(ab: Ablation) -> str:
-    """One sentence on what the seeds support, from the table itself."""
+    """One sentence on what the seeds support, from the table itself; a plain one when nothing
+    can be tested or every difference is within the seed noise."""
     t = ab.table
     if len(t) == 1:
         return f"One configuration ('{ab.reference}'): nothing to compare."
     tested = t[np.isfinite(t[P].to_numpy(dtype=float))]
     untested = int((t[TEST] == S.SINGLE).sum())
+    if tested.empty:
+        why = (f"{untested} row(s) have one run (n = 1)" if untested
+               else "no row shares a test with it")  # fmt: skip
+        return (f"No difference to '{ab.reference}' can be tested: {why}, so there is no "
+                f"interval; run more seeds ({S.ADD_SEEDS_HINT}) to compare.")  # fmt: skip
     held = tested[tested[HOLDS]]
-    parts = [f"Against '{ab.reference}', the seeds support {len(held)} of {len(tested)} "
-             f"differences"]  # fmt: skip
-    if len(held):
-        parts[0] += ": " + ", ".join(f"{r['config']} ({r[DIFF] * 100:+.2f})"
-                                     for _, r in held.iterrows())  # fmt: skip
     rest = tested[~tested[HOLDS]]
+    span = _seeds_span(rest)
+    if held.empty:
+        text = (f"All {len(tested)} differences to '{ab.reference}' are within the seed noise: "
+                f"the seeds support none of them{span}")  # fmt: skip
+        return text + (f"; {untested} row(s) have one run: no interval." if untested else ".")
+    parts = [f"Against '{ab.reference}', the seeds support {len(held)} of {len(tested)} "
+             "differences: " + ", ".join(f"{r['config']} ({r[DIFF] * 100:+.2f})"
+                                         for _, r in held.iterrows())]  # fmt: skip
     if len(rest):
-        need = rest[SEEDS_NEEDED].dropna().astype(int)
-        span = ""
-        if len(need):
-            hi = f">{S.MAX_SEEDS}" if need.max() > S.MAX_SEEDS else str(need.max())
-            span = (
-                f"; detecting them would take {need.min()}–{hi} seeds per row"
-                if need.min() != need.max()
-                else f"; detecting them would take {hi} seeds per row"
-            )
         parts.append(f"the other {len(rest)} are within the seed noise{span}")
     if untested:
         parts.append(f"{untested} row(s) have one run: no interval")
     return "; ".join(parts) + "."
 
 
+def _seeds_span(rest: pd.DataFrame) -> str:
+    """'; detecting them would take 4–>100 seeds per row' for the rows that do not hold."""
+    need = rest[SEEDS_NEEDED].dropna().astype(int)
+    if not len(need):
+        return ""
+    hi = f">{S.MAX_SEEDS}" if need.max() > S.MAX_SEEDS else str(need.max())
+    if need.min() != need.max():
+        return f"; detecting them would take {need.min()}–{hi} seeds per row"
+    return f"; detecting them would take {hi} seeds per row"
+
+
+def best_phrase(ab: Ablation) -> str:
+    """``the best 'CMCR'``, or ``the best 'a' and 'b' (tied at 7.62 %)`` when rows tie."""
+    best = best_rows(ab)
+    if len(best) < 2:
+        return f"the best '{best[0]}'" if best else "the best"
+    mean = ab.table.loc[ab.table[IS_BEST].to_numpy(dtype=bool), f"{TARGET}_mean"].iloc[0]
+    named = ", ".join(f"'{c}'" for c in best[:MAX_NAMED])
+    more = f" and {len(best) - MAX_NAMED} more" if len(best) > MAX_NAMED else ""
+    return f"the best {named}{more} (tied at {mean * 100:.{SHOWN_DECIMALS}f} %)"
+
+
 def noise_verdict(ab: Ablation) -> str:
     """One sentence on the seed noise beside the spread between configurations, and which rows
-    it cannot tell from the best; empty with fewer than two configurations."""
+    it cannot tell from the best (ties named); empty with fewer than two configurations."""
     noise = ab.noise
     if noise is None or noise.n_configs < 2 or noise.best < 0:
         return ""
     t = ab.table
-    best = t["config"].iloc[noise.best]
+    best = best_phrase(ab)
     if not noise.known:
         where = f"the sweep of study '{ab.study}'" if ab.study else "the sweep (sweeps/run.py)"
         return (f"Seed noise unknown: no configuration has ≥ 2 seeds, so no row can be told "
-                f"apart from the best '{best}' or not; measure it by running {where} again "
+                f"apart from {best} or not; measure it by running {where} again "
                 f"with {S.ADD_SEEDS_HINT}.")  # fmt: skip
     text = f"Seed noise: {S.noise_sentence(noise)}"
+    tied = list(t["config"][t[TIED].to_numpy(dtype=bool)])
+    n_best = len(best_rows(ab))
+    if tied and len(tied) + n_best == len(t):
+        return (f"All {len(t)} configurations are within the seed noise of each other: this "
+                f"study cannot rank them at these seeds ({text[0].lower()}{text[1:]}).")  # fmt: skip
     if noise.cannot_rank:
         text += ": the configurations are within the seed noise: this study cannot rank them"
-    tied = list(t["config"][t[TIED].to_numpy(dtype=bool)])
     if tied:
         named = ", ".join(f"'{c}'" for c in tied[:MAX_NAMED])
         more = f" and {len(tied) - MAX_NAMED} more" if len(tied) > MAX_NAMED else ""
-        text += (f". {len(tied)} row(s) are indistinguishable from the best '{best}' at these "
+        text += (f". {len(tied)} row(s) are indistinguishable from {best} at these "
                  f"seeds ({TIED_MARK}): {named}{more}")  # fmt: skip
+    elif n_best == len(t):
+        text += f". Every row reads the same: {best}"
+    elif n_best > 1:
+        text += f". Rows tie for {best}; no other row is within the seed noise"
     else:
-        text += f". No row is within the seed noise of the best '{best}'"
+        text += f". No row is within the seed noise of {best}"
     return text + "."
 
 

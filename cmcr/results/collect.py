@@ -64,6 +64,7 @@ class RunTable:
     study: Any = None  # optuna.Study when one was found
     notes: list[str] = field(default_factory=list)
     study_error: str = ""  # why the Optuna study could not be read (storage down, bad URL)
+    experiments: list[str] = field(default_factory=list)  # names of those holding the runs
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -131,8 +132,11 @@ def collect(sel: Selection) -> RunTable:
         raise ReportError(_nothing_matched(sel, uri, study, [e.experiment_id for e in exps]))
     table = _tidy(trials)
     parent = parents["run_id"].iloc[0] if sel.study and not parents.empty else None
+    names = {e.experiment_id: e.name for e in exps}
+    held = [names[i] for i in dict.fromkeys(trials["experiment_id"]) if i in names]
     rt = RunTable(table, _param_cols(table), _metric_cols(table), exp.experiment_id, uri,
-                  parent_run_id=parent, study=study, study_error=study_error)  # fmt: skip
+                  parent_run_id=parent, study=study, study_error=study_error,
+                  experiments=held)  # fmt: skip
     _merge_optuna(rt)
     return rt
 
@@ -144,8 +148,33 @@ def _experiments(client: Any, sel: Selection, uri: str) -> list[Any]:
              if (e := client.get_experiment_by_name(n)) is not None]  # fmt: skip
     if not found:
         shown = " or ".join(f"'{n}'" for n in names if n)
-        raise ReportError(f"experiment {shown} does not exist in {redact(uri)}")
+        known = known_studies(client, sel.storage) if sel.study else ""
+        raise ReportError(f"experiment {shown} does not exist in {redact(uri)}{known}")
     return found
+
+
+def known_studies(client: Any, storage: str | None) -> str:
+    """``' (studies: a, b)'``: the studies with a parent run in the MLflow store, and those in
+    the Optuna storage when it exists; ``' (no study yet ...)'`` when there are none."""
+    query = f"tags.`{Tag.KIND}` = '{Kind.STUDY}'"
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, query, max_results=1000) if exp_ids else []
+    names = {r.data.tags.get(Tag.STUDY) for r in runs} - {None}
+    url = storage or DEFAULT_STORAGE
+    db = sqlite_path(url)
+    if db is None or db.is_file():
+        import optuna
+
+        try:
+            found = optuna.get_all_study_summaries(open_storage(url, read_only=True), False)
+            names |= {s.study_name for s in found}
+        except Exception:  # noqa: BLE001 (an unreadable storage only shortens the list)
+            pass
+    if not names:
+        return " (no study has been run into it yet: python sweeps/run.py --study NAME)"
+    shown = sorted(names)
+    more = f", ... ({len(shown)} in all)" if len(shown) > 20 else ""
+    return f" (studies: {', '.join(shown[:20])}{more})"
 
 
 def _study_filter(study: str) -> str:
@@ -159,7 +188,10 @@ def _nothing_matched(sel: Selection, uri: str, study: Any, exp_ids: list[str]) -
     if sel.study and sel.filter_string and _study_has_runs(uri, exp_ids, sel.study):
         return f"--filter '{sel.filter_string}' matched no runs of study '{sel.study}' in {where}"
     if sel.study:
-        extra = " (the Optuna study exists but logged no runs)" if study is not None else ""
+        if study is not None:
+            extra = " (the Optuna study exists but logged no runs)"
+        else:
+            extra = known_studies(make_client(uri), sel.storage)
         return f"unknown study '{sel.study}': no runs tagged optuna.study in {where}{extra}"
     if sel.filter_string:
         return f"--filter '{sel.filter_string}' matched no runs in {where}"

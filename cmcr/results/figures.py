@@ -6,6 +6,10 @@ Drawn here by hand only what needs the MLflow runs: the ablation bars (95 % inte
 means), the forest plot of the paired differences to the reference row, the per-class IoU and
 the loss curves, and the representation probe's mIoU during pre-training of every trial run
 (pruned ones apart). Each builder returns a Figure, or a string saying why there is none.
+
+mIoU is drawn in % (MLflow and Optuna store fractions): Optuna's figures are drawn from the
+trial values times 100. No axis of mIoU spans less than ``sensible_range`` allows (a few seed
+SDs, a share of the value, half a point): a 6e-6 gap must not fill the plot.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from cmcr.results import ablation as A
 from cmcr.results import stats as S
 from cmcr.results.ablation import CLASSES, IOU, TARGET, Ablation
 from cmcr.results.ablation_formats import needed_cell
+from cmcr.results.axes import PERCENT, flat_reason, percent_y, sensible_range, widen_y
 from cmcr.results.collect import RunTable, metric_histories
-from cmcr.results.tables import run_labels
+from cmcr.results.tables import run_labels, shown_configs
 
 Figure = go.Figure | str  # a figure, or the reason it could not be drawn
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 30, "t": 60, "b": 60}}
-STUDY_TARGET = f"{TARGET} (trial value: mean over seeds)"  # what a sweep trial returns
+STUDY_TARGET = f"mIoU (%) ({TARGET}, trial value: mean over seeds)"  # what a trial returns
 MAX_SLICES = 8  # more subplots than this are unreadable on one page
 FANOVA_SEEDS = range(5)  # the forest's seed moves importances; the spread over seeds shows how much
 # Below this many complete trials the importance and contour figures say they are unreliable
@@ -73,8 +78,11 @@ class Importances:
     n_trees: int  # per fANOVA forest
 
 
-def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
-    """(id, heading, figure or reason) of Optuna's standard figures, in page order."""
+def study_figures(
+    study: optuna.Study, seed_sd: float = float("nan")
+) -> list[tuple[str, str, Figure]]:
+    """(id, heading, figure or reason) of Optuna's standard figures, in page order; mIoU in %,
+    its axes at least ``sensible_range`` wide (``seed_sd``: the seed SD in points)."""
     vis = optuna.visualization
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     params = sorted({p for t in done for p in t.params})
@@ -85,17 +93,28 @@ def study_figures(study: optuna.Study) -> list[tuple[str, str, Figure]]:
     ranked = list(scores.mean) if isinstance(scores, Importances) else params
     few = f"≥ 2 complete trials (the study has {len(done)})" if len(done) < 2 else ""
     figs: dict[str, Figure] = {
-        "history": vis.plot_optimization_history(study, target_name=STUDY_TARGET),
+        "history": percent_y(vis.plot_optimization_history(study, target_name=STUDY_TARGET)),
         "importance": scores if isinstance(scores, str) else _importance_figure(study, scores),
         "parallel": f"parallel coordinates need {few}" if few else
-        vis.plot_parallel_coordinate(study, target_name=STUDY_TARGET),
-        "slice": vis.plot_slice(study, params=ranked[:MAX_SLICES], target_name=STUDY_TARGET),
+        vis.plot_parallel_coordinate(study, target=_percent, target_name=STUDY_TARGET),
+        "slice": percent_y(vis.plot_slice(study, params=ranked[:MAX_SLICES],
+                                           target_name=STUDY_TARGET)),
         "contour": _contour(study, ranked, len(done)),
     }  # fmt: skip
     if len(ranked) > MAX_SLICES:
         figs["slice"].update_layout(title=f"Slice plot (the {MAX_SLICES} most important of "
                                           f"{len(ranked)} params)")  # fmt: skip
+    for fid in ("history", "slice"):
+        widen_y(figs[fid], seed_sd)
+    flat = flat_reason([t.value for t in done], seed_sd)
+    if flat:  # their colour and axis scales stretch any span to full height
+        figs["parallel"] = figs["contour"] = flat
     return [(fid, title, _styled(figs[fid])) for fid, title in STUDY_FIGURES]
+
+
+def _percent(trial: optuna.trial.FrozenTrial) -> float:
+    """A trial's value (an mIoU fraction) in %."""
+    return trial.value * PERCENT
 
 
 def _importances(study: optuna.Study, n_done: int, params: list[str]) -> Importances | str:
@@ -182,11 +201,7 @@ def per_class(ab: Ablation, max_configs: int = 8) -> Figure:
     cols = [c for c in CLASSES if f"{IOU}{c}_mean" in t]
     if not cols:
         return f"no per-class IoU metrics ({IOU}<class>) were logged"
-    base = int(np.flatnonzero(t["config"].to_numpy() == ab.baseline)[0])
-    rows = list(range(len(t)))
-    if len(rows) > max_configs:
-        best = np.argsort(-t[f"{TARGET}_mean"].to_numpy(), kind="stable")
-        rows = sorted({base, *[int(i) for i in best[: max_configs - 1]]})
+    rows = shown_configs(ab, max_configs)
     fig = go.Figure()
     for i in rows:
         fig.add_bar(name=t.at[i, "config"], x=cols,
@@ -243,11 +258,16 @@ def forest(ab: Ablation, max_rows: int = 40) -> Figure:
                       xaxis_title="difference (mIoU points)",
                       **{**LAYOUT, "height": max(300, 60 + 28 * len(rows))})  # fmt: skip
     fig.update_yaxes(autorange="reversed")  # table order, top to bottom
+    seed_sd = ab.noise.seed_sd * PERCENT if ab.noise is not None else float("nan")
+    rng = sensible_range([*lo, *hi, 0.0], seed_sd)
+    if rng is not None:  # centred on 0: a tiny difference stays tiny
+        half = max((rng[1] - rng[0]) / 2, 1.1 * float(np.nanmax(np.abs([*lo, *hi]))))
+        fig.update_xaxes(range=[-half, half])
     return fig
 
 
-def loss_curves(rt: RunTable) -> Figure:
-    """Training losses and val/miou per epoch of the best and the worst finished trial."""
+def loss_curves(rt: RunTable, seed_sd: float = float("nan")) -> Figure:
+    """Training losses and val/miou (in %) per epoch of the best and the worst finished trial."""
     done = rt.complete
     if done.empty:
         return "no finished trial to draw loss curves for"
@@ -257,7 +277,7 @@ def loss_curves(rt: RunTable) -> Figure:
     keys = [k for k in rt.metrics if k.startswith(Metric.TRAIN_LOSS)] + [TARGET]
     # Only these two runs: get_metric_history is one request per run and key.
     hist = metric_histories(rt.tracking_uri, [r["run_id"] for _, r in picks], keys)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("train losses", f"{TARGET} per epoch"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("train losses", "mIoU (%) per epoch"))
     palette = PALETTE
     terms = sorted((k for k in keys if k != TARGET), key=lambda k: (k != Metric.TRAIN_LOSS, k))
     for (tag, run), dash in zip(picks, ("solid", "dot"), strict=False):
@@ -270,11 +290,19 @@ def loss_curves(rt: RunTable) -> Figure:
                             line={"dash": dash, "color": color,
                                   "width": 3 if key == Metric.TRAIN_LOSS else 1.5})  # fmt: skip
         s = h[h["key"] == TARGET]
-        fig.add_scatter(x=s["step"], y=s["value"], mode="lines+markers", name=f"{TARGET} ({tag})",
+        fig.add_scatter(x=s["step"], y=s["value"] * PERCENT, mode="lines+markers",
+                        name=f"mIoU % ({tag})",
                         line={"dash": dash, "color": "black"}, row=1, col=2)  # fmt: skip
-    names = " and ".join(f"{t} = trial {r['trial']} ({r[TARGET]:.3f})" for t, r in picks)
+    names = " and ".join(f"{t} = trial {r['trial']} ({r[TARGET] * PERCENT:.2f} %)"
+                         for t, r in picks)  # fmt: skip
+    tied = done[np.round(done[TARGET] * PERCENT, 2) == round(best[TARGET] * PERCENT, 2)]
+    if len(tied) > 1:  # never a silent pick among equals
+        others = ", ".join(str(t) for t in tied["trial"] if t != best["trial"])
+        names += f" (tied with trial(s) {others})"
     fig.update_xaxes(title_text="optimiser step", row=1, col=1)
     fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_yaxes(title_text="mIoU (%)", row=1, col=2)
+    widen_y(fig, seed_sd, axes=("y2",))
     fig.update_layout(title=f"Loss curves — solid: {names.replace(' and ', ', dotted: ')}",
                       **{**LAYOUT, "height": 520, "legend": {"font": {"size": 10}}})  # fmt: skip
     return fig
@@ -334,6 +362,7 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
                       xaxis_title="pre-training optimiser step", yaxis_title="probe mIoU (%)",
                       **{**LAYOUT, "height": 480})  # fmt: skip
     fig.update_xaxes(rangemode="tozero")
+    widen_y(fig)
     return fig
 
 

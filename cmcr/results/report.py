@@ -1,6 +1,7 @@
 """Build a study report: ablation tables (md, csv, tex) and a static plotly page.
 
 ``python dashboards/build.py --study NAME`` → ``reports/NAME/``: ablation.{md,csv,tex},
+per_class.md (per-class IoU, its own table),
 incomplete.csv (running, failed, killed runs), pruned.{csv,md} (trials Optuna's pruner stopped,
 with the step each reached; when there are some) and index.html (plotly.js inlined once: the page works offline). Every table
 tests each row against a reference row (``--reference``; ``stats.py``: paired t-interval, Holm,
@@ -8,7 +9,8 @@ seeds needed), says in words what the seeds support, and sets the objective's se
 the spread between configurations, marking the rows indistinguishable from the best. The files are
 also logged as artifacts (``report/``) on the study's parent run when there is one. The page is
 rendered from ``templates/report.html.j2`` (Jinja2, autoescaped); figures come from
-``figures.py``.
+``figures.py``. Every mIoU a person reads (tables, sentences, figures) is in %; the csv files
+keep the fractions MLflow stores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
@@ -27,7 +30,7 @@ from cmcr.errors import CMCRError
 from cmcr.guard import OUT_MARKER, check_out_dir, path_slug
 from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Metric
 from cmcr.results import figures as F
-from cmcr.results.ablation import Ablation, ablation, summary
+from cmcr.results.ablation import Ablation, ablation, summary, tied_best
 from cmcr.results.ablation_formats import (
     caption,
     noise_verdict,
@@ -41,6 +44,9 @@ from cmcr.results.tables import (
     evaluations_markdown,
     evaluations_table,
     incomplete_table,
+    per_class_html,
+    per_class_markdown,
+    per_class_note,
     pruned_display,
     pruned_markdown,
     pruned_note,
@@ -97,6 +103,9 @@ def build(
         (out / "ablation.md").write_text(to_markdown(ab))
         (out / "ablation_summary.md").write_text(to_markdown(summary(ab)))
         (out / "ablation.tex").write_text(to_latex(ab))
+        (out / "per_class.md").unlink(missing_ok=True)
+        if per_class_markdown(ab):
+            (out / "per_class.md").write_text(per_class_markdown(ab))
         ab.table.to_csv(out / "ablation.csv", index=False)
     if evaluations_table(rt).shape[1] > 1:  # runs of several downstream evaluations (issue 20)
         (out / "evaluations.md").write_text(evaluations_markdown(rt))
@@ -177,11 +186,16 @@ def _describe(rt: RunTable, sel: Selection, out: Path) -> None:
     done = rt.complete
     maximise = rt.study is None or rt.study.direction.name == "MAXIMIZE"
     best = done.loc[done[F.TARGET].idxmax() if maximise else done[F.TARGET].idxmin()]
+    values = done[F.TARGET].to_numpy(dtype=float)
+    tied = done["trial"][tied_best(values, int(np.flatnonzero(values == best[F.TARGET])[0]))]
+    trial = best["trial"]
+    if len(tied) > 1:  # a tie is said, not settled by the row order
+        trial = " = ".join(str(t) for t in dict.fromkeys(tied)) + " (tied; the run of the first)"
     exp_id = _run_experiment(rt, best["run_id"])
     params = rt.swept()
     note = study_note(sel.study, objective=Metric.VAL_MIOU,
                       direction="maximize" if maximise else "minimize", params=params,
-                      best={"trial": best["trial"], "value": best[F.TARGET],
+                      best={"trial": trial, "value": best[F.TARGET],
                             "run_id": best["run_id"], "experiment_id": exp_id},
                       report=(out / "index.html").resolve().as_uri())  # fmt: skip
     describe_study(rt.tracking_uri, _run_experiment(rt, rt.parent_run_id), rt.parent_run_id, note)
@@ -205,11 +219,12 @@ def _study_note(rt: RunTable, sel: Selection) -> str:
 
 def _figures(rt: RunTable, ab: Ablation | None) -> tuple[list[dict], list[dict]]:
     """Optuna's study figures and the run figures, as the template's dicts, in page order."""
-    study = F.study_figures(rt.study) if rt.study is not None else []
+    sd = ab.noise.seed_sd * F.PERCENT if ab is not None and ab.noise is not None else np.nan
+    study = F.study_figures(rt.study, sd) if rt.study is not None else []
     runs = [("summary", "mIoU per configuration", F.summary_bars(ab)),
             ("forest", f"Paired differences to '{ab.reference}'", F.forest(ab)),
             ("per_class", "Per-class IoU", F.per_class(ab))] if ab is not None else []  # fmt: skip
-    runs.append(("loss", "Loss curves", F.loss_curves(rt)))
+    runs.append(("loss", "Loss curves", F.loss_curves(rt, sd)))
     if F.has_probe(rt):  # sweeps with sweep.eval_every > 0 (the pruner's signal)
         runs.append(("probe", "Representation probe during pre-training", F.probe_curves(rt)))
     return [_for_template(*f) for f in study], [_for_template(*f) for f in runs]
@@ -248,23 +263,31 @@ def render_page(
         table = {"table": Markup(to_html(ab, HTML_MAX_ROWS)), "baseline": ab.baseline,
                  "shown": min(HTML_MAX_ROWS, len(ab.table)), "total": len(ab.table),
                  "verdict": verdict(ab), "noise": noise_verdict(ab),
-                 "caption": caption(ab)}  # fmt: skip
+                 "caption": caption(ab), "per_class": Markup(per_class_html(ab)),
+                 "per_class_note": per_class_note(ab)}  # fmt: skip
     return _template().render(
         name=sel.study or sel.experiment or DEFAULT_EXPERIMENT, study=sel.study,
-        experiment=sel.experiment or DEFAULT_EXPERIMENT,
+        experiments=rt.experiments or [sel.experiment or DEFAULT_EXPERIMENT],
         filter_string=sel.filter_string, tracking_uri=redact(rt.tracking_uri),
         n_complete=len(rt.complete), n_runs=len(rt.runs), study_found=rt.study is not None,
         built=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), notes=rt.notes,
         target=F.TARGET, ablation=table, study_note=_study_note(rt, sel),
         study_figures=study_figs, run_figures=run_figs,
-        incomplete=Markup(inc.to_html(index=False, na_rep="—", border=0,
-                                      float_format=lambda v: f"{v:.4f}")) if len(inc) else "",
+        incomplete=Markup(_in_percent(inc).to_html(index=False, na_rep="—", border=0,
+                                                   float_format=lambda v: f"{v:.2f}"))
+        if len(inc) else "",
         n_pruned=len(pruned),
         pruned=Markup(pruned_display(pruned).to_html(index=False, border=0, classes="pruned"))
         if len(pruned) else "",
         pruned_note=pruned_note(pruned) if len(pruned) else "",
         plotlyjs=Markup(get_plotlyjs()),
     )  # fmt: skip
+
+
+def _in_percent(inc: pd.DataFrame) -> pd.DataFrame:
+    """The unfinished runs as the page shows them: their last mIoU in % (the csv: fractions)."""
+    last = f"last {F.TARGET}"
+    return inc.assign(**{last: inc[last] * F.PERCENT}).rename(columns={last: "last mIoU (%)"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,24 @@ runs) and the side-by-side table of downstream evaluations."""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from cmcr.names import Metric
 from cmcr.registry import DATASETS
-from cmcr.results.ablation import TARGET, n_trials, short_names, short_value, variant_label
+from cmcr.results.ablation import (
+    IOU,
+    SHOWN_DECIMALS,
+    TARGET,
+    Ablation,
+    n_trials,
+    short_names,
+    short_value,
+    variant_label,
+)
 from cmcr.results.collect import (
     NOT_SWEPT_PREFIXES,
     PRUNED,
@@ -163,3 +175,71 @@ def evaluations_markdown(rt: RunTable) -> str:
     lines += ["| " + " | ".join([str(i), *row]) + " |" for i, row in table.iterrows()]
     note = "mIoU in %, mean ± std over seeds (runs); each column is one downstream evaluation."
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+MAX_CLASS_COLUMNS = 8  # configurations across the per-class table: it must fit the page
+
+
+def shown_configs(ab: Ablation, max_configs: int = MAX_CLASS_COLUMNS) -> list[int]:
+    """Rows of ``ab.table`` a per-class view shows: all, or the baseline and the best ones."""
+    t = ab.table
+    base = int(np.flatnonzero(t["config"].to_numpy() == ab.baseline)[0])
+    rows = list(range(len(t)))
+    if len(rows) > max_configs:
+        best = np.argsort(-t[f"{TARGET}_mean"].to_numpy(), kind="stable")
+        rows = sorted({base, *[int(i) for i in best[: max_configs - 1]]})
+    return rows
+
+
+def class_metrics(ab: Ablation) -> list[str]:
+    """The per-class IoU metrics of the table (``val/iou_<class>``), in class order."""
+    return [m for m in ab.metrics if m.startswith(IOU)]
+
+
+def per_class_cells(ab: Ablation, bold: Callable[[str], str]) -> list[list[str]]:
+    """One row per class: IoU in % as 'mean ± std' per shown configuration, best in bold."""
+    t, rows = ab.table, shown_configs(ab)
+    out = []
+    for m in class_metrics(ab):
+        mean = t[f"{m}_mean"].to_numpy(dtype=float)[rows] * 100
+        std = t[f"{m}_std"].to_numpy(dtype=float)[rows] * 100
+        shown = np.round(mean, SHOWN_DECIMALS)
+        top = np.nanmax(shown) if np.isfinite(shown).any() and len(rows) > 1 else np.nan
+        cells = []
+        for mu, sd, s in zip(mean.tolist(), std.tolist(), shown.tolist(), strict=True):
+            text = "—" if mu != mu else f"{mu:.2f}" + (f" ± {sd:.2f}" if sd == sd else "")
+            cells.append(bold(text) if s == top else text)
+        out.append([m.removeprefix(IOU), *cells])
+    return out
+
+
+def per_class_note(ab: Ablation) -> str:
+    """What the per-class table shows, in one sentence."""
+    rows = shown_configs(ab)
+    which = (f"the baseline '{ab.baseline}' and the best {len(rows) - 1} of {len(ab.table)} "
+             "configurations (all in ablation.csv)" if len(rows) < len(ab.table)
+             else "every configuration")  # fmt: skip
+    return (f"Per-class IoU in %, mean ± std over seeds, for {which}; the best of each class "
+            "in bold.")  # fmt: skip
+
+
+def per_class_markdown(ab: Ablation) -> str:
+    """The per-class table as GitHub markdown ('' when no per-class IoU was logged)."""
+    if not class_metrics(ab):
+        return ""
+    head = ["class", *(ab.table["config"].iloc[i] for i in shown_configs(ab))]
+    lines = ["| " + " | ".join(str(h).replace("|", "\\|") for h in head) + " |",
+             "|" + "---|" * len(head)]  # fmt: skip
+    lines += ["| " + " | ".join(r) + " |" for r in per_class_cells(ab, lambda s: f"**{s}**")]
+    return "\n".join(lines) + "\n\n" + per_class_note(ab) + "\n"
+
+
+def per_class_html(ab: Ablation) -> str:
+    """The per-class table as HTML ('' when no per-class IoU was logged)."""
+    if not class_metrics(ab):
+        return ""
+    head = ["class", *(ab.table["config"].iloc[i] for i in shown_configs(ab))]
+    thead = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                   for row in per_class_cells(ab, lambda s: f"<b>{s}</b>"))  # fmt: skip
+    return f'<table class="per-class"><thead><tr>{thead}</tr></thead><tbody>{body}</tbody></table>'
