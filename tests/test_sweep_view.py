@@ -199,6 +199,27 @@ def test_sigint_ends_the_parent_run_and_spends_no_retry(tmp_path):
     study = optuna.load_study(study_name="mask_ratio", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert client.get_run(study.user_attrs[Attr.PARENT_RUN]).info.status == "FINISHED"
+    # said as an interruption, never as a failure (issue 32: 'fail 1', 'failed (...); retrying')
+    said = out.stdout + out.stderr
+    assert "interrupted 1" in said and "fail 1" not in said and "failed 1" not in said, said
+
+
+def test_an_interrupted_attempt_is_not_counted_as_a_failure() -> None:
+    from cmcr.sweep.progress import Snapshot
+    from cmcr.sweep.trials import count_states
+
+    class T:
+        def __init__(self, number: int, state: str, kind: str | None = None) -> None:
+            self.number, self.state = number, TrialState[state]
+            self.user_attrs = {Attr.FAIL_KIND: kind} if kind else {}
+            self.system_attrs = {Attr.RETRY_HISTORY: [0]} if number == 1 else {}
+
+    c = count_states([T(0, "FAIL", "interrupted"), T(1, "COMPLETE"), T(2, "FAIL", "own")])
+    assert c["FAIL"] == 2 and c["interrupted"] == 1 and c["retried"] == 1
+    snap = Snapshot(3, 1, 0, 2, 1, 0, 0, 0.5, 1, interrupted=1)
+    assert "failed 1 (1 retried), interrupted 1" in snap.line("s")
+    only = Snapshot(2, 1, 0, 1, 1, 0, 0, 0.5, 1, interrupted=1)
+    assert "failed 0, interrupted 1" in only.line("s") and "retried" not in only.line("s")
 
 
 def test_a_finished_study_is_not_grown_without_n_trials(tmp_path, store, capsys):

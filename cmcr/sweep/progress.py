@@ -82,6 +82,7 @@ class Snapshot:
     best: float | None
     best_trial: int | None = None
     eta_s: float | None = None
+    interrupted: int = 0  # FAIL attempts that spent no retry (an interruption, a lost worker)
     trials: tuple[Running, ...] = field(default=())
 
     @property
@@ -95,12 +96,19 @@ class Snapshot:
     def line(self, name: str) -> str:
         """The study's plain-text progress line."""
         best = "-" if self.best is None else f"{fmt_pct(self.best)} % (#{self.best_trial})"
-        failed = f"failed {self.failed}" + (f" ({self.retried} retried)" if self.retried else "")
+        failed = _failed_text(self, "failed ")
         return clip(
             f"[sweep {name}] {self.done}/{self.total} done | running {self.running} | "
             f"queued {self.waiting} | complete {self.complete} | pruned {self.pruned} | "
             f"{failed} | best {best} | ETA {fmt_duration(self.eta_s)}"
         )
+
+
+def _failed_text(snap: Snapshot, head: str) -> str:
+    """``failed 1 (1 retried), interrupted 2``: an interrupted attempt is not a failure."""
+    own = snap.failed - snap.interrupted
+    text = f"{head}{own}" + (f" ({snap.retried} retried)" if snap.retried and own else "")
+    return text + (f", interrupted {snap.interrupted}" if snap.interrupted else "")
 
 
 def clip(text: str, n: int = MAX_LINE) -> str:
@@ -221,6 +229,7 @@ def snapshot(
         pruned=c.get("PRUNED", 0),
         failed=c.get("FAIL", 0),
         retried=c.get("retried", 0),
+        interrupted=c.get("interrupted", 0),
         running=c.get("RUNNING", 0),
         waiting=c.get("WAITING", 0),
         best=best,
@@ -325,7 +334,7 @@ class ProgressView:
         if snap is None:
             return Table(title=f"sweep {self.name}: reading the study…")
         best = "-" if snap.best is None else f"{fmt_pct(snap.best)} % (trial #{snap.best_trial})"
-        failed = f"{snap.failed}" + (f" ({snap.retried} retried)" if snap.retried else "")
+        failed = _failed_text(snap, "")
         title = (
             f"sweep {self.name}: {snap.done}/{snap.total} done · running {snap.running} · "
             f"queued {snap.waiting} · failed {failed} · pruned {snap.pruned}"

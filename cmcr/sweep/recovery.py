@@ -39,11 +39,11 @@ from typing import Any
 from cmcr.adapters.optuna_storage import stale_trial_ids, storage_of, trial_id
 from cmcr.names import Attr
 from cmcr.sweep.options import MAX_INTERRUPTIONS
-from cmcr.sweep.trials import is_dead_local_worker, same_local_process
+from cmcr.sweep.trials import NO_RETRY_SPENT, is_dead_local_worker, same_local_process
 from cmcr.uris import redact
 
 OWN, DETERMINISTIC = "own", "deterministic"
-INTERRUPTED, LOST, ENVIRONMENT = "interrupted", "lost", "environment"
+INTERRUPTED, LOST, ENVIRONMENT = NO_RETRY_SPENT
 KINDS = (OWN, DETERMINISTIC, INTERRUPTED, LOST, ENVIRONMENT)
 # failures that are not the trial's own are capped generously (declared with --max-retries,
 # whose help states it), so a slot whose worker is killed again and again, or a disk that

@@ -211,9 +211,11 @@ def _mlflow_urls(plan: Any, summary: dict[str, Any]) -> list[tuple[str, str]]:
 def summary_line(summary: dict[str, Any]) -> str:
     """The closing line of a sweep."""
     parts = [f"study '{summary['study']}':"]
-    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
-        if summary.get(state):
-            parts.append(f"{state.lower()} {summary[state]}")
+    own_fail = summary.get("FAIL", 0) - summary.get("interrupted", 0)
+    shown = {**summary, "FAIL": own_fail}
+    for state in ("COMPLETE", "PRUNED", "FAIL", "interrupted", "RUNNING", "WAITING"):
+        if shown.get(state):
+            parts.append(f"{state.lower()} {shown[state]}")
     if "best_value" in summary:
         params = short_params(summary["best_params"], 160)
         clause = noise_clause(summary, short=True)

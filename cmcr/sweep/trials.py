@@ -153,8 +153,14 @@ class Heartbeat:
             self._thread.join()
 
 
+# failure kinds that spend no retry (cmcr.sweep.recovery): an interruption, a lost worker, the
+# environment (disk full, database busy); shown as "interrupted", never as the trial's failure
+NO_RETRY_SPENT = ("interrupted", "lost", "environment")
+
+
 def count_states(trials: Iterable[Any]) -> dict[str, int]:
-    """Trials per state name, plus ``retried`` (FAIL trials that have a retry)."""
+    """Trials per state name, plus ``retried`` (FAIL trials that have a retry) and
+    ``interrupted`` (FAIL trials of a kind that spends no retry: not the trial's own failure)."""
     counts: dict[str, int] = {}
     retried_numbers = set()
     trials = list(trials)
@@ -166,6 +172,8 @@ def count_states(trials: Iterable[Any]) -> dict[str, int]:
     counts["retried"] = sum(
         1 for t in trials if t.state.name == "FAIL" and t.number in retried_numbers
     )
+    counts["interrupted"] = sum(1 for t in trials if t.state.name == "FAIL"
+                                and t.user_attrs.get(Attr.FAIL_KIND) in NO_RETRY_SPENT)  # fmt: skip
     return counts
 
 

@@ -32,6 +32,7 @@ from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.launcher import Launcher, LocalLauncher
 from cmcr.sweep.objective import TrialContext, TrialFn, run_objective
 from cmcr.sweep.trials import (
+    NO_RETRY_SPENT,
     Heartbeat,
     claim_next,
     is_storage_error,
@@ -332,4 +333,8 @@ def _fail(study: Any, trial: Any, ctx: TrialContext, kind: str, reason: str, req
     except Exception as exc:
         log.warning(redact(f"trial {trial.number}: could not record the failure: {exc}"))
         return
-    log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
+    if kind in NO_RETRY_SPENT:  # not the trial's failure: no retry is spent
+        again = "; queued again (no retry spent)" if retried else ""
+        log.warning(f"trial {trial.number} interrupted ({reason}){again}")
+    else:
+        log.warning(f"trial {trial.number} failed ({reason}){'; retrying' if retried else ''}")
