@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_sweep_runner import Recorder, load, run_sweep
+from test_sweep_runner import STAND_IN, Recorder, load, run_sweep
 from waiting import communicate_or_kill, scaled, wait_or_kill
 
 from cmcr.names import Attr, Tag
@@ -366,3 +366,37 @@ def test_the_estimate_is_said_before_a_trial_is_queued(tmp_path, capsys, monkeyp
         cli.sweep(plan, storage)
     assert seen == ["study 'loss_weights': queueing 4 new trial(s), about 6m00s on 1 worker(s)\n"]
     assert optuna.get_all_study_summaries(storage) == []  # nothing was queued before it
+
+
+def test_resume_takes_the_stored_preset_seeds_and_overrides(tmp_path, monkeypatch, capsys):
+    """Ctrl-C of a smoke sweep, then `--study loss_weights --resume` and no other flag (the
+    stores from the environment, as a user's defaults): it completes with what was stored
+    (it failed: 'created with a different preset ('smoke', now 'demo')')."""
+    from cmcr.sweep import cli
+
+    monkeypatch.setenv("CMCR_SWEEP_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    rec = Recorder(fail_on={1: KeyboardInterrupt()})  # Ctrl-C in the second trial
+
+    def run(*argv: str) -> int:
+        parser = argparse.ArgumentParser()
+        options.add_arguments(parser)
+        return cli.run(parser.parse_args(argv), trial_fn=rec, extras=STAND_IN)
+
+    first = ("--study", "loss_weights", "--preset", "smoke", "--n-trials", "3", "--seeds", "2",
+             "--set", "train.max_steps=3", f"tracking.output_dir={tmp_path / 'runs'}")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run(*first)
+    capsys.readouterr()
+    assert run("--study", "loss_weights", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "--resume: the stored study's preset smoke; seeds 2; objective probe" in out
+    assert "train.max_steps=3" in out
+    study = optuna.load_study(study_name="loss_weights", storage=f"sqlite:///{tmp_path}/optuna.db")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and all(c["cfg"].train.max_steps == 3 for c in rec.calls)
+    assert {c["cfg"].preset for c in rec.calls} == {"smoke"}
+    # a flag that conflicts with the stored value: one line naming the stored one
+    with pytest.raises(Exception, match=r"different preset \('smoke', now 'demo'\)"):
+        run("--study", "loss_weights", "--resume", "--preset", "demo")

@@ -35,7 +35,7 @@ from cmcr.sweep import runner, slurm
 from cmcr.sweep.estimate import estimate, under_load
 from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.objective import default_trial_fn
-from cmcr.sweep.options import PROG, add_arguments, sweep_options
+from cmcr.sweep.options import PROG, add_arguments, reuse_stored, sweep_options
 from cmcr.sweep.progress import ProgressView
 from cmcr.sweep.shield import shielded
 from cmcr.sweep.slurm_job import worker_launcher
@@ -86,6 +86,8 @@ def run(
     if args.heartbeat_s < 1:
         raise CMCRError(f"--heartbeat: expected an integer >= 1, got {args.heartbeat_s}")
     plan = runner.plan_sweep(sweep_options(args))
+    if args.resume and not args.worker:
+        plan = _reuse_stored(args, plan)
     if args.add_seeds is not None and args.status:
         raise CMCRError("--add-seeds: not with --status (run it, then ask for the status)")
     if args.status:  # the stored study's size, not the study file's default
@@ -100,6 +102,19 @@ def run(
         if settings is not None:
             return slurm.submit(plan, settings)
     return _launch(args, plan, trial_fn, worker_cmd, extras)
+
+
+def _reuse_stored(args: argparse.Namespace, plan: Any) -> Any:
+    """``--resume``: the stored study's preset, seeds, objective and overrides where the call
+    names none (a smoke sweep resumes as smoke without --preset smoke); says what it reused."""
+    stored = runner.stored_attrs(plan)
+    if stored is None:
+        return plan
+    reused = reuse_stored(args, stored, dict(plan.spec.fixed))
+    if not reused:
+        return plan
+    print(f"--resume: the stored study's {'; '.join(reused)}", flush=True)
+    return runner.plan_sweep(sweep_options(args))
 
 
 def _before_start(plan: Any, extras: Extras) -> tuple[Any, int | None]:

@@ -30,6 +30,7 @@ from cmcr.names import (
     SWEEP_SETS_ENV,
     SWEEP_TRACKING_ENV,
     TRACKING_URI_ENV,
+    Attr,
 )
 from cmcr.sweep.space import MAX_TRIALS, PRUNERS
 from cmcr.uris import redact
@@ -194,6 +195,34 @@ class SweepOptions:
     )
 
 
+# what `--resume` takes from the stored study when the call does not name it (with --preset,
+# which defaults to None anyway, and --set): field -> the study's user attr
+STORED_SETTINGS = {"seeds": Attr.SEEDS, "objective": Attr.OBJECTIVE}
+
+
+def reuse_stored(
+    args: argparse.Namespace, stored: dict[str, Any], fixed: dict[str, Any]
+) -> list[str]:
+    """``--resume``: fill ``args`` from the stored study's attrs where the call names nothing
+    (its preset, seeds, objective and --set overrides; ``fixed``: the study file's own keys,
+    not repeated as overrides); returns what was reused, for the line that says so. A flag
+    the call does name is kept: check_compatible then names the stored value if they differ."""
+    reused = []
+    if args.preset is None and stored.get(Attr.PRESET):
+        args.preset = stored[Attr.PRESET]
+        reused.append(f"preset {args.preset}")
+    for name, attr in STORED_SETTINGS.items():
+        if getattr(args, name) is None and stored.get(attr) is not None:
+            setattr(args, name, stored[attr])
+            reused.append(f"{name} {stored[attr]}")
+    overrides = {k: v for k, v in (stored.get(Attr.OVERRIDES) or {}).items()
+                 if k not in fixed and k != "downstream.mode"}  # fmt: skip
+    if not args.overrides and overrides:
+        args.overrides = [[f"{k}={json.dumps(v)}" for k, v in overrides.items()]]
+        reused.append("--set " + " ".join(args.overrides[0]))
+    return reused
+
+
 def _fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(SweepOptions))
 
@@ -228,8 +257,10 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> dict[str, Any]:
             kw.update(action="store_true", default=default)
         elif isinstance(default, list):  # --set K=V [K=V ...], repeatable, as in cmcr's commands
             kw.update(action="append", nargs="+", default=[])
-        else:  # a flag with an env stand-in defaults to None: from_args tells them apart
-            kw.update(default=None if meta["env"] else default, type=_scalar_type(f))
+        else:  # a flag with an env stand-in, or one --resume may take from the stored study,
+            # defaults to None: from_args tells them apart
+            unset = meta["env"] or f.name in STORED_SETTINGS
+            kw.update(default=None if unset else default, type=_scalar_type(f))
         group.add_argument(meta["flag"], **kw)
     return made
 
@@ -247,6 +278,8 @@ def from_args(args: argparse.Namespace) -> SweepOptions:
         for item in (group if isinstance(group, list) else [group])
     ]
     for f in _fields():
+        if f.name in STORED_SETTINGS and values[f.name] is None:
+            values[f.name] = f.default
         if f.metadata["env"] and values[f.name] is None:  # the flag, else its env, else default
             values[f.name] = os.environ.get(f.metadata["env"]) or f.default
     return SweepOptions(**values)

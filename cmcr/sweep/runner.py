@@ -310,6 +310,15 @@ def check_add_seeds(plan: Plan) -> Plan:
     return _stored_size(plan, study)
 
 
+def stored_attrs(plan: Plan) -> dict[str, Any] | None:
+    """The stored study's user attrs (its preset, seeds, objective, overrides...), read-only;
+    None when no such study is stored."""
+    try:
+        return dict(load(plan, connect(plan, create=False, read_only=True)).user_attrs)
+    except CMCRError:
+        return None
+
+
 def resume_size(plan: Plan) -> Plan:
     """``--resume`` without ``--n-trials``: the stored study's number of slots (not the study
     file's default, which would queue new trials into a study started smaller); read-only."""
