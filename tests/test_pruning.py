@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -124,6 +125,9 @@ def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, 
     with pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 2") as caught:
         run_trial(cfg, report=_pruning_report(trial))
     assert (caught.value.step, caught.value.phase) == (2, "pretrain")
+    # said as the representation probe, in %, never as the objective's "val mIoU" (issue 32)
+    assert "representation probe" in str(caught.value) and "val mIoU" not in str(caught.value)
+    assert re.search(r"representation probe \d+\.\d\d %", str(caught.value)), str(caught.value)
     client = _client(tmp_path)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "probe/miou")}

@@ -30,6 +30,7 @@ from typing import Any
 from cmcr import fence, progress
 from cmcr.configs import Config, apply_overrides, validate_config
 from cmcr.names import Attr, Kind, Tag
+from cmcr.progress import fmt_pct
 from cmcr.sweep import seeds
 from cmcr.sweep.estimate import TrialClock, trial_clock
 from cmcr.sweep.space import StudySpec
@@ -231,10 +232,10 @@ def pruned_at(step: int, value: float, phase: str) -> BaseException:
     ``step`` and ``phase`` for the trial's runs (tags cmcr.pruned_at_step / cmcr.pruned_phase)."""
     import optuna
 
-    if phase == "pretrain":
-        where = f"pre-training step {step} (probe mIoU {value:.4f})"
+    if phase == "pretrain":  # the representation probe (probe/miou), not the objective
+        where = f"pre-training step {step} (representation probe {fmt_pct(value)} %)"
     else:
-        where = f"downstream epoch {step} (val mIoU {value:.4f})"
+        where = f"downstream epoch {step} (val mIoU {fmt_pct(value)} %)"
     exc = optuna.TrialPruned(f"pruned at {where}")
     exc.step, exc.phase = int(step), phase  # type: ignore[attr-defined]
     return exc
