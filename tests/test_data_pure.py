@@ -9,6 +9,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 from scipy.spatial import cKDTree
 
+from cmcr.configs import load_config
 from cmcr.data.augment import augment_cloud, map_pixels, patch_mask
 from cmcr.data.collate import collate_pretrain, collate_seg, unit_float
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
@@ -48,8 +49,24 @@ def _slow_devkit_projection(xyz, lidar_cs, lidar_pose, cam_pose, cam_cs, K, hw, 
     pc.rotate(Quaternion(cam_cs[0]).rotation_matrix.T)
     depth = pc.points[2]
     uv = view_points(pc.points[:3], K, normalize=True)
-    keep = (depth > min_depth) & (uv[0] > 0) & (uv[0] < hw[1]) & (uv[1] > 0) & (uv[1] < hw[0])
+    # the release's pixel-validity rule (`pretrain/dataloader_nuscenes.py:280-283`): u < W - 1
+    w, h = hw[1] - 1, hw[0] - 1
+    keep = (depth > min_depth) & (uv[0] > 0) & (uv[0] < w) & (uv[1] > 0) & (uv[1] < h)
     return np.nonzero(keep)[0], uv[0, keep], uv[1, keep]
+
+
+@pytest.mark.parametrize("pixel_margin", [1.0, 0.0])
+def test_projection_keeps_pixels_inside_the_release_margin(pixel_margin: float) -> None:
+    # identity poses, K = identity: a point (u, v, 1) projects to (u, v); the image is 10×20
+    uv = np.array([[0.5, 0.5], [18.5, 5.0], [19.5, 5.0], [5.0, 8.5], [5.0, 9.5], [20.5, 5.0]])
+    xyz = np.concatenate([uv, np.ones((len(uv), 1))], axis=1).astype(np.float32) * 2.0
+    eye = np.eye(4)[None]
+    point, *_ = project_points(
+        xyz, eye[0], eye[0], eye, eye, np.eye(3)[None], np.array([[10, 20]]), 1.0, pixel_margin
+    )
+    # 0 < u < W - margin and 0 < v < H - margin: the release's margin 1 drops u = 19.5, v = 9.5
+    want = [0, 1, 3] if pixel_margin == 1.0 else [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(point, want)
 
 
 def test_projection_matches_devkit_chain() -> None:
@@ -137,6 +154,28 @@ def test_read_image_crop_matches_full_decode_and_resize(tmp_path, crop) -> None:
     np.testing.assert_array_equal(flipped, fast[:, ::-1])
 
 
+@pytest.mark.parametrize("antialias", [False, True])
+def test_image_resize_is_bilinear_from_full_resolution_without_antialias(tmp_path, antialias):
+    # the release: torchvision 0.9.1 resized_crop on a tensor = the crop, then bilinear
+    # interpolation (half-pixel centres) from the full-resolution image, no antialiasing
+    import torch.nn.functional as F
+
+    assert load_config("official").data.image_resize_antialias is False
+    yy, xx = np.mgrid[0:900, 0:1600]
+    pattern = 127 + 120 * np.sin(xx / 1.7) * np.cos(yy / 2.3)  # finer than the output pixels
+    rgb = np.stack([pattern, 255 - pattern, np.full_like(pattern, 90)], -1).astype(np.uint8)
+    path = tmp_path / "cam.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    crop = np.array([100, 300, 500, 928])  # 1/4 scale would be decoded when antialiasing
+    got, _ = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), False,
+                             antialias=antialias)  # fmt: skip
+    full = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32))
+    box = full[100:600, 300:1228].permute(2, 0, 1)[None]  # (1, 3, h, w)
+    want = F.interpolate(box, size=(56, 104), mode="bilinear", align_corners=False)
+    err = np.abs(got.astype(np.float32) - want[0].permute(1, 2, 0).numpy()).mean()
+    assert (err < 2.0) != antialias, err  # the reduced-scale decode averages the fine pattern
+
+
 def test_read_image_crop_names_bad_files(tmp_path) -> None:
     path = tmp_path / "cam.jpg"
     Image.fromarray(np.zeros((90, 160, 3), np.uint8)).save(path)
@@ -214,17 +253,24 @@ def test_queries_inside_farther_near_closer_far_between() -> None:
     assert (q.intensity[far] == 0).all()
 
 
-def test_query_neighbours_match_brute_force() -> None:
+# radius 0.5: about 8 points within a query's radius; 1.5: about 200
+@pytest.mark.parametrize("radius", [0.5, 1.5])
+@pytest.mark.parametrize("occ_neighbours", ["first", "nearest"])
+def test_query_neighbours_match_brute_force(occ_neighbours: str, radius: float) -> None:
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 5, (2000, 3))
     queries = rng.uniform(0, 5, (50, 3))
-    nb = query_neighbours(cKDTree(pts), queries, radius=0.5, max_neighbours=8)
+    nb = query_neighbours(cKDTree(pts), queries, radius, 8, occ_neighbours)
     dist = np.linalg.norm(queries[:, None] - pts[None], axis=2)  # (Q, N)
-    within = (dist < 0.5).sum(1)
-    np.testing.assert_array_equal((nb >= 0).sum(1), np.minimum(within, 8))
-    got = np.take_along_axis(dist, np.maximum(nb, 0), 1)
-    assert (got[nb >= 0] < 0.5).all()
-    assert ((nb >= 0).sum(1) < 8).any() and ((nb >= 0).sum(1) == 8).any()
+    within = dist < radius
+    # the slow, obvious rule: the release's first K by index, or the K nearest
+    key = np.where(within, np.arange(len(pts)) if occ_neighbours == "first" else dist, np.inf)
+    want = np.argsort(key, axis=1, kind="stable")[:, :8]
+    want = np.where(np.take_along_axis(within, want, 1), want, -1)
+    counts, n_within = (nb >= 0).sum(1), within.sum(1)
+    assert (counts == 8).any() and ((counts < 8).any() or radius > 1)
+    assert (n_within > 32).mean() > 0.9 if radius > 1 else (n_within <= 32).all()
+    np.testing.assert_array_equal(np.sort(nb, 1), np.sort(want, 1))
 
 
 def _fake_sample(rng: np.random.Generator, n_points: int, n_cams: int = 2) -> dict:
@@ -356,3 +402,16 @@ def test_read_points_names_a_file_with_non_finite_values(tmp_path) -> None:
     points.tofile(path)
     with pytest.raises(DataError, match=r"nan.pcd.bin: 1 of 10 LiDAR points have non-finite"):
         read_points(str(path))
+
+
+def test_query_sources_are_distinct_within_each_third() -> None:
+    # the release draws each third with its own randperm: no point twice in one third (with
+    # replacement, 100 draws from 120 points repeat one almost surely)
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-30, 30, (120, 3)).astype(np.float32)
+    q = sample_queries(rng, xyz, rng.random(120).astype(np.float32), 300, offset=0.1)
+    for kind in (INSIDE, NEAR_OUTSIDE, FAR_EMPTY):
+        src = q.source[q.kind == kind]
+        assert len(src) == 100 and len(np.unique(src)) == 100
+    few = sample_queries(rng, xyz[:10], np.zeros(10, np.float32), 60, offset=0.1)
+    assert len(few.source) == 60  # a cloud with too few points still gives every query

@@ -396,3 +396,24 @@ def test_orth_over_voxel_rows_not_points(three_scans, one_thread) -> None:
     gp = three_scans["point_batch"] // 2
     on_points = sum(float(L.orth(pts["shared"][gp == k], pts["specific"][gp == k])) for k in (0, 1))
     assert orth != pytest.approx(on_points / 2, rel=1e-3)  # points repeat voxels: it differs
+
+
+@pytest.mark.parametrize("codebook_matches", ["independent", "shared"])
+def test_codebook_terms_draw_their_own_sample_of_matches(one_thread, monkeypatch, codebook_matches):
+    # the release's loss_codebook draws num_matches pairs again (`pretrain/lightning_trainer.py:
+    # 241` for nce, `:255` for commit, cmcm and the EMA update); "shared" reuses nce's pairs
+    over = {"loss.num_matches": 20, "loss.group_size": 2, "loss.codebook_matches": codebook_matches}
+    cfg = load_config("smoke", over)
+    batch = batch_from_config(cfg, batch_size=2, n_cams=2, n_points=300, n_pairs=100, seed=4)
+    seen: dict[str, torch.Tensor] = {}
+    for name in ("nce", "commit"):
+        real = getattr(L, name)
+
+        def spy(f_p, *args, _name=name, _real=real, **kw):
+            seen[_name] = f_p.detach().clone()
+            return _real(f_p, *args, **kw)
+
+        monkeypatch.setattr(L, name, spy)
+    CMCRModel(cfg)(batch)
+    assert seen["nce"].shape == seen["commit"].shape == (20, cfg.model.feat_dim)  # one group
+    assert torch.equal(seen["nce"], seen["commit"]) == (codebook_matches == "shared")

@@ -179,6 +179,23 @@ def test_downstream_training_loader_drops_the_last_partial_batch(drop: bool, smo
     assert [len(b["sample_tokens"]) for b in one] == [n]
 
 
+@pytest.mark.parametrize("drop", [True, False])
+def test_pretraining_loader_drops_the_last_partial_batch(drop: bool, smoke_world) -> None:
+    from cmcr.data import build_pretrain_loader
+
+    cfg = _cfg(**{"data.dataroot": str(smoke_world), "train.batch_size": 2,
+                  "data.num_workers": 0, "train.drop_last": drop})  # fmt: skip
+    assert load_config("official").train.drop_last is True
+    train = build_pretrain_loader(cfg, cfg.data.train_split, holdout="all")
+    n = len(train.dataset)
+    assert n % 2 != 0  # a partial last batch exists
+    # the sampler's order alone: the batches' sizes, without building any sample
+    assert len(train) == (n // 2 if drop else n // 2 + 1)
+    assert list(map(len, train.batch_sampler)) == [2] * (n // 2) + ([] if drop else [1])
+    held = build_pretrain_loader(cfg, cfg.data.train_split, shuffle=False, holdout="all")
+    assert len(held) == n // 2 + 1  # validation keeps every scan
+
+
 # ---- smaller points: SyncBN with several processes ----------------------------------------------
 def test_batchnorms_synchronise_with_several_cuda_processes() -> None:
     from cmcr.engine.train import sync_batchnorm

@@ -93,7 +93,7 @@ def measure(cfg, split: str, repeats: int) -> dict:
     }
     for w in (1, 2):
         cfg.data.num_workers = w
-        loader = build_pretrain_loader(cfg, split, seed=0)
+        loader = build_pretrain_loader(cfg, split, seed=0, drop_last=False)  # every sample
         _epoch_rate(loader, 0)  # start the persistent workers
         rate = max(_epoch_rate(loader, e + 1) for e in range(repeats))
         figures[f"workers{w}_wall_samples_per_s"] = round(rate, 1)

@@ -64,6 +64,17 @@ PRETRAIN_POINTS: tuple[Point, ...] = (
     ),
     P(
         "data",
+        "the crop is resized bilinearly from the full-resolution image, without antialiasing"
+        " (`utils/transforms.py:183-188`: torchvision 0.9.1's `resized_crop` on tensors)",
+        {"data.image_resize_antialias": False},
+        (
+            "tests/test_data_pure.py::test_image_resize_is_bilinear_from_full_resolution_without_antialias",
+        ),
+        "true: the JPEG decoded at 1/2-1/8 scale where the crop allows, then resized (faster;"
+        " the reduced decode averages, so fine detail does not alias)",
+    ),
+    P(
+        "data",
         "masking on the full-resolution image before the crop, 16×16 patches there",
         {"data.mask_stage": "source", "data.mask_patch": 16},
         (
@@ -105,9 +116,35 @@ PRETRAIN_POINTS: tuple[Point, ...] = (
     ),
     P(
         "data",
-        "occupancy neighbours: up to 32 input points within 1.0 m of the query",
-        {"data.max_neighbours": 32, "data.query_radius": 1.0},
+        "occupancy neighbours: the first 32 input points by index within 1.0 m of the query, not"
+        " the nearest (`pretrain/lightning_trainer.py:75`, `:197`: torch_geometric's `radius`"
+        " with its default max_num_neighbors=32, whose CUDA kernel scans the points in order"
+        " and stops at 32)",
+        {"data.max_neighbours": 32, "data.query_radius": 1.0, "data.occ_neighbours": "first"},
         ("tests/test_data_pure.py::test_query_neighbours_match_brute_force",),
+        "nearest: the 32 nearest (issue 30's audit, a dense cloud: mean distance 0.26 m vs 0.73 m)",
+    ),
+    P(
+        "data",
+        "occupancy queries: 2048 in thirds (inside takes the remainder), each third's points drawn"
+        " without replacement (`pretrain/dataloader_nuscenes.py:335-341`)",
+        {"data.n_queries": 2048},
+        (
+            "tests/test_data_pure.py::test_query_sources_are_distinct_within_each_third",
+            "tests/test_data_pure.py::test_queries_inside_farther_near_closer_far_between",
+        ),
+        "a cloud with fewer points than a third draws with replacement (the release makes fewer)",
+    ),
+    P(
+        "data",
+        "a pairing's pixel must lie in 0 < u < W − 1 and 0 < v < H − 1"
+        " (`pretrain/dataloader_nuscenes.py:280-283`)",
+        {"data.pixel_margin": 1.0},
+        (
+            "tests/test_data_pure.py::test_projection_keeps_pixels_inside_the_release_margin",
+            "tests/test_data_pure.py::test_projection_matches_devkit_chain",
+        ),
+        "0: every pixel of the image, 0 < u < W",
     ),
     # ---- pre-training model ----------------------------------------------------------------
     P(
@@ -199,6 +236,14 @@ PRETRAIN_POINTS: tuple[Point, ...] = (
     ),
     P(
         "losses",
+        "commit, cmcm and the codebook's EMA update on a second sample of 2048 matches, drawn"
+        " independently of InfoNCE's (`pretrain/lightning_trainer.py:241`, `:255`)",
+        {"loss.codebook_matches": "independent"},
+        ("tests/test_protocol_model.py::test_codebook_terms_draw_their_own_sample_of_matches",),
+        "shared: the codebook terms reuse InfoNCE's matches",
+    ),
+    P(
+        "losses",
         "InfoNCE temperature 0.07; commitment β 0.25; weights 1, orthogonality 0.1",
         {
             "loss.temperature": 0.07,
@@ -250,6 +295,14 @@ PRETRAIN_POINTS: tuple[Point, ...] = (
             "tests/test_fidelity.py::test_pretraining_optimiser_is_adamw_with_a_constant_lr",
             "tests/test_pretrain.py::test_pretrain_logs_the_contract",
         ),
+    ),
+    P(
+        "optimiser",
+        "the pre-training loader drops its last, partial batch; the held-out validation keeps"
+        " every scan (`pretrain/lightning_datamodule.py:86`, `:109`)",
+        {"train.drop_last": True},
+        ("tests/test_protocol_parity.py::test_pretraining_loader_drops_the_last_partial_batch",),
+        "a set smaller than one batch keeps it (the release would train on nothing)",
     ),
 )
 POINTS: tuple[Point, ...] = PRETRAIN_POINTS + DOWNSTREAM_POINTS

@@ -132,9 +132,14 @@ class DataConfig:
     crop_min_pair_fraction: float = setting(0.75, **PROB)
     crop_tries: int = setting(20, **up_to(1000))
     hflip_prob: float = setting(0.5, **PROB)
+    # false: crop + resize bilinearly from the full-resolution image without antialiasing
+    # (release); true: decode the JPEG at 1/2-1/8 scale where the crop allows, then resize
+    image_resize_antialias: bool = False
     rotate: bool = True  # random rotation of the cloud about z
     flip_prob: float = setting(0.5, **PROB)  # probability of flipping each of the x and y axes
     min_depth: float = setting(1.0, ge=0.0, le=1000.0)
+    # a pairing's pixel must lie in 0 < u < W - pixel_margin, 0 < v < H - pixel_margin (release 1)
+    pixel_margin: float = setting(1.0, ge=0.0, le=IMAGE_SIDE_MAX)
     voxel_size: float = setting(0.1, ge=VOXEL_MIN, le=METRES_MAX)
     # the voxel's input feature: the intensity of its first point (release) or the mean
     voxel_feature: str = setting("first", choices=("first", "mean"))
@@ -153,6 +158,9 @@ class DataConfig:
     query_offset: float = setting(0.1, ge=0.0, le=METRES_MAX)
     query_radius: float = setting(1.0, gt=0.0, le=METRES_MAX)
     max_neighbours: int = setting(32, **up_to(1024))
+    # which max_neighbours points within query_radius: the first by index (the release's CUDA
+    # radius search) or the nearest
+    occ_neighbours: str = setting("first", choices=("first", "nearest"))
     num_workers: int = setting(2, **up_to(256, 0))
     # 0 = all keyframes of the split; else the first N (smoke runs)
     max_samples: int = setting(0, **up_to(POINTS_MAX, 0))
@@ -216,6 +224,9 @@ class LossConfig:
     # release GPU's batch) and averaged over the groups
     group_size: int = setting(2, **up_to(BATCH_MAX))
     num_matches: int = setting(2048, **up_to(POINTS_MAX))  # sampled unmasked pairs per loss group
+    # commit, cmcm and the codebook's EMA update: on their own sample of num_matches, drawn
+    # independently of nce's (release) or on nce's matches
+    codebook_matches: str = setting("independent", choices=("independent", "shared"))
     commit_beta: float = setting(0.25, ge=0.0)
     mim_on: str = setting("all", choices=("all", "masked"))
     # occupancy BCE / L1 averaged over (query, neighbour) pairs (release) or over queries
@@ -254,6 +265,8 @@ class TrainConfig:
     # with several processes on CUDA, BatchNorm statistics are synchronised across them
     # (release: SyncBatchNorm over its 6 GPUs); a single process is unaffected
     sync_bn: bool = True
+    # the training loader drops its last, partial batch (release), unless it is the only one
+    drop_last: bool = True
     # GPU only: cmcr.configs.resolve_config turns it to "no" on a machine without CUDA
     mixed_precision: str = setting("no", choices=("no", "fp16", "bf16"))
     checkpoint_every: int = setting(50, **up_to(STEPS_MAX))

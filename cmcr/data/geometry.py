@@ -33,13 +33,15 @@ def project_points(
     intrinsics: np.ndarray,
     image_hw: np.ndarray,
     min_depth: float,
+    margin: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Project LiDAR points into C cameras; returns (point, camera, u, v) of every kept pairing.
 
     xyz: (N, 3) in the lidar frame. lidar_to_ego, ego_to_global: (4, 4) at the lidar timestamp.
     global_to_cam_ego, cam_ego_to_cam: (C, 4, 4) at each camera's timestamp. intrinsics (C, 3, 3),
     image_hw (C, 2). A pairing is kept when its depth > min_depth and (u, v) lies strictly inside
-    the image: 0 < u < W, 0 < v < H, so pixel (row, col) = (floor(v), floor(u)).
+    the image less ``margin`` at the far edges: 0 < u < W - margin, 0 < v < H - margin (the
+    release's margin is 1: `pretrain/dataloader_nuscenes.py:280-283`); pixel (floor(v), floor(u)).
     """
     # 1. lidar frame -> ego frame at the lidar timestamp
     chain = lidar_to_ego
@@ -60,8 +62,9 @@ def project_points(
     with np.errstate(divide="ignore", invalid="ignore"):
         u = uvz[:, 0::3] / depth  # (N, C)
         v = uvz[:, 1::3] / depth
-    # 7. depth filter and strictly inside the image
-    height, width = image_hw[:, 0].astype(np.float32), image_hw[:, 1].astype(np.float32)
+    # 7. depth filter and strictly inside the image (less the margin)
+    height = image_hw[:, 0].astype(np.float32) - np.float32(margin)
+    width = image_hw[:, 1].astype(np.float32) - np.float32(margin)
     keep = (depth > min_depth) & (u > 0) & (u < width) & (v > 0) & (v < height)  # (N, C)
     point, cam = np.nonzero(keep)
     return point, cam, u[point, cam], v[point, cam]

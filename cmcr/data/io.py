@@ -65,6 +65,7 @@ def read_image_crop(
     drop: np.ndarray | None = None,
     patch: int = 1,
     out: tuple[np.ndarray, np.ndarray] | None = None,
+    antialias: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(target, input), each (H, W, 3) uint8 RGB: crop [top, left, h, w] of a JPEG resized
     (bilinear) to out_hw and flipped; ``input`` is the same crop of the source image whose
@@ -78,10 +79,12 @@ def read_image_crop(
     there equals masking the source: an output pixel whose bilinear footprint is all masked is
     0. ``input`` is ``target`` itself when nothing is dropped, unless ``out`` (two (H, W, 3)
     uint8 arrays) is given: then both are written there (no copy of the warps) and returned.
+    ``antialias=False`` decodes at full resolution and resizes bilinearly from it, without
+    antialiasing: the release's torchvision 0.9.1 ``resized_crop`` on tensors.
     """
     top, left, height, width = (int(x) for x in crop)
     masked = drop is not None and bool(drop.any())
-    ratio = min(width // out_hw[1], height // out_hw[0])
+    ratio = min(width // out_hw[1], height // out_hw[0]) if antialias else 1
     scale = next(
         s for s in (8, 4, 2, 1) if s <= max(ratio, 1) and (not masked or patch % s == 0)
     )

@@ -55,9 +55,13 @@ def _worker_init(_: int) -> None:
 
 
 def _loader(
-    dataset, cfg: Config, *, batch_size: int, shuffle: bool, seed: int, collate
+    dataset, cfg: Config, *, batch_size: int, shuffle: bool, seed: int, collate, drop_last=False
 ) -> DataLoader:
-    """A DataLoader over an EpochSampler; persistent workers where num_workers > 0."""
+    """A DataLoader over an EpochSampler; persistent workers where num_workers > 0.
+
+    ``drop_last`` drops the last, partial batch (the release's training loaders), unless the
+    whole set is less than one batch (the small synthetic worlds), which would leave none.
+    """
     workers = cfg.data.num_workers
     return DataLoader(
         dataset,
@@ -67,7 +71,7 @@ def _loader(
         collate_fn=collate,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
-        drop_last=False,
+        drop_last=drop_last and len(dataset) >= batch_size,
     )
 
 
@@ -78,32 +82,43 @@ def build_pretrain_loader(
     shuffle: bool = True,
     seed: int | None = None,
     holdout: str = "exclude",
+    drop_last: bool | None = None,
 ) -> DataLoader:
     """Pre-training batches of a split (batch cfg.train.batch_size); call loader.sampler.set_epoch.
 
     ``holdout``: "exclude" leaves data.holdout_scenes out (training), "only" keeps just them
-    (validation), "all" keeps the whole split (PretrainDataset).
+    (validation), "all" keeps the whole split (PretrainDataset). ``drop_last`` (default: train.
+    drop_last for a training loader, which shuffles; the release's
+    `pretrain/lightning_datamodule.py:86`) drops the last, partial batch.
     """
     seed = cfg.train.seed if seed is None else seed
     dataset = PretrainDataset(cfg, split, seed=seed, holdout=holdout)
+    drop = cfg.train.drop_last and shuffle if drop_last is None else drop_last
     return _loader(
         dataset, cfg, batch_size=cfg.train.batch_size, shuffle=shuffle, seed=seed,
-        collate=collate_pretrain,
+        collate=collate_pretrain, drop_last=drop,
     )  # fmt: skip
 
 
 def build_seg_loader(
-    cfg: Config, split: str, *, train: bool, seed: int | None = None, dataset_cls=SegDataset
+    cfg: Config,
+    split: str,
+    *,
+    train: bool,
+    seed: int | None = None,
+    dataset_cls=SegDataset,
+    drop_last: bool = False,
 ) -> DataLoader:
     """Segmentation batches (batch cfg.downstream.batch_size); train shuffles and augments.
 
     ``dataset_cls``: SegDataset (nuScenes-lidarseg) or cmcr.data.kitti.KittiSegDataset.
+    ``drop_last``: drop the last, partial batch (unless it is the only one).
     """
     seed = cfg.train.seed if seed is None else seed
     dataset = dataset_cls(cfg, split, train=train, seed=seed)
     return _loader(
         dataset, cfg, batch_size=cfg.downstream.batch_size, shuffle=train, seed=seed,
-        collate=collate_seg,
+        collate=collate_seg, drop_last=drop_last,
     )  # fmt: skip
 
 

@@ -196,7 +196,7 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
         "query_intensity": queries.intensity,
         "query_has_intensity": queries.has_intensity,
         "query_neighbours": query_neighbours(
-            tree, queries.xyz, cfg.query_radius, cfg.max_neighbours
+            tree, queries.xyz, cfg.query_radius, cfg.max_neighbours, cfg.occ_neighbours
         ),
         "query_source": queries.source,
         "sample_token": rec.lidar_token,
@@ -211,7 +211,7 @@ def _cameras(rec: SampleRecord, cfg, rng: np.random.Generator, xyz: np.ndarray) 
     out_hw = (cfg.image_size[0], cfg.image_size[1])
     point, cam, u, v = project_points(
         xyz, rec.lidar_to_ego, rec.ego_to_global, rec.global_to_cam_ego, rec.cam_ego_to_cam,
-        rec.intrinsics, rec.image_hw, cfg.min_depth,
+        rec.intrinsics, rec.image_hw, cfg.min_depth, cfg.pixel_margin,
     )  # fmt: skip
     crops = sample_crops(rng, rec.image_hw, u, v, cam, CropRule.from_config(cfg))  # (C, 4)
     flips = rng.random(len(crops)) < cfg.hflip_prob  # (C,)
@@ -237,7 +237,8 @@ def _source_masks(rec, cfg, rng, crops, flips, cam, u, v) -> dict:
     full_hw = (int(rec.image_hw[:, 0].max()), int(rec.image_hw[:, 1].max()))
     grid = patch_grid(rng, len(crops), full_hw, cfg.mask_image_prob, cfg.mask_ratio, patch)
     black = cfg.mask_fill == "black"
-    target, net_input = _read_images(rec, crops, flips, out_hw, grid if black else None, patch)
+    aa = cfg.image_resize_antialias
+    target, net_input = _read_images(rec, crops, flips, out_hw, grid if black else None, patch, aa)
     return {
         "images": target,
         "image_input": net_input,
@@ -251,7 +252,7 @@ def _output_masks(rec, cfg, rng, crops, flips, pairs) -> dict:
     out_hw, patch = (cfg.image_size[0], cfg.image_size[1]), cfg.mask_patch
     grid = patch_grid(rng, len(crops), out_hw, cfg.mask_image_prob, cfg.mask_ratio, patch)
     mask = expand_grid(grid, patch, out_hw)  # (C, H, W)
-    target, _ = _read_images(rec, crops, flips, out_hw, None, patch)
+    target, _ = _read_images(rec, crops, flips, out_hw, None, patch, cfg.image_resize_antialias)
     net_input = np.where(mask[..., None], 0, target) if cfg.mask_fill == "black" else target
     return {
         "images": target,
@@ -261,7 +262,7 @@ def _output_masks(rec, cfg, rng, crops, flips, pairs) -> dict:
     }
 
 
-def _read_images(rec, crops, flips, out_hw, grid, patch) -> tuple[np.ndarray, np.ndarray]:
+def _read_images(rec, crops, flips, out_hw, grid, patch, antialias):
     """(target, input) (C, H, W, 3) uint8 of every camera; input masks grid's patches black.
 
     Each warp writes straight into its camera's slot (no per-image arrays, no stack).
@@ -270,5 +271,6 @@ def _read_images(rec, crops, flips, out_hw, grid, patch) -> tuple[np.ndarray, np
     net_input = np.empty_like(target)
     for i, (p, c, hw, f) in enumerate(zip(rec.cam_paths, crops, rec.image_hw, flips, strict=True)):
         drop = None if grid is None else grid[i]
-        read_image_crop(p, c, hw, out_hw, f, drop, patch, out=(target[i], net_input[i]))
+        pair = (target[i], net_input[i])
+        read_image_crop(p, c, hw, out_hw, f, drop, patch, out=pair, antialias=antialias)
     return target, net_input

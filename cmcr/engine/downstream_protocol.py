@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from cmcr.configs import Config
 from cmcr.data import build_seg_loader
 from cmcr.datasets import DATASETS, spec_of
@@ -36,32 +34,11 @@ def seg_splits(cfg: Config) -> tuple[str, str]:
 
 def seg_loader(cfg: Config, split: str, *, train: bool) -> Any:
     """The segmentation loader of cfg.downstream.dataset for ``split``; a training loader drops
-    its last, partial batch where downstream.drop_last says so."""
-    loader = build_seg_loader(cfg, split, train=train, dataset_cls=spec_of(cfg).dataset_cls)
-    return without_last_partial_batch(loader) if train and cfg.downstream.drop_last else loader
-
-
-def without_last_partial_batch(loader: DataLoader) -> DataLoader:
-    """The same loader (dataset, sampler, collate, workers) with ``drop_last=True``, as the
-    release's training loaders (downstream/lightning_datamodule.py:62); unchanged when the
-    whole set is less than one batch (the small synthetic worlds), which would leave none."""
-    if len(loader.dataset) < loader.batch_size:
-        return loader
-    # rebuilt here from the loader's public attributes: cmcr.data.build_seg_loader takes no
-    # drop_last yet (its module is being reworked elsewhere); the workers start only on iter
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=loader.sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=loader.persistent_workers,
-        drop_last=True,
-    )
+    its last, partial batch where downstream.drop_last says so, as the release's training
+    loaders (downstream/lightning_datamodule.py:62)."""
+    drop = train and cfg.downstream.drop_last
+    spec = spec_of(cfg)
+    return build_seg_loader(cfg, split, train=train, dataset_cls=spec.dataset_cls, drop_last=drop)
 
 
 def voxel_phrase(cfg: Config) -> str:

@@ -105,16 +105,15 @@ class CMCRModel(nn.Module):
         groups = loss_groups(batch, self.cfg.loss.group_size)
         pts = self.point_features(batch)  # shared (N, D) unit norm, specific (N, D)
         img = self.image_features(batch)  # shared, specific: (I, D, H, W)
-        picked, mg = self.sample_matches(batch, groups)  # (n,), group of each match (n,)
-        sel = batch["pairs"][picked]  # (n, 4) unmasked pairs
+        sel, f_p, f_v, mg = self._matched(batch, pts, img, groups)  # (n, 4), (n, D), (n, D), (n,)
         with self._timed("losses"):
-            f_p = pts["shared"][sel[:, 0]]  # (n, D)
-            f_v = img["shared"][sel[:, 1], :, sel[:, 2], sel[:, 3]]  # (n, D)
             out["losses"]["nce"] = L.nce(f_p, f_v, self.cfg.loss.temperature, mg, groups.count)
         out["stats"]["n_matches"] = float(len(sel))
         q_p, q_v = pts["shared"], img["shared"]
         if self.on["codebook"]:
             matched = (sel, f_p, f_v, mg)
+            if self.cfg.loss.codebook_matches == "independent":  # the release draws again
+                matched = self._matched(batch, pts, img, groups, salt="codebook")
             q_p, q_v = self._codebook_terms(pts["shared"], img["shared"], matched, groups, out)
         if self.on["mim"]:
             self._mim_terms(batch, pts, img, q_v, groups, out)
@@ -156,8 +155,16 @@ class CMCRModel(nn.Module):
         specific = self.image_head_specific(feat) if self.on["mim"] else None
         return {"shared": shared, "specific": specific}
 
+    def _matched(self, batch, pts, img, groups: LossGroups, salt: str = ""):
+        """Sampled unmasked pairs (n, 4), their point and pixel features (n, D), their group."""
+        picked, mg = self.sample_matches(batch, groups, salt)  # (n,), group of each match (n,)
+        sel = batch["pairs"][picked]  # (n, 4)
+        f_p = pts["shared"][sel[:, 0]]  # (n, D)
+        f_v = img["shared"][sel[:, 1], :, sel[:, 2], sel[:, 3]]  # (n, D)
+        return sel, f_p, f_v, mg
+
     def sample_matches(
-        self, batch: dict[str, Any], groups: LossGroups | None = None
+        self, batch: dict[str, Any], groups: LossGroups | None = None, salt: str = ""
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``loss.num_matches`` unmasked pairs PER loss group, chosen reproducibly.
 
@@ -165,12 +172,13 @@ class CMCRModel(nn.Module):
         seeded from train.seed, the batch's sample tokens and the optional batch keys
         ``epoch``/``step``, so the same batch always yields the same matches. One random
         permutation, a stable sort by group and the rank within the group: no loop over groups
-        (with one group this is exactly the first num_matches of the permutation).
+        (with one group this is exactly the first num_matches of the permutation). A ``salt``
+        gives a second sample independent of the first (the codebook terms' own draw).
         """
         groups = groups or loss_groups(batch, self.cfg.loss.group_size)
         keys = "|".join(batch.get("sample_tokens", []))
         extra = f"{batch.get('epoch', 0)}:{batch.get('step', 0)}"
-        seed = zlib.crc32(f"{self.cfg.train.seed}:{extra}:{keys}".encode())
+        seed = zlib.crc32(f"{self.cfg.train.seed}:{extra}:{keys}{salt}".encode())
         gen = torch.Generator().manual_seed(seed)
         candidates = (~batch["pair_masked"]).nonzero(as_tuple=True)[0]  # (P_unmasked,)
         shuffled = candidates[torch.randperm(len(candidates), generator=gen).to(candidates.device)]
@@ -197,8 +205,9 @@ class CMCRModel(nn.Module):
         """Assign codes, add commit + cmcm, EMA-update; return straight-through quantised maps.
 
         commit, cmcm and the EMA update use the sampled unmasked matches ``matched`` = (pairs,
-        f_p, f_v, group), the nce pairs: they need a point and its pixel; every point and pixel
-        is quantised for the decoders.
+        f_p, f_v, group): a second sample drawn independently of nce's (the release's
+        ``loss_codebook``, loss.codebook_matches) or nce's own; every point and pixel is
+        quantised for the decoders.
         """
         sel, f_p, f_v, mg = matched
         cb = self.codebook
