@@ -97,9 +97,17 @@ def test_a_slow_epoch_is_not_stale_but_a_silent_worker_is() -> None:
 
 def test_a_loaded_machine_is_said_and_scales_the_presets_estimate() -> None:
     est = Estimate(100.0, "preset demo", whole_machine=True)
-    scaled, line = under_load(est, load=4.0, cores=2)
+    scaled, line = under_load(est, load=4.0, cores=2, share=1 / 3)  # a third of a core
     assert scaled.trial_s == pytest.approx(300.0) and "for the machine's load" in scaled.source
     assert line is not None and "4 other processes share the 2 cores" in line and "3.0x" in line
+    assert scaled.idle_s == pytest.approx(100.0)  # what the live slowdown is measured against
     assert under_load(est, load=0.3, cores=2) == (est, None)  # idle: as measured
     median = Estimate(100.0, "median of the study's 3 finished trial(s)")
     assert under_load(median, load=4.0, cores=2) == (median, None)  # measured as it ran
+
+
+def test_the_cpu_share_is_measured_not_guessed() -> None:
+    from cmcr.sweep.estimate import cpu_share
+
+    share = cpu_share(0.1)  # alone or beside the suite's other worker: a real fraction
+    assert 0.05 <= share <= 1.05

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,18 +132,32 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     )
 
 
+def cpu_share(seconds: float = 0.25) -> float:
+    """The fraction of one core this process gets now: CPU time over wall time of a short
+    busy loop (a direct measure of contention; the load average also counts sleeping and
+    short-lived processes and overstated it 3x on a shared machine, 2026-12-06)."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall0 < seconds:
+        pass
+    return max((time.process_time() - cpu0) / (time.perf_counter() - wall0), 0.05)
+
+
 def under_load(
-    est: Estimate, load: float | None = None, cores: int | None = None
+    est: Estimate,
+    load: float | None = None,
+    cores: int | None = None,
+    share: float | None = None,
 ) -> tuple[Estimate, str | None]:
     """``est`` (a preset's idle-machine cost) scaled for the processes that already share the
-    cores: with a load of L on C cores a trial gets about C / (L + C) of them. Returns the
-    scaled estimate and, when the load reaches the core count, the line that says so. The
-    live view recalibrates from the measured rates once the first steps ran."""
+    cores: by 1 / the share of a core this process measures (``cpu_share``) when the load
+    average says others run (L >= 1). Returns the scaled estimate and, when the load reaches
+    the core count, the line that says so. The live view recalibrates from the measured rates
+    once the first steps ran."""
     load = os.getloadavg()[0] if load is None else load
     cores = (os.cpu_count() or 1) if cores is None else cores
     if est.trial_s is None or not est.whole_machine or load < 1.0:
         return est, None
-    k = (load + cores) / cores
+    k = max(1.0, min(1.0 / (cpu_share() if share is None else share), 20.0))
     scaled = dataclasses.replace(
         est,
         trial_s=est.trial_s * k,
