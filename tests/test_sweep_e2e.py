@@ -78,12 +78,13 @@ def test_fresh_sweep_three_trials_three_child_runs(tmp_path, smoke_world):
 
 
 def _wait_for_checkpoint(runs_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
-    """The first complete checkpoint of the running trial (Accelerate writes TrainState last)."""
+    """The run folder of the running trial once its first checkpoint is complete (a sweep
+    attempt saves into <run>/attempts/t<trial>/checkpoints, cmcr.engine.checkpoint)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "the sweep ended before its first checkpoint"
-        for f in runs_dir.glob("*/checkpoints/checkpoint_0/COMPLETE"):
-            return f.parents[2]
+        for f in runs_dir.glob("*/attempts/t*/checkpoints/checkpoint_0/COMPLETE"):
+            return f.parents[4]
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")
 

@@ -1,7 +1,8 @@
 """Bad input, end to end (issue 14): ``cmcr pretrain`` / ``cmcr probe`` / ``sweeps/run.py`` exit 2
 with ONE line on stderr naming the key or file, no traceback, and the MLflow and Optuna stores
 left as they were (here: never created). An unreachable tracking server or storage is the same
-kind of line, after a bounded wait it states, before any run, study or trial exists.
+kind of line, after a bounded wait it states, before any run, study or trial exists, with exit
+code 69 (the environment unavailable, not bad input: issue 29).
 
 Each entry point is run once as a user runs it (a new Python process: ``real=True``); the rest
 of the matrix calls the same ``main`` in this process, on the same arguments, environment and
@@ -24,6 +25,7 @@ from test_data_check import CASES  # the breakers of the data-check unit tests
 
 from cmcr.configs import load_config
 from cmcr.data.pretrain import select_records
+from cmcr.errors import UNAVAILABLE_EXIT
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "sweeps" / "run.py")
@@ -115,9 +117,12 @@ def _sweep(
     return out, time.monotonic() - start
 
 
-def _assert_refused(out: subprocess.CompletedProcess, tmp: Path, *fragments: str) -> str:
-    """Exit 2, one line naming what is wrong, no traceback, and no store written."""
-    assert out.returncode == 2, out.stdout[-1500:] + out.stderr[-3000:]
+def _assert_refused(
+    out: subprocess.CompletedProcess, tmp: Path, *fragments: str, code: int = 2
+) -> str:
+    """Exit ``code`` (2: bad input; 69: a server down, issue 29), one line naming what is
+    wrong, no traceback, and no store written."""
+    assert out.returncode == code, out.stdout[-1500:] + out.stderr[-3000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr + out.stdout
@@ -219,14 +224,16 @@ def test_unreachable_tracking_server_is_one_line(tmp_path, smoke_world, entry) -
         )  # the recorded config is looked up on the server first
     else:
         out, seconds = _cmcr(tmp_path, smoke_world, "pretrain", server)
-    _assert_refused(out, tmp_path, WAIT_LINE)
+    _assert_refused(out, tmp_path, WAIT_LINE, code=UNAVAILABLE_EXIT)
     assert seconds < 60  # MLflow alone retries for minutes
 
 
 def test_unreachable_server_line_hides_the_password(tmp_path, smoke_world) -> None:
     uri = "http://user:pw14secret@127.0.0.1:9"
     out, _ = _cmcr(tmp_path, smoke_world, "pretrain", f"tracking.tracking_uri={uri}")
-    line = _assert_refused(out, tmp_path, "http://***@127.0.0.1:9 unreachable after 10 s")
+    line = _assert_refused(
+        out, tmp_path, "http://***@127.0.0.1:9 unreachable after 10 s", code=UNAVAILABLE_EXIT
+    )
     assert "pw14secret" not in line
 
 
@@ -235,7 +242,9 @@ def test_unreachable_storage_states_its_wait(tmp_path, smoke_world) -> None:
         tmp_path, smoke_world, "--study", "mask_ratio", "--storage",
         "postgresql://postgres:pw14@127.0.0.1:1/x",
     )  # fmt: skip
-    line = _assert_refused(out, tmp_path, "unreachable after 10 s", "postgres:***@")
+    line = _assert_refused(
+        out, tmp_path, "unreachable after 10 s", "postgres:***@", code=UNAVAILABLE_EXIT
+    )
     assert "pw14" not in line
 
 
