@@ -100,3 +100,16 @@ def test_sweep_set_takes_several_values_as_every_command_does() -> None:
     assert opts.overrides == ["a.b=1", "c.d=2", "e.f=3"]
     argv = worker_argv(opts)  # a spawned worker gets them back one per --set
     assert sweep_options(parser.parse_args(argv)).overrides == opts.overrides
+
+
+def test_list_with_set_on_the_command_line(smoke_world) -> None:
+    """`--list --set data.dataroot=...` as a user types it (the parsed --set is a list of
+    lists since --set takes several values: --list failed on it)."""
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parents[1] / "sweeps" / "run.py"
+    argv = [sys.executable, str(run), "--list", "--preset", "smoke",
+            "--set", f"data.dataroot={smoke_world}"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cost here about" in done.stdout

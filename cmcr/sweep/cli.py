@@ -79,7 +79,7 @@ def run(
     if args.no_report:
         extras = dataclasses.replace(extras, build_report=False)
     if args.list:
-        print(list_studies(args.preset, list(args.overrides)))
+        print(list_studies(args.preset, [o for group in args.overrides for o in group]))
         return 0
     if not args.study:
         raise CMCRError("--study: required (a built-in name from --list, or a study .yaml)")
