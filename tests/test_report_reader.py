@@ -145,3 +145,15 @@ def test_loss_curves_read_in_percent(report: tuple[Path, str]) -> None:
     best = rt.complete[MIOU].max() * 100
     assert right and max(np.nanmax(np.asarray(t.y, dtype=float)) for t in right) > 1
     assert f"({best:.2f} %)" in fig.layout.title.text
+
+
+def test_the_study_description_gives_the_best_in_percent() -> None:
+    """The parent run's and experiment's description (written by the report) reads 7.62 %,
+    not 0.0762."""
+    from cmcr.tracking.study import study_note
+
+    note = study_note("s", objective=MIOU, direction="maximize", params=[],
+                      best={"trial": "3 = 5 (tied; the run of the first)", "value": 0.0762,
+                            "run_id": "r", "experiment_id": "1"})  # fmt: skip
+    assert "`val/miou` = 7.62 %" in note and "0.0762" not in note
+    assert "trial 3 = 5 (tied" in note
