@@ -126,6 +126,8 @@ def test_a_grep_finds_the_objective_in_one_unit(report: tuple[Path, str]) -> Non
     assert "<th>last mIoU (%)</th>" in body and len(inc)
     assert all(f"<td>{v * 100:.2f}</td>" in body for v in inc)
     assert 'id="per-class"' in body and 'class="per-class"' in body
+    tex = (out / "per_class.tex").read_text()
+    assert "\\toprule" in tex and "$\\pm$" in tex and "±" not in tex
     assert csv[f"{MIOU}_mean"].max() < 1  # fractions in the csv
 
 
