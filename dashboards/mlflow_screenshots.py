@@ -95,14 +95,14 @@ def urls(base: str, store: dict) -> dict[str, str]:
     return {"landing": landing, "runs": links["runs"], "parent": links["parent"]}
 
 
-def screenshot(url: str, out: Path, wait_ms: int = 12000) -> None:
+def screenshot(url: str, out: Path, wait_ms: int = 12000, window: tuple[int, int] = WINDOW) -> None:
     """One PNG of ``url`` in headless Chromium, quantised to keep the file small."""
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as profile:
         cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--disable-background-networking", "--disable-component-update", "--no-first-run",
-               f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+               f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
                f"--virtual-time-budget={wait_ms}", f"--screenshot={out.resolve()}", url]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     if proc.returncode != 0 or not out.is_file():

@@ -126,6 +126,8 @@ def test_a_grep_finds_the_objective_in_one_unit(report: tuple[Path, str]) -> Non
     assert "<th>last mIoU (%)</th>" in body and len(inc)
     assert all(f"<td>{v * 100:.2f}</td>" in body for v in inc)
     assert 'id="per-class"' in body and 'class="per-class"' in body
+    tex = (out / "per_class.tex").read_text()
+    assert "\\toprule" in tex and "$\\pm$" in tex and "±" not in tex
     assert csv[f"{MIOU}_mean"].max() < 1  # fractions in the csv
 
 
@@ -145,3 +147,15 @@ def test_loss_curves_read_in_percent(report: tuple[Path, str]) -> None:
     best = rt.complete[MIOU].max() * 100
     assert right and max(np.nanmax(np.asarray(t.y, dtype=float)) for t in right) > 1
     assert f"({best:.2f} %)" in fig.layout.title.text
+
+
+def test_the_study_description_gives_the_best_in_percent() -> None:
+    """The parent run's and experiment's description (written by the report) reads 7.62 %,
+    not 0.0762."""
+    from cmcr.tracking.study import study_note
+
+    note = study_note("s", objective=MIOU, direction="maximize", params=[],
+                      best={"trial": "3 = 5 (tied; the run of the first)", "value": 0.0762,
+                            "run_id": "r", "experiment_id": "1"})  # fmt: skip
+    assert "`val/miou` = 7.62 %" in note and "0.0762" not in note
+    assert "trial 3 = 5 (tied" in note

@@ -306,7 +306,8 @@ def to_markdown(ab: Ablation) -> str:
     return "\n".join(lines) + "\n\n" + verdict(ab) + noise + "\n\n" + caption(ab) + "\n"
 
 
-def _tex(text: str) -> str:
+def tex_text(text: str) -> str:
+    """Our text in LaTeX: special characters escaped, symbols in math mode."""
     for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"),
                  ("#", "\\#"), ("$", "\\$"), ("−", "$-$"), ("Δ", "$\\Delta$"),
                  ("α", "$\\alpha$"), ("≈", "$\\approx$"), ("≥", "$\\geq$"), ("≤", "$\\leq$"),
@@ -323,14 +324,14 @@ def to_latex(ab: Ablation) -> str:
     lines = [
         "\\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
         "\\toprule",
-        " & ".join(_tex(h) for h in head) + " \\\\",
+        " & ".join(tex_text(h) for h in head) + " \\\\",
         "\\midrule",
     ]
     for label, row in zip(ab.table["config"], cells, strict=True):
-        lines.append(" & ".join([_tex(label)] + [_tex_cell(c) for c in row]) + " \\\\")
+        lines.append(" & ".join([tex_text(label)] + [_tex_cell(c) for c in row]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}",
-              "\\par\\smallskip{\\footnotesize " + _tex(caption(ab)) + " " + _tex(verdict(ab))
-              + " " + _tex(noise_verdict(ab)) + "}"]  # fmt: skip
+              "\\par\\smallskip{\\footnotesize " + tex_text(caption(ab)) + " " + tex_text(verdict(ab))
+              + " " + tex_text(noise_verdict(ab)) + "}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Build a study report: ablation tables (md, csv, tex) and a static plotly page.
 
 ``python dashboards/build.py --study NAME`` → ``reports/NAME/``: ablation.{md,csv,tex},
-per_class.md (per-class IoU, its own table),
+per_class.{md,tex} (per-class IoU, its own table),
 incomplete.csv (running, failed, killed runs), pruned.{csv,md} (trials Optuna's pruner stopped,
 with the step each reached; when there are some) and index.html (plotly.js inlined once: the page works offline). Every table
 tests each row against a reference row (``--reference``; ``stats.py``: paired t-interval, Holm,
@@ -45,6 +45,7 @@ from cmcr.results.tables import (
     evaluations_table,
     incomplete_table,
     per_class_html,
+    per_class_latex,
     per_class_markdown,
     per_class_note,
     pruned_display,
@@ -103,9 +104,11 @@ def build(
         (out / "ablation.md").write_text(to_markdown(ab))
         (out / "ablation_summary.md").write_text(to_markdown(summary(ab)))
         (out / "ablation.tex").write_text(to_latex(ab))
-        (out / "per_class.md").unlink(missing_ok=True)
-        if per_class_markdown(ab):
-            (out / "per_class.md").write_text(per_class_markdown(ab))
+        for name, text in (("per_class.md", per_class_markdown(ab)),
+                           ("per_class.tex", per_class_latex(ab))):  # fmt: skip
+            (out / name).unlink(missing_ok=True)  # a rebuild of runs without per-class IoU
+            if text:
+                (out / name).write_text(text)
         ab.table.to_csv(out / "ablation.csv", index=False)
     if evaluations_table(rt).shape[1] > 1:  # runs of several downstream evaluations (issue 20)
         (out / "evaluations.md").write_text(evaluations_markdown(rt))

@@ -21,6 +21,7 @@ from cmcr.results.ablation import (
     short_value,
     variant_label,
 )
+from cmcr.results.ablation_formats import tex_text
 from cmcr.results.collect import (
     NOT_SWEPT_PREFIXES,
     PRUNED,
@@ -243,3 +244,18 @@ def per_class_html(ab: Ablation) -> str:
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
                    for row in per_class_cells(ab, lambda s: f"<b>{s}</b>"))  # fmt: skip
     return f'<table class="per-class"><thead><tr>{thead}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def per_class_latex(ab: Ablation) -> str:
+    """The per-class table as booktabs LaTeX ('' when no per-class IoU was logged)."""
+    if not class_metrics(ab):
+        return ""
+    head = ["class", *(ab.table["config"].iloc[i] for i in shown_configs(ab))]
+    rows = per_class_cells(ab, lambda s: f"\\textbf{{{s}}}")
+    lines = ["\\begin{tabular}{l" + "r" * (len(head) - 1) + "}", "\\toprule",
+             " & ".join(tex_text(str(h)) for h in head) + " \\\\", "\\midrule"]  # fmt: skip
+    lines += [" & ".join([tex_text(r[0]), *(c.replace("±", "$\\pm$") for c in r[1:])]) + " \\\\"
+              for r in rows]  # fmt: skip
+    lines += ["\\bottomrule", "\\end{tabular}",
+              "\\par\\smallskip{\\footnotesize " + tex_text(per_class_note(ab)) + "}"]  # fmt: skip
+    return "\n".join(lines) + "\n"

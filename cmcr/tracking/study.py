@@ -83,7 +83,9 @@ def study_note(
         f"the table, or this page's address with `?{view_query()}`.",
     ]
     if best:
-        lines += ["", f"Best so far: trial {best['trial']}, `{objective}` = {best['value']:.4f}, "
+        value = (f"{best['value'] * 100:.2f} %" if objective.endswith("miou")
+                 else f"{best['value']:.4g}")  # fmt: skip
+        lines += ["", f"Best so far: trial {best['trial']}, `{objective}` = {value}, "
                       f"run [{best['run_id']}](#/experiments/{best['experiment_id']}/runs/"
                       f"{best['run_id']})."]  # fmt: skip
     if report:
