@@ -132,6 +132,12 @@ class Metric:
     STUDY_BEST_VALUE = "study/best_value"
 
 
+def objective_name(mode: str | None) -> str:
+    """The sweep objective's name as optuna-dashboard shows it: ``val/miou (probe)`` (the
+    downstream linear probe's mIoU; the in-training representation probe is rep/probe_miou)."""
+    return f"{Metric.VAL_MIOU} ({mode})" if mode else Metric.VAL_MIOU
+
+
 def dataset_key(dataset: str, key: str) -> str:
     """A downstream metric / artifact key of one dataset: a dataset registered with
     ``plain_keys`` (nuScenes) keeps the plain names (``val/miou``), another goes after the first

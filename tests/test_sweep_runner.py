@@ -119,6 +119,8 @@ def test_sweep_links_trials_and_runs_both_ways(tmp_path, store):
     )
     study = load(tmp_path, "links")
     trials = study.get_trials()
+    # optuna-dashboard names the objective from the start (it showed 'Objective 0')
+    assert study.metric_names == ["val/miou (probe)"]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     parent = study.user_attrs["mlflow_parent_run_id"]
     runs = {r.info.run_id: r for r in children(store, parent)}

@@ -26,7 +26,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from cmcr.errors import StudyError, first_line
-from cmcr.names import DEFAULT_STORAGE, STORAGE_ENV, Attr, Metric
+from cmcr.names import DEFAULT_STORAGE, STORAGE_ENV, Attr, Metric, objective_name
 from cmcr.results.ui import is_loopback
 from cmcr.tracking.optuna_store import open_storage
 from cmcr.uris import redact, sqlite_path
@@ -81,7 +81,7 @@ def label_study(storage: Any, name: str, mlflow_url: str) -> int:
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-        objective = str(study.user_attrs.get(Attr.OBJECTIVE, Metric.VAL_MIOU))
+        objective = objective_name(study.user_attrs.get(Attr.OBJECTIVE))
         if study.metric_names is None:
             with warnings.catch_warnings():  # set_metric_names is experimental in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from cmcr.adapters.optuna_storage import storage_of
 from cmcr.configs import Config, load_config, parse_override
 from cmcr.errors import CMCRError, StudyError
 from cmcr.guard import check_name
-from cmcr.names import Attr, is_local_key
+from cmcr.names import Attr, is_local_key, objective_name
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import recovery, seeds, space
 from cmcr.sweep.options import (
@@ -245,6 +246,10 @@ def setup(plan: Plan, storage: Any, lost: list[Any] | None = None) -> tuple[Any,
                 direction=plan.spec.direction,
             )
             _define(plan, study)
+        if study.metric_names is None:  # optuna-dashboard names the objective from the start
+            with warnings.catch_warnings():  # set_metric_names is experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([objective_name(plan.opts.objective)])
         parent = _parent_run(plan, study)
         cells = plan.spec.grid_cells() if plan.spec.is_grid else None
         added = enqueue_slots(study, cells, plan.n_trials)
