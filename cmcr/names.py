@@ -123,12 +123,12 @@ class Metric:
     VAL_IOU_PREFIX = "val/iou_"  # + challenge class name
     DOWNSTREAM_SECONDS = "downstream/seconds"
     # the representation probe during pre-training (sweep.eval_every; step = optimiser step)
-    PROBE_MIOU = "probe/miou"
-    PROBE_SECONDS = "probe/seconds"  # its cumulative cost so far
-    PROBE_TIME_SHARE = "probe/time_share"  # its cost as a share of pre-training time
+    PROBE_MIOU = "rep/probe_miou"
+    PROBE_SECONDS = "rep/probe_seconds"  # its cumulative cost so far
+    PROBE_TIME_SHARE = "rep/probe_time_share"  # its cost as a share of pre-training time
     # label-free scores of the probe's frozen features (cmcr/engine/spectrum.py), same steps
-    PROBE_RANKME = "probe/rankme"  # effective rank (Garrido et al. 2023): higher is better
-    PROBE_ALPHA_REQ = "probe/alpha_req"  # eigenspectrum decay (Agrawal et al. 2022): best near 1
+    PROBE_RANKME = "rep/rankme"  # effective rank (Garrido et al. 2023): higher is better
+    PROBE_ALPHA_REQ = "rep/alpha_req"  # eigenspectrum decay (Agrawal et al. 2022): best near 1
     STUDY_BEST_VALUE = "study/best_value"
 
 
@@ -136,6 +136,33 @@ def objective_name(mode: str | None) -> str:
     """The sweep objective's name as optuna-dashboard shows it: ``val/miou (probe)`` (the
     downstream linear probe's mIoU; the in-training representation probe is rep/probe_miou)."""
     return f"{Metric.VAL_MIOU} ({mode})" if mode else Metric.VAL_MIOU
+
+
+# runs logged before 2026-12-06 named the representation probe's metrics probe/* (read as the
+# objective, issue 32); the report's readers map them to today's names (cmcr.results.collect)
+RENAMED_METRICS = (
+    ("probe/miou", Metric.PROBE_MIOU),  # and probe/miou_<fit>
+    ("probe/seconds", Metric.PROBE_SECONDS),
+    ("probe/time_share", Metric.PROBE_TIME_SHARE),
+    ("probe/rankme", Metric.PROBE_RANKME),
+    ("probe/alpha_req", Metric.PROBE_ALPHA_REQ),
+)
+
+
+def current_metric(key: str) -> str:
+    """``key`` under today's name (an old run's ``probe/miou_raw`` is ``rep/probe_miou_raw``)."""
+    for old, new in RENAMED_METRICS:
+        if key == old or key.startswith(old + "_"):
+            return new + key[len(old) :]
+    return key
+
+
+def legacy_metric(key: str) -> str | None:
+    """The name an old run logged ``key`` under, if it was renamed; else None."""
+    for old, new in RENAMED_METRICS:
+        if key == new or key.startswith(new + "_"):
+            return old + key[len(new) :]
+    return None
 
 
 def dataset_key(dataset: str, key: str) -> str:

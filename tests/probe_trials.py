@@ -25,7 +25,7 @@ def _patch() -> None:
 
 
 def by_mim(cfg: Any, **kwargs: Any) -> Any:
-    """probe/miou = loss.weights.mim / 10 at every probe step."""
+    """rep/probe_miou = loss.weights.mim / 10 at every probe step."""
     from cmcr.engine.pipeline import run_trial
 
     _patch()

@@ -1,4 +1,4 @@
-"""Pruning during pre-training (issue 17): the representation probe's ``probe/miou`` every
+"""Pruning during pre-training (issue 17): the representation probe's ``rep/probe_miou`` every
 ``sweep.eval_every`` steps is the pruner's intermediate value.
 
 - the probe itself: a real measurement on the smoke world, logged at the pre-training step, and
@@ -130,7 +130,7 @@ def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, 
     assert re.search(r"representation probe \d+\.\d\d %", str(caught.value)), str(caught.value)
     client = _client(tmp_path)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "probe/miou")}
+    values = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rep/probe_miou")}
     assert sorted(values) == [1, 2] and all(0.0 <= v <= 1.0 for v in values.values())
     assert study.trials[0].intermediate_values == pytest.approx({500: values[2]})  # the rung
     assert _steps(client, run.info.run_id, Metric.TRAIN_LOSS) == [1, 2]

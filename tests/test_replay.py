@@ -124,7 +124,7 @@ def test_top_third_keeps_the_top_third_and_breaks_ties_by_order():
 
 def _study_from_rows(storage: str, uri: str, name: str, rows: list[dict]) -> None:
     """An Optuna study + MLflow runs as a sweep leaves them: each trial's run id in its user
-    attributes, ``probe/miou*`` histories and ``train/loss`` up to its last step."""
+    attributes, ``rep/probe_miou*`` histories and ``train/loss`` up to its last step."""
     client = MlflowClient(uri)
     exp = client.create_experiment(name)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -152,7 +152,7 @@ def _study_from_rows(storage: str, uri: str, name: str, rows: list[dict]) -> Non
 
 def test_replay_of_a_study_in_storage_reads_every_logged_curve(shipped, tmp_path):
     """``--study NAME --storage URL``: the curves come from MLflow (``pruning.collect_trials``),
-    ``probe/miou`` too; ``--live-study`` checks a pruned study against its replay."""
+    ``rep/probe_miou`` too; ``--live-study`` checks a pruned study against its replay."""
     storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     _study_from_rows(storage, uri, "unpruned", shipped["none"])
     _study_from_rows(storage, uri, "live", shipped["asha"])

@@ -1,5 +1,5 @@
 """Pruned trials in the report: listed apart with the step they reached, out of the means, and
-the representation probe's curves (``probe/miou`` per pre-training step) of every trial run."""
+the representation probe's curves (``rep/probe_miou`` per pre-training step) of every trial run."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_pruned_trials_listed_apart_with_their_step(sweep: dict) -> None:
     assert set(pruned["step_from"]) == {"tag"}
     for trial, step in PRUNED.items():
         expected = fake_runs.probe_value(sweep["levels"][trial], step, STEPS)
-        got = pruned.loc[pruned["trial"] == trial, "last probe/miou"].item()
+        got = pruned.loc[pruned["trial"] == trial, "last rep/probe_miou"].item()
         assert got == pytest.approx(expected, abs=1e-9)
     assert pruned["status_reason"].str.startswith("pruned by optuna: pruned at").all()
     inc = pd.read_csv(sweep["out"] / "incomplete.csv")
@@ -124,7 +124,7 @@ def test_probe_figure_one_trace_per_run(sweep: dict) -> None:
 
 
 def test_no_probe_no_figure(tmp_path: Path) -> None:
-    """Runs without probe/miou: no probe figure on the page, and the builder says why."""
+    """Runs without rep/probe_miou: no probe figure on the page, and the builder says why."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_experiment("cmcr", artifact_location=str(tmp_path / "art"))

@@ -155,8 +155,8 @@ def test_first_rung_outside_0_1_is_refused(bad):
 
 
 def test_the_replays_collection_reads_the_label_free_signals(tmp_path):
-    """``collect_trials(fits=None)`` (what the replay reads) sees probe/rankme as ``rankme`` and
-    probe/alpha_req as ``alpha_req_near_1`` = -|alpha - 1| (higher = better, as the pruners)."""
+    """``collect_trials(fits=None)`` (what the replay reads) sees rep/rankme as ``rankme`` and
+    rep/alpha_req as ``alpha_req_near_1`` = -|alpha - 1| (higher = better, as the pruners)."""
     import optuna
     from mlflow.tracking import MlflowClient
 

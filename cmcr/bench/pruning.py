@@ -27,10 +27,10 @@ Figures:
 - ``best_unpruned`` / ``best_pruned``: the best trial's final probe mIoU (the objective);
   ``seed_sd``: the standard deviation over ``--pruning-seeds`` seeds of the unpruned best
   configuration; ``best_within_one_sd``: best_pruned >= best_unpruned - seed_sd;
-- ``spearman_at_step_S``: rank correlation, over the unpruned trials, between ``probe/miou`` at
+- ``spearman_at_step_S``: rank correlation, over the unpruned trials, between ``rep/probe_miou`` at
   step S (about a third of the budget) and the final probe mIoU; ``spearman_by_step`` for every
   probe step;
-- ``probe_time_share``: the probe's mean share of pre-training time (``probe/time_share``);
+- ``probe_time_share``: the probe's mean share of pre-training time (``rep/probe_time_share``);
 - ``pruned_trials``, ``same_configurations`` (both studies sampled the same params).
 """
 
@@ -58,7 +58,7 @@ from cmcr.synth import generate_world
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = "loss_weights"
 SAMPLER_SEED = 7
-# the studies, side by side: no pruning, ASHA on probe/miou of standardised features (the
+# the studies, side by side: no pruning, ASHA on rep/probe_miou of standardised features (the
 # default), ASHA on the fit of raw features
 VARIANTS = {
     "none": ["--pruner", "none"],
@@ -284,9 +284,9 @@ def collect_trials(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Each trial: number, state, params, value, last pre-training step, probe curves.
 
-    ``fits``: the ``probe/miou_<fit>`` curves to read; None: every early signal the run logged,
-    as the replay audit reads them (higher = better): every ``probe/miou*`` metric
-    (``probe/miou`` itself as ``miou``), ``probe/rankme`` as ``rankme`` and ``probe/alpha_req``
+    ``fits``: the ``rep/probe_miou_<fit>`` curves to read; None: every early signal the run logged,
+    as the replay audit reads them (higher = better): every ``rep/probe_miou*`` metric
+    (``rep/probe_miou`` itself as ``miou``), ``rep/rankme`` as ``rankme`` and ``rep/alpha_req``
     as ``alpha_req_near_1`` = -|alpha - 1| (Agrawal et al. find the best representations near 1).
     """
     # lazy: mlflow takes seconds to import and only the collection needs it

@@ -2,7 +2,7 @@
 
 ``python -m cmcr.bench replay --trials-json FILE`` (the pruning benchmark's logged trials, e.g.
 docs/bench/pruning_2026-12-02_trials.json) or ``--study NAME --storage URL --tracking-uri URL``
-(a finished, unpruned study; its curves are each run's ``probe/miou*`` histories in MLflow).
+(a finished, unpruned study; its curves are each run's ``rep/probe_miou*`` histories in MLflow).
 
 The unpruned study logged, for every trial, its early-signal curves (a value per probe step) and
 its final objective: ``cmcr.bench.replay_study`` reads them (``Curves``, ``load_input``) and

@@ -4,7 +4,7 @@ of them replayed through Optuna's own pruners.
 The unpruned study logged, for every trial, its early-signal curves (a value per probe step) and
 its final objective (``Curves``; ``curves_from_rows`` from the pruning benchmark's trials or
 their JSON, ``load_input`` from ``--trials-json`` or a stored study: ``--study NAME --storage
-URL --tracking-uri URL``, its curves each run's ``probe/miou*`` histories in MLflow). Replaying
+URL --tracking-uri URL``, its curves each run's ``rep/probe_miou*`` histories in MLflow). Replaying
 a pruner needs nothing else: a fresh in-memory Optuna study receives the trials one at a time
 in an order (``replay_order``; one sequential worker), each reporting its logged curve through
 ``trial.report`` / ``should_prune`` as the live worker did, with the project's own pruners
@@ -224,7 +224,7 @@ def load_input(args: argparse.Namespace) -> tuple[Curves, float | None, dict[str
     live = {}
     if args.live_study:
         rows = pruning.collect_trials(args.storage, uri, args.live_study, None)
-        # the signal the live pruner saw: its sweep.probe_features (probe/miou of old studies)
+        # the signal the live pruner saw: its sweep.probe_features (rep/probe_miou of old studies)
         signal = "miou" if cfg is None else cfg.sweep.probe_features
         live[args.live_study] = live_check(curves, rows, signal, args.live_pruner)
     return curves, None, live

@@ -360,12 +360,12 @@ class SweepConfig:
     """The representation probe during pre-training (cmcr/engine/probe.py): the intermediate
     value a sweep's pruner sees, and a learning curve of representation quality in any run."""
 
-    # measure the backbone every this many optimiser steps (probe/miou); 0 = off
+    # measure the backbone every this many optimiser steps (rep/probe_miou); 0 = off
     eval_every: int = setting(0, **up_to(STEPS_MAX, 0))
     # labelled scans of data.train_split it uses (half to fit the linear layer, half to score)
     probe_scans: int = setting(6, **up_to(100_000, 2))
-    # which signal is probe/miou, the pruner's value (every one is logged: probe/miou_standardised,
-    # probe/miou_raw, probe/rankme, probe/alpha_req): the linear fit on standardised features
+    # which signal is rep/probe_miou, the pruner's value (every one is logged: rep/probe_miou_standardised,
+    # rep/probe_miou_raw, rep/rankme, rep/alpha_req): the linear fit on standardised features
     # (scale-free), on raw ones as the downstream probe fits them, or the label-free RankMe
     # (effective rank of the features; higher is better). alpha-ReQ is logged, not offered: its
     # best is near 1, not at either end, and the pruners keep the higher values.

@@ -5,9 +5,9 @@ fixed, small labelled subset of the training split (``sweep.probe_scans`` scans,
 subsampled like training, never augmented, loaded once): the frozen backbone's point features
 are computed once per measurement (eval mode) and a linear layer is fitted on the features of
 half the scans, scored as mIoU on the other half, twice (``fit_and_score``): on standardised
-features (``probe/miou_standardised``) and on raw features fitted as the downstream probe fits
-them (``probe/miou_raw``). ``probe/miou`` is the one ``sweep.probe_features`` names, the value
-the pruner sees. ``probe/seconds`` (cumulative) and, at the end, ``probe/time_share`` (the
+features (``rep/probe_miou_standardised``) and on raw features fitted as the downstream probe fits
+them (``rep/probe_miou_raw``). ``rep/probe_miou`` is the one ``sweep.probe_features`` names, the value
+the pruner sees. ``rep/probe_seconds`` (cumulative) and, at the end, ``rep/probe_time_share`` (the
 probe's share of pre-training wall time) say what it costs.
 
 Why a linear layer on cached frozen features, and why two fits, by measurement (demo world,
@@ -22,21 +22,21 @@ it cannot rank trials early. The standardised fit is scale-free (random 0.18, pr
 0.16-0.22) and ranks from the first step. ``python -m cmcr.bench pruning`` measures both fits'
 rank correlation with the final probe and the pruning each gives.
 
-Label-free scores of the same frozen features, with no fit: ``probe/rankme`` and
-``probe/alpha_req`` (``cmcr.engine.spectrum``), logged at every probe step beside the fits.
+Label-free scores of the same frozen features, with no fit: ``rep/rankme`` and
+``rep/alpha_req`` (``cmcr.engine.spectrum``), logged at every probe step beside the fits.
 
 Rungs (issue 27): the pruner's values are reported only at the rungs, fractions of this run's
 own pre-training (``rungs``: ``sweep.first_rung`` * 3^k, the resource in permille, measured at
 the first step at or past each), so trials of different lengths compare at equal fractions;
 the other probe steps are the learning curve in MLflow.
 
-Resume: a step already in the run's ``probe/miou`` history is neither measured nor logged
+Resume: a step already in the run's ``rep/probe_miou`` history is neither measured nor logged
 again; a rung logged but absent from the trial's reported values (killed between the log and
 the report, or a retry's new trial) is reported from the history at the next probe step, in
 order (``_report_backlog``). Pruning: ``report(step, value)`` may raise
 ``optuna.TrialPruned`` on the main process; the decision is shared with the other ranks (one
 broadcast at each probe step), every rank checkpoints the step (``save_state`` is collective),
-the main process logs ``probe/time_share`` and every rank stops: the main process raises the
+the main process logs ``rep/probe_time_share`` and every rank stops: the main process raises the
 ``TrialPruned``, the others ``PrunedElsewhere``, which ``cmcr.sweep.group`` lets a follower
 survive.
 """
@@ -68,7 +68,7 @@ log = logging.getLogger("cmcr")
 FIT_ITERS = 150  # full-batch steps of the linear layer (demo CPU: 0.06 s per fit on 16k points)
 STD_LR = 0.2  # Adam on standardised features: within 0.003 mIoU of 1000 steps on demo
 MAX_POINTS_PER_SCAN = 4000  # fit points per scan (a fixed draw); the score uses every point
-FITS = ("standardised", "raw")  # the linear fits, logged as probe/miou_<fit>
+FITS = ("standardised", "raw")  # the linear fits, logged as rep/probe_miou_<fit>
 RESOURCE = 1000  # the pruners' resource: permille of the trial's pre-training steps
 REDUCTION = 3  # the pruners' reduction factor: rungs at first_rung * 3^k
 
@@ -110,7 +110,7 @@ class RepresentationProbe:
         self.seconds = 0.0
         self.t0 = time.perf_counter()
         self._batches: list[tuple[dict[str, Any], bool]] | None = None
-        # a resumed run's logged probe values {step: probe/miou} and cost so far
+        # a resumed run's logged probe values {step: rep/probe_miou} and cost so far
         self.history = _history(logger, Metric.PROBE_MIOU) if is_main else {}
         self.logged = max(self.history, default=0)
         self._caught_up = not self.history  # no logged step the trial may lack
@@ -194,7 +194,7 @@ class RepresentationProbe:
             raise PrunedElsewhere(f"pruned by the main process at pre-training step {step}")
 
     def _metrics(self, value: float, every: dict[str, float]) -> dict[str, float]:
-        """The MLflow metrics of one measurement (``probe/miou``: the pruner's value)."""
+        """The MLflow metrics of one measurement (``rep/probe_miou``: the pruner's value)."""
         out = {Metric.PROBE_MIOU: value, Metric.PROBE_SECONDS: self.seconds}
         out.update({f"{Metric.PROBE_MIOU}_{k}": every[k] for k in FITS})
         out.update(
@@ -232,7 +232,7 @@ class RepresentationProbe:
         return None
 
     def finish(self, step: int) -> None:
-        """Log ``probe/time_share``: the probe's share of this process's pre-training time."""
+        """Log ``rep/probe_time_share``: the probe's share of this process's pre-training time."""
         if not self.is_main or self.seconds <= 0:
             return
         total = time.perf_counter() - self.t0

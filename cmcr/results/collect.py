@@ -16,7 +16,17 @@ import pandas as pd
 
 from cmcr.configs import Config, config_from_flat
 from cmcr.errors import ConfigError, TrackingError, first_line
-from cmcr.names import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, Attr, Kind, Metric, Tag, dataset_key
+from cmcr.names import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_STORAGE,
+    Attr,
+    Kind,
+    Metric,
+    Tag,
+    current_metric,
+    dataset_key,
+    legacy_metric,
+)
 from cmcr.registry import DATASETS
 from cmcr.tracking.databases import driver_url
 from cmcr.tracking.optuna_store import open_storage  # bounded connect wait, the driver
@@ -246,8 +256,11 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     )
     params = {c[len("params.") :]: cast_param(c[len("params.") :], raw[c])
               for c in raw.columns if c.startswith("params.")}  # fmt: skip
-    metrics = {c[len("metrics.") :]: raw[c].astype(float)
-               for c in raw.columns if c.startswith("metrics.")}  # fmt: skip
+    metrics: dict[str, pd.Series] = {}
+    for c in (c for c in raw.columns if c.startswith("metrics.")):
+        key = current_metric(c[len("metrics.") :])  # an old run's probe/* under its new name
+        values = raw[c].astype(float)
+        metrics[key] = values if key not in metrics else metrics[key].fillna(values)
     df = pd.concat([meta, pd.DataFrame(params, index=raw.index),
                     pd.DataFrame(metrics, index=raw.index)], axis=1)  # fmt: skip
     if "seed" in df and "train.seed" in df:
@@ -356,12 +369,14 @@ def _merge_optuna(rt: RunTable) -> None:
 def metric_histories(tracking_uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     """Long table (run_id, key, step, value) for a few runs only: one request per run and key."""
     client = make_client(tracking_uri)
-    rows = [
-        (run_id, key, m.step, m.value)
-        for run_id in run_ids
-        for key in keys
-        for m in client.get_metric_history(run_id, key)
-    ]
+    rows = []
+    for run_id in run_ids:
+        for key in keys:
+            history = client.get_metric_history(run_id, key)
+            old = legacy_metric(key)
+            if not history and old is not None:  # a run logged before the rename
+                history = client.get_metric_history(run_id, old)
+            rows += [(run_id, key, m.step, m.value) for m in history]
     df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
     return df.sort_values(["run_id", "key", "step"], kind="stable")
 

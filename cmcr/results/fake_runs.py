@@ -99,7 +99,7 @@ def probe_value(level: float, step: int, steps: int) -> float:
 
 
 def _probe_metrics(level: float, every: int, steps: int, upto: int) -> list[Metric]:
-    """probe/miou, probe/seconds and probe/time_share every ``every`` optimiser steps up to
+    """rep/probe_miou, rep/probe_seconds and rep/probe_time_share every ``every`` optimiser steps up to
     ``upto`` (the probe runs after steps every, 2·every, ...; step = optimiser step)."""
     now = int(time.time() * 1000)
     out: list[Metric] = []
@@ -137,7 +137,7 @@ def log_run(
 ) -> str:
     """Log one trial run (tags, flattened params, val/train metrics) and return its id.
 
-    ``probe_every`` > 0 adds the pre-training probe (``probe/*`` every that many steps, towards
+    ``probe_every`` > 0 adds the pre-training probe (``rep/*`` every that many steps, towards
     ``probe_level``). ``pruned_at``: the trial was pruned at that pre-training step
     (``pruned_phase`` "pretrain": nothing after it, no val/*) or downstream epoch ("downstream"):
     the run ends KILLED with the sweep's pruned tags (without cmcr.pruned_at_step and

@@ -314,7 +314,7 @@ def has_probe(rt: RunTable) -> bool:
 
 
 def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
-    """``probe/miou`` against the pre-training step, one line per trial run: finished runs in
+    """``rep/probe_miou`` against the pre-training step, one line per trial run: finished runs in
     colour, pruned ones grey and dashed with a red × where the pruner stopped them, the others
     (running, failed, killed) dotted; hover: trial, seed, params, step, value."""
     key = Metric.PROBE_MIOU

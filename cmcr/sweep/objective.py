@@ -203,7 +203,7 @@ def checkpoint_step(cfg: Config, run_id: str) -> int:
 def _pruning_report(trial: Any) -> Callable[..., None]:
     """``report(step, value, phase=...)`` → ``trial.report``; raise ``pruned_at(...)`` (a
     ``TrialPruned``) when the pruner says so. ``phase``: "pretrain" (step = optimiser step,
-    value = probe/miou) or "downstream" (step = epoch, value = val mIoU). ``resource``: what
+    value = rep/probe_miou) or "downstream" (step = epoch, value = val mIoU). ``resource``: what
     Optuna is told instead of ``step`` (the probe's rungs: permille of the trial's pre-training,
     so trials of different lengths compare at equal fractions); ``step`` still names where the
     run stopped. ``report.reported()``: the resources the trial holds, so a resumed probe
@@ -232,7 +232,7 @@ def pruned_at(step: int, value: float, phase: str) -> BaseException:
     ``step`` and ``phase`` for the trial's runs (tags cmcr.pruned_at_step / cmcr.pruned_phase)."""
     import optuna
 
-    if phase == "pretrain":  # the representation probe (probe/miou), not the objective
+    if phase == "pretrain":  # the representation probe (rep/probe_miou), not the objective
         where = f"pre-training step {step} (representation probe {fmt_pct(value)} %)"
     else:
         where = f"downstream epoch {step} (val mIoU {fmt_pct(value)} %)"
