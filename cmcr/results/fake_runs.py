@@ -112,8 +112,12 @@ def _probe_metrics(level: float, every: int, steps: int, upto: int) -> list[Metr
 
 def pruned_reason(step: int, probe: float, phase: str = "pretrain") -> str:
     """The status reason the sweep writes on a pruned trial's run."""
-    where = f"pre-training step {step}" if phase == "pretrain" else f"downstream epoch {step}"
-    return f"pruned by optuna: pruned at {where} (probe mIoU {probe:.4f})"
+    if phase == "pretrain":  # as cmcr.sweep.objective.pruned_at words it
+        return (
+            f"pruned by optuna: pruned at pre-training step {step} (representation probe "
+            f"{100 * probe:.2f} %)"
+        )
+    return f"pruned by optuna: pruned at downstream epoch {step} (val mIoU {100 * probe:.2f} %)"
 
 
 def log_run(

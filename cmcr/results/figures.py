@@ -335,7 +335,8 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
         kind = {"COMPLETE": "finished", "PRUNED": "pruned"}.get(r["state"], "unfinished / failed")
         head = f"trial {trial}{seed} ({kind})<br>{labels[i]}"
         text = [
-            f"{head}<br>step {s}: probe mIoU {v:.2f} %" for s, v in zip(steps, values, strict=True)
+            f"{head}<br>step {s}: representation probe {v:.2f} %"
+            for s, v in zip(steps, values, strict=True)
         ]
         line = ({"color": PALETTE[n % len(PALETTE)], "width": 2} if kind == "finished" else
                 PRUNED_LINE if kind == "pruned" else OTHER_LINE)  # fmt: skip
@@ -357,9 +358,9 @@ def probe_curves(rt: RunTable, max_runs: int = MAX_PROBE_RUNS) -> Figure:
     if Metric.PROBE_TIME_SHARE in runs and runs[Metric.PROBE_TIME_SHARE].notna().any():
         cost = (f"; the probe took {100 * runs[Metric.PROBE_TIME_SHARE].median():.1f} % of "
                 "pre-training time (median)")  # fmt: skip
-    fig.update_layout(title=f"Probe mIoU during pre-training — {len(runs)} runs, {n_pruned} "
+    fig.update_layout(title=f"Representation probe (rep/probe_miou) during pre-training — {len(runs)} runs, {n_pruned} "
                             f"pruned (dashed, × where stopped){more}{cost}",
-                      xaxis_title="pre-training optimiser step", yaxis_title="probe mIoU (%)",
+                      xaxis_title="pre-training optimiser step", yaxis_title="representation probe mIoU (%)",
                       **{**LAYOUT, "height": 480})  # fmt: skip
     fig.update_xaxes(rangemode="tozero")
     widen_y(fig)

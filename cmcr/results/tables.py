@@ -116,7 +116,7 @@ def pruned_display(table: pd.DataFrame) -> pd.DataFrame:
         "configuration": table["configuration"],
         "seed": [("—" if pd.isna(s) else str(int(s))) for s in table["seed"]],
         "stopped at": [reached(r) for _, r in table.iterrows()],
-        "last probe mIoU (%)": ["—" if v != v else f"{v:.2f}" for v in probe.tolist()],
+        "last representation probe mIoU (%)": ["—" if v != v else f"{v:.2f}" for v in probe.tolist()],
         "reason": table["status_reason"],
     })  # fmt: skip
 
@@ -127,7 +127,7 @@ def pruned_note(table: pd.DataFrame) -> str:
     runs = "" if len(table) == trials else f" ({len(table)} runs)"
     return (f"{trials} trial(s){runs} stopped early by Optuna's pruner: not in the means of the "
             "ablation table. 'Stopped at': the step the sweep tagged, else the last logged step "
-            "(named); probe mIoU: the last representation probe during pre-training.")  # fmt: skip
+            "(named); the representation probe: the in-training score (rep/probe_miou), not the objective.")  # fmt: skip
 
 
 def pruned_markdown(table: pd.DataFrame) -> str:
