@@ -25,10 +25,7 @@ def test_an_old_runs_probe_keys_read_under_the_new_names() -> None:
     assert legacy_metric("val/miou") is None
 
 
-def test_the_report_table_maps_an_old_run(tmp_path) -> None:
-    from cmcr.results import collect
-
+def test_the_report_table_maps_an_old_run() -> None:
     raw = pd.DataFrame({"run_id": ["a"], "metrics.probe/miou": [0.2], "metrics.val/miou": [0.1]})
     names = [current_metric(c[len("metrics.") :]) for c in raw.columns if c.startswith("metrics.")]
     assert names == ["rep/probe_miou", "val/miou"]
-    assert callable(collect.metric_histories)  # reads legacy keys when the new one is empty
