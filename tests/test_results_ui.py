@@ -190,3 +190,20 @@ def test_unknown_study_lists_the_studies_before_any_server(tmp_path: Path) -> No
                              direction="maximize", params=[])  # fmt: skip
     with pytest.raises(TrackingError, match=r"no study 'nope' .*\(studies: components\)"):
         ui.run(_args(tracking_uri=uri, study="nope", port=_free_port()))
+
+
+def test_a_server_that_ignores_sigterm_is_killed_within_5_s() -> None:
+    """Issue 29: servers we start exit within 5 s of SIGTERM. `cmcr ui` gives `mlflow server`'s
+    process group 3 s after SIGTERM (it waited 10), then SIGKILL."""
+    import subprocess
+    import sys
+    import time
+
+    from cmcr.results import ui
+
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    time.sleep(0.5)  # its handler is installed
+    t0 = time.monotonic()
+    ui._stop(proc)
+    assert proc.poll() is not None and time.monotonic() - t0 < 5.0

@@ -202,12 +202,12 @@ def _interrupt(*_: object) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, then SIGKILL after 10 s."""
+    """SIGTERM the server's process group, then SIGKILL after 3 s."""
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        proc.wait(timeout=3)  # issue 29: cmcr ui exits within 5 s of SIGTERM
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
