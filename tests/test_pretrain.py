@@ -179,3 +179,23 @@ def test_resume_reuses_the_recorded_config_and_refuses_another_preset(smoke_worl
     )
     with pytest.raises(Exception, match="recorded with preset 'smoke'.*drop --config"):
         build_config(args("demo"))
+
+
+def test_a_resume_without_a_checkpoint_says_it_starts_from_step_0(
+    smoke_world, tmp_path, store, caplog
+):
+    """Issue 32: a resumed trial restarted from step 0 without saying why."""
+    import logging
+
+    from cmcr.tracking.inputs import config_params
+
+    cfg = load_config("smoke", _over(smoke_world, tmp_path, store, **{"train.max_steps": 2}))
+    client = make_client(store)
+    run_id = client.create_run(client.create_experiment("cmcr")).info.run_id
+    for key, value in config_params(cfg).items():
+        client.log_param(run_id, key, value)
+    with caplog.at_level(logging.INFO, logger="cmcr"):
+        result = run_pretrain(cfg, run_id=run_id)
+    assert result.run_id == run_id and result.steps == 2
+    said = [r.getMessage() for r in caplog.records if "no checkpoint yet" in r.getMessage()]
+    assert said and "starts from step 0" in said[0], caplog.text[-2000:]

@@ -173,6 +173,12 @@ def _train(
                 load_latest(accelerator, state, run_dir(cfg, logger.run_id))
                 # the step actually loaded: an unloadable newest checkpoint falls back
                 logger.set_tags({Tag.RESUMED_FROM_STEP: str(state.step)})
+                log.info(f"cmcr: run {logger.run_id} resumed at step {state.step}")
+            else:  # say why a resumed run starts over (issue 32: it restarted without a word)
+                log.info(
+                    f"cmcr: run {logger.run_id} has no checkpoint yet (the first comes at step "
+                    f"{cfg.train.checkpoint_every}): pre-training starts from step 0"
+                )
         logger.set_tags({Tag.NUM_PROCESSES: str(accelerator.num_processes)})
         probe = None
         if probe_enabled(cfg):
