@@ -97,6 +97,11 @@ def test_probe_miou_matches_devkit_evaluator(world, tmp_path, capsys) -> None:
         capsys,
     )
     assert again["miou"] == pytest.approx(ours["miou"], abs=1e-9)
+    # ... and the value the run logged at full precision (issue 32: 0.079471 against 0.079475)
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(over["tracking.tracking_uri"]).get_run(ours["run_id"]).data.metrics
+    assert again["miou"] == round(logged["val/miou"], 6), (again["miou"], logged["val/miou"])
     files = sorted(p.name for p in (export / "lidarseg" / "mini_val").iterdir())
     assert len(files) == 4
     for name in files:
