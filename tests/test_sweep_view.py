@@ -91,7 +91,7 @@ def test_live_view_under_a_pseudo_terminal_shows_every_field(tmp_path):
     # the study: counts, best with its trial, ETA
     for field in ("sweep mask_ratio", "done", "running", "queued", "failed", "pruned"):
         assert field in text, field
-    assert re.search(r"best \d\.\d{4} \(trial #\d\)", text), text[-3000:]
+    assert re.search(r"best \d+\.\d\d % \(trial #\d\)", text), text[-3000:]  # mIoU in %
     assert "study ETA" in text
     # a running trial: number, rounded params, phase, step, rate, ETA
     assert re.search(r"#[01]\s.*mask_ratio=0\.\d{1,3}\b", text), text[-3000:]
