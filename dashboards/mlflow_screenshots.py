@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from cmcr.configs import load_config
 from cmcr.names import UI_WORKFLOW_QUERY, Kind, Metric
@@ -135,20 +136,28 @@ def take(out: Path, folder: Path) -> dict[str, Path]:
             proc.wait()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_script(argv: list[str] | None, doc: str, take_shots: Any) -> Any:
+    """The screenshot scripts' command line (this one, reader_screenshots.py): ``--out`` the
+    PNGs' folder, ``--keep`` where the scratch stores are made (else a temporary folder);
+    ``take_shots(out, folder)``'s result, or None when Chromium is missing (said on stderr)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", default="docs/figures", help="folder of the PNGs")
-    parser.add_argument("--keep", default=None, help="make the store here (default: a temp dir)")
+    parser.add_argument("--keep", default=None, help="make the stores here (default: a temp dir)")
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         print(f"{CHROMIUM} missing: run dashboards/ensure_chromium.sh", file=sys.stderr)
-        return 2
+        return None
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
-        shots = take(Path(args.out), Path(args.keep))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            shots = take(Path(args.out), Path(tmp))
+        return take_shots(Path(args.out), Path(args.keep))
+    with tempfile.TemporaryDirectory() as tmp:
+        return take_shots(Path(args.out), Path(tmp))
+
+
+def main(argv: list[str] | None = None) -> int:
+    shots = run_script(argv, __doc__, take)
+    if shots is None:
+        return 2
     for name, path in shots.items():
         print(f"{name}: {path} ({path.stat().st_size // 1024} KiB)")
     return 0

@@ -14,16 +14,14 @@ opened on the link ``cmcr ui --study smoke_ties`` prints once the server answers
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
-from mlflow_screenshots import CHROMIUM, free_port, screenshot  # this folder: run as a script
+from mlflow_screenshots import free_port, run_script, screenshot  # this folder: run as a script
 
 from cmcr.configs import apply_overrides, load_config
 from cmcr.names import Attr, Metric
@@ -116,18 +114,11 @@ def take(out: Path, folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/figures", help="folder of the PNGs")
-    parser.add_argument("--keep", default=None, help="make the stores here (default: a temp dir)")
-    args = parser.parse_args(argv)
-    if not CHROMIUM.is_file():
-        print(f"{CHROMIUM} missing: run dashboards/ensure_chromium.sh", file=sys.stderr)
+    shots = run_script(argv, __doc__, take)
+    if shots is None:
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.keep or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in take(Path(args.out), folder):
-            print(f"{path} ({path.stat().st_size // 1024} KiB)")
+    for path in shots:
+        print(f"{path} ({path.stat().st_size // 1024} KiB)")
     return 0
 
 

@@ -75,13 +75,18 @@ def test_list_shows_each_studys_pruner_and_cost_here(smoke_world) -> None:
 @pytest.mark.parametrize("command", ["probe", "finetune", "evaluate"])
 def test_downstream_set_takes_several_values_and_shows_its_own_example(command: str) -> None:
     from cmcr.cli import build_parser
-    from cmcr.engine.cli_downstream import SET_EXAMPLE, set_values
+    from cmcr.configs import set_values
+    from cmcr.engine.cli_downstream import SET_EXAMPLE
 
     base = ["--pretrained", "none"] if command != "evaluate" else ["--run", "r"]
     args = build_parser(command).parse_args(
         [command, *base, "--set", "a.b=1", "c.d=2", "--set", "e.f=3"]
     )
-    assert set_values(args) == ["a.b=1", "c.d=2", "e.f=3"]  # as `cmcr pretrain --set` takes them
+    assert set_values(args.overrides) == [
+        "a.b=1",
+        "c.d=2",
+        "e.f=3",
+    ]  # as `cmcr pretrain --set` takes them
     text, _ = _modules_after(command, "--help")
     assert SET_EXAMPLE[command].split("=")[0] in text and "official" in text
     if command == "finetune":

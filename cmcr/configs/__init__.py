@@ -49,6 +49,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "parse_override",
+    "set_values",
     "registry_names",
     "resolve_config",
     "validate_config",
@@ -166,6 +167,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if value is None:
         value = ""
     return key, value
+
+
+def set_values(groups: list[list[str]] | list[str]) -> list[str]:
+    """Every ``--set`` of a command line as one list: each ``--set`` takes one or more
+    KEY=VALUE (argparse's append with nargs="+" gives a list per flag; a bare string is one)."""
+    return [item for group in groups for item in ([group] if isinstance(group, str) else group)]
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str] | None) -> Config:

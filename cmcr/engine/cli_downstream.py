@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from cmcr.configs import apply_overrides, list_presets, load_config
+from cmcr.configs import apply_overrides, list_presets, load_config, set_values
 from cmcr.errors import CMCRError
 from cmcr.progress import fmt_pct
 from cmcr.registry import DATASETS
@@ -20,11 +20,6 @@ SET_EXAMPLE = {  # a key each command reads, for its --help
     "finetune": "downstream.finetune_label_fraction=0.1",
     "evaluate": "data.val_split=mini_val",
 }
-
-
-def set_values(args: argparse.Namespace) -> list[str]:
-    """``--set`` as one list (each --set takes one or more KEY=VALUE, as in cmcr pretrain)."""
-    return [item for group in args.overrides for item in group]
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -100,7 +95,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_cfg(args: argparse.Namespace, default: str | Path | None = None):
-    overrides = set_values(args)
+    overrides = set_values(args.overrides)
     if getattr(args, "dataset", None):
         overrides.append(f"downstream.dataset={args.dataset}")
     return load_config(args.config or default, overrides)
@@ -155,7 +150,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.pretrained is not None:
             raise CMCRError("--run uses the run's own weights; drop --pretrained (or use --head)")
 
-        base = load_config(args.config, set_values(args))  # for tracking.output_dir
+        base = load_config(args.config, set_values(args.overrides))  # for tracking.output_dir
         sub = _run_subfolder(run_dir(base, args.run), args.dataset)
         # the run's own config (voxel coordinates, root, ...) unless --config names another
         cfg = _load_cfg(args, run_dir(base, args.run) / sub / "config.yaml")

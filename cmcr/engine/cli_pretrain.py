@@ -11,6 +11,7 @@ from cmcr.configs import (
     config_from_flat,
     list_presets,
     load_config,
+    set_values,
 )
 from cmcr.configs import validate_config as _validate
 from cmcr.tracking.runs import require_run
@@ -37,10 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run")
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    return [item for group in args.overrides for item in group]
-
-
 def _recorded_config(run_id: str, base: Config) -> Config:
     """The config a run was started with (its params); tracking settings stay the caller's."""
     from cmcr.engine.preflight import check_tracking  # lazy: keeps `cmcr --help` fast
@@ -64,20 +61,21 @@ def build_config(args: argparse.Namespace) -> Config:
     """Config from --config/--set; with --resume, the run's recorded config (its preset and
     the overrides it was started with) plus this call's --set. A --config naming another
     preset than the recorded one is refused, naming the stored preset."""
+    sets = set_values(args.overrides)
     if not args.resume:
         if not args.config:
             raise ConfigError("--config: required (a preset name or a YAML file) unless --resume")
-        return load_config(args.config, _overrides(args))
+        return load_config(args.config, sets)
     # the overrides may name the store (tracking.*), so they apply before the lookup too
-    cfg = _recorded_config(args.resume, load_config(None, _overrides(args)))
+    cfg = _recorded_config(args.resume, load_config(None, sets))
     if args.config:
-        asked = load_config(args.config, _overrides(args)).preset
+        asked = load_config(args.config, sets).preset
         if asked != cfg.preset:
             raise ConfigError(
                 f"--config {args.config}: run {args.resume} was recorded with preset "
                 f"{cfg.preset!r}; --resume continues it with its recorded config (drop --config)"
             )
-    return _validate(apply_overrides(cfg, _overrides(args)))
+    return _validate(apply_overrides(cfg, sets))
 
 
 def resume_line(run_id: str, cfg: Config, overrides: list[str]) -> str:
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     redact_logging()
     cfg = build_config(args)
     if args.resume:
-        print(resume_line(args.resume, cfg, _overrides(args)), flush=True)
+        print(resume_line(args.resume, cfg, set_values(args.overrides)), flush=True)
     from cmcr.engine.preflight import before_pretrain  # lazy: keeps `cmcr --help` fast
 
     before_pretrain(cfg)  # a tracking server that is down: one line, before any run exists

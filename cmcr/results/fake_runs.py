@@ -23,6 +23,7 @@ from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.losses.registry import BUILTIN
 from cmcr.names import Attr, Kind, Tag
 from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
+from cmcr.progress import fmt_pct
 from cmcr.tracking import runs as run_life
 
 CLASSES = CHALLENGE_CLASSES[1:]
@@ -115,9 +116,9 @@ def pruned_reason(step: int, probe: float, phase: str = "pretrain") -> str:
     if phase == "pretrain":  # as cmcr.sweep.objective.pruned_at words it
         return (
             f"pruned by optuna: pruned at pre-training step {step} (representation probe "
-            f"{100 * probe:.2f} %)"
+            f"{fmt_pct(probe)} %)"
         )
-    return f"pruned by optuna: pruned at downstream epoch {step} (val mIoU {100 * probe:.2f} %)"
+    return f"pruned by optuna: pruned at downstream epoch {step} (val mIoU {fmt_pct(probe)} %)"
 
 
 def log_run(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cmcr.configs import set_values
 from cmcr.engine.preflight import before_sweep
 from cmcr.errors import UNAVAILABLE_EXIT, CMCRError, Unavailable
 from cmcr.names import Attr
@@ -79,7 +80,7 @@ def run(
     if args.no_report:
         extras = dataclasses.replace(extras, build_report=False)
     if args.list:
-        print(list_studies(args.preset, [o for group in args.overrides for o in group]))
+        print(list_studies(args.preset, set_values(args.overrides)))
         return 0
     if not args.study:
         raise CMCRError("--study: required (a built-in name from --list, or a study .yaml)")

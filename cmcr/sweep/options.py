@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmcr.configs import parse_override
+from cmcr.configs import parse_override, set_values
 from cmcr.configs.schema import DOWNSTREAM_MODES
 from cmcr.errors import ConfigError
 from cmcr.names import (
@@ -272,11 +272,7 @@ def _scalar_type(f: dataclasses.Field) -> type:
 def from_args(args: argparse.Namespace) -> SweepOptions:
     """SweepOptions from arguments parsed by a parser built with ``add_option_arguments``."""
     values = {f.name: getattr(args, f.name) for f in _fields()}
-    values["overrides"] = [
-        item
-        for group in values["overrides"]
-        for item in (group if isinstance(group, list) else [group])
-    ]
+    values["overrides"] = set_values(values["overrides"])
     for f in _fields():
         if f.name in STORED_SETTINGS and values[f.name] is None:
             values[f.name] = f.default

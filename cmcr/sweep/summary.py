@@ -142,7 +142,7 @@ def where_to_look(plan: Any, summary: dict[str, Any], *, build_report: bool) -> 
     file:// path, ``cmcr ui`` and the MLflow URLs."""
     clause = noise_clause(summary)
     lines = [
-        f"best: trial #{summary['best_trial']} val mIoU {summary['best_value'] * 100:.2f} % "
+        f"best: trial #{summary['best_trial']} val mIoU {fmt_pct(summary['best_value'])} % "
         # the params give way to the clause: a piped line stays under 300 characters
         f"({short_params(summary['best_params'], max(60, 200 - len(clause)))})"
         + (f"; {clause}" if clause else "")
@@ -220,7 +220,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         params = short_params(summary["best_params"], 160)
         clause = noise_clause(summary, short=True)
         parts.append(
-            f"best val mIoU {summary['best_value'] * 100:.2f} % (trial {summary['best_trial']}, "
+            f"best val mIoU {fmt_pct(summary['best_value'])} % (trial {summary['best_trial']}, "
             f"{params})" + (f"; {clause}" if clause else "")
         )
     if not summary["done"]:
