@@ -164,7 +164,8 @@ def test_resume_reuses_the_recorded_config_and_refuses_another_preset(smoke_worl
     over = [f"tracking.tracking_uri={store}", f"data.dataroot={smoke_world}"]
     recorded = load_config("smoke", [*over, "loss.weights.mim=0.5"])
     client = make_client(store)
-    run_id = client.create_run(client.create_experiment("cmcr")).info.run_id
+    exp = client.create_experiment("cmcr", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(exp).info.run_id
     for key, value in config_params(recorded).items():
         client.log_param(run_id, key, value)
 
@@ -191,7 +192,8 @@ def test_a_resume_without_a_checkpoint_says_it_starts_from_step_0(
 
     cfg = load_config("smoke", _over(smoke_world, tmp_path, store, **{"train.max_steps": 2}))
     client = make_client(store)
-    run_id = client.create_run(client.create_experiment("cmcr")).info.run_id
+    exp = client.create_experiment("cmcr", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(exp).info.run_id
     for key, value in config_params(cfg).items():
         client.log_param(run_id, key, value)
     with caplog.at_level(logging.INFO, logger="cmcr"):
