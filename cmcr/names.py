@@ -119,6 +119,10 @@ class Metric:
     HOLDOUT_LOSS_PREFIX = "holdout/loss_"  # + loss term name
     SEG_LOSS = "train/seg_loss"
     VAL_MIOU = "val/miou"
+    # val/miou in %, rounded to 2 decimals, logged beside it: the column a person reads in
+    # MLflow's runs table, which shows a metric's stored digits and cannot format them (every
+    # stored score stays a fraction; the report, terminal and dashboard print % themselves)
+    VAL_MIOU_PCT = "val/miou_pct"
     VAL_FWIOU = "val/fwiou"
     VAL_IOU_PREFIX = "val/iou_"  # + challenge class name
     DOWNSTREAM_SECONDS = "downstream/seconds"
@@ -163,6 +167,12 @@ def legacy_metric(key: str) -> str | None:
         if key == new or key.startswith(new + "_"):
             return old + key[len(new) :]
     return None
+
+
+def display_metric(objective: str) -> str:
+    """The column MLflow's runs table shows for ``objective``: an mIoU's ``_pct`` twin (in %, 2
+    decimals, ``Metric.VAL_MIOU_PCT``), any other metric itself."""
+    return f"{objective}_pct" if objective.endswith("miou") else objective
 
 
 def dataset_key(dataset: str, key: str) -> str:

@@ -107,6 +107,7 @@ def test_toy_network_has_its_own_classes_and_metric_names():
     assert m.miou == pytest.approx((1.0 + 1.0 + 0.0) / 3)
     keys = metric_dict(m, "toy")
     assert {"val/toy/miou", "val/toy/fwiou", "val/toy/iou_vehicle"} <= set(keys)
+    assert keys["val/toy/miou_pct"] == round(100 * m.miou, 2) == 66.67  # the table's column
 
 
 def test_toy_probe_runs_end_to_end(smoke_world: Path, tmp_path: Path):

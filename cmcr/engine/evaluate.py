@@ -89,8 +89,10 @@ def export_predictions(
 
 def metric_dict(m: SegMetrics, dataset: str = "nuscenes") -> dict[str, float]:
     """The contract metric names: val/miou, val/fwiou, val/iou_<class> (nuScenes), and
-    val/<dataset>/miou, ... for another dataset (``names.dataset_key``)."""
-    out = {Metric.VAL_MIOU: m.miou, Metric.VAL_FWIOU: m.fwiou}
+    val/<dataset>/miou, ... for another dataset (``names.dataset_key``); val/miou_pct, the same
+    mIoU in % to 2 decimals, for MLflow's runs table."""
+    out = {Metric.VAL_MIOU: m.miou, Metric.VAL_FWIOU: m.fwiou,
+           Metric.VAL_MIOU_PCT: round(100 * m.miou, 2)}  # fmt: skip
     out.update({f"{Metric.VAL_IOU_PREFIX}{name}": v for name, v in m.per_class.items()})
     return {dataset_key(dataset, k): v for k, v in out.items()}
 

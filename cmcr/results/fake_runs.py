@@ -82,6 +82,7 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
             for c, v in zip(CLASSES, per_class, strict=True)
         ]
         out.append(Metric(M.VAL_MIOU, float(per_class.mean()), now, e))
+        out.append(Metric(M.VAL_MIOU_PCT, round(100 * float(per_class.mean()), 2), now, e))
         out.append(Metric(M.VAL_FWIOU, float(min(1.0, per_class.mean() + 0.2)), now, e))
     for s in range(steps):
         terms = np.exp(-s / max(steps, 1)) * rng.uniform(0.5, 2.0, len(LOSS_TERMS))

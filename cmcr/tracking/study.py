@@ -8,7 +8,7 @@ from typing import Any
 
 from cmcr.adapters.mlflow_views import runs_view, view_query
 from cmcr.configs import Config
-from cmcr.names import DEFAULT_EXPERIMENT, UI_WORKFLOW_QUERY, ExpTag, Kind, Tag
+from cmcr.names import DEFAULT_EXPERIMENT, UI_WORKFLOW_QUERY, ExpTag, Kind, Tag, display_metric
 from cmcr.tracking.runs import set_tag_shared
 from cmcr.tracking.store import TAG_MAX, client_for, clip, get_or_create_experiment, search_value
 from cmcr.uris import redact, sqlite_path, tracking_uri
@@ -52,8 +52,9 @@ def prepare_study_experiment(
     trials only) and its description. Returns the experiment id."""
     client = client_for(uri)
     exp_id = get_or_create_experiment(client, experiment, uri)
-    key, value = runs_view(f"study {study}", [objective],
-                           sorted(params), order_by=objective, ascending=direction == "minimize",
+    shown = display_metric(objective)  # val/miou_pct: the runs table cannot round val/miou
+    key, value = runs_view(f"study {study}", [shown],
+                           sorted(params), order_by=shown, ascending=direction == "minimize",
                            filter_string=f"tags.`{Tag.KIND}` = '{Kind.TRIAL}' and "
                                          f"tags.`{Tag.STUDY}` = {search_value(study)}")  # fmt: skip
     client.set_experiment_tag(exp_id, key, value)
@@ -79,8 +80,10 @@ def study_note(
         "",
         f"Swept: {', '.join(f'`{p}`' for p in sorted(params)) or 'nothing (a grid of variants)'}.",
         "",
-        f"Runs table with these columns, sorted by `{objective}`: *Views → study {study}* above "
-        f"the table, or this page's address with `?{view_query()}`.",
+        f"Runs table with these columns, sorted by `{display_metric(objective)}`"
+        + (" (the same mIoU in %, 2 decimals)" if display_metric(objective) != objective else "")
+        + f": *Views → study {study}* above the table, or this page's address with "
+        f"`?{view_query()}`.",
     ]
     if best:
         value = (f"{best['value'] * 100:.2f} %" if objective.endswith("miou")
