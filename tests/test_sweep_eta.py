@@ -111,3 +111,40 @@ def test_the_cpu_share_is_measured_not_guessed() -> None:
 
     share = cpu_share(0.1)  # alone or beside the suite's other worker: a real fraction
     assert 0.05 <= share <= 1.05
+
+
+def test_a_grids_queue_is_priced_cell_by_cell(smoke_world) -> None:
+    """A grid's rows differ in work (the benchmark's random-init row pre-trains nothing): the
+    start line sums each new cell's own cost, and once a trial measured its slowdown the queue
+    is each waiting cell's idle cost times it, not the median of whichever rows finished first
+    (on the benchmark the study ETA fell from 1h57m to 13m26s when the random row finished)."""
+    from cmcr.configs import load_config
+    from cmcr.sweep.estimate import estimate, per_cell, slot_costs
+    from cmcr.sweep.space import load_study
+
+    cfg = load_config("smoke", {"data.dataroot": str(smoke_world)})
+    spec = load_study("benchmark")
+    costs = slot_costs(cfg, spec, seeds=2)
+    cells = spec.grid_cells()
+    random_slot = next(i for i, c in enumerate(cells) if c["variant"] == "random")
+    assert len(costs) == len(cells) and costs[random_slot] < min(
+        v for s, v in costs.items() if s != random_slot
+    )
+    base = estimate(cfg, None, seeds=2)
+    est = per_cell(base, costs, list(range(len(cells))))
+    assert est.total_s(len(cells), 2) == pytest.approx(sum(costs.values()))
+    assert est.slot_s == costs and base.total_s(len(cells), 2) > est.total_s(len(cells), 2)
+    # a sampled study: one figure for all
+    assert slot_costs(cfg, load_study("loss_weights")) is None
+    # the live view: one trial running at 2x, the random row finished in 10 s, 3 cells queued
+    running = Running(1, "", progress.PRETRAIN, 1, 12, "", 30.0, 5.0,
+                      trial_eta_s=40.0, slowdown=2.0)  # fmt: skip
+    own = [100.0, 400.0, 400.0]
+    eta = study_eta(10.0, (running,), 3, 1, measured=True, idle_s=400.0, waiting_idle=own)
+    assert eta == pytest.approx(40.0 + 2.0 * 900.0)
+    assert study_eta(10.0, (running,), 3, 1, measured=True, idle_s=400.0) == pytest.approx(70.0)
+    # two workers share the queue; before any slowdown, the preset's load factor prices it
+    assert study_eta(10.0, (running,), 3, 2, measured=True, idle_s=400.0,
+                     waiting_idle=own) == pytest.approx((40.0 + 1800.0) / 2)  # fmt: skip
+    assert study_eta(800.0, (), 3, 1, measured=False, idle_s=400.0,
+                     waiting_idle=own) == pytest.approx(1800.0)  # fmt: skip

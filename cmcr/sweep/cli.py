@@ -33,7 +33,7 @@ from cmcr.runlog import setup_console
 from cmcr.sweep import group as launch
 from cmcr.sweep import parent as parent_runs
 from cmcr.sweep import runner, slurm
-from cmcr.sweep.estimate import estimate, under_load
+from cmcr.sweep.estimate import estimate, per_cell, slot_costs, under_load
 from cmcr.sweep.group import GroupBroken
 from cmcr.sweep.objective import default_trial_fn
 from cmcr.sweep.options import PROG, add_arguments, reuse_stored, sweep_options
@@ -190,6 +190,9 @@ def sweep(
     est, busy = None, None
     if extras.estimate:
         est, busy = under_load(estimate(plan.base, stored, plan.opts.seeds))
+        if est.whole_machine:  # a grid's rows differ in work: each new slot at its own cost
+            costs = slot_costs(plan.base, plan.spec, plan.opts.seeds)
+            est = per_cell(est, costs, list(range(before, plan.n_trials)))
     for line in (busy, queue_line(plan, before, est)):  # said before a single trial is queued
         if line is not None:
             print(line, flush=True)
@@ -237,6 +240,7 @@ def _run_study(
         estimate_s=est.trial_s if est else None,
         idle_s=est.idle_s if est and est.whole_machine else None,
         workers=plan.opts.workers,
+        slot_idle=est.slot_s if est and est.whole_machine else None,
     )
     with view:
         rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)

@@ -9,6 +9,7 @@ the labelled training scans and the validation scans).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -16,7 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cmcr.configs import Config, evaluation_config, evaluation_list
+from cmcr.configs import (
+    Config,
+    apply_overrides,
+    evaluation_config,
+    evaluation_list,
+    validate_config,
+)
 from cmcr.data.pretrain import select_records
 from cmcr.progress import FINETUNE, PRETRAIN, PROBE
 from cmcr.registry import DATASETS
@@ -63,6 +70,8 @@ class Estimate:
     # measured at the sweep's parallelism, so they do
     whole_machine: bool = False
     load_factor: float = 1.0  # how much the machine's load scaled the figure (under_load)
+    # a grid's idle-machine seconds per slot (slot_costs): the live view prices its queue by them
+    slot_s: dict[int, float] | None = None
 
     @property
     def idle_s(self) -> float | None:
@@ -102,6 +111,24 @@ def planned_work(cfg: Config) -> tuple[int, dict[str, int]]:
     return steps, work
 
 
+def work_key(cfg: Config) -> str:
+    """What sizes a trial's phases (the trials of a study differ in other keys)."""
+    t = cfg.train
+    return repr((cfg.preset, cfg.method.name, cfg.data, cfg.downstream, cfg.semantickitti,
+                 t.max_steps, t.epochs, t.batch_size, t.grad_accum))  # fmt: skip
+
+
+_WORK: dict[str, tuple[int, dict[str, int]]] = {}
+
+
+def _planned(cfg: Config) -> tuple[int, dict[str, int]]:
+    """``planned_work``, once per work key (reading a dataset's tables takes a second)."""
+    key = work_key(cfg)
+    if key not in _WORK:
+        _WORK[key] = planned_work(cfg)
+    return _WORK[key]
+
+
 def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     """Seconds per trial (of ``seeds`` seeds) from the study's finished trials, else the
     preset's measured costs; ``trial_s`` None when neither is known."""
@@ -114,7 +141,7 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
     if cost is None:
         return Estimate(None, f"no measured cost for preset {cfg.preset!r}")
     try:
-        steps, work = planned_work(cfg)
+        steps, work = _planned(cfg)
     except Exception:  # the data is checked (and its error reported) by the preflight
         return Estimate(None, f"the data at {cfg.data.dataroot} could not be read")
     seconds = cost.start_s + steps * cost.step_s
@@ -130,6 +157,34 @@ def estimate(cfg: Config, study: Any = None, seeds: int = 1) -> Estimate:
         f"preset {cfg.preset}'s measured cost on {cost.machine}: {' + '.join(parts)}{per_seed}",
         whole_machine=True,
     )
+
+
+def slot_costs(base: Config, spec: Any, seeds: int = 1) -> dict[int, float] | None:
+    """Idle-machine seconds of each slot of a grid study, from its own cell's work (a random-init
+    row pre-trains nothing; a 3-seed row runs three seeds), at the preset's measured costs;
+    None for a sampled study (its trials share the base config's figure) or a preset without
+    measured costs."""
+    if not spec.is_grid or str(base.preset) not in MEASURED:
+        return None
+    out = {}
+    for slot, cell in enumerate(spec.grid_cells()):
+        cfg = validate_config(apply_overrides(copy.deepcopy(base), spec.overrides_for(cell)))
+        est = estimate(cfg, None, seeds)
+        if est.idle_s is None:
+            return None
+        out[slot] = est.idle_s
+    return out
+
+
+def per_cell(est: Estimate, costs: dict[int, float] | None, slots: list[int]) -> Estimate:
+    """``est`` (the base config's whole-machine figure) as the mean of ``slots``' own costs,
+    load factor kept, so that the start line's total is their sum."""
+    if not costs or not est.whole_machine or not slots or est.trial_s is None:
+        return est
+    mean = sum(costs[s] for s in slots) / len(slots)
+    return dataclasses.replace(
+        est, trial_s=mean * est.load_factor, slot_s=costs,
+        source=f"{est.source}; the mean over these {len(slots)} grid cells' own work")  # fmt: skip
 
 
 def cpu_share(seconds: float = 0.25) -> float:
@@ -188,7 +243,7 @@ def phase_plan(cfg: Config) -> list[Phase] | None:
     cost = MEASURED.get(str(cfg.preset))
     if cost is None:
         return None
-    steps, work = planned_work(cfg)
+    steps, work = _planned(cfg)
     phases = [Phase(PRETRAIN, steps, cost.step_s)] if steps else []
     measured = cost.scan_epoch_s
     for dataset, mode in evaluation_list(cfg):
@@ -245,9 +300,7 @@ class TrialClock:
 def trial_clock(cfg: Config, seeds_left: int) -> TrialClock:
     """A ``TrialClock`` for a trial with ``cfg`` and ``seeds_left`` seeds to run; one that
     adds nothing when the preset has no measured cost or the data cannot be read."""
-    t = cfg.train  # what sizes the phases (trials of a study differ in other keys)
-    key = repr((cfg.preset, cfg.method.name, cfg.data, cfg.downstream, cfg.semantickitti,
-                t.max_steps, t.epochs, t.batch_size, t.grad_accum))  # fmt: skip
+    key = work_key(cfg)
     if key not in _PLANS:  # reading a full dataset's tables takes seconds: once per worker
         try:
             _PLANS[key] = phase_plan(cfg)

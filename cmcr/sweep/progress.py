@@ -173,6 +173,7 @@ def study_eta(
     *,
     measured: bool = True,
     idle_s: float | None = None,
+    waiting_idle: list[float] | None = None,
 ) -> float | None:
     """Seconds until the queue is empty: each running trial's time left from its live rate
     (``Running.left_s``; else ``per_trial_s`` less its elapsed time) and the queued trials.
@@ -181,11 +182,18 @@ def study_eta(
     parallelism, so the queue is shared by ``workers``. Else it is the preset's estimate for
     one trial on the whole machine (the local workers share its cores: not divided); once a
     running trial measured its slowdown, the queue is ``idle_s`` (the preset's idle-machine
-    figure) times the median slowdown, at the sweep's parallelism again."""
+    figure) times the median slowdown, at the sweep's parallelism again.
+
+    ``waiting_idle``: each queued trial's own idle-machine figure (a grid's cells differ: a
+    random-init row pre-trains nothing), which then prices the queue instead of one figure for
+    all: times the running trials' slowdown, else times the preset's load factor; a median of
+    finished trials would price the queue of a grid by whichever rows happened to finish."""
     slow = sorted(r.slowdown for r in running if r.slowdown)
+    k = slow[len(slow) // 2] if slow else None
     parallel = measured
-    if not measured and slow and idle_s is not None:
-        per_trial_s, parallel = idle_s * slow[len(slow) // 2], True
+    own = waiting_idle if waiting_idle is not None and len(waiting_idle) == waiting else None
+    if k is not None and idle_s is not None and (not measured or own is not None):
+        per_trial_s, parallel = idle_s * k, True
     left = 0.0
     for r in running:
         if r.left_s is not None and (r.trial_eta_s is not None or per_trial_s is None):
@@ -197,6 +205,8 @@ def study_eta(
     if waiting and per_trial_s is None:
         return None
     queue = waiting * per_trial_s if waiting and per_trial_s is not None else 0.0
+    if own is not None and idle_s and (k is not None or not measured):
+        queue = sum(own) * (k if k is not None else (per_trial_s or idle_s) / idle_s)
     shared = max(workers, len(running), 1)
     return (left + queue) / shared if parallel else left / shared + queue
 
@@ -208,8 +218,10 @@ def snapshot(
     estimate_s: float | None = None,
     workers: int = 1,
     idle_s: float | None = None,
+    slot_idle: dict[int, float] | None = None,
 ) -> Snapshot:
-    """Poll the storage once."""
+    """Poll the storage once; ``slot_idle``: a grid's idle-machine seconds per slot
+    (``estimate.slot_costs``), which price the queued trials one by one."""
     trials = study.get_trials(deepcopy=False)
     c = count_states(trials)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -223,6 +235,10 @@ def snapshot(
     times = trial_seconds(trials)
     per_trial = statistics.median(times) if times else estimate_s
     waiting = c.get("WAITING", 0)
+    own = None
+    if slot_idle:
+        slots = [t.user_attrs.get(Attr.SLOT) for t in trials if t.state.name == "WAITING"]
+        own = [slot_idle[s] for s in slots if s in slot_idle]
     return Snapshot(
         total=total,
         complete=c.get("COMPLETE", 0),
@@ -234,7 +250,15 @@ def snapshot(
         waiting=c.get("WAITING", 0),
         best=best,
         best_trial=best_trial,
-        eta_s=study_eta(per_trial, running, waiting, workers, measured=bool(times), idle_s=idle_s),
+        eta_s=study_eta(
+            per_trial,
+            running,
+            waiting,
+            workers,
+            measured=bool(times),
+            idle_s=idle_s,
+            waiting_idle=own,
+        ),  # fmt: skip
         trials=running,
     )
 
@@ -254,8 +278,10 @@ class ProgressView:
         estimate_s: float | None = None,
         workers: int = 1,
         idle_s: float | None = None,
+        slot_idle: dict[int, float] | None = None,
     ) -> None:
         self.study = study
+        self.slot_idle = slot_idle
         self.name = name
         self.total = total
         self.interval = interval
@@ -279,7 +305,8 @@ class ProgressView:
 
     def poll(self) -> Snapshot:
         return snapshot(self.study, self.total, estimate_s=self.estimate_s,
-                        workers=self.workers, idle_s=self.idle_s)  # fmt: skip
+                        workers=self.workers, idle_s=self.idle_s,
+                        slot_idle=self.slot_idle)  # fmt: skip
 
     def _loop(self) -> None:
         if self.live:
