@@ -24,6 +24,8 @@ SWEEP_TRACKING_ENV = "CMCR_SWEEP_TRACKING_URI"  # a worker's --tracking-uri (whe
 # a worker's --set overrides (a JSON list) when one of them holds a secret or a tracking URI
 SWEEP_SETS_ENV = "CMCR_SWEEP_SETS"
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"  # read by ``mlflow server`` (``cmcr ui``)
+# cmcr's cache folder (the MLflow schema template); else $XDG_CACHE_HOME/cmcr, else ~/.cache/cmcr
+CACHE_DIR_ENV = "CMCR_CACHE_DIR"
 # where *this machine* keeps the data: ``cmcr.configs.load_config`` reads these (only there)
 # into the config key each names; they beat presets, not --set
 DATA_ROOT_ENV = "CMCR_DATA_ROOT"

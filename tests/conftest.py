@@ -35,6 +35,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from cmcr.compat import patch_spconv_cpu  # noqa: E402 - after the thread settings above
+from cmcr.names import CACHE_DIR_ENV  # noqa: E402
 
 patch_spconv_cpu()
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -63,6 +64,13 @@ def _fingerprint(root: Path) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One cmcr cache folder for the run (not the user's, unless they set CMCR_CACHE_DIR): the
+    workers and the processes they start copy one MLflow schema template, built once."""
+    os.environ.setdefault(CACHE_DIR_ENV, str(_shared_dir(tmp_path_factory) / "cmcr-cache"))
 
 
 @pytest.fixture(scope="session")

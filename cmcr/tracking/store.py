@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 
+from cmcr.adapters.mlflow_schema import build_schema
 from cmcr.configs import Config
 from cmcr.errors import TrackingError
-from cmcr.names import DEFAULT_ARTIFACTS, EXPERIMENT_KIND_TRAINING, ExpTag
+from cmcr.names import CACHE_DIR_ENV, DEFAULT_ARTIFACTS, EXPERIMENT_KIND_TRAINING, ExpTag
 from cmcr.tracking.databases import driver_url, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
 
@@ -39,6 +40,8 @@ def resolve_tracking_uri(cfg: Config) -> str:
 
     A missing embedded store is created here, atomically: a kill during MLflow's schema
     migrations must not leave half a schema ("table logged_models already exists" next time).
+    Its schema is a copy of a template cached per MLflow version (``schema_cache``,
+    ``cmcr.adapters.mlflow_schema``): milliseconds, where MLflow's migrations take ~1 s.
     An existing file that is empty or not SQLite is refused (TrackingError), never written.
     Only resolving, never creating: ``cmcr.uris.tracking_uri``.
     """
@@ -72,10 +75,20 @@ def check_readable(uri: str) -> str:
 
 
 def _build_mlflow_schema(tmp_uri: str, *, artifacts: str) -> None:
-    # lazy: mlflow's store takes seconds to import, and only a new store needs it
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    build_schema(tmp_uri, artifact_location(artifacts), schema_cache())
 
-    SqlAlchemyStore(tmp_uri, artifact_location(artifacts)).engine.dispose()
+
+def schema_cache() -> Path | None:
+    """The folder of the MLflow schema template: ``$CMCR_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cmcr``, else ``~/.cache/cmcr``; None without a home (no cache then)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cmcr"
+    try:
+        return Path.home() / ".cache" / "cmcr"
+    except RuntimeError:  # no HOME and no passwd entry
+        return None
 
 
 def artifact_location(uri: str) -> str | None:
