@@ -13,6 +13,7 @@ The cost and the benchmark figures are ``python -m cmcr.bench pruning`` (docs/re
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -105,7 +106,9 @@ def _at_rungs(history: dict[int, float], trial) -> dict[int, float]:
     return {r: history[RUNGS[r]] for r in trial.intermediate_values}
 
 
-def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, smoke_world):
+def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(
+    tmp_path, smoke_world, caplog
+):
     """The real probe, in-process: a value per probe step in the run; a report at the rung of
     half the budget (step 2) that prunes stops pre-training there, after a checkpoint of step 2,
     and the run ends KILLED."""
@@ -122,9 +125,17 @@ def test_probe_measures_the_backbone_and_a_pruned_run_is_checkpointed(tmp_path, 
         direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2)
     )
     trial = study.ask()
-    with pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 2") as caught:
+    with (
+        caplog.at_level(logging.INFO, logger="cmcr"),
+        pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 2") as caught,
+    ):
         run_trial(cfg, report=_pruning_report(trial))
     assert (caught.value.step, caught.value.phase) == (2, "pretrain")
+    # its log lines name rep/probe_miou, in % (make demo printed "probe at step 7: 0.0259")
+    said = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()]
+    assert any(re.fullmatch(r"rep/probe_miou at step 1: \d+\.\d\d % \(representation probe, "
+                            r"[\d.]+ s so far\)", m) for m in said), said  # fmt: skip
+    assert not [m for m in said if m.startswith("probe")], said
     # said as the representation probe, in %, never as the objective's "val mIoU" (issue 32)
     assert "representation probe" in str(caught.value) and "val mIoU" not in str(caught.value)
     assert re.search(r"representation probe \d+\.\d\d %", str(caught.value)), str(caught.value)

@@ -59,6 +59,7 @@ from cmcr.engine.evaluate import to_device
 from cmcr.errors import CMCRError, DataError
 from cmcr.eval.metrics import ConfusionAccumulator
 from cmcr.names import Metric
+from cmcr.progress import fmt_pct
 from cmcr.registry import DATASETS
 
 # the probe scores the pre-training world itself, which is nuScenes-format lidarseg
@@ -184,7 +185,9 @@ class RepresentationProbe:
             self.logger.log_metrics(self._metrics(value, every), step)
             self.logged = step
             self.history[step] = value
-            log.info(f"probe at step {step}: {value:.4f} ({self.seconds:.1f} s so far)")
+            # the representation probe, never "probe" alone: the objective is the downstream one
+            log.info(f"{Metric.PROBE_MIOU} at step {step}: {fmt_pct(value)} % (representation "
+                     f"probe, {self.seconds:.1f} s so far)")  # fmt: skip
             pruned = self._report(step, value)
         if _agree(accelerator, pruned is not None):
             save()
@@ -238,7 +241,8 @@ class RepresentationProbe:
         total = time.perf_counter() - self.t0
         share = self.seconds / max(total, 1e-9)
         self.logger.log_metrics({Metric.PROBE_TIME_SHARE: share}, step)
-        log.info(f"probe: {self.seconds:.1f} s of {total:.1f} s pre-training ({share:.1%})")
+        log.info(f"representation probe: {self.seconds:.1f} s of {total:.1f} s pre-training "
+                 f"({fmt_pct(share)} %)")  # fmt: skip
 
 
 def _history(logger: Any, key: str) -> dict[int, float]:
