@@ -52,10 +52,11 @@ NUSCENES = register_dataset(
         writer=writer,
         labelled=labelled,
         plain_keys=True,
-        # measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02
+        # measured with `make demo` and 2-trial demo / smoke sweeps on an idle 2-core CPU
+        # machine, 2026-12-06 (cmcr/sweep/estimate.py, MEASURED)
         scan_epoch_s={
-            "demo": {"probe": 0.1, "finetune": 0.3},
-            "smoke": {"probe": 0.25, "finetune": 0.5},
+            "demo": {"probe": 0.052, "finetune": 0.067},
+            "smoke": {"probe": 0.055, "finetune": 0.067},
         },
     )
 )

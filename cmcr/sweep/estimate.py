@@ -51,11 +51,16 @@ class Cost:
         }
 
 
-# measured with `make demo` / the smoke sweep on an idle 2-core CPU machine, 2026-12-02 (the
-# downstream scan-epochs: each dataset's module, cmcr/datasets/)
+# measured on an idle 2-core CPU machine (torch's default threads), 2026-12-06: demo from a fresh
+# clone's `make demo` (trials of 65.8 s and 66.6 s: 42 steps in 29.9 s, 600 probe scan-epochs)
+# and two 2-trial demo sweeps (2 steps, 1 and 3 fine-tuning epochs); smoke from 2-trial sweeps
+# at 4 / 24 steps and 2 / 6 probe or fine-tuning epochs (the second trial's time: the first adds
+# ~1.5 s of imports). The 2026-12-02 figures (demo 20 s + 1.3 s/step, smoke 6 s + 1.0 s/step)
+# had become 2-3x pessimistic: `make demo` said 6m44s for 3m44s of trials. The downstream
+# scan-epochs: each dataset's module, cmcr/datasets/
 MEASURED: dict[str, Cost] = {
-    "demo": Cost("demo", start_s=20.0, step_s=1.3, machine="2 CPU cores"),
-    "smoke": Cost("smoke", start_s=6.0, step_s=1.0, machine="2 CPU cores"),
+    "demo": Cost("demo", start_s=5.0, step_s=0.7, machine="2 CPU cores"),
+    "smoke": Cost("smoke", start_s=1.5, step_s=0.33, machine="2 CPU cores"),
 }
 
 
