@@ -148,3 +148,29 @@ def test_a_grids_queue_is_priced_cell_by_cell(smoke_world) -> None:
                      waiting_idle=own) == pytest.approx((40.0 + 1800.0) / 2)  # fmt: skip
     assert study_eta(800.0, (), 3, 1, measured=False, idle_s=400.0,
                      waiting_idle=own) == pytest.approx(1800.0)  # fmt: skip
+    # the next trial has not measured its rate yet: the finished cells' own slowdown (their
+    # seconds over their idle costs) prices the queue, not the random row's short time
+    starting = Running(2, "", "starting", None, None, "", None, 1.0)
+    eta = study_eta(10.0, (starting,), 3, 1, measured=True, idle_s=400.0, waiting_idle=own,
+                    done_slowdown=2.0)  # fmt: skip
+    assert eta == pytest.approx((800.0 - 1.0) + 2.0 * 900.0)
+    assert study_eta(10.0, (starting,), 3, 1, measured=True, idle_s=400.0) == pytest.approx(39.0)
+
+
+def test_the_finished_cells_slowdown_is_their_seconds_over_their_own_cost() -> None:
+    import datetime
+    from types import SimpleNamespace
+
+    from cmcr.sweep.progress import _done_slowdown
+
+    t0 = datetime.datetime(2026, 12, 6, 12, 0, 0)
+
+    def done(slot: int, seconds: float) -> SimpleNamespace:
+        end = t0 + datetime.timedelta(seconds=seconds)
+        return SimpleNamespace(user_attrs={"cmcr.slot": slot}, datetime_start=t0,
+                               datetime_complete=end)  # fmt: skip
+
+    costs = {0: 10.0, 1: 100.0, 2: 100.0}
+    # the random row took 30 s for a 10 s cost (3x), the others 200 s for 100 s (2x)
+    assert _done_slowdown([done(0, 30.0), done(1, 200.0), done(2, 200.0)], costs) == 2.0
+    assert _done_slowdown([done(5, 30.0)], costs) is None  # a slot without a cost is not used

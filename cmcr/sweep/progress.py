@@ -174,6 +174,7 @@ def study_eta(
     measured: bool = True,
     idle_s: float | None = None,
     waiting_idle: list[float] | None = None,
+    done_slowdown: float | None = None,
 ) -> float | None:
     """Seconds until the queue is empty: each running trial's time left from its live rate
     (``Running.left_s``; else ``per_trial_s`` less its elapsed time) and the queued trials.
@@ -187,9 +188,11 @@ def study_eta(
     ``waiting_idle``: each queued trial's own idle-machine figure (a grid's cells differ: a
     random-init row pre-trains nothing), which then prices the queue instead of one figure for
     all: times the running trials' slowdown, else times the preset's load factor; a median of
-    finished trials would price the queue of a grid by whichever rows happened to finish."""
+    finished trials would price the queue of a grid by whichever rows happened to finish. Until
+    a running trial has measured its rate, ``done_slowdown`` (the finished cells' seconds over
+    their own idle costs) stands in for the live slowdown."""
     slow = sorted(r.slowdown for r in running if r.slowdown)
-    k = slow[len(slow) // 2] if slow else None
+    k = slow[len(slow) // 2] if slow else (done_slowdown if waiting_idle is not None else None)
     parallel = measured
     own = waiting_idle if waiting_idle is not None and len(waiting_idle) == waiting else None
     if k is not None and idle_s is not None and (not measured or own is not None):
@@ -209,6 +212,17 @@ def study_eta(
         queue = sum(own) * (k if k is not None else (per_trial_s or idle_s) / idle_s)
     shared = max(workers, len(running), 1)
     return (left + queue) / shared if parallel else left / shared + queue
+
+
+def _done_slowdown(complete: list[Any], slot_idle: dict[int, float]) -> float | None:
+    """The median of the finished grid cells' wall seconds over their own idle costs."""
+    ratios = sorted(
+        s / slot_idle[t.user_attrs.get(Attr.SLOT)]
+        for t in complete
+        if slot_idle.get(t.user_attrs.get(Attr.SLOT))
+        and (s := _seconds(t.datetime_start, t.datetime_complete))
+    )
+    return ratios[len(ratios) // 2] if ratios else None
 
 
 def snapshot(
@@ -235,10 +249,11 @@ def snapshot(
     times = trial_seconds(trials)
     per_trial = statistics.median(times) if times else estimate_s
     waiting = c.get("WAITING", 0)
-    own = None
+    own, done_k = None, None
     if slot_idle:
         slots = [t.user_attrs.get(Attr.SLOT) for t in trials if t.state.name == "WAITING"]
         own = [slot_idle[s] for s in slots if s in slot_idle]
+        done_k = _done_slowdown(complete, slot_idle)
     return Snapshot(
         total=total,
         complete=c.get("COMPLETE", 0),
@@ -258,7 +273,8 @@ def snapshot(
             measured=bool(times),
             idle_s=idle_s,
             waiting_idle=own,
-        ),  # fmt: skip
+            done_slowdown=done_k,
+        ),
         trials=running,
     )
 
