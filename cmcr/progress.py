@@ -153,6 +153,11 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def pct_value(fraction: float) -> float:
+    """A stored mIoU as the number MLflow's runs table shows (``val/miou_pct``): 7.62."""
+    return round(100 * fraction, 2)
+
+
 def fmt_pct(fraction: float | None) -> str:
     """A stored mIoU (a fraction) as a person reads it: ``7.62`` (percent, 2 decimals)."""
     return "-" if fraction is None else f"{100 * fraction:.2f}"

@@ -21,6 +21,7 @@ from cmcr.errors import CMCRError
 from cmcr.eval.export import prepare_export, zip_export
 from cmcr.eval.metrics import NUSCENES_SPACE, ConfusionAccumulator, LabelSpace, SegMetrics
 from cmcr.names import Metric, dataset_key
+from cmcr.progress import pct_value
 
 log = logging.getLogger("cmcr")
 Pairs = Iterable[tuple[torch.Tensor, dict[str, Any]]]  # (voxel logits (V, 16), batch)
@@ -92,7 +93,7 @@ def metric_dict(m: SegMetrics, dataset: str = "nuscenes") -> dict[str, float]:
     val/<dataset>/miou, ... for another dataset (``names.dataset_key``); val/miou_pct, the same
     mIoU in % to 2 decimals, for MLflow's runs table."""
     out = {Metric.VAL_MIOU: m.miou, Metric.VAL_FWIOU: m.fwiou,
-           Metric.VAL_MIOU_PCT: round(100 * m.miou, 2)}  # fmt: skip
+           Metric.VAL_MIOU_PCT: pct_value(m.miou)}  # fmt: skip
     out.update({f"{Metric.VAL_IOU_PREFIX}{name}": v for name, v in m.per_class.items()})
     return {dataset_key(dataset, k): v for k, v in out.items()}
 

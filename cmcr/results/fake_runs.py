@@ -23,7 +23,7 @@ from cmcr.data.classes import CHALLENGE_CLASSES
 from cmcr.losses.registry import BUILTIN
 from cmcr.names import Attr, Kind, Tag
 from cmcr.names import Metric as M  # mlflow.entities.Metric is the logged record
-from cmcr.progress import fmt_pct
+from cmcr.progress import fmt_pct, pct_value
 from cmcr.tracking import runs as run_life
 
 CLASSES = CHALLENGE_CLASSES[1:]
@@ -82,7 +82,7 @@ def _metrics(rng: np.random.Generator, miou: float, epochs: int, steps: int) -> 
             for c, v in zip(CLASSES, per_class, strict=True)
         ]
         out.append(Metric(M.VAL_MIOU, float(per_class.mean()), now, e))
-        out.append(Metric(M.VAL_MIOU_PCT, round(100 * float(per_class.mean()), 2), now, e))
+        out.append(Metric(M.VAL_MIOU_PCT, pct_value(float(per_class.mean())), now, e))
         out.append(Metric(M.VAL_FWIOU, float(min(1.0, per_class.mean() + 0.2)), now, e))
     for s in range(steps):
         terms = np.exp(-s / max(steps, 1)) * rng.uniform(0.5, 2.0, len(LOSS_TERMS))

@@ -240,7 +240,7 @@ def _run_study(
         estimate_s=est.trial_s if est else None,
         idle_s=est.idle_s if est and est.whole_machine else None,
         workers=plan.opts.workers,
-        slot_idle=est.slot_s if est and est.whole_machine else None,
+        slot_idle=est.slot_s if est else None,  # set by per_cell on whole-machine figures
     )
     with view:
         rc = run_here(plan, study, parent, trial_fn, group, worker_cmd)

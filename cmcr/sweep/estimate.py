@@ -9,7 +9,6 @@ the labelled training scans and the validation scans).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -17,13 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cmcr.configs import (
-    Config,
-    apply_overrides,
-    evaluation_config,
-    evaluation_list,
-    validate_config,
-)
+from cmcr.configs import Config, evaluation_config, evaluation_list
 from cmcr.data.pretrain import select_records
 from cmcr.progress import FINETUNE, PRETRAIN, PROBE
 from cmcr.registry import DATASETS
@@ -173,8 +166,7 @@ def slot_costs(base: Config, spec: Any, seeds: int = 1) -> dict[int, float] | No
         return None
     out = {}
     for slot, cell in enumerate(spec.grid_cells()):
-        cfg = validate_config(apply_overrides(copy.deepcopy(base), spec.overrides_for(cell)))
-        est = estimate(cfg, None, seeds)
+        est = estimate(spec.config_for(base, cell), None, seeds)
         if est.idle_s is None:
             return None
         out[slot] = est.idle_s

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr import fence, progress
-from cmcr.configs import Config, apply_overrides, validate_config
+from cmcr.configs import Config
 from cmcr.names import Attr, Kind, Tag
 from cmcr.progress import fmt_pct
 from cmcr.sweep import seeds
@@ -78,9 +78,7 @@ def suggest(trial: Any, spec: StudySpec) -> dict[str, Any]:
 
 def trial_config(ctx: TrialContext, params: dict[str, Any]) -> Config:
     """The base config with this trial's params applied (same dotted keys as ``--set``)."""
-    cfg = copy.deepcopy(ctx.base)
-    apply_overrides(cfg, ctx.spec.overrides_for(params))
-    return validate_config(cfg)
+    return ctx.spec.config_for(ctx.base, params)
 
 
 def run_objective(trial: Any, ctx: TrialContext, retry_of: int | None = None) -> float:

@@ -142,6 +142,10 @@ class StudySpec:
                 out.update(p.overrides(params[p.name]))
         return out
 
+    def config_for(self, base: Config, params: dict[str, Any]) -> Config:
+        """A validated copy of ``base`` with one trial's parameter values applied."""
+        return validate_config(apply_overrides(copy.deepcopy(base), self.overrides_for(params)))
+
     def to_dict(self) -> dict[str, Any]:
         """A plain form for study user attrs and the parent run's artifact."""
         params = {}

@@ -75,13 +75,14 @@ def study_note(
 ) -> str:
     """The markdown description of a study's experiment and parent run: what is swept and
     optimised, where the table view and the report are, and the best trial with its run."""
+    shown = display_metric(objective)  # the column the saved view shows
     lines = [
         f"**Optuna study `{study}`**: {direction} `{objective}` (trial value: mean over seeds).",
         "",
         f"Swept: {', '.join(f'`{p}`' for p in sorted(params)) or 'nothing (a grid of variants)'}.",
         "",
-        f"Runs table with these columns, sorted by `{display_metric(objective)}`"
-        + (" (the same mIoU in %, 2 decimals)" if display_metric(objective) != objective else "")
+        f"Runs table with these columns, sorted by `{shown}`"
+        + (" (the same mIoU in %, 2 decimals)" if shown != objective else "")
         + f": *Views → study {study}* above the table, or this page's address with "
         f"`?{view_query()}`.",
     ]
