@@ -13,3 +13,10 @@ def test_every_grouped_form_is_timed_against_its_loop_and_agrees() -> None:
         assert out[f"{term}_loop_over_batched"] > 0
     pair = cmcm_vs_pair_loop(16, 1)
     assert pair["cmcm_forms_agree"] is True and pair["cmcm_speedup"] > 0
+
+
+def test_the_release_form_of_cmcm_equals_ours_and_is_timed_with_its_backward() -> None:
+    pair = cmcm_vs_pair_loop(24, 1)
+    assert pair["cmcm_release_agrees"] is True
+    assert pair["cmcm_release_fwd_bwd_ms"] >= pair["cmcm_release_fwd_ms"] > 0
+    assert pair["cmcm_release_over_matrix_fwd_bwd"] > 0

@@ -90,3 +90,28 @@ def test_a_retained_graph_gives_the_same_gradient_twice() -> None:
     first = torch.autograd.grad(loss, a, retain_graph=True)[0]
     second = torch.autograd.grad(2.0 * loss, a)[0]
     torch.testing.assert_close(second, 2.0 * first)
+
+
+def test_a_retained_graph_run_twice_with_weight_one_computes_the_gradient_again() -> None:
+    # weight 1 hands the forward's gradient buffers over; a second run must not reuse them
+    a = torch.randn(1, 4, 3, requires_grad=True)
+    loss = diagonal.diagonal_ce((a,), (a.detach(),), torch.ones(1, 4, dtype=torch.bool))
+    first = torch.autograd.grad(loss, a, retain_graph=True)[0]
+    want = first.clone()
+    first.mul_(100.0)  # the caller owns what it got back
+    second = torch.autograd.grad(loss, a, retain_graph=True)[0]
+    torch.testing.assert_close(second, want)
+    third = torch.autograd.grad(3.0 * loss, a)[0]
+    torch.testing.assert_close(third, 3.0 * want)
+
+
+def test_leaf_gradients_accumulate_over_two_backward_runs() -> None:
+    a = torch.randn(2, 5, 3, requires_grad=True)
+    b = torch.randn(2, 5, 3, requires_grad=True)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    loss = diagonal.diagonal_ce((a,), (b,), valid)
+    loss.backward(retain_graph=True)
+    once = (a.grad.clone(), b.grad.clone())
+    loss.backward()
+    torch.testing.assert_close(a.grad, 2 * once[0])
+    torch.testing.assert_close(b.grad, 2 * once[1])

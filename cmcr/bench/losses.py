@@ -3,10 +3,12 @@
 The release computes every loss per GPU over its 2 scans (cmcr/losses/groups.py); one process
 computes the G groups of its batch at once. Here, per term, forward + backward on CPU with one
 thread: the batched form ``L.<term>(..., group, G)`` against ``Σ_g L.<term>(rows of g) / G``,
-interleaved, median CPU time of the repeats; and CMCM's matrix form against the per-pair Python loop of
-the official code (``cmcr.bench.step.cmcm_loop``). Sizes: 6 groups (the release's 12 scans per
-step) of 2048 rows (matches for nce / cmcm, rows for orth / occ), D 64, M 400 codes, MIM over
-2 images of 3 × 224 × 416 per group; ``--quick``: 3 groups.
+interleaved, median CPU time of the repeats; and CMCM's matrix form against two per-pair Python
+loops: a loop over the rows of S (``cmcm_loop``, forward), and the release's own form, one GEMM
+for S then a loop over the 2048 pairs of its diagonal (``cmcm_release``), forward + backward as
+it trains. Sizes: 6 groups (the release's 12 scans per step) of 2048 rows (matches for nce /
+cmcm, rows for orth / occ), D 64, M 400 codes, MIM over 2 images of 3 × 224 × 416 per group;
+``--quick``: 3 groups.
 """
 
 from __future__ import annotations
@@ -118,10 +120,51 @@ def grouped_forms(
     return out
 
 
-def cmcm_vs_pair_loop(n: int, repeats: int) -> dict[str, float]:
-    """CMCM's matrix form against the official per-pair loop, forward only, one group of n."""
-    from cmcr.bench.step import cmcm_loop  # lazy: step imports the model stack (spconv)
+def cmcm_loop(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """cmcm with a Python loop over the rows of S, each row its own products: for timing."""
+    p, log_p = L.code_probs(f_p, codes)
+    v, log_v = L.code_probs(f_v, codes)
+    total = f_p.new_zeros(())
+    for i in range(len(f_p)):
+        row = (p[i] * log_v).sum(1) + (v[i] * log_p).sum(1)  # (n,): S_i·
+        total = total - row.log_softmax(0)[i]
+    return total / len(f_p)
 
+
+def cmcm_release(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """cmcm as the release computes it, for timing (`pretrain/lightning_trainer.py`,
+    ``loss_codebook``): distances by addmm, S = P·log(Vᵀ + 1e-10) + V·log(Pᵀ + 1e-10) in one
+    GEMM, exp(S − min S), then a Python loop over the pairs adding −log(E_ii / (Σ_j E_ij + ε)).
+    Its backward walks 2048 indexing nodes, each a (n, n) gradient."""
+    e2 = codes.square().sum(1)
+
+    def probs(f: torch.Tensor) -> torch.Tensor:
+        d2 = torch.addmm(e2 + f.square().sum(1, keepdim=True), f, codes.t(), alpha=-2.0)
+        return torch.softmax(-d2.sqrt(), dim=1)
+
+    p, v = probs(f_p), probs(f_v)
+    s = p @ torch.log(v.t() + 1e-10) + v @ torch.log(p.t() + 1e-10)
+    e = torch.exp(s + torch.max(-s))
+    row_sum = e.sum(1)
+    total = f_p.new_zeros(())
+    for i in range(len(f_p)):
+        total = total - torch.log(e[i, i] / (row_sum[i] + 1e-10))
+    return total / len(f_p)
+
+
+def _fwd_bwd_seconds(fn: Callable, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """CPU seconds of ``fn``'s forward, and of forward + backward, on fresh leaves."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    t0 = time.process_time()
+    out = fn(*leaves)
+    t1 = time.process_time()
+    out.backward()
+    return t1 - t0, time.process_time() - t0
+
+
+def cmcm_vs_pair_loop(n: int, repeats: int, release_repeats: int = 1) -> dict[str, float]:
+    """CMCM's matrix form against the row loop (forward, no gradient) and against the
+    release's form (forward + backward), one group of n pairs."""
     gen = torch.Generator().manual_seed(1)
     f_p, f_v, codes = (F.normalize(torch.randn(r, D, generator=gen), dim=1) for r in (n, n, M))
     fast, slow = [], []
@@ -135,6 +178,13 @@ def cmcm_vs_pair_loop(n: int, repeats: int) -> dict[str, float]:
         fast.append(t1 - t0)
         slow.append(t2 - t1)
     fm, sm = statistics.median(fast), statistics.median(slow)
+    ours = [_fwd_bwd_seconds(lambda x, y: L.cmcm(x, y, codes), [f_p, f_v]) for _ in range(3)]
+    rel = [
+        _fwd_bwd_seconds(lambda x, y: cmcm_release(x, y, codes), [f_p, f_v])
+        for _ in range(max(release_repeats, 1))
+    ]
+    o_all, r_all = (statistics.median(t[1] for t in runs) for runs in (ours, rel))
+    agree = torch.allclose(a, cmcm_release(f_p, f_v, codes), rtol=1e-4, atol=1e-4)
     return {
         "cmcm_pairs": n,
         "cmcm_matrix_ms": round(fm * 1e3, 2),
@@ -142,6 +192,11 @@ def cmcm_vs_pair_loop(n: int, repeats: int) -> dict[str, float]:
         "cmcm_speedup": round(sm / max(fm, 1e-9), 1),
         "cmcm_speedup_target": 50,
         "cmcm_forms_agree": bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4)),
+        "cmcm_matrix_fwd_bwd_ms": round(o_all * 1e3, 1),
+        "cmcm_release_fwd_ms": round(statistics.median(t[0] for t in rel) * 1e3, 1),
+        "cmcm_release_fwd_bwd_ms": round(r_all * 1e3, 1),
+        "cmcm_release_over_matrix_fwd_bwd": round(r_all / max(o_all, 1e-9), 1),
+        "cmcm_release_agrees": bool(agree),
     }
 
 
@@ -152,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     try:
         figures = {"threads": 1, **grouped_forms(3 if quick else 6, 3 if quick else 5)}
-        figures.update(cmcm_vs_pair_loop(ROWS, 3))
+        figures.update(cmcm_vs_pair_loop(ROWS, 3, 1 if quick else 3))
     finally:
         torch.set_num_threads(threads)
     return figures

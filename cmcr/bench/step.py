@@ -31,17 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-repeats", type=int, default=1, help="timed steps after warm-up")
 
 
-def cmcm_loop(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """cmcm with a Python loop over the pairs (the form the official code uses): for timing."""
-    p, log_p = L.code_probs(f_p, codes)
-    v, log_v = L.code_probs(f_v, codes)
-    total = f_p.new_zeros(())
-    for i in range(len(f_p)):
-        row = (p[i] * log_v).sum(1) + (v[i] * log_p).sum(1)  # (n,): S_i·
-        total = total - row.log_softmax(0)[i]
-    return total / len(f_p)
-
-
 def _step(model: CMCRModel, batch: dict, opt: torch.optim.Optimizer) -> dict[str, float]:
     """One training step; seconds of forward (losses excluded), losses, backward, optimiser."""
     opt.zero_grad(set_to_none=True)

@@ -43,24 +43,42 @@ class _DiagonalCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, col_bias, row_weight, *operands):  # noqa: D102 (autograd's signature)
         need = any(ctx.needs_input_grad[2:])
-        # left gradients are written tile by tile, right ones summed over a group's tiles
-        ctx.grads = (
-            [
-                torch.empty_like(x) if k % 2 == 0 else torch.zeros_like(x)
-                for k, x in enumerate(operands)
-            ]
-            if need
-            else None
-        )
-        loss = row_weight.new_zeros(())
-        for tile in _tiles(operands[0]):
-            loss += _tile(operands, col_bias, row_weight, tile, ctx.grads)
-        return loss
+        ctx.grads = _empty_grads(operands) if need else None
+        if need:  # to compute the gradients again if a retained graph runs twice (backward)
+            ctx.save_for_backward(col_bias, row_weight, *operands)
+        return _loss(operands, col_bias, row_weight, ctx.grads)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        # new tensors, the kept ones untouched: a graph kept with retain_graph may run again
-        return None, None, *(grad * x for x in ctx.grads)
+        grads = ctx.grads
+        if grads is None:  # handed over by an earlier run of a retained graph: compute again
+            col_bias, row_weight, *operands = ctx.saved_tensors
+            grads = _empty_grads(operands)
+            _loss(operands, col_bias, row_weight, grads)
+        if grad.device.type == "cpu" and bool(grad == 1):
+            # an upstream gradient of exactly 1 (a loss weight of 1): hand the buffers over and
+            # forget them, so nothing here aliases what autograd or the caller may write. A
+            # product would be a fresh (G, n, K) allocation whose first touch page-faults: 20 MB
+            # each at 6 × 2048 × 400, 0.27 s of a 1.1 s cmcm forward + backward measured
+            ctx.grads = None
+            return None, None, *grads
+        ctx.grads = grads  # kept untouched: a retained graph may run again
+        return None, None, *(grad * x for x in grads)
+
+
+def _empty_grads(operands) -> list[torch.Tensor]:
+    """Gradient buffers: left ones written tile by tile, right ones summed over a group's tiles."""
+    return [
+        torch.empty_like(x) if k % 2 == 0 else torch.zeros_like(x) for k, x in enumerate(operands)
+    ]
+
+
+def _loss(operands, col_bias, row_weight, grads) -> torch.Tensor:
+    """The loss over every tile; the gradients (for an upstream 1) into ``grads`` when given."""
+    loss = row_weight.new_zeros(())
+    for tile in _tiles(operands[0]):
+        loss += _tile(operands, col_bias, row_weight, tile, grads)
+    return loss
 
 
 def _tile(operands, col_bias, row_weight, tile: tuple[slice, slice], grads) -> torch.Tensor:
