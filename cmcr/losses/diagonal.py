@@ -55,15 +55,11 @@ class _DiagonalCE(torch.autograd.Function):
             col_bias, row_weight, *operands = ctx.saved_tensors
             grads = _empty_grads(operands)
             _loss(operands, col_bias, row_weight, grads)
-        if grad.device.type == "cpu" and bool(grad == 1):
-            # an upstream gradient of exactly 1 (a loss weight of 1): hand the buffers over and
-            # forget them, so nothing here aliases what autograd or the caller may write. A
-            # product would be a fresh (G, n, K) allocation whose first touch page-faults: 20 MB
-            # each at 6 × 2048 × 400, 0.27 s of a 1.1 s cmcm forward + backward measured
-            ctx.grads = None
-            return None, None, *grads
-        ctx.grads = grads  # kept untouched: a retained graph may run again
-        return None, None, *(grad * x for x in grads)
+        # scaled in place and handed over, then forgotten: nothing here aliases what autograd
+        # or the caller may write, and no (G, n, K) product is allocated (a fresh 20 MB buffer
+        # at 6 × 2048 × 400 page-faults on first touch: 0.27 s of a 1.1 s cmcm step measured)
+        ctx.grads = None
+        return None, None, *(x.mul_(grad) for x in grads)
 
 
 def _empty_grads(operands) -> list[torch.Tensor]:
