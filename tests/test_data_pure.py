@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 from pyquaternion import Quaternion
-from scipy.spatial import cKDTree
 
 from cmcr.configs import load_config
+from cmcr.data import occupancy
 from cmcr.data.augment import augment_cloud, map_pixels, patch_mask
 from cmcr.data.collate import collate_pretrain, collate_seg, unit_float
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
@@ -256,11 +256,15 @@ def test_queries_inside_farther_near_closer_far_between() -> None:
 # radius 0.5: about 8 points within a query's radius; 1.5: about 200
 @pytest.mark.parametrize("radius", [0.5, 1.5])
 @pytest.mark.parametrize("occ_neighbours", ["first", "nearest"])
-def test_query_neighbours_match_brute_force(occ_neighbours: str, radius: float) -> None:
+@pytest.mark.parametrize("block", [4096, 300])  # one block of points, or 7 with early exits
+def test_query_neighbours_match_brute_force(
+    occ_neighbours: str, radius: float, block: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(occupancy, "FIRST_BLOCK", block)
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 5, (2000, 3))
     queries = rng.uniform(0, 5, (50, 3))
-    nb = query_neighbours(cKDTree(pts), queries, radius, 8, occ_neighbours)
+    nb = query_neighbours(pts, queries, radius, 8, occ_neighbours)
     dist = np.linalg.norm(queries[:, None] - pts[None], axis=2)  # (Q, N)
     within = dist < radius
     # the slow, obvious rule: the release's first K by index, or the K nearest
@@ -271,6 +275,8 @@ def test_query_neighbours_match_brute_force(occ_neighbours: str, radius: float) 
     assert (counts == 8).any() and ((counts < 8).any() or radius > 1)
     assert (n_within > 32).mean() > 0.9 if radius > 1 else (n_within <= 32).all()
     np.testing.assert_array_equal(np.sort(nb, 1), np.sort(want, 1))
+    if occ_neighbours == "first":  # ascending, as the release's scan finds them
+        np.testing.assert_array_equal(nb, want)
 
 
 def _fake_sample(rng: np.random.Generator, n_points: int, n_cams: int = 2) -> dict:

@@ -52,7 +52,9 @@ def draw_crop_candidates(
     ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), shape))
     width, height = np.round(np.sqrt(area * ratio)), np.round(np.sqrt(area / ratio))
     fits = (width >= 1) & (width <= src_w) & (height >= 1) & (height <= src_h)
-    shrink = np.minimum(1.0, np.minimum(src_w / np.maximum(width, 1), src_h / np.maximum(height, 1)))
+    shrink = np.minimum(
+        1.0, np.minimum(src_w / np.maximum(width, 1), src_h / np.maximum(height, 1))
+    )
     width = np.clip(np.floor(width * shrink), 1, src_w).astype(np.int64)
     height = np.clip(np.floor(height * shrink), 1, src_h).astype(np.int64)
     top = np.floor(rng.random(shape) * (src_h - height + 1)).astype(np.int64)
@@ -101,7 +103,12 @@ def _passes(counts, fits, totals, min_pairs: int, min_fraction: float) -> np.nda
 
 
 def count_until_passing(
-    boxes: np.ndarray, fits: np.ndarray, u: np.ndarray, v: np.ndarray, cam: np.ndarray, rule: CropRule
+    boxes: np.ndarray,
+    fits: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    cam: np.ndarray,
+    rule: CropRule,
 ) -> np.ndarray:
     """(C, T) counts as count_surviving_pairs where choose_crops reads them: an image whose
     first candidate passes gets only that count (the rest 0: choose_crops takes the first).

@@ -85,9 +85,7 @@ def read_image_crop(
     top, left, height, width = (int(x) for x in crop)
     masked = drop is not None and bool(drop.any())
     ratio = min(width // out_hw[1], height // out_hw[0]) if antialias else 1
-    scale = next(
-        s for s in (8, 4, 2, 1) if s <= max(ratio, 1) and (not masked or patch % s == 0)
-    )
+    scale = next(s for s in (8, 4, 2, 1) if s <= max(ratio, 1) and (not masked or patch % s == 0))
     img = _decode(path, full_hw, scale)  # (ceil(H/s), ceil(W/s), 3) RGB
     mat = _crop_matrix((top, left, height, width), scale, out_hw, flip)
     target = _warp(img, mat, out_hw, None if out is None else out[0])

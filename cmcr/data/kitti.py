@@ -92,7 +92,9 @@ def label_maps(root: Path) -> tuple[np.ndarray, np.ndarray]:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise DataError(f"{path}: not a SemanticKITTI label map ({err})") from None
     if table.max() > NUM_KITTI or sorted(inv) != list(range(NUM_KITTI + 1)):
-        raise DataError(f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them")
+        raise DataError(
+            f"{path}: learning_map must map into 0..{NUM_KITTI}, inverse from all of them"
+        )
     check_inverse(table, inverse, path)
     return table, inverse
 
@@ -173,8 +175,7 @@ def read_sized(path: str, dtype: type, item: int, what: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from None
     if size == 0 or size % item or raw.nbytes != size:
         raise DataError(
-            f"{path}: {size} bytes is not a non-empty whole number of {item}-byte records "
-            f"({what})"
+            f"{path}: {size} bytes is not a non-empty whole number of {item}-byte records ({what})"
         )
     return raw
 

@@ -39,9 +39,7 @@ def sample_queries(
     """
     n_near = n_queries // 3
     n_in = n_queries - 2 * n_near  # inside takes the remainder, as in the release
-    kind = np.repeat(
-        np.array([INSIDE, NEAR_OUTSIDE, FAR_EMPTY], np.int8), [n_in, n_near, n_near]
-    )
+    kind = np.repeat(np.array([INSIDE, NEAR_OUTSIDE, FAR_EMPTY], np.int8), [n_in, n_near, n_near])
     # each third from its own draw without replacement (the release's three randperms,
     # `pretrain/dataloader_nuscenes.py:339-341`); with replacement only if a cloud has too few
     counts = (n_in, n_near, n_near)
@@ -67,33 +65,64 @@ def sample_queries(
     )
 
 
+# points per index block of the "first" search: 2048-4096 measured fastest on a 33k-point
+# full-resolution scan with 2048 queries (16-18 ms against 40 ms for one tree over every point)
+FIRST_BLOCK = 4096
+
+
 def query_neighbours(
-    tree: cKDTree,
+    points: np.ndarray,
     queries: np.ndarray,
     radius: float,
     max_neighbours: int,
     order: str = "first",
 ) -> np.ndarray:
-    """(Q, K) int64 indices of the tree's points within radius, −1 padding.
+    """(Q, K) int64 indices of ``points`` (N, 3) within radius, −1 padding.
 
-    order "first": the first K points by index (the release's CUDA ``radius(...,
+    order "first": the first K points by index, ascending (the release's CUDA ``radius(...,
     max_num_neighbors=K)`` scans the points in order and stops at K); "nearest": the K nearest.
     """
     n_q, k = len(queries), max_neighbours
     if order == "nearest":
+        tree = cKDTree(points, leafsize=32, balanced_tree=False, compact_nodes=False)
         _, idx = tree.query(queries, k=k, distance_upper_bound=radius)
         idx = idx.reshape(n_q, k).astype(np.int64)
-        idx[idx >= tree.n] = -1  # cKDTree marks missing neighbours with n
+        idx[idx >= len(points)] = -1  # cKDTree marks missing neighbours with n
         return idx
-    # every (query, point) pair within the radius, in C; then the k lowest indices per query
-    near = cKDTree(queries).sparse_distance_matrix(tree, radius, output_type="ndarray")
-    n = np.int64(tree.n)
-    key = near["i"] * n + near["j"]
-    key = np.sort(key[near["v"] < radius])  # strict, as the release's test; by query, then index
-    qi = key // n
-    start = np.searchsorted(qi, np.arange(n_q))  # (Q,) first pair of each query
-    rank = np.arange(len(qi)) - start[qi]
-    keep = rank < k
+    # blocks of points in index order, each its own tree; a query leaves once it has K, so a
+    # query with hundreds of points in its radius does not list them all (a whole-cloud search
+    # listed 0.9 M pairs for 2048 queries on a full-resolution scan, 0.1 M are needed)
     out = np.full((n_q, k), -1, dtype=np.int64)
-    out[qi[keep], rank[keep]] = key[keep] - qi[keep] * n
+    filled = np.zeros(n_q, dtype=np.int64)
+    pending = np.arange(n_q)
+    for start in range(0, len(points), FIRST_BLOCK):
+        if len(pending) == 0:
+            break
+        block = points[start : start + FIRST_BLOCK]
+        tree = cKDTree(block, leafsize=32, balanced_tree=False, compact_nodes=False)
+        near = cKDTree(queries[pending]).sparse_distance_matrix(tree, radius, output_type="ndarray")
+        before = filled[pending]
+        rows, cols = _first_in_block(near, radius, len(block), before, k)
+        out[pending[rows], before[rows] + _rank(rows, len(pending))] = cols + start
+        filled[pending] += np.bincount(rows, minlength=len(pending))
+        pending = pending[filled[pending] < k]
     return out
+
+
+def _first_in_block(
+    near: np.ndarray, radius: float, n: int, filled: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, point column) of the pairs each query still takes from one block: its
+    pairs strictly within radius (as the release's test), by column, the first k − filled."""
+    n = np.int64(n)
+    key = near["i"].astype(np.int64) * n + near["j"]
+    key = np.sort(key[near["v"] < radius])  # by query, then by point index
+    rows = key // n
+    keep = _rank(rows, len(filled)) < k - filled[rows]
+    return rows[keep], key[keep] - rows[keep] * n
+
+
+def _rank(sorted_rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Position of each element among the equal values before it (``sorted_rows`` sorted)."""
+    first = np.searchsorted(sorted_rows, np.arange(n_rows))  # (n_rows,)
+    return np.arange(len(sorted_rows)) - first[sorted_rows]

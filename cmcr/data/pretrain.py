@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
 from cmcr.configs import Config
@@ -183,8 +182,6 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
     aug = augment_cloud(rng, xyz, cfg.rotate, cfg.flip_prob)  # (N, 3)
     coords, feats, inverse = voxelize(aug, intensity, cfg.voxel_size, cfg.voxel_feature)
     queries = sample_queries(rng, aug, intensity, cfg.n_queries, cfg.query_offset)
-    # built once per sample; leafsize 32 unbalanced was the fastest build + query measured
-    tree = cKDTree(aug, leafsize=32, balanced_tree=False, compact_nodes=False)
     return {
         "coords": coords,
         "feats": feats,
@@ -196,7 +193,7 @@ def build_pretrain_sample(rec: SampleRecord, cfg, rng: np.random.Generator) -> d
         "query_intensity": queries.intensity,
         "query_has_intensity": queries.has_intensity,
         "query_neighbours": query_neighbours(
-            tree, queries.xyz, cfg.query_radius, cfg.max_neighbours, cfg.occ_neighbours
+            aug, queries.xyz, cfg.query_radius, cfg.max_neighbours, cfg.occ_neighbours
         ),
         "query_source": queries.source,
         "sample_token": rec.lidar_token,
