@@ -25,7 +25,7 @@ from cmcr.data.augment import (
     sample_crops,
     source_pixel_masked,
 )
-from cmcr.data.io import _keep_pixels, read_image_crop
+from cmcr.data.io import _zero_dropped, read_image_crop
 from cmcr.data.pretrain import apply_holdout
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
@@ -133,13 +133,29 @@ def test_counting_until_the_first_pass_chooses_as_counting_all(min_pairs: int) -
 
 
 @pytest.mark.parametrize(
-    ("k", "rows", "cols"), [(1, (0, 9), (3, 17)), (4, (5, 38), (1, 64)), (8, (0, 57), (9, 100))]
+    ("k", "hw", "rows", "cols"),
+    [
+        (1, (60, 110), (0, 9), (3, 17)),
+        (4, (238, 437), (5, 38), (1, 64)),
+        (8, (460, 877), (0, 57), (9, 100)),
+        (5, (238, 437), (200, 238), (400, 437)),  # the edges cut the last patch row and column
+        (16, (900, 1600), (897, 900), (0, 1600)),  # a window inside the last, partial, row
+    ],
 )
-def test_keep_pixels_is_the_drop_grid_per_decoded_pixel(k, rows, cols) -> None:
-    drop = np.random.default_rng(k).random((60, 110)) < 0.5  # patches of k decoded pixels
-    got = _keep_pixels(drop, k, rows, cols)
-    r, c = np.arange(*rows) // k, np.arange(*cols) // k
-    np.testing.assert_array_equal(got, np.where(drop[r][:, c], 0, 255))
+def test_zero_dropped_blacks_exactly_the_dropped_patches_over_the_window(k, hw, rows, cols):
+    rng = np.random.default_rng(k)
+    drop = rng.random((-(-hw[0] // k), -(-hw[1] // k))) < 0.5  # patches of k decoded pixels
+    img = rng.integers(1, 256, (*hw, 3)).astype(np.uint8)  # no 0: a zero was written
+    before = img.copy()
+    _zero_dropped(img, drop, k, rows, cols)
+    r, c = np.arange(hw[0]), np.arange(hw[1])
+    dropped = drop[r // k][:, c // k]  # (H, W) the patch of every pixel
+    window = np.zeros(hw, bool)
+    window[rows[0] : rows[1], cols[0] : cols[1]] = True
+    zeroed = (img == 0).all(2)
+    assert (zeroed[window] == dropped[window]).all()  # every dropped pixel the warp reads
+    assert not zeroed[~dropped].any()  # no kept pixel anywhere
+    np.testing.assert_array_equal(img[~zeroed], before[~zeroed])
 
 
 def test_chosen_crop_keeps_enough_pairs_whenever_a_candidate_could() -> None:
