@@ -176,6 +176,29 @@ def test_image_resize_is_bilinear_from_full_resolution_without_antialias(tmp_pat
     assert (err < 2.0) != antialias, err  # the reduced-scale decode averages the fine pattern
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_box_smaller_than_the_output_is_cut_at_its_edge_as_the_release_crops(tmp_path, flip):
+    # crop, then resize: the pixels past the box are never read (a warp of the whole image
+    # read them: 43 levels off at the box's edge)
+    import torch.nn.functional as F
+
+    yy, xx = np.mgrid[0:900, 0:1600]
+    pattern = 127 + 120 * np.sin(xx / 3.1) * np.cos(yy / 2.3)
+    rgb = np.stack([pattern, 255 - pattern, np.full_like(pattern, 90)], -1).astype(np.uint8)
+    path = tmp_path / "cam.png.jpg"
+    Image.fromarray(rgb).save(path, quality=100, subsampling=0)
+    crop = np.array([300, 500, 40, 70])  # upscaled to 56 × 104
+    got, _ = read_image_crop(str(path), crop, np.array([900, 1600]), (56, 104), flip,
+                             antialias=False)  # fmt: skip
+    full = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32))
+    box = full[300:340, 500:570].permute(2, 0, 1)[None]
+    want = F.interpolate(box, size=(56, 104), mode="bilinear", align_corners=False)[0]
+    want = want.permute(1, 2, 0).numpy()
+    if flip:
+        want = want[:, ::-1]
+    assert np.abs(got.astype(np.float32) - want).max() <= 1.0
+
+
 def test_read_image_crop_names_bad_files(tmp_path) -> None:
     path = tmp_path / "cam.jpg"
     Image.fromarray(np.zeros((90, 160, 3), np.uint8)).save(path)
