@@ -254,16 +254,20 @@ def test_encoder_input_is_black_where_the_output_pixel_is_all_masked(tmp_path, c
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.3])  # nothing dropped / patches dropped
-def test_read_into_slots_equals_the_returned_arrays(tmp_path, ratio) -> None:
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("antialias", [True, False])  # decoded at 1/4 (a warp) / 1 (a resize)
+def test_read_into_slots_equals_the_returned_arrays(tmp_path, ratio, flip, antialias) -> None:
     path, full_hw, out_hw = _jpeg(tmp_path), np.array([900, 1600]), (56, 104)
     grid = patch_grid(np.random.default_rng(1), 1, (900, 1600), 1.0, ratio, 16)[0]
     crop = np.array([37, 11, 233, 433])
-    target, net_input = read_image_crop(path, crop, full_hw, out_hw, True, grid, 16)
+    args = (path, crop, full_hw, out_hw, flip, grid, 16)
+    target, net_input = read_image_crop(*args, antialias=antialias)
     slots = np.zeros((2, *out_hw, 3), np.uint8)
-    got = read_image_crop(path, crop, full_hw, out_hw, True, grid, 16, out=(slots[0], slots[1]))
+    got = read_image_crop(*args, out=(slots[0], slots[1]), antialias=antialias)
     np.testing.assert_array_equal(slots[0], target)
     np.testing.assert_array_equal(slots[1], net_input)
     assert got[0] is slots[0] or np.shares_memory(got[0], slots)
+    assert (slots[0] > 0).any() and ((slots[1] == 0).all(2).any() == (ratio > 0))
 
 
 def test_mask_through_crop_equals_nearest_resize_of_the_source_mask() -> None:
