@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from cmcr.models import codebook
 from cmcr.models.codebook import UnifiedCodebook
 
 
@@ -21,7 +22,9 @@ def _codebook(codes: list[list[float]], decay: float = 0.9, eps: float = 1e-5) -
     return cb.train()
 
 
-def test_assign_is_nearest_code() -> None:
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 17 * 7])  # one chunk / 43 chunks of 7 rows
+def test_assign_is_nearest_code(chunk_elements, monkeypatch) -> None:
+    monkeypatch.setattr(codebook, "_CHUNK_ELEMENTS", chunk_elements)
     cb = UnifiedCodebook(17, 8, 0.99, 1e-5)
     x = torch.randn(300, 8)
     brute = ((x[:, None, :] - cb.codes[None]) ** 2).sum(-1).argmin(1)
