@@ -69,6 +69,7 @@ PRETRAIN_POINTS: tuple[Point, ...] = (
         {"data.image_resize_antialias": False},
         (
             "tests/test_data_pure.py::test_image_resize_is_bilinear_from_full_resolution_without_antialias",
+            "tests/test_data_pure.py::test_a_box_smaller_than_the_output_is_cut_at_its_edge_as_the_release_crops",
         ),
         "true: the JPEG decoded at 1/2-1/8 scale where the crop allows, then resized (faster;"
         " the reduced decode averages, so fine detail does not alias)",
