@@ -14,10 +14,10 @@ from cmcr.cli import COMMANDS
 HEAVY = ("torch", "mlflow", "optuna", "pandas", "scipy", "spconv")
 
 
-def _modules_after(*argv: str) -> tuple[str, list[str]]:
+def _modules_after(*argv: str, cli: str = "cmcr.cli") -> tuple[str, list[str]]:
     code = (
         "import contextlib, io, json, sys\n"
-        "from cmcr.cli import main\n"
+        f"from {cli} import main\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
         f"    main({list(argv)!r})\n"
@@ -41,6 +41,13 @@ def test_top_level_help_lists_every_command_and_imports_no_heavy_library() -> No
 def test_a_named_command_still_shows_its_own_arguments(command: str, flag: str) -> None:
     text, _ = _modules_after(command, "--help")
     assert f"usage: cmcr {command}" in text and flag in text, text
+
+
+def test_sweep_help_imports_no_heavy_library() -> None:
+    """`sweeps/run.py --help` (and every sweep process before it reads data) loads no torch:
+    the sweep's time estimate imports the data package only to count scans."""
+    text, loaded = _modules_after("--help", cli="cmcr.sweep.cli")
+    assert loaded == [] and "--study" in text
 
 
 def test_sweep_help_groups_slurm_apart() -> None:

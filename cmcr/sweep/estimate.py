@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmcr.configs import Config, evaluation_config, evaluation_list
-from cmcr.data.pretrain import select_records
 from cmcr.progress import FINETUNE, PRETRAIN, PROBE
 from cmcr.registry import DATASETS
 from cmcr.sweep.progress import trial_seconds
@@ -93,6 +92,10 @@ def planned_work(cfg: Config) -> tuple[int, dict[str, int]]:
         if cfg.train.max_steps > 0:
             steps = cfg.train.max_steps
         else:
+            # lazy: cmcr.data imports torch, scipy and pandas (~1.5 s), which a sweep process
+            # that only parses, lists, spawns workers or reads --status never needs
+            from cmcr.data.pretrain import select_records
+
             n = len(select_records(cfg, cfg.data.train_split, holdout="exclude"))
             batches = math.ceil(n / cfg.train.batch_size)
             steps = cfg.train.epochs * math.ceil(batches / cfg.train.grad_accum)
