@@ -8,6 +8,9 @@ names"). Nothing here imports anything heavy: every layer may import it.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from cmcr.registry import DATASETS
 
 # ---- embedded defaults (one machine, no servers) ---------------------------------------------
@@ -233,3 +236,16 @@ LOCAL_KEYS = ("tracking.", "data.dataroot", "data.num_workers", "semantickitti.r
 def is_local_key(key: str) -> bool:
     """Whether dotted config ``key`` describes the machine rather than the experiment."""
     return key.startswith(LOCAL_KEYS)
+
+
+def cache_folder() -> Path | None:
+    """cmcr's cache folder (the MLflow schema template, split records): ``$CMCR_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/cmcr``, else ``~/.cache/cmcr``; None without a home (no cache)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cmcr"
+    try:
+        return Path.home() / ".cache" / "cmcr"
+    except RuntimeError:  # no HOME and no passwd entry
+        return None

@@ -19,7 +19,8 @@ from cmcr.data.augment import (
 from cmcr.data.geometry import project_points
 from cmcr.data.io import read_image_crop, read_points
 from cmcr.data.occupancy import query_neighbours, sample_queries
-from cmcr.data.records import SampleRecord, load_records
+from cmcr.data.records import SampleRecord
+from cmcr.data.records_cache import cached_records
 from cmcr.data.voxel import voxelize
 from cmcr.errors import DataError
 
@@ -101,7 +102,7 @@ def select_records(
     ``unit``: "scene" (every k-th scene) or "scan" (every k-th scan); default
     cfg.downstream.label_fraction_unit. ``holdout``: see apply_holdout ("all" downstream).
     """
-    records = load_records(cfg.data, split)
+    records = cached_records(cfg.data, split)
     records = apply_holdout(records, cfg.data.holdout_scenes, holdout, split)
     if fraction < 1.0:
         unit = unit or cfg.downstream.label_fraction_unit

@@ -23,7 +23,7 @@ import yaml
 from cmcr.adapters.mlflow_schema import build_schema
 from cmcr.configs import Config
 from cmcr.errors import TrackingError
-from cmcr.names import CACHE_DIR_ENV, DEFAULT_ARTIFACTS, EXPERIMENT_KIND_TRAINING, ExpTag
+from cmcr.names import DEFAULT_ARTIFACTS, EXPERIMENT_KIND_TRAINING, ExpTag, cache_folder
 from cmcr.tracking.databases import driver_url, sqlite_problem
 from cmcr.uris import create_sqlite_atomically, redact, sqlite_path, tracking_uri
 
@@ -79,16 +79,8 @@ def _build_mlflow_schema(tmp_uri: str, *, artifacts: str) -> None:
 
 
 def schema_cache() -> Path | None:
-    """The folder of the MLflow schema template: ``$CMCR_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/cmcr``, else ``~/.cache/cmcr``; None without a home (no cache then)."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "cmcr"
-    try:
-        return Path.home() / ".cache" / "cmcr"
-    except RuntimeError:  # no HOME and no passwd entry
-        return None
+    """The folder of the MLflow schema template: ``names.cache_folder()``."""
+    return cache_folder()
 
 
 def artifact_location(uri: str) -> str | None:
