@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cmcr.adapters.malloc import keep_freed_memory
+
 BENCHES = ("synth", "data", "losses", "step", "sweep", "report")
 LONG = ("pruning",)  # tens of minutes: run by name only (python -m cmcr.bench pruning)
 OFFLINE = ("replay",)  # reads a finished study's logs (--trials-json or --study): by name only
@@ -70,6 +72,9 @@ def meta() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "python": platform.python_version(),
+        # as in every process that loads data (cmcr/adapters/malloc.py): the same allocator
+        # for the floor, the pipeline, the losses and the step
+        "glibc_keeps_freed_memory": keep_freed_memory(),
     }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from cmcr.adapters.malloc import keep_freed_memory
 from cmcr.configs import Config
 from cmcr.data.collate import collate_pretrain, collate_seg
 from cmcr.data.pretrain import PretrainDataset
@@ -43,7 +44,9 @@ class EpochSampler(Sampler):
 
 
 def _worker_init(_: int) -> None:
-    """One torch / OpenCV / BLAS thread per worker: the workers already run in parallel."""
+    """One torch / OpenCV / BLAS thread per worker: the workers already run in parallel. Freed
+    memory kept for reuse (a spawned worker does not inherit the loading process's setting)."""
+    keep_freed_memory()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     try:  # BLAS threads only fight each other on the small per-sample matmuls
@@ -62,6 +65,9 @@ def _loader(
     ``drop_last`` drops the last, partial batch (the release's training loaders), unless the
     whole set is less than one batch (the small synthetic worlds), which would leave none.
     """
+    # the process that loads data keeps freed memory for reuse: every decoded image and sample
+    # array is a fresh buffer that page-faults in otherwise (cmcr/adapters/malloc.py)
+    keep_freed_memory()
     workers = cfg.data.num_workers
     return DataLoader(
         dataset,
