@@ -185,4 +185,5 @@ def run(args: argparse.Namespace) -> dict:
             {f"fullres_{k}": v for k, v in measure(cfg, cfg.data.train_split, 8).items()}
         )
         figures["fullres_target_vs_floor"] = 0.8
+        figures.update({f"fullres_{k}": v for k, v in profile(cfg, cfg.data.train_split).items()})
     return figures
