@@ -15,7 +15,6 @@ The cost: a process keeps its peak heap (a loader worker its largest few batches
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20  # the largest glibc takes on 64-bit (HEAP_MAX_SIZE / 2): 32 MB
@@ -32,20 +31,15 @@ def keep_freed_memory() -> bool:
     """
     global _done
     if _done is None:
-        _done = _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and _mallopt(
-            M_TRIM_THRESHOLD, TRIM_THRESHOLD
-        )
+        # the process's own symbols: glibc's mallopt where it is linked (no ldconfig lookup);
+        # macOS has none, musl's is a stub that takes nothing (returns 0)
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+        if mallopt is None:
+            _done = False
+        else:
+            mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+            _done = (
+                mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            )
     return _done
-
-
-def _mallopt(param: int, value: int) -> bool:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-    except OSError:
-        return False
-    mallopt = getattr(libc, "mallopt", None)  # glibc only
-    if mallopt is None or not name or "musl" in name:
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(param, value) == 1
