@@ -14,8 +14,8 @@ import pytest
 
 from cmcr.adapters.mlflow_schema import build_direct, schema_head, template_path
 from cmcr.configs import load_config
-from cmcr.names import CACHE_DIR_ENV
-from cmcr.tracking.store import artifact_location, resolve_tracking_uri, schema_cache
+from cmcr.names import CACHE_DIR_ENV, cache_folder
+from cmcr.tracking.store import artifact_location, resolve_tracking_uri
 
 
 @pytest.fixture
@@ -204,10 +204,10 @@ def test_an_unwritable_cache_falls_back_to_the_direct_build(
 
 def test_the_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "c"))
-    assert schema_cache() == tmp_path / "c"
+    assert cache_folder() == tmp_path / "c"
     monkeypatch.delenv(CACHE_DIR_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert schema_cache() == tmp_path / "xdg" / "cmcr"
+    assert cache_folder() == tmp_path / "xdg" / "cmcr"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert schema_cache() == tmp_path / "home" / ".cache" / "cmcr"
+    assert cache_folder() == tmp_path / "home" / ".cache" / "cmcr"

@@ -40,7 +40,7 @@ def resolve_tracking_uri(cfg: Config) -> str:
 
     A missing embedded store is created here, atomically: a kill during MLflow's schema
     migrations must not leave half a schema ("table logged_models already exists" next time).
-    Its schema is a copy of a template cached per MLflow version (``schema_cache``,
+    Its schema is a copy of a template cached per MLflow version (``names.cache_folder``,
     ``cmcr.adapters.mlflow_schema``): milliseconds, where MLflow's migrations take ~1 s.
     An existing file that is empty or not SQLite is refused (TrackingError), never written.
     Only resolving, never creating: ``cmcr.uris.tracking_uri``.
@@ -75,12 +75,7 @@ def check_readable(uri: str) -> str:
 
 
 def _build_mlflow_schema(tmp_uri: str, *, artifacts: str) -> None:
-    build_schema(tmp_uri, artifact_location(artifacts), schema_cache())
-
-
-def schema_cache() -> Path | None:
-    """The folder of the MLflow schema template: ``names.cache_folder()``."""
-    return cache_folder()
+    build_schema(tmp_uri, artifact_location(artifacts), cache_folder())
 
 
 def artifact_location(uri: str) -> str | None:
