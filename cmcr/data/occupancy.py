@@ -104,8 +104,9 @@ def query_neighbours(
         before = filled[pending]
         rows, cols = _first_in_block(near, radius, len(block), before, k)
         out[pending[rows], before[rows] + _rank(rows, len(pending))] = cols + start
-        filled[pending] += np.bincount(rows, minlength=len(pending))
-        pending = pending[filled[pending] < k]
+        after = before + np.bincount(rows, minlength=len(pending))
+        filled[pending] = after
+        pending = pending[after < k]
     return out
 
 
