@@ -9,6 +9,7 @@ from cmcr.configs.schema import LossWeights
 from cmcr.errors import CMCRError
 from cmcr.losses.diagonal import diagonal_ce
 from cmcr.losses.groups import group_mean, pad_by_group, ungrouped
+from cmcr.losses.probs import code_probs
 
 __all__ = [
     "cmcm",
@@ -143,12 +144,6 @@ def commit(
     pixels = 2 * beta * _mse_rows(f_v, e_v) + beta * _mse_rows(f_v, e_p)
     rows = points + pixels  # (n,)
     return group_mean(rows, torch.ones_like(rows), _groups(len(rows), group, rows), n_groups)
-
-
-def code_probs(f: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax_m(−‖f_i − e_m‖) and its log, both (n, M) (plain, not squared, distances)."""
-    logits = -torch.cdist(f, codes)  # (n, M)
-    return logits.softmax(dim=1), logits.log_softmax(dim=1)
 
 
 def cmcm(
