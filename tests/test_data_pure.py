@@ -9,7 +9,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from cmcr.configs import load_config
-from cmcr.data import occupancy
+from cmcr.data import first_k, occupancy
 from cmcr.data.augment import augment_cloud, map_pixels, patch_mask
 from cmcr.data.collate import collate_pretrain, collate_seg, unit_float
 from cmcr.data.geometry import project_points, rigid_inverse, transform_matrix
@@ -278,16 +278,32 @@ def test_queries_inside_farther_near_closer_far_between() -> None:
 
 # radius 0.5: about 8 points within a query's radius; 1.5: about 200
 @pytest.mark.parametrize("radius", [0.5, 1.5])
-@pytest.mark.parametrize("occ_neighbours", ["first", "nearest"])
-@pytest.mark.parametrize("block", [4096, 300])  # one block of points, or 7 with early exits
+@pytest.mark.parametrize(
+    "occ_neighbours, search, size",
+    [
+        ("nearest", "trees", 0),
+        ("first", "trees", 4096),  # one block of points
+        ("first", "trees", 300),  # 7 blocks, with early exits
+        ("first", "compiled", 4096),  # cells of the radius
+        ("first", "compiled", 8),  # coarser cells
+    ],
+)
 def test_query_neighbours_match_brute_force(
-    occ_neighbours: str, radius: float, block: int, monkeypatch
+    occ_neighbours: str, search: str, size: int, radius: float, monkeypatch
 ) -> None:
-    monkeypatch.setattr(occupancy, "FIRST_BLOCK", block)
+    monkeypatch.setattr(occupancy, "FIRST_BLOCK", size)
+    monkeypatch.setattr(first_k, "MIN_GRID_CELLS", size)
+    monkeypatch.setattr(first_k, "MAX_CELLS", size / 2000)
+    compiled = first_k.first_k_within if search == "compiled" else None
+    monkeypatch.setattr(occupancy, "_search", {"tree_seconds": 0.0, "compiled": compiled})
+    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 5, (2000, 3))
-    queries = rng.uniform(0, 5, (50, 3))
+    top = pts[pts[:, 2].argmax()] + [0.0, 0.0, 0.1]  # above the cloud, near its top point
+    outside = [[-2.0, -2.0, -2.0], [7.0, 7.0, 7.0], [2.5, 2.5, -1.6], top]
+    queries = np.concatenate([rng.uniform(0, 5, (50, 3)), outside])
     nb = query_neighbours(pts, queries, radius, 8, occ_neighbours)
+    assert occupancy.compiled_search_in_use() == (search == "compiled")
     dist = np.linalg.norm(queries[:, None] - pts[None], axis=2)  # (Q, N)
     within = dist < radius
     # the slow, obvious rule: the release's first K by index, or the K nearest
@@ -296,10 +312,43 @@ def test_query_neighbours_match_brute_force(
     want = np.where(np.take_along_axis(within, want, 1), want, -1)
     counts, n_within = (nb >= 0).sum(1), within.sum(1)
     assert (counts == 8).any() and ((counts < 8).any() or radius > 1)
-    assert (n_within > 32).mean() > 0.9 if radius > 1 else (n_within <= 32).all()
+    assert (n_within[:50] > 32).mean() > 0.9 if radius > 1 else (n_within <= 32).all()
+    assert (n_within[50:53] == 0).all() and n_within[53] > 0  # queries outside the cloud
     np.testing.assert_array_equal(np.sort(nb, 1), np.sort(want, 1))
     if occ_neighbours == "first":  # ascending, as the release's scan finds them
         np.testing.assert_array_equal(nb, want)
+
+
+def test_a_process_switches_to_the_compiled_search_once_the_trees_cost_it_enough(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(occupancy, "_search", {"tree_seconds": 0.0, "compiled": None})
+    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(0, 10, (20000, 3)).astype(np.float32)  # about 80 within 1 m of a query
+    queries = rng.uniform(0, 10, (500, 3))
+    by_trees = [query_neighbours(pts, queries, 1.0, 32) for _ in range(2)]
+    spent = occupancy._search["tree_seconds"]
+    assert spent > 0 and not occupancy.compiled_search_in_use()
+    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", spent)  # the trees have cost that much
+    compiled = query_neighbours(pts, queries, 1.0, 32)
+    assert occupancy.compiled_search_in_use()
+    assert occupancy._search["tree_seconds"] == spent  # no tree ran
+    np.testing.assert_array_equal(compiled, by_trees[0])
+    assert ((compiled >= 0).sum(1) == 32).mean() > 0.5  # most queries are full
+
+
+def test_first_neighbours_of_a_cloud_with_a_far_outlier_and_of_none() -> None:
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([rng.uniform(0, 3, (500, 3)), [[1e4, -1e4, 50.0]]]).astype(np.float32)
+    queries = np.concatenate([rng.uniform(0, 3, (20, 3)), [[1e4, -1e4, 50.5]]])
+    nb = first_k.first_k_within(pts, queries, 1.0, 40)
+    dist = np.linalg.norm(queries[:, None] - pts[None].astype(np.float64), axis=2)
+    key = np.where(dist < 1.0, np.arange(len(pts)), np.inf)
+    want = np.argsort(key, axis=1, kind="stable")[:, :40]
+    np.testing.assert_array_equal(nb, np.where(np.isfinite(np.sort(key, 1)[:, :40]), want, -1))
+    assert nb[-1].tolist() == [500] + [-1] * 39  # the outlier finds its own neighbour
+    assert (first_k.first_k_within(pts[:0], queries, 1.0, 4) == -1).all()
 
 
 def _fake_sample(rng: np.random.Generator, n_points: int, n_cams: int = 2) -> dict:

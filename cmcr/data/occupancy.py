@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +66,30 @@ def sample_queries(
     )
 
 
-# points per index block of the "first" search: 2048-4096 measured fastest on a 33k-point
+# points per index block of the k-d tree "first" search: 2048-4096 measured fastest on a 33k-point
 # full-resolution scan with 2048 queries (16-18 ms against 40 ms for one tree over every point)
 FIRST_BLOCK = 4096
+
+# The "first" search has two implementations with equal results: k-d trees over blocks of points
+# (scipy, no start-up cost) and a compiled grid walk (cmcr/data/first_k.py, 5x faster at full
+# resolution, but importing numba and loading its machine code costs a process about 0.9 s CPU).
+# A process uses the trees until they have cost it SWITCH_SECONDS, then the compiled search (the
+# rent-or-buy rule: never more than twice the better choice's cost), so a test or a short run
+# never pays for numba and a pre-training run switches within its first few hundred samples.
+SWITCH_SECONDS = 1.0
+_search = {"tree_seconds": 0.0, "compiled": None}
+
+
+def use_compiled_search() -> None:
+    """Switch this process to the compiled "first" search now (benchmarks of the steady state)."""
+    from cmcr.data.first_k import first_k_within  # lazy: numba (0.5 s) once a process switches
+
+    _search["compiled"] = first_k_within
+
+
+def compiled_search_in_use() -> bool:
+    """Whether this process's "first" neighbour search is the compiled one."""
+    return _search["compiled"] is not None
 
 
 def query_neighbours(
@@ -89,6 +111,19 @@ def query_neighbours(
         idx = idx.reshape(n_q, k).astype(np.int64)
         idx[idx >= len(points)] = -1  # cKDTree marks missing neighbours with n
         return idx
+    if _search["compiled"] is None and _search["tree_seconds"] >= SWITCH_SECONDS:
+        use_compiled_search()
+    if _search["compiled"] is not None:
+        return _search["compiled"](points, queries, radius, k)
+    start = time.process_time()
+    out = _first_by_blocks(points, queries, radius, k)
+    _search["tree_seconds"] += time.process_time() - start
+    return out
+
+
+def _first_by_blocks(points: np.ndarray, queries: np.ndarray, radius: float, k: int) -> np.ndarray:
+    """The first k points by index within radius of each query, with k-d trees over blocks."""
+    n_q = len(queries)
     # blocks of points in index order, each its own tree; a query leaves once it has K, so a
     # query with hundreds of points in its radius does not list them all (a whole-cloud search
     # listed 0.9 M pairs for 2048 queries on a full-resolution scan, 0.1 M are needed)
