@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -295,7 +298,9 @@ def test_query_neighbours_match_brute_force(
     monkeypatch.setattr(first_k, "MIN_GRID_CELLS", size)
     monkeypatch.setattr(first_k, "MAX_CELLS", size / 2000)
     compiled = first_k.first_k_within if search == "compiled" else None
-    monkeypatch.setattr(occupancy, "_search", {"tree_seconds": 0.0, "compiled": compiled})
+    monkeypatch.setattr(
+        occupancy, "_search", {"tree_seconds": 0.0, "compiled": compiled, "unavailable": False}
+    )
     monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 5, (2000, 3))
@@ -322,7 +327,9 @@ def test_query_neighbours_match_brute_force(
 def test_a_process_switches_to_the_compiled_search_once_the_trees_cost_it_enough(
     monkeypatch,
 ) -> None:
-    monkeypatch.setattr(occupancy, "_search", {"tree_seconds": 0.0, "compiled": None})
+    monkeypatch.setattr(
+        occupancy, "_search", {"tree_seconds": 0.0, "compiled": None, "unavailable": False}
+    )
     monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
     rng = np.random.default_rng(3)
     pts = rng.uniform(0, 10, (20000, 3)).astype(np.float32)  # about 80 within 1 m of a query
@@ -336,6 +343,24 @@ def test_a_process_switches_to_the_compiled_search_once_the_trees_cost_it_enough
     assert occupancy._search["tree_seconds"] == spent  # no tree ran
     np.testing.assert_array_equal(compiled, by_trees[0])
     assert ((compiled >= 0).sum(1) == 32).mean() > 0.5  # most queries are full
+
+
+def test_without_numba_a_run_keeps_the_tree_search_and_says_so_once(monkeypatch) -> None:
+    monkeypatch.setattr(
+        occupancy, "_search", {"tree_seconds": 0.0, "compiled": None, "unavailable": False}
+    )
+    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 0.0)  # switch at the first call
+    monkeypatch.setitem(sys.modules, "cmcr.data.first_k", None)  # its import fails
+    rng = np.random.default_rng(4)
+    pts, queries = rng.uniform(0, 4, (3000, 3)), rng.uniform(0, 4, (40, 3))
+    with pytest.warns(RuntimeWarning, match="compiled search is unavailable"):
+        first = query_neighbours(pts, queries, 1.0, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second call stays quiet
+        second = query_neighbours(pts, queries, 1.0, 8)
+    assert not occupancy.compiled_search_in_use()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, first_k.first_k_within(pts, queries, 1.0, 8))
 
 
 def test_first_neighbours_of_a_cloud_with_a_far_outlier_and_of_none() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,14 +78,32 @@ FIRST_BLOCK = 4096
 # rent-or-buy rule: never more than twice the better choice's cost), so a test or a short run
 # never pays for numba and a pre-training run switches within its first few hundred samples.
 SWITCH_SECONDS = 1.0
-_search = {"tree_seconds": 0.0, "compiled": None}
+_search = {"tree_seconds": 0.0, "compiled": None, "unavailable": False}
 
 
 def use_compiled_search() -> None:
-    """Switch this process to the compiled "first" search now (benchmarks of the steady state)."""
+    """Switch this process to the compiled "first" search now (benchmarks of the steady state).
+
+    Raises ImportError when numba cannot be imported (a broken install).
+    """
     from cmcr.data.first_k import first_k_within  # lazy: numba (0.5 s) once a process switches
 
     _search["compiled"] = first_k_within
+
+
+def _switch() -> None:
+    """The switch query_neighbours makes: without numba a run goes on with the k-d trees (the
+    same results, slower) and says so once, rather than failing mid-run."""
+    try:
+        use_compiled_search()
+    except ImportError as err:
+        _search["unavailable"] = True
+        warnings.warn(
+            f"occupancy neighbours: the compiled search is unavailable ({err}); "
+            "staying with the k-d tree search (same results, about 5x slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def compiled_search_in_use() -> bool:
@@ -111,13 +130,14 @@ def query_neighbours(
         idx = idx.reshape(n_q, k).astype(np.int64)
         idx[idx >= len(points)] = -1  # cKDTree marks missing neighbours with n
         return idx
-    if _search["compiled"] is None and _search["tree_seconds"] >= SWITCH_SECONDS:
-        use_compiled_search()
+    ready = _search["compiled"] is None and not _search["unavailable"]
+    if ready and _search["tree_seconds"] >= SWITCH_SECONDS:
+        _switch()
     if _search["compiled"] is not None:
         return _search["compiled"](points, queries, radius, k)
-    start = time.process_time()
+    start = time.thread_time()  # this thread's CPU: not a logging thread's beside it
     out = _first_by_blocks(points, queries, radius, k)
-    _search["tree_seconds"] += time.process_time() - start
+    _search["tree_seconds"] += time.thread_time() - start
     return out
 
 
