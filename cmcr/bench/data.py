@@ -173,7 +173,9 @@ def run(args: argparse.Namespace) -> dict:
             "demo_small", scenes_per_split="1,1", samples_per_scene=3 if quick else 6
         )
     cfg = load_config("demo", {"data.dataroot": str(demo_root)})
-    figures: dict = {"neighbour_search": "compiled"}
+    figures: dict = {
+        "neighbour_search": "compiled" if occupancy.compiled_search_in_use() else "k-d trees"
+    }
     figures |= {
         f"demo_{k}": v for k, v in measure(cfg, cfg.data.train_split, 3 if quick else 8).items()
     }

@@ -42,6 +42,7 @@ class _CodeProbs(torch.autograd.Function):
             lp -= torch.logsumexp(lp, 1, keepdim=True)
             torch.exp(lp, out=p[rows])
         ctx.save_for_backward(f, codes, dist, p)
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None, not a zero pass
         return p, log_p
 
     @staticmethod
@@ -52,13 +53,16 @@ class _CodeProbs(torch.autograd.Function):
         grad_codes = torch.zeros_like(codes) if need_codes else None
         for rows in _blocks(len(f), len(codes), f.device):
             pb = p[rows]
-            g = torch.zeros_like(pb)  # d/d(logits), logits = −distance
+            g = None  # d/d(logits), logits = −distance
             if grad_log_p is not None:  # log_softmax: g − P·Σg
                 gl = grad_log_p[rows]
-                g += gl - pb * gl.sum(1, keepdim=True)
+                g = gl - pb * gl.sum(1, keepdim=True)
             if grad_p is not None:  # softmax: P ⊙ (g − Σ g⊙P)
                 gp = grad_p[rows]
-                g += pb * (gp - (gp * pb).sum(1, keepdim=True))
+                term = pb * (gp - (gp * pb).sum(1, keepdim=True))
+                g = term if g is None else g.add_(term)
+            if g is None:  # neither output reached the loss
+                break
             # w = dL/d(distance) / distance (0 at distance 0): d‖f − e‖ = (f − e)·df / ‖f − e‖
             d = dist[rows]
             w = g.div_(d).neg_().masked_fill_(d == 0, 0.0)
