@@ -49,6 +49,7 @@ SESSION_ENV = "CMCR_TEST_SESSION"
 # library helpers that live as long as the process that started them, by design
 HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 _STATE: dict = {}  # this process's session: start, per-test seconds, CPU seconds, survivors
+_CPU_AT_START = pytest.StashKey[float]()
 
 
 # ---- the synthetic world -------------------------------------------------------------------
@@ -168,7 +169,7 @@ def _is_controller(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _STATE.update(t0=time.monotonic(), durations={}, cpu_s=0.0, survivors=[])
+    _STATE.update(t0=time.monotonic(), durations={}, test_cpu={}, cpu_s=0.0, survivors=[])
     if not _is_controller(config):
         os.environ[SESSION_ENV] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -253,10 +254,29 @@ def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's WorkerCo
         _STATE["cpu_s"] += out["cpu_s"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CPU_AT_START] = _cpu_s()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    """The teardown report carries the test's CPU seconds (its process and the children it
+    reaped, setup to teardown) to the controller, as a user property (xdist sends those)."""
+    outcome = yield
+    if call.when == "teardown" and _CPU_AT_START in item.stash:
+        report = outcome.get_result()
+        report.user_properties.append(("cpu_s", _cpu_s() - item.stash[_CPU_AT_START]))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Each test's setup + call + teardown seconds (under xdist: the workers' reports)."""
+    """Each test's setup + call + teardown seconds and CPU seconds (under xdist: the workers'
+    reports)."""
     d = _STATE["durations"]
     d[report.nodeid] = d.get(report.nodeid, 0.0) + report.duration
+    cpu = dict(report.user_properties).get("cpu_s") if report.when == "teardown" else None
+    if cpu is not None:
+        _STATE["test_cpu"][report.nodeid] = float(cpu)
 
 
 def _write(config: pytest.Config, title: str, lines: list[str]) -> None:
@@ -284,6 +304,25 @@ def _is_default_run(session: pytest.Session, exitstatus: int) -> bool:
     )
 
 
+def _by_file(per_test: dict[str, float], top: int = 25) -> dict[str, float]:
+    """The files with the most of ``per_test`` (seconds), summed."""
+    sums: dict[str, float] = {}
+    for nodeid, v in per_test.items():
+        f = nodeid.split("::")[0]
+        sums[f] = sums.get(f, 0.0) + v
+    return {k: round(v, 1) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])[:top]}
+
+
+def _by_group(durations: dict[str, float]) -> dict[str, float]:
+    """Wall seconds of each xdist group (one worker runs a group's tests one after another)."""
+    sums: dict[str, float] = {}
+    for nodeid, v in durations.items():
+        g = nodeid.rsplit("@", 1)[1] if "@" in nodeid else ""
+        if g.isidentifier():  # not an "@" inside a parameter's id
+            sums[g] = sums.get(g, 0.0) + v
+    return {k: round(v, 1) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])}
+
+
 def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -> bool:
     """Write this run's record; True (the run fails) when it went past the budget."""
     budget = json.loads(BUDGET_FILE.read_text())
@@ -298,6 +337,12 @@ def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -
         # the 15-minute load average per core at the end: the run's own load and its neighbours'
         "load_per_core": round(os.getloadavg()[2] / (os.cpu_count() or 1), 2),
         "slowest": {k: round(v, 1) for k, v in slowest[:30]},
+        # CPU seconds of a test's process and the children it reaped (not of servers it used)
+        "most_cpu": {
+            k: round(v, 1) for k, v in sorted(state["test_cpu"].items(), key=lambda kv: -kv[1])[:30]
+        },
+        "cpu_by_file": _by_file(state["test_cpu"]),
+        "wall_by_group": _by_group(state["durations"]),
     }
     RECORD_FILE.parent.mkdir(exist_ok=True)
     previous = json.loads(RECORD_FILE.read_text()) if RECORD_FILE.exists() else None
