@@ -521,3 +521,32 @@ def test_query_sources_are_distinct_within_each_third() -> None:
         assert len(src) == 100 and len(np.unique(src)) == 100
     few = sample_queries(rng, xyz[:10], np.zeros(10, np.float32), 60, offset=0.1)
     assert len(few.source) == 60  # a cloud with too few points still gives every query
+
+
+def test_the_compiled_search_imports_where_numba_can_write_no_cache() -> None:
+    """A read-only install and home (a container with a read-only root file system): numba
+    refuses cache=True there at decoration ("no locator available"); first_k compiles per
+    process instead of failing the switch mid-run. Simulated by leaving numba no cache locator,
+    in a fresh process (the module compiles at import)."""
+    import subprocess
+
+    code = """
+import numba, numpy as np
+from numba.core import caching
+caching.CacheImpl._locator_classes = []  # no folder numba could cache in
+try:
+    numba.njit(cache=True)(lambda x: x + 1)
+    raise SystemExit("numba cached without a locator: the simulation no longer holds")
+except RuntimeError:
+    pass
+from cmcr.data import first_k
+rng = np.random.default_rng(0)
+pts, qs = rng.uniform(0, 3, (500, 3)), rng.uniform(0, 3, (20, 3))
+got = first_k.first_k_within(pts, qs, 0.7, 6)
+d = np.linalg.norm(qs[:, None] - pts[None], axis=2)
+want = [np.flatnonzero(row < 0.7)[:6] for row in d]
+assert all((g[: len(w)] == w).all() and (g[len(w):] == -1).all() for g, w in zip(got, want))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr[-3000:]

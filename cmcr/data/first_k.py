@@ -8,7 +8,9 @@ keeps a sorted list of at most K indices and leaves a cell once its next index i
 list's last. One pass, no pair list: 5.7-6.3 ms against 31-36 ms for the block-wise k-d
 trees (33k points, 2048 queries, K 32, AMD EPYC, one thread), equal results. ``cache=True``
 keeps the machine code next to this file (or in numba's user cache when that folder is
-read-only): a later process loads it in about 0.35 s instead of compiling for 2 s.
+read-only): a later process loads it in about 0.35 s instead of compiling for 2 s. Where numba
+finds no writable cache folder at all (a read-only install and home, as in a container with a
+read-only root file system), each process compiles for itself instead of failing the import.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ import numpy as np
 # a cloud spread far (an outlier at 1 km) gets coarser cells, not a grid of millions
 MAX_CELLS = 32  # per point, or MIN_GRID_CELLS when more (a scan's ±100 m: about 24 at 1 m)
 MIN_GRID_CELLS = 4096
+
+
+def _compiled(fn):
+    """``fn`` compiled with numba, its machine code cached on disk where numba can write one.
+
+    numba refuses ``cache=True`` when no cache folder is writable (RuntimeError "no locator
+    available", at decoration): compiled per process then, the same code.
+    """
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True)(fn)
 
 
 def first_k_within(points: np.ndarray, queries: np.ndarray, radius: float, k: int) -> np.ndarray:
@@ -33,7 +47,7 @@ def first_k_within(points: np.ndarray, queries: np.ndarray, radius: float, k: in
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _grid(pts, radius, max_cells):  # pragma: no cover (compiled)
     """(low corner, 1 / cell, (nx, ny, nz), start (cells + 1), order (N,)): the points of cell c
     are order[start[c]:start[c + 1]], in index order."""
@@ -72,7 +86,7 @@ def _grid(pts, radius, max_cells):  # pragma: no cover (compiled)
     return low, inv, (nx, ny, nz), start, order
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _first_k(pts, qs, radius, max_cells, out):  # pragma: no cover (compiled)
     k = out.shape[1]
     low, inv, (nx, ny, nz), start, order = _grid(pts, radius, max_cells)
