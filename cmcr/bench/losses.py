@@ -162,9 +162,27 @@ def _fwd_bwd_seconds(fn: Callable, inputs: list[torch.Tensor]) -> tuple[float, f
     return t1 - t0, time.process_time() - t0, out.detach()
 
 
+def gemm_bound(f_p: torch.Tensor, f_v: torch.Tensor, codes: torch.Tensor, repeats: int) -> float:
+    """Least CPU seconds of the one product no matrix form of cmcm avoids: S = [P, V]·[log V,
+    log P]ᵀ, (n, 2M) × (2M, n), alone (no probabilities, no softmax). The row loop's time over
+    it bounds the matrix form's speed-up on this machine in this precision."""
+    p, log_p = L.code_probs(f_p, codes)
+    v, log_v = L.code_probs(f_v, codes)
+    left, right = torch.cat([p, v], 1), torch.cat([log_v, log_p], 1).t().contiguous()
+    out = torch.empty(len(f_p), len(f_v))
+    torch.mm(left, right, out=out)  # warm-up
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        t0 = time.process_time()
+        torch.mm(left, right, out=out)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def cmcm_vs_pair_loop(n: int, repeats: int, release_repeats: int = 1) -> dict[str, float]:
     """CMCM's matrix form against the row loop (forward, no gradient) and against the
-    release's form (forward + backward), one group of n pairs."""
+    release's form (forward + backward), one group of n pairs; and the bound on the first
+    ratio: the row loop over the GEMM alone (``gemm_bound``)."""
     gen = torch.Generator().manual_seed(1)
     f_p, f_v, codes = (F.normalize(torch.randn(r, D, generator=gen), dim=1) for r in (n, n, M))
     fast, slow = [], []
@@ -178,6 +196,7 @@ def cmcm_vs_pair_loop(n: int, repeats: int, release_repeats: int = 1) -> dict[st
         fast.append(t1 - t0)
         slow.append(t2 - t1)
     fm, sm = statistics.median(fast), statistics.median(slow)
+    gemm = gemm_bound(f_p, f_v, codes, 2 * repeats + 1)
     ours = [_fwd_bwd_seconds(lambda x, y: L.cmcm(x, y, codes), [f_p, f_v]) for _ in range(3)]
     rel = [
         _fwd_bwd_seconds(lambda x, y: cmcm_release(x, y, codes), [f_p, f_v])
@@ -191,6 +210,9 @@ def cmcm_vs_pair_loop(n: int, repeats: int, release_repeats: int = 1) -> dict[st
         "cmcm_pair_loop_ms": round(sm * 1e3, 1),
         "cmcm_speedup": round(sm / max(fm, 1e-9), 1),
         "cmcm_speedup_target": 50,
+        "cmcm_gemm_ms": round(gemm * 1e3, 2),
+        "cmcm_gemm_gflops": round(2 * n * n * 2 * M / max(gemm, 1e-9) / 1e9, 1),
+        "cmcm_speedup_bound": round(sm / max(gemm, 1e-9), 1),
         "cmcm_forms_agree": bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4)),
         "cmcm_matrix_fwd_bwd_ms": round(o_all * 1e3, 1),
         "cmcm_release_fwd_ms": round(statistics.median(t[0] for t in rel) * 1e3, 1),

@@ -1,0 +1,5 @@
+import sys
+
+from cmcr.bench import main
+
+sys.exit(main())

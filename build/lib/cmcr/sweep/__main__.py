@@ -1,0 +1,5 @@
+import sys
+
+from cmcr.sweep.cli import main
+
+sys.exit(main())
