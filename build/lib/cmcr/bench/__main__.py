@@ -1,5 +1,0 @@
-import sys
-
-from cmcr.bench import main
-
-sys.exit(main())

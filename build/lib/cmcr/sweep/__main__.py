@@ -1,5 +1,0 @@
-import sys
-
-from cmcr.sweep.cli import main
-
-sys.exit(main())
