@@ -17,6 +17,8 @@ import functools
 
 import torch
 
+from cmcr.losses.groups import row_blocks
+
 BLOCK_ELEMENTS = 1 << 20  # logits per tile on CPU: 4 MB in float32 (the L2 is 1 MB, L3 32 MB)
 
 
@@ -28,10 +30,7 @@ def _tiles(a: torch.Tensor) -> list[tuple[slice, slice]]:
     g, n, _ = a.shape
     if a.device.type != "cpu":
         return [(slice(None), slice(None))]
-    step = max(1, BLOCK_ELEMENTS // max(n, 1))
-    return [
-        (slice(k, k + 1), slice(r, min(r + step, n))) for k in range(g) for r in range(0, n, step)
-    ]
+    return [(slice(k, k + 1), rows) for k in range(g) for rows in row_blocks(n, n, BLOCK_ELEMENTS)]
 
 
 class _DiagonalCE(torch.autograd.Function):

@@ -16,6 +16,13 @@ from typing import Any
 import torch
 
 
+def row_blocks(n: int, row_elements: int, budget: int) -> list[slice]:
+    """Slices of n rows of ``row_elements`` each, about ``budget`` elements a block (at least
+    one row): how the CPU forms of the losses keep their buffers cache-sized."""
+    step = max(1, budget // max(row_elements, 1))
+    return [slice(r, min(r + step, n)) for r in range(0, n, step)]
+
+
 @dataclass(frozen=True)
 class LossGroups:
     """The loss group of every element of a pre-training batch (docs/architecture.md)."""

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from cmcr.losses.groups import row_blocks
+
 BLOCK_ELEMENTS = 1 << 18  # (rows × codes) per block on CPU: 1 MB in float32, the size of the L2
 
 
 def _blocks(n: int, m: int, device: torch.device) -> list[slice]:
     """Row blocks: all rows at once on a GPU, about BLOCK_ELEMENTS per block on CPU."""
-    step = n if device.type != "cpu" else max(1, BLOCK_ELEMENTS // max(m, 1))
-    return [slice(r, min(r + step, n)) for r in range(0, max(n, 1), max(step, 1))]
+    return [slice(0, n)] if device.type != "cpu" else row_blocks(n, m, BLOCK_ELEMENTS)
 
 
 class _CodeProbs(torch.autograd.Function):
