@@ -20,6 +20,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -304,23 +305,28 @@ def _is_default_run(session: pytest.Session, exitstatus: int) -> bool:
     )
 
 
-def _by_file(per_test: dict[str, float], top: int = 25) -> dict[str, float]:
-    """The files with the most of ``per_test`` (seconds), summed."""
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _group_of(nodeid: str) -> str | None:
+    """The xdist group of ``nodeid@group``; None without one (or for an "@" inside a
+    parameter's id)."""
+    g = nodeid.rsplit("@", 1)[1] if "@" in nodeid else ""
+    return g if g.isidentifier() else None
+
+
+def _summed(
+    seconds: dict[str, float], key: Callable[[str], str | None], top: int | None = None
+) -> dict[str, float]:
+    """``seconds`` per test summed by ``key(nodeid)`` (tests whose key is None left out),
+    largest first, the ``top`` largest (all by default)."""
     sums: dict[str, float] = {}
-    for nodeid, v in per_test.items():
-        f = nodeid.split("::")[0]
-        sums[f] = sums.get(f, 0.0) + v
+    for nodeid, v in seconds.items():
+        k = key(nodeid)
+        if k is not None:
+            sums[k] = sums.get(k, 0.0) + v
     return {k: round(v, 1) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])[:top]}
-
-
-def _by_group(durations: dict[str, float]) -> dict[str, float]:
-    """Wall seconds of each xdist group (one worker runs a group's tests one after another)."""
-    sums: dict[str, float] = {}
-    for nodeid, v in durations.items():
-        g = nodeid.rsplit("@", 1)[1] if "@" in nodeid else ""
-        if g.isidentifier():  # not an "@" inside a parameter's id
-            sums[g] = sums.get(g, 0.0) + v
-    return {k: round(v, 1) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])}
 
 
 def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -> bool:
@@ -341,8 +347,9 @@ def _check_budget(config: pytest.Config, session: pytest.Session, state: dict) -
         "most_cpu": {
             k: round(v, 1) for k, v in sorted(state["test_cpu"].items(), key=lambda kv: -kv[1])[:30]
         },
-        "cpu_by_file": _by_file(state["test_cpu"]),
-        "wall_by_group": _by_group(state["durations"]),
+        "cpu_by_file": _summed(state["test_cpu"], _file_of, top=25),
+        # one worker runs a group's tests one after another
+        "wall_by_group": _summed(state["durations"], _group_of),
     }
     RECORD_FILE.parent.mkdir(exist_ok=True)
     previous = json.loads(RECORD_FILE.read_text()) if RECORD_FILE.exists() else None
