@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -279,6 +280,29 @@ def test_queries_inside_farther_near_closer_far_between() -> None:
     assert (q.intensity[far] == 0).all()
 
 
+def _fresh_search(
+    monkeypatch: pytest.MonkeyPatch, switch_seconds: float, compiled: Callable | None = None
+) -> None:
+    """This process's neighbour search as a new process has it (``compiled`` already in use when
+    given), switching once the trees have cost ``switch_seconds``."""
+    monkeypatch.setattr(
+        occupancy, "_search", {"tree_seconds": 0.0, "compiled": compiled, "unavailable": False}
+    )
+    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", switch_seconds)
+
+
+def _brute_force(
+    pts: np.ndarray, queries: np.ndarray, radius: float, k: int, rule: str = "first"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slow, obvious rule, in float64: the release's first k indices within ``radius`` of
+    each query ("first") or the k nearest, −1 padding; and the (Q, N) within-radius mask."""
+    dist = np.linalg.norm(queries[:, None] - np.asarray(pts, np.float64)[None], axis=2)  # (Q, N)
+    within = dist < radius
+    key = np.where(within, np.arange(len(pts)) if rule == "first" else dist, np.inf)
+    want = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(within, want, 1), want, -1), within
+
+
 # radius 0.5: about 8 points within a query's radius; 1.5: about 200
 @pytest.mark.parametrize("radius", [0.5, 1.5])
 @pytest.mark.parametrize(
@@ -297,11 +321,7 @@ def test_query_neighbours_match_brute_force(
     monkeypatch.setattr(occupancy, "FIRST_BLOCK", size)
     monkeypatch.setattr(first_k, "MIN_GRID_CELLS", size)
     monkeypatch.setattr(first_k, "MAX_CELLS", size / 2000)
-    compiled = first_k.first_k_within if search == "compiled" else None
-    monkeypatch.setattr(
-        occupancy, "_search", {"tree_seconds": 0.0, "compiled": compiled, "unavailable": False}
-    )
-    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
+    _fresh_search(monkeypatch, 1e9, first_k.first_k_within if search == "compiled" else None)
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 5, (2000, 3))
     top = pts[pts[:, 2].argmax()] + [0.0, 0.0, 0.1]  # above the cloud, near its top point
@@ -309,12 +329,7 @@ def test_query_neighbours_match_brute_force(
     queries = np.concatenate([rng.uniform(0, 5, (50, 3)), outside])
     nb = query_neighbours(pts, queries, radius, 8, occ_neighbours)
     assert occupancy.compiled_search_in_use() == (search == "compiled")
-    dist = np.linalg.norm(queries[:, None] - pts[None], axis=2)  # (Q, N)
-    within = dist < radius
-    # the slow, obvious rule: the release's first K by index, or the K nearest
-    key = np.where(within, np.arange(len(pts)) if occ_neighbours == "first" else dist, np.inf)
-    want = np.argsort(key, axis=1, kind="stable")[:, :8]
-    want = np.where(np.take_along_axis(within, want, 1), want, -1)
+    want, within = _brute_force(pts, queries, radius, 8, occ_neighbours)
     counts, n_within = (nb >= 0).sum(1), within.sum(1)
     assert (counts == 8).any() and ((counts < 8).any() or radius > 1)
     assert (n_within[:50] > 32).mean() > 0.9 if radius > 1 else (n_within <= 32).all()
@@ -327,10 +342,7 @@ def test_query_neighbours_match_brute_force(
 def test_a_process_switches_to_the_compiled_search_once_the_trees_cost_it_enough(
     monkeypatch,
 ) -> None:
-    monkeypatch.setattr(
-        occupancy, "_search", {"tree_seconds": 0.0, "compiled": None, "unavailable": False}
-    )
-    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 1e9)
+    _fresh_search(monkeypatch, 1e9)
     rng = np.random.default_rng(3)
     pts = rng.uniform(0, 10, (20000, 3)).astype(np.float32)  # about 80 within 1 m of a query
     queries = rng.uniform(0, 10, (500, 3))
@@ -346,10 +358,7 @@ def test_a_process_switches_to_the_compiled_search_once_the_trees_cost_it_enough
 
 
 def test_without_numba_a_run_keeps_the_tree_search_and_says_so_once(monkeypatch) -> None:
-    monkeypatch.setattr(
-        occupancy, "_search", {"tree_seconds": 0.0, "compiled": None, "unavailable": False}
-    )
-    monkeypatch.setattr(occupancy, "SWITCH_SECONDS", 0.0)  # switch at the first call
+    _fresh_search(monkeypatch, 0.0)  # switch at the first call
     rng = np.random.default_rng(4)
     pts, queries = rng.uniform(0, 4, (3000, 3)), rng.uniform(0, 4, (40, 3))
     # the reference first: numba's on-disk cache, when another process wrote one, is loaded by
@@ -371,10 +380,7 @@ def test_first_neighbours_of_a_cloud_with_a_far_outlier_and_of_none() -> None:
     pts = np.concatenate([rng.uniform(0, 3, (500, 3)), [[1e4, -1e4, 50.0]]]).astype(np.float32)
     queries = np.concatenate([rng.uniform(0, 3, (20, 3)), [[1e4, -1e4, 50.5]]])
     nb = first_k.first_k_within(pts, queries, 1.0, 40)
-    dist = np.linalg.norm(queries[:, None] - pts[None].astype(np.float64), axis=2)
-    key = np.where(dist < 1.0, np.arange(len(pts)), np.inf)
-    want = np.argsort(key, axis=1, kind="stable")[:, :40]
-    np.testing.assert_array_equal(nb, np.where(np.isfinite(np.sort(key, 1)[:, :40]), want, -1))
+    np.testing.assert_array_equal(nb, _brute_force(pts, queries, 1.0, 40)[0])
     assert nb[-1].tolist() == [500] + [-1] * 39  # the outlier finds its own neighbour
     assert (first_k.first_k_within(pts[:0], queries, 1.0, 4) == -1).all()
 
