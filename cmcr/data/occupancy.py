@@ -73,7 +73,7 @@ FIRST_BLOCK = 4096
 
 # The "first" search has two implementations with equal results: k-d trees over blocks of points
 # (scipy, no start-up cost) and a compiled grid walk (cmcr/data/first_k.py, 5x faster at full
-# resolution, but importing numba and loading its machine code costs a process about 0.9 s CPU).
+# resolution, but importing numba and loading its machine code costs a process 0.4-0.9 s CPU).
 # A process uses the trees until they have cost it SWITCH_SECONDS, then the compiled search (the
 # rent-or-buy rule: never more than twice the better choice's cost), so a test or a short run
 # never pays for numba and a pre-training run switches within its first few hundred samples.
@@ -86,7 +86,7 @@ def use_compiled_search() -> None:
 
     Raises ImportError when numba cannot be imported (a broken install).
     """
-    from cmcr.data.first_k import first_k_within  # lazy: numba (0.5 s) once a process switches
+    from cmcr.data.first_k import first_k_within  # lazy: numba only once a process switches
 
     _search["compiled"] = first_k_within
 
